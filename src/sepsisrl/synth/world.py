@@ -1,0 +1,258 @@
+"""Generate a synthetic MIMIC-IV world on disk (``sepsisrl synth``).
+
+Layout written (identical to a MIMIC-IV v3.1 download for the tables the pipeline reads)::
+
+    OUT/hosp/{patients,admissions,prescriptions,microbiologyevents,labevents,d_labitems}.csv.gz
+    OUT/icu/{icustays,chartevents,inputevents,outputevents,d_items}.csv.gz
+
+and, next to it (never inside), the ground-truth sidecar::
+
+    OUT_truth/world.json      seed, config, counts, conventions, file checksums
+    OUT_truth/stays.parquet   per stay: true infection, suspicion, Sepsis-3 onset, outcome
+    OUT_truth/hourly.parquet  per stay-hour: latent state, true values, treatment, true SOFA
+
+Both trees are built in temporary folders and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sepsisrl import __version__
+from sepsisrl.config import config_hash
+from sepsisrl.mimic.schema import TABLES
+from sepsisrl.synth import catalog, charting, tables
+from sepsisrl.synth.cohort import ChunkResult, simulate_chunk, subset_chunk
+from sepsisrl.synth.config import SynthConfig, load_synth_config
+from sepsisrl.synth.csvgz import BackgroundWriter, GzipCsvFile
+from sepsisrl.synth.population import Attendings, sample_attendings
+
+#: Rows of one chunk's ids are offset by this much so ids are unique across chunks.
+CHUNK_ID_STRIDE = 50_000_000
+
+
+class WorldExistsError(FileExistsError):
+    """The output folder exists and is not empty (use ``overwrite=True``)."""
+
+
+@dataclass
+class WorldSummary:
+    out_dir: Path
+    truth_dir: Path
+    seed: int
+    n_stays: int
+    n_subjects: int
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "truth_dir": str(self.truth_dir),
+            "seed": self.seed,
+            "n_stays": self.n_stays,
+            "n_subjects": self.n_subjects,
+            "rows": self.rows,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def default_truth_dir(out_dir: Path) -> Path:
+    """The sidecar sits next to the MIMIC tree: ``<out>_truth``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}_truth"
+
+
+def chart_chunk(
+    cfg: SynthConfig, chunk: ChunkResult, seed: int, chunk_index: int, attendings: Attendings
+) -> dict[str, pa.Table]:
+    """All MIMIC rows of one simulated chunk."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, chunk_index, 0xC4A7]))
+    ctx = charting.ChartContext(
+        cfg=cfg,
+        stays=chunk.stays,
+        hourly=chunk.sim.hourly,
+        admittime=chunk.timeline.admittime,
+        intime=chunk.timeline.intime,
+        outtime=chunk.timeline.outtime,
+        attending_provider=attendings.provider_id,
+        rng=rng,
+        id_base=chunk_index * CHUNK_ID_STRIDE + 1,
+    )
+    sim = chunk.sim
+    workups = {
+        "culture_h": sim.culture_h,
+        "culture2_h": sim.culture2_h,
+        "antibiotic_h": sim.antibiotic_h,
+        "antibiotic_stop_h": sim.antibiotic_stop_h,
+        "escalation_h": sim.escalation_h,
+    }
+    return {
+        "patients": tables.patients(chunk, rng),
+        "admissions": tables.admissions(chunk, rng, attendings.provider_id),
+        "icustays": tables.icustays(chunk, rng),
+        "prescriptions": charting.prescriptions(ctx, workups, chunk.timeline.prophylaxis_h),
+        "microbiologyevents": charting.microbiologyevents(
+            ctx, workups, chunk.timeline.screen_h, chunk.truth.infected
+        ),
+        "labevents": charting.labevents(ctx),
+        "chartevents": charting.chartevents(ctx),
+        "inputevents": charting.inputevents(ctx),
+        "outputevents": charting.outputevents(ctx),
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_destination(path: Path, overwrite: bool, what: str) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise WorldExistsError(
+            f"{what} {path} already exists and is not empty; choose another folder or pass "
+            "--overwrite to replace it"
+        )
+
+
+def generate_world(
+    out_dir: str | Path,
+    n_stays: int,
+    seed: int = 0,
+    cfg: SynthConfig | None = None,
+    truth_dir: str | Path | None = None,
+    overwrite: bool = False,
+    hourly_truth: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> WorldSummary:
+    """Simulate ``n_stays`` ICU stays and write the MIMIC-IV tree plus the truth sidecar."""
+    if n_stays < 1:
+        raise ValueError(f"n_stays must be at least 1, got {n_stays}")
+    cfg = cfg or load_synth_config()
+    out = Path(out_dir).absolute()
+    truth = Path(truth_dir).absolute() if truth_dir else default_truth_dir(out)
+    if truth == out or out in truth.parents or truth in out.parents:
+        raise ValueError(
+            f"the truth sidecar ({truth}) must be next to, not inside, the MIMIC tree ({out})"
+        )
+    _check_destination(out, overwrite, "output folder")
+    _check_destination(truth, overwrite, "truth folder")
+    started = time.perf_counter()
+    tag = f"partial-{os.getpid()}"
+    tmp_out = out.parent / f".{out.name}.{tag}"
+    tmp_truth = truth.parent / f".{truth.name}.{tag}"
+    for d in (tmp_out, tmp_truth):
+        if d.exists():
+            shutil.rmtree(d)
+    (tmp_out / "hosp").mkdir(parents=True)
+    (tmp_out / "icu").mkdir(parents=True)
+    tmp_truth.mkdir(parents=True)
+
+    level = cfg.output.gzip_level
+    files = {
+        name: GzipCsvFile(tmp_out / f"{schema.relpath}.csv.gz", schema.column_names, level)
+        for name, schema in TABLES.items()
+    }
+    writer = BackgroundWriter(files)
+    stay_writer: pq.ParquetWriter | None = None
+    hourly_writer: pq.ParquetWriter | None = None
+    summary = WorldSummary(out, truth, seed, 0, 0)
+    try:
+        writer.submit("d_items", catalog.d_items_table())
+        writer.submit("d_labitems", catalog.d_labitems_table())
+        attendings = sample_attendings(cfg, seed)
+        chunk_index = 0
+        first_subject = 0
+        while summary.n_stays < n_stays:
+            chunk = simulate_chunk(
+                cfg, seed, chunk_index, attendings, first_subject, cfg.output.chunk_subjects
+            )
+            first_subject += cfg.output.chunk_subjects
+            room = n_stays - summary.n_stays
+            if chunk.stays.n > room:
+                order = np.lexsort((chunk.stays.ordinal, chunk.stays.subject_pos))
+                keep = np.zeros(chunk.stays.n, dtype=bool)
+                keep[order[:room]] = True
+                chunk = subset_chunk(chunk, keep)
+            rows = chart_chunk(cfg, chunk, seed, chunk_index, attendings)
+            for name, table in rows.items():
+                writer.submit(name, table)
+            st = tables.truth_stays(chunk)
+            stay_writer = stay_writer or pq.ParquetWriter(tmp_truth / "stays.parquet", st.schema)
+            stay_writer.write_table(st)
+            if hourly_truth:
+                ht = tables.truth_hourly(chunk)
+                hourly_writer = hourly_writer or pq.ParquetWriter(
+                    tmp_truth / "hourly.parquet", ht.schema, compression="zstd"
+                )
+                hourly_writer.write_table(ht)
+            summary.n_stays += chunk.stays.n
+            summary.n_subjects += rows["patients"].num_rows
+            chunk_index += 1
+            if progress is not None:
+                progress(summary.n_stays, n_stays)
+        writer.close()
+        for w in (stay_writer, hourly_writer):
+            if w is not None:
+                w.close()
+        summary.rows = {name: f.rows for name, f in files.items()}
+        summary.seconds = time.perf_counter() - started
+        world = {
+            "schema_version": "1",
+            "created_by": f"sepsisrl {__version__}",
+            "kind": "synthetic",
+            "layout": "MIMIC-IV v3.1",
+            "seed": seed,
+            "n_stays": summary.n_stays,
+            "n_subjects": summary.n_subjects,
+            "config_sha256": config_hash(cfg),
+            "config": cfg.model_dump(mode="json"),
+            "rows": summary.rows,
+            "files": {
+                f"{schema.relpath}.csv.gz": _sha256(tmp_out / f"{schema.relpath}.csv.gz")
+                for schema in TABLES.values()
+            },
+            "conventions": {
+                "times": "sidecar times are the world's de-identified clock, like the MIMIC tables",
+                "sofa": "true SOFA per hour: lab components every hour, bedside components in the "
+                "ICU only; each component worst in the trailing 24 h",
+                "suspected_infection": "culture then antibiotic within 72 h, or antibiotic then "
+                "culture within 24 h; time = earlier event of the pair",
+                "sepsis_onset": "first hour with SOFA >= 2 in [SI - 48 h, SI + 24 h]; onset = "
+                "min(SI, that hour); earliest over all qualifying SIs",
+                "sepsis3_in_icu_window": "onset inside [intime - 6 h, outtime]",
+                "died_90d_after_onset": "death (in hospital or after discharge) within 90 days "
+                "of the Sepsis-3 onset",
+            },
+        }
+        (tmp_truth / "world.json").write_text(json.dumps(world, indent=2) + "\n")
+        for tmp, final in ((tmp_truth, truth), (tmp_out, out)):
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException:
+        writer.abort()
+        for w in (stay_writer, hourly_writer):
+            if w is not None:
+                try:
+                    w.close()
+                except Exception:  # noqa: BLE001 - best effort while cleaning up
+                    pass
+        for d in (tmp_out, tmp_truth):
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    return summary
