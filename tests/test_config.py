@@ -29,7 +29,7 @@ def test_unknown_key_is_an_error(tmp_path: Path):
 
 
 def test_invalid_value_names_the_field_and_source():
-    with pytest.raises(ConfigError, match="population.age_sd") as info:
+    with pytest.raises(ConfigError, match=r"population\.age_sd") as info:
         load_synth_config(overrides={"population.age_sd": -1})
     assert "overrides" in str(info.value)
 

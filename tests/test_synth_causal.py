@@ -77,8 +77,16 @@ def test_policy_receives_only_data_charted_before_the_decision():
     class Spy:
         def __call__(self, batch):
             icu = batch.static["icustays"]
-            hadm_to_stay = dict(zip(icu["hadm_id"].to_pylist(), icu["stay_id"].to_pylist()))
-            dec = dict(zip(batch.stay_id.tolist(), batch.decision_time.astype("int64").tolist()))
+            hadm_to_stay = dict(
+                zip(icu["hadm_id"].to_pylist(), icu["stay_id"].to_pylist(), strict=True)
+            )
+            dec = dict(
+                zip(
+                    batch.stay_id.tolist(),
+                    batch.decision_time.astype("int64").tolist(),
+                    strict=True,
+                )
+            )
             for name, table in batch.tables.items():
                 col = "starttime" if name == "inputevents" else "charttime"
                 if table.num_rows:
@@ -88,7 +96,7 @@ def test_policy_receives_only_data_charted_before_the_decision():
                     else:
                         sid = [hadm_to_stay[x] for x in table["hadm_id"].to_pylist()]
                     assert set(sid) <= set(dec)
-                    seen.append(all(ti < dec[s] for ti, s in zip(t.tolist(), sid)))
+                    seen.append(all(ti < dec[s] for ti, s in zip(t.tolist(), sid, strict=True)))
             return np.zeros(len(batch), dtype=np.int64)
 
     rollout(Spy(), 30, seed=1, horizon_steps=4)

@@ -63,10 +63,14 @@ def test_timestamps_and_dates_use_mimic_formats(world_dir: Path):
         path = world_dir / f"{schema.relpath}.csv.gz"
         with gzip.open(path, "rt") as fh:
             lines = [fh.readline() for _ in range(200)]
-        rows = list(pacsv.read_csv(pa.py_buffer("".join(lines).encode()),
-                                   convert_options=pacsv.ConvertOptions(
-                                       column_types={c: pa.string() for c in schema.column_names})
-                                   ).to_pylist())
+        rows = list(
+            pacsv.read_csv(
+                pa.py_buffer("".join(lines).encode()),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in schema.column_names}
+                ),
+            ).to_pylist()
+        )
         for col, typ in schema.columns:
             values = [r[col] for r in rows if r[col] not in (None, "")]
             if typ == "timestamp":
@@ -91,7 +95,12 @@ def test_ids_are_consistent_across_tables(t):
     # icu stays lie inside their admission
     a = {r["hadm_id"]: r for r in adm.to_pylist()}
     for r in icu.to_pylist():
-        assert a[r["hadm_id"]]["admittime"] <= r["intime"] < r["outtime"] <= a[r["hadm_id"]]["dischtime"]
+        assert (
+            a[r["hadm_id"]]["admittime"]
+            <= r["intime"]
+            < r["outtime"]
+            <= a[r["hadm_id"]]["dischtime"]
+        )
 
 
 def test_every_charted_item_is_in_the_dictionaries(t):
@@ -113,9 +122,20 @@ def test_spec_item_ids_are_present_with_their_units(t):
     for r in ce.group_by(["itemid", "valueuom"]).aggregate([]).to_pylist():
         units.setdefault(r["itemid"], set()).add(r["valueuom"])
     expected = {
-        220045: "bpm", 220052: "mmHg", 220181: "mmHg", 220050: "mmHg", 220179: "mmHg",
-        220051: "mmHg", 220180: "mmHg", 225312: "mmHg", 220210: "insp/min", 223762: "°C",
-        223761: "°F", 220277: "%", 220339: "cmH2O", 226512: "kg",
+        220045: "bpm",
+        220052: "mmHg",
+        220181: "mmHg",
+        220050: "mmHg",
+        220179: "mmHg",
+        220051: "mmHg",
+        220180: "mmHg",
+        225312: "mmHg",
+        220210: "insp/min",
+        223762: "°C",
+        223761: "°F",
+        220277: "%",
+        220339: "cmH2O",
+        226512: "kg",
     }
     for itemid, unit in expected.items():
         assert unit in units.get(itemid, set()), (itemid, units.get(itemid))
@@ -223,7 +243,9 @@ def test_intended_artifacts_are_present(t):
     assert ((hr < 0) | (hr > 300)).sum() > 0  # impossible heart rates
     assert pc.sum(pc.is_null(ce["value"])).as_py() > 0  # null values
     sample = ce.slice(0, 200_000).select(["stay_id", "charttime", "itemid", "valuenum"])
-    dup = sample.group_by(["stay_id", "charttime", "itemid", "valuenum"]).aggregate([("itemid", "count")])
+    dup = sample.group_by(["stay_id", "charttime", "itemid", "valuenum"]).aggregate(
+        [("itemid", "count")]
+    )
     assert (dup["itemid_count"].to_numpy() > 1).any()  # duplicated rows
 
 

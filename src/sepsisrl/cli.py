@@ -69,9 +69,15 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the MIMIC-IV tree (hosp/, icu/) into.")],
-    stays: Annotated[int, typer.Option("--stays", min=1, help="Number of ICU stays to simulate.")] = 2000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same bytes.")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to write the MIMIC-IV tree (hosp/, icu/) into.")
+    ],
+    stays: Annotated[
+        int, typer.Option("--stays", min=1, help="Number of ICU stays to simulate.")
+    ] = 2000,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed gives the same bytes.")
+    ] = 0,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML file overriding configs/synth.yaml.")
     ] = None,
@@ -86,7 +92,9 @@ def synth(
     ] = None,
     truth: Annotated[
         Path | None,
-        typer.Option("--truth", help="Ground-truth sidecar folder (default: <out>_truth, next to --out)."),
+        typer.Option(
+            "--truth", help="Ground-truth sidecar folder (default: <out>_truth, next to --out)."
+        ),
     ] = None,
     hourly_truth: Annotated[
         bool, typer.Option(help="Write the hourly latent trajectories into the sidecar.")
@@ -100,7 +108,9 @@ def synth(
 ) -> None:
     """Simulate a synthetic MIMIC-IV world (v3.1 layout) with a ground-truth sidecar.
 
-    The world stands in for MIMIC-IV when you have no credentialed access: the same pipeline runs on it, and its known causal model lets you check cohort extraction, off-policy estimates and true policy value.
+    The world stands in for MIMIC-IV when you have no credentialed access: the same \
+pipeline runs on it, and its known causal model lets you check cohort extraction, \
+off-policy estimates and true policy value.
     """
     from sepsisrl.synth.config import load_synth_config
     from sepsisrl.synth.world import WorldExistsError, generate_world

@@ -121,12 +121,7 @@ class _Events:
     parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def add(self, **cols: np.ndarray) -> None:
-        n = None
-        for k, v in cols.items():
-            arr = np.asarray(v)
-            if arr.ndim == 0:
-                continue
-            n = len(arr) if n is None else n
+        n = next(len(v) for v in map(np.asarray, cols.values()) if v.ndim > 0)
         for k, v in cols.items():
             arr = np.asarray(v)
             if arr.ndim == 0:
@@ -158,7 +153,9 @@ class ChartContext:
         h = self.hourly
         return self.admittime[h["stay"]] + h["h"].astype(np.int64) * HOUR
 
-    def before_icu_end(self, cols: dict[str, np.ndarray], time_key: str = "t") -> dict[str, np.ndarray]:
+    def before_icu_end(
+        self, cols: dict[str, np.ndarray], time_key: str = "t"
+    ) -> dict[str, np.ndarray]:
         """Drop rows charted after the stay ended (ICU discharge or death within the hour)."""
         keep = cols[time_key] <= self.outtime[cols["stay"]]
         return {k: v[keep] for k, v in cols.items()}
@@ -167,7 +164,7 @@ class ChartContext:
 # ----------------------------------------------------------------------------- chartevents
 def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     """Charted observations for ICU hours (``hours``: boolean mask over hourly rows)."""
-    cfg, ch, rng, st, H = ctx.cfg, ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
+    ch, rng, st, H = ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
     icu = H["in_icu"].astype(bool)
     if hours is not None:
         icu &= hours
@@ -186,7 +183,13 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         m = np.where(rng.random(n) < on_hour, 0, rng.integers(1, 60, n))
         return m * 60
 
-    def add_num(mask: np.ndarray, item: catalog.Item, value: np.ndarray, decimals: int, toff: np.ndarray | None = None) -> None:
+    def add_num(
+        mask: np.ndarray,
+        item: catalog.Item,
+        value: np.ndarray,
+        decimals: int,
+        toff: np.ndarray | None = None,
+    ) -> None:
         idx = np.flatnonzero(mask)
         t = t0[idx] + (offsets(len(idx)) if toff is None else toff[idx])
         ev.add(
@@ -195,10 +198,18 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             itemid=np.full(len(idx), item.itemid),
             valuenum=_round_to(value[idx], decimals),
             text=np.full(len(idx), -1, dtype=np.int32),
-            uom=np.full(len(idx), text.code(item.unitname) if item.unitname else -1, dtype=np.int32),
+            uom=np.full(
+                len(idx), text.code(item.unitname) if item.unitname else -1, dtype=np.int32
+            ),
         )
 
-    def add_text(mask: np.ndarray, item: catalog.Item, codes: np.ndarray, valuenum: np.ndarray | None, toff: np.ndarray) -> None:
+    def add_text(
+        mask: np.ndarray,
+        item: catalog.Item,
+        codes: np.ndarray,
+        valuenum: np.ndarray | None,
+        toff: np.ndarray,
+    ) -> None:
         idx = np.flatnonzero(mask)
         ev.add(
             stay=stay[idx],
@@ -244,7 +255,12 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     add_num(vit & (rng.random(R) < 0.97), C["rr"], H["rr"][rows] + rng.normal(0, 1.5, R), 0)
     vent = H["ventilated"][rows].astype(bool)
     add_num(vent & (rng.random(R) < 0.3), C["rr_total"], H["rr"][rows] + rng.normal(1, 1.5, R), 0)
-    add_num(vit & (rng.random(R) < 0.97), C["spo2"], np.minimum(H["spo2"][rows] + rng.normal(0, 1, R), 100), 0)
+    add_num(
+        vit & (rng.random(R) < 0.97),
+        C["spo2"],
+        np.minimum(H["spo2"][rows] + rng.normal(0, 1, R), 100),
+        0,
+    )
     # ---- temperature every few hours, in the stay's habitual unit (sometimes the other)
     phase = (st.stay_id % ch.temperature_interval_h)[stay]
     temp_due = ((hh + phase) % ch.temperature_interval_h == 0) & (rng.random(R) < 0.9)
@@ -279,7 +295,13 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     roff = offsets(R, on_hour=0.5)
     add_num(fio2_rows, C["fio2"], fio2_val, 2, roff)
     add_num(resp_due & vent, C["peep"], H["peep"][rows], 0, roff)
-    add_num(resp_due & vent & (rng.random(R) < 0.3), C["peep_total"], H["peep"][rows] + rng.integers(0, 3, R), 0, roff)
+    add_num(
+        resp_due & vent & (rng.random(R) < 0.3),
+        C["peep_total"],
+        H["peep"][rows] + rng.integers(0, 3, R),
+        0,
+        roff,
+    )
     modes = text.codes(["CMV/ASSIST/AutoFlow", "CPAP/PSV", "CMV/ASSIST"])
     add_text(resp_due & vent, C["vent_mode"], modes[rng.integers(0, 3, R)], None, roff)
     devices = text.codes(["Endotracheal tube", "Nasal cannula", "None", "High flow nasal cannula"])
@@ -295,7 +317,12 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     add_num(first_icu & ~no_weight[stay] & ~in_lb[stay], C["weight_kg"], w, 1)
     add_num(first_icu & in_lb[stay], C["weight_lb"], w * 2.20462, 1)
     daily = ((hh - st.pre_icu_h[stay]) % 24 == 12) & (rng.random(R) < 0.5)
-    add_num(daily, C["weight_daily"], w * (1 + 0.01 * rng.normal(0, 1, R)) + H["balance_l"][rows] * 0.5, 1)
+    add_num(
+        daily,
+        C["weight_daily"],
+        w * (1 + 0.01 * rng.normal(0, 1, R)) + H["balance_l"][rows] * 0.5,
+        1,
+    )
 
     # ---- filler items: MIMIC-like charting density
     rate = ch.filler_rows_per_icu_hour * ch.density
@@ -306,9 +333,15 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         weights = np.asarray(catalog.FILLER_WEIGHTS, dtype=np.float64)
         item_idx = rng.choice(len(weights), size=nf, p=weights / weights.sum())
         is_text = np.array([isinstance(v[0], str) for v in catalog.FILLER_VALUES])
-        mean = np.array([0.0 if t else v[0] for t, v in zip(is_text, catalog.FILLER_VALUES, strict=True)])
-        sd = np.array([0.0 if t else v[1] for t, v in zip(is_text, catalog.FILLER_VALUES, strict=True)])
-        dec = np.array([0 if t else v[2] for t, v in zip(is_text, catalog.FILLER_VALUES, strict=True)])
+        mean = np.array(
+            [0.0 if t else v[0] for t, v in zip(is_text, catalog.FILLER_VALUES, strict=True)]
+        )
+        sd = np.array(
+            [0.0 if t else v[1] for t, v in zip(is_text, catalog.FILLER_VALUES, strict=True)]
+        )
+        dec = np.array(
+            [0 if t else v[2] for t, v in zip(is_text, catalog.FILLER_VALUES, strict=True)]
+        )
         # text choices: a flat code table with per-item offset and count
         choice_codes = []
         choice_off = np.zeros(len(weights), dtype=np.int64)
@@ -323,8 +356,15 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         choice_codes_arr = np.asarray(choice_codes, dtype=np.int32)
         pick = (rng.random(nf) * choice_n[item_idx]).astype(np.int64)
         ftext = choice_codes_arr[choice_off[item_idx] + pick]
-        fnum = np.where(is_text[item_idx], np.nan, _round_to(mean[item_idx] + sd[item_idx] * rng.standard_normal(nf), dec[item_idx]))
-        uoms = np.array([text.code(i.unitname) if i.unitname else -1 for i in catalog.FILLER_ITEMS], dtype=np.int32)
+        fnum = np.where(
+            is_text[item_idx],
+            np.nan,
+            _round_to(mean[item_idx] + sd[item_idx] * rng.standard_normal(nf), dec[item_idx]),
+        )
+        uoms = np.array(
+            [text.code(i.unitname) if i.unitname else -1 for i in catalog.FILLER_ITEMS],
+            dtype=np.int32,
+        )
         item_ids = np.array([i.itemid for i in catalog.FILLER_ITEMS])
         ev.add(
             stay=stay[frows],
@@ -342,14 +382,18 @@ def chartevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     key = cols["stay"].astype(np.int64) * (1 << 33) + (cols["t"] - cols["t"].min())
     order = np.argsort(key, kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
-    cols = _artifacts(ctx, cols, physiological=np.isin(cols["itemid"], [i.itemid for i in C.values()]))
+    cols = _artifacts(
+        ctx, cols, physiological=np.isin(cols["itemid"], [i.itemid for i in C.values()])
+    )
     n = len(cols["t"])
     store = cols["t"] + rng.integers(0, 90, n) * 60
     caregiver = rng.integers(10000, 99999, n)
     valuenum = _float_array(cols["valuenum"])
     text_arr = ctx.text.to_arrow(cols["text"])
     value = pc.coalesce(text_arr, _num_to_str(valuenum))
-    value = pc.if_else(pa.array(cols.get("null_value", np.zeros(n, dtype=bool))), pa.nulls(n, pa.string()), value)
+    value = pc.if_else(
+        pa.array(cols.get("null_value", np.zeros(n, dtype=bool))), pa.nulls(n, pa.string()), value
+    )
     return _table(
         "chartevents",
         {
@@ -382,7 +426,9 @@ _IMPOSSIBLE = {
 }
 
 
-def _artifacts(ctx: ChartContext, cols: dict[str, np.ndarray], physiological: np.ndarray) -> dict[str, np.ndarray]:
+def _artifacts(
+    ctx: ChartContext, cols: dict[str, np.ndarray], physiological: np.ndarray
+) -> dict[str, np.ndarray]:
     """Intended artifacts: impossible values, duplicated rows, rows with null values."""
     ch, rng = ctx.cfg.charting, ctx.rng
     n = len(cols["t"])
@@ -406,18 +452,45 @@ def _artifacts(ctx: ChartContext, cols: dict[str, np.ndarray], physiological: np
 
 # ----------------------------------------------------------------------------- labevents
 _PANELS = {
-    "bmp": ["sodium", "potassium", "bicarbonate", "bun", "creatinine", "glucose", "chloride", "anion_gap"],
+    "bmp": [
+        "sodium",
+        "potassium",
+        "bicarbonate",
+        "bun",
+        "creatinine",
+        "glucose",
+        "chloride",
+        "anion_gap",
+    ],
     "cbc": ["wbc", "hgb", "hct", "platelets"],
     "lft": ["bilirubin", "albumin"],
     "coag": ["inr", "ptt"],
     "lytes": ["magnesium", "calcium", "phosphate"],
-    "gas": ["specimen_type", "pao2", "paco2", "ph", "base_excess", "bicarb_bg", "lactate", "potassium_bg", "sodium_bg", "glucose_bg", "hgb_bg"],
+    "gas": [
+        "specimen_type",
+        "pao2",
+        "paco2",
+        "ph",
+        "base_excess",
+        "bicarb_bg",
+        "lactate",
+        "potassium_bg",
+        "sodium_bg",
+        "glucose_bg",
+        "hgb_bg",
+    ],
     "lactate": ["lactate"],
 }
 _LAB_NOISE = 0.03
 
 
-def _lab_value(key: str, H: dict[str, np.ndarray], rows: np.ndarray, venous: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _lab_value(
+    key: str,
+    H: dict[str, np.ndarray],
+    rows: np.ndarray,
+    venous: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     n = len(rows)
     mult = 1.0 + _LAB_NOISE * rng.standard_normal(n)
     add = rng.standard_normal(n)
@@ -466,7 +539,7 @@ def _lab_value(key: str, H: dict[str, np.ndarray], rows: np.ndarray, venous: np.
 
 
 def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
-    cfg, ch, rng, st, H = ctx.cfg, ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
+    ch, rng, st, H = ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
     sel = np.ones(len(H["h"]), dtype=bool) if hours is None else hours
     rows_all = np.flatnonzero(sel)
     if len(rows_all) == 0:
@@ -477,15 +550,21 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     R = len(rows_all)
     hour_of_day = (t // HOUR) % 24
     icu = H["in_icu"][rows_all].astype(bool)
-    unstable = (H["map"][rows_all] < 65) | (H["lactate"][rows_all] > 2.5) | (H["total_vaso_eq"][rows_all] > 0)
+    unstable = (
+        (H["map"][rows_all] < 65)
+        | (H["lactate"][rows_all] > 2.5)
+        | (H["total_vaso_eq"][rows_all] > 0)
+    )
     vent = H["ventilated"][rows_all].astype(bool)
     first = hh == 0
     morning = (hour_of_day == ch.morning_lab_hour) & (rng.random(R) < np.where(icu, 0.95, 0.7))
     extra = rng.random(R) < np.where(unstable & icu, ch.extra_lab_per_h_unstable, 0.01)
     routine = first | morning | extra
-    gas = (vent & (rng.random(R) < ch.blood_gas_per_h_ventilated)) | (
-        icu & unstable & (rng.random(R) < 0.06)
-    ) | (first & (rng.random(R) < 0.5))
+    gas = (
+        (vent & (rng.random(R) < ch.blood_gas_per_h_ventilated))
+        | (icu & unstable & (rng.random(R) < 0.06))
+        | (first & (rng.random(R) < 0.5))
+    )
     lactate_only = ~gas & unstable & (rng.random(R) < 0.06)
     draws = {
         "bmp": routine,
@@ -509,10 +588,20 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         specimen = ctx.id_base + specimen_counter + np.arange(k)
         specimen_counter += k
         draw_t = t[idx] + rng.integers(0, 60, k) * 60
-        venous = (venous_stay[stay[idx]] & ~vent[idx] & (rng.random(k) < 0.7)) if panel == "gas" else np.zeros(k, dtype=bool)
+        venous = (
+            (venous_stay[stay[idx]] & ~vent[idx] & (rng.random(k) < 0.7))
+            if panel == "gas"
+            else np.zeros(k, dtype=bool)
+        )
         for key in _PANELS[panel]:
             item = catalog.LAB[key]
-            if panel == "gas" and key in ("bicarb_bg", "hgb_bg", "potassium_bg", "sodium_bg", "glucose_bg"):
+            if panel == "gas" and key in (
+                "bicarb_bg",
+                "hgb_bg",
+                "potassium_bg",
+                "sodium_bg",
+                "glucose_bg",
+            ):
                 keep = rng.random(k) < 0.6
             else:
                 keep = np.ones(k, dtype=bool)
@@ -532,9 +621,13 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
                 itemid=itemid[keep],
                 valuenum=valuenum[keep],
                 text=codes[keep].astype(np.int32),
-                uom=np.full(int(keep.sum()), text.code(item.unit) if item.unit else -1, dtype=np.int32),
+                uom=np.full(
+                    int(keep.sum()), text.code(item.unit) if item.unit else -1, dtype=np.int32
+                ),
                 ref_low=np.full(int(keep.sum()), np.nan if item.ref_low is None else item.ref_low),
-                ref_high=np.full(int(keep.sum()), np.nan if item.ref_high is None else item.ref_high),
+                ref_high=np.full(
+                    int(keep.sum()), np.nan if item.ref_high is None else item.ref_high
+                ),
                 priority=np.full(int(keep.sum()), 1 if panel in ("gas", "lactate") else 0),
             )
     if not ev.parts:
@@ -572,7 +665,9 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             "ref_range_lower": _float_array(cols["ref_low"]),
             "ref_range_upper": _float_array(cols["ref_high"]),
             "flag": flag,
-            "priority": text.to_arrow(np.where(cols["priority"] == 1, text.code("STAT"), text.code("ROUTINE"))),
+            "priority": text.to_arrow(
+                np.where(cols["priority"] == 1, text.code("STAT"), text.code("ROUTINE"))
+            ),
             "comments": _str_const(None, n),
         },
     )
@@ -582,7 +677,9 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------- inputevents
-def _runs(stay: np.ndarray, h: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _runs(
+    stay: np.ndarray, h: np.ndarray, key: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group consecutive hours of a stay with equal non-zero ``key`` into runs.
 
     Returns (row index of each run's first hour, run length in hours, run id per row).
@@ -591,17 +688,23 @@ def _runs(stay: np.ndarray, h: np.ndarray, key: np.ndarray) -> tuple[np.ndarray,
     n = len(stay)
     on = key != 0
     prev_same = np.zeros(n, dtype=bool)
-    prev_same[1:] = (stay[1:] == stay[:-1]) & (h[1:] == h[:-1] + 1) & (key[1:] == key[:-1]) & on[:-1]
+    prev_same[1:] = (
+        (stay[1:] == stay[:-1]) & (h[1:] == h[:-1] + 1) & (key[1:] == key[:-1]) & on[:-1]
+    )
     start = on & ~prev_same
     run_id = np.cumsum(start) - 1
     run_id = np.where(on, run_id, -1)
     starts = np.flatnonzero(start)
-    lengths = np.bincount(run_id[on], minlength=len(starts)) if len(starts) else np.zeros(0, dtype=np.int64)
+    lengths = (
+        np.bincount(run_id[on], minlength=len(starts))
+        if len(starts)
+        else np.zeros(0, dtype=np.int64)
+    )
     return starts, lengths, run_id
 
 
 def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
-    cfg, ch, rng, st, H = ctx.cfg, ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
+    ch, rng, st, H = ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
     icu = H["in_icu"].astype(bool)
     if hours is not None:
         icu &= hours
@@ -624,7 +727,15 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     # per-stay minute at which infusion rates change (titration is not on the hour)
     change_min = (np.random.default_rng(ctx.id_base + 11).integers(0, 60, st.n) * 60)[stay]
 
-    def add_infusion(rate: np.ndarray, item: catalog.Item, rate_uom: str, amount_per_rate_hour: np.ndarray, amount_uom: str, category: str, desc: str) -> None:
+    def add_infusion(
+        rate: np.ndarray,
+        item: catalog.Item,
+        rate_uom: str,
+        amount_per_rate_hour: np.ndarray,
+        amount_uom: str,
+        category: str,
+        desc: str,
+    ) -> None:
         """Continuous infusion: one row per run of hours at a constant rate."""
         starts, lengths, _ = _runs(stay, hh, rate)
         if len(starts) == 0:
@@ -646,17 +757,28 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         nxt_contig[:-1] = contiguous[1:]
         status = np.where(nxt_contig, text.code("Changed"), text.code("FinishedRunning"))
         ev.add(
-            stay=stay[starts], start=st_t, end=en_t, itemid=np.full(k, item.itemid),
-            amount=amount, amountuom=np.full(k, text.code(amount_uom)), rate=r,
-            rateuom=np.full(k, text.code(rate_uom)), orderid=order, linkorderid=link,
-            cat=np.full(k, text.code(category)), catdesc=np.full(k, text.code(desc)),
-            weight=weight[starts], status=status,
+            stay=stay[starts],
+            start=st_t,
+            end=en_t,
+            itemid=np.full(k, item.itemid),
+            amount=amount,
+            amountuom=np.full(k, text.code(amount_uom)),
+            rate=r,
+            rateuom=np.full(k, text.code(rate_uom)),
+            orderid=order,
+            linkorderid=link,
+            cat=np.full(k, text.code(category)),
+            catdesc=np.full(k, text.code(desc)),
+            weight=weight[starts],
+            status=status,
         )
 
     # ---- vasopressors: first-line agent in its own units
     agent = st.first_line[stay]
     primary = H["vaso_eq"][rows].astype(np.float64)
-    phen_mcg_min_stay = np.random.default_rng(ctx.id_base + 13).random(st.n) < ch.phenylephrine_mcg_min_fraction
+    phen_mcg_min_stay = (
+        np.random.default_rng(ctx.id_base + 13).random(st.n) < ch.phenylephrine_mcg_min_fraction
+    )
     for a, name in enumerate(FIRST_LINE_AGENTS):
         item = catalog.INPUT[name]
         sel = agent == a
@@ -667,24 +789,68 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             mcg_min = np.round(dose * weight, 0)
             kg = np.where(per_min, 0.0, dose)
             mn = np.where(per_min, mcg_min, 0.0)
-            add_infusion(kg, item, "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med")
-            add_infusion(mn, item, "mcg/min", np.full(len(rows), 60 / 1000), "mg", "01-Drips", "Continuous Med")
+            add_infusion(
+                kg, item, "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med"
+            )
+            add_infusion(
+                mn,
+                item,
+                "mcg/min",
+                np.full(len(rows), 60 / 1000),
+                "mg",
+                "01-Drips",
+                "Continuous Med",
+            )
         else:
-            add_infusion(dose, item, "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med")
+            add_infusion(
+                dose, item, "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med"
+            )
     vp_u_h = np.round(H["vasopressin"][rows].astype(np.float64) * 60, 2)
-    add_infusion(vp_u_h, catalog.INPUT["vasopressin"], "units/hour", np.ones(len(rows)), "units", "01-Drips", "Continuous Med")
+    add_infusion(
+        vp_u_h,
+        catalog.INPUT["vasopressin"],
+        "units/hour",
+        np.ones(len(rows)),
+        "units",
+        "01-Drips",
+        "Continuous Med",
+    )
     epi_add = np.round(H["epi_add"][rows].astype(np.float64), 3)
     # add-on epinephrine only where epinephrine is not already the first-line agent
     epi_add = np.where(agent == FIRST_LINE_AGENTS.index("epinephrine"), 0.0, epi_add)
-    add_infusion(epi_add, catalog.INPUT["epinephrine"], "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med")
+    add_infusion(
+        epi_add,
+        catalog.INPUT["epinephrine"],
+        "mcg/kg/min",
+        weight * 60 / 1000,
+        "mg",
+        "01-Drips",
+        "Continuous Med",
+    )
     dob = np.round(H["dobutamine"][rows].astype(np.float64), 2)
-    add_infusion(dob, catalog.INPUT["dobutamine"], "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med")
+    add_infusion(
+        dob,
+        catalog.INPUT["dobutamine"],
+        "mcg/kg/min",
+        weight * 60 / 1000,
+        "mg",
+        "01-Drips",
+        "Continuous Med",
+    )
     # ---- maintenance fluids: one run per constant rate and product
     maint = H["maint_rate"][rows].astype(np.float64)
     mtype = H["maint_type"][rows].astype(np.int64)
     for j, name in enumerate(MAINTENANCE_FLUIDS):
         r = np.where(mtype == j, maint, 0.0)
-        add_infusion(r, catalog.INPUT[name], "mL/hour", np.ones(len(rows)), "mL", "02-Fluids (Crystalloids)", "Continuous IV")
+        add_infusion(
+            r,
+            catalog.INPUT[name],
+            "mL/hour",
+            np.ones(len(rows)),
+            "mL",
+            "02-Fluids (Crystalloids)",
+            "Continuous IV",
+        )
     # ---- boluses
     bol = np.flatnonzero(H["bolus_ml"][rows] > 0)
     if len(bol):
@@ -699,19 +865,38 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         vol = np.where(alb25, 100.0, vol)
         start = t_hour[bol] + H["bolus_minute"][rows][bol].astype(np.int64) * 60
         order = new_orders(k)
-        cat = np.where(btype >= 2, text.code("04-Fluids (Colloids)"), text.code("02-Fluids (Crystalloids)"))
+        cat = np.where(
+            btype >= 2, text.code("04-Fluids (Colloids)"), text.code("02-Fluids (Crystalloids)")
+        )
         ev.add(
-            stay=stay[bol], start=start, end=start + (dur * 60).astype(np.int64), itemid=itemid,
-            amount=vol, amountuom=np.full(k, text.code("mL")), rate=np.round(vol / dur * 60, 1),
-            rateuom=np.full(k, text.code("mL/hour")), orderid=order, linkorderid=order,
-            cat=cat, catdesc=np.full(k, text.code("Continuous IV")), weight=weight[bol],
+            stay=stay[bol],
+            start=start,
+            end=start + (dur * 60).astype(np.int64),
+            itemid=itemid,
+            amount=vol,
+            amountuom=np.full(k, text.code("mL")),
+            rate=np.round(vol / dur * 60, 1),
+            rateuom=np.full(k, text.code("mL/hour")),
+            orderid=order,
+            linkorderid=order,
+            cat=cat,
+            catdesc=np.full(k, text.code("Continuous IV")),
+            weight=weight[bol],
             status=np.full(k, text.code("FinishedRunning")),
         )
     # ---- non-fluid, non-vasopressor inputs the pipeline must not count
     vent = H["ventilated"][rows].astype(bool)
     sed = vent & (rng.random(len(rows)) < 0.9)
     prop = np.where(sed, np.round(st.sedation_depth[stay] * 50, 0), 0.0)
-    add_infusion(prop, catalog.INPUT["propofol"], "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med")
+    add_infusion(
+        prop,
+        catalog.INPUT["propofol"],
+        "mcg/kg/min",
+        weight * 60 / 1000,
+        "mg",
+        "01-Drips",
+        "Continuous Med",
+    )
     low_hgb = (H["haemoglobin"][rows] < 7.5) & (rng.random(len(rows)) < 0.15)
     tx = np.flatnonzero(low_hgb)
     if len(tx):
@@ -719,11 +904,20 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         start = t_hour[tx] + rng.integers(0, 60, k) * 60
         order = new_orders(k)
         ev.add(
-            stay=stay[tx], start=start, end=start + 2 * HOUR, itemid=np.full(k, catalog.INPUT["prbc"].itemid),
-            amount=np.full(k, 350.0), amountuom=np.full(k, text.code("mL")), rate=np.full(k, 175.0),
-            rateuom=np.full(k, text.code("mL/hour")), orderid=order, linkorderid=order,
-            cat=np.full(k, text.code("06-Blood Products")), catdesc=np.full(k, text.code("Continuous IV")),
-            weight=weight[tx], status=np.full(k, text.code("FinishedRunning")),
+            stay=stay[tx],
+            start=start,
+            end=start + 2 * HOUR,
+            itemid=np.full(k, catalog.INPUT["prbc"].itemid),
+            amount=np.full(k, 350.0),
+            amountuom=np.full(k, text.code("mL")),
+            rate=np.full(k, 175.0),
+            rateuom=np.full(k, text.code("mL/hour")),
+            orderid=order,
+            linkorderid=order,
+            cat=np.full(k, text.code("06-Blood Products")),
+            catdesc=np.full(k, text.code("Continuous IV")),
+            weight=weight[tx],
+            status=np.full(k, text.code("FinishedRunning")),
         )
     if not ev.parts:
         return TABLES["inputevents"].arrow_schema().empty_table()
@@ -760,7 +954,16 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             "ordercomponenttypedescription": _str_const("Main order parameter", n),
             "ordercategorydescription": text.to_arrow(cols["catdesc"]),
             "patientweight": _float_array(np.round(cols["weight"], 1)),
-            "totalamount": _float_array(np.where(np.isin(cols["itemid"], [i.itemid for i in catalog.INPUT.values() if i.category == "Medications"]), 250.0, np.maximum(amount, 0))),
+            "totalamount": _float_array(
+                np.where(
+                    np.isin(
+                        cols["itemid"],
+                        [i.itemid for i in catalog.INPUT.values() if i.category == "Medications"],
+                    ),
+                    250.0,
+                    np.maximum(amount, 0),
+                )
+            ),
             "totalamountuom": _str_const("mL", n),
             "isopenbag": _int_array(np.zeros(n, dtype=np.int64)),
             "continueinnextdept": _int_array(np.zeros(n, dtype=np.int64)),
@@ -789,9 +992,22 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
     u = stay_rng.random((st.n, 3))
     foley = u[:, 0] < ch.foley_fraction
     irrigant = u[:, 1] < 0.02
-    O = catalog.OUTPUT
-    other_urine = np.array([O[k].itemid for k in ("condom_cath", "suprapubic", "r_nephrostomy", "straight_cath", "ileoconduit")])
-    route_item = np.where(foley, O["foley"].itemid, np.where(u[:, 2] < 0.85, O["void"].itemid, other_urine[(u[:, 2] * 100).astype(int) % len(other_urine)]))
+    out_items = catalog.OUTPUT
+    other_urine = np.array(
+        [
+            out_items[k].itemid
+            for k in ("condom_cath", "suprapubic", "r_nephrostomy", "straight_cath", "ileoconduit")
+        ]
+    )
+    route_item = np.where(
+        foley,
+        out_items["foley"].itemid,
+        np.where(
+            u[:, 2] < 0.85,
+            out_items["void"].itemid,
+            other_urine[(u[:, 2] * 100).astype(int) % len(other_urine)],
+        ),
+    )
     # chart when due: hourly for a Foley, every few hours otherwise; the charted value is the
     # urine collected since the previous chart (carried across calls when charting hour by hour)
     due = np.where(foley[stay], rng.random(R) < 0.93, rng.random(R) < 0.3)
@@ -826,12 +1042,27 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
     s = stay[idx]
     irr = irrigant[s]
     t = t_end[idx] - rng.integers(1, 20, k) * 60  # charted just before the hour ends
-    ev.add(stay=s, t=t, itemid=np.where(irr, O["gu_irrigant_out"].itemid, route_item[s]), value=np.where(irr, value + 200.0, value))
-    ev.add(stay=s[irr], t=t[irr], itemid=np.full(int(irr.sum()), O["gu_irrigant_in"].itemid), value=np.full(int(irr.sum()), 200.0))
+    ev.add(
+        stay=s,
+        t=t,
+        itemid=np.where(irr, out_items["gu_irrigant_out"].itemid, route_item[s]),
+        value=np.where(irr, value + 200.0, value),
+    )
+    ev.add(
+        stay=s[irr],
+        t=t[irr],
+        itemid=np.full(int(irr.sum()), out_items["gu_irrigant_in"].itemid),
+        value=np.full(int(irr.sum()), 200.0),
+    )
     # other outputs (not urine): drains, stool, gastric
     other = rng.random(R) < 0.08
-    oi = np.array([O[k].itemid for k in ("chest_tube", "ogt", "stool")])
-    ev.add(stay=stay[other], t=t_end[other] - rng.integers(1, 60, int(other.sum())) * 60, itemid=oi[rng.integers(0, 3, int(other.sum()))], value=np.round(rng.uniform(20, 300, int(other.sum()))))
+    oi = np.array([out_items[k].itemid for k in ("chest_tube", "ogt", "stool")])
+    ev.add(
+        stay=stay[other],
+        t=t_end[other] - rng.integers(1, 60, int(other.sum())) * 60,
+        itemid=oi[rng.integers(0, 3, int(other.sum()))],
+        value=np.round(rng.uniform(20, 300, int(other.sum()))),
+    )
     cols = ctx.before_icu_end(ev.concat())
     n = len(cols["t"])
     # artifact: a few implausible urine rows (e.g. 9000 mL)
@@ -856,41 +1087,133 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
 # ----------------------------------------------------------------------------- prescriptions
 # (drug, formulary code, gsn, ndc, strength, dose, unit, doses/24h, route)
 _EMPIRIC_REGIMENS = [
-    [("Vancomycin", "VANC1F", "043952", "00338355248", "1 g Frozen Bag", "1000", "mg", 2, "IV"),
-     ("Piperacillin-Tazobactam", "PIPT4", "062725", "00206886002", "4.5 g Vial", "4.5", "g", 3, "IV")],
-    [("CefTRIAXone", "CTRX1F", "009113", "00338502941", "1 g Frozen Bag", "1", "gm", 1, "IV"),
-     ("Azithromycin", "AZIT500I", "026721", "00409351201", "500 mg Vial", "500", "mg", 1, "IV")],
-    [("Cefepime", "CEFE2I", "022255", "00409735801", "2 g Vial", "2", "g", 2, "IV"),
-     ("MetRONIDAZOLE (FLagyl)", "METR500PM", "008786", "00338105548", "500 mg Premix Bag", "500", "mg", 3, "IV")],
-    [("Vancomycin", "VANC1F", "043952", "00338355248", "1 g Frozen Bag", "1250", "mg", 2, "IV"),
-     ("Cefepime", "CEFE2I", "022255", "00409735801", "2 g Vial", "2", "g", 2, "IV")],
+    [
+        ("Vancomycin", "VANC1F", "043952", "00338355248", "1 g Frozen Bag", "1000", "mg", 2, "IV"),
+        (
+            "Piperacillin-Tazobactam",
+            "PIPT4",
+            "062725",
+            "00206886002",
+            "4.5 g Vial",
+            "4.5",
+            "g",
+            3,
+            "IV",
+        ),
+    ],
+    [
+        ("CefTRIAXone", "CTRX1F", "009113", "00338502941", "1 g Frozen Bag", "1", "gm", 1, "IV"),
+        ("Azithromycin", "AZIT500I", "026721", "00409351201", "500 mg Vial", "500", "mg", 1, "IV"),
+    ],
+    [
+        ("Cefepime", "CEFE2I", "022255", "00409735801", "2 g Vial", "2", "g", 2, "IV"),
+        (
+            "MetRONIDAZOLE (FLagyl)",
+            "METR500PM",
+            "008786",
+            "00338105548",
+            "500 mg Premix Bag",
+            "500",
+            "mg",
+            3,
+            "IV",
+        ),
+    ],
+    [
+        ("Vancomycin", "VANC1F", "043952", "00338355248", "1 g Frozen Bag", "1250", "mg", 2, "IV"),
+        ("Cefepime", "CEFE2I", "022255", "00409735801", "2 g Vial", "2", "g", 2, "IV"),
+    ],
 ]
-_ESCALATION = ("Meropenem", "MERO500I", "027769", "00409350201", "500mg Vial", "1000", "mg", 3, "IV")
-_PROPHYLAXIS = ("CeFAZolin", "CEFA2F", "009201", "00338350841", "2 g / 100 mL Premix", "2", "g", 3, "IV")
+_ESCALATION = (
+    "Meropenem",
+    "MERO500I",
+    "027769",
+    "00409350201",
+    "500mg Vial",
+    "1000",
+    "mg",
+    3,
+    "IV",
+)
+_PROPHYLAXIS = (
+    "CeFAZolin",
+    "CEFA2F",
+    "009201",
+    "00338350841",
+    "2 g / 100 mL Premix",
+    "2",
+    "g",
+    3,
+    "IV",
+)
 _TOPICAL = [
     ("Bacitracin Ointment", "BACI1", "009437", "00168001115", "1 g Packet", "1", "Appl", 2, "TP"),
-    ("Erythromycin 0.5% Ophth Oint", "ERYTOINT", "007595", "00574402035", "3.5g Tube", "0.5", "in", 4, "BOTH EYES"),
-    ("Mupirocin Nasal Ointment 2%", "MUPI2N", "008813", "00168035822", "1 g Tube", "1", "Appl", 2, "NU"),
+    (
+        "Erythromycin 0.5% Ophth Oint",
+        "ERYTOINT",
+        "007595",
+        "00574402035",
+        "3.5g Tube",
+        "0.5",
+        "in",
+        4,
+        "BOTH EYES",
+    ),
+    (
+        "Mupirocin Nasal Ointment 2%",
+        "MUPI2N",
+        "008813",
+        "00168035822",
+        "1 g Tube",
+        "1",
+        "Appl",
+        2,
+        "NU",
+    ),
 ]
 _OTHER = [
-    ("Heparin", "HEPA5I", "006549", "63323026201", "5000 Unit / mL- 1 mL Vial", "5000", "UNIT", 3, "SC"),
+    (
+        "Heparin",
+        "HEPA5I",
+        "006549",
+        "63323026201",
+        "5000 Unit / mL- 1 mL Vial",
+        "5000",
+        "UNIT",
+        3,
+        "SC",
+    ),
     ("Pantoprazole", "PANT40I", "040179", "00008092355", "40mg Vial", "40", "mg", 1, "IV"),
     ("Acetaminophen", "ACET325", "004489", "00904198861", "325mg Tablet", "650", "mg", 4, "PO/NG"),
     ("Docusate Sodium", "DOCU100", "003009", "00904224461", "100mg Capsule", "100", "mg", 2, "PO"),
-    ("Insulin", "INSULIN", "027419", "00002831501", "100 Units / mL - 10 mL Vial", "0", "UNIT", 0, "SC"),
+    (
+        "Insulin",
+        "INSULIN",
+        "027419",
+        "00002831501",
+        "100 Units / mL - 10 mL Vial",
+        "0",
+        "UNIT",
+        0,
+        "SC",
+    ),
     ("Sodium Chloride 0.9%  Flush", "NACLFLUSH", "", "0", "10 mL Syringe", "3", "mL", 3, "IV"),
     ("Potassium Chloride", "KCL20P", "001275", "00338070941", "20mEq Premix", "20", "mEq", 0, "IV"),
 ]
 
 
-def prescriptions(ctx: ChartContext, workups: dict[str, np.ndarray], prophylaxis_h: np.ndarray) -> pa.Table:
+def prescriptions(
+    ctx: ChartContext, workups: dict[str, np.ndarray], prophylaxis_h: np.ndarray
+) -> pa.Table:
     rng, st = ctx.rng, ctx.stays
     rows: list[tuple] = []
     adm = ctx.admittime
 
     def emit(s: np.ndarray, start_h: np.ndarray, stop_h: np.ndarray, drug: tuple) -> None:
         for i, a, b in zip(s.tolist(), start_h.tolist(), stop_h.tolist(), strict=True):
-            rows.append((i, int(adm[i] + a * HOUR) // 60 * 60, int(adm[i] + b * HOUR) // 60 * 60, drug))
+            rows.append(
+                (i, int(adm[i] + a * HOUR) // 60 * 60, int(adm[i] + b * HOUR) // 60 * 60, drug)
+            )
 
     n_w = workups["antibiotic_h"].shape[1]
     for j in range(n_w):
@@ -918,7 +1241,12 @@ def prescriptions(ctx: ChartContext, workups: dict[str, np.ndarray], prophylaxis
         emit(sel, icu_h[sel] + rng.uniform(0, 24, len(sel)), icu_h[sel] + 96.0, drug)
     for drug in _OTHER:
         sel = np.flatnonzero(rng.random(st.n) < 0.6)
-        emit(sel, icu_h[sel] + rng.uniform(0, 6, len(sel)), icu_h[sel] + rng.uniform(24, 120, len(sel)), drug)
+        emit(
+            sel,
+            icu_h[sel] + rng.uniform(0, 6, len(sel)),
+            icu_h[sel] + rng.uniform(24, 120, len(sel)),
+            drug,
+        )
     n = len(rows)
     if n == 0:
         return _table("prescriptions", {"subject_id": pa.array([], pa.int64())})
@@ -932,9 +1260,13 @@ def prescriptions(ctx: ChartContext, workups: dict[str, np.ndarray], prophylaxis
             "subject_id": _int_array(st.subject_id[s]),
             "hadm_id": _int_array(st.hadm_id[s]),
             "pharmacy_id": _int_array(ctx.id_base + seq),
-            "poe_id": pa.array([f"{st.subject_id[i]}-{ctx.id_base % 100000 + k}" for k, i in enumerate(s.tolist())]),
+            "poe_id": pa.array(
+                [f"{st.subject_id[i]}-{ctx.id_base % 100000 + k}" for k, i in enumerate(s.tolist())]
+            ),
             "poe_seq": _int_array(ctx.id_base % 100000 + seq),
-            "order_provider_id": pa.array([ctx.attending_provider[a] for a in st.attending[s].tolist()]),
+            "order_provider_id": pa.array(
+                [ctx.attending_provider[a] for a in st.attending[s].tolist()]
+            ),
             "starttime": _time_array(np.array([r[1] for r in rows])),
             "stoptime": _time_array(np.array([r[2] for r in rows])),
             "drug_type": _str_const("MAIN", n),
@@ -948,7 +1280,9 @@ def prescriptions(ctx: ChartContext, workups: dict[str, np.ndarray], prophylaxis
             "dose_unit_rx": pa.array([d[6] for d in drugs]),
             "form_val_disp": pa.array([d[5] for d in drugs]),
             "form_unit_disp": pa.array([d[6] for d in drugs]),
-            "doses_per_24_hrs": _float_array(np.array([float(d[7]) if d[7] else np.nan for d in drugs])),
+            "doses_per_24_hrs": _float_array(
+                np.array([float(d[7]) if d[7] else np.nan for d in drugs])
+            ),
             "route": pa.array([d[8] for d in drugs]),
         },
     )
@@ -968,10 +1302,17 @@ _ORGANISMS = [
     (80004, "KLEBSIELLA PNEUMONIAE"),
     (80053, "ENTEROCOCCUS SP."),
 ]
-_ANTIBIOTICS_TESTED = [(90004, "AMPICILLIN"), (90012, "GENTAMICIN"), (90016, "CEFTRIAXONE"), (90018, "MEROPENEM")]
+_ANTIBIOTICS_TESTED = [
+    (90004, "AMPICILLIN"),
+    (90012, "GENTAMICIN"),
+    (90016, "CEFTRIAXONE"),
+    (90018, "MEROPENEM"),
+]
 
 
-def microbiologyevents(ctx: ChartContext, workups: dict[str, np.ndarray], screen_h: np.ndarray, infected: np.ndarray) -> pa.Table:
+def microbiologyevents(
+    ctx: ChartContext, workups: dict[str, np.ndarray], screen_h: np.ndarray, infected: np.ndarray
+) -> pa.Table:
     rng, st = ctx.rng, ctx.stays
     ch = ctx.cfg.charting
     specimens: list[tuple[int, float, str]] = []  # (stay, hour, specimen kind)
@@ -988,26 +1329,56 @@ def microbiologyevents(ctx: ChartContext, workups: dict[str, np.ndarray], screen
     for i in np.flatnonzero(~np.isnan(screen_h)).tolist():
         specimens.append((i, screen_h[i], "mrsa"))
     specimens.sort(key=lambda x: (x[0], x[1]))
-    out = {k: [] for k in ("stay", "specimen", "chartdate", "charttime", "kind", "org", "ab", "interp", "storetime")}
+    out = {
+        k: []
+        for k in (
+            "stay",
+            "specimen",
+            "chartdate",
+            "charttime",
+            "kind",
+            "org",
+            "ab",
+            "interp",
+            "storetime",
+        )
+    }
     for spec_no, (i, hour, kind) in enumerate(specimens):
         t = int(ctx.admittime[i] + hour * HOUR) // 60 * 60
         date_only = rng.random() < ch.date_only_culture_fraction
         chartdate = t - t % 86400
         store = t + int(rng.uniform(1.5, 4.0) * SECONDS_PER_DAY) // 60 * 60
-        positive = kind != "mrsa" and infected[i] and rng.random() < (0.45 if kind == "blood" else 0.6)
+        positive = (
+            kind != "mrsa" and infected[i] and rng.random() < (0.45 if kind == "blood" else 0.6)
+        )
         spec_id = ctx.id_base + spec_no
         if positive:
             org = _ORGANISMS[int(rng.integers(0, len(_ORGANISMS)))]
             for ab in _ANTIBIOTICS_TESTED:
-                for key, val in (("stay", i), ("specimen", spec_id), ("chartdate", chartdate),
-                                 ("charttime", MISSING_TIME if date_only else t), ("kind", kind),
-                                 ("org", org), ("ab", ab), ("interp", "S" if rng.random() < 0.8 else "R"),
-                                 ("storetime", store)):
+                for key, val in (
+                    ("stay", i),
+                    ("specimen", spec_id),
+                    ("chartdate", chartdate),
+                    ("charttime", MISSING_TIME if date_only else t),
+                    ("kind", kind),
+                    ("org", org),
+                    ("ab", ab),
+                    ("interp", "S" if rng.random() < 0.8 else "R"),
+                    ("storetime", store),
+                ):
                     out[key].append(val)
         else:
-            for key, val in (("stay", i), ("specimen", spec_id), ("chartdate", chartdate),
-                             ("charttime", MISSING_TIME if date_only else t), ("kind", kind),
-                             ("org", None), ("ab", None), ("interp", None), ("storetime", store)):
+            for key, val in (
+                ("stay", i),
+                ("specimen", spec_id),
+                ("chartdate", chartdate),
+                ("charttime", MISSING_TIME if date_only else t),
+                ("kind", kind),
+                ("org", None),
+                ("ab", None),
+                ("interp", None),
+                ("storetime", store),
+            ):
                 out[key].append(val)
     n = len(out["stay"])
     if n == 0:
@@ -1024,7 +1395,9 @@ def microbiologyevents(ctx: ChartContext, workups: dict[str, np.ndarray], screen
             "subject_id": _int_array(st.subject_id[s]),
             "hadm_id": _int_array(st.hadm_id[s]),
             "micro_specimen_id": _int_array(np.array(out["specimen"])),
-            "order_provider_id": pa.array([ctx.attending_provider[a] for a in st.attending[s].tolist()]),
+            "order_provider_id": pa.array(
+                [ctx.attending_provider[a] for a in st.attending[s].tolist()]
+            ),
             "chartdate": _time_array(np.array(out["chartdate"], dtype=np.int64)),
             "charttime": _time_array(np.array(out["charttime"], dtype=np.int64)),
             "spec_itemid": _int_array(np.array([x[0] for x in spec])),
@@ -1041,7 +1414,9 @@ def microbiologyevents(ctx: ChartContext, workups: dict[str, np.ndarray], screen
             "ab_itemid": _int_array(ab_id, missing=-1),
             "ab_name": pa.array([a[1] if a else None for a in out["ab"]], pa.string()),
             "dilution_text": pa.array([("<=1" if a else None) for a in out["ab"]], pa.string()),
-            "dilution_comparison": pa.array([("<=" if a else None) for a in out["ab"]], pa.string()),
+            "dilution_comparison": pa.array(
+                [("<=" if a else None) for a in out["ab"]], pa.string()
+            ),
             "dilution_value": _float_array(np.where(ab_id > 0, 1.0, np.nan)),
             "interpretation": pa.array(out["interp"], pa.string()),
             "comments": pa.array([None if o else "NO GROWTH." for o in out["org"]], pa.string()),

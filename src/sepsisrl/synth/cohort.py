@@ -80,7 +80,9 @@ def subset_chunk(chunk: ChunkResult, keep: np.ndarray) -> ChunkResult:
     hourly = {k: v[rows] for k, v in chunk.sim.hourly.items()}
     hourly["stay"] = remap[hourly["stay"]].astype(np.int32)
     per_stay = {
-        f.name: getattr(chunk.sim, f.name)[idx] for f in fields(SimulationResult) if f.name != "hourly"
+        f.name: getattr(chunk.sim, f.name)[idx]
+        for f in fields(SimulationResult)
+        if f.name != "hourly"
     }
     sim = SimulationResult(hourly=hourly, **per_stay)
     take = lambda obj, cls: cls(**{f.name: getattr(obj, f.name)[idx] for f in fields(cls)})  # noqa: E731
@@ -149,7 +151,9 @@ def simulate_chunk(
         pos = np.flatnonzero(eligible)
         if len(pos) == 0:
             break
-        stays = sample_stays(cfg, rng_stays, subjects, pos, ordinal, next_admit[pos], len(attendings.fluid_bias))
+        stays = sample_stays(
+            cfg, rng_stays, subjects, pos, ordinal, next_admit[pos], len(attendings.fluid_bias)
+        )
         sim = Simulator(cfg, stays, attendings, sim_seeds[ordinal]).run()
         timeline = _timeline(cfg, rng_out, stays, sim)
         stays_parts.append(stays)
@@ -171,7 +175,9 @@ def simulate_chunk(
     return ChunkResult(subjects, stays, sim, timeline, truth, sofa)
 
 
-def _timeline(cfg: SynthConfig, rng: np.random.Generator, stays: Stays, sim: SimulationResult) -> Timeline:
+def _timeline(
+    cfg: SynthConfig, rng: np.random.Generator, stays: Stays, sim: SimulationResult
+) -> Timeline:
     p = cfg.physiology
     n = stays.n
     hour = SECONDS_PER_HOUR
@@ -222,7 +228,9 @@ def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np
     hourly = sim.hourly
     k = sim.culture_h.shape[1]
     si_all = suspected_infection_times(
-        [sim.culture_h[:, j] for j in range(k)] + [sim.culture2_h[:, j] for j in range(k)] + [tl.screen_h],
+        [sim.culture_h[:, j] for j in range(k)]
+        + [sim.culture2_h[:, j] for j in range(k)]
+        + [tl.screen_h],
         [sim.antibiotic_h[:, j] for j in range(k)]
         + [sim.escalation_h[:, j] for j in range(k)]
         + [tl.prophylaxis_h],
@@ -236,12 +244,16 @@ def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np
     in_window = sepsis3 & (onset >= intime_h - 6.0) & (onset <= icu_end_h)
     max_sofa = np.zeros(stays.n, dtype=np.int64)
     np.maximum.at(max_sofa, hourly["stay"], sofa["sofa"].astype(np.int64))
-    death_h = np.where(tl.death_time >= 0, (tl.death_time - tl.admittime) / SECONDS_PER_HOUR, np.inf)
+    death_h = np.where(
+        tl.death_time >= 0, (tl.death_time - tl.admittime) / SECONDS_PER_HOUR, np.inf
+    )
     died_90_onset = sepsis3 & (death_h <= onset + 90 * 24)
     died_90_in = death_h <= intime_h + 90 * 24
     return Truth(
         infected=(stays.infection_kind > 0) & (stays.infection_h < icu_end_h),
-        infection_h=np.where(stays.infection_kind > 0, stays.infection_h.astype(np.float64), np.nan),
+        infection_h=np.where(
+            stays.infection_kind > 0, stays.infection_h.astype(np.float64), np.nan
+        ),
         suspected_infection_h=si,
         sofa_hour=sofa_hour,
         onset_h=onset,

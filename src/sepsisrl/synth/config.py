@@ -147,7 +147,9 @@ class CliniciansConfig(StrictModel):
         allowed = {"norepinephrine", "phenylephrine", "dopamine", "epinephrine"}
         unknown = set(self.first_line_probs) - allowed
         if unknown:
-            raise ValueError(f"first_line_probs: unknown agents {sorted(unknown)}; allowed {sorted(allowed)}")
+            raise ValueError(
+                f"first_line_probs: unknown agents {sorted(unknown)}; allowed {sorted(allowed)}"
+            )
         total = sum(self.first_line_probs.values())
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"first_line_probs must sum to 1, got {total}")

@@ -8,6 +8,7 @@ simulation. The gzip header carries no timestamp, so equal inputs give equal byt
 
 from __future__ import annotations
 
+import contextlib
 import io
 import queue
 import threading
@@ -17,7 +18,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-
 
 # Placeholders for characters that must be quoted; Arrow's "none" quoting style refuses them,
 # and its "needed" style quotes every string. The placeholders never occur in generated text.
@@ -32,7 +32,9 @@ def _mark_quoted(table: pa.Table) -> tuple[pa.Table, bool]:
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             needs = pc.match_substring_regex(col, '[",]')
             if pc.any(needs).as_py():
-                inner = pc.replace_substring(pc.replace_substring(col, '"', _QUOTE * 2), ",", _COMMA)
+                inner = pc.replace_substring(
+                    pc.replace_substring(col, '"', _QUOTE * 2), ",", _COMMA
+                )
                 quoted = pc.binary_join_element_wise(_QUOTE, inner, _QUOTE, "")
                 col = pc.if_else(needs, quoted, col)
                 changed = True
@@ -61,10 +63,11 @@ class GzipCsvFile:
         self.rows = 0
         self._fh.write(self._z.compress((",".join(columns) + "\n").encode()))
 
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self._fh.write(self._z.compress(table_to_csv_bytes(table)))
+    def write(self, table: pa.Table, slice_rows: int = 200_000) -> None:
+        # format and compress in slices: memory stays bounded whatever the table size
+        for start in range(0, table.num_rows, slice_rows):
+            part = table.slice(start, slice_rows)
+            self._fh.write(self._z.compress(table_to_csv_bytes(part)))
         self.rows += table.num_rows
 
     def close(self) -> None:
@@ -79,7 +82,7 @@ class BackgroundWriter:
     many chunks are written. Errors raised on the worker are re-raised on the next call.
     """
 
-    def __init__(self, files: dict[str, GzipCsvFile], max_pending: int = 12) -> None:
+    def __init__(self, files: dict[str, GzipCsvFile], max_pending: int = 9) -> None:
         self.files = files
         self._q: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
@@ -116,10 +119,8 @@ class BackgroundWriter:
         self._q.put(None)
         self._thread.join(timeout=30)
         for f in self.files.values():
-            try:
+            with contextlib.suppress(OSError):
                 f._fh.close()
-            except OSError:
-                pass
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -148,7 +148,9 @@ def sample_attendings(cfg: SynthConfig, seed: int) -> Attendings:
         f"P{rng.integers(0, 1000):03d}{letters[rng.integers(0, 24)]}{letters[rng.integers(0, 24)]}"
         for _ in range(n)
     ]
-    return Attendings(fluid_bias, balance_tol, start_map, fluid_before, speed, over, late, provider_id)
+    return Attendings(
+        fluid_bias, balance_tol, start_map, fluid_before, speed, over, late, provider_id
+    )
 
 
 def sample_subjects(
@@ -219,7 +221,9 @@ def sample_stays(
     ordinal = np.broadcast_to(np.asarray(ordinal, dtype=np.int64), (n,)).copy()
     s = subjects
     sidx = s.index[subject_pos]
-    years = (admit_time - _year_start_epoch(s.anchor_year[subject_pos])) / (365.25 * SECONDS_PER_DAY)
+    years = (admit_time - _year_start_epoch(s.anchor_year[subject_pos])) / (
+        365.25 * SECONDS_PER_DAY
+    )
     age = s.anchor_age[subject_pos] + np.maximum(years, 0.0)
     comorb = s.comorbidity[subject_pos]
     ckd = s.ckd[subject_pos]

@@ -142,9 +142,26 @@ class MapLactateRule:
         lab = batch.tables["labevents"]
         lactate_by_hadm = latest_value(lab, hadm, [50813], (0.2, 30))
         ie = batch.tables["inputevents"]
-        fluid_ids = [225158, 225828, 220949, 225159, 225823, 225825, 225827, 225941, 220862, 220864, 225174]
+        fluid_ids = [
+            225158,
+            225828,
+            220949,
+            225159,
+            225823,
+            225825,
+            225827,
+            225941,
+            220862,
+            220864,
+            225174,
+        ]
         given = _sum_by_stay(ie, batch.stay_id, fluid_ids, "amount")
-        vaso_on = _sum_by_stay(ie, batch.stay_id, [221906, 221289, 221749, 221662, 222315], "rate", recent=batch) > 0
+        vaso_on = (
+            _sum_by_stay(
+                ie, batch.stay_id, [221906, 221289, 221749, 221662, 222315], "rate", recent=batch
+            )
+            > 0
+        )
         vaso = np.select([map_ < 55, map_ < 60, map_ < 65, vaso_on & (map_ < 75)], [3, 2, 1, 1], 0)
         shock = (map_ < 65) | (lactate_by_hadm > 2)
         fluid = np.where(shock & (given < 3000), 3, 1)
@@ -158,7 +175,11 @@ def _hadm_of(batch: DecisionBatch) -> np.ndarray:
 
 
 def _sum_by_stay(
-    table: pa.Table, stay_id: np.ndarray, itemids: list[int], column: str, recent: DecisionBatch | None = None
+    table: pa.Table,
+    stay_id: np.ndarray,
+    itemids: list[int],
+    column: str,
+    recent: DecisionBatch | None = None,
 ) -> np.ndarray:
     if table.num_rows == 0:
         return np.zeros(len(stay_id))
@@ -167,8 +188,14 @@ def _sum_by_stay(
     val = np.nan_to_num(sub[column].to_numpy(zero_copy_only=False).astype(np.float64))
     if recent is not None:  # only rows still running at the decision time
         end = sub["endtime"].cast(pa.int64()).to_numpy()
-        t_dec = dict(zip(recent.stay_id.tolist(), recent.decision_time.astype(np.int64).tolist(), strict=True))
-        keep = np.array([end_i >= t_dec.get(int(s), 0) for s, end_i in zip(sid, end, strict=True)], dtype=bool)
+        t_dec = dict(
+            zip(
+                recent.stay_id.tolist(), recent.decision_time.astype(np.int64).tolist(), strict=True
+            )
+        )
+        keep = np.array(
+            [end_i >= t_dec.get(int(s), 0) for s, end_i in zip(sid, end, strict=True)], dtype=bool
+        )
         sid, val = sid[keep], val[keep]
     totals: dict[int, float] = {}
     for s, v in zip(sid.tolist(), val.tolist(), strict=True):
@@ -263,14 +290,18 @@ def rollout(
         sim.override &= h < horizon_end_h
         if due.any():
             idx = np.flatnonzero(due)
-            batch = _decision_batch(idx, stays, admit, h, since[idx] // step_hours, charted, static_stub, doses)
+            batch = _decision_batch(
+                idx, stays, admit, h, since[idx] // step_hours, charted, static_stub, doses
+            )
             batch._privileged = {"stay_index": idx}
             actions = np.asarray(policy(batch), dtype=np.int64).reshape(-1)
             if actions.shape != (len(idx),):
                 raise ValueError(f"policy returned {actions.shape} actions for {len(idx)} patients")
             bad = (actions < DEFER_TO_CLINICIANS) | (actions >= N_VASO_BINS * N_FLUID_BINS)
             if bad.any():
-                raise ValueError(f"policy returned invalid action ids {np.unique(actions[bad])}; expected -1..24")
+                raise ValueError(
+                    f"policy returned invalid action ids {np.unique(actions[bad])}; expected -1..24"
+                )
             ext = actions >= 0
             sim.override[idx] = ext
             a = np.where(ext, actions, 0)
@@ -325,7 +356,11 @@ def _decision_batch(
         out[name] = tab
     stat = {}
     for name, tab in static.items():
-        key = "stay_id" if "stay_id" in tab.column_names else ("hadm_id" if "hadm_id" in tab.column_names else "subject_id")
+        key = (
+            "stay_id"
+            if "stay_id" in tab.column_names
+            else ("hadm_id" if "hadm_id" in tab.column_names else "subject_id")
+        )
         ids = {"stay_id": stay_ids, "hadm_id": hadm_ids, "subject_id": stays.subject_id[idx]}[key]
         stat[name] = tab.filter(pc.is_in(tab[key], pa.array(ids, pa.int64())))
     return DecisionBatch(
@@ -363,7 +398,15 @@ def _static_tables(stays, admit: np.ndarray, intime_h: np.ndarray) -> dict[str, 
     }
 
 
-def _outcomes(cfg, stays, result, timeline: Timeline, n_decisions: np.ndarray, gamma: float, horizon_steps: int) -> RolloutResult:
+def _outcomes(
+    cfg,
+    stays,
+    result,
+    timeline: Timeline,
+    n_decisions: np.ndarray,
+    gamma: float,
+    horizon_steps: int,
+) -> RolloutResult:
     intime = timeline.intime
     death = timeline.death_time
     died_90 = (death >= 0) & (death <= intime + 90 * SECONDS_PER_DAY)
@@ -378,13 +421,17 @@ def _outcomes(cfg, stays, result, timeline: Timeline, n_decisions: np.ndarray, g
     map_before_icu = np.full(stays.n, np.nan)
     map_before_icu[H["stay"][pre]] = H["map"][pre]
     fluid = np.bincount(H["stay"][icu], (H["bolus_ml"] + H["maint_rate"])[icu], minlength=stays.n)
-    vaso_hours = np.bincount(H["stay"][icu], (H["total_vaso_eq"][icu] > 0).astype(float), minlength=stays.n)
+    vaso_hours = np.bincount(
+        H["stay"][icu], (H["total_vaso_eq"][icu] > 0).astype(float), minlength=stays.n
+    )
     outcomes = pa.table(
         {
             "stay_id": stays.stay_id,
             "died_in_icu": timeline.died_in_icu,
             "died_90d": died_90,
-            "death_time": pa.array(np.where(death >= 0, death, 0), pa.timestamp("s"), mask=death < 0),
+            "death_time": pa.array(
+                np.where(death >= 0, death, 0), pa.timestamp("s"), mask=death < 0
+            ),
             "icu_los_hours": (timeline.outtime - intime) / SECONDS_PER_HOUR,
             "decisions": n_decisions,
             "return_eval": ret,

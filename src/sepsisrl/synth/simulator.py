@@ -44,7 +44,13 @@ from sepsisrl.synth.population import (
 
 #: Fluid products the clinicians use; index is recorded in ``bolus_type`` / ``maint_type``.
 BOLUS_FLUIDS: tuple[str, ...] = ("lactated_ringers", "nacl_09", "albumin_5", "hetastarch")
-MAINTENANCE_FLUIDS: tuple[str, ...] = ("d5w", "nacl_045", "d5_half_ns", "lactated_ringers", "nacl_09")
+MAINTENANCE_FLUIDS: tuple[str, ...] = (
+    "d5w",
+    "nacl_045",
+    "d5_half_ns",
+    "lactated_ringers",
+    "nacl_09",
+)
 
 MAX_WORKUPS = 3
 _N_PHYS_NORMALS = 8
@@ -226,7 +232,14 @@ class Simulator:
             "sbp": mean_ap + 2.0 * pulse_p / 3.0,
             "dbp": mean_ap - pulse_p / 3.0,
             "hr": np.clip(hr, 30.0, 200.0),
-            "rr": np.where(vent, 18.0 + 6.0 * self.lung, 15.0 + 8.0 * np.minimum(inf, 1.0) + 10.0 * self.lung + 1.5 * np.maximum(lac - 2.0, 0.0)),
+            "rr": np.where(
+                vent,
+                18.0 + 6.0 * self.lung,
+                15.0
+                + 8.0 * np.minimum(inf, 1.0)
+                + 10.0 * self.lung
+                + 1.5 * np.maximum(lac - 2.0, 0.0),
+            ),
             "temp": temp,
             "spo2": spo2,
             "fio2": fio2,
@@ -241,7 +254,13 @@ class Simulator:
             "creatinine": self.creatinine,
             "bun": self.bun,
             "bilirubin": self.bilirubin,
-            "albumin": np.clip(st.albumin_base - 0.7 * np.minimum(inf, 1.0) - 0.04 * np.clip(self.balance_l, 0, 10), 1.0, 5.5),
+            "albumin": np.clip(
+                st.albumin_base
+                - 0.7 * np.minimum(inf, 1.0)
+                - 0.04 * np.clip(self.balance_l, 0, 10),
+                1.0,
+                5.5,
+            ),
             "sodium": st.sodium_base + 0.3 * np.clip(self.balance_l, -3, 8),
             "potassium": 4.0 + 1.1 * self.kidney + 0.2 * (lac > 4),
             "glucose": 115.0 + 55.0 * inf + 400.0 * self.epi_add,
@@ -263,7 +282,9 @@ class Simulator:
         return self.vaso_eq + self.epi_add + VASOPRESSIN_NE_FACTOR * self.vasopressin
 
     # ------------------------------------------------------------------ clinicians
-    def _clinicians(self, obs: dict[str, np.ndarray], z: np.ndarray, u: np.ndarray) -> dict[str, np.ndarray]:
+    def _clinicians(
+        self, obs: dict[str, np.ndarray], z: np.ndarray, u: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The treating team's decisions for this hour (vectorised over stays)."""
         c, st, h = self.c, self.stays, self.h
         n = self.n
@@ -287,7 +308,9 @@ class Simulator:
         bolus = u[:, 0] < p_bolus
         bolus_ml = np.where(u[:, 1] < 0.15, 250.0, np.where(u[:, 1] < 0.85, 500.0, 1000.0))
         bolus_type = np.searchsorted(np.array([0.47, 0.93, 0.985]), u[:, 2])
-        bolus_ml = np.where(bolus_type == BOLUS_FLUIDS.index("albumin_5"), np.minimum(bolus_ml, 500.0), bolus_ml)
+        bolus_ml = np.where(
+            bolus_type == BOLUS_FLUIDS.index("albumin_5"), np.minimum(bolus_ml, 500.0), bolus_ml
+        )
         bolus_minute = np.floor(u[:, 3] * 50.0)
         bolus_duration = np.where(u[:, 4] < 0.5, 30.0, 60.0)
 
@@ -300,8 +323,14 @@ class Simulator:
         )
         maint_on &= ~((self.balance_l > self.att_balance_tol + 3.0) & (u[:, 6] < 0.2))
         new_rate = np.where(self.att_over_fluid, 125.0, 75.0) + 25.0 * np.floor(u[:, 7] * 3) - 25.0
-        maint_rate = np.where(maint_on, np.where(self.maint_rate > 0, self.maint_rate, new_rate), 0.0)
-        maint_type = np.where(self.maint_rate > 0, self.maint_type, np.floor(u[:, 8] * len(MAINTENANCE_FLUIDS)).astype(np.int64))
+        maint_rate = np.where(
+            maint_on, np.where(self.maint_rate > 0, self.maint_rate, new_rate), 0.0
+        )
+        maint_type = np.where(
+            self.maint_rate > 0,
+            self.maint_type,
+            np.floor(u[:, 8] * len(MAINTENANCE_FLUIDS)).astype(np.int64),
+        )
 
         # --- vasopressors (ICU only), titrated to a MAP target
         on = self.vaso_eq > 0
@@ -323,7 +352,9 @@ class Simulator:
         vp = np.where(
             (self.vasopressin == 0) & (vaso > c.vasopressin_threshold) & (u[:, 11] < 0.15),
             np.where(u[:, 12] < 0.7, 0.04, 0.03),
-            np.where((self.vasopressin > 0) & (vaso < 0.06) & (u[:, 11] < 0.3), 0.0, self.vasopressin),
+            np.where(
+                (self.vasopressin > 0) & (vaso < 0.06) & (u[:, 11] < 0.3), 0.0, self.vasopressin
+            ),
         )
         epi = np.where(
             (self.epi_add == 0) & (vaso > 0.6) & (u[:, 13] < 0.03),
@@ -331,9 +362,15 @@ class Simulator:
             np.where((self.epi_add > 0) & (vaso < 0.3), 0.0, self.epi_add),
         )
         dob = np.where(
-            (self.dobutamine == 0) & (obs["cardiac"] < 0.65) & (lac_seen > 3) & (map_seen > 65) & (u[:, 14] < 0.03),
+            (self.dobutamine == 0)
+            & (obs["cardiac"] < 0.65)
+            & (lac_seen > 3)
+            & (map_seen > 65)
+            & (u[:, 14] < 0.03),
             np.where(u[:, 12] < 0.5, 2.5, 5.0),
-            np.where((self.dobutamine > 0) & (lac_seen < 2) & (u[:, 14] < 0.2), 0.0, self.dobutamine),
+            np.where(
+                (self.dobutamine > 0) & (lac_seen < 2) & (u[:, 14] < 0.2), 0.0, self.dobutamine
+            ),
         )
         no_icu = ~in_icu
         vaso[no_icu] = 0.0
@@ -354,7 +391,9 @@ class Simulator:
             "dobutamine": dob,
         }
 
-    def _infection_management(self, obs: dict[str, np.ndarray], z: np.ndarray, u: np.ndarray) -> None:
+    def _infection_management(
+        self, obs: dict[str, np.ndarray], z: np.ndarray, u: np.ndarray
+    ) -> None:
         """Suspicion of infection, cultures, antibiotics (scheduled as event times)."""
         c, st, h = self.c, self.stays, self.h
         lac_seen = obs["lactate"] * (1.0 + 0.08 * z[:, 1])
@@ -406,7 +445,9 @@ class Simulator:
         at_admission = in_icu & (h - 1 < self.intime_h) & st.ventilated_at_admission
         neuro_gcs = 15.0 - 12.0 * self.brain**1.1
         need = (obs["pf"] < 150.0) | (neuro_gcs <= 8.0) | (obs["lactate"] > 7.0)
-        intubate = at_admission | (~self.ventilated & in_icu & need & (u[:, 0] < c.intubation_per_h))
+        intubate = at_admission | (
+            ~self.ventilated & in_icu & need & (u[:, 0] < c.intubation_per_h)
+        )
         ready = (
             (obs["pf"] > 230.0)
             & (self.infection < 0.4)
@@ -446,7 +487,9 @@ class Simulator:
             for key in ("vasopressin", "epi_add", "dobutamine", "bolus_ml"):
                 dec[key] = np.where(ext, 0.0, dec[key])
             dec["maint_rate"] = np.where(ext, self.override_fluid_ml_h, dec["maint_rate"])
-            dec["maint_type"] = np.where(ext, MAINTENANCE_FLUIDS.index("nacl_09"), dec["maint_type"])
+            dec["maint_type"] = np.where(
+                ext, MAINTENANCE_FLUIDS.index("nacl_09"), dec["maint_type"]
+            )
         self.vaso_eq = dec["vaso_eq"]
         self.vasopressin = dec["vasopressin"]
         self.epi_add = dec["epi_add"]
@@ -467,7 +510,9 @@ class Simulator:
         saturation = _sigmoid(-(self.volume - p.volume_saturation) / 0.05)
         gain = fluid_l * expansion * p.volume_per_litre * st.fluid_response * saturation
         leak = p.capillary_leak_per_h * inf * (1.0 + 0.5 * st.comorbidity)
-        excretion = p.volume_excretion_per_h * np.maximum(self.volume - 1.0, 0.0) * (1.0 - self.kidney)
+        excretion = (
+            p.volume_excretion_per_h * np.maximum(self.volume - 1.0, 0.0) * (1.0 - self.kidney)
+        )
         refill = 0.004 * np.maximum(1.0 - self.volume, 0.0) * (inf < 0.1)
         self.volume = np.clip(self.volume + gain - leak - 0.002 - excretion + refill, 0.35, 1.6)
         perf = obs["perfusion"]
@@ -491,7 +536,9 @@ class Simulator:
         kill = np.where(weak, 0.25 * kill, kill)
         growth = st.infection_growth * self.infection * (1.0 - self.infection / 1.5)
         self.infection = np.clip(
-            self.infection + growth - kill * self.infection + 0.01 * self.infection * zp[:, 1], 0.0, 2.0
+            self.infection + growth - kill * self.infection + 0.01 * self.infection * zp[:, 1],
+            0.0,
+            2.0,
         )
         cleared = (self.infection > 0) & (self.infection < 0.01) & abx_on
         self.cleared_h = np.where(cleared & np.isnan(self.cleared_h), float(h), self.cleared_h)
@@ -504,7 +551,10 @@ class Simulator:
             + p.lactate_production * deficit * (1.0 + 0.5 * np.minimum(inf, 1.0))
             + 0.08 * np.minimum(inf, 1.0)
             + 0.5 * excess_vaso
-            - p.lactate_clearance_per_h * (self.lactate - 0.9) * (1.0 - 0.6 * self.liver) * (0.3 + 0.7 * perf)
+            - p.lactate_clearance_per_h
+            * (self.lactate - 0.9)
+            * (1.0 - 0.6 * self.liver)
+            * (0.3 + 0.7 * perf)
             + 0.05 * zp[:, 2],
             0.4,
             25.0,
@@ -512,21 +562,31 @@ class Simulator:
         rec = p.organ_recovery_per_h
         self.kidney = np.clip(
             self.kidney
-            + (p.kidney_injury_per_h * deficit + 0.008 * np.minimum(inf, 1.0) + 0.02 * excess_vaso) * (1.0 - self.kidney)
+            + (p.kidney_injury_per_h * deficit + 0.008 * np.minimum(inf, 1.0) + 0.02 * excess_vaso)
+            * (1.0 - self.kidney)
             - p.kidney_recovery_per_h * self.kidney * perf * quiet,
             0.0,
             1.0,
         )
         self.lung = np.clip(
             self.lung
-            + (p.lung_injury_per_h * np.minimum(inf, 1.2) + p.lung_overload_injury_per_l_h * overload) * (1.0 - self.lung)
-            - p.lung_recovery_per_h * np.maximum(self.lung - st.lung_damage_base, 0.0) * quiet * (overload == 0),
+            + (
+                p.lung_injury_per_h * np.minimum(inf, 1.2)
+                + p.lung_overload_injury_per_l_h * overload
+            )
+            * (1.0 - self.lung)
+            - p.lung_recovery_per_h
+            * np.maximum(self.lung - st.lung_damage_base, 0.0)
+            * quiet
+            * (overload == 0),
             0.0,
             1.0,
         )
         self.liver = np.clip(
             self.liver
-            + p.liver_injury_per_h * (deficit + 0.4 * np.minimum(inf, 1.0) + excess_vaso) * (1.0 - self.liver)
+            + p.liver_injury_per_h
+            * (deficit + 0.4 * np.minimum(inf, 1.0) + excess_vaso)
+            * (1.0 - self.liver)
             - 0.3 * rec * self.liver * (perf > 0.8) * quiet,
             0.0,
             1.0,
@@ -609,13 +669,23 @@ class Simulator:
             & (h - self.last_vaso_h >= 6)
             & (self.lactate < 2.5)
             & (perf > 0.7)
-            & ((self.infection < 0.3) | (h - np.nanmax(np.nan_to_num(self.antibiotic_h, nan=-1e9), axis=1) >= 24))
+            & (
+                (self.infection < 0.3)
+                | (h - np.nanmax(np.nan_to_num(self.antibiotic_h, nan=-1e9), axis=1) >= 24)
+            )
         )
-        discharge = act & self.alive & (
-            ((los >= st.planned_los_h) & stable & (uc[:, 25] < 0.5)) | (los >= self.cfg.population.max_icu_los_h)
+        discharge = (
+            act
+            & self.alive
+            & (
+                ((los >= st.planned_los_h) & stable & (uc[:, 25] < 0.5))
+                | (los >= self.cfg.population.max_icu_los_h)
+            )
         )
         ends = act & (dies | discharge)
-        self.icu_end_h = np.where(dies, self.death_h, np.where(discharge, float(h + 1), self.icu_end_h))
+        self.icu_end_h = np.where(
+            dies, self.death_h, np.where(discharge, float(h + 1), self.icu_end_h)
+        )
         self.residual_organ = np.where(ends, organ, self.residual_organ)
         self.residual_infection = np.where(ends, self.infection, self.residual_infection)
         self.active = act & ~ends
@@ -636,7 +706,11 @@ class Simulator:
         return np.maximum(self.lung - 0.5 * self.stays.lung_damage_base, 0.0)
 
     def run(self, max_hours: int | None = None) -> SimulationResult:
-        limit = max_hours if max_hours is not None else int(self.intime_h.max()) + self.cfg.population.max_icu_los_h + 2
+        limit = (
+            max_hours
+            if max_hours is not None
+            else int(self.intime_h.max()) + self.cfg.population.max_icu_los_h + 2
+        )
         while self.active.any() and self.h < limit:
             self.step()
         return self.result()

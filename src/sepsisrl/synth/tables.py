@@ -62,17 +62,49 @@ def admissions(chunk: ChunkResult, rng: np.random.Generator, providers: list[str
     order = np.lexsort((st.ordinal, st.subject_id))
     died = tl.deathtime >= 0
     ed = st.from_ed
-    adm_type = np.where(ed, np.where(rng.random(n) < 0.85, "EW EMER.", "URGENT"), np.where(rng.random(n) < 0.5, "OBSERVATION ADMIT", "SURGICAL SAME DAY ADMISSION"))
-    adm_loc = np.where(ed, "EMERGENCY ROOM", np.where(rng.random(n) < 0.6, "TRANSFER FROM HOSPITAL", "PHYSICIAN REFERRAL"))
-    disch_choices = np.array(["HOME", "HOME HEALTH CARE", "SKILLED NURSING FACILITY", "REHAB", "CHRONIC/LONG TERM ACUTE CARE", "HOSPICE"])
-    disch = disch_choices[rng.choice(len(disch_choices), n, p=[0.3, 0.3, 0.2, 0.1, 0.05, 0.05])].astype(object)
+    adm_type = np.where(
+        ed,
+        np.where(rng.random(n) < 0.85, "EW EMER.", "URGENT"),
+        np.where(rng.random(n) < 0.5, "OBSERVATION ADMIT", "SURGICAL SAME DAY ADMISSION"),
+    )
+    adm_loc = np.where(
+        ed,
+        "EMERGENCY ROOM",
+        np.where(rng.random(n) < 0.6, "TRANSFER FROM HOSPITAL", "PHYSICIAN REFERRAL"),
+    )
+    disch_choices = np.array(
+        [
+            "HOME",
+            "HOME HEALTH CARE",
+            "SKILLED NURSING FACILITY",
+            "REHAB",
+            "CHRONIC/LONG TERM ACUTE CARE",
+            "HOSPICE",
+        ]
+    )
+    disch = disch_choices[
+        rng.choice(len(disch_choices), n, p=[0.3, 0.3, 0.2, 0.1, 0.05, 0.05])
+    ].astype(object)
     disch[died] = "DIED"
     edreg = np.where(ed, st.admit_time - rng.integers(60, 300, n) * 60, MISSING_TIME)
     edout = np.where(ed, tl.intime, MISSING_TIME)
-    insurance = np.array(["Medicare", "Medicaid", "Private", "Other"])[rng.choice(4, n, p=[0.45, 0.15, 0.3, 0.1])]
-    marital = np.array(["MARRIED", "SINGLE", "WIDOWED", "DIVORCED"], dtype=object)[rng.choice(4, n, p=[0.45, 0.3, 0.15, 0.1])]
+    insurance = np.array(["Medicare", "Medicaid", "Private", "Other"])[
+        rng.choice(4, n, p=[0.45, 0.15, 0.3, 0.1])
+    ]
+    marital = np.array(["MARRIED", "SINGLE", "WIDOWED", "DIVORCED"], dtype=object)[
+        rng.choice(4, n, p=[0.45, 0.3, 0.15, 0.1])
+    ]
     marital[rng.random(n) < 0.05] = None
-    race = np.array(["WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC/LATINO - PUERTO RICAN", "ASIAN", "OTHER", "UNKNOWN"])[rng.choice(6, n, p=[0.65, 0.12, 0.05, 0.04, 0.07, 0.07])]
+    race = np.array(
+        [
+            "WHITE",
+            "BLACK/AFRICAN AMERICAN",
+            "HISPANIC/LATINO - PUERTO RICAN",
+            "ASIAN",
+            "OTHER",
+            "UNKNOWN",
+        ]
+    )[rng.choice(6, n, p=[0.65, 0.12, 0.05, 0.04, 0.07, 0.07])]
     tab = _table(
         "admissions",
         {
@@ -102,7 +134,11 @@ def icustays(chunk: ChunkResult, rng: np.random.Generator) -> pa.Table:
     n = st.n
     order = np.lexsort((st.ordinal, st.subject_id))
     unit = np.array(_CAREUNITS)[rng.choice(len(_CAREUNITS), n, p=_CAREUNIT_P)]
-    last = np.where(rng.random(n) < 0.9, unit, np.array(_CAREUNITS)[rng.choice(len(_CAREUNITS), n, p=_CAREUNIT_P)])
+    last = np.where(
+        rng.random(n) < 0.9,
+        unit,
+        np.array(_CAREUNITS)[rng.choice(len(_CAREUNITS), n, p=_CAREUNIT_P)],
+    )
     los = np.round((tl.outtime - tl.intime) / SECONDS_PER_DAY, 4)
     tab = _table(
         "icustays",
@@ -147,7 +183,9 @@ def truth_stays(chunk: ChunkResult) -> pa.Table:
             "intime": pa.array(tl.intime, pa.timestamp("s")),
             "outtime": pa.array(tl.outtime, pa.timestamp("s")),
             "infected": T.infected,
-            "infection_kind": pa.array(np.array(["none", "at_admission", "acquired"])[st.infection_kind]),
+            "infection_kind": pa.array(
+                np.array(["none", "at_admission", "acquired"])[st.infection_kind]
+            ),
             "infection_time": _hours_to_time(adm, T.infection_h),
             "suspected_infection_time": _hours_to_time(adm, T.suspected_infection_h),
             "sofa_qualifying_time": _hours_to_time(adm, T.sofa_hour),
@@ -156,7 +194,9 @@ def truth_stays(chunk: ChunkResult) -> pa.Table:
             "sepsis3_in_icu_window": T.sepsis3_in_icu_window,
             "max_sofa": T.max_sofa,
             "died_in_icu": tl.died_in_icu,
-            "death_time": pa.array(np.where(death >= 0, death, 0), pa.timestamp("s"), mask=death < 0),
+            "death_time": pa.array(
+                np.where(death >= 0, death, 0), pa.timestamp("s"), mask=death < 0
+            ),
             "died_90d_after_onset": T.died_90d_after_onset,
             "died_90d_after_intime": T.died_90d_after_intime,
             "age": st.age,
@@ -176,10 +216,38 @@ def truth_stays(chunk: ChunkResult) -> pa.Table:
 
 #: Hourly truth columns written to the sidecar (latent state, true values, treatment, SOFA).
 TRUTH_HOURLY_COLUMNS = (
-    "in_icu", "ventilated", "infection", "volume", "tone_loss", "balance_l", "kidney", "lung",
-    "liver", "coag", "brain", "perfusion", "organ_score", "hazard", "map", "hr", "lactate",
-    "pf", "fio2", "creatinine", "bilirubin", "platelets", "gcs_eye", "gcs_verbal", "gcs_motor",
-    "urine_ml", "total_vaso_eq", "vaso_eq", "vasopressin", "epi_add", "dobutamine", "bolus_ml",
+    "in_icu",
+    "ventilated",
+    "infection",
+    "volume",
+    "tone_loss",
+    "balance_l",
+    "kidney",
+    "lung",
+    "liver",
+    "coag",
+    "brain",
+    "perfusion",
+    "organ_score",
+    "hazard",
+    "map",
+    "hr",
+    "lactate",
+    "pf",
+    "fio2",
+    "creatinine",
+    "bilirubin",
+    "platelets",
+    "gcs_eye",
+    "gcs_verbal",
+    "gcs_motor",
+    "urine_ml",
+    "total_vaso_eq",
+    "vaso_eq",
+    "vasopressin",
+    "epi_add",
+    "dobutamine",
+    "bolus_ml",
     "maint_rate",
 )
 

@@ -90,10 +90,7 @@ def trailing(values: np.ndarray, group: np.ndarray, hours: int, how: str) -> np.
         same = np.zeros(len(values), dtype=bool)
         same[lag:] = group[lag:] == group[:-lag]
         prev = np.where(same, prev, np.nan)
-        if how == "max":
-            out = np.fmax(out, prev)
-        else:
-            out = out + np.nan_to_num(prev)
+        out = np.fmax(out, prev) if how == "max" else out + np.nan_to_num(prev)
     return out
 
 

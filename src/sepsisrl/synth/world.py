@@ -16,6 +16,7 @@ Both trees are built in temporary folders and renamed into place only when compl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -248,10 +249,8 @@ def generate_world(
         writer.abort()
         for w in (stay_writer, hourly_writer):
             if w is not None:
-                try:
+                with contextlib.suppress(Exception):
                     w.close()
-                except Exception:  # noqa: BLE001 - best effort while cleaning up
-                    pass
         for d in (tmp_out, tmp_truth):
             shutil.rmtree(d, ignore_errors=True)
         raise

@@ -1,0 +1,66 @@
+"""The command line: help, research-only warning, errors with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sepsisrl.cli", *args], capture_output=True, text=True
+    )
+
+
+def test_help_carries_the_research_only_warning():
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert "RESEARCH ONLY" in proc.stdout
+    assert "synth" in proc.stdout
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("sepsisrl ")
+
+
+def test_synth_writes_a_world_and_reports_counts(tmp_path: Path):
+    proc = run(
+        "synth",
+        "--out",
+        str(tmp_path / "raw"),
+        "--stays",
+        "20",
+        "--density",
+        "0",
+        "--set",
+        "output.chunk_subjects=30",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["n_stays"] == 20
+    assert (tmp_path / "raw" / "icu" / "chartevents.csv.gz").is_file()
+    assert (tmp_path / "raw_truth" / "world.json").is_file()
+
+
+def test_bad_config_value_is_a_clear_error_with_exit_2(tmp_path: Path):
+    proc = run(
+        "synth", "--out", str(tmp_path / "raw"), "--stays", "5", "--set", "population.age_sd=-3"
+    )
+    assert proc.returncode == 2
+    assert "population.age_sd" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "raw").exists()
+
+
+def test_malformed_set_option_is_rejected(tmp_path: Path):
+    proc = run("synth", "--out", str(tmp_path / "raw"), "--stays", "5", "--set", "nonsense")
+    assert proc.returncode == 2
+    assert "KEY=VALUE" in proc.stderr
+
+
+def test_missing_config_file_is_reported(tmp_path: Path):
+    proc = run("synth", "--out", str(tmp_path / "raw"), "--config", str(tmp_path / "none.yaml"))
+    assert proc.returncode == 2
+    assert "not found" in proc.stderr
