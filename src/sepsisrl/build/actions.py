@@ -1,0 +1,176 @@
+"""Actions stage: the 5 x 5 discrete action of every step, binned on the train split.
+
+Per step, the treatment in the action window [tau_k, tau_k + 4 h): vasopressor dose
+(NE-equivalent mcg/kg/min, concurrent agents summed, time-weighted) and IV-fluid volume (mL,
+prorated). Bin 0 = no treatment; bins 1-4 = quartiles (Q25, Q50, Q75) of the non-zero doses of
+train-split steps. ``action = 5 * vaso_bin + fluid_bin``. Edges are persisted, never refit.
+
+Output (``actions/``): step_actions.parquet, bins.json. The cumulative doses given before each
+decision time (state features 30-31) are also written here, from the same windows, so the
+state can never include the current action.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.ingest import connect, fetch_arrow
+from sepsisrl.build.sqlfiles import render
+from sepsisrl.workspace import write_json
+
+VASO_UNIT = "mcg/kg/min norepinephrine-equivalent (time-weighted mean over the action window)"
+FLUID_UNIT = "mL of IV crystalloid/colloid given in the action window"
+
+
+class DoseBins:
+    """Quartile bins of non-zero doses (fit on train, transform everywhere)."""
+
+    def __init__(self, n_bins: int = 5) -> None:
+        self.n_bins = n_bins
+        self.edges: np.ndarray | None = None
+        self.representative: np.ndarray | None = None
+
+    def fit(self, doses: np.ndarray) -> DoseBins:
+        doses = np.asarray(doses, dtype=np.float64)
+        nonzero = doses[doses > 0]
+        if len(nonzero) < self.n_bins - 1:
+            raise ValueError(
+                f"cannot fit dose bins: only {len(nonzero)} non-zero train doses "
+                f"(need at least {self.n_bins - 1})"
+            )
+        qs = np.linspace(0, 1, self.n_bins)[1:-1]
+        self.edges = np.quantile(nonzero, qs)
+        bins = self.transform(doses)
+        self.representative = np.array(
+            [0.0]
+            + [
+                float(np.median(doses[bins == b])) if (bins == b).any() else float("nan")
+                for b in range(1, self.n_bins)
+            ]
+        )
+        return self
+
+    def transform(self, doses: np.ndarray) -> np.ndarray:
+        if self.edges is None:
+            raise RuntimeError("DoseBins is not fitted")
+        doses = np.asarray(doses, dtype=np.float64)
+        return np.where(doses > 0, 1 + np.searchsorted(self.edges, doses, side="left"), 0).astype(
+            np.int16
+        )
+
+    def to_json(self, unit: str) -> dict[str, Any]:
+        return {
+            "unit": unit,
+            "edges": [float(x) for x in self.edges],
+            "rule": "bin 0: dose == 0; bin b (1..4): edges[b-2] < dose <= edges[b-1]",
+            "representative_dose": [float(x) for x in self.representative],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DoseBins:
+        obj = cls(len(doc["edges"]) + 2)
+        obj.edges = np.asarray(doc["edges"], dtype=np.float64)
+        obj.representative = np.asarray(doc["representative_dose"], dtype=np.float64)
+        return obj
+
+
+def action_labels(n_vaso: int = 5, n_fluid: int = 5) -> list[str]:
+    vaso = ["no_vaso"] + [f"vaso_Q{i}" for i in range(1, n_vaso)]
+    fluid = ["no_fluid"] + [f"fluid_Q{i}" for i in range(1, n_fluid)]
+    return [f"{v}×{f}" for v in vaso for f in fluid]
+
+
+def rows_sha256(stay_ids: np.ndarray, steps: np.ndarray | None = None) -> str:
+    """Fingerprint of the rows a quantity was fitted on (checked by the leakage audit)."""
+    order = np.lexsort((steps, stay_ids)) if steps is not None else np.argsort(stay_ids)
+    h = hashlib.sha256(np.ascontiguousarray(stay_ids[order], dtype=np.int64).tobytes())
+    if steps is not None:
+        h.update(np.ascontiguousarray(steps[order], dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def run_actions(
+    episodes_dir: Path, meas_dir: Path, splits_dir: Path, cfg: BuildConfig, out: Path
+) -> dict[str, Any]:
+    con = connect(cfg, out.parent)
+    con.execute(
+        f"CREATE VIEW steps AS SELECT * FROM read_parquet('{episodes_dir / 'steps.parquet'}')"
+    )
+    con.execute(
+        f"CREATE VIEW infusions AS SELECT * FROM read_parquet('{meas_dir / 'infusions.parquet'}')"
+    )
+    sql = render(
+        "step_treatment", step=cfg.episodes.step_hours, vasopressors=sorted(cfg.vasopressors)
+    )
+    table = fetch_arrow(con, f"SELECT * FROM ({sql}) ORDER BY stay_id, step")
+    con.close()
+    manifest = pq.read_table(splits_dir / "manifest.parquet")
+    split_of = dict(
+        zip(manifest["stay_id"].to_pylist(), manifest["split"].to_pylist(), strict=True)
+    )
+    stay = table["stay_id"].to_numpy()
+    step = table["step"].to_numpy().astype(np.int64)
+    vaso = table["vaso_ne_rate"].to_numpy()
+    fluid = table["fluid_ml"].to_numpy()
+    split = np.array([split_of[s] for s in stay.tolist()])
+    train = split == "train"
+    vbins = DoseBins(cfg.actions.vaso_bins).fit(vaso[train])
+    fbins = DoseBins(cfg.actions.fluid_bins).fit(fluid[train])
+    vb, fb = vbins.transform(vaso), fbins.transform(fluid)
+    action = (cfg.actions.fluid_bins * vb + fb).astype(np.int16)
+    # cumulative treatment before each decision time: sum over the episode's earlier windows
+    first = np.ones(len(stay), dtype=bool)
+    first[1:] = stay[1:] != stay[:-1]
+    group = np.cumsum(first) - 1
+    hours = cfg.episodes.step_hours
+
+    def before(x: np.ndarray) -> np.ndarray:
+        c = np.cumsum(x)
+        start = np.flatnonzero(first)
+        offset = np.concatenate([[0.0], c[start[1:] - 1]]) if len(start) else np.zeros(0)
+        return c - x - offset[group]
+
+    out_table = pa.table(
+        {
+            "stay_id": stay,
+            "step": step.astype(np.int16),
+            "vaso_ne_rate": vaso,
+            "fluid_ml": fluid,
+            "vaso_bin": vb,
+            "fluid_bin": fb,
+            "action": action,
+            "cum_iv_fluid_ml_before": before(fluid),
+            "cum_vaso_dose_before": before(vaso * hours),
+        }
+    )
+    pq.write_table(out_table, out / "step_actions.parquet")
+    labels = action_labels(cfg.actions.vaso_bins, cfg.actions.fluid_bins)
+    bins_doc = {
+        "schema_version": "1",
+        "vasopressor": vbins.to_json(VASO_UNIT),
+        "iv_fluid": fbins.to_json(FLUID_UNIT),
+        "action_id": f"{cfg.actions.fluid_bins} * vaso_bin + fluid_bin",
+        "action_labels": labels,
+        "fitted_on": {
+            "split": "train",
+            "steps": int(train.sum()),
+            "rows_sha256": rows_sha256(stay[train], step[train]),
+        },
+    }
+    write_json(out / "bins.json", bins_doc)
+    counts = np.bincount(action, minlength=len(labels))
+    return {
+        "steps": len(stay),
+        "zero_vaso_fraction": round(float((vb == 0).mean()), 4),
+        "zero_fluid_fraction": round(float((fb == 0).mean()), 4),
+        "vaso_edges": bins_doc["vasopressor"]["edges"],
+        "fluid_edges": bins_doc["iv_fluid"]["edges"],
+        "action_counts": {labels[i]: int(c) for i, c in enumerate(counts)},
+    }

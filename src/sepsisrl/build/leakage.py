@@ -1,0 +1,256 @@
+"""Leakage audit: the build fails when any of these checks fails (``audit/leakage.json``).
+
+1. patient_in_one_split      no subject_id appears in two splits (manifest and replay files)
+2. fitted_on_train_only      imputation medians, normalisation and action bins were fitted on
+                             exactly the train rows (fingerprints) and refitting them from the
+                             train rows reproduces the persisted values
+3. no_outcome_features       no state feature is derived from the outcome (death, discharge,
+                             reward, length of stay ...)
+4. causal_states             every state used only data charted before its decision time, and
+                             cumulative treatments exclude the current action window
+5. aligned_transitions       each episode's rows are steps 0..n-1 in order, ``done`` only on the
+                             last, rewards match the SOFA deltas of consecutive states and the
+                             terminal reward matches the recorded outcome
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sepsisrl.build.actions import DoseBins, rows_sha256
+from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.preprocessing import StatePreprocessor
+from sepsisrl.build.splits import SPLITS
+from sepsisrl.workspace import read_json, write_json
+
+OUTCOME_TOKENS = (
+    "death", "died", "dead", "dod", "mortality", "expire", "survival", "survive", "outcome",
+    "reward", "discharge", "dischtime", "outtime", "los", "length_of_stay", "hospice",
+)  # fmt: skip
+
+
+class LeakageError(RuntimeError):
+    """The leakage audit found a violation; the message names each one."""
+
+
+def _check(name: str, ok: bool, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"check": name, "passed": bool(ok), "detail": detail, **extra}
+
+
+def _outcome_like(feature: str) -> bool:
+    tokens = re.split(r"[^a-z0-9]+", feature.lower())
+    joined = "_".join(tokens)
+    return any(t in tokens for t in OUTCOME_TOKENS) or any(
+        tok in joined for tok in ("length_of_stay", "died_", "death_")
+    )
+
+
+def audit_workspace(
+    ws: Path, cfg: BuildConfig, variants: list[str] | None = None
+) -> dict[str, Any]:
+    """Run every check on a built workspace; returns the report (does not raise)."""
+    results: list[dict[str, Any]] = []
+    manifest = pq.read_table(ws / "splits" / "manifest.parquet")
+    variants = variants or list(cfg.rewards.variants)
+
+    # 1. patient in one split
+    subj_split: dict[int, set[str]] = {}
+    for v in variants:
+        for split in SPLITS:
+            t = pq.read_table(ws / "replay" / v / f"replay_{split}.parquet", columns=["subject_id"])
+            for s in np.unique(t["subject_id"].to_numpy()).tolist():
+                subj_split.setdefault(s, set()).add(split)
+    for s, sp in zip(
+        manifest["subject_id"].to_pylist(), manifest["split"].to_pylist(), strict=True
+    ):
+        subj_split.setdefault(s, set()).add(sp)
+    multi = sorted(s for s, sp in subj_split.items() if len(sp) > 1)
+    results.append(
+        _check(
+            "patient_in_one_split",
+            not multi,
+            "every patient is in exactly one split"
+            if not multi
+            else f"{len(multi)} patient(s) in more than one split, e.g. subject_id {multi[:5]}",
+        )
+    )
+
+    # 2. fitted quantities use train rows only
+    state = pq.read_table(ws / "features" / "state_raw.parquet")
+    stay = state["stay_id"].to_numpy()
+    step = state["step"].to_numpy().astype(np.int64)
+    train_stays = set(
+        manifest.filter(manifest["split"].to_numpy(zero_copy_only=False) == "train")[
+            "stay_id"
+        ].to_pylist()
+    )
+    train = np.array([s in train_stays for s in stay.tolist()])
+    expected_sha = rows_sha256(stay[train], step[train])
+    prep_doc = read_json(ws / "features" / "preprocessing.json")
+    bins_doc = read_json(ws / "actions" / "bins.json")
+    problems = []
+    if prep_doc.get("fitted_on", {}).get("rows_sha256") != expected_sha:
+        problems.append("preprocessing.json was not fitted on exactly the train rows")
+    if bins_doc.get("fitted_on", {}).get("rows_sha256") != expected_sha:
+        problems.append("bins.json was not fitted on exactly the train rows")
+    prep = StatePreprocessor.from_json(prep_doc)
+    raw = np.column_stack([state[n].to_numpy() for n in prep.names])
+    refit = StatePreprocessor(prep.names, prep.clip, prep.log1p)
+    refit.fit_scaler(raw[train])
+    for n in prep.names:
+        if not np.isclose(refit.mean[n], prep.mean[n], rtol=1e-9, atol=1e-9) or not np.isclose(
+            refit.std[n], prep.std[n], rtol=1e-9, atol=1e-9
+        ):
+            problems.append(f"normalisation of {n} differs from a train-only refit")
+    for f in cfg.features:
+        obs_col = f"obs_{f.name}"
+        if (
+            f.impute == "ff"
+            and obs_col in state.column_names
+            and f.name not in ("pf_ratio", "shock_index")
+        ):
+            obs = state[obs_col].to_numpy(zero_copy_only=False)
+            vals = state[f.name].to_numpy()[train & obs]
+            if len(vals) and not np.isclose(np.median(vals), prep.median[f.name], rtol=1e-9):
+                problems.append(
+                    f"imputation median of {f.name} differs from the median of observed train values"
+                )
+    acts = pq.read_table(ws / "actions" / "step_actions.parquet")
+    a_train = np.array([s in train_stays for s in acts["stay_id"].to_numpy().tolist()])
+    for key, col in (("vasopressor", "vaso_ne_rate"), ("iv_fluid", "fluid_ml")):
+        refit_bins = DoseBins(len(bins_doc[key]["edges"]) + 2).fit(acts[col].to_numpy()[a_train])
+        if not np.allclose(refit_bins.edges, bins_doc[key]["edges"], rtol=1e-9):
+            problems.append(f"{key} bin edges differ from a train-only refit")
+    results.append(
+        _check(
+            "fitted_on_train_only",
+            not problems,
+            "medians, normalisation and action bins reproduce from train rows only"
+            if not problems
+            else "; ".join(problems),
+        )
+    )
+
+    # 3. no outcome-derived state features
+    meta_names: set[str] = set()
+    for v in variants:
+        meta = read_json(ws / "replay" / v / "meta.json")
+        meta_names.update(meta["feature_names"])
+        cols = pq.read_schema(ws / "replay" / v / "replay_train.parquet").names
+        meta_names.update(c[2:] for c in cols if c.startswith("s_"))
+    leaky = sorted(n for n in meta_names if _outcome_like(n))
+    results.append(
+        _check(
+            "no_outcome_features",
+            not leaky,
+            "no state feature is derived from the outcome"
+            if not leaky
+            else f"outcome-derived feature(s) in the state: {leaky}",
+        )
+    )
+
+    # 4. causal states
+    tau = state["tau"].cast("int64").to_numpy()
+    src = state["max_source_time"].cast("int64").to_numpy(zero_copy_only=False)
+    has_src = state["max_source_time"].is_valid().to_numpy(zero_copy_only=False)
+    late = has_src & (src >= tau)
+    problems = []
+    if late.any():
+        i = int(np.flatnonzero(late)[0])
+        problems.append(
+            f"{int(late.sum())} state(s) use data charted at or after their decision time "
+            f"(e.g. stay {stay[i]} step {step[i]})"
+        )
+    a = acts.sort_by([("stay_id", "ascending"), ("step", "ascending")])
+    a_stay = a["stay_id"].to_numpy()
+    first = np.ones(len(a_stay), dtype=bool)
+    first[1:] = a_stay[1:] != a_stay[:-1]
+    fluid = a["fluid_ml"].to_numpy()
+    csum = np.cumsum(fluid)
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(fluid)), 0))
+    before = csum - fluid - np.where(starts > 0, csum[starts - 1], 0.0)
+    lo, hi = next(f.clip for f in cfg.features if f.name == "cum_iv_fluid_ml")
+    s_sorted = state.sort_by([("stay_id", "ascending"), ("step", "ascending")])
+    cum_state = s_sorted["cum_iv_fluid_ml"].to_numpy()
+    if not np.allclose(cum_state, np.clip(before, lo, hi), atol=1e-6):
+        problems.append("cumulative IV fluid in the state is not the sum of earlier action windows")
+    results.append(
+        _check(
+            "causal_states",
+            not problems,
+            "every state uses only data charted before its decision time; cumulative doses exclude "
+            "the current action"
+            if not problems
+            else "; ".join(problems),
+        )
+    )
+
+    # 5. aligned transitions and rewards
+    cohort = pq.read_table(ws / "cohort" / "cohort.parquet", columns=["stay_id", "died_90d"])
+    died_of = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
+    problems = []
+    r = cfg.rewards
+    for v in variants:
+        meta = read_json(ws / "replay" / v / "meta.json")
+        w_sofa = meta["reward"]["sofa_delta_weight"]
+        for split in SPLITS:
+            t = pq.read_table(ws / "replay" / v / f"replay_{split}.parquet")
+            if t.num_rows == 0:
+                continue
+            s = t["stay_id"].to_numpy()
+            k = t["step"].to_numpy().astype(np.int64)
+            done = t["done"].to_numpy(zero_copy_only=False)
+            rew = t["reward"].to_numpy().astype(np.float64)
+            sofa = t["sofa"].to_numpy().astype(np.float64)
+            start = np.ones(len(s), dtype=bool)
+            start[1:] = s[1:] != s[:-1]
+            end = np.ones(len(s), dtype=bool)
+            end[:-1] = s[1:] != s[:-1]
+            where = f"{v}/replay_{split}"
+            if len(np.unique(s[start])) != int(start.sum()):
+                problems.append(f"{where}: an episode's rows are not contiguous")
+            expected_k = np.arange(len(s)) - np.maximum.accumulate(
+                np.where(start, np.arange(len(s)), 0)
+            )
+            if not (k == expected_k).all():
+                problems.append(f"{where}: steps are not 0..n-1 in order within episodes")
+            if not (done == end).all():
+                problems.append(f"{where}: done is not set exactly on each episode's last step")
+            died = np.array([bool(died_of.get(x, False)) for x in s.tolist()])
+            terminal = np.where(died, r.terminal_died, r.terminal_survived)
+            if not np.allclose(t["reward_eval"].to_numpy(), np.where(end, terminal, 0.0)):
+                problems.append(
+                    f"{where}: terminal rewards do not match the recorded 90-day outcomes"
+                )
+            if v in ("sparse", "sofa_shaped"):
+                nxt = np.minimum(np.arange(len(s)) + 1, len(s) - 1)
+                expected = np.where(end, terminal, w_sofa * (sofa[nxt] - sofa))
+                if not np.allclose(rew, expected, atol=1e-5):
+                    bad = int(np.flatnonzero(~np.isclose(rew, expected, atol=1e-5))[0])
+                    problems.append(
+                        f"{where}: reward is not aligned with the next state (first at stay {s[bad]} step {k[bad]})"
+                    )
+    results.append(
+        _check(
+            "aligned_transitions",
+            not problems,
+            "steps, done flags and rewards are aligned with next states and outcomes"
+            if not problems
+            else "; ".join(problems[:5]),
+        )
+    )
+    return {"passed": all(x["passed"] for x in results), "checks": results}
+
+
+def run_leakage_audit(ws: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
+    report = audit_workspace(ws, cfg)
+    write_json(out / "leakage.json", report)
+    if not report["passed"]:
+        failed = [f"{c['check']}: {c['detail']}" for c in report["checks"] if not c["passed"]]
+        raise LeakageError("leakage audit failed:\n  - " + "\n  - ".join(failed))
+    return report

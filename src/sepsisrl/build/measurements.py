@@ -1,0 +1,167 @@
+"""Measurements stage: every observation in the units of the clinical spec, invalid values dropped.
+
+Output (``measurements/``):
+  measurements.parquet  stay_id, charttime, concept, arterial, value (chart, labs, GCS totals)
+  infusions.parquet     vasopressor / dobutamine rates (agent mcg/kg/min, NE-equivalent) and
+                        IV-fluid volumes, one row per inputevents row
+  urine.parquet         signed urine volumes per charted row
+  ventilation.parquet   times documented as mechanically ventilated
+  weights.parquet       first admission weight per stay (kg)
+  audit.json            kept / dropped counts per concept, unit problems
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.ingest import connect
+from sepsisrl.build.sqlfiles import Raw, render
+
+
+class UnitError(ValueError):
+    """Rows carry units the pipeline cannot convert (listed, never silently zero)."""
+
+
+def _views(con: duckdb.DuckDBPyConnection, folder: Path, names: list[str]) -> None:
+    for name in names:
+        con.execute(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{folder / name}.parquet')"
+        )
+
+
+def item_params(cfg: BuildConfig) -> dict[str, Any]:
+    return {k: list(v) for k, v in cfg.items.items()}
+
+
+def valid_ranges(cfg: BuildConfig) -> dict[str, tuple[float, float]]:
+    return {f.name: f.valid for f in cfg.features if f.valid is not None}
+
+
+def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
+    con = connect(cfg, out.parent)
+    _views(con, ingest_dir, ["chart", "labs", "inputs", "outputs", "icustays"])
+    p = item_params(cfg)
+    text_items = sorted(
+        set(p["gcs_eye"] + p["gcs_verbal"] + p["gcs_motor"] + p["o2_device"] + p["ventilator_mode"])
+    )
+    chart_sql = render("chart_measurements", **p, text_items=text_items)
+    verbal = Raw("coalesce(valuenum, 1)") if cfg.gcs.intubated_verbal == "charted" else Raw("5")
+    gcs_sql = render(
+        "gcs",
+        gcs_eye=p["gcs_eye"],
+        gcs_verbal=p["gcs_verbal"],
+        gcs_motor=p["gcs_motor"],
+        gcs_items=sorted(p["gcs_eye"] + p["gcs_verbal"] + p["gcs_motor"]),
+        intubated_text=cfg.gcs.intubated_text,
+        intubated_verbal=verbal,
+    )
+    lab_sql = render(
+        "lab_measurements",
+        **{k: p[k] for k in p},
+        hours_before=cfg.sepsis.sofa_hours_before_intime,
+        arterial_only=sorted(p["pao2"] + p["paco2"] + p["arterial_ph"] + p["base_excess"]),
+    )
+    con.execute(
+        "CREATE TEMP TABLE raw_measurements AS "
+        + " UNION ALL ".join(f"SELECT * FROM (\n{q}\n)" for q in (chart_sql, gcs_sql, lab_sql))
+    )
+    ranges = valid_ranges(cfg)
+    values = ", ".join(f"('{k}', {lo}, {hi})" for k, (lo, hi) in ranges.items())
+    con.execute(f"CREATE TEMP TABLE ranges AS SELECT * FROM (VALUES {values}) t(concept, lo, hi)")
+    counts = con.execute(
+        """SELECT m.concept, count(*) AS n,
+                  count(*) FILTER (WHERE r.concept IS NOT NULL AND (m.value < r.lo OR m.value > r.hi)) AS dropped
+           FROM raw_measurements m LEFT JOIN ranges r USING (concept)
+           GROUP BY m.concept ORDER BY m.concept"""
+    ).fetchall()
+    con.execute(
+        f"""COPY (
+              SELECT m.stay_id, m.charttime, m.concept, m.arterial, m.value
+              FROM raw_measurements m LEFT JOIN ranges r USING (concept)
+              WHERE r.concept IS NULL OR (m.value >= r.lo AND m.value <= r.hi)
+              ORDER BY m.stay_id, m.concept, m.charttime
+            ) TO '{out / "measurements.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
+    )
+    # infusions
+    agents = ", ".join(
+        f"({v.itemid}, '{name}', {v.factor})" for name, v in cfg.vasopressors.items()
+    )
+    con.execute(
+        "CREATE TEMP TABLE infusions AS "
+        + render("infusions", agents=Raw(agents), dobutamine=p["dobutamine"])
+    )
+    unknown = con.execute(
+        """SELECT agent, coalesce(rateuom, '<null>'), count(*) FROM infusions
+           WHERE unknown_rate_unit GROUP BY 1, 2 ORDER BY 3 DESC"""
+    ).fetchall()
+    unknown_fluid = con.execute(
+        """SELECT coalesce(amountuom, '<null>'), count(*) FROM infusions
+           WHERE unknown_fluid_unit GROUP BY 1 ORDER BY 2 DESC"""
+    ).fetchall()
+    no_weight = con.execute(
+        "SELECT count(*) FROM infusions WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NULL"
+    ).fetchone()[0]
+    if unknown and cfg.source.fail_on_unknown_rate_unit:
+        listing = "; ".join(f"{a}: {u!r} x{n}" for a, u, n in unknown)
+        raise UnitError(
+            f"inputevents: vasopressor rows with rate units the pipeline cannot convert: {listing}. "
+            "Add a conversion, or set source.fail_on_unknown_rate_unit: false to drop them "
+            "(they are then listed in measurements/audit.json)."
+        )
+    con.execute(
+        f"""COPY (SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
+                         agent_rate * factor AS ne_rate, fluid_ml
+                  FROM infusions
+                  WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
+                  ORDER BY stay_id, starttime)
+            TO '{out / "infusions.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
+    )
+    urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
+    max_row = urine_spec.valid[1] if urine_spec and urine_spec.valid else 2000
+    urine_sql = render("urine", urine_negative=p["urine_negative"], max_row=float(max_row))
+    urine_total = con.execute("SELECT count(*) FROM outputs").fetchone()[0]
+    con.execute(
+        f"COPY ({urine_sql}) TO '{out / 'urine.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+    urine_kept = con.execute(
+        f"SELECT count(*) FROM read_parquet('{out / 'urine.parquet'}')"
+    ).fetchone()[0]
+    vent_sql = render(
+        "ventilation",
+        ventilator_mode=p["ventilator_mode"],
+        o2_device=p["o2_device"],
+        devices=list(cfg.ventilation.devices),
+    )
+    con.execute(
+        f"COPY ({vent_sql} ORDER BY stay_id, charttime) TO '{out / 'ventilation.parquet'}' (FORMAT parquet)"
+    )
+    # first admission weight per stay: charted weight, else the weight recorded with infusions
+    lo, hi = ranges.get("weight_kg", (20.0, 400.0))
+    con.execute(
+        f"""COPY (
+              WITH charted AS (
+                  SELECT stay_id, arg_min(value, charttime) AS weight_kg
+                  FROM read_parquet('{out / "measurements.parquet"}')
+                  WHERE concept = 'weight_kg' GROUP BY stay_id
+              ), infused AS (
+                  SELECT stay_id, arg_min(patientweight, starttime) AS weight_kg
+                  FROM inputs WHERE patientweight BETWEEN {lo} AND {hi} GROUP BY stay_id
+              )
+              SELECT i.stay_id, coalesce(c.weight_kg, f.weight_kg) AS weight_kg,
+                     CASE WHEN c.weight_kg IS NOT NULL THEN 'chartevents'
+                          WHEN f.weight_kg IS NOT NULL THEN 'inputevents' END AS weight_source
+              FROM icustays i LEFT JOIN charted c USING (stay_id) LEFT JOIN infused f USING (stay_id)
+            ) TO '{out / "weights.parquet"}' (FORMAT parquet)"""
+    )
+    con.close()
+    return {
+        "concepts": {c: {"rows": n, "dropped_out_of_range": d} for c, n, d in counts},
+        "unknown_rate_units": [{"agent": a, "rateuom": u, "rows": n} for a, u, n in unknown],
+        "unknown_fluid_units": [{"amountuom": u, "rows": n} for u, n in unknown_fluid],
+        "rate_per_minute_without_weight": no_weight,
+        "urine_rows": {"read": urine_total, "kept": urine_kept},
+    }

@@ -1,0 +1,88 @@
+"""Train-fitted state preprocessing: imputation medians and z-score normalisation.
+
+``StatePreprocessor.fit`` sees train-split rows only; ``transform`` applies the persisted
+statistics to any split. Statistics are saved as JSON (``features/preprocessing.json``) and
+travel with every model, so a consumer can normalise raw values exactly as in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class StatePreprocessor:
+    """Per-feature impute (median of observed train values) and z-score (train mean/std)."""
+
+    def __init__(
+        self, names: list[str], clip: dict[str, tuple[float, float]], log1p: set[str]
+    ) -> None:
+        self.names = list(names)
+        self.clip = {k: (float(v[0]), float(v[1])) for k, v in clip.items()}
+        self.log1p = set(log1p)
+        self.median: dict[str, float] = {}
+        self.mean: dict[str, float] = {}
+        self.std: dict[str, float] = {}
+        self.fit_info: dict[str, Any] = {}
+
+    def fit_medians(self, observed: dict[str, np.ndarray], normal: dict[str, float]) -> None:
+        """Median of the *observed* (not imputed) train values; normal value if none."""
+        for name in self.names:
+            vals = observed.get(name)
+            vals = vals[~np.isnan(vals)] if vals is not None else np.zeros(0)
+            self.median[name] = (
+                float(np.median(vals)) if len(vals) else float(normal.get(name, 0.0))
+            )
+
+    def _transformed(self, name: str, x: np.ndarray) -> np.ndarray:
+        return np.log1p(np.maximum(x, 0.0)) if name in self.log1p else x
+
+    def fit_scaler(self, train_values: np.ndarray) -> None:
+        for j, name in enumerate(self.names):
+            x = self._transformed(name, train_values[:, j].astype(np.float64))
+            mu, sd = float(np.mean(x)), float(np.std(x))
+            self.mean[name] = mu
+            self.std[name] = sd if sd > 0 else 1.0
+
+    def normalise(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values, dtype=np.float32)
+        for j, name in enumerate(self.names):
+            x = self._transformed(name, values[:, j].astype(np.float64))
+            out[:, j] = (x - self.mean[name]) / self.std[name]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": "1",
+            "features": {
+                name: {
+                    "median": self.median.get(name),
+                    "clip_low": self.clip[name][0],
+                    "clip_high": self.clip[name][1],
+                    "mean": self.mean[name],
+                    "std": self.std[name],
+                    "transform": "log1p" if name in self.log1p else "identity",
+                }
+                for name in self.names
+            },
+            "order": self.names,
+            **self.fit_info,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> StatePreprocessor:
+        feats = doc["features"]
+        names = doc["order"]
+        obj = cls(
+            names,
+            {n: (feats[n]["clip_low"], feats[n]["clip_high"]) for n in names},
+            {n for n in names if feats[n]["transform"] == "log1p"},
+        )
+        obj.median = {n: feats[n]["median"] for n in names if feats[n]["median"] is not None}
+        obj.mean = {n: feats[n]["mean"] for n in names}
+        obj.std = {n: feats[n]["std"] for n in names}
+        obj.fit_info = {
+            k: v for k, v in doc.items() if k not in ("features", "order", "schema_version")
+        }
+        return obj

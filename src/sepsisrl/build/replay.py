@@ -1,0 +1,172 @@
+"""Rewards and replay stage: one replay dataset per reward variant (``contracts.md``).
+
+Rewards (clinical_spec.md section 7), with SOFA(tau) = total SOFA of the last full hour ending
+at or before tau (only data charted before the decision time):
+  sparse       terminal only: +15 alive / -15 dead 90 days after onset, on the last step
+  sofa_shaped  + w_sofa * (SOFA(tau_{k+1}) - SOFA(tau_k)) on every step with a next state
+  full_shaped  + w_lac * (lac_k - lac_{k+1}) / lac_k - w_map * max(0, target - MAP_{k+1})
+Every variant also carries ``reward_eval`` (the common terminal utility), so policies trained
+with different rewards are evaluated on one scale.
+
+Output: ``replay/<variant>/replay_{train,validation,test}.parquet`` and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sepsisrl import __version__
+from sepsisrl.build.actions import action_labels
+from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.ingest import connect, fetch_arrow
+from sepsisrl.build.preprocessing import StatePreprocessor
+from sepsisrl.build.splits import SPLITS
+from sepsisrl.workspace import read_json, write_json
+
+REPLAY_SCHEMA_VERSION = "1"
+
+
+def sofa_at_decision_times(steps: pa.Table, sofa_path: Path, cfg: BuildConfig) -> np.ndarray:
+    con = connect(cfg)
+    con.register("steps", steps.select(["stay_id", "step", "tau"]))
+    got = fetch_arrow(
+        con,
+        f"""SELECT s.stay_id, s.step, h.sofa
+            FROM steps s
+            ASOF LEFT JOIN (SELECT stay_id, endtime, sofa FROM read_parquet('{sofa_path}')) h
+              ON s.stay_id = h.stay_id AND s.tau >= h.endtime
+            ORDER BY s.stay_id, s.step""",
+    )
+    con.close()
+    return np.nan_to_num(got["sofa"].to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+
+
+def compute_rewards(
+    variant: str,
+    stay: np.ndarray,
+    died: np.ndarray,
+    sofa: np.ndarray,
+    lactate: np.ndarray,
+    mean_ap: np.ndarray,
+    cfg: BuildConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reward, reward_eval, done) for rows sorted by (stay, step)."""
+    r = cfg.rewards
+    n = len(stay)
+    done = np.ones(n, dtype=bool)
+    done[:-1] = stay[1:] != stay[:-1]
+    terminal = np.where(died, r.terminal_died, r.terminal_survived)
+    reward_eval = np.where(done, terminal, 0.0)
+    reward = reward_eval.copy()
+    nxt = np.minimum(np.arange(n) + 1, n - 1)
+    if variant in ("sofa_shaped", "full_shaped"):
+        reward += np.where(done, 0.0, r.sofa_delta_weight * (sofa[nxt] - sofa))
+    if variant == "full_shaped":
+        lac_term = r.lactate_clearance_weight * (lactate - lactate[nxt]) / np.maximum(lactate, 1e-6)
+        map_term = -r.map_deficit_weight * np.maximum(0.0, r.map_target - mean_ap[nxt])
+        reward += np.where(done, 0.0, lac_term + map_term)
+    return reward.astype(np.float32), reward_eval.astype(np.float32), done
+
+
+def run_replay(
+    features_dir: Path,
+    actions_dir: Path,
+    cohort_dir: Path,
+    sepsis_dir: Path,
+    cfg: BuildConfig,
+    source_info: dict[str, Any],
+    out: Path,
+) -> dict[str, Any]:
+    state = pq.read_table(features_dir / "state_raw.parquet").sort_by(
+        [("stay_id", "ascending"), ("step", "ascending")]
+    )
+    prep = StatePreprocessor.from_json(read_json(features_dir / "preprocessing.json"))
+    acts = pq.read_table(actions_dir / "step_actions.parquet").sort_by(
+        [("stay_id", "ascending"), ("step", "ascending")]
+    )
+    cohort = pq.read_table(cohort_dir / "cohort.parquet", columns=["stay_id", "died_90d"])
+    died_of = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
+    stay = state["stay_id"].to_numpy()
+    if (
+        not (acts["stay_id"].to_numpy() == stay).all()
+        or not (acts["step"].to_numpy() == state["step"].to_numpy()).all()
+    ):
+        raise RuntimeError("replay: actions and states are not aligned on (stay_id, step)")
+    died = np.array([bool(died_of[s]) for s in stay.tolist()])
+    sofa = sofa_at_decision_times(state, sepsis_dir / "sofa_hourly.parquet", cfg)
+    base = prep.names
+    raw = np.column_stack([state[c].to_numpy() for c in base])
+    normalised = prep.normalise(raw)
+    flags = [n for n in cfg.feature_names if n.endswith("_missing")]
+    feature_names = cfg.feature_names
+    split = state["split"].to_numpy(zero_copy_only=False)
+    labels = action_labels(cfg.actions.vaso_bins, cfg.actions.fluid_bins)
+    counts: dict[str, dict[str, int]] = {}
+    for variant in cfg.rewards.variants:
+        reward, reward_eval, done = compute_rewards(
+            variant, stay, died, sofa, state["lactate"].to_numpy(), state["map"].to_numpy(), cfg
+        )
+        cols: dict[str, Any] = {
+            "subject_id": state["subject_id"].to_numpy().astype(np.int64),
+            "stay_id": stay.astype(np.int64),
+            "step": state["step"].to_numpy().astype(np.int16),
+            "action": acts["action"].to_numpy().astype(np.int16),
+            "reward": reward,
+            "done": done,
+        }
+        for j, name in enumerate(base):
+            cols[f"s_{name}"] = normalised[:, j]
+        for name in flags:
+            cols[f"s_{name}"] = state[name].to_numpy().astype(np.float32)
+        cols["reward_eval"] = reward_eval
+        cols["sofa"] = sofa.astype(np.int16)
+        cols["hours_since_onset_raw"] = state["hours_since_onset"].to_numpy().astype(np.float32)
+        table = pa.table(cols)
+        folder = out / variant
+        folder.mkdir(parents=True, exist_ok=True)
+        counts = {}
+        for name in SPLITS:
+            part = table.filter(pa.array(split == name))
+            pq.write_table(part, folder / f"replay_{name}.parquet")
+            counts[name] = {
+                "n_episodes": int(np.unique(part["stay_id"].to_numpy()).size),
+                "n_transitions": part.num_rows,
+            }
+        r = cfg.rewards
+        meta = {
+            "schema_version": REPLAY_SCHEMA_VERSION,
+            "state_dim": len(feature_names),
+            "n_actions": len(labels),
+            "feature_names": feature_names,
+            "action_labels": labels,
+            "reward": {
+                "variant": variant,
+                "terminal_survived": r.terminal_survived,
+                "terminal_died": r.terminal_died,
+                "mortality_days": r.mortality_days,
+                "sofa_delta_weight": r.sofa_delta_weight if variant != "sparse" else 0.0,
+                "lactate_clearance_weight": r.lactate_clearance_weight
+                if variant == "full_shaped"
+                else 0.0,
+                "map_deficit_weight": r.map_deficit_weight if variant == "full_shaped" else 0.0,
+                "map_target": r.map_target,
+                "evaluation_column": "reward_eval",
+            },
+            "gamma": r.gamma,
+            "splits": counts,
+            "source": source_info,
+            "preprocessing": "features/preprocessing.json",
+            "action_bins": "actions/bins.json",
+            "created_by": f"sepsisrl {__version__}",
+        }
+        write_json(folder / "meta.json", meta)
+    return {
+        "variants": list(cfg.rewards.variants),
+        "splits": counts,
+        "state_dim": len(feature_names),
+    }

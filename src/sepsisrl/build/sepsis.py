@@ -1,0 +1,110 @@
+"""Sepsis stage: suspected infection, hourly SOFA and Sepsis-3 onset for every ICU stay.
+
+Output (``sepsis/``): suspicion.parquet, sofa_hourly.parquet, onset.parquet, unusable.parquet
+and audit.json (counts per rule, component missingness).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.ingest import connect
+from sepsisrl.build.sqlfiles import Raw, render
+
+SOFA_COMPONENTS = ("respiration", "coagulation", "liver", "cardiovascular", "cns", "renal")
+
+
+def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
+    con = connect(cfg, out.parent)
+    for name, folder in (
+        ("icustays", ingest_dir),
+        ("antibiotics", ingest_dir),
+        ("cultures", ingest_dir),
+        ("measurements", meas_dir),
+        ("infusions", meas_dir),
+        ("urine", meas_dir),
+        ("ventilation", meas_dir),
+    ):
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder / name}.parquet')")
+    s = cfg.sepsis
+    si_sql = render(
+        "suspicion_of_infection",
+        culture_first=s.culture_before_antibiotic_hours,
+        abx_first=s.antibiotic_before_culture_hours,
+    )
+    con.execute(f"CREATE TABLE suspicion AS {si_sql}")
+    con.execute(
+        f"COPY (SELECT * FROM suspicion ORDER BY subject_id, si_time) TO '{out / 'suspicion.parquet'}' (FORMAT parquet)"
+    )
+    sofa_sql = render(
+        "sofa", hours_before=s.sofa_hours_before_intime, vent_window=cfg.ventilation.window_hours
+    )
+    total = " + ".join(f"sofa_{c}" for c in SOFA_COMPONENTS)
+    con.execute(f"CREATE TABLE sofa_hourly AS SELECT *, {total} AS sofa FROM (\n{sofa_sql}\n)")
+    con.execute(
+        f"COPY (SELECT * FROM sofa_hourly ORDER BY stay_id, hr) TO '{out / 'sofa_hourly.parquet'}' "
+        "(FORMAT parquet, COMPRESSION zstd)"
+    )
+    onset_expr = Raw("least(si_time, sofa_time)" if s.onset == "min" else "si_time")
+    onset_sql = render(
+        "sepsis_onset",
+        threshold=s.sofa_threshold,
+        before=s.sofa_before_si_hours,
+        after=s.sofa_after_si_hours,
+        onset_expr=onset_expr,
+    )
+    con.execute(f"CREATE TABLE onset AS {onset_sql}")
+    con.execute(
+        f"COPY (SELECT * FROM onset ORDER BY stay_id) TO '{out / 'onset.parquet'}' (FORMAT parquet)"
+    )
+    # stays the definition could not be evaluated on, with the reason
+    con.execute(
+        f"""COPY (
+              SELECT i.stay_id,
+                     CASE WHEN i.intime IS NULL OR i.outtime IS NULL THEN 'missing intime or outtime'
+                          WHEN i.outtime <= i.intime THEN 'outtime not after intime'
+                          WHEN NOT EXISTS (SELECT 1 FROM measurements m WHERE m.stay_id = i.stay_id)
+                              THEN 'no charted measurements'
+                     END AS reason
+              FROM icustays i
+              WHERE i.intime IS NULL OR i.outtime IS NULL OR i.outtime <= i.intime
+                 OR NOT EXISTS (SELECT 1 FROM measurements m WHERE m.stay_id = i.stay_id)
+            ) TO '{out / "unusable.parquet"}' (FORMAT parquet)"""
+    )
+    n_stays = con.execute("SELECT count(*) FROM icustays").fetchone()[0]
+    missing = con.execute(
+        "SELECT "
+        + ", ".join(f"avg(CAST({c}_missing AS DOUBLE))" for c in SOFA_COMPONENTS)
+        + " FROM sofa_hourly WHERE hr >= 0"
+    ).fetchone()
+    si_stays = con.execute(
+        "SELECT count(DISTINCT i.stay_id) FROM icustays i JOIN suspicion s USING (hadm_id)"
+    ).fetchone()[0]
+    info = {
+        "icu_stays": n_stays,
+        "antibiotic_orders": con.execute("SELECT count(*) FROM antibiotics").fetchone()[0],
+        "culture_specimens": con.execute("SELECT count(*) FROM cultures").fetchone()[0],
+        "date_only_cultures": con.execute(
+            "SELECT count(*) FROM cultures WHERE charttime IS NULL"
+        ).fetchone()[0],
+        "suspicion_events": con.execute("SELECT count(*) FROM suspicion").fetchone()[0],
+        "stays_with_suspicion": si_stays,
+        "stays_sepsis3_any_time": con.execute("SELECT count(*) FROM onset").fetchone()[0],
+        "sofa_hours": con.execute("SELECT count(*) FROM sofa_hourly").fetchone()[0],
+        "sofa_component_missing_fraction_icu_hours": {
+            c: round(float(v or 0.0), 4) for c, v in zip(SOFA_COMPONENTS, missing, strict=True)
+        },
+        "unusable_stays": con.execute(
+            f"SELECT count(*) FROM read_parquet('{out / 'unusable.parquet'}')"
+        ).fetchone()[0],
+        "definition": {
+            "suspicion": f"culture then antibiotic within {s.culture_before_antibiotic_hours} h, or "
+            f"antibiotic then culture within {s.antibiotic_before_culture_hours} h",
+            "onset": f"first hour with SOFA >= {s.sofa_threshold} in [SI - {s.sofa_before_si_hours} h, "
+            f"SI + {s.sofa_after_si_hours} h]; onset = {'min(SI, that hour)' if s.onset == 'min' else 'SI'}",
+        },
+    }
+    con.close()
+    return info

@@ -1,0 +1,46 @@
+-- Vasopressor and IV-fluid infusions in common units (clinical_spec.md section 6).
+-- Vasopressor rate -> mcg/kg/min of the agent (vasopressin: units/min), from `rateuom`:
+--   mcg/kg/min as is; mcg/min / patient weight; mg/kg/min x 1000; mg/min x 1000 / weight;
+--   mcg/kg/hour / 60; units/hour / 60; units/min as is. Any other unit is an error in the audit.
+-- NE-equivalent = agent rate x factor (norepinephrine 1, epinephrine 1, phenylephrine 0.1,
+-- dopamine 0.01, vasopressin 2.5 per units/min). Concurrent agents are summed later.
+-- IV fluid: amount in mL (L x 1000) over [starttime, endtime); prorated by overlap later.
+WITH rows AS (
+    SELECT
+        stay_id, starttime, endtime, itemid, amount, lower(trim(amountuom)) AS amountuom,
+        rate, lower(trim(rateuom)) AS rateuom,
+        CASE WHEN patientweight > 20 AND patientweight < 400 THEN patientweight END AS weight
+    FROM inputs
+    WHERE starttime IS NOT NULL AND endtime IS NOT NULL AND endtime > starttime
+), agents AS (
+    SELECT * FROM (VALUES {{agents}}) AS t(itemid, agent, factor)
+)
+SELECT
+    r.stay_id,
+    r.starttime,
+    r.endtime,
+    r.itemid,
+    coalesce(a.agent, CASE WHEN r.itemid IN {{dobutamine}} THEN 'dobutamine' ELSE 'iv_fluid' END) AS agent,
+    coalesce(a.factor, 0.0) AS factor,
+    r.rateuom,
+    r.amountuom,
+    CASE
+        WHEN a.agent IS NULL AND r.itemid NOT IN {{dobutamine}} THEN NULL
+        WHEN r.rate IS NULL THEN NULL
+        WHEN r.rateuom IN ('mcg/kg/min', 'units/min') THEN r.rate
+        WHEN r.rateuom = 'mcg/min' THEN r.rate / r.weight
+        WHEN r.rateuom = 'mg/kg/min' THEN r.rate * 1000.0
+        WHEN r.rateuom = 'mg/min' THEN r.rate * 1000.0 / r.weight
+        WHEN r.rateuom = 'mcg/kg/hour' THEN r.rate / 60.0
+        WHEN r.rateuom = 'units/hour' THEN r.rate / 60.0
+    END AS agent_rate,
+    CASE
+        WHEN a.agent IS NULL AND r.itemid NOT IN {{dobutamine}} THEN
+            CASE WHEN r.amountuom = 'ml' THEN r.amount WHEN r.amountuom = 'l' THEN r.amount * 1000.0 END
+    END AS fluid_ml,
+    (a.agent IS NOT NULL OR r.itemid IN {{dobutamine}}) AND r.rate IS NOT NULL
+        AND r.rateuom NOT IN ('mcg/kg/min', 'units/min', 'mcg/min', 'mg/kg/min', 'mg/min', 'mcg/kg/hour', 'units/hour')
+        AS unknown_rate_unit,
+    a.agent IS NULL AND r.itemid NOT IN {{dobutamine}} AND r.amountuom NOT IN ('ml', 'l') AS unknown_fluid_unit
+FROM rows r
+LEFT JOIN agents a USING (itemid)

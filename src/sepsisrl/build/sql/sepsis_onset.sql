@@ -1,0 +1,28 @@
+-- Sepsis-3 onset per ICU stay: for every suspected infection (SI) of the stay's admission, the
+-- first hour with SOFA >= {{threshold}} (baseline assumed 0) in [SI - {{before}} h, SI + {{after}} h];
+-- onset = min(SI time, that hour) (or the SI time, per `sepsis.onset`). The stay's Sepsis-3
+-- onset is the earliest over its SIs.
+WITH candidates AS (
+    SELECT
+        i.stay_id,
+        s.si_time,
+        min(h.starttime) AS sofa_time
+    FROM icustays i
+    JOIN suspicion s ON s.hadm_id = i.hadm_id
+    JOIN sofa_hourly h
+      ON h.stay_id = i.stay_id
+     AND h.starttime >= s.si_time - INTERVAL {{before}} HOUR
+     AND h.starttime <= s.si_time + INTERVAL {{after}} HOUR
+     AND h.sofa >= {{threshold}}
+    GROUP BY i.stay_id, s.si_time
+), onsets AS (
+    SELECT stay_id, si_time, sofa_time,
+           {{onset_expr}} AS onset_time
+    FROM candidates
+)
+SELECT stay_id,
+       arg_min(si_time, onset_time) AS si_time,
+       arg_min(sofa_time, onset_time) AS sofa_time,
+       min(onset_time) AS onset_time
+FROM onsets
+GROUP BY stay_id

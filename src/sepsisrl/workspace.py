@@ -1,0 +1,136 @@
+"""A study's workspace: one folder per stage, written atomically, skipped when unchanged.
+
+Every stage is a pure function of (its inputs, its config) -> its folder. Before running, the
+stage's *key* is computed: a sha256 over the stage name, the package version, the relevant
+config and the keys of the stages it reads (the ingest stage uses a fingerprint of the raw
+files). If ``<stage>/stage.json`` holds the same key the stage is skipped. Otherwise it runs
+into ``.<stage>.partial-<pid>/``, writes ``stage.json`` last, and the folder is renamed into
+place - so an interrupted stage never looks complete, and the next run redoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sepsisrl import __version__
+
+STAGE_FILE = "stage.json"
+
+
+_CODE_FINGERPRINT: str | None = None
+
+
+def code_fingerprint() -> str:
+    """sha256 of the package's own source (.py, .sql): any code change invalidates caches."""
+    global _CODE_FINGERPRINT
+    if _CODE_FINGERPRINT is None:
+        h = hashlib.sha256()
+        pkg = Path(__file__).resolve().parent
+        for f in sorted(pkg.rglob("*")):
+            if f.suffix in (".py", ".sql") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(pkg)).encode())
+                h.update(f.read_bytes())
+        _CODE_FINGERPRINT = h.hexdigest()
+    return _CODE_FINGERPRINT
+
+
+def stable_hash(payload: Any) -> str:
+    data = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@dataclass
+class StageResult:
+    name: str
+    key: str
+    skipped: bool
+    seconds: float
+    path: Path
+
+
+class Workspace:
+    """Folders of one study (see ``contracts.md`` for the layout)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, stage: str) -> Path:
+        return self.root / stage
+
+    def stage_key(self, stage: str) -> str | None:
+        f = self.path(stage) / STAGE_FILE
+        if not f.is_file():
+            return None
+        try:
+            return read_json(f).get("key")
+        except (OSError, ValueError):
+            return None
+
+    def clean_partials(self) -> list[Path]:
+        """Remove folders left by interrupted stages."""
+        removed = []
+        for p in self.root.glob(".*.partial-*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        return removed
+
+    def run(
+        self,
+        stage: str,
+        key_material: dict[str, Any],
+        build: Callable[[Path], dict[str, Any] | None],
+        force: bool = False,
+    ) -> StageResult:
+        """Run ``build(tmp_dir)`` unless ``stage`` is current for ``key_material``."""
+        key = stable_hash(
+            {"stage": stage, "version": __version__, "code": code_fingerprint(), **key_material}
+        )
+        final = self.path(stage)
+        if not force and self.stage_key(stage) == key:
+            return StageResult(stage, key, True, 0.0, final)
+        tmp = self.root / f".{stage}.partial-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        started = time.perf_counter()
+        try:
+            info = build(tmp) or {}
+            seconds = time.perf_counter() - started
+            write_json(
+                tmp / STAGE_FILE,
+                {
+                    "stage": stage,
+                    "key": key,
+                    "created_by": f"sepsisrl {__version__}",
+                    "seconds": round(seconds, 3),
+                    "inputs": {k: v for k, v in key_material.items() if k.endswith("_key")},
+                    **info,
+                },
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return StageResult(stage, key, False, seconds, final)
