@@ -33,8 +33,8 @@ def assign_splits(
     for stratum in np.unique(strata):
         idx = np.flatnonzero(strata == stratum)
         idx = idx[rng.permutation(len(idx))]
-        n_train = int(round(fractions["train"] * len(idx)))
-        n_val = int(round(fractions["validation"] * len(idx)))
+        n_train = round(fractions["train"] * len(idx))
+        n_val = round(fractions["validation"] * len(idx))
         out[idx[:n_train]] = "train"
         out[idx[n_train : n_train + n_val]] = "validation"
         out[idx[n_train + n_val :]] = "test"

@@ -12,7 +12,9 @@ from typing import Any
 import duckdb
 
 
-def validate_sepsis(workspace: str | Path, truth_dir: str | Path, window_hours: float = 6.0) -> dict[str, Any]:
+def validate_sepsis(
+    workspace: str | Path, truth_dir: str | Path, window_hours: float = 6.0
+) -> dict[str, Any]:
     ws, truth = Path(workspace), Path(truth_dir)
     con = duckdb.connect()
     row = con.execute(
