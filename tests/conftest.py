@@ -27,3 +27,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> WorldSummary:
 @pytest.fixture(scope="session")
 def world_dir(world: WorldSummary) -> Path:
     return world.out_dir
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> WorldSummary:
+    """A 900-stay world at physiology-only density (fast to build), seed 21."""
+    root = tmp_path_factory.mktemp("small_world")
+    cfg = small_config(**{"output.chunk_subjects": 300, "charting.density": 0.0})
+    return generate_world(root / "raw", 900, seed=21, cfg=cfg)
+
+
+@pytest.fixture(scope="session")
+def built(small_world: WorldSummary, tmp_path_factory: pytest.TempPathFactory):
+    """``sepsisrl build`` of ``small_world`` with the default pipeline config.
+
+    Returns (workspace path, BuildConfig, BuildSummary). Tests must not modify it: copy the
+    workspace first (``shutil.copytree``) to inject faults.
+    """
+    from sepsisrl.build.config import load_build_config
+    from sepsisrl.build.pipeline import build
+
+    cfg = load_build_config()
+    ws = tmp_path_factory.mktemp("workspace") / "ws"
+    summary = build(small_world.out_dir, ws, cfg)
+    return ws, cfg, summary

@@ -185,6 +185,28 @@ by its inputs and config and written atomically; rerunning skips what is current
     )
 
 
+@app.command()
+def validate(
+    workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
+    truth: Annotated[
+        Path, typer.Option("--truth", help="The synthetic world's sidecar folder (<raw>_truth).")
+    ],
+) -> None:
+    """Compare a build's Sepsis-3 cohort with a synthetic world's ground truth.
+
+    Prints recall, precision and onset error. The build itself never reads the ground truth.
+    """
+    from sepsisrl.build.validate import validate_sepsis
+
+    for path, what in (
+        (workspace / "sepsis" / "onset.parquet", "a built workspace"),
+        (truth / "stays.parquet", "a synthetic world's truth folder"),
+    ):
+        if not path.is_file():
+            raise UserError(f"{path} not found: expected {what}")
+    typer.echo(json.dumps(validate_sepsis(workspace, truth), indent=2))
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),

@@ -16,6 +16,7 @@ build stops with a list of the absent ids and their concepts.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,13 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     }
     info["dictionaries"] = check_item_ids(con, src, cfg)
     rows: dict[str, int] = {}
+    seconds: dict[str, float] = {}
 
     def copy(name: str, query: str) -> None:
         target = out / f"{name}.parquet"
+        started = time.perf_counter()
         con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+        seconds[name] = round(time.perf_counter() - started, 3)
         rows[name] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
 
     copy(
@@ -195,5 +199,6 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
         f"FROM {src.relation('microbiologyevents')} GROUP BY subject_id, micro_specimen_id",
     )
     info["rows_kept"] = rows
+    info["seconds_per_table"] = seconds
     con.close()
     return info

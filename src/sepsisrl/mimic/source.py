@@ -110,6 +110,21 @@ def _parquet_columns(path: Path) -> list[str]:
     return [r[0].lower() for r in rows]
 
 
+def detect_version(src: MimicSource) -> str:
+    """MIMIC-IV v3.x extended the data to 2022 (anchor_year_group '2020 - 2022'); v2.2 ends in
+    2019. Returns "3.1", "2.2", or "unknown" when patients has no anchor_year_group."""
+    if not src.has_column("patients", "anchor_year_group"):
+        return "unknown"
+    con = duckdb.connect()
+    try:
+        n = con.execute(
+            f"SELECT count(*) FROM {src.relation('patients')} WHERE anchor_year_group = '2020 - 2022'"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    return "3.1" if n > 0 else "2.2"
+
+
 def open_source(root: str | Path, kind: str = "auto", version: str = "auto") -> MimicSource:
     """Find every required table under ``root`` and check its columns."""
     root = Path(root).absolute()
@@ -149,9 +164,7 @@ def open_source(root: str | Path, kind: str = "auto", version: str = "auto") -> 
             f"{root} is not a usable MIMIC-IV folder (hosp/ and icu/ tables, csv.gz/csv/parquet):\n  - "
             + "\n  - ".join(problems)
         )
-    # v2.x ships d_labitems.loinc_code; v3.x dropped it
-    detected = "2.2" if "loinc_code" in src.tables["d_labitems"].columns else "3.1"
-    src.version = detected if version == "auto" else version
+    src.version = detect_version(src) if version == "auto" else version
     if kind == "auto":
         truth = root.parent / f"{root.name}_truth" / "world.json"
         src.kind = "synthetic" if truth.is_file() else "mimic-iv"
