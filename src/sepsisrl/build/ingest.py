@@ -139,17 +139,17 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     copy(
         "icustays",
         f"SELECT subject_id, hadm_id, stay_id, {ts('intime')} AS intime, {ts('outtime')} AS outtime "
-        f"FROM {src.relation('icustays')}",
+        f"FROM {src.relation('icustays')} ORDER BY stay_id",
     )
     copy(
         "patients",
         f"SELECT subject_id, gender, anchor_age, CAST({ts('dod')} AS DATE) AS dod "
-        f"FROM {src.relation('patients')}",
+        f"FROM {src.relation('patients')} ORDER BY subject_id",
     )
     copy(
         "admissions",
         f"SELECT subject_id, hadm_id, {ts('admittime')} AS admittime, {ts('dischtime')} AS dischtime, "
-        f"{ts('deathtime')} AS deathtime FROM {src.relation('admissions')}",
+        f"{ts('deathtime')} AS deathtime FROM {src.relation('admissions')} ORDER BY hadm_id",
     )
     chart_ids = ids(cfg, *CHART_CONCEPTS)
     text_ids = ids(cfg, *CHART_TEXT_CONCEPTS)
@@ -159,7 +159,8 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
         f"CAST(valuenum AS DOUBLE) AS valuenum, "
         f"CASE WHEN itemid IN {sql_list(text_ids)} THEN value END AS value "
         f"FROM {src.relation('chartevents')} "
-        f"WHERE itemid IN {sql_list(chart_ids)} AND stay_id IS NOT NULL",
+        f"WHERE itemid IN {sql_list(chart_ids)} AND stay_id IS NOT NULL "
+        f"ORDER BY stay_id, charttime, itemid, valuenum, value",
     )
     lab_ids = ids(cfg, *LAB_CONCEPTS)
     spec_ids = cfg.items["specimen_type"]
@@ -168,7 +169,8 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
         f"SELECT subject_id, hadm_id, specimen_id, {ts('charttime')} AS charttime, "
         f"CAST(itemid AS INTEGER) AS itemid, CAST(valuenum AS DOUBLE) AS valuenum, "
         f"CASE WHEN itemid IN {sql_list(spec_ids)} THEN value END AS value "
-        f"FROM {src.relation('labevents')} WHERE itemid IN {sql_list(lab_ids)}",
+        f"FROM {src.relation('labevents')} WHERE itemid IN {sql_list(lab_ids)} "
+        f"ORDER BY subject_id, charttime, itemid, specimen_id, valuenum, value",
     )
     vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
     input_ids = sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine")))
@@ -178,25 +180,29 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
         f"CAST(itemid AS INTEGER) AS itemid, CAST(amount AS DOUBLE) AS amount, amountuom, "
         f"CAST(rate AS DOUBLE) AS rate, rateuom, CAST(patientweight AS DOUBLE) AS patientweight "
         f"FROM {src.relation('inputevents')} "
-        f"WHERE itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL",
+        f"WHERE itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL "
+        f"ORDER BY stay_id, starttime, endtime, itemid, rate, amount, rateuom, amountuom, patientweight",
     )
     copy(
         "outputs",
         f"SELECT stay_id, {ts('charttime')} AS charttime, CAST(itemid AS INTEGER) AS itemid, "
         f"CAST(value AS DOUBLE) AS value FROM {src.relation('outputevents')} "
-        f"WHERE itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL",
+        f"WHERE itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL "
+        f"ORDER BY stay_id, charttime, itemid, value",
     )
     copy(
         "antibiotics",
         f"SELECT subject_id, hadm_id, {ts('starttime')} AS starttime, drug, route "
         f"FROM {src.relation('prescriptions')} "
-        f"WHERE {antibiotic_filter(cfg)} AND {ts('starttime')} IS NOT NULL",
+        f"WHERE {antibiotic_filter(cfg)} AND {ts('starttime')} IS NOT NULL "
+        f"ORDER BY subject_id, starttime, hadm_id, drug, route",
     )
     copy(
         "cultures",
-        f"SELECT subject_id, any_value(hadm_id) AS hadm_id, micro_specimen_id, "
+        f"SELECT subject_id, min(hadm_id) AS hadm_id, micro_specimen_id, "
         f"min({ts('charttime')}) AS charttime, CAST(min({ts('chartdate')}) AS DATE) AS chartdate "
-        f"FROM {src.relation('microbiologyevents')} GROUP BY subject_id, micro_specimen_id",
+        f"FROM {src.relation('microbiologyevents')} GROUP BY subject_id, micro_specimen_id "
+        f"ORDER BY subject_id, micro_specimen_id",
     )
     info["rows_kept"] = rows
     info["seconds_per_table"] = seconds

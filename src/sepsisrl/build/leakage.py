@@ -195,9 +195,21 @@ def audit_workspace(
     died_of = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
     problems = []
     r = cfg.rewards
+    raw_of = {
+        (int(a), int(b)): (lac, mp)
+        for a, b, lac, mp in zip(
+            state["stay_id"].to_numpy().tolist(),
+            state["step"].to_numpy().tolist(),
+            state["lactate"].to_numpy().tolist(),
+            state["map"].to_numpy().tolist(),
+            strict=True,
+        )
+    }
     for v in variants:
         meta = read_json(ws / "replay" / v / "meta.json")
         w_sofa = meta["reward"]["sofa_delta_weight"]
+        w_lac = meta["reward"]["lactate_clearance_weight"]
+        w_map = meta["reward"]["map_deficit_weight"]
         for split in SPLITS:
             t = pq.read_table(ws / "replay" / v / f"replay_{split}.parquet")
             if t.num_rows == 0:
@@ -227,14 +239,21 @@ def audit_workspace(
                 problems.append(
                     f"{where}: terminal rewards do not match the recorded 90-day outcomes"
                 )
-            if v in ("sparse", "sofa_shaped"):
-                nxt = np.minimum(np.arange(len(s)) + 1, len(s) - 1)
-                expected = np.where(end, terminal, w_sofa * (sofa[nxt] - sofa))
-                if not np.allclose(rew, expected, atol=1e-5):
-                    bad = int(np.flatnonzero(~np.isclose(rew, expected, atol=1e-5))[0])
-                    problems.append(
-                        f"{where}: reward is not aligned with the next state (first at stay {s[bad]} step {k[bad]})"
-                    )
+            nxt = np.minimum(np.arange(len(s)) + 1, len(s) - 1)
+            shaping = w_sofa * (sofa[nxt] - sofa)
+            if w_lac or w_map:
+                raw = np.array(
+                    [raw_of[(int(a), int(b))] for a, b in zip(s.tolist(), k.tolist(), strict=True)]
+                )
+                lac, mp = raw[:, 0], raw[:, 1]
+                shaping = shaping + w_lac * (lac - lac[nxt]) / np.maximum(lac, 1e-6)
+                shaping = shaping - w_map * np.maximum(0.0, meta["reward"]["map_target"] - mp[nxt])
+            expected = np.where(end, terminal, shaping)
+            if not np.allclose(rew, expected, atol=1e-5):
+                bad = int(np.flatnonzero(~np.isclose(rew, expected, atol=1e-5))[0])
+                problems.append(
+                    f"{where}: reward is not aligned with the next state (first at stay {s[bad]} step {k[bad]})"
+                )
     results.append(
         _check(
             "aligned_transitions",

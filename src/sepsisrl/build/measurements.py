@@ -83,7 +83,7 @@ def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str,
               SELECT m.stay_id, m.charttime, m.concept, m.arterial, m.value
               FROM raw_measurements m LEFT JOIN ranges r USING (concept)
               WHERE r.concept IS NULL OR (m.value >= r.lo AND m.value <= r.hi)
-              ORDER BY m.stay_id, m.concept, m.charttime
+              ORDER BY m.stay_id, m.concept, m.charttime, m.arterial, m.value
             ) TO '{out / "measurements.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
     )
     # infusions
@@ -117,7 +117,7 @@ def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str,
                          agent_rate * factor AS ne_rate, fluid_ml
                   FROM infusions
                   WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
-                  ORDER BY stay_id, starttime)
+                  ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml)
             TO '{out / "infusions.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
     )
     urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
@@ -144,17 +144,18 @@ def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str,
     con.execute(
         f"""COPY (
               WITH charted AS (
-                  SELECT stay_id, arg_min(value, charttime) AS weight_kg
+                  SELECT stay_id, arg_min(value, [epoch(charttime), value]) AS weight_kg
                   FROM read_parquet('{out / "measurements.parquet"}')
                   WHERE concept = 'weight_kg' GROUP BY stay_id
               ), infused AS (
-                  SELECT stay_id, arg_min(patientweight, starttime) AS weight_kg
+                  SELECT stay_id, arg_min(patientweight, [epoch(starttime), patientweight]) AS weight_kg
                   FROM inputs WHERE patientweight BETWEEN {lo} AND {hi} GROUP BY stay_id
               )
               SELECT i.stay_id, coalesce(c.weight_kg, f.weight_kg) AS weight_kg,
                      CASE WHEN c.weight_kg IS NOT NULL THEN 'chartevents'
                           WHEN f.weight_kg IS NOT NULL THEN 'inputevents' END AS weight_source
               FROM icustays i LEFT JOIN charted c USING (stay_id) LEFT JOIN infused f USING (stay_id)
+              ORDER BY i.stay_id
             ) TO '{out / "weights.parquet"}' (FORMAT parquet)"""
     )
     con.close()

@@ -141,7 +141,11 @@ def build(
     )
     stage(
         "cohort",
-        {"_after": ["ingest", "sepsis"], "cfg": _section(cfg, "cohort", "rewards")},
+        {
+            "_after": ["ingest", "sepsis"],
+            "cfg": _section(cfg, "cohort"),
+            "mortality_days": cfg.rewards.mortality_days,
+        },
         lambda out: run_cohort(p("ingest"), p("sepsis"), cfg, out),
     )
     stage(

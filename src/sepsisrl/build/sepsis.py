@@ -36,7 +36,7 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
     )
     con.execute(f"CREATE TABLE suspicion AS {si_sql}")
     con.execute(
-        f"COPY (SELECT * FROM suspicion ORDER BY subject_id, si_time) TO '{out / 'suspicion.parquet'}' (FORMAT parquet)"
+        f"COPY (SELECT * FROM suspicion ORDER BY subject_id, si_time, abx_time, hadm_id, culture_time) TO '{out / 'suspicion.parquet'}' (FORMAT parquet)"
     )
     sofa_sql = render(
         "sofa", hours_before=s.sofa_hours_before_intime, vent_window=cfg.ventilation.window_hours
@@ -71,6 +71,7 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
               FROM icustays i
               WHERE i.intime IS NULL OR i.outtime IS NULL OR i.outtime <= i.intime
                  OR NOT EXISTS (SELECT 1 FROM measurements m WHERE m.stay_id = i.stay_id)
+              ORDER BY i.stay_id
             ) TO '{out / "unusable.parquet"}' (FORMAT parquet)"""
     )
     n_stays = con.execute("SELECT count(*) FROM icustays").fetchone()[0]

@@ -1,6 +1,6 @@
 -- Per decision step, the measurements of the window [tau - {{step}} h, tau) (clinical_spec.md
 -- section 4-5): the last value (invasive pressures preferred when both kinds were charted in
--- the window), the minimum, the maximum and the count. Step s of an episode has the window
+-- the window; equal times: the larger value), the minimum, the maximum and the count. Step s of an episode has the window
 -- [tau0 + (s-1) * {{step}} h, tau0 + s * {{step}} h). Data charted before the first window
 -- become one "carry" row (step -1: the last value) for forward filling. Nothing at or after
 -- the episode's last decision time is read.
@@ -15,7 +15,7 @@ WITH ep AS (
     WHERE m.charttime < e.tau_last
 )
 SELECT stay_id, concept, bucket AS step,
-       arg_max(value, arterial * 1e12 + epoch(charttime)) AS last_value,
+       arg_max(value, [arterial, epoch(charttime), value]) AS last_value,
        min(value) AS min_value,
        max(value) AS max_value,
        count(*) AS n,
@@ -24,7 +24,7 @@ FROM m WHERE bucket >= 0
 GROUP BY stay_id, concept, bucket
 UNION ALL
 SELECT stay_id, concept, -1 AS step,
-       arg_max(value, charttime) AS last_value,
+       arg_max(value, [epoch(charttime), value]) AS last_value,
        NULL AS min_value, NULL AS max_value,
        count(*) AS n,
        max(charttime) AS last_time

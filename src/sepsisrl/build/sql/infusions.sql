@@ -9,7 +9,7 @@ WITH rows AS (
     SELECT
         stay_id, starttime, endtime, itemid, amount, lower(trim(amountuom)) AS amountuom,
         rate, lower(trim(rateuom)) AS rateuom,
-        CASE WHEN patientweight > 20 AND patientweight < 400 THEN patientweight END AS weight
+        CASE WHEN patientweight BETWEEN 20 AND 400 THEN patientweight END AS weight
     FROM inputs
     WHERE starttime IS NOT NULL AND endtime IS NOT NULL AND endtime > starttime
 ), agents AS (
@@ -39,8 +39,8 @@ SELECT
             CASE WHEN r.amountuom = 'ml' THEN r.amount WHEN r.amountuom = 'l' THEN r.amount * 1000.0 END
     END AS fluid_ml,
     (a.agent IS NOT NULL OR r.itemid IN {{dobutamine}}) AND r.rate IS NOT NULL
-        AND r.rateuom NOT IN ('mcg/kg/min', 'units/min', 'mcg/min', 'mg/kg/min', 'mg/min', 'mcg/kg/hour', 'units/hour')
+        AND coalesce(r.rateuom, '<null>') NOT IN ('mcg/kg/min', 'units/min', 'mcg/min', 'mg/kg/min', 'mg/min', 'mcg/kg/hour', 'units/hour')
         AS unknown_rate_unit,
-    a.agent IS NULL AND r.itemid NOT IN {{dobutamine}} AND r.amountuom NOT IN ('ml', 'l') AS unknown_fluid_unit
+    a.agent IS NULL AND r.itemid NOT IN {{dobutamine}} AND coalesce(r.amountuom, '<null>') NOT IN ('ml', 'l') AS unknown_fluid_unit
 FROM rows r
 LEFT JOIN agents a USING (itemid)

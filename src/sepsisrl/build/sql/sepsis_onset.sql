@@ -21,8 +21,8 @@ WITH candidates AS (
     FROM candidates
 )
 SELECT stay_id,
-       arg_min(si_time, onset_time) AS si_time,
-       arg_min(sofa_time, onset_time) AS sofa_time,
+       arg_min(si_time, [epoch(onset_time), epoch(si_time), epoch(sofa_time)]) AS si_time,
+       arg_min(sofa_time, [epoch(onset_time), epoch(si_time), epoch(sofa_time)]) AS sofa_time,
        min(onset_time) AS onset_time
 FROM onsets
 GROUP BY stay_id

@@ -6,7 +6,7 @@
 --   respiration: PaO2/FiO2 (FiO2 = last charted within 4 h before the gas); 3-4 need ventilation
 --   coagulation: platelets; liver: bilirubin; CNS: GCS total
 --   cardiovascular: MAP < 70, or dopamine / dobutamine / epinephrine / norepinephrine doses
---   renal: creatinine, or urine output over the trailing 24 h of ICU time
+--   renal: creatinine, or urine output over the trailing 24 h once 24 h of ICU time have passed
 WITH stays AS (
     SELECT stay_id, intime, outtime, date_trunc('hour', intime) AS base
     FROM icustays
@@ -103,6 +103,7 @@ WITH stays AS (
     FROM grid
 ), windowed AS (
     SELECT stay_id, hr, starttime, endtime,
+        endtime >= intime + INTERVAL 24 HOUR AS full_day,
         max(resp) OVER w AS resp_24,
         max(coag_h) OVER w AS coag_24,
         max(liver_h) OVER w AS liver_24,
@@ -111,7 +112,7 @@ WITH stays AS (
         max(renal_cr_h) OVER w AS renal_cr_24,
         sum(urine) OVER w AS urine_24,
         sum(n_urine) OVER w AS n_urine_24
-    FROM scored
+    FROM scored JOIN stays USING (stay_id)
     WINDOW w AS (PARTITION BY stay_id ORDER BY hr ROWS BETWEEN 23 PRECEDING AND CURRENT ROW)
 )
 SELECT
@@ -123,14 +124,14 @@ SELECT
     coalesce(cns_24, 0) AS sofa_cns,
     greatest(
         coalesce(renal_cr_24, 0),
-        CASE WHEN hr >= 23 AND n_urine_24 > 0 AND urine_24 < 200 THEN 4
-             WHEN hr >= 23 AND n_urine_24 > 0 AND urine_24 < 500 THEN 3 ELSE 0 END
+        CASE WHEN full_day AND n_urine_24 > 0 AND urine_24 < 200 THEN 4
+             WHEN full_day AND n_urine_24 > 0 AND urine_24 < 500 THEN 3 ELSE 0 END
     ) AS sofa_renal,
     resp_24 IS NULL AS respiration_missing,
     coag_24 IS NULL AS coagulation_missing,
     liver_24 IS NULL AS liver_missing,
     cardio_24 IS NULL AS cardiovascular_missing,
     cns_24 IS NULL AS cns_missing,
-    renal_cr_24 IS NULL AND NOT (hr >= 23 AND n_urine_24 > 0) AS renal_missing,
-    CASE WHEN hr >= 23 AND n_urine_24 > 0 THEN urine_24 END AS urine_24h
+    renal_cr_24 IS NULL AND NOT (full_day AND n_urine_24 > 0) AS renal_missing,
+    CASE WHEN full_day AND n_urine_24 > 0 THEN urine_24 END AS urine_24h
 FROM windowed

@@ -1,7 +1,8 @@
 -- Suspicion of infection (Sepsis-3 operationalisation; Seymour et al., JAMA 2016):
 -- a systemic antibiotic with a culture either in the {{culture_first}} h before it (culture
 -- first) or in the {{abx_first}} h after it (antibiotic first). One candidate per antibiotic
--- order; SI time = the earlier event of the pair (the culture, or the antibiotic).
+-- order, paired with the earliest qualifying culture; SI time = the earlier event of the
+-- pair (the culture, or the antibiotic).
 -- Cultures with only a chartdate are taken to lie anywhere in that day: they pair when the
 -- day overlaps the window; a date-only culture-first SI is placed at the antibiotic time when
 -- the antibiotic was given on the culture's day, otherwise at noon of that day.
@@ -20,7 +21,7 @@ WITH abx AS (
 ), culture_first AS (
     SELECT
         a.subject_id, a.hadm_id, a.abx_time,
-        max(CASE WHEN NOT c.date_only THEN c.charttime
+        min(CASE WHEN NOT c.date_only THEN c.charttime
                  WHEN a.abx_time < c.day_start + INTERVAL 24 HOUR THEN a.abx_time
                  ELSE c.day_start + INTERVAL 12 HOUR END) AS culture_time,
         bool_or(c.date_only) AS date_only
