@@ -180,6 +180,17 @@ by its inputs and config and written atomically; rerunning skips what is current
         summary = run_build(source, workspace, cfg, force=force, on_stage=report)
     except (ConfigError, SourceError, UnitError, LeakageError, ValueError) as exc:
         raise UserError(str(exc)) from exc
+    expected = summary.report["expected"]
+    if expected["applies"]:
+        for name, check in expected["checks"].items():
+            if check["within_expected"] is False:
+                lo, hi = check["expected_full_mimic_iv"]
+                err.print(
+                    f"[yellow]warning:[/] {name} = {check['count']:,}; full MIMIC-IV "
+                    f"v{expected['version']} gives {lo:,}-{hi:,}. Expected for a subset; "
+                    "otherwise check the source tables and the config.",
+                    highlight=False,
+                )
     typer.echo(
         json.dumps({k: summary.report[k] for k in ("counts", "leakage_audit", "seconds")}, indent=2)
     )

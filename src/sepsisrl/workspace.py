@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,12 @@ def code_fingerprint() -> str:
                 h.update(f.read_bytes())
         _CODE_FINGERPRINT = h.hexdigest()
     return _CODE_FINGERPRINT
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1)
 
 
 def stable_hash(payload: Any) -> str:
@@ -123,6 +131,7 @@ class Workspace:
                     "key": key,
                     "created_by": f"sepsisrl {__version__}",
                     "seconds": round(seconds, 3),
+                    "process_peak_rss_mb": peak_rss_mb(),
                     "inputs": {k: v for k, v in key_material.items() if k.endswith("_key")},
                     **info,
                 },

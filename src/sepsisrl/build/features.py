@@ -214,19 +214,14 @@ def run_features(
     names = [f.name for f in cfg.features]
     log1p = set(cfg.normalisation.log1p) if cfg.normalisation.use_log1p else set()
     prep = StatePreprocessor(names, {f.name: f.clip for f in cfg.features}, log1p)
+    # at observed rows the (forward-filled) value is the window's own observation
     train_observed: dict[str, np.ndarray] = {}
     for f in cfg.features:
         if f.impute in ("ff", "med") and f.name in observed:
             rows = train & observed[f.name]
             if f.impute == "med":  # static: one value per train stay
                 rows = rows & first
-            if f.agg == "derived" and f.name == "pf_ratio":
-                src = clip("pf_ratio", pao2_w / fio2_w)
-            elif f.agg in ("last", "min", "max"):
-                src = values[f.name]
-            else:
-                src = values[f.name]
-            train_observed[f.name] = src[rows]
+            train_observed[f.name] = values[f.name][rows]
     prep.fit_medians(train_observed, cfg.normal_values)
     for f in cfg.features:
         if f.impute in ("ff", "med"):
@@ -240,11 +235,9 @@ def run_features(
     lo, hi = specs["shock_index"].valid
     si = np.where((si >= lo) & (si <= hi), si, np.nan)
     observed["shock_index"] = ~np.isnan(si)
-    train_observed["shock_index"] = clip("shock_index", si)[train & observed["shock_index"]]
-    prep.fit_medians(train_observed, cfg.normal_values)
-    values["shock_index"] = np.where(
-        np.isnan(si), prep.median["shock_index"], clip("shock_index", si)
-    )
+    si = clip("shock_index", si)
+    prep.fit_median("shock_index", si[train & observed["shock_index"]], cfg.normal_values)
+    values["shock_index"] = np.where(np.isnan(si), prep.median["shock_index"], si)
 
     matrix = np.column_stack([values[nm] for nm in names])
     if np.isnan(matrix).any():

@@ -26,14 +26,14 @@ class StatePreprocessor:
         self.std: dict[str, float] = {}
         self.fit_info: dict[str, Any] = {}
 
+    def fit_median(self, name: str, observed: np.ndarray | None, normal: dict[str, float]) -> None:
+        """Median of the *observed* (not imputed) train values; the normal value if none."""
+        vals = observed[~np.isnan(observed)] if observed is not None else np.zeros(0)
+        self.median[name] = float(np.median(vals)) if len(vals) else float(normal.get(name, 0.0))
+
     def fit_medians(self, observed: dict[str, np.ndarray], normal: dict[str, float]) -> None:
-        """Median of the *observed* (not imputed) train values; normal value if none."""
         for name in self.names:
-            vals = observed.get(name)
-            vals = vals[~np.isnan(vals)] if vals is not None else np.zeros(0)
-            self.median[name] = (
-                float(np.median(vals)) if len(vals) else float(normal.get(name, 0.0))
-            )
+            self.fit_median(name, observed.get(name), normal)
 
     def _transformed(self, name: str, x: np.ndarray) -> np.ndarray:
         return np.log1p(np.maximum(x, 0.0)) if name in self.log1p else x
