@@ -197,6 +197,83 @@ by its inputs and config and written atomically; rerunning skips what is current
 
 
 @app.command()
+def train(
+    replay: Annotated[
+        Path, typer.Option("--replay", help="Replay folder (e.g. workspace/replay/sofa_shaped).")
+    ],
+    algo: Annotated[
+        str | None,
+        typer.Option("--algo", help="iql | cql | bcq | bc (default: iql, or the preset's)."),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Named configuration from configs/train.yaml.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed for weight initialisation and batch order.")
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=1, help="Gradient steps (overrides the epoch count)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file overriding configs/train.yaml.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one value, e.g. --set iql.expectile=0.8."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (default: <workspace>/runs/<run id>).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu | cuda | cuda:N")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train an offline RL policy (discrete IQL, CQL, BCQ or behaviour cloning) on a replay dataset.
+
+    Works on any dataset that follows the replay contract (any state_dim, any n_actions). The run \
+folder holds config.json, metrics.jsonl, safetensors checkpoints (optimiser state included) \
+and final/. RESEARCH ONLY: the resulting policy is not clinical decision support.
+    """
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.data import ReplayError, load_meta
+    from sepsisrl.rl.trainer import RunExistsError
+    from sepsisrl.rl.trainer import train as run_train
+
+    overrides = _parse_overrides(set_ or [])
+    for key, value in (("algo", algo), ("seed", seed), ("steps", steps), ("device", device)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        cfg = load_train_config(config, preset, overrides)
+        meta = load_meta(replay)
+        if out is None:
+            workspace = replay.absolute().parent.parent
+            name = cfg.preset or cfg.algo
+            out = workspace / "runs" / f"{name}_{meta.variant}_seed{cfg.seed}"
+        with _progress(quiet) as progress:
+            task = progress.add_task(f"training {cfg.algo}", total=None)
+
+            def on_log(step: int, total: int, metrics: dict[str, float]) -> None:
+                losses = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items() if k.endswith("loss"))
+                progress.update(
+                    task, completed=step, total=total, description=f"{cfg.algo} {losses}"
+                )
+
+            result = run_train(replay, cfg, out, resume=resume, overwrite=overwrite, on_log=on_log)
+    except (ConfigError, ReplayError, RunExistsError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(json.dumps({
+        "run_dir": str(result.run_dir), "steps": result.steps, "seconds": round(result.seconds, 1),
+        "steps_per_second": round(result.steps_per_second, 1), "resumed_from": result.resumed_from,
+        "final_metrics": result.final_metrics,
+    }, indent=2))  # fmt: skip
+
+
+@app.command()
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[

@@ -1,0 +1,70 @@
+"""Discrete Conservative Q-Learning (Kumar, Zhou, Tucker & Levine, NeurIPS 2020), CQL(H) on a
+double-DQN backbone.
+
+  TD        y    = r + gamma (1 - d) Qt(s', argmax_a' Q(s', a'))
+  loss      L    = E[ huber(Q(s, a) - y) ] + alpha E[ logsumexp_a Q(s, a) - Q(s, a_data) ]
+  target    Qt  <- (1 - polyak) Qt + polyak Q
+
+The conservative term pushes down the values of actions the clinicians did not take. The
+policy is greedy in Q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sepsisrl.rl.networks import MLP, adam, clip_grad_norm, polyak_update
+
+
+@dataclass(frozen=True)
+class CQLConfig:
+    lr: float = 3e-4
+    alpha: float = 1.0
+    polyak: float = 0.005
+    grad_clip: float = 10.0
+    hidden: tuple[int, ...] = (256, 256)
+
+
+class CQL:
+    name = "cql"
+
+    def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: CQLConfig) -> None:
+        self.cfg, self.gamma = cfg, gamma
+        self.q = MLP(state_dim, n_actions, cfg.hidden)
+        self.q_target = MLP(state_dim, n_actions, cfg.hidden)
+        self.q_target.load_state_dict(self.q.state_dict())
+        for p in self.q_target.parameters():
+            p.requires_grad_(False)
+        self.opt = adam(self.q, cfg.lr)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"q": self.q, "q_target": self.q_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"q": self.opt}
+
+    def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.q(states)
+
+    def update(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            next_a = self.q(s_next).argmax(1, keepdim=True)
+            y = r + self.gamma * (1.0 - done) * self.q_target(s_next).gather(1, next_a).squeeze(1)
+        q_all = self.q(s)
+        q = q_all.gather(1, a.unsqueeze(1)).squeeze(1)
+        td_loss = F.smooth_l1_loss(q, y)
+        conservative = (torch.logsumexp(q_all, dim=1) - q).mean()
+        loss = td_loss + self.cfg.alpha * conservative
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm(self.q, self.cfg.grad_clip)
+        self.opt.step()
+        polyak_update(self.q_target, self.q, self.cfg.polyak)
+        return {
+            "critic_loss": td_loss.detach(),
+            "cql_loss": conservative.detach(),
+            "q_mean": q.detach().mean(),
+        }

@@ -1,0 +1,182 @@
+"""Replay datasets as tensors (any dataset that follows the replay contract of contracts.md).
+
+The replay files hold one row per decision step, sorted by (stay_id, step). The next state of
+a non-final row is the state of the following row; it is not stored twice - ``next_index``
+points at it (a final row points at itself and is masked by ``done``). Everything a training
+step needs stays resident as tensors; a batch is a handful of index operations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+SUPPORTED_SCHEMA = {"1"}
+
+
+class ReplayError(ValueError):
+    """The replay folder does not follow the replay contract."""
+
+
+@dataclass
+class ReplayMeta:
+    path: Path
+    raw: dict[str, Any]
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.raw["state_dim"])
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.raw["n_actions"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.raw["feature_names"])
+
+    @property
+    def gamma(self) -> float:
+        return float(self.raw.get("gamma", 0.99))
+
+    @property
+    def variant(self) -> str:
+        return str(self.raw.get("reward", {}).get("variant", "unknown"))
+
+
+def load_meta(replay_dir: str | Path) -> ReplayMeta:
+    folder = Path(replay_dir)
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise ReplayError(
+            f"{folder}: no meta.json (expected a replay folder such as "
+            "workspace/replay/sofa_shaped)"
+        )
+    raw = json.loads(path.read_text())
+    version = str(raw.get("schema_version"))
+    if version not in SUPPORTED_SCHEMA:
+        raise ReplayError(
+            f"{path}: schema_version {version!r} is not supported "
+            f"(expected one of {sorted(SUPPORTED_SCHEMA)})"
+        )
+    for key in ("state_dim", "n_actions", "feature_names"):
+        if key not in raw:
+            raise ReplayError(f"{path}: missing {key!r}")
+    if len(raw["feature_names"]) != int(raw["state_dim"]):
+        raise ReplayError(
+            f"{path}: {len(raw['feature_names'])} feature_names but state_dim {raw['state_dim']}"
+        )
+    return ReplayMeta(folder, raw)
+
+
+@dataclass
+class Transitions:
+    """One split of a replay dataset, as tensors on one device."""
+
+    states: torch.Tensor  # (N, state_dim) float32
+    actions: torch.Tensor  # (N,) int64
+    rewards: torch.Tensor  # (N,) float32
+    dones: torch.Tensor  # (N,) float32 (1 on each episode's last step)
+    next_index: torch.Tensor  # (N,) int64 row of the next state (self on final rows)
+    stay_id: np.ndarray
+    step: np.ndarray
+    subject_id: np.ndarray
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.dones.sum().item())
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(s, a, r, s', done) for the rows ``idx``."""
+        return (
+            self.states[idx],
+            self.actions[idx],
+            self.rewards[idx],
+            self.states[self.next_index[idx]],
+            self.dones[idx],
+        )
+
+    def initial_mask(self) -> np.ndarray:
+        return self.step == 0
+
+    def to(self, device: str | torch.device) -> Transitions:
+        return Transitions(
+            self.states.to(device), self.actions.to(device), self.rewards.to(device),
+            self.dones.to(device), self.next_index.to(device), self.stay_id, self.step,
+            self.subject_id, self.fingerprint,
+        )  # fmt: skip
+
+
+def load_split(
+    replay_dir: str | Path,
+    split: str,
+    reward_column: str = "reward",
+    meta: ReplayMeta | None = None,
+) -> Transitions:
+    """Read ``replay_<split>.parquet`` into tensors, checking the contract as it goes."""
+    meta = meta or load_meta(replay_dir)
+    path = Path(replay_dir) / f"replay_{split}.parquet"
+    if not path.is_file():
+        raise ReplayError(f"{path} not found")
+    cols = pq.read_schema(path).names
+    state_cols = [f"s_{n}" for n in meta.feature_names]
+    missing = [
+        c
+        for c in ("stay_id", "step", "action", "done", reward_column, *state_cols)
+        if c not in cols
+    ]
+    if missing:
+        raise ReplayError(
+            f"{path}: missing column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
+    extra = ["subject_id"] if "subject_id" in cols else []
+    table = pq.read_table(
+        path, columns=["stay_id", "step", "action", "done", reward_column, *extra, *state_cols]
+    )
+    stay = table["stay_id"].to_numpy()
+    step = table["step"].to_numpy().astype(np.int64)
+    order = np.lexsort((step, stay))
+    if not (order == np.arange(len(order))).all():
+        raise ReplayError(f"{path}: rows are not sorted by (stay_id, step)")
+    done = table["done"].to_numpy(zero_copy_only=False).astype(bool)
+    last = np.ones(len(stay), dtype=bool)
+    last[:-1] = stay[1:] != stay[:-1]
+    if not (done == last).all():
+        raise ReplayError(f"{path}: done must be true exactly on each episode's last row")
+    actions = table["action"].to_numpy().astype(np.int64)
+    if len(actions) and (actions.min() < 0 or actions.max() >= meta.n_actions):
+        raise ReplayError(f"{path}: actions outside 0..{meta.n_actions - 1}")
+    states = (
+        np.column_stack([table[c].to_numpy().astype(np.float32) for c in state_cols])
+        if len(stay)
+        else np.zeros((0, meta.state_dim), np.float32)
+    )
+    if not np.isfinite(states).all():
+        raise ReplayError(f"{path}: states contain NaN or inf")
+    rewards = table[reward_column].to_numpy().astype(np.float32)
+    next_index = np.where(done, np.arange(len(stay)), np.arange(len(stay)) + 1)
+    h = hashlib.sha256()
+    for arr in (stay, step, actions, rewards, states):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return Transitions(
+        states=torch.from_numpy(states),
+        actions=torch.from_numpy(actions),
+        rewards=torch.from_numpy(rewards),
+        dones=torch.from_numpy(done.astype(np.float32)),
+        next_index=torch.from_numpy(next_index.astype(np.int64)),
+        stay_id=stay,
+        step=step,
+        subject_id=table["subject_id"].to_numpy() if extra else stay,
+        fingerprint=h.hexdigest(),
+    )

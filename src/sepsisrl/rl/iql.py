@@ -1,0 +1,121 @@
+"""Discrete Implicit Q-Learning (Kostrikov, Nair & Levine, "Offline Reinforcement Learning with
+Implicit Q-Learning", ICLR 2022), for a finite action set.
+
+Networks: twin critics Q1, Q2 with Polyak-averaged targets, a state value V, and an actor
+pi(a|s) (softmax over logits). Each gradient step, on a batch (s, a, r, s', d):
+
+  value     L_V  = E[ L2_tau( min_i Qt_i(s, a) - V(s) ) ],   L2_tau(u) = |tau - 1(u < 0)| u^2
+  critics   L_Q  = sum_i E[ (r + gamma (1 - d) V(s') - Q_i(s, a))^2 ]
+  actor     L_pi = -E[ min(exp(beta (min_i Qt_i(s, a) - V(s))), 100) log pi(a | s) ]
+  targets   Qt_i <- (1 - polyak) Qt_i + polyak Q_i
+
+V is fitted by expectile regression on the *target* critics at the logged action only, so
+the learned values never query actions outside the data (in-sample learning). beta is the
+inverse temperature ("temperature" in the model card); advantage weights are capped at 100.
+Each network has its own Adam optimiser and global-norm gradient clipping. The three losses
+touch disjoint parameters, so one backward pass of their sum gives each network its own
+gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sepsisrl.rl.networks import MLP, adam, clip_grad_norm, polyak_update
+
+
+@dataclass(frozen=True)
+class IQLConfig:
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    expectile: float = 0.7  # tau
+    temperature: float = 3.0  # beta (inverse temperature of the advantage weights)
+    weight_cap: float = 100.0
+    polyak: float = 0.005
+    grad_clip: float = 10.0
+    hidden: tuple[int, ...] = (256, 256)
+
+
+def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
+    """Asymmetric squared loss: weight tau for u >= 0 and 1 - tau for u < 0."""
+    weight = torch.where(u < 0, 1.0 - tau, tau)
+    return (weight * u.square()).mean()
+
+
+class IQL:
+    name = "iql"
+
+    def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: IQLConfig) -> None:
+        self.cfg, self.gamma = cfg, gamma
+        self.q1 = MLP(state_dim, n_actions, cfg.hidden)
+        self.q2 = MLP(state_dim, n_actions, cfg.hidden)
+        self.value = MLP(state_dim, 1, cfg.hidden)
+        self.actor = MLP(state_dim, n_actions, cfg.hidden)
+        self.q1_target = MLP(state_dim, n_actions, cfg.hidden)
+        self.q2_target = MLP(state_dim, n_actions, cfg.hidden)
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
+        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
+            p.requires_grad_(False)
+        self.opt_q = torch.optim.Adam(
+            [*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr, fused=True
+        )
+        self.opt_v = adam(self.value, cfg.value_lr)
+        self.opt_pi = adam(self.actor, cfg.actor_lr)
+
+    # -- what a checkpoint holds
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"q1": self.q1, "q2": self.q2, "value": self.value, "actor": self.actor,
+                "q1_target": self.q1_target, "q2_target": self.q2_target}  # fmt: skip
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.opt_q, "value": self.opt_v, "actor": self.opt_pi}
+
+    def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.actor(states)
+
+    def update(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        a_col = a.unsqueeze(1)
+        with torch.no_grad():
+            q_target = torch.min(self.q1_target(s), self.q2_target(s)).gather(1, a_col).squeeze(1)
+            td_target = r + self.gamma * (1.0 - done) * self.value(s_next).squeeze(1)
+
+        v = self.value(s).squeeze(1)
+        value_loss = expectile_loss(q_target - v, cfg.expectile)
+
+        q1 = self.q1(s).gather(1, a_col).squeeze(1)
+        q2 = self.q2(s).gather(1, a_col).squeeze(1)
+        critic_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+
+        advantage = q_target - v.detach()
+        weight = torch.exp(cfg.temperature * advantage).clamp(max=cfg.weight_cap)
+        log_prob = F.log_softmax(self.actor(s), dim=1).gather(1, a_col).squeeze(1)
+        actor_loss = -(weight * log_prob).mean()
+
+        for opt in (self.opt_q, self.opt_v, self.opt_pi):
+            opt.zero_grad(set_to_none=True)
+        (value_loss + critic_loss + actor_loss).backward()
+        clip_grad_norm(self.q1, cfg.grad_clip)
+        clip_grad_norm(self.q2, cfg.grad_clip)
+        clip_grad_norm(self.value, cfg.grad_clip)
+        clip_grad_norm(self.actor, cfg.grad_clip)
+        self.opt_q.step()
+        self.opt_v.step()
+        self.opt_pi.step()
+        polyak_update(self.q1_target, self.q1, cfg.polyak)
+        polyak_update(self.q2_target, self.q2, cfg.polyak)
+        return {
+            "value_loss": value_loss.detach(),
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "q_mean": q1.detach().mean(),
+            "v_mean": v.detach().mean(),
+            "advantage_mean": advantage.mean(),
+            "advantage_std": advantage.std(),
+            "capped_weight_fraction": (weight >= cfg.weight_cap).float().mean(),
+        }

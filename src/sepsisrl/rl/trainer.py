@@ -1,0 +1,297 @@
+"""Training loop shared by every algorithm: seeding, batch order, metrics, checkpoints, resume.
+
+Reproducibility: ``torch.manual_seed(seed)`` is set *before* the networks are built (so the seed
+controls weight initialisation) and a dedicated generator seeded with ``seed`` draws the batch
+order (one permutation of the train split per epoch). A checkpoint stores the networks, the
+optimisers, that generator's state and the position in the current permutation, so a resumed
+run continues to exactly the weights of an uninterrupted one.
+
+Run folder (``contracts.md``)::
+
+    RUN/config.json                     resolved config, replay fingerprint, versions
+    RUN/metrics.jsonl                   one line per ``log_every`` steps
+    RUN/checkpoints/step_XXXXXXXX/      model.safetensors, optim.safetensors, state.json
+    RUN/final/                          model.safetensors (all networks), policy.safetensors
+                                        (the network that acts), state.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from sepsisrl import __version__
+from sepsisrl.rl.bc import BC, BCConfig
+from sepsisrl.rl.bcq import BCQ, BCQConfig
+from sepsisrl.rl.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    module_tensors,
+    save_checkpoint,
+)
+from sepsisrl.rl.config import TrainConfig
+from sepsisrl.rl.cql import CQL, CQLConfig
+from sepsisrl.rl.data import Transitions, load_meta, load_split
+from sepsisrl.rl.iql import IQL, IQLConfig
+
+#: The network a trained algorithm acts with (exported as the policy).
+POLICY_MODULE = {"iql": "actor", "bc": "actor", "cql": "q", "bcq": "q"}
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run (use resume=True or another folder)."""
+
+
+def make_algorithm(cfg: TrainConfig, state_dim: int, n_actions: int, gamma: float):
+    hidden = tuple(cfg.hidden_sizes)
+    if cfg.algo == "iql":
+        c = cfg.iql
+        return IQL(state_dim, n_actions, gamma, IQLConfig(
+            actor_lr=c.actor_lr, critic_lr=c.critic_lr, value_lr=c.value_lr, expectile=c.expectile,
+            temperature=c.temperature, weight_cap=c.weight_cap, polyak=c.polyak,
+            grad_clip=cfg.grad_clip, hidden=hidden))  # fmt: skip
+    if cfg.algo == "cql":
+        c = cfg.cql
+        return CQL(
+            state_dim,
+            n_actions,
+            gamma,
+            CQLConfig(
+                lr=c.lr, alpha=c.alpha, polyak=c.polyak, grad_clip=cfg.grad_clip, hidden=hidden
+            ),
+        )
+    if cfg.algo == "bcq":
+        c = cfg.bcq
+        return BCQ(
+            state_dim,
+            n_actions,
+            gamma,
+            BCQConfig(
+                lr=c.lr,
+                threshold=c.threshold,
+                polyak=c.polyak,
+                grad_clip=cfg.grad_clip,
+                hidden=hidden,
+            ),
+        )
+    return BC(
+        state_dim, n_actions, gamma, BCConfig(lr=cfg.bc.lr, grad_clip=cfg.grad_clip, hidden=hidden)
+    )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    steps_per_second: float
+    resumed_from: int | None
+    final_metrics: dict[str, float]
+
+
+def _algo_to(algo, device: torch.device) -> None:
+    for mod in algo.modules().values():
+        mod.to(device)
+
+
+def train(
+    replay_dir: str | Path,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_log: Callable[[int, int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``cfg.algo`` on ``replay_dir``'s train split into ``run_dir``.
+
+    ``stop_after`` ends the loop early (after that many total steps) without writing ``final/``
+    - used to simulate an interruption in tests.
+    """
+    run = Path(run_dir).absolute()
+    meta = load_meta(replay_dir)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data: Transitions = load_split(replay_dir, "train", cfg.reward_column, meta).to(device)
+    n = len(data)
+    if n < cfg.batch_size:
+        raise ValueError(
+            f"train split has {n} transitions, fewer than one batch of {cfg.batch_size}"
+        )
+    steps_per_epoch = n // cfg.batch_size
+    total = cfg.steps or cfg.epochs * steps_per_epoch
+
+    checkpoint = latest_checkpoint(run) if resume else None
+    if run.exists() and any(run.iterdir()) and not resume:
+        if not overwrite:
+            raise RunExistsError(
+                f"{run} already holds a run; use --resume to continue it or choose another --out"
+            )
+        shutil.rmtree(run)
+    if resume and checkpoint is None and run.exists() and (run / "final").exists():
+        raise RunExistsError(f"{run} is already complete (final/ exists)")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "checkpoints").mkdir(exist_ok=True)
+
+    torch.manual_seed(cfg.seed)  # before any network is built: the seed controls initialisation
+    algo = make_algorithm(cfg, meta.state_dim, meta.n_actions, meta.gamma)
+    _algo_to(algo, device)
+    order = torch.Generator().manual_seed(cfg.seed)  # batch order (CPU generator, any device)
+    perm = torch.randperm(n, generator=order)
+    start, pos, epoch = 0, 0, 0
+    config_doc = {
+        "schema_version": "1",
+        "run_dir": str(run),
+        "algo": cfg.algo,
+        "seed": cfg.seed,
+        "preset": cfg.preset,
+        "config": cfg.model_dump(mode="json"),
+        "total_steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "replay": {
+            "path": str(Path(replay_dir).absolute()),
+            "variant": meta.variant,
+            "state_dim": meta.state_dim,
+            "n_actions": meta.n_actions,
+            "gamma": meta.gamma,
+            "feature_names": meta.feature_names,
+            "action_labels": meta.raw.get("action_labels"),
+            "train_transitions": n,
+            "train_episodes": data.n_episodes,
+            "train_fingerprint": data.fingerprint,
+            "source": meta.raw.get("source"),
+        },
+        "policy_module": POLICY_MODULE[cfg.algo],
+        "created_by": f"sepsisrl {__version__}",
+        "torch": torch.__version__,
+        "device": str(device),
+        "platform": platform.platform(),
+    }
+    if checkpoint is not None:
+        state, extra = load_checkpoint(checkpoint, algo.modules(), algo.optimizers())
+        _algo_to(algo, device)
+        if (
+            state["config"] != cfg.model_dump(mode="json")
+            or state["train_fingerprint"] != data.fingerprint
+        ):
+            raise ValueError(
+                f"{checkpoint}: the run was started with another config or dataset; "
+                "refusing to resume"
+            )
+        start, pos, epoch = state["step"], state["position"], state["epoch"]
+        order.set_state(extra["generator_state"])
+        perm = extra["permutation"]
+        _truncate_metrics(run / "metrics.jsonl", start)
+    else:
+        (run / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
+        (run / "metrics.jsonl").write_text("")
+
+    sums: dict[str, torch.Tensor] = {}
+    window_start = time.perf_counter()
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    end = min(total, stop_after) if stop_after else total
+    with open(run / "metrics.jsonl", "a") as log:
+        for step in range(start, end):
+            if pos + cfg.batch_size > n:
+                perm = torch.randperm(n, generator=order)
+                pos, epoch = 0, epoch + 1
+            idx = perm[pos : pos + cfg.batch_size].to(device)
+            pos += cfg.batch_size
+            metrics = algo.update(*data.batch(idx))
+            for k, v in metrics.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            done_steps = step + 1
+            if done_steps % cfg.log_every == 0 or done_steps == total:
+                elapsed = time.perf_counter() - window_start
+                count = (
+                    cfg.log_every if done_steps % cfg.log_every == 0 else done_steps % cfg.log_every
+                )
+                last = {k: float(v.item()) / count for k, v in sums.items()}
+                line = {"step": done_steps, "epoch": epoch}
+                line.update({k: round(v, 6) for k, v in last.items()})
+                line["steps_per_second"] = round(count / max(elapsed, 1e-9), 1)
+                log.write(json.dumps(line) + "\n")
+                log.flush()
+                sums = {}
+                window_start = time.perf_counter()
+                if on_log:
+                    on_log(done_steps, total, last)
+            if done_steps % cfg.checkpoint_every == 0 and done_steps < total:
+                save_checkpoint(
+                    run / "checkpoints" / f"step_{done_steps:08d}",
+                    algo.modules(),
+                    algo.optimizers(),
+                    {"generator_state": order.get_state(), "permutation": perm},
+                    {
+                        "step": done_steps,
+                        "position": pos,
+                        "epoch": epoch,
+                        "config": cfg.model_dump(mode="json"),
+                        "train_fingerprint": data.fingerprint,
+                    },
+                )
+                _prune(run / "checkpoints", cfg.keep_checkpoints)
+    seconds = time.perf_counter() - started
+    done = end - start
+    if end == total:
+        _write_final(run, algo, cfg, total, last)
+    return TrainResult(
+        run, end, seconds, done / max(seconds, 1e-9), start if checkpoint else None, last
+    )
+
+
+def _write_final(run: Path, algo, cfg: TrainConfig, total: int, last: dict[str, float]) -> None:
+    tmp = run / f".final.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    modules = algo.modules()
+    save_file(module_tensors(modules), str(tmp / "model.safetensors"))
+    policy = POLICY_MODULE[cfg.algo]
+    save_file(_tensors(modules[policy]), str(tmp / "policy.safetensors"))
+    if cfg.algo == "bcq":  # the behaviour model gates BCQ's greedy action
+        save_file(_tensors(modules["behaviour"]), str(tmp / "behaviour.safetensors"))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": total, "final_metrics": last, "policy_module": policy}, indent=2) + "\n"
+    )
+    final = run / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def _prune(folder: Path, keep: int) -> None:
+    done = sorted(p for p in folder.glob("step_*") if p.is_dir())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
+    ]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "config.json").read_text())
