@@ -1,0 +1,125 @@
+"""Policy objects: one interface for every policy the evaluation compares.
+
+A policy maps normalised states (N, state_dim) to action probabilities (N, n_actions);
+``act`` is its greedy action. Deterministic policies put probability 1 on one action.
+
+- ``TrainedPolicy``     a run folder's final network (IQL/BC actor, CQL Q, BCQ constrained Q)
+- ``NoTreatmentPolicy`` always action 0 (no vasopressor, no fluid)
+- ``RandomPolicy``      uniform over actions
+- ``ClinicianPolicy``   the clinicians' behaviour, from a behaviour model's probabilities
+                        (fit on train; see the evaluation stage)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from sepsisrl.rl.networks import MLP
+
+
+class Policy(Protocol):
+    name: str
+    n_actions: int
+
+    def action_probabilities(self, states: np.ndarray) -> np.ndarray: ...
+
+    def act(self, states: np.ndarray) -> np.ndarray: ...
+
+
+class _Deterministic:
+    name = "policy"
+    n_actions = 0
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def action_probabilities(self, states: np.ndarray) -> np.ndarray:
+        a = self.act(states)
+        out = np.zeros((len(a), self.n_actions))
+        out[np.arange(len(a)), a] = 1.0
+        return out
+
+
+class NoTreatmentPolicy(_Deterministic):
+    name = "no_treatment"
+
+    def __init__(self, n_actions: int) -> None:
+        self.n_actions = n_actions
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        return np.zeros(len(states), dtype=np.int64)
+
+
+class RandomPolicy:
+    name = "random"
+
+    def __init__(self, n_actions: int, seed: int = 0) -> None:
+        self.n_actions = n_actions
+        self.rng = np.random.default_rng(seed)
+
+    def action_probabilities(self, states: np.ndarray) -> np.ndarray:
+        return np.full((len(states), self.n_actions), 1.0 / self.n_actions)
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        return self.rng.integers(0, self.n_actions, len(states))
+
+
+class ClinicianPolicy:
+    """The clinicians as a stochastic policy: the behaviour model's b(a|s)."""
+
+    name = "clinician"
+
+    def __init__(self, probabilities: Callable[[np.ndarray], np.ndarray], n_actions: int) -> None:
+        self._prob = probabilities
+        self.n_actions = n_actions
+
+    def action_probabilities(self, states: np.ndarray) -> np.ndarray:
+        return self._prob(states)
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        return self._prob(states).argmax(1)
+
+
+class TrainedPolicy(_Deterministic):
+    """Greedy policy of a trained run (``RUN/final``)."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        run = Path(run_dir)
+        cfg = json.loads((run / "config.json").read_text())
+        final = run / "final"
+        if not (final / "policy.safetensors").is_file():
+            raise FileNotFoundError(f"{final}/policy.safetensors not found: is the run complete?")
+        self.algo = cfg["algo"]
+        self.name = f"{self.algo}:{run.name}"
+        dims = cfg["replay"]
+        self.state_dim, self.n_actions = int(dims["state_dim"]), int(dims["n_actions"])
+        hidden = tuple(cfg["config"]["hidden_sizes"])
+        self.net = MLP(self.state_dim, self.n_actions, hidden).to(device)
+        self.net.load_state_dict(load_file(str(final / "policy.safetensors")))
+        self.net.eval()
+        self.behaviour = None
+        if self.algo == "bcq":
+            self.behaviour = MLP(self.state_dim, self.n_actions, hidden).to(device)
+            self.behaviour.load_state_dict(load_file(str(final / "behaviour.safetensors")))
+            self.threshold = float(cfg["config"]["bcq"]["threshold"])
+        self.device = device
+
+    def logits(self, states: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
+            out = self.net(x)
+            if self.behaviour is not None:
+                prob = torch.softmax(self.behaviour(x), dim=1)
+                allowed = prob / prob.max(dim=1, keepdim=True).values > self.threshold
+                out = out.masked_fill(~allowed, float("-inf"))
+            return out.cpu().numpy()
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        return self.logits(states).argmax(1)
