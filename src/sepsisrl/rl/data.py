@@ -164,7 +164,9 @@ def load_split(
     )
     if not np.isfinite(states).all():
         raise ReplayError(f"{path}: states contain NaN or inf")
-    rewards = table[reward_column].to_numpy().astype(np.float32)
+    rewards = table[reward_column].to_numpy(zero_copy_only=False).astype(np.float32)
+    if not np.isfinite(rewards).all():
+        raise ReplayError(f"{path}: column {reward_column!r} contains NaN, inf or nulls")
     next_index = np.where(done, np.arange(len(stay)), np.arange(len(stay)) + 1)
     h = hashlib.sha256()
     for arr in (stay, step, actions, rewards, states):

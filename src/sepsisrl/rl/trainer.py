@@ -141,8 +141,17 @@ def train(
                 f"{run} already holds a run; use --resume to continue it or choose another --out"
             )
         shutil.rmtree(run)
-    if resume and checkpoint is None and run.exists() and (run / "final").exists():
-        raise RunExistsError(f"{run} is already complete (final/ exists)")
+    if resume and (run / "final").exists():
+        raise RunExistsError(f"{run} is already complete (final/ exists); nothing to resume")
+    if checkpoint is not None:  # refuse before touching any tensor
+        saved = json.loads((checkpoint / "state.json").read_text())
+        if _weights_config(saved["config"]) != _weights_config(cfg.model_dump(mode="json")) or (
+            saved["train_fingerprint"] != data.fingerprint
+        ):
+            raise ValueError(
+                f"{checkpoint}: the run was started with another config or dataset; "
+                "refusing to resume"
+            )
     run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
 
@@ -183,14 +192,6 @@ def train(
     if checkpoint is not None:
         state, extra = load_checkpoint(checkpoint, algo.modules(), algo.optimizers())
         _algo_to(algo, device)
-        if (
-            state["config"] != cfg.model_dump(mode="json")
-            or state["train_fingerprint"] != data.fingerprint
-        ):
-            raise ValueError(
-                f"{checkpoint}: the run was started with another config or dataset; "
-                "refusing to resume"
-            )
         start, pos, epoch = state["step"], state["position"], state["epoch"]
         order.set_state(extra["generator_state"])
         perm = extra["permutation"]
@@ -203,7 +204,7 @@ def train(
     window_start = time.perf_counter()
     started = time.perf_counter()
     last: dict[str, float] = {}
-    end = min(total, stop_after) if stop_after else total
+    end = min(total, stop_after) if stop_after is not None else total
     with open(run / "metrics.jsonl", "a") as log:
         for step in range(start, end):
             if pos + cfg.batch_size > n:
@@ -272,6 +273,14 @@ def _write_final(run: Path, algo, cfg: TrainConfig, total: int, last: dict[str, 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+#: Settings that do not change the weights; a run may resume with other values for them.
+_NON_WEIGHT_SETTINGS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _weights_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _NON_WEIGHT_SETTINGS}
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
