@@ -40,7 +40,7 @@ METRIC_KEYS = {
 }
 #: networks in final/model.safetensors, and the one exported as policy.safetensors
 MODULES = {
-    "iql": ({"q1", "q2", "value", "actor", "q1_target", "q2_target"}, "actor"),
+    "iql": ({"critic", "critic_target", "value", "actor"}, "actor"),
     "cql": ({"q", "q_target"}, "q"),
     "bcq": ({"q", "behaviour", "q_target"}, "q"),
     "bc": ({"actor"}, "actor"),
@@ -279,8 +279,9 @@ def test_preset_values_reach_the_algorithm_and_config_json(replay: Path, tmp_pat
     state = json.loads(
         (tmp_path / "run" / "checkpoints" / "step_00000001" / "state.json").read_text()
     )
-    lrs = {name: opt["param_groups"][0]["lr"] for name, opt in state["optimizers"].items()}
-    assert lrs == {"critic": 1e-4, "value": 1e-4, "actor": 5e-5}
+    # one Adam, one parameter group per network in the order critic, value, actor
+    lrs = [group["lr"] for group in state["optimizers"]["adam"]["param_groups"]]
+    assert lrs == [1e-4, 1e-4, 5e-5]
     policy = tensors(tmp_path / "run" / "final" / "policy.safetensors")
     shapes = {k: tuple(v.shape) for k, v in policy.items()}
     assert shapes == {

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, adam, clip_grad_norm
+from sepsisrl.rl.networks import MLP, NetworkOptimizer
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,13 @@ class BC:
     def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: BCConfig) -> None:
         self.cfg = cfg
         self.actor = MLP(state_dim, n_actions, cfg.hidden)
-        self.opt = adam(self.actor, cfg.lr)
+        self.optimizer = NetworkOptimizer({"actor": (self.actor, cfg.lr)}, cfg.grad_clip)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"actor": self.opt}
+        return {"adam": self.optimizer.adam}
 
     def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.actor(states)
@@ -40,9 +40,8 @@ class BC:
     def update(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
         logits = self.actor(s)
         loss = F.cross_entropy(logits, a)
-        self.opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
-        clip_grad_norm(self.actor, self.cfg.grad_clip)
-        self.opt.step()
+        self.optimizer.step()
         accuracy = (logits.detach().argmax(1) == a).float().mean()
         return {"actor_loss": loss.detach(), "accuracy": accuracy}

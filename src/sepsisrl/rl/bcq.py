@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, clip_grad_norm, polyak_update
+from sepsisrl.rl.networks import MLP, NetworkOptimizer, polyak_update
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,15 @@ class BCQ:
         self.q_target.load_state_dict(self.q.state_dict())
         for p in self.q_target.parameters():
             p.requires_grad_(False)
-        self.opt = torch.optim.Adam(
-            [*self.q.parameters(), *self.behaviour.parameters()], lr=cfg.lr, fused=True
+        self.optimizer = NetworkOptimizer(
+            {"q": (self.q, cfg.lr), "behaviour": (self.behaviour, cfg.lr)}, cfg.grad_clip
         )
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"q": self.q, "behaviour": self.behaviour, "q_target": self.q_target}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"q": self.opt}
+        return {"adam": self.optimizer.adam}
 
     def allowed(self, states: torch.Tensor) -> torch.Tensor:
         prob = F.softmax(self.behaviour(states), dim=1)
@@ -64,11 +64,9 @@ class BCQ:
         q = self.q(s).gather(1, a.unsqueeze(1)).squeeze(1)
         td_loss = F.smooth_l1_loss(q, y)
         bc_loss = F.cross_entropy(self.behaviour(s), a)
-        self.opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         (td_loss + bc_loss).backward()
-        clip_grad_norm(self.q, self.cfg.grad_clip)
-        clip_grad_norm(self.behaviour, self.cfg.grad_clip)
-        self.opt.step()
+        self.optimizer.step()
         polyak_update(self.q_target, self.q, self.cfg.polyak)
         return {
             "critic_loss": td_loss.detach(),

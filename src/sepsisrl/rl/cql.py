@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, adam, clip_grad_norm, polyak_update
+from sepsisrl.rl.networks import MLP, NetworkOptimizer, polyak_update
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,13 @@ class CQL:
         self.q_target.load_state_dict(self.q.state_dict())
         for p in self.q_target.parameters():
             p.requires_grad_(False)
-        self.opt = adam(self.q, cfg.lr)
+        self.optimizer = NetworkOptimizer({"q": (self.q, cfg.lr)}, cfg.grad_clip)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"q": self.q, "q_target": self.q_target}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"q": self.opt}
+        return {"adam": self.optimizer.adam}
 
     def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.q(states)
@@ -58,10 +58,9 @@ class CQL:
         td_loss = F.smooth_l1_loss(q, y)
         conservative = (torch.logsumexp(q_all, dim=1) - q).mean()
         loss = td_loss + self.cfg.alpha * conservative
-        self.opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
-        clip_grad_norm(self.q, self.cfg.grad_clip)
-        self.opt.step()
+        self.optimizer.step()
         polyak_update(self.q_target, self.q, self.cfg.polyak)
         return {
             "critic_loss": td_loss.detach(),

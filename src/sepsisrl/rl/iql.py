@@ -12,9 +12,10 @@ pi(a|s) (softmax over logits). Each gradient step, on a batch (s, a, r, s', d):
 V is fitted by expectile regression on the *target* critics at the logged action only, so
 the learned values never query actions outside the data (in-sample learning). beta is the
 inverse temperature ("temperature" in the model card); advantage weights are capped at 100.
-Each network has its own Adam optimiser and global-norm gradient clipping. The three losses
-touch disjoint parameters, so one backward pass of their sum gives each network its own
-gradient.
+Each network has its own Adam learning rate and global-norm gradient clipping. The three
+losses touch disjoint parameters, so one backward pass of their sum gives each network its
+own gradient. Forward passes per step: target critics on s, V on s', and critics, V and actor
+on s - nothing is computed twice.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, adam, clip_grad_norm, polyak_update
+from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer, polyak_update
 
 
 @dataclass(frozen=True)
@@ -51,69 +52,63 @@ class IQL:
 
     def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: IQLConfig) -> None:
         self.cfg, self.gamma = cfg, gamma
-        self.q1 = MLP(state_dim, n_actions, cfg.hidden)
-        self.q2 = MLP(state_dim, n_actions, cfg.hidden)
+        self.critic = Ensemble(2, state_dim, n_actions, cfg.hidden)  # Q1, Q2
+        self.critic_target = Ensemble(2, state_dim, n_actions, cfg.hidden)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
         self.value = MLP(state_dim, 1, cfg.hidden)
         self.actor = MLP(state_dim, n_actions, cfg.hidden)
-        self.q1_target = MLP(state_dim, n_actions, cfg.hidden)
-        self.q2_target = MLP(state_dim, n_actions, cfg.hidden)
-        self.q1_target.load_state_dict(self.q1.state_dict())
-        self.q2_target.load_state_dict(self.q2.state_dict())
-        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
-            p.requires_grad_(False)
-        self.opt_q = torch.optim.Adam(
-            [*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr, fused=True
+        self.optimizer = NetworkOptimizer(
+            {
+                "critic": (self.critic, cfg.critic_lr),
+                "value": (self.value, cfg.value_lr),
+                "actor": (self.actor, cfg.actor_lr),
+            },
+            max_norm=cfg.grad_clip,
         )
-        self.opt_v = adam(self.value, cfg.value_lr)
-        self.opt_pi = adam(self.actor, cfg.actor_lr)
 
     # -- what a checkpoint holds
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"q1": self.q1, "q2": self.q2, "value": self.value, "actor": self.actor,
-                "q1_target": self.q1_target, "q2_target": self.q2_target}  # fmt: skip
+        return {
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "value": self.value,
+            "actor": self.actor,
+        }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"critic": self.opt_q, "value": self.opt_v, "actor": self.opt_pi}
+        return {"adam": self.optimizer.adam}
 
     def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.actor(states)
 
     def update(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        a_col = a.unsqueeze(1)
+        at_a = a.view(1, -1, 1).expand(2, -1, 1)  # index of the logged action, per critic
         with torch.no_grad():
-            q_target = torch.min(self.q1_target(s), self.q2_target(s)).gather(1, a_col).squeeze(1)
+            q_target = self.critic_target(s).gather(2, at_a).squeeze(2).min(0).values
             td_target = r + self.gamma * (1.0 - done) * self.value(s_next).squeeze(1)
 
         v = self.value(s).squeeze(1)
         value_loss = expectile_loss(q_target - v, cfg.expectile)
 
-        q1 = self.q1(s).gather(1, a_col).squeeze(1)
-        q2 = self.q2(s).gather(1, a_col).squeeze(1)
-        critic_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+        q = self.critic(s).gather(2, at_a).squeeze(2)  # (2, batch): Q1(s, a), Q2(s, a)
+        critic_loss = (q - td_target).square().mean(dim=1).sum()
 
         advantage = q_target - v.detach()
         weight = torch.exp(cfg.temperature * advantage).clamp(max=cfg.weight_cap)
-        log_prob = F.log_softmax(self.actor(s), dim=1).gather(1, a_col).squeeze(1)
+        log_prob = F.log_softmax(self.actor(s), dim=1).gather(1, a.unsqueeze(1)).squeeze(1)
         actor_loss = -(weight * log_prob).mean()
 
-        for opt in (self.opt_q, self.opt_v, self.opt_pi):
-            opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         (value_loss + critic_loss + actor_loss).backward()
-        clip_grad_norm(self.q1, cfg.grad_clip)
-        clip_grad_norm(self.q2, cfg.grad_clip)
-        clip_grad_norm(self.value, cfg.grad_clip)
-        clip_grad_norm(self.actor, cfg.grad_clip)
-        self.opt_q.step()
-        self.opt_v.step()
-        self.opt_pi.step()
-        polyak_update(self.q1_target, self.q1, cfg.polyak)
-        polyak_update(self.q2_target, self.q2, cfg.polyak)
+        self.optimizer.step()
+        polyak_update(self.critic_target, self.critic, cfg.polyak)
         return {
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
-            "q_mean": q1.detach().mean(),
+            "q_mean": q.detach().mean(),
             "v_mean": v.detach().mean(),
             "advantage_mean": advantage.mean(),
             "advantage_std": advantage.std(),

@@ -1,11 +1,17 @@
-"""Networks: plain MLPs (Linear-ReLU-...-Linear) as in the published policy.
+"""Networks and optimisation helpers.
 
-``MLP.net`` is an ``nn.Sequential``; with two hidden layers its parameters are ``net.0.*``,
-``net.2.*`` and ``net.4.*`` - the layout of the released actor (``model.safetensors``).
+- ``MLP``: Linear-ReLU-...-Linear. ``MLP.net`` is an ``nn.Sequential``; with two hidden layers
+  its parameters are ``net.0.*``, ``net.2.*`` and ``net.4.*`` - the layout of the released actor.
+- ``Ensemble``: K independent MLPs of the same shape evaluated with batched matrix products
+  (the twin critics): one call instead of K, identical maths.
+- ``NetworkOptimizer``: one fused Adam over several networks (each its own learning rate) with
+  per-network global-norm gradient clipping, computed with multi-tensor kernels.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,20 +33,87 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class Ensemble(nn.Module):
+    """K MLPs sharing a shape; ``forward(x)`` returns (K, batch, out_dim).
+
+    Parameters are stacked: ``weight_i`` has shape (K, in, out), ``bias_i`` (K, 1, out);
+    each member is initialised like ``nn.Linear`` (uniform +-1/sqrt(fan_in)).
+    """
+
+    def __init__(
+        self, k: int, in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256)
+    ) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        self.k = k
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in itertools.pairwise(dims):
+            bound = 1.0 / math.sqrt(d_in)
+            self.weights.append(nn.Parameter(torch.empty(k, d_in, d_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(k, 1, d_out).uniform_(-bound, bound)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(0).expand(self.k, -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+    def member(self, i: int) -> MLP:
+        """Member ``i`` as a plain MLP (for export and inspection)."""
+        hidden = [w.shape[2] for w in self.weights][:-1]
+        mlp = MLP(self.weights[0].shape[1], self.weights[-1].shape[2], hidden)
+        linears = [m for m in mlp.net if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for lin, w, b in zip(linears, self.weights, self.biases, strict=True):
+                lin.weight.copy_(w[i].t())
+                lin.bias.copy_(b[i, 0])
+        return mlp
+
+
 def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """target <- (1 - tau) * target + tau * online, in place."""
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
 
 
-def clip_grad_norm(module: nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm of ``module``; returns the norm before clipping."""
-    return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, foreach=True)
+class NetworkOptimizer:
+    """Adam over several networks with per-network learning rates and gradient clipping.
 
+    ``step()`` clips each network's gradients to a global norm of ``max_norm`` (the norm over
+    all of that network's parameters) and applies one fused Adam update to all of them.
+    """
 
-def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
-    # fused kernels where available (CPU and CUDA in torch >= 2.4), else the foreach path
-    try:
-        return torch.optim.Adam(module.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError):  # pragma: no cover - older torch
-        return torch.optim.Adam(module.parameters(), lr=lr, foreach=True)
+    def __init__(self, networks: dict[str, tuple[nn.Module, float]], max_norm: float) -> None:
+        self.names = list(networks)
+        self.groups = [list(m.parameters()) for m, _ in networks.values()]
+        self.params = [p for g in self.groups for p in g]
+        self.max_norm = max_norm
+        groups = [
+            {"params": g, "lr": lr}
+            for g, (_, lr) in zip(self.groups, networks.values(), strict=True)
+        ]
+        try:
+            self.adam = torch.optim.Adam(groups, fused=True)
+        except (RuntimeError, TypeError):  # pragma: no cover - torch without fused CPU Adam
+            self.adam = torch.optim.Adam(groups, foreach=True)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        grads = [p.grad for p in self.params]
+        norms = torch._foreach_norm(grads)
+        coefs: list[torch.Tensor] = []
+        start = 0
+        for group in self.groups:
+            total = torch.linalg.vector_norm(torch.stack(norms[start : start + len(group)]))
+            coef = (self.max_norm / (total + 1e-6)).clamp(max=1.0)
+            coefs += [coef] * len(group)
+            start += len(group)
+        torch._foreach_mul_(grads, coefs)
+        self.adam.step()
