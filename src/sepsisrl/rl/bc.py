@@ -23,9 +23,16 @@ class BCConfig:
 class BC:
     name = "bc"
 
-    def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: BCConfig) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        n_actions: int,
+        gamma: float,
+        cfg: BCConfig,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.cfg = cfg
-        self.actor = MLP(state_dim, n_actions, cfg.hidden)
+        self.actor = MLP(state_dim, n_actions, cfg.hidden).to(device)
         self.optimizer = NetworkOptimizer({"actor": (self.actor, cfg.lr)}, cfg.grad_clip)
 
     def modules(self) -> dict[str, torch.nn.Module]:

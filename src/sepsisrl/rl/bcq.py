@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, NetworkOptimizer, polyak_update
+from sepsisrl.rl.networks import MLP, NetworkOptimizer, flatten_parameters, polyak_update
 
 
 @dataclass(frozen=True)
@@ -32,17 +32,24 @@ class BCQConfig:
 class BCQ:
     name = "bcq"
 
-    def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: BCQConfig) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        n_actions: int,
+        gamma: float,
+        cfg: BCQConfig,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.cfg, self.gamma = cfg, gamma
-        self.q = MLP(state_dim, n_actions, cfg.hidden)
-        self.behaviour = MLP(state_dim, n_actions, cfg.hidden)
-        self.q_target = MLP(state_dim, n_actions, cfg.hidden)
+        self.q = MLP(state_dim, n_actions, cfg.hidden).to(device)
+        self.behaviour = MLP(state_dim, n_actions, cfg.hidden).to(device)
+        self.q_target = MLP(state_dim, n_actions, cfg.hidden).to(device)
         self.q_target.load_state_dict(self.q.state_dict())
-        for p in self.q_target.parameters():
-            p.requires_grad_(False)
+        self.q_target.requires_grad_(False)
         self.optimizer = NetworkOptimizer(
             {"q": (self.q, cfg.lr), "behaviour": (self.behaviour, cfg.lr)}, cfg.grad_clip
         )
+        self._target_flat = flatten_parameters(self.q_target)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"q": self.q, "behaviour": self.behaviour, "q_target": self.q_target}
@@ -67,7 +74,7 @@ class BCQ:
         self.optimizer.zero_grad()
         (td_loss + bc_loss).backward()
         self.optimizer.step()
-        polyak_update(self.q_target, self.q, self.cfg.polyak)
+        polyak_update(self._target_flat, self.optimizer.flat["q"], self.cfg.polyak)
         return {
             "critic_loss": td_loss.detach(),
             "bc_loss": bc_loss.detach(),

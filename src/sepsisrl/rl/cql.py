@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, NetworkOptimizer, polyak_update
+from sepsisrl.rl.networks import MLP, NetworkOptimizer, flatten_parameters, polyak_update
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,21 @@ class CQLConfig:
 class CQL:
     name = "cql"
 
-    def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: CQLConfig) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        n_actions: int,
+        gamma: float,
+        cfg: CQLConfig,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.cfg, self.gamma = cfg, gamma
-        self.q = MLP(state_dim, n_actions, cfg.hidden)
-        self.q_target = MLP(state_dim, n_actions, cfg.hidden)
+        self.q = MLP(state_dim, n_actions, cfg.hidden).to(device)
+        self.q_target = MLP(state_dim, n_actions, cfg.hidden).to(device)
         self.q_target.load_state_dict(self.q.state_dict())
-        for p in self.q_target.parameters():
-            p.requires_grad_(False)
+        self.q_target.requires_grad_(False)
         self.optimizer = NetworkOptimizer({"q": (self.q, cfg.lr)}, cfg.grad_clip)
+        self._target_flat = flatten_parameters(self.q_target)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"q": self.q, "q_target": self.q_target}
@@ -61,7 +68,7 @@ class CQL:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        polyak_update(self.q_target, self.q, self.cfg.polyak)
+        polyak_update(self._target_flat, self.optimizer.flat["q"], self.cfg.polyak)
         return {
             "critic_loss": td_loss.detach(),
             "cql_loss": conservative.detach(),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer, polyak_update
+from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer, flatten_parameters, polyak_update
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,21 @@ def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
 class IQL:
     name = "iql"
 
-    def __init__(self, state_dim: int, n_actions: int, gamma: float, cfg: IQLConfig) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        n_actions: int,
+        gamma: float,
+        cfg: IQLConfig,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.cfg, self.gamma = cfg, gamma
-        self.critic = Ensemble(2, state_dim, n_actions, cfg.hidden)  # Q1, Q2
-        self.critic_target = Ensemble(2, state_dim, n_actions, cfg.hidden)
+        self.critic = Ensemble(2, state_dim, n_actions, cfg.hidden).to(device)  # Q1, Q2
+        self.critic_target = Ensemble(2, state_dim, n_actions, cfg.hidden).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.value = MLP(state_dim, 1, cfg.hidden)
-        self.actor = MLP(state_dim, n_actions, cfg.hidden)
+        self.value = MLP(state_dim, 1, cfg.hidden).to(device)
+        self.actor = MLP(state_dim, n_actions, cfg.hidden).to(device)
         self.optimizer = NetworkOptimizer(
             {
                 "critic": (self.critic, cfg.critic_lr),
@@ -66,6 +73,7 @@ class IQL:
             },
             max_norm=cfg.grad_clip,
         )
+        self._target_flat = flatten_parameters(self.critic_target)
 
     # -- what a checkpoint holds
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -103,7 +111,7 @@ class IQL:
         self.optimizer.zero_grad()
         (value_loss + critic_loss + actor_loss).backward()
         self.optimizer.step()
-        polyak_update(self.critic_target, self.critic, cfg.polyak)
+        polyak_update(self._target_flat, self.optimizer.flat["critic"], cfg.polyak)
         return {
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),

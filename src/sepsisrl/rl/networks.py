@@ -24,7 +24,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
+            layers += [nn.Linear(d, h), nn.ReLU(inplace=True)]
             d = h
         layers.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*layers)
@@ -59,7 +59,7 @@ class Ensemble(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(b, h, w)
             if i < last:
-                h = torch.relu(h)
+                h = h.relu_()
         return h
 
     def member(self, i: int) -> MLP:
@@ -74,46 +74,65 @@ class Ensemble(nn.Module):
         return mlp
 
 
-def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * online, in place."""
+def flatten_parameters(module: nn.Module) -> torch.Tensor:
+    """Re-home ``module``'s parameters as views of one contiguous buffer, which is returned.
+
+    The maths is unchanged; whole-network operations (gradient norm, clipping, Adam, Polyak
+    averaging) then run as a few large kernels instead of one small kernel per tensor.
+    """
+    params = list(module.parameters())
+    flat = torch.empty(
+        sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device
+    )
+    offset = 0
     with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+        for p in params:
+            n = p.numel()
+            flat[offset : offset + n].copy_(p.reshape(-1))
+            p.data = flat[offset : offset + n].view_as(p)
+            offset += n
+    return flat
+
+
+def polyak_update(target: torch.Tensor, online: torch.Tensor, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * online, in place (flat parameter buffers)."""
+    with torch.no_grad():
+        target.lerp_(online, tau)
 
 
 class NetworkOptimizer:
     """Adam over several networks with per-network learning rates and gradient clipping.
 
-    ``step()`` clips each network's gradients to a global norm of ``max_norm`` (the norm over
-    all of that network's parameters) and applies one fused Adam update to all of them.
+    Each network's parameters and gradients live in one flat buffer (``flatten_parameters``):
+    ``step()`` clips each network's gradient to a global norm of ``max_norm`` (the norm over all
+    of that network's parameters) and applies one fused Adam update per network buffer.
     """
 
     def __init__(self, networks: dict[str, tuple[nn.Module, float]], max_norm: float) -> None:
         self.names = list(networks)
-        self.groups = [list(m.parameters()) for m, _ in networks.values()]
-        self.params = [p for g in self.groups for p in g]
         self.max_norm = max_norm
-        groups = [
-            {"params": g, "lr": lr}
-            for g, (_, lr) in zip(self.groups, networks.values(), strict=True)
-        ]
+        self.flat: dict[str, torch.Tensor] = {}
+        for name, (module, _lr) in networks.items():
+            flat = flatten_parameters(module)
+            grad = torch.zeros_like(flat)
+            offset = 0
+            for p in module.parameters():  # autograd accumulates into these views in place
+                p.grad = grad[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+            flat.grad = grad
+            self.flat[name] = flat
+        groups = [{"params": [self.flat[n]], "lr": lr} for n, (_, lr) in networks.items()]
         try:
             self.adam = torch.optim.Adam(groups, fused=True)
         except (RuntimeError, TypeError):  # pragma: no cover - torch without fused CPU Adam
             self.adam = torch.optim.Adam(groups, foreach=True)
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        for flat in self.flat.values():
+            flat.grad.zero_()
 
     def step(self) -> None:
-        grads = [p.grad for p in self.params]
-        norms = torch._foreach_norm(grads)
-        coefs: list[torch.Tensor] = []
-        start = 0
-        for group in self.groups:
-            total = torch.linalg.vector_norm(torch.stack(norms[start : start + len(group)]))
-            coef = (self.max_norm / (total + 1e-6)).clamp(max=1.0)
-            coefs += [coef] * len(group)
-            start += len(group)
-        torch._foreach_mul_(grads, coefs)
+        for flat in self.flat.values():
+            norm = torch.linalg.vector_norm(flat.grad)
+            flat.grad.mul_((self.max_norm / (norm + 1e-6)).clamp(max=1.0))
         self.adam.step()

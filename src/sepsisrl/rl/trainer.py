@@ -52,40 +52,36 @@ class RunExistsError(FileExistsError):
     """The run folder already holds a run (use resume=True or another folder)."""
 
 
-def make_algorithm(cfg: TrainConfig, state_dim: int, n_actions: int, gamma: float):
+def make_algorithm(
+    cfg: TrainConfig,
+    state_dim: int,
+    n_actions: int,
+    gamma: float,
+    device: str | torch.device = "cpu",
+):
+    """The configured algorithm, its networks built on ``device``."""
     hidden = tuple(cfg.hidden_sizes)
+    clip = cfg.grad_clip
     if cfg.algo == "iql":
         c = cfg.iql
-        return IQL(state_dim, n_actions, gamma, IQLConfig(
+        algo_cfg = IQLConfig(
             actor_lr=c.actor_lr, critic_lr=c.critic_lr, value_lr=c.value_lr, expectile=c.expectile,
-            temperature=c.temperature, weight_cap=c.weight_cap, polyak=c.polyak,
-            grad_clip=cfg.grad_clip, hidden=hidden))  # fmt: skip
+            temperature=c.temperature, weight_cap=c.weight_cap, polyak=c.polyak, grad_clip=clip,
+            hidden=hidden,
+        )  # fmt: skip
+        return IQL(state_dim, n_actions, gamma, algo_cfg, device)
     if cfg.algo == "cql":
         c = cfg.cql
-        return CQL(
-            state_dim,
-            n_actions,
-            gamma,
-            CQLConfig(
-                lr=c.lr, alpha=c.alpha, polyak=c.polyak, grad_clip=cfg.grad_clip, hidden=hidden
-            ),
-        )
+        cql_cfg = CQLConfig(lr=c.lr, alpha=c.alpha, polyak=c.polyak, grad_clip=clip, hidden=hidden)
+        return CQL(state_dim, n_actions, gamma, cql_cfg, device)
     if cfg.algo == "bcq":
         c = cfg.bcq
-        return BCQ(
-            state_dim,
-            n_actions,
-            gamma,
-            BCQConfig(
-                lr=c.lr,
-                threshold=c.threshold,
-                polyak=c.polyak,
-                grad_clip=cfg.grad_clip,
-                hidden=hidden,
-            ),
+        bcq_cfg = BCQConfig(
+            lr=c.lr, threshold=c.threshold, polyak=c.polyak, grad_clip=clip, hidden=hidden
         )
+        return BCQ(state_dim, n_actions, gamma, bcq_cfg, device)
     return BC(
-        state_dim, n_actions, gamma, BCConfig(lr=cfg.bc.lr, grad_clip=cfg.grad_clip, hidden=hidden)
+        state_dim, n_actions, gamma, BCConfig(lr=cfg.bc.lr, grad_clip=clip, hidden=hidden), device
     )
 
 
@@ -97,11 +93,6 @@ class TrainResult:
     steps_per_second: float
     resumed_from: int | None
     final_metrics: dict[str, float]
-
-
-def _algo_to(algo, device: torch.device) -> None:
-    for mod in algo.modules().values():
-        mod.to(device)
 
 
 def train(
@@ -156,8 +147,7 @@ def train(
     (run / "checkpoints").mkdir(exist_ok=True)
 
     torch.manual_seed(cfg.seed)  # before any network is built: the seed controls initialisation
-    algo = make_algorithm(cfg, meta.state_dim, meta.n_actions, meta.gamma)
-    _algo_to(algo, device)
+    algo = make_algorithm(cfg, meta.state_dim, meta.n_actions, meta.gamma, device)
     order = torch.Generator().manual_seed(cfg.seed)  # batch order (CPU generator, any device)
     perm = torch.randperm(n, generator=order)
     start, pos, epoch = 0, 0, 0
@@ -191,7 +181,6 @@ def train(
     }
     if checkpoint is not None:
         state, extra = load_checkpoint(checkpoint, algo.modules(), algo.optimizers())
-        _algo_to(algo, device)
         start, pos, epoch = state["step"], state["position"], state["epoch"]
         order.set_state(extra["generator_state"])
         perm = extra["permutation"]

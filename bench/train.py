@@ -1,0 +1,216 @@
+"""Benchmark of `sepsisrl train` (IQL) in the model card's setting, with same-machine baselines.
+
+Usage:  python bench/train.py [--steps 300] [--repeats 5] [--threads 0]
+
+Setting: 62-dim state, 25 actions, 140,000 train transitions, batch 256, [256, 256] MLPs.
+Measured, interleaved so that every figure sees the same machine load:
+  sepsisrl    the trainer's IQL update on resident tensors (``sepsisrl.rl.iql``)
+  plain       a straightforward eager implementation: six nn.Sequential networks, three
+              torch Adam optimisers, clip_grad_norm_ and three backward passes per step
+  matmul      the matrix products one IQL step needs and nothing else - the fp32 floor
+Reported: median steps/second over the repeats, and the resulting time for the card's
+110,000 steps. The end-to-end ``train()`` (with logging and checkpoints) is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+N, D, A, B, H = 140_000, 62, 25, 256, 256
+CARD_STEPS = 110_000
+
+
+class PlainIQL:
+    """A plain eager IQL, as one would write it first (the reference point)."""
+
+    def __init__(self) -> None:
+        def mlp(out: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(
+                torch.nn.Linear(D, H), torch.nn.ReLU(), torch.nn.Linear(H, H), torch.nn.ReLU(),
+                torch.nn.Linear(H, out),
+            )  # fmt: skip
+
+        self.q1, self.q2, self.v, self.pi, self.t1, self.t2 = (
+            mlp(A),
+            mlp(A),
+            mlp(1),
+            mlp(A),
+            mlp(A),
+            mlp(A),
+        )
+        self.t1.load_state_dict(self.q1.state_dict())
+        self.t2.load_state_dict(self.q2.state_dict())
+        self.oq = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], 3e-4)
+        self.ov = torch.optim.Adam(self.v.parameters(), 3e-4)
+        self.op = torch.optim.Adam(self.pi.parameters(), 1e-4)
+
+    def update(self, s, a, r, sn, d) -> None:
+        with torch.no_grad():
+            tq = torch.min(self.t1(s), self.t2(s)).gather(1, a[:, None]).squeeze(1)
+            y = r + 0.99 * (1 - d) * self.v(sn).squeeze(1)
+        v = self.v(s).squeeze(1)
+        u = tq - v
+        vl = (torch.abs(0.7 - (u < 0).float()) * u**2).mean()
+        self.ov.zero_grad()
+        vl.backward()
+        torch.nn.utils.clip_grad_norm_(self.v.parameters(), 10)
+        self.ov.step()
+        ql = F.mse_loss(self.q1(s).gather(1, a[:, None]).squeeze(1), y) + F.mse_loss(
+            self.q2(s).gather(1, a[:, None]).squeeze(1), y
+        )
+        self.oq.zero_grad()
+        ql.backward()
+        torch.nn.utils.clip_grad_norm_([*self.q1.parameters(), *self.q2.parameters()], 10)
+        self.oq.step()
+        w = torch.exp(3 * (tq - v.detach())).clamp(max=100)
+        al = -(w * F.log_softmax(self.pi(s), 1).gather(1, a[:, None]).squeeze(1)).mean()
+        self.op.zero_grad()
+        al.backward()
+        torch.nn.utils.clip_grad_norm_(self.pi.parameters(), 10)
+        self.op.step()
+        with torch.no_grad():
+            for t, o in ((self.t1, self.q1), (self.t2, self.q2)):
+                for pt, po in zip(t.parameters(), o.parameters(), strict=True):
+                    pt.mul_(0.995).add_(po, alpha=0.005)
+
+
+class MatmulFloor:
+    """Only the matrix products of one IQL step (forward no-grad, forward, backward)."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        self.s, self.h, self.g_h, self.g_o = r(B, D), r(B, H), r(B, H), r(B, A)
+        self.w1, self.w2, self.w3, self.w3v = r(H, D), r(H, H), r(A, H), r(1, H)
+
+    def update(self, *_args) -> None:
+        s, h, gh, go = self.s, self.h, self.g_h, self.g_o
+        for w3 in (self.w3, self.w3, self.w3v):  # no grad: target Q1, Q2 on s; V on s'
+            F.linear(F.linear(F.linear(s, self.w1), self.w2), w3)
+        for w3 in (self.w3, self.w3, self.w3v, self.w3):  # with grad: Q1, Q2, V, actor on s
+            F.linear(F.linear(F.linear(s, self.w1), self.w2), w3)
+            g3 = go if w3 is self.w3 else go[:, :1]
+            g3.t() @ h  # dW3
+            g3 @ w3  # dh2
+            gh.t() @ h  # dW2
+            gh @ self.w2  # dh1
+            gh.t() @ s  # dW1
+
+
+def write_card_replay(folder: Path, states, actions, rewards, done) -> None:
+    """A contract-following replay folder holding these arrays as its train split."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    done = done.astype(bool).copy()
+    done[-1] = True
+    stay = np.concatenate([[0], np.cumsum(done[:-1])]).astype(np.int64)
+    start = np.maximum.accumulate(
+        np.where(np.r_[True, stay[1:] != stay[:-1]], np.arange(len(stay)), 0)
+    )
+    step = (np.arange(len(stay)) - start).astype(np.int16)
+    names = [f"f{i}" for i in range(states.shape[1])]
+    cols = {"subject_id": stay, "stay_id": stay, "step": step, "action": actions.astype(np.int16),
+            "reward": rewards.astype(np.float32), "done": done}  # fmt: skip
+    cols.update({f"s_{n}": states[:, j].astype(np.float32) for j, n in enumerate(names)})
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table(cols), folder / "replay_train.parquet")
+    meta = {
+        "schema_version": "1", "state_dim": states.shape[1], "n_actions": A,
+        "feature_names": names, "reward": {"variant": "bench"}, "gamma": 0.99,
+    }  # fmt: skip
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def measure(update, batches, steps: int) -> float:
+    for i in range(10):
+        update(*batches(i))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        update(*batches(i))
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sepsisrl.rl.iql import IQL, IQLConfig
+
+    torch.manual_seed(0)
+    S = torch.randn(N, D)
+    act = torch.randint(0, A, (N,))
+    rew = torch.randn(N)
+    done = (torch.rand(N) < 0.08).float()
+    nxt = torch.clamp(torch.arange(N) + 1, max=N - 1)
+    perm = torch.randperm(N)
+
+    def batches(i: int):
+        idx = perm[(i % (N // B)) * B : (i % (N // B) + 1) * B]
+        return S[idx], act[idx], rew[idx], S[nxt[idx]], done[idx]
+
+    candidates = {
+        "sepsisrl": IQL(D, A, 0.99, IQLConfig()).update,
+        "plain": PlainIQL().update,
+        "matmul_floor": MatmulFloor().update,
+    }
+    rates: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(args.repeats):
+        for name, update in candidates.items():
+            rates[name].append(measure(update, batches, args.steps))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for name, v in rates.items():
+        print(f"{name:13s} {med[name]:7.1f} steps/s (median of {[round(x) for x in v]})  "
+              f"-> {CARD_STEPS / med[name] / 60:5.1f} min for {CARD_STEPS:,} steps")  # fmt: skip
+    print(
+        f"speed-up over the plain eager loop: {med['sepsisrl'] / med['plain']:.2f}x; "
+        f"share of the fp32 matmul floor: {med['sepsisrl'] / med['matmul_floor']:.0%}"
+    )
+
+    # end to end: the trainer with logging and checkpoints, on a replay folder of this shape
+    with tempfile.TemporaryDirectory() as tmp:
+        replay = Path(tmp) / "replay" / "bench"
+        write_card_replay(replay, S.numpy(), act.numpy(), rew.numpy(), done.numpy())
+        from sepsisrl.rl.config import load_train_config
+        from sepsisrl.rl.trainer import train
+
+        cfg = load_train_config(overrides={"steps": 1000, "log_every": 500, "checkpoint_every": 500,
+                                           "threads": args.threads})  # fmt: skip
+        res = train(replay, cfg, Path(tmp) / "run")
+        print(
+            "train() end to end, 1,000 steps incl. logging and checkpoints: "
+            f"{res.steps_per_second:.1f} steps/s"
+        )
+    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}  # fmt: skip
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    doc = {
+        "meta": meta,
+        "steps_per_second": med,
+        "all": rates,
+        "train_end_to_end": res.steps_per_second,
+    }
+    (out / "train.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"results written to {out / 'train.json'}")
+
+
+if __name__ == "__main__":
+    main()
