@@ -274,6 +274,88 @@ and final/. RESEARCH ONLY: the resulting policy is not clinical decision support
 
 
 @app.command()
+def evaluate(
+    replay: Annotated[
+        Path, typer.Option("--replay", help="Replay folder (e.g. workspace/replay/sofa_shaped).")
+    ],
+    run: Annotated[Path | None, typer.Option("--run", help="A training run folder.")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="An exported model repository.")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help="clinician | no_treatment | random")
+    ] = None,
+    final: Annotated[
+        bool,
+        typer.Option(
+            "--final", help="Evaluate the TEST split (once, at the end); recorded in the run."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: <workspace>/eval/<name>-<split>)."),
+    ] = None,
+    resamples: Annotated[
+        int, typer.Option("--resamples", min=100, help="Patient bootstrap resamples.")
+    ] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap and model-fitting seed.")] = 0,
+) -> None:
+    """Off-policy evaluation and safety review of one policy (validation split; test with --final).
+
+    Behaviour model fit on train (chosen by validation log-loss), WIS / per-decision WIS / ESS \
+with patient-bootstrap CIs, FQE fitted on train, clinician agreement, support, severe safety \
+flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
+    """
+    from sepsisrl.ope.evaluate import EvalConfig, EvaluationError
+    from sepsisrl.ope.evaluate import evaluate as run_eval
+    from sepsisrl.rl.data import ReplayError
+
+    chosen = [x for x in (run, bundle, policy) if x is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of --run, --bundle or --policy")
+    kind = "run" if run is not None else ("bundle" if bundle is not None else "named")
+    spec = chosen[0]
+    name = Path(spec).name if kind != "named" else str(spec)
+    split = "test" if final else "validation"
+    if out is None:
+        out = replay.absolute().parent.parent / "eval" / f"{name}-{split}"
+    try:
+        doc = run_eval(
+            spec,
+            replay,
+            out,
+            kind=kind,
+            final=final,
+            cfg=EvalConfig(bootstrap_resamples=resamples, bootstrap_seed=seed, seed=seed),
+        )
+    except (EvaluationError, ReplayError, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(
+        json.dumps({"out": str(out), "split": doc["split"], "metrics": doc["metrics"]}, indent=2)
+    )
+
+
+@app.command()
+def summarize(
+    evals: Annotated[
+        list[Path], typer.Argument(help="Evaluation folders (one per seed) of one split.")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the summary JSON here.")] = None,
+) -> None:
+    """Mean and standard deviation over seeds of every metric, in the model card's table layout."""
+    from sepsisrl.ope.summary import card_table
+    from sepsisrl.ope.summary import summarize as run_summary
+
+    try:
+        summary = run_summary(evals)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(card_table(summary))
+
+
+@app.command()
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[

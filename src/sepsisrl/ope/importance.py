@@ -125,6 +125,8 @@ def bootstrap_ratio(
     num, den = counts @ numer, counts @ denom
     stats = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     alpha = (1.0 - level) / 2.0
+    if np.isnan(stats).all():  # no resample with any weight: the estimate is undefined
+        return BootstrapCI(float("nan"), float("nan"), float("nan"), resamples, seed)
     lo, hi = np.nanpercentile(stats, [100 * alpha, 100 * (1 - alpha)])
     estimate = float(numer.sum() / denom.sum()) if denom.sum() > 0 else float("nan")
     return BootstrapCI(estimate, float(lo), float(hi), resamples, seed)
