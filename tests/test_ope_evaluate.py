@@ -1,0 +1,195 @@
+"""`evaluate`: one code path for every policy, nothing fitted on the evaluated split,
+test split only with --final (recorded), artifacts per contracts.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
+from sepsisrl.ope.evaluate import EvalConfig, evaluate
+from sepsisrl.ope.fqe import FQEConfig
+from sepsisrl.ope.summary import CARD_ROWS, card_table, summarize
+from sepsisrl.rl.config import load_train_config
+from sepsisrl.rl.data import load_split
+from sepsisrl.rl.policies import TrainedPolicy
+from sepsisrl.rl.trainer import train
+
+FAST = EvalConfig(
+    bootstrap_resamples=200,
+    behaviour=BehaviourConfig(max_epochs=4),
+    fqe=FQEConfig(hidden=(32, 32), max_steps=800, min_steps=400, eval_every=200),
+)
+
+
+@pytest.fixture(scope="module")
+def setup(built, tmp_path_factory):
+    ws, _, _ = built
+    root = tmp_path_factory.mktemp("ope")
+    replay = ws / "replay" / "sofa_shaped"
+    runs = {}
+    for algo, seed in (("iql", 1), ("iql", 2), ("bc", 1)):
+        cfg = load_train_config(overrides={
+            "algo": algo, "seed": seed, "steps": 60, "hidden_sizes": [32, 32], "batch_size": 64,
+            "log_every": 30, "checkpoint_every": 30,
+        })  # fmt: skip
+        runs[f"{algo}{seed}"] = train(replay, cfg, root / "runs" / f"{algo}{seed}").run_dir
+    evals = {}
+    for name, spec, kind in (
+        ("iql1", runs["iql1"], "run"), ("iql2", runs["iql2"], "run"), ("bc1", runs["bc1"], "run"),
+        ("clinician", "clinician", "named"), ("no_treatment", "no_treatment", "named"),
+        ("random", "random", "named"),
+    ):  # fmt: skip
+        evals[name] = evaluate(spec, replay, root / "eval" / name, kind=kind, cfg=FAST)
+    return ws, replay, runs, evals, root
+
+
+CARD_KEYS = [k for k, _ in CARD_ROWS]
+
+
+def test_every_policy_kind_gets_the_same_metrics(setup):
+    *_, evals, _ = setup
+    for name, doc in evals.items():
+        assert set(CARD_KEYS) <= set(doc["metrics"]), name
+        assert doc["split"] == "validation" and doc["final"] is False
+        assert doc["episodes"] > 10
+
+
+def test_artifacts_are_written(setup):
+    *_, root = setup
+    out = root / "eval" / "iql1"
+    doc = json.loads((out / "metrics.json").read_text())
+    for fig in ("actions_clinician.png", "actions_policy.png", "actions_difference.png"):
+        assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "cases.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == doc["decisions"]
+    assert (out / "behaviour" / "behaviour.safetensors").is_file()
+    assert json.loads((out / "behaviour" / "behaviour.json").read_text())["kind"] in (
+        "logistic",
+        "mlp",
+    )
+
+
+def test_clinician_policy_is_on_policy(setup):
+    *_, evals, _ = setup
+    m = evals["clinician"]["metrics"]
+    assert m["wis_mean"] == pytest.approx(m["observed_return_mean"])
+    assert m["ess"] == pytest.approx(evals["clinician"]["episodes"])
+    assert m["clinician_agreement"] == 1.0
+
+
+def test_no_treatment_agreement_is_the_share_of_logged_no_treatment(setup):
+    _, replay, *_, evals, _ = setup
+    val = load_split(replay, "validation")
+    share = float((val.actions.numpy() == 0).mean())
+    assert evals["no_treatment"]["metrics"]["clinician_agreement"] == pytest.approx(share)
+
+
+def test_safety_reference_level_is_the_same_for_every_policy(setup):
+    *_, evals, _ = setup
+    clin = {doc["metrics"]["clinician_safety_flags"] for doc in evals.values()}
+    assert len(clin) == 1 and clin.pop() is not None
+    rules = evals["no_treatment"]["safety"]["rules"]
+    for name, counts in rules.items():
+        if name != "no_treatment_in_shock":
+            assert counts["policy"] == 0  # withholding treatment cannot trip the other rules
+
+
+def test_nothing_is_fitted_on_the_evaluated_split(setup):
+    _, replay, *_, evals, _ = setup
+    train_fp = load_split(replay, "train", "reward_eval").fingerprint
+    for doc in evals.values():
+        assert doc["behaviour_model"]["kind"] in ("logistic", "mlp")
+        assert doc["fqe"]["fit_on"].startswith("train")
+    b = BehaviourModel.load(Path(setup[4]) / "eval" / "iql1" / "behaviour")
+    assert b.info["fitted_on"]["fingerprint"] == train_fp
+    assert b.info["fitted_on"]["split"] == "train"
+
+
+def test_test_split_only_with_final_and_the_run_records_it(setup, tmp_path):
+    _, replay, runs, *_ = setup
+    run = tmp_path / "run"
+    shutil.copytree(runs["iql1"], run)
+    assert not (run / "final_evaluation.json").exists()
+    doc = evaluate(run, replay, tmp_path / "final", kind="run", final=True, cfg=FAST)
+    assert doc["split"] == "test" and doc["final"] is True
+    record = json.loads((run / "final_evaluation.json").read_text())
+    assert len(record) == 1 and record[0]["out"].endswith("final")
+    assert doc["fqe"]["fit_on"] == "train"
+
+
+def test_an_exported_bundle_is_evaluated_like_its_run(setup, tmp_path):
+    _, replay, runs, evals, _ = setup
+    run = runs["iql1"]
+    cfg = json.loads((run / "config.json").read_text())
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(run / "final" / "policy.safetensors", bundle / "model.safetensors")
+    names = cfg["replay"]["feature_names"]
+    (bundle / "config.json").write_text(json.dumps({
+        "model_type": "iql", "state_dim": len(names), "n_actions": 25, "hidden_sizes": [32, 32],
+        "feature_names": names,
+    }))  # fmt: skip
+    doc = evaluate(bundle, replay, tmp_path / "eval", kind="bundle", cfg=FAST)
+    a, b = doc["metrics"], evals["iql1"]["metrics"]
+    for key in ("clinician_agreement", "support_mass", "low_support_action_rate", "ess"):
+        assert a[key] == pytest.approx(b[key]), key
+
+
+def test_bundle_inputs_are_reordered_by_feature_name(setup, tmp_path):
+    _, replay, runs, *_ = setup
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sepsisrl.ope.evaluate import BundlePolicy
+
+    run = runs["iql1"]
+    names = json.loads((run / "config.json").read_text())["replay"]["feature_names"]
+    perm = np.random.default_rng(0).permutation(len(names))
+    weights = load_file(str(run / "final" / "policy.safetensors"))
+    weights["net.0.weight"] = weights["net.0.weight"][:, torch.from_numpy(perm)].contiguous()
+    bundle = tmp_path / "perm"
+    bundle.mkdir()
+    save_file(weights, str(bundle / "model.safetensors"))
+    (bundle / "config.json").write_text(json.dumps({"state_dim": len(names), "n_actions": 25,
+        "hidden_sizes": [32, 32], "feature_names": [names[i] for i in perm]}))  # fmt: skip
+    states = load_split(replay, "validation").states.numpy()[:200]
+    assert np.allclose(
+        BundlePolicy(bundle, names).logits(states), TrainedPolicy(run).logits(states), atol=1e-5
+    )
+
+
+def test_repeated_seed_summary_has_the_card_layout(setup):
+    *_, root = setup
+    summary = summarize([root / "eval" / "iql1", root / "eval" / "iql2"])
+    assert summary["metrics"]["clinician_agreement"]["n"] == 2
+    assert summary["metrics"]["clinician_agreement"]["std"] is not None
+    table = card_table(summary)
+    for _, label in CARD_ROWS:
+        assert label in table
+    with pytest.raises(ValueError, match="mix splits"):
+        import tempfile
+
+        other = Path(tempfile.mkdtemp())
+        doc = json.loads((root / "eval" / "iql1" / "metrics.json").read_text())
+        doc["split"] = "test"
+        (other / "metrics.json").write_text(json.dumps(doc))
+        summarize([root / "eval" / "iql1", other])
+
+
+def test_cli_requires_exactly_one_policy(setup):
+    _, replay, runs, *_ = setup
+    proc = subprocess.run(
+        [sys.executable, "-m", "sepsisrl.cli", "evaluate", "--replay", str(replay),
+         "--policy", "random", "--run", str(runs["iql1"])],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "exactly one" in proc.stderr and "Traceback" not in proc.stderr
