@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate one policy; writes ``out_dir`` and returns the metrics document."""
     cfg = cfg or EvalConfig()
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     replay_dir, out = Path(replay_dir), Path(out_dir)
     meta = load_meta(replay_dir)
     split = "test" if final else "validation"
@@ -212,6 +221,7 @@ def evaluate(
     val = load_split(replay_dir, "validation", EVAL_REWARD, meta)
     data = load_split(replay_dir, "test", EVAL_REWARD, meta) if final else val
     out.mkdir(parents=True, exist_ok=True)
+    lap("load")
 
     # behaviour policy: fit on train, chosen on validation (or reused if already fitted)
     if (
@@ -223,6 +233,7 @@ def evaluate(
             meta.n_actions, cfg.behaviour, train.fingerprint,
         )  # fmt: skip
     behaviour.save(out / "behaviour")
+    lap("behaviour_model")
     pol = make_policy(policy, kind, meta, behaviour)
 
     states = data.states.numpy()
@@ -248,6 +259,7 @@ def evaluate(
         softened[str(eps)] = {"wis": _finite(ci_e.estimate), "ci_low": _finite(ci_e.low),
                               "ci_high": _finite(ci_e.high), "ess": ess(w_e)}  # fmt: skip
 
+    lap("importance_sampling")
     # FQE
     pi_train = pol.action_probabilities(train.states.numpy())
     if final:
@@ -274,6 +286,7 @@ def evaluate(
     counts = bootstrap_counts(len(v0), cfg.bootstrap_resamples, cfg.bootstrap_seed)
     boots = counts @ v0 / len(v0)
     fqe_lo, fqe_hi = np.percentile(boots, [2.5, 97.5])
+    lap("fqe")
 
     # agreement, support, safety, subgroups
     exact = greedy == actions
@@ -311,6 +324,7 @@ def evaluate(
                 "policy_mean_fluid_bin": float(gf[m].mean()),
                 "clinician_mean_fluid_bin": float(cf[m].mean()),
             }
+    lap("agreement_support_safety_subgroups")
     figures = _heatmaps(actions, greedy, out / "figures")
     with open(out / "cases.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -327,6 +341,7 @@ def evaluate(
         for r in rows:
             writer.writerow([int(data.stay_id[r]), int(data.step[r]), int(actions[r]), int(greedy[r]),
                              f"{b_all[r, greedy[r]]:.5f}", int(low_support[r])])  # fmt: skip
+    lap("figures_and_cases")
 
     metrics = {
         "fqe_mean": float(v0.mean()),
@@ -387,6 +402,7 @@ def evaluate(
         "safety": safety,
         "subgroups": groups_out,
         "figures": figures,
+        "timings_seconds": timings,
         "gamma": meta.gamma,
         "reward": "evaluation reward: terminal +-15 only (reward_eval)",
         "config": json.loads(json.dumps(asdict(cfg), default=str)),

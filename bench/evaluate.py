@@ -1,0 +1,119 @@
+"""Benchmark of `sepsisrl evaluate`: one policy, full evaluation, a 2,600-episode test split.
+
+Usage:  python bench/evaluate.py [--test-episodes 2600] [--train-transitions 140000]
+
+A replay folder of the model card's shape is generated (62 named features, 25 actions,
+12-step episodes, 140k train transitions; clinicians' actions drawn from a state-dependent
+softmax so the behaviour model has something to learn), an IQL policy is trained briefly, and
+the whole evaluation is timed with the default settings: behaviour model (two candidates),
+FQE, WIS with 2,000 patient-bootstrap resamples, per-decision WIS, ESS, agreement, support,
+safety flags, subgroups, heatmaps and the case table. Target (issue 5): <= 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STEPS = 12
+
+
+def write_split(
+    folder: Path, split: str, n_episodes: int, rng: np.random.Generator, W: np.ndarray, names
+):
+    n = n_episodes * STEPS
+    states = rng.standard_normal((n, len(names))).astype(np.float32)
+    logits = states @ W
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    actions = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+    stay = np.repeat(
+        np.arange(n_episodes) + {"train": 0, "validation": 10**6, "test": 2 * 10**6}[split], STEPS
+    )
+    step = np.tile(np.arange(STEPS), n_episodes).astype(np.int16)
+    done = step == STEPS - 1
+    survived = rng.random(n_episodes) < 1 / (1 + np.exp(-states[done][:, 0]))
+    reward_eval = np.zeros(n, np.float32)
+    reward_eval[done] = np.where(survived, 15.0, -15.0)
+    cols = {"subject_id": stay, "stay_id": stay, "step": step, "action": actions.astype(np.int16),
+            "reward": reward_eval, "done": done}  # fmt: skip
+    cols.update({f"s_{nm}": states[:, j] for j, nm in enumerate(names)})
+    cols["reward_eval"] = reward_eval
+    cols["sofa"] = rng.integers(0, 15, n).astype(np.int16)
+    pq.write_table(pa.table(cols), folder / f"replay_{split}.parquet")
+    return n
+
+
+def make_workspace(root: Path, train_transitions: int, test_episodes: int) -> Path:
+    from sepsisrl.build.config import load_build_config
+
+    cfg = load_build_config()
+    names = cfg.feature_names
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((len(names), 25)).astype(np.float32) * 0.3
+    replay = root / "replay" / "bench"
+    replay.mkdir(parents=True)
+    counts = {}
+    for split, episodes in (
+        ("train", train_transitions // STEPS),
+        ("validation", test_episodes),
+        ("test", test_episodes),
+    ):
+        counts[split] = {
+            "n_episodes": episodes,
+            "n_transitions": write_split(replay, split, episodes, rng, W, names),
+        }
+    meta = {"schema_version": "1", "state_dim": len(names), "n_actions": 25, "feature_names": names,
+            "action_labels": [f"a{i}" for i in range(25)], "reward": {"variant": "bench"}, "gamma": 0.99,
+            "splits": counts, "preprocessing": "features/preprocessing.json"}  # fmt: skip
+    (replay / "meta.json").write_text(json.dumps(meta))
+    base = [f.name for f in cfg.features]
+    (root / "features").mkdir()
+    prep = {"schema_version": "1", "order": base, "features": {
+        n: {"median": 0.0, "clip_low": -10.0, "clip_high": 10.0, "mean": 0.0, "std": 1.0, "transform": "identity"}
+        for n in base}}  # fmt: skip
+    (root / "features" / "preprocessing.json").write_text(json.dumps(prep))
+    return replay
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--test-episodes", type=int, default=2600)
+    ap.add_argument("--train-transitions", type=int, default=140_000)
+    args = ap.parse_args()
+    from sepsisrl.ope.evaluate import evaluate
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        replay = make_workspace(root, args.train_transitions, args.test_episodes)
+        cfg = load_train_config(overrides={"steps": 200, "log_every": 100, "checkpoint_every": 100})
+        run = train(replay, cfg, root / "runs" / "iql").run_dir
+        t0 = time.perf_counter()
+        doc = evaluate(run, replay, root / "eval" / "iql", kind="run", final=True)
+        wall = time.perf_counter() - t0
+    print(f"test split: {doc['episodes']:,} episodes, {doc['decisions']:,} decisions; "
+          f"train {args.train_transitions:,} transitions")  # fmt: skip
+    print(f"full evaluation of one policy: {wall:.1f} s "
+          f"(FQE {doc['fqe']['steps']} steps, converged={doc['fqe']['converged']}, "
+          f"{doc['importance_sampling']['bootstrap']['resamples']} bootstrap resamples)")  # fmt: skip
+    for part, secs in doc["timings_seconds"].items():
+        print(f"  {part:38s} {secs:6.1f} s")
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "evaluate.json").write_text(json.dumps({"seconds": wall, "timings": doc["timings_seconds"],
+                                                   "episodes": doc["episodes"]}, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
