@@ -356,6 +356,50 @@ def summarize(
 
 
 @app.command()
+def export(
+    run: Annotated[Path, typer.Option("--run", help="A completed training run (IQL or BC).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the model repository.")],
+    eval_: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--eval",
+            help="Evaluation folder(s) for the card metrics (one per seed; default: the run's).",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the card.")] = None,
+    push: Annotated[
+        str | None,
+        typer.Option(
+            "--push", help="Also upload to this Hugging Face repo id (needs huggingface_hub)."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Write a Hugging Face model repository from a run: model.safetensors, config.json, \
+modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from measured metrics.
+
+    RESEARCH ONLY: the exported policy is not clinical decision support.
+    """
+    from sepsisrl.release.bundle import ExportError, export_run, push_to_hub
+
+    try:
+        folder = export_run(run, out, eval_, name, overwrite)
+        pushed = push_to_hub(folder, push) if push else None
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(folder),
+                "files": sorted(p.name for p in folder.iterdir()),
+                "pushed": pushed,
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command()
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[

@@ -1,0 +1,297 @@
+"""Write a Hugging Face model repository from a training run (``sepsisrl export``).
+
+Files (``contracts.md``): model.safetensors (the actor: ``net.0/2/4.*``), config.json (input
+order, normalisation statistics, action bins and labels, training config and seed, dataset
+fingerprint, package version, measured metrics), modeling_iql.py (standalone wrapper),
+requirements.txt, LICENSE.md and README.md (the model card, rendered from measured metrics
+only). Nothing patient-level is copied. The folder is built under a temporary name and renamed
+when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from sepsisrl import __version__
+from sepsisrl.ope.summary import CARD_ROWS, summarize
+
+EXPORTABLE = ("iql", "bc")
+
+
+class ExportError(ValueError):
+    """The run cannot be exported as asked."""
+
+
+def _fmt(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.4f}"
+
+
+def find_evaluations(run_dir: Path) -> list[Path]:
+    """The run's own evaluations under ``<workspace>/eval`` (test preferred over validation)."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    ws = Path(cfg["replay"]["path"]).parent.parent
+    for split in ("test", "validation"):
+        candidate = ws / "eval" / f"{run_dir.name}-{split}"
+        if (candidate / "metrics.json").is_file():
+            return [candidate]
+    return []
+
+
+def _normalization(ws: Path, feature_names: list[str]) -> dict[str, Any] | None:
+    path = ws / "features" / "preprocessing.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    feats = doc["features"]
+    keys = ("median", "clip_low", "clip_high", "mean", "std", "transform")
+    return {n: {k: feats[n][k] for k in keys} for n in feature_names if n in feats}
+
+
+def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str) -> str:
+    m = summary["metrics"] if summary else {}
+    n_eval = len(summary["evaluations"]) if summary else 0
+    split = summary["split"] if summary else None
+    metric_rows = [(key, label) for key, label in CARD_ROWS if key in m]
+    front = [
+        "---",
+        "license: other",
+        "license_name: research-only",
+        "license_link: LICENSE.md",
+        "library_name: pytorch",
+        "tags: [reinforcement-learning, offline-reinforcement-learning, implicit-q-learning, sepsis, research-only]",
+        "model-index:",
+        f"- name: {name}",
+        "  results:",
+        "  - task: {type: reinforcement-learning, name: Offline RL - sepsis vasopressor and IV-fluid dosing}",
+        f"    dataset: {{type: {config['dataset'].get('source_kind') or 'replay'}, name: {config['dataset'].get('name')}}}",
+        "    metrics:",
+    ]
+    for key, label in metric_rows:
+        value = m[key]["mean"]
+        if value is not None:
+            front.append(f"    - {{type: {key}, name: {label}, value: {value:.4f}}}")
+    if not any(line.startswith("    - ") for line in front):
+        front.pop()  # no measured metrics: no metrics list
+    front.append("---")
+    tr = config["training"]
+    lines = [
+        *front,
+        "",
+        f"# {name}",
+        "",
+        "> **RESEARCH ONLY - NOT FOR CLINICAL USE.** This model is not clinical decision support. Do not "
+        "use it for diagnosis, treatment, triage, live patient care or any automated medical decision. "
+        "It is a research artifact for retrospective offline reinforcement learning studies.",
+        "",
+        f"A discrete {config['model_type'].upper()} policy: a {config['state_dim']}-dimensional normalised "
+        f"clinical state -> logits over {config['n_actions']} actions ({config['action_space']}), 4-hour decision steps. "
+        f"Produced by sepsisrl {config['package']['version']} from run `{tr['run_name']}` "
+        f"(algorithm `{tr['algo']}`, configuration `{tr.get('preset') or 'custom'}`, seed {tr['seed']}, "
+        f"{tr['steps']} gradient steps).",
+        "",
+        "## Files",
+        "- `model.safetensors` - actor weights (`net.0`, `net.2`, `net.4`).",
+        "- `config.json` - input feature order, normalisation statistics, action bins and labels, training "
+        "configuration and seed, dataset fingerprint, package version, measured metrics.",
+        "- `modeling_iql.py` - standalone wrapper (torch, safetensors, standard library only).",
+        "- `requirements.txt`, `LICENSE.md`, this card.",
+        "",
+        "## Use",
+        "```python",
+        "from modeling_iql import decode_action, load_policy",
+        "policy = load_policy('.')",
+        "state = policy.normalize({'heart_rate': 112, 'map': 58, 'lactate': 4.1})  # others: training medians",
+        "action = policy.select_action(state)",
+        "print(action, decode_action(action))",
+        "```",
+        "Inputs must follow `config.json['feature_names']`; `policy.normalize` applies the training "
+        "imputation, clipping and scaling to raw values given by name.",
+        "",
+        "## Intended use",
+        "Retrospective offline-RL research, reproducibility checks, model-card review and benchmark "
+        "comparisons under the same preprocessing and cohort definition.",
+        "",
+        "## Out-of-scope use",
+        "Clinical decision support, deployment, patient-level recommendations, commercial medical "
+        "products, and evaluation with a different state representation without revalidation.",
+        "",
+        "## Training data",
+        f"Replay dataset `{config['dataset'].get('variant')}` ({config['dataset'].get('train_transitions')} train "
+        f"transitions, {config['dataset'].get('train_episodes')} episodes) built by sepsisrl from a "
+        f"{config['dataset'].get('source_kind')} source (MIMIC-IV layout {config['dataset'].get('source_version')}); "
+        f"dataset fingerprint `{config['dataset'].get('train_fingerprint', '')[:16]}`. "
+        "The repository contains no patient-level data.",
+        "",
+        "## Evaluation",
+    ]
+    if summary:
+        lines += [
+            f"Off-policy estimates on the **{split}** split over {n_eval} evaluation(s) "
+            f"(policies: {', '.join(summary['policies'])}), evaluation reward = terminal +-15 only:",
+            "",
+            "| Metric | Mean | SD | n |",
+            "|---|---|---|---|",
+        ]
+        for key, label in metric_rows:
+            r = m[key]
+            sd = "" if r["std"] is None else f"{r['std']:.4f}"
+            lines.append(f"| {label} | {_fmt(r['mean'])} | {sd} | {r['n']} |")
+        lines += ["", "These are offline estimates only; no prospective validation has been performed. They are not "
+                  "evidence of clinical safety or efficacy."]  # fmt: skip
+    else:
+        lines.append(
+            "This model has not been evaluated: no evaluation results were found for its run."
+        )
+    lines += [
+        "",
+        "## Limitations and risks",
+        "- Off-policy estimates can be biased by limited support, unobserved confounding, the cohort "
+        "definition, reward design and model selection.",
+        "- The action space is discretised and ignores contraindications, timing within a step and "
+        "bedside judgement.",
+        "- Only the exact feature set and normalisation in `config.json` are supported.",
+        "- MIMIC-IV data-use terms apply to reproduction and downstream use.",
+        "",
+        "## Citation",
+        "Cite the sepsisrl project and this model card. Algorithm: Kostrikov, Nair & Levine, Offline "
+        "Reinforcement Learning with Implicit Q-Learning, ICLR 2022.",
+        "",
+        "## License",
+        "Research-only; see `LICENSE.md`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+LICENSE_TEXT = """# Research-only license
+
+Copyright the sepsisrl authors.
+
+Permission is granted to use, copy and modify these model weights and files for non-commercial
+research only, provided that this notice is kept with every copy.
+
+1. **No clinical use.** The model must not be used for diagnosis, treatment, triage, patient
+   care, clinical decision support or any automated medical decision.
+2. **No commercial use** without separate written permission.
+3. **Data-use terms.** If this model was derived from MIMIC-IV, use and redistribution are also
+   subject to the PhysioNet Credentialed Health Data License and Data Use Agreement for MIMIC-IV;
+   users must hold PhysioNet credentialed access to reproduce the training data. No patient data
+   are distributed with this model.
+4. **No warranty.** The files are provided "as is", without warranty of any kind; the authors are
+   not liable for any claim or damage arising from their use.
+"""
+
+REQUIREMENTS = "torch>=2.2\nsafetensors>=0.4\n"
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    evaluations: list[str | Path] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    run = Path(run_dir).absolute()
+    out = Path(out_dir).absolute()
+    if not (run / "final" / "policy.safetensors").is_file():
+        raise ExportError(f"{run}: no final/policy.safetensors - is the run complete?")
+    cfg = json.loads((run / "config.json").read_text())
+    if cfg["algo"] not in EXPORTABLE:
+        raise ExportError(
+            f"{run}: algorithm {cfg['algo']!r} has no actor network; export supports {EXPORTABLE}"
+        )
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{out} exists and is not empty; pass --overwrite or choose another --out"
+        )
+    evals = [Path(e) for e in evaluations] if evaluations else find_evaluations(run)
+    summary = summarize(evals) if evals else None
+    replay = cfg["replay"]
+    ws = Path(replay["path"]).parent.parent
+    names = replay["feature_names"]
+    state = json.loads((run / "final" / "state.json").read_text())
+    weights = load_file(str(run / "final" / "policy.safetensors"))
+    bins_path = ws / "actions" / "bins.json"
+    bins = json.loads(bins_path.read_text()) if bins_path.is_file() else None
+    name = name or f"sepsisrl-{run.name}"
+    source = replay.get("source") or {}
+    config = {
+        "model_type": cfg["algo"],
+        "architecture": "mlp",
+        "state_dim": replay["state_dim"],
+        "n_actions": replay["n_actions"],
+        "hidden_sizes": list(cfg["config"]["hidden_sizes"]),
+        "activation": "relu",
+        "feature_names": names,
+        "normalization": _normalization(ws, names),
+        "action_space": "5 vasopressor bins x 5 IV-fluid bins, action = 5 * vaso_bin + fluid_bin",
+        "action_labels": replay.get("action_labels"),
+        "action_bins": None if bins is None else {"vasopressor": bins["vasopressor"], "iv_fluid": bins["iv_fluid"]},
+        "training": {
+            "run_name": run.name,
+            "algo": cfg["algo"],
+            "preset": cfg.get("preset"),
+            "seed": cfg["seed"],
+            "steps": state["step"],
+            "config": cfg["config"],
+            "torch": cfg.get("torch"),
+        },
+        "selected_config": cfg.get("preset"),
+        "dataset": {
+            "name": f"sepsisrl replay ({replay.get('variant')})",
+            "variant": replay.get("variant"),
+            "gamma": replay.get("gamma"),
+            "train_transitions": replay.get("train_transitions"),
+            "train_episodes": replay.get("train_episodes"),
+            "train_fingerprint": replay.get("train_fingerprint"),
+            "source_kind": source.get("kind"),
+            "source_version": source.get("version"),
+            "source_fingerprint": source.get("fingerprint"),
+        },
+        "package": {"name": "sepsisrl", "version": __version__},
+        "metrics": None if summary is None else {
+            "split": summary["split"],
+            "evaluations": len(summary["evaluations"]),
+            **{k: v for k, v in summary["metrics"].items()},
+        },
+        "research_only": True,
+    }  # fmt: skip
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        wrapper = resources.files("sepsisrl.release") / "modeling_iql.py"
+        (tmp / "modeling_iql.py").write_text(wrapper.read_text())
+        (tmp / "requirements.txt").write_text(REQUIREMENTS)
+        (tmp / "LICENSE.md").write_text(LICENSE_TEXT)
+        (tmp / "README.md").write_text(model_card(config, summary, name))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def push_to_hub(folder: Path, repo_id: str) -> str:
+    """Upload with huggingface_hub when it is installed and logged in."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as exc:
+        raise ExportError(
+            "--push needs huggingface_hub: pip install huggingface_hub, then huggingface-cli login"
+        ) from exc
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id))

@@ -1,0 +1,233 @@
+"""Inference wrapper for a sepsisrl IQL policy (model repository file ``modeling_iql.py``).
+
+RESEARCH ONLY - NOT FOR CLINICAL USE. This policy is a research artifact from retrospective
+offline reinforcement learning; it is not clinical decision support.
+
+Depends only on torch, safetensors and the Python standard library.
+
+    from modeling_iql import decode_action, load_policy
+
+    policy = load_policy(".")                      # or "model.safetensors", or a folder path
+    state = policy.normalize({"heart_rate": 112, "map": 58, ...})   # raw values by name
+    action = policy.select_action(state)           # int in 0..n_actions-1
+    print(action, decode_action(action))           # (vaso_bin, fluid_bin, label)
+    probs = policy.action_probabilities(state)     # list of n_actions floats
+    logits = policy(torch.zeros(8, policy.state_dim))  # (batch, n_actions)
+
+Inputs are the *normalised* state in ``config.json["feature_names"]`` order. When a config has
+no ``feature_names`` (the earlier published checkpoint), the alphabetical order of the 62
+published feature names is assumed. ``policy.normalize`` builds that vector from raw values:
+per feature, a missing value takes the training median, then the value is clipped, optionally
+log1p-transformed and z-scored with the training statistics in ``config.json``;
+``<feature>_missing`` flags are 1 when the raw value was absent (unless given explicitly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["PUBLISHED_FEATURE_NAMES", "IQLPolicy", "decode_action", "load_policy"]
+
+_N_FLUID = 5
+_VASO = ["no_vaso", "vaso_Q1", "vaso_Q2", "vaso_Q3", "vaso_Q4"]
+_FLUID = ["no_fluid", "fluid_Q1", "fluid_Q2", "fluid_Q3", "fluid_Q4"]
+
+#: The 62 state features of the published model, in alphabetical order (the input order the
+#: earlier checkpoint was trained with; used when config.json has no feature_names).
+PUBLISHED_FEATURE_NAMES = sorted(
+    [
+        "heart_rate", "map", "sbp", "dbp", "resp_rate", "temperature", "spo2", "gcs_total",
+        "fio2_vent", "peep", "pao2", "paco2", "arterial_ph", "bicarbonate", "base_excess",
+        "lactate", "creatinine", "bun", "bilirubin_total", "albumin", "sodium", "potassium",
+        "glucose", "inr", "ptt", "wbc", "haemoglobin", "haematocrit", "platelets",
+        "cum_iv_fluid_ml", "cum_vasopressor_dose_nor_equiv", "urine_output_4h", "age_years",
+        "weight_kg", "pf_ratio", "shock_index", "hours_since_onset",
+        "map_missing", "spo2_missing", "gcs_total_missing", "fio2_vent_missing", "peep_missing",
+        "pao2_missing", "paco2_missing", "arterial_ph_missing", "bicarbonate_missing",
+        "base_excess_missing", "lactate_missing", "creatinine_missing", "bun_missing",
+        "bilirubin_total_missing", "albumin_missing", "sodium_missing", "potassium_missing",
+        "glucose_missing", "inr_missing", "ptt_missing", "wbc_missing", "haemoglobin_missing",
+        "platelets_missing", "urine_output_4h_missing", "pf_ratio_missing",
+    ]
+)  # fmt: skip
+
+
+def decode_action(action_id: int, n_fluid_bins: int = _N_FLUID) -> tuple[int, int, str]:
+    """Action id -> (vasopressor bin, IV-fluid bin, label), with id = 5 * vaso + fluid."""
+    try:
+        if isinstance(action_id, bool):
+            raise TypeError
+        action_id = operator.index(action_id)  # ints and integer array scalars, not floats
+    except TypeError:
+        raise ValueError(f"action id must be an integer, got {type(action_id).__name__}") from None
+    if not 0 <= action_id < n_fluid_bins * len(_VASO):
+        raise ValueError(
+            f"action id must be in 0..{n_fluid_bins * len(_VASO) - 1}, got {action_id}"
+        )
+    vaso, fluid = divmod(action_id, n_fluid_bins)
+    return vaso, fluid, f"{_VASO[vaso]}×{_FLUID[fluid]}"
+
+
+class IQLPolicy(nn.Module):
+    """The actor network: Linear-ReLU-Linear-ReLU-Linear, parameters ``net.0/2/4.*``."""
+
+    def __init__(
+        self,
+        state_dim: int,
+        n_actions: int,
+        hidden_sizes: Sequence[int],
+        config: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = state_dim
+        for h in hidden_sizes:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        layers.append(nn.Linear(d, n_actions))
+        self.net = nn.Sequential(*layers)
+        self.state_dim, self.n_actions = state_dim, n_actions
+        self.config = dict(config or {})
+        self.feature_names = list(self.config.get("feature_names") or PUBLISHED_FEATURE_NAMES)
+        if len(self.feature_names) != state_dim:
+            raise ValueError(
+                f"config lists {len(self.feature_names)} feature names but the network takes {state_dim} inputs"
+            )
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (batch, n_actions) for a float tensor of shape (batch, state_dim)."""
+        if not isinstance(states, torch.Tensor):
+            raise ValueError(
+                f"expected a torch.Tensor, got {type(states).__name__}; use select_action for lists"
+            )
+        if states.dim() != 2 or states.shape[1] != self.state_dim:
+            raise ValueError(f"expected shape (batch, {self.state_dim}), got {tuple(states.shape)}")
+        if not torch.isfinite(states).all():
+            raise ValueError("states contain NaN or inf")
+        return self.net(states.to(torch.float32))
+
+    def _one(self, state) -> torch.Tensor:
+        if isinstance(state, torch.Tensor):
+            x = state.detach().to(torch.float32).reshape(-1)
+        elif isinstance(state, (list, tuple)):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in state):
+                raise ValueError("state must be a sequence of numbers")
+            x = torch.tensor(state, dtype=torch.float32)
+        else:
+            try:  # numpy arrays and other array-likes
+                x = torch.as_tensor(state, dtype=torch.float32).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"state must be a list, tuple, array or tensor, got {type(state).__name__}"
+                ) from None
+        if x.numel() != self.state_dim:
+            raise ValueError(f"state must have {self.state_dim} values, got {x.numel()}")
+        if not torch.isfinite(x).all():
+            raise ValueError("state contains NaN or inf")
+        return x.unsqueeze(0)
+
+    @torch.inference_mode()
+    def select_action(self, state) -> int:
+        """Greedy action id for one normalised state."""
+        return int(self.net(self._one(state)).argmax(1))
+
+    @torch.inference_mode()
+    def action_probabilities(self, state) -> list[float]:
+        """Softmax of the actor's logits for one normalised state."""
+        return torch.softmax(self.net(self._one(state)), dim=1)[0].tolist()
+
+    # ------------------------------------------------------------------ preprocessing
+    def normalize(self, raw_features: Mapping[str, float | None]) -> list[float]:
+        """Raw values by feature name -> the normalised input vector (see module docstring)."""
+        if not isinstance(raw_features, Mapping):
+            raise ValueError(
+                f"raw_features must be a mapping of feature name to value, got {type(raw_features).__name__}"
+            )
+        stats = self.config.get("normalization")
+        if not stats:
+            raise ValueError(
+                "this model's config.json has no 'normalization' statistics; pass normalised states"
+            )
+        unknown = sorted(set(raw_features) - set(self.feature_names))
+        if unknown:
+            raise ValueError(f"unknown feature name(s): {unknown[:5]}")
+        out = []
+        for name in self.feature_names:
+            if name.endswith("_missing") and name not in stats:
+                base = name[: -len("_missing")]
+                given = raw_features.get(name)
+                out.append(
+                    float(given) if given is not None else float(raw_features.get(base) is None)
+                )
+                continue
+            s = stats[name]
+            value = raw_features.get(name)
+            if value is None:
+                value = s["median"]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+            x = min(max(float(value), s["clip_low"]), s["clip_high"])
+            if s.get("transform") == "log1p":
+                x = math.log1p(max(x, 0.0))
+            out.append((x - s["mean"]) / s["std"])
+        return out
+
+
+def _state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:  # .bin fallback: never unpickle arbitrary objects
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: refused to load (not a plain tensor state dict): {exc}") from exc
+
+
+def load_policy(path_or_dir: str | os.PathLike = ".") -> IQLPolicy:
+    """Load ``model.safetensors`` (or a ``.bin`` fallback) and ``config.json`` next to it."""
+    path = os.fspath(path_or_dir)
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        st, binary = (
+            os.path.join(path, "model.safetensors"),
+            os.path.join(path, "pytorch_model.bin"),
+        )
+        path = st if os.path.isfile(st) else binary
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no model.safetensors (or pytorch_model.bin) found at {path_or_dir}"
+        )
+    config: dict = {}
+    cfg_path = os.path.join(folder, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    state = _state_dict(path)
+    weights = sorted(
+        (k for k in state if k.startswith("net.") and k.endswith(".weight")),
+        key=lambda k: int(k.split(".")[1]),
+    )
+    if not weights:
+        raise ValueError(
+            f"{path}: no actor weights (expected keys net.0.weight, net.2.weight, ...)"
+        )
+    state_dim = int(config.get("state_dim", state[weights[0]].shape[1]))
+    n_actions = int(config.get("n_actions", state[weights[-1]].shape[0]))
+    hidden = config.get("hidden_sizes") or [int(state[k].shape[0]) for k in weights[:-1]]
+    policy = IQLPolicy(state_dim, n_actions, hidden, config)
+    policy.load_state_dict(state)
+    policy.eval()
+    return policy
