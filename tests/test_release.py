@@ -83,6 +83,20 @@ def test_exported_logits_equal_the_trained_actor(exported):
     assert np.allclose(exported_logits, trained, atol=1e-6)
 
 
+def test_single_state_calls_agree_with_the_batch_forward(exported):
+    *_, bundle, _ = exported
+    policy = load_policy(bundle)
+    states = torch.randn(300, 62, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad():
+        logits = policy(states)
+    greedy = logits.argmax(1).tolist()
+    for i, row in enumerate(states):
+        for form in (row.tolist(), tuple(row.tolist()), row.numpy(), row, row[None]):
+            assert policy.select_action(form) == greedy[i]
+        probs = policy.action_probabilities(row.tolist())
+        assert np.allclose(probs, torch.softmax(logits[i], 0).numpy(), atol=1e-6)
+
+
 def test_card_reports_the_measured_metrics_and_the_research_only_warning(exported):
     *_, bundle, ev = exported
     card = (bundle / "README.md").read_text()
@@ -146,6 +160,11 @@ def test_bad_inputs_are_clear_value_errors(exported):
         [float("inf")] + [0.0] * 61,
         "not a state",
         [None] * 62,
+        [True] + [0.0] * 61,
+        ["1.0"] + [0.0] * 61,
+        [1e300] + [0.0] * 61,  # beyond float32 range
+        np.zeros(61),
+        torch.full((62,), float("nan")),
     ):
         with pytest.raises(ValueError):
             policy.select_action(bad)

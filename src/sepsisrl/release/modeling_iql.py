@@ -24,6 +24,7 @@ log1p-transformed and z-scored with the training statistics in ``config.json``;
 
 from __future__ import annotations
 
+import array
 import json
 import math
 import operator
@@ -93,6 +94,7 @@ class IQLPolicy(nn.Module):
             d = h
         layers.append(nn.Linear(d, n_actions))
         self.net = nn.Sequential(*layers)
+        self._linears = [m for m in self.net if isinstance(m, nn.Linear)]
         self.state_dim, self.n_actions = state_dim, n_actions
         self.config = dict(config or {})
         self.feature_names = list(self.config.get("feature_names") or PUBLISHED_FEATURE_NAMES)
@@ -102,6 +104,24 @@ class IQLPolicy(nn.Module):
             )
 
     # ------------------------------------------------------------------ inference
+    _CHUNK = 4096  # rows per block: keeps the hidden activations in cache for large batches
+
+    def _block(self, h: torch.Tensor) -> torch.Tensor:
+        layers = self._linears
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
+            h = torch.nn.functional.linear(h, layer.weight, layer.bias)
+            if i < last:
+                h = h.relu_()
+        return h
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a validated (batch, state_dim) float32 tensor (functional, in-place ReLU:
+        the same operations as ``self.net``, without module-call overhead)."""
+        if x.shape[0] <= self._CHUNK:
+            return self._block(x)
+        return torch.cat([self._block(block) for block in x.split(self._CHUNK)])
+
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, n_actions) for a float tensor of shape (batch, state_dim)."""
         if not isinstance(states, torch.Tensor):
@@ -112,15 +132,28 @@ class IQLPolicy(nn.Module):
             raise ValueError(f"expected shape (batch, {self.state_dim}), got {tuple(states.shape)}")
         if not torch.isfinite(states).all():
             raise ValueError("states contain NaN or inf")
-        return self.net(states.to(torch.float32))
+        if torch.is_grad_enabled():
+            return self.net(states.to(torch.float32))
+        return self._logits(states.to(torch.float32))
 
     def _one(self, state) -> torch.Tensor:
+        """One state -> a validated float32 vector of length state_dim."""
+        if type(state) is list or type(state) is tuple:
+            # fast path for plain Python sequences: array.array converts and type-checks in C
+            if len(state) != self.state_dim:
+                raise ValueError(f"state must have {self.state_dim} values, got {len(state)}")
+            try:
+                buf = array.array("f", state)
+            except TypeError as exc:
+                raise ValueError(f"state must hold numbers: {exc}") from None
+            if bool in set(map(type, state)):
+                raise ValueError("state must hold numbers, got bool")
+            # float32 values cannot overflow a float64 sum of 62 terms: finite sum <=> all finite
+            if not math.isfinite(sum(buf)):
+                raise ValueError("state contains NaN or inf (or a value beyond float32 range)")
+            return torch.frombuffer(buf, dtype=torch.float32)
         if isinstance(state, torch.Tensor):
             x = state.detach().to(torch.float32).reshape(-1)
-        elif isinstance(state, (list, tuple)):
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in state):
-                raise ValueError("state must be a sequence of numbers")
-            x = torch.tensor(state, dtype=torch.float32)
         else:
             try:  # numpy arrays and other array-likes
                 x = torch.as_tensor(state, dtype=torch.float32).reshape(-1)
@@ -128,21 +161,31 @@ class IQLPolicy(nn.Module):
                 raise ValueError(
                     f"state must be a list, tuple, array or tensor, got {type(state).__name__}"
                 ) from None
-        if x.numel() != self.state_dim:
-            raise ValueError(f"state must have {self.state_dim} values, got {x.numel()}")
+        if x.shape[0] != self.state_dim:
+            raise ValueError(f"state must have {self.state_dim} values, got {x.shape[0]}")
         if not torch.isfinite(x).all():
             raise ValueError("state contains NaN or inf")
-        return x.unsqueeze(0)
+        return x
+
+    def _vector_logits(self, v: torch.Tensor) -> torch.Tensor:
+        """Logits for one state vector: matrix-vector products (cheaper than 1-row matmuls)."""
+        layers = self._linears
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
+            v = torch.addmv(layer.bias, layer.weight, v)
+            if i < last:
+                v = v.relu_()
+        return v
 
     @torch.inference_mode()
     def select_action(self, state) -> int:
         """Greedy action id for one normalised state."""
-        return int(self.net(self._one(state)).argmax(1))
+        return int(self._vector_logits(self._one(state)).argmax())
 
     @torch.inference_mode()
     def action_probabilities(self, state) -> list[float]:
         """Softmax of the actor's logits for one normalised state."""
-        return torch.softmax(self.net(self._one(state)), dim=1)[0].tolist()
+        return torch.softmax(self._vector_logits(self._one(state)), dim=0).tolist()
 
     # ------------------------------------------------------------------ preprocessing
     def normalize(self, raw_features: Mapping[str, float | None]) -> list[float]:
