@@ -268,3 +268,38 @@ def test_the_wrapper_runs_in_a_fresh_venv_with_only_torch_and_safetensors(export
     assert out.returncode == 0, out.stderr
     action = int(out.stdout.split()[0])
     assert 0 <= action < 25
+
+
+def test_push_uploads_through_huggingface_hub_when_available(exported, tmp_path, monkeypatch):
+    import types
+
+    from sepsisrl.release.bundle import push_to_hub
+
+    *_, bundle, _ = exported
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, exist_ok):
+            calls.append(("create", repo_id, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id):
+            calls.append(("upload", sorted(os.listdir(folder_path)), repo_id))
+            return f"https://huggingface.co/{repo_id}/commit/abc"
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeApi))
+    assert push_to_hub(bundle, "lab/sepsis-iql").endswith("/commit/abc")
+    assert calls == [
+        ("create", "lab/sepsis-iql", True),
+        ("upload", sorted(FILES), "lab/sepsis-iql"),
+    ]
+
+    class OfflineApi(FakeApi):
+        def upload_folder(self, folder_path, repo_id):
+            raise ConnectionError("no network")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=OfflineApi))
+    with pytest.raises(ExportError, match="complete at"):
+        push_to_hub(bundle, "lab/sepsis-iql")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(ExportError, match="pip install huggingface_hub"):
+        push_to_hub(bundle, "lab/sepsis-iql")

@@ -293,5 +293,11 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
             "--push needs huggingface_hub: pip install huggingface_hub, then huggingface-cli login"
         ) from exc
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id))
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id))
+    except Exception as exc:  # network, authentication, permissions: report, keep the local copy
+        raise ExportError(
+            f"upload to {repo_id} failed ({type(exc).__name__}: {exc}); the model repository is "
+            f"complete at {folder} - run `huggingface-cli login` and retry, or upload it yourself"
+        ) from exc
