@@ -86,6 +86,6 @@ def test_interrupted_generation_leaves_no_partial_output(tmp_path: Path):
     assert any(tmp_path.glob(".world.partial-*")), "generation did not start"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    proc.wait(timeout=180)  # generous: a loaded 2-core machine finishes the current chunk first
     assert proc.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == []

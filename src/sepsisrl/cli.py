@@ -400,6 +400,91 @@ modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from mea
 
 
 @app.command()
+def run(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="MIMIC-IV folder (hosp/, icu/). Without it a synthetic world is simulated into "
+            "<workspace>/raw.",
+        ),
+    ] = None,
+    profile: Annotated[
+        str, typer.Option("--profile", help="quick (about 2k stays, minutes) | card (200 epochs).")
+    ] = "quick",
+    workspace: Annotated[
+        Path, typer.Option("--workspace", help="Study workspace (created if missing).")
+    ] = Path("workspace"),
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file overriding configs/study.yaml.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one value, e.g. --set selection.finalists=2."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=0, help="Parallel processes (0: min(2, CPU cores))."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """The whole study in one command: data, build, sweep, selection, final test, export, report.
+
+    Stage 1 trains every sweep candidate (2 rewards x 3 learning-rate regimes x 3 IQL \
+settings, seed 42) and evaluates it on VALIDATION; the finalists get more seeds (stage 2); a \
+documented rule with hard gates selects one configuration; only then are the selected policy \
+and the baselines (clinician, no treatment, behaviour cloning, CQL) evaluated once on TEST, \
+the model repository exported and the report written to <workspace>/report/index.html. Every \
+unit is cached: rerunning resumes where an interrupted run stopped. RESEARCH ONLY: nothing \
+this produces is clinical decision support.
+    """
+    from sepsisrl.build.leakage import LeakageError
+    from sepsisrl.build.measurements import UnitError
+    from sepsisrl.mimic.source import SourceError
+    from sepsisrl.release.bundle import ExportError
+    from sepsisrl.study.config import load_study_config
+    from sepsisrl.study.pipeline import StudyError, run_study
+    from sepsisrl.study.report import ReportError
+
+    overrides = _parse_overrides(set_ or [])
+    if workers is not None:
+        overrides["workers"] = workers
+    try:
+        cfg = load_study_config(profile, config, overrides)
+        if source is not None and not source.is_dir():
+            raise UserError(f"--source {source}: not a folder (expected hosp/ and icu/ inside)")
+        if not quiet:
+            err.print(f"sepsisrl run: profile {profile}, workspace {workspace}", highlight=False)
+            err.print(f"[dim]{RESEARCH_ONLY}[/]", highlight=False)
+        with _progress(quiet) as progress:
+            tasks: dict[str, Any] = {}
+
+            def on_event(phase: str, done: int, total: int, message: str) -> None:
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(phase, total=max(total, 1))
+                progress.update(
+                    tasks[phase], completed=done, total=max(total, 1),
+                    description=f"{phase:<10} {message[:60]}",
+                )  # fmt: skip
+                if not quiet and not err.is_terminal and done == total:
+                    err.print(f"  {phase:<10} {done}/{total} {message}", highlight=False)
+
+            result = run_study(workspace, cfg, source=source, on_event=on_event)
+    except (
+        ConfigError, SourceError, UnitError, LeakageError, StudyError, ExportError,
+        ReportError, FileNotFoundError, ValueError,
+    ) as exc:  # fmt: skip
+        raise UserError(str(exc)) from exc
+    typer.echo(json.dumps({
+        "workspace": str(result.workspace), "selected": result.selected,
+        "release": str(result.release), "report": str(result.report / "index.html"),
+        "seconds": round(result.seconds, 1), "phases": result.phases,
+    }, indent=2))  # fmt: skip
+    if not quiet:
+        err.print(f"report: {result.report / 'index.html'}", highlight=False)
+
+
+@app.command()
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[

@@ -116,8 +116,11 @@ class BackgroundWriter:
     def abort(self) -> None:
         """Stop the worker without finishing the files (used on error or interruption)."""
         self._error = self._error or RuntimeError("aborted")
-        self._q.put(None)
-        self._thread.join(timeout=30)
+        # never block on a full queue: the worker skips queued tables once _error is set, and it
+        # is a daemon thread, so an interrupt is not held up by the chunk being compressed
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(None)
+        self._thread.join(timeout=2)
         for f in self.files.values():
             with contextlib.suppress(OSError):
                 f._fh.close()

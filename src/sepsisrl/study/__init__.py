@@ -1,0 +1,1 @@
+"""The end-to-end study: sweep, validation-only selection, final test evaluation, report."""

@@ -1,0 +1,108 @@
+"""Typed configuration of ``sepsisrl run`` (defaults and profiles: ``configs/study.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from sepsisrl.config import ConfigError, StrictModel, deep_merge, packaged_config_path, set_dotted
+
+
+class SynthSection(StrictModel):
+    stays: int = Field(gt=0)
+    seed: int
+    density: float = Field(ge=0)
+
+
+class SweepSection(StrictModel):
+    algo: str
+    rewards: list[str] = Field(min_length=1)
+    lr_regimes: dict[str, dict[str, float]] = Field(min_length=1)
+    iql_settings: dict[str, dict[str, float]] = Field(min_length=1)
+    stage1_seed: int
+    stage2_seeds: list[int]
+
+    @model_validator(mode="after")
+    def _keys(self) -> SweepSection:
+        for name, regime in self.lr_regimes.items():
+            if set(regime) != {"actor_lr", "critic_lr", "value_lr"}:
+                raise ValueError(f"lr regime {name!r} needs exactly actor_lr, critic_lr, value_lr")
+        for name, setting in self.iql_settings.items():
+            if set(setting) != {"expectile", "temperature"}:
+                raise ValueError(f"IQL setting {name!r} needs exactly expectile, temperature")
+        if self.stage1_seed in self.stage2_seeds:
+            raise ValueError("stage2_seeds must differ from stage1_seed")
+        return self
+
+
+class SelectionSection(StrictModel):
+    finalists: int = Field(ge=1)
+    wis_softening_eps: float = Field(ge=0, lt=1)
+    fqe_weight: float = Field(ge=0)
+    wis_weight: float = Field(ge=0)
+    ess_min: float = Field(ge=0)
+    low_support_max: float = Field(ge=0, le=1)
+    severe_flags_max: float = Field(ge=0)
+
+
+class BaselineSection(StrictModel):
+    named: list[str]
+    trained: dict[str, dict[str, Any]]
+
+
+class EvaluationSection(StrictModel):
+    bootstrap_resamples: int = Field(ge=100)
+    bootstrap_seed: int
+    fqe: dict[str, Any]
+
+
+class StudyConfig(StrictModel):
+    profile: str
+    synth: SynthSection
+    build: dict[str, Any]
+    workers: int = Field(ge=0)
+    threads_per_worker: int = Field(ge=1)
+    train: dict[str, Any]
+    sweep: SweepSection
+    selection: SelectionSection
+    baselines: BaselineSection
+    evaluation: EvaluationSection
+
+
+def available_profiles() -> list[str]:
+    return sorted(yaml.safe_load(packaged_config_path("study").read_text())["profiles"])
+
+
+def load_study_config(
+    profile: str = "quick",
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> StudyConfig:
+    """Defaults, then the profile, then a user file, then dotted overrides."""
+    data = yaml.safe_load(packaged_config_path("study").read_text())
+    profiles = data.pop("profiles")
+    if profile not in profiles:
+        raise ConfigError(f"unknown profile {profile!r}; available: {', '.join(sorted(profiles))}")
+    data = deep_merge(data, profiles[profile])
+    data["profile"] = profile
+    sources = [f"configs/study.yaml (profile {profile})"]
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        user = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        data = deep_merge(data, user)
+        sources.append(str(p))
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid study configuration (from {', '.join(sources)}):\n{exc}"
+        ) from exc

@@ -1,0 +1,532 @@
+"""``sepsisrl run``: raw data (or a new synthetic world) to a selected, evaluated, released policy.
+
+Phases, each cached and resumable (a rerun skips every unit whose inputs, config and code are
+unchanged; an interrupted unit is resumed or redone):
+
+1. data      - the synthetic world in ``<ws>/raw`` (unless ``--source``), then ``build``
+2. behaviour - the behaviour model b(a|s), fit once on train (validation picks its family)
+3. stage 1   - every sweep candidate with the stage-1 seed: train, evaluate on VALIDATION
+4. stage 2   - the finalists with the stage-2 seeds: train, evaluate on VALIDATION
+5. select    - the documented rule (``selection.py``) -> ``study/selection.json``
+6. final     - baselines trained; ONE test evaluation of the selected configuration's seeds
+               and of every baseline -> ``study/final.json`` (records the selection's hash)
+7. export    - ``release/sepsisrl-<selected>/`` with the test metrics of all seeds
+8. report    - ``report/index.html`` and ``report/report.md``
+
+Training and evaluation units run in ``workers`` processes with ``threads_per_worker`` torch
+threads each; the results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sepsisrl import __version__
+from sepsisrl.study import selection as sel
+from sepsisrl.study.config import StudyConfig
+from sepsisrl.workspace import read_json, stable_hash, write_json
+
+#: on_event(phase, done, total, message)
+Events = Callable[[str, int, int, str], None]
+
+
+class StudyError(ValueError):
+    """The study cannot go on (bad source, inconsistent workspace, failed unit)."""
+
+
+@dataclass
+class StudyResult:
+    workspace: Path
+    selected: dict[str, Any]
+    release: Path
+    report: Path
+    seconds: float
+    phases: dict[str, dict[str, Any]]
+
+
+def package_fingerprint(*subpackages: str) -> str:
+    """sha256 of the sources of some sub-packages (a change there invalidates their units)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(__version__.encode())
+    for sub in subpackages:
+        for f in sorted((root / sub).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- units (run in worker processes)
+def _ensure_run(spec: dict[str, Any]) -> bool:
+    """Train unless complete with the same key; resume an interrupted run. True if trained."""
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import train
+
+    run = Path(spec["run_dir"])
+    marker = run / "study.json"
+    same = marker.is_file() and read_json(marker).get("key") == spec["key"]
+    if same and (run / "final" / "policy.safetensors").is_file():
+        return False
+    cfg = load_train_config(overrides=spec["overrides"])
+    resume = same and any((run / "checkpoints").glob("step_*"))
+    if not resume and run.exists():
+        shutil.rmtree(run)
+    train(spec["replay"], cfg, run, resume=resume, overwrite=not resume)
+    write_json(marker, {"key": spec["key"], "overrides": spec["overrides"]})
+    return True
+
+
+def _ensure_eval(spec: dict[str, Any]) -> bool:
+    """Evaluate unless ``out`` holds an evaluation with the same key. True if evaluated."""
+    from sepsisrl.ope.behaviour import BehaviourModel
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+    from sepsisrl.ope.fqe import FQEConfig
+
+    out = Path(spec["out"])
+    policy_id = spec["spec"]
+    if spec["kind"] == "run":
+        policy_id = _file_sha(Path(spec["spec"]) / "final" / "policy.safetensors")
+    key = stable_hash({"base": spec["key"], "policy": policy_id})
+    marker = out / "study.json"
+    if (out / "metrics.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
+        return False
+    ev = dict(spec["cfg"])
+    fqe = dict(ev.pop("fqe"))
+    if "hidden" in fqe:
+        fqe["hidden"] = tuple(fqe["hidden"])
+    cfg = EvalConfig(**ev, fqe=FQEConfig(**fqe))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        evaluate(
+            spec["spec"], spec["replay"], tmp, kind=spec["kind"], final=spec["final"], cfg=cfg,
+            behaviour=BehaviourModel.load(Path(spec["behaviour"])),
+        )  # fmt: skip
+        write_json(tmp / "study.json", {"key": key})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
+    """One unit of work: optionally train a run, then optionally evaluate a policy."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(job["threads"])
+    started = time.perf_counter()
+    try:
+        trained = _ensure_run(job["train"]) if job.get("train") else None
+        evaluated = _ensure_eval(job["eval"]) if job.get("eval") else None
+    finally:
+        torch.set_num_threads(previous)
+    return {"label": job["label"], "trained": trained, "evaluated": evaluated,
+            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+
+class WorkerPool:
+    """Persistent worker processes (``python -m sepsisrl.study.worker``) fed JSON lines.
+
+    No pickling and no re-import of the caller's ``__main__``: a job is a JSON document, the
+    answer one JSON line. Worker stderr goes to ``log``.
+    """
+
+    def __init__(self, n: int, log: Path) -> None:
+        self.log = open(log, "a")  # noqa: SIM115 - closed in close()
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "sepsisrl.study.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.log,
+                text=True,
+            )
+            for _ in range(n)
+        ]
+        self.idle: queue.Queue[subprocess.Popen] = queue.Queue()
+        for p in self.procs:
+            self.idle.put(p)
+        self.threads = ThreadPoolExecutor(n)
+
+    def _call(self, job: dict[str, Any]) -> dict[str, Any]:
+        proc = self.idle.get()
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+        finally:
+            self.idle.put(proc)
+        if not line:
+            raise StudyError(f"worker process exited (status {proc.poll()}); see {self.log.name}")
+        answer = json.loads(line)
+        if not answer.pop("ok"):
+            raise StudyError(f"{answer['error']} (traceback in {self.log.name})")
+        return answer
+
+    def submit(self, job: dict[str, Any]):
+        return self.threads.submit(self._call, job)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.stdin is not None and not p.stdin.closed:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.log.close()
+
+
+# ---------------------------------------------------------------- orchestration
+class Study:
+    def __init__(self, workspace: Path, cfg: StudyConfig, on_event: Events | None) -> None:
+        self.ws = workspace
+        self.cfg = cfg
+        self.emit = on_event or (lambda *a: None)
+        self.phases: dict[str, dict[str, Any]] = {}
+        self.train_code = package_fingerprint("rl")
+        self.eval_code = package_fingerprint("rl", "ope")
+        self.pool: WorkerPool | None = None
+        self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
+
+    # -- helpers
+    def rel(self, p: Path | str) -> str:
+        return str(Path(p).relative_to(self.ws))
+
+    def replay_dir(self, reward: str) -> Path:
+        return self.ws / "replay" / reward
+
+    def replay_key(self) -> str:
+        return read_json(self.ws / "replay" / "stage.json")["key"]
+
+    def train_unit(self, name: str, reward: str, seed: int, overrides: dict[str, Any]):
+        run = self.ws / "runs" / f"{name}_seed{seed}"
+        full = {**self.cfg.train, **overrides, "seed": seed, "threads": self.cfg.threads_per_worker}
+        full.setdefault("preset", name)
+        key = stable_hash({"overrides": full, "replay": self.replay_key(), "reward": reward,
+                           "code": self.train_code})  # fmt: skip
+        return run, {"replay": str(self.replay_dir(reward)), "overrides": full,
+                     "run_dir": str(run), "key": key}  # fmt: skip
+
+    def eval_unit(self, spec: str, kind: str, reward: str, out_name: str, final: bool):
+        ev = self.cfg.evaluation
+        cfg = {"bootstrap_resamples": ev.bootstrap_resamples, "bootstrap_seed": ev.bootstrap_seed,
+               "seed": ev.bootstrap_seed, "fqe": dict(ev.fqe)}  # fmt: skip
+        out = self.ws / "eval" / out_name
+        key = stable_hash({"cfg": cfg, "replay": self.replay_key(), "reward": reward,
+                           "final": final, "code": self.eval_code})  # fmt: skip
+        return out, {"spec": spec, "kind": kind, "replay": str(self.replay_dir(reward)),
+                     "out": str(out), "final": final, "cfg": cfg,
+                     "behaviour": str(self.ws / "study" / "behaviour"), "key": key}  # fmt: skip
+
+    def run_units(self, phase: str, jobs: list[dict[str, Any]]) -> None:
+        started = time.perf_counter()
+        done, total = 0, len(jobs)
+        stats = {"units": total, "trained": 0, "evaluated": 0}
+        self.emit(phase, 0, total, "starting")
+
+        def record(res: dict[str, Any]) -> None:
+            nonlocal done
+            done += 1
+            stats["trained"] += bool(res["trained"])
+            stats["evaluated"] += bool(res["evaluated"])
+            cached = res["trained"] is False and res["evaluated"] is False
+            note = "cached" if cached else f"{res['seconds']:.0f} s"
+            self.emit(phase, done, total, f"{res['label']} ({note})")
+
+        if self.workers == 1 or total == 1:
+            for job in jobs:
+                record(execute_unit(job))
+        else:
+            if self.pool is None:
+                self.pool = WorkerPool(self.workers, self.ws / "study" / "workers.log")
+            futures = {self.pool.submit(job): job for job in jobs}
+            for fut in as_completed(futures):
+                try:
+                    record(fut.result())
+                except Exception as exc:
+                    raise StudyError(
+                        f"{phase}: unit {futures[fut]['label']} failed: {exc}"
+                    ) from exc
+        stats["seconds"] = round(time.perf_counter() - started, 1)
+        self.phases[phase] = stats
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    # -- phases
+    def data(self, source: Path | None) -> Path:
+        from sepsisrl.build.config import load_build_config
+        from sepsisrl.build.pipeline import build
+
+        started = time.perf_counter()
+        if source is None:
+            source = self.synthetic_world()
+        self.emit("build", 0, 1, f"building from {source}")
+        summary = build(
+            source,
+            self.ws,
+            load_build_config(None, dict(self.cfg.build)),
+            on_stage=lambda stage, status: self.emit("build", 0, 1, f"{stage} {status}"),
+        )
+        self.emit("build", 1, 1, "done")
+        self.phases["data"] = {"seconds": round(time.perf_counter() - started, 1),
+                               "counts": summary.report["counts"]}  # fmt: skip
+        return source
+
+    def synthetic_world(self) -> Path:
+        from sepsisrl.config import config_hash
+        from sepsisrl.synth.config import load_synth_config
+        from sepsisrl.synth.world import generate_world
+
+        s = self.cfg.synth
+        raw = self.ws / "raw"
+        synth_cfg = load_synth_config(None, {"charting.density": s.density})
+        world = self.ws / "raw_truth" / "world.json"
+        if world.is_file():
+            doc = read_json(world)
+            if (doc["seed"], doc["n_stays"], doc["config_sha256"]) == (
+                s.seed, s.stays, config_hash(synth_cfg),
+            ):  # fmt: skip
+                self.emit("synth", 1, 1, f"{raw} is current (cached)")
+                return raw
+            raise StudyError(
+                f"{raw} holds another synthetic world (seed {doc['seed']}, {doc['n_stays']} "
+                f"stays) than this study asks for (seed {s.seed}, {s.stays} stays); use "
+                "another --workspace or delete raw/ and raw_truth/"
+            )
+        self.emit("synth", 0, s.stays, f"simulating {s.stays} ICU stays")
+        generate_world(
+            raw, s.stays, seed=s.seed, cfg=synth_cfg, overwrite=True,
+            progress=lambda d, t: self.emit("synth", d, t, "simulating ICU stays"),
+        )  # fmt: skip
+        return raw
+
+    def behaviour(self) -> None:
+        from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
+        from sepsisrl.ope.evaluate import EVAL_REWARD
+        from sepsisrl.rl.data import load_meta, load_split
+
+        started = time.perf_counter()
+        replay = self.replay_dir(self.cfg.sweep.rewards[0])
+        meta = load_meta(replay)
+        tr = load_split(replay, "train", EVAL_REWARD, meta)
+        folder = self.ws / "study" / "behaviour"
+        if (folder / "behaviour.json").is_file():
+            info = read_json(folder / "behaviour.json")
+            if info.get("fitted_on", {}).get("fingerprint") == tr.fingerprint:
+                self.emit("behaviour", 1, 1, "cached")
+                self.phases["behaviour"] = {"seconds": 0.0, "cached": True}
+                return
+        self.emit("behaviour", 0, 1, "fitting b(a|s) on train")
+        va = load_split(replay, "validation", EVAL_REWARD, meta)
+        model = BehaviourModel.fit(
+            tr.states.numpy(), tr.actions.numpy(), va.states.numpy(), va.actions.numpy(),
+            meta.n_actions, BehaviourConfig(), tr.fingerprint,
+        )  # fmt: skip
+        tmp = folder.with_name(f".behaviour.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        self.emit("behaviour", 1, 1, f"{model.kind}, validation log-loss "
+                  f"{model.info['validation_log_loss']:.3f}")  # fmt: skip
+        self.phases["behaviour"] = {"seconds": round(time.perf_counter() - started, 1),
+                                    "kind": model.kind}  # fmt: skip
+
+    def sweep_jobs(self, cands: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+        jobs = []
+        for c in cands:
+            hp = c["hyperparameters"]
+            iql = {f"iql.{k}": v for k, v in hp.items()}
+            for seed in seeds:
+                run, tspec = self.train_unit(c["name"], c["reward"], seed,
+                                             {"algo": self.cfg.sweep.algo, **iql})  # fmt: skip
+                _, espec = self.eval_unit(
+                    str(run), "run", c["reward"], f"{run.name}-validation", final=False
+                )
+                c["seeds"].append({"seed": seed, "run": self.rel(run),
+                                   "eval": self.rel(espec["out"])})  # fmt: skip
+                jobs.append({"label": run.name, "threads": self.cfg.threads_per_worker,
+                             "train": tspec, "eval": espec})  # fmt: skip
+        return jobs
+
+    def collect(self, cands: list[dict[str, Any]]) -> None:
+        eps = self.cfg.selection.wis_softening_eps
+        for c in cands:
+            for row in c["seeds"]:
+                doc = read_json(self.ws / row["eval"] / "metrics.json")
+                if doc["split"] != "validation":
+                    raise StudyError(f"{row['eval']}: selection may only use validation")
+                row.update(sel.selection_metrics(doc, eps))
+            sel.aggregate(c, self.cfg.selection)
+
+    def select(self) -> dict[str, Any]:
+        rule = self.cfg.selection
+        cands = sel.candidates(self.cfg)
+        for c in cands:
+            c["seeds"], c["stage"] = [], 1
+        write_json(self.ws / "study" / "plan.json", {
+            "schema_version": "1", "profile": self.cfg.profile,
+            "config": self.cfg.model_dump(mode="json"),
+            "candidates": [{k: c[k] for k in ("name", "reward", "lr_regime", "iql_setting",
+                                              "hyperparameters")} for c in cands],
+        })  # fmt: skip
+        self.run_units("stage 1", self.sweep_jobs(cands, [self.cfg.sweep.stage1_seed]))
+        self.collect(cands)
+        ranked = sel.rank(cands)
+        finalists = ranked[: rule.finalists]
+        for c in finalists:
+            c["stage"] = 2
+            c["seeds"] = c["seeds"][:1]
+        if self.cfg.sweep.stage2_seeds:
+            self.run_units("stage 2", self.sweep_jobs(finalists, self.cfg.sweep.stage2_seeds))
+        self.collect(finalists)
+        stage1_ranks = {c["name"]: c["rank"] for c in ranked}
+        selected = sel.choose(finalists, rule)
+        for c in cands:
+            c["stage1_rank"] = stage1_ranks[c["name"]]
+        doc = {
+            "schema_version": "1",
+            "profile": self.cfg.profile,
+            "split": "validation",
+            "rule": sel.rule_document(self.cfg),
+            "candidates": sorted(cands, key=lambda c: (-c["stage"], c["rank"])),
+            "finalists": [c["name"] for c in finalists],
+            "finalists_passing_stage1": sum(c["passed"] for c in ranked[: rule.finalists]),
+            "selected": selected,
+        }
+        write_json(self.ws / "study" / "selection.json", doc)
+        return doc
+
+    def final(self, selection: dict[str, Any]) -> dict[str, Any]:
+        """The only phase that reads the test split; runs after selection.json is written."""
+        sel_path = self.ws / "study" / "selection.json"
+        selected = selection["selected"]
+        chosen = next(c for c in selection["candidates"] if c["name"] == selected["name"])
+        reward = chosen["reward"]
+        jobs, baselines = [], []
+        evals = []
+        for row in chosen["seeds"]:
+            run = self.ws / row["run"]
+            out, espec = self.eval_unit(str(run), "run", reward, f"{run.name}-test", final=True)
+            evals.append(self.rel(out))
+            jobs.append({"label": f"{run.name} (test)", "threads": self.cfg.threads_per_worker,
+                         "eval": espec})  # fmt: skip
+        for name in self.cfg.baselines.named:
+            out, espec = self.eval_unit(name, "named", reward, f"{name}-test", final=True)
+            baselines.append({"name": name, "kind": "named", "eval": self.rel(out)})
+            jobs.append({"label": f"{name} (test)", "threads": self.cfg.threads_per_worker,
+                         "eval": espec})  # fmt: skip
+        for name, overrides in self.cfg.baselines.trained.items():
+            algo = overrides["algo"]
+            run, tspec = self.train_unit(
+                f"{algo}_{reward}", reward, self.cfg.sweep.stage1_seed,
+                {**overrides, "preset": name},
+            )  # fmt: skip
+            out, espec = self.eval_unit(str(run), "run", reward, f"{run.name}-test", final=True)
+            baselines.append({"name": name, "kind": "run", "run": self.rel(run),
+                              "eval": self.rel(out)})  # fmt: skip
+            jobs.append({"label": f"{run.name} (train, test)",
+                         "threads": self.cfg.threads_per_worker, "train": tspec,
+                         "eval": espec})  # fmt: skip
+        self.run_units("final test", jobs)
+        doc = {
+            "schema_version": "1",
+            "split": "test",
+            "selection_sha256": _file_sha(sel_path),
+            "selected": {
+                "name": selected["name"],
+                "seeds": [r["seed"] for r in chosen["seeds"]],
+                "runs": [r["run"] for r in chosen["seeds"]],
+                "evals": evals,
+                "exported_seed": selected["seed"],
+            },
+            "baselines": baselines,
+            "release": f"release/sepsisrl-{selected['name']}",
+        }
+        write_json(self.ws / "study" / "final.json", doc)
+        return doc
+
+    def export(self, final: dict[str, Any], selection: dict[str, Any]) -> Path:
+        from sepsisrl.release.bundle import export_run
+
+        self.emit("export", 0, 1, "writing the model repository")
+        out = export_run(
+            self.ws / selection["selected"]["run"],
+            self.ws / final["release"],
+            [self.ws / e for e in final["selected"]["evals"]],
+            name=f"sepsisrl-{selection['selected']['name']}",
+            overwrite=True,
+        )
+        self.emit("export", 1, 1, self.rel(out))
+        return out
+
+    def report(self) -> Path:
+        from sepsisrl.study.report import write_report
+
+        self.emit("report", 0, 1, "rendering")
+        folder = write_report(self.ws)
+        self.emit("report", 1, 1, self.rel(folder / "index.html"))
+        return folder
+
+
+def run_study(
+    workspace: str | Path,
+    cfg: StudyConfig,
+    source: str | Path | None = None,
+    on_event: Events | None = None,
+) -> StudyResult:
+    """Run (or resume) the whole study in ``workspace``; see the module docstring."""
+    started = time.perf_counter()
+    ws = Path(workspace).absolute()
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "study").mkdir(exist_ok=True)
+    study = Study(ws, cfg, on_event)
+    try:
+        study.data(Path(source).absolute() if source is not None else None)
+        study.behaviour()
+        selection = study.select()
+        final = study.final(selection)
+    finally:
+        study.close()
+    t = time.perf_counter()
+    release = study.export(final, selection)
+    report = study.report()
+    study.phases["export_report"] = {"seconds": round(time.perf_counter() - t, 1)}
+    seconds = time.perf_counter() - started
+    write_json(ws / "study" / "run.json", {
+        "schema_version": "1", "profile": cfg.profile, "workers": study.workers,
+        "seconds": round(seconds, 1), "phases": study.phases,
+        "selected": selection["selected"], "created_by": f"sepsisrl {__version__}",
+    })  # fmt: skip
+    return StudyResult(ws, selection["selected"], release, report, seconds, study.phases)
+
+
+__all__ = ["StudyError", "StudyResult", "run_study"]

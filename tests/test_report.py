@@ -1,0 +1,433 @@
+"""`write_report`: one self-contained HTML page and a markdown twin, built from the artifacts
+of a real (small) study workspace; numbers equal the artifacts; atomic and deterministic."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sepsisrl.study.report import (
+    SECTIONS,
+    WARNING,
+    BrowserError,
+    ReportError,
+    find_browser,
+    inspect_html,
+    render_in_browser,
+    write_report,
+)
+
+EPS = 0.1
+GATES = {"ess_min": 2.0, "low_support_max": 0.05, "severe_flags_max": 0}
+SELECTED = "iql_sofa_shaped_conservative_safe"
+OTHER = "iql_sofa_shaped_default_fast"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------- study workspace
+def _train(replay: Path, run: Path, algo: str, seed: int) -> str:
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import train
+
+    cfg = load_train_config(overrides={
+        "algo": algo, "seed": seed, "steps": 40, "hidden_sizes": [32, 32], "batch_size": 64,
+        "log_every": 20, "checkpoint_every": 20, "threads": 1,
+    })  # fmt: skip
+    train(replay, cfg, run)
+    return run.parent.name + "/" + run.name
+
+
+def _seed_row(ws: Path, seed: int, run: str, ev: str) -> dict:
+    doc = json.loads((ws / ev / "metrics.json").read_text())
+    m, soft = doc["metrics"], doc["importance_sampling"]["wis_softened"][str(EPS)]
+    fqe, low = m["fqe_mean"], soft["ci_low"]
+    return {"seed": seed, "run": run, "eval": ev, "fqe_mean": fqe, "wis_ci_low": low,
+            "ess": soft["ess"], "support_mass": m["support_mass"],
+            "low_support_action_rate": m["low_support_action_rate"],
+            "severe_safety_flags": m["severe_safety_flags"],
+            "score": None if low is None else 0.5 * fqe + 0.5 * low}  # fmt: skip
+
+
+def _candidate(name: str, rows: list[dict], stage: int, rank: int) -> dict:
+    keys = ("fqe_mean", "wis_ci_low", "ess", "support_mass", "low_support_action_rate",
+            "severe_safety_flags", "score")  # fmt: skip
+    agg = {k: (None if any(r[k] is None for r in rows) else sum(r[k] for r in rows) / len(rows))
+           for k in keys}  # fmt: skip
+    gates = {"ess": agg["ess"] >= GATES["ess_min"],
+             "low_support": agg["low_support_action_rate"] <= GATES["low_support_max"],
+             "severe_flags": agg["severe_safety_flags"] <= GATES["severe_flags_max"]}  # fmt: skip
+    return {"name": name, "reward": "sofa_shaped", "lr_regime": name.split("_")[-2],
+            "iql_setting": name.split("_")[-1],
+            "hyperparameters": {"actor_lr": 5e-05, "expectile": 0.6, "temperature": 2.0},
+            "seeds": rows, **agg, "gates": gates, "passed": all(gates.values()),
+            "stage": stage, "rank": rank}  # fmt: skip
+
+
+def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
+    """A real built workspace with tiny runs, real evaluations and hand-written study files
+    (schemas of study/selection.json and study/final.json). Returns the workspace."""
+    import torch
+
+    from sepsisrl.build.config import load_build_config
+    from sepsisrl.build.pipeline import build
+    from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+    from sepsisrl.ope.fqe import FQEConfig
+    from sepsisrl.synth.config import load_synth_config
+    from sepsisrl.synth.world import generate_world
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: extra threads only contend
+    try:
+        synth = load_synth_config(None, {"charting.density": 0, "output.chunk_subjects": n_stays})
+        generate_world(root / "raw", n_stays, seed=0, cfg=synth)
+        ws = root / "ws"
+        build(root / "raw", ws, load_build_config())
+        replay = ws / "replay" / "sofa_shaped"
+        runs = {
+            (SELECTED, 1): _train(replay, ws / "runs" / f"{SELECTED}_seed1", "iql", 1),
+            (SELECTED, 2): _train(replay, ws / "runs" / f"{SELECTED}_seed2", "iql", 2),
+            (OTHER, 1): _train(replay, ws / "runs" / f"{OTHER}_seed1", "iql", 3),
+            ("bc", 1): _train(replay, ws / "runs" / "bc_sofa_shaped_seed1", "bc", 1),
+        }
+        cfg = EvalConfig(
+            bootstrap_resamples=200,
+            behaviour=BehaviourConfig(max_epochs=4),
+            fqe=FQEConfig(max_steps=300, min_steps=100, eval_every=100, hidden=(32, 32)),
+        )
+        behaviour: list[BehaviourModel] = []
+
+        def ev(spec: str, name: str, kind: str, final: bool) -> str:
+            rel = f"eval/{name}-{'test' if final else 'validation'}"
+            src = str(ws / spec) if kind == "run" else spec
+            evaluate(src, replay, ws / rel, kind=kind, final=final, cfg=cfg,
+                     behaviour=behaviour[0] if behaviour else None)  # fmt: skip
+            if not behaviour:
+                behaviour.append(BehaviourModel.load(ws / rel / "behaviour"))
+            return rel
+
+        val = {k: ev(r, Path(r).name, "run", False) for k, r in runs.items() if k[0] != "bc"}
+        test = [ev(runs[(SELECTED, s)], f"{SELECTED}_seed{s}", "run", True) for s in (1, 2)]
+        baselines = [
+            {"name": n, "kind": "named", "eval": ev(n, n, "named", True)}
+            for n in ("clinician", "no_treatment")
+        ]
+        bc = runs[("bc", 1)]
+        baselines.append({"name": "behaviour_cloning", "kind": "run", "run": bc,
+                          "eval": ev(bc, Path(bc).name, "run", True)})  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    rows = {k: _seed_row(ws, k[1], runs[k], v) for k, v in val.items()}
+    cands = [
+        _candidate(SELECTED, [rows[(SELECTED, 1)], rows[(SELECTED, 2)]], stage=2, rank=1),
+        _candidate(OTHER, [rows[(OTHER, 1)]], stage=1, rank=2),
+    ]
+    selection = {
+        "schema_version": "1", "profile": "tiny-test", "split": "validation",
+        "rule": {"description": "validation only; score then gates (test fixture)",
+                 "wis_softening_eps": EPS, "score": "0.5 * fqe_mean + 0.5 * wis_ci_low",
+                 "gates": GATES, "finalists": 1, "fallback": "fewest failed gates, then score"},
+        "candidates": cands, "finalists": [SELECTED],
+        "selected": {"name": SELECTED, "seed": 1, "run": runs[(SELECTED, 1)],
+                     "fallback": not cands[0]["passed"], "reason": "best score (fixture)"},
+    }  # fmt: skip
+    final = {
+        "schema_version": "1", "split": "test",
+        "selected": {"name": SELECTED, "seeds": [1, 2],
+                     "runs": [runs[(SELECTED, 1)], runs[(SELECTED, 2)]], "evals": test},
+        "baselines": baselines, "release": f"release/sepsisrl-{SELECTED}",
+    }  # fmt: skip
+    (ws / "study").mkdir()
+    (ws / "study" / "selection.json").write_text(json.dumps(selection, indent=2))
+    (ws / "study" / "final.json").write_text(json.dumps(final, indent=2))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, Path]:
+    ws = make_study_workspace(tmp_path_factory.mktemp("report"))
+    return ws, write_report(ws)
+
+
+# ------------------------------------------------------------------------- helpers
+class _Page(HTMLParser):
+    """Images, external references and tables (by id) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.external: list[tuple[str, str]] = []
+        self.tags: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        for k in ("src", "href"):
+            if (a.get(k) or "").startswith(("http://", "https://", "//")):
+                self.external.append((tag, a[k]))
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+        if tag == "table":
+            self._table = a.get("id")
+            self.tables[self._table] = []
+        if tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        if tag in ("td", "th"):
+            self._cell = []
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+        if tag == "table":
+            self._table = None
+
+
+def _page(report: Path) -> _Page:
+    p = _Page()
+    p.feed((report / "index.html").read_text(encoding="utf-8"))
+    return p
+
+
+def _read(ws: Path, rel: str) -> dict:
+    return json.loads((ws / rel).read_text())
+
+
+# --------------------------------------------------------------------------- tests
+def test_report_files_exist(study):
+    ws, report = study
+    assert report == ws / "report"
+    assert (report / "index.html").stat().st_size > 10_000
+    md = (report / "report.md").read_text(encoding="utf-8")
+    refs = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    assert len(refs) >= 10
+    for ref in refs:  # every figure of the markdown exists next to it, as a PNG
+        assert (report / ref).read_bytes()[:8] == PNG, ref
+    assert sorted(p.name for p in (report / "figures").iterdir()) == sorted(
+        Path(r).name for r in refs
+    )
+    ev = _read(ws, "study/final.json")["selected"]["evals"][0]  # exported seed 1
+    for name in ("clinician", "policy", "difference"):  # the eval's heatmaps, unchanged
+        src = (ws / ev / "figures" / f"actions_{name}.png").read_bytes()
+        assert (report / "figures" / f"selected_actions_{name}.png").read_bytes() == src
+        assert base64.b64encode(src).decode() in (report / "index.html").read_text()
+
+
+def test_html_is_self_contained(study):
+    _, report = study
+    page = _page(report)
+    assert len(page.imgs) >= 10
+    for src in page.imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG
+    assert page.external == []
+    assert "script" not in page.tags and "link" not in page.tags
+    text = (report / "index.html").read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    assert inspect_html(text)["self_contained"]
+
+
+def test_research_only_warning_at_the_top_of_both(study):
+    _, report = study
+    md = (report / "report.md").read_text(encoding="utf-8")
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert "RESEARCH ONLY — NOT FOR CLINICAL USE" in WARNING
+    assert WARNING in md.split("\n## ")[0]  # before the first section
+    assert WARNING in page.split("<h2")[0]
+    assert 'class="warning"' in page.split("<h2")[0]
+
+
+def test_every_section_heading_is_present_in_order(study):
+    _, report = study
+    md = (report / "report.md").read_text(encoding="utf-8")
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert md.startswith("# sepsisrl study report\n")
+    positions = [md.index(f"\n## {s}\n") for s in SECTIONS]
+    assert positions == sorted(positions)
+    for s in SECTIONS:
+        assert f">{s}</h2>" in page.replace("&amp;", "&")
+
+
+def test_cohort_flow_numbers_equal_the_audit(study):
+    ws, report = study
+    audit = _read(ws, "cohort/audit.json")
+    rows = _page(report).tables["cohort-flow"][1:]
+    assert len(rows) == len(audit["flow"])
+    for row, step in zip(rows, audit["flow"], strict=True):
+        assert row[0] == (step.get("step") or step["rule"])
+        assert row[2] == str(step["remaining"])
+        assert row[1] == (str(step["excluded"]) if "excluded" in step else "")
+    summary = dict(_page(report).tables["cohort-summary"][1:])
+    assert summary["ICU stays"] == str(audit["icu_stays"])
+    assert summary["Cohort stays"] == str(audit["cohort_stays"])
+    splits = _read(ws, "splits/audit.json")["splits"]
+    assert {r[0]: r[1] for r in _page(report).tables["splits"][1:]} == {
+        k: str(v["patients"]) for k, v in splits.items()
+    }
+
+
+def test_final_table_equals_summarize(study):
+    from sepsisrl.ope.summary import CARD_ROWS, summarize
+
+    ws, report = study
+    evals = _read(ws, "study/final.json")["selected"]["evals"]
+    rows = summarize([ws / e for e in evals])["metrics"]
+    expected = []
+    for key, label in CARD_ROWS:
+        r = rows[key]
+        extra = f"; {r['undefined']} undefined" if r["undefined"] else ""
+        if r["mean"] is None:
+            expected.append([label, f"undefined (n={r['n']}{extra})"])
+        else:
+            expected.append([label, f"{r['mean']:.4f} ± {r['std']:.4f} (n={r['n']}{extra})"])
+    assert _page(report).tables["final-card"] == [["Metric", "Value"], *expected]
+    md = (report / "report.md").read_text(encoding="utf-8")
+    assert "\n".join(f"| {a} | {b} |" for a, b in expected) in md
+    assert f"Release folder release/sepsisrl-{SELECTED} is missing." in md
+
+
+def test_selection_and_its_rule_appear(study):
+    ws, report = study
+    sel = _read(ws, "study/selection.json")
+    md = (report / "report.md").read_text(encoding="utf-8")
+    for gate, value in sel["rule"]["gates"].items():
+        assert f"{gate} = {value}" in md
+    assert sel["rule"]["score"] in md and sel["rule"]["description"] in md
+    table = _page(report).tables["candidates"]
+    roles = {r[0]: r[1] for r in table[1:]}
+    assert roles == {SELECTED: "SELECTED", OTHER: ""}
+    chosen = dict(_page(report).tables["selected"][1:])
+    assert chosen["Selected"] == SELECTED and chosen["Reason"] == sel["selected"]["reason"]
+    assert chosen["Fallback used"] == ("yes" if sel["selected"]["fallback"] else "no")
+
+
+def test_test_split_rows_mark_softened_wis(study):
+    ws, report = study
+    final = _read(ws, "study/final.json")
+    evals = final["selected"]["evals"] + [b["eval"] for b in final["baselines"]]
+    rows = {r[1]: r for r in _page(report).tables["test-estimates"][1:]}
+    assert set(rows) == set(evals)
+    for ev in evals:
+        doc = _read(ws, f"{ev}/metrics.json")
+        note = rows[ev][4]
+        if doc["metrics"]["wis_mean"] is None:
+            assert note == f"softened ε={EPS}", ev
+            soft = doc["importance_sampling"]["wis_softened"][str(EPS)]
+            assert rows[ev][3].startswith(f"{soft['wis']:.4g} [")
+        else:
+            assert note == "unsoftened"
+            assert rows[ev][3].startswith(f"{doc['metrics']['wis_mean']:.4g} [")
+    clin = next(r for r in rows.values() if r[0].startswith("clinician"))
+    assert clin[4] == "unsoftened"  # the clinicians are on-policy: plain WIS is defined
+
+
+def test_subgroup_and_safety_tables_come_from_the_selected_eval(study):
+    ws, report = study
+    doc = _read(ws, _read(ws, "study/final.json")["selected"]["evals"][0] + "/metrics.json")
+    page = _page(report)
+    groups = {r[0]: r for r in page.tables["subgroups"][1:]}
+    assert set(groups) == set(doc["subgroups"])
+    for name, g in doc["subgroups"].items():
+        assert groups[name][1] == str(g["decisions"])
+    safety = {r[0]: r[1:] for r in page.tables["safety"][1:]}
+    assert safety["total"] == [str(doc["safety"]["policy_total"]),
+                               str(doc["safety"]["clinicians_total"])]  # fmt: skip
+
+
+def _shadow(ws: Path, dest: Path, skip: str) -> Path:
+    """A workspace of symlinks to ``ws``'s entries except ``skip`` (a top-level name)."""
+    dest.mkdir()
+    for entry in ws.iterdir():
+        if entry.name not in (skip, "report"):
+            (dest / entry.name).symlink_to(entry)
+    return dest
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["study/selection.json", "study/final.json", "cohort/audit.json", "features/audit.json"],
+)
+def test_missing_artifact_names_the_file(study, tmp_path, missing):
+    ws, _ = study
+    top, name = missing.split("/")
+    shadow = _shadow(ws, tmp_path / "ws", top)
+    (shadow / top).mkdir()
+    for f in (ws / top).iterdir():
+        if f.name != name:
+            (shadow / top / f.name).symlink_to(f)
+    with pytest.raises(ReportError, match=missing.replace(".", r"\.")):
+        write_report(shadow)
+    assert not (shadow / "report").exists()
+    assert not list(shadow.glob(".report.partial-*"))
+
+
+def test_missing_evaluation_names_the_file(study, tmp_path):
+    ws, _ = study
+    gone = _read(ws, "study/final.json")["baselines"][0]["eval"]
+    shadow = _shadow(ws, tmp_path / "ws", "eval")
+    (shadow / "eval").mkdir()
+    for e in (ws / "eval").iterdir():
+        if f"eval/{e.name}" != gone:
+            (shadow / "eval" / e.name).symlink_to(e)
+    with pytest.raises(ReportError, match=f"{gone}/metrics.json"):
+        write_report(shadow)
+
+
+def test_schema_error_names_the_file_and_key(study, tmp_path):
+    ws, _ = study
+    shadow = _shadow(ws, tmp_path / "ws", "study")
+    (shadow / "study").mkdir()
+    (shadow / "study" / "selection.json").symlink_to(ws / "study" / "selection.json")
+    final = _read(ws, "study/final.json")
+    del final["baselines"]
+    (shadow / "study" / "final.json").write_text(json.dumps(final))
+    with pytest.raises(ReportError, match=r"study/final\.json has no 'baselines'"):
+        write_report(shadow)
+
+
+def test_rewriting_is_deterministic_and_atomic(study):
+    ws, report = study
+    before = {p.name: p.read_bytes() for p in report.rglob("*") if p.is_file()}
+    (report / "stale.txt").write_text("from an older report")
+    assert write_report(ws) == report
+    after = {p.name: p.read_bytes() for p in report.rglob("*") if p.is_file()}
+    assert after == before  # same bytes (report.md, index.html, figures); stale file gone
+    assert not list(ws.glob(".report.partial-*")) and not list(ws.glob(".report.old-*"))
+    assert os.listdir(report / "figures")
+
+
+def test_renders_in_a_headless_browser_or_is_structurally_sound(study, tmp_path):
+    _, report = study
+    html_path = report / "index.html"
+    structure = inspect_html(html_path.read_text(encoding="utf-8"))
+    assert structure["self_contained"] and structure["warning"]
+    assert structure["embedded_png_images"] == structure["images"] >= 10
+    if find_browser() is None:  # no browser here: the structural checks above must hold, and
+        with pytest.raises(BrowserError, match="no headless browser"):  # it says why clearly
+            render_in_browser(html_path, None)
+        return
+    shot = tmp_path / "shot.png"
+    res = render_in_browser(html_path, shot)
+    assert res["title_in_dom"] and res["warning_in_dom"]
+    assert res["images_in_dom"] == res["embedded_png_in_dom"] == structure["images"]
+    assert shot.read_bytes()[:8] == PNG and res["screenshot_bytes"] > 10_000
+
+
+def test_other_output_folder(study, tmp_path):
+    ws, report = study
+    out = write_report(ws, tmp_path / "elsewhere" / "rep")
+    assert out == tmp_path / "elsewhere" / "rep"
+    assert (out / "report.md").read_bytes() == (report / "report.md").read_bytes()
+    assert not list(out.parent.glob(".rep.partial-*"))
