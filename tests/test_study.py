@@ -1,0 +1,343 @@
+"""`sepsisrl run`: the card's two-stage sweep, the validation-only selection rule with gates and
+fallback, one final test evaluation after the selection, export, report, caching and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sepsisrl.study import selection as sel
+from sepsisrl.study.config import load_study_config
+
+TINY = {
+    "sweep.lr_regimes": {"conservative": {"actor_lr": 5e-5, "critic_lr": 1e-4, "value_lr": 1e-4}},
+    "sweep.iql_settings": {
+        "safe": {"expectile": 0.6, "temperature": 2.0},
+        "optimistic": {"expectile": 0.8, "temperature": 5.0},
+    },
+    "sweep.stage2_seeds": [123],
+    "selection.finalists": 2,
+    "selection.ess_min": 1.0,
+    "train": {
+        "steps": 30,
+        "hidden_sizes": [32, 32],
+        "batch_size": 64,
+        "log_every": 10,
+        "checkpoint_every": 30,
+        "epochs": 1,
+    },
+    "evaluation.bootstrap_resamples": 200,
+    "evaluation.fqe": {"max_steps": 200, "min_steps": 100, "eval_every": 100, "hidden": [32, 32]},
+    "workers": 1,
+}
+
+
+# ------------------------------------------------------------------- grid and config
+def test_the_grid_is_the_cards_two_stage_protocol():
+    cfg = load_study_config("card")
+    cands = sel.candidates(cfg)
+    assert len(cands) == 18
+    names = {c["name"] for c in cands}
+    assert len(names) == 18
+    card = next(c for c in cands if c["name"] == "iql_sofa_shaped_conservative_safe")
+    assert card["hyperparameters"] == {
+        "actor_lr": 5e-5, "critic_lr": 1e-4, "value_lr": 1e-4, "expectile": 0.6, "temperature": 2.0,
+    }  # fmt: skip
+    fast = next(c for c in cands if c["name"] == "iql_sparse_fast_value_optimistic")
+    assert fast["hyperparameters"] == {
+        "actor_lr": 1e-4, "critic_lr": 3e-4, "value_lr": 1e-3, "expectile": 0.8, "temperature": 5.0,
+    }  # fmt: skip
+    assert {c["reward"] for c in cands} == {"sparse", "sofa_shaped"}
+    assert cfg.sweep.stage1_seed == 42 and cfg.sweep.stage2_seeds == [123, 456]
+    assert cfg.train["epochs"] == 200 and cfg.selection.finalists == 3
+    quick = load_study_config("quick")
+    assert quick.synth.stays == 2000 and quick.train["steps"] <= 1000
+
+
+def test_bad_profile_and_bad_values_are_clear_errors():
+    from sepsisrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*card, quick"):
+        load_study_config("fast")
+    with pytest.raises(ConfigError, match="stage2_seeds must differ"):
+        load_study_config("quick", overrides={"sweep.stage2_seeds": [42]})
+    with pytest.raises(ConfigError, match="actor_lr"):
+        load_study_config("quick", overrides={"sweep.lr_regimes": {"x": {"actor_lr": 1.0}}})
+
+
+# ------------------------------------------------------------------- the selection rule
+RULE = load_study_config("quick", overrides={
+    "selection.ess_min": 5.0, "selection.low_support_max": 0.05, "selection.severe_flags_max": 0,
+    "selection.fqe_weight": 0.5, "selection.wis_weight": 0.5,
+}).selection  # fmt: skip
+
+
+def _cand(name, rows):
+    seeds = [
+        {"seed": s, "run": f"runs/{name}_seed{s}", "eval": "e", "fqe_mean": f, "wis_ci_low": w,
+         "ess": e, "support_mass": 1 - low, "low_support_action_rate": low,
+         "severe_safety_flags": fl}
+        for s, f, w, e, low, fl in rows
+    ]  # fmt: skip
+    return sel.aggregate({"name": name, "seeds": seeds}, RULE)
+
+
+def test_score_gates_and_seed_means():
+    c = _cand("a", [(42, 4.0, 2.0, 10.0, 0.01, 0), (123, 6.0, 0.0, 4.0, 0.03, 0)])
+    assert c["seeds"][0]["score"] == pytest.approx(3.0)  # 0.5 * 4 + 0.5 * 2
+    assert c["score"] == pytest.approx(3.0) and c["fqe_mean"] == pytest.approx(5.0)
+    assert c["ess"] == pytest.approx(7.0)
+    assert c["gates"] == {"ess": True, "low_support": True, "severe_flags": True}
+    assert c["passed"]
+    bad = _cand("b", [(42, 9.0, 9.0, 4.9, 0.06, 1)])
+    assert bad["gates"] == {"ess": False, "low_support": False, "severe_flags": False}
+    undefined = _cand("c", [(42, 9.0, None, 30.0, 0.0, 0), (123, 9.0, 9.0, 30.0, 0.0, 0)])
+    assert undefined["wis_ci_low"] is None and undefined["score"] is None  # never dropped
+
+
+def test_passing_candidates_rank_first_by_score_and_ties_break_on_ess():
+    high_but_unsafe = _cand("unsafe", [(42, 14.0, 14.0, 50.0, 0.0, 2)])
+    good = _cand("good", [(42, 5.0, 3.0, 8.0, 0.0, 0)])
+    better = _cand("better", [(42, 6.0, 3.0, 8.0, 0.0, 0)])
+    tie = _cand("tie", [(42, 6.0, 3.0, 20.0, 0.0, 0)])
+    undefined = _cand("undef", [(42, 9.0, None, 20.0, 0.0, 0)])
+    ranked = sel.rank([high_but_unsafe, good, better, tie, undefined])
+    assert [c["name"] for c in ranked][:3] == ["tie", "better", "good"]
+    assert [c["rank"] for c in ranked] == [1, 2, 3, 4, 5]
+    chosen = sel.choose([high_but_unsafe, good, better], RULE)
+    assert chosen["name"] == "better" and not chosen["fallback"]
+    assert "passes every gate" in chosen["reason"]
+
+
+def test_fallback_is_explicit_and_safety_first():
+    many_flags = _cand("flags", [(42, 14.0, 14.0, 1.0, 0.0, 9)])
+    few_flags_low_support = _cand("support", [(42, 3.0, 3.0, 1.0, 0.2, 1)])
+    no_flags = _cand("safe", [(42, 1.0, 1.0, 1.0, 0.2, 0)])
+    chosen = sel.choose([many_flags, few_flags_low_support, no_flags], RULE)
+    assert chosen["name"] == "safe" and chosen["fallback"]
+    assert chosen["failed_gates"] == ["ess", "low_support"]
+    assert chosen["reason"].startswith("fallback: no finalist passed every gate")
+    chosen2 = sel.choose([many_flags, few_flags_low_support], RULE)
+    assert chosen2["name"] == "support"  # fewer severe flags beats a higher score
+
+
+def test_the_exported_seed_has_the_best_validation_score():
+    c = _cand("a", [(42, 4.0, 2.0, 10.0, 0.0, 0), (123, 8.0, 2.0, 10.0, 0.0, 0),
+                    (456, 5.0, 2.0, 10.0, 0.0, 0)])  # fmt: skip
+    chosen = sel.choose([c], RULE)
+    assert chosen["seed"] == 123 and chosen["run"] == "runs/a_seed123"
+
+
+def test_selection_metrics_use_the_softened_wis_and_refuse_unknown_eps():
+    doc = {
+        "metrics": {"fqe_mean": 1.0, "wis_ci_low": None, "ess": 0.0, "support_mass": 0.9,
+                    "low_support_action_rate": 0.1, "severe_safety_flags": 0},
+        "importance_sampling": {"wis_softened": {"0.1": {"ci_low": 2.5, "ess": 7.0}}},
+    }  # fmt: skip
+    m = sel.selection_metrics(doc, 0.1)
+    assert (m["wis_ci_low"], m["ess"]) == (2.5, 7.0)
+    assert sel.selection_metrics(doc, 0.0)["wis_ci_low"] is None
+    with pytest.raises(ValueError, match=r"wis_softening_eps=0\.3 was not computed"):
+        sel.selection_metrics(doc, 0.3)
+
+
+# ------------------------------------------------------------------- end to end (small)
+@pytest.fixture(scope="module")
+def study(small_world, tmp_path_factory):
+    """A whole study on the 900-stay world with a reduced grid; records every split read."""
+    import sepsisrl.ope.evaluate as ev_mod
+    import sepsisrl.rl.trainer as tr_mod
+    from sepsisrl.study.pipeline import run_study
+
+    ws = tmp_path_factory.mktemp("study") / "ws"
+    reads: list[tuple[str, bool]] = []
+    originals = {m: m.load_split for m in (ev_mod, tr_mod)}
+
+    def spy(original):
+        def load(replay_dir, split, *args, **kwargs):
+            reads.append((split, (ws / "study" / "selection.json").is_file()))
+            return original(replay_dir, split, *args, **kwargs)
+
+        return load
+
+    for m, f in originals.items():
+        m.load_split = spy(f)
+    try:
+        cfg = load_study_config("quick", overrides=TINY)
+        events: list[tuple[str, int, int, str]] = []
+        result = run_study(
+            ws, cfg, source=small_world.out_dir, on_event=lambda *e: events.append(e)
+        )
+    finally:
+        for m, f in originals.items():
+            m.load_split = f
+    return ws, cfg, result, reads, events, small_world.out_dir
+
+
+def _read(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_stage_one_and_two_use_validation_only(study):
+    ws, _cfg, _result, reads, _, _ = study
+    doc = _read(ws / "study" / "selection.json")
+    assert doc["split"] == "validation" and len(doc["candidates"]) == 4
+    finalists = [c for c in doc["candidates"] if c["stage"] == 2]
+    assert sorted(c["name"] for c in finalists) == sorted(doc["finalists"])
+    assert len(finalists) == 2
+    for c in doc["candidates"]:
+        seeds = [r["seed"] for r in c["seeds"]]
+        assert seeds == ([42, 123] if c["stage"] == 2 else [42])
+        for r in c["seeds"]:
+            ev = _read(ws / r["eval"] / "metrics.json")
+            assert ev["split"] == "validation" and not ev["final"]
+            soft = ev["importance_sampling"]["wis_softened"]["0.1"]
+            assert r["fqe_mean"] == ev["metrics"]["fqe_mean"] and r["ess"] == soft["ess"]
+    assert doc["selected"]["name"] in doc["finalists"]
+    assert doc["rule"]["gates"]["ess_min"] == 1.0
+    # the test split was read only after the selection had been written
+    test_reads = [after for split, after in reads if split == "test"]
+    assert test_reads and all(test_reads)
+
+
+def test_one_final_test_evaluation_of_the_selected_policy_and_the_baselines(study):
+    ws, _, _result, _, _, _ = study
+    final = _read(ws / "study" / "final.json")
+    sel_bytes = (ws / "study" / "selection.json").read_bytes()
+    assert final["selection_sha256"] == hashlib.sha256(sel_bytes).hexdigest()
+    assert final["selected"]["seeds"] == [42, 123]
+    names = [b["name"] for b in final["baselines"]]
+    assert names == ["clinician", "no_treatment", "behaviour_cloning", "cql"]
+    for e in final["selected"]["evals"] + [b["eval"] for b in final["baselines"]]:
+        doc = _read(ws / e / "metrics.json")
+        assert doc["split"] == "test" and doc["final"]
+    algos = {b["name"]: _read(ws / b["run"] / "config.json")["algo"]
+             for b in final["baselines"] if b["kind"] == "run"}  # fmt: skip
+    assert algos == {"behaviour_cloning": "bc", "cql": "cql"}
+    for run in final["selected"]["runs"]:  # the run records when its test evaluation happened
+        assert len(_read(ws / run / "final_evaluation.json")) == 1
+
+
+def test_the_release_and_the_report(study):
+    ws, _, result, _, events, _ = study
+    final = _read(ws / "study" / "final.json")
+    rel = ws / final["release"]
+    assert result.release == rel
+    cfg = _read(rel / "config.json")
+    selected = _read(ws / "study" / "selection.json")["selected"]
+    assert cfg["selected_config"] == selected["name"]
+    assert cfg["training"]["seed"] == selected["seed"]
+    assert cfg["metrics"]["split"] == "test" and cfg["metrics"]["evaluations"] == 2
+    assert "RESEARCH ONLY" in (rel / "README.md").read_text()
+    html = (ws / "report" / "index.html").read_text()
+    assert selected["name"] in html and "RESEARCH ONLY" in html
+    assert (ws / "report" / "report.md").is_file()
+    phases = {e[0] for e in events}
+    assert {"build", "behaviour", "stage 1", "stage 2", "final test", "export", "report"} <= phases
+    assert _read(ws / "study" / "run.json")["selected"] == selected
+
+
+def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study):
+    from sepsisrl.study.pipeline import run_study
+
+    ws, cfg, result, _, _, source = study
+    before = (ws / "study" / "selection.json").read_bytes()
+    again = run_study(ws, cfg, source=source)
+    assert again.selected == result.selected
+    for phase in ("stage 1", "stage 2", "final test"):
+        assert again.phases[phase]["trained"] == 0 and again.phases[phase]["evaluated"] == 0
+    assert (ws / "study" / "selection.json").read_bytes() == before
+    # an evaluation lost mid-way and a run without its final weights: only those are redone
+    doc = _read(ws / "study" / "selection.json")
+    row = next(c for c in doc["candidates"] if c["stage"] == 1)["seeds"][0]
+    shutil.rmtree(ws / row["eval"])
+    shutil.rmtree(ws / row["run"] / "final")
+    third = run_study(ws, cfg, source=source)
+    assert third.phases["stage 1"]["trained"] == 1 and third.phases["stage 1"]["evaluated"] == 1
+    assert third.phases["stage 2"]["trained"] == 0
+    assert (ws / "study" / "selection.json").read_bytes() == before
+
+
+def test_results_do_not_depend_on_the_number_of_workers(study, tmp_path):
+    """The same unit run in this process and in a worker process gives identical bytes."""
+    from sepsisrl.study.pipeline import Study, WorkerPool, execute_unit
+
+    ws, cfg, _, _, _, _ = study
+    st = Study(ws, cfg, None)
+    outs = []
+    for where in ("inline", "pool"):
+        st.ws = ws  # units are keyed on this workspace's replay build
+        _run, tspec = st.train_unit("probe", "sofa_shaped", 7, {"algo": "iql"})
+        tspec["run_dir"] = str(tmp_path / where / "run")
+        _, espec = st.eval_unit(tspec["run_dir"], "run", "sofa_shaped", "probe", final=False)
+        espec["out"] = str(tmp_path / where / "eval")
+        job = {"label": where, "threads": 1, "train": tspec, "eval": espec}
+        if where == "inline":
+            res = execute_unit(job)
+        else:
+            pool = WorkerPool(2, tmp_path / "workers.log")
+            try:
+                res = pool.submit(job).result()
+            finally:
+                pool.close()
+        assert res["trained"] and res["evaluated"]
+        outs.append(tmp_path / where)
+    a, b = outs
+    weights = "run/final/policy.safetensors"
+    assert (a / weights).read_bytes() == (b / weights).read_bytes()
+    ma, mb = (json.loads((o / "eval" / "metrics.json").read_text())["metrics"] for o in outs)
+    assert ma == mb
+
+
+def test_a_failing_unit_is_reported_with_its_name(study, tmp_path):
+    from sepsisrl.study.pipeline import StudyError, WorkerPool
+
+    ws, *_ = study
+    pool = WorkerPool(1, tmp_path / "workers.log")
+    try:
+        job = {"label": "bad", "threads": 1, "eval": {"spec": "nobody", "kind": "named",
+               "replay": str(ws / "replay" / "sparse"), "out": str(tmp_path / "e"),
+               "final": False, "cfg": {"bootstrap_resamples": 200, "fqe": {}},
+               "behaviour": str(ws / "study" / "behaviour"), "key": "k"}}  # fmt: skip
+        with pytest.raises(StudyError, match="unknown policy 'nobody'"):
+            pool.submit(job).result()
+    finally:
+        pool.close()
+    assert not (tmp_path / "e").exists()
+    assert "Traceback" in (tmp_path / "workers.log").read_text()
+
+
+def test_cli_run_help_and_errors(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "sepsisrl.cli", *args],
+                              capture_output=True, text=True)  # fmt: skip
+
+    proc = cli("run", "--help")
+    assert proc.returncode == 0
+    assert "RESEARCH ONLY" in proc.stdout and "--profile" in proc.stdout
+    proc = cli("run", "--profile", "nope", "--workspace", str(tmp_path / "ws"))
+    assert proc.returncode == 2 and "unknown profile 'nope'" in proc.stderr
+    proc = cli("run", "--source", str(tmp_path / "missing"), "--workspace", str(tmp_path / "w"))
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+    proc = cli("run", "--set", "selection.finalists=0", "--workspace", str(tmp_path / "w"))
+    assert proc.returncode == 2 and "finalists" in proc.stderr
+
+
+def test_readme_main_job_is_the_quick_study_and_ci_runs_its_test_command():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [ln for ln in block.splitlines() if ln and not ln.startswith("#")]
+    assert len(commands) == 2
+    main_job, test_cmd = commands
+    assert main_job.startswith("python3 -m venv .venv && .venv/bin/pip install torch==2.13.0")
+    assert main_job.endswith(".venv/bin/sepsisrl run --profile quick")
+    ci = (root / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == test_cmd
