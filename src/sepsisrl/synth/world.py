@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from sepsisrl import __version__
 from sepsisrl.config import config_hash
+from sepsisrl.interrupts import InterruptLatch
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.synth import catalog, charting, tables
 from sepsisrl.synth.cohort import ChunkResult, simulate_chunk, subset_chunk
@@ -172,6 +173,7 @@ def generate_world(
     stay_writer: pq.ParquetWriter | None = None
     hourly_writer: pq.ParquetWriter | None = None
     summary = WorldSummary(out, truth, seed, 0, 0)
+    latch = InterruptLatch().__enter__()
     try:
         writer.submit("d_items", catalog.d_items_table())
         writer.submit("d_labitems", catalog.d_labitems_table())
@@ -179,6 +181,7 @@ def generate_world(
         chunk_index = 0
         first_subject = 0
         while summary.n_stays < n_stays:
+            latch.check()
             chunk = simulate_chunk(
                 cfg, seed, chunk_index, attendings, first_subject, cfg.output.chunk_subjects
             )
@@ -241,6 +244,7 @@ def generate_world(
             },
         }
         (tmp_truth / "world.json").write_text(json.dumps(world, indent=2) + "\n")
+        latch.check()
         for tmp, final in ((tmp_truth, truth), (tmp_out, out)):
             if final.exists():
                 shutil.rmtree(final)
@@ -254,4 +258,6 @@ def generate_world(
         for d in (tmp_out, tmp_truth):
             shutil.rmtree(d, ignore_errors=True)
         raise
+    finally:
+        latch.__exit__(None, None, None)
     return summary
