@@ -4,6 +4,7 @@ of a real (small) study workspace; numbers equal the artifacts; atomic and deter
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from html.parser import HTMLParser
@@ -144,6 +145,8 @@ def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
     }  # fmt: skip
     (ws / "study").mkdir()
     (ws / "study" / "selection.json").write_text(json.dumps(selection, indent=2))
+    digest = hashlib.sha256((ws / "study" / "selection.json").read_bytes()).hexdigest()
+    final["selection_sha256"] = digest
     (ws / "study" / "final.json").write_text(json.dumps(final, indent=2))
     return ws
 
@@ -311,6 +314,8 @@ def test_selection_and_its_rule_appear(study):
     chosen = dict(_page(report).tables["selected"][1:])
     assert chosen["Selected"] == SELECTED and chosen["Reason"] == sel["selected"]["reason"]
     assert chosen["Fallback used"] == ("yes" if sel["selected"]["fallback"] else "no")
+    digest = hashlib.sha256((ws / "study" / "selection.json").read_bytes()).hexdigest()
+    assert f"records the sha256 of study/selection.json, {digest[:12]})" in md
 
 
 def test_test_split_rows_mark_softened_wis(study):

@@ -14,6 +14,7 @@ headless browser (used by ``bench/report.py`` and the tests when one is installe
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -911,6 +912,21 @@ def _release(st: Study) -> list[Block]:
     return [Text(f"Release folder: {rel}."), _table("release", ["File", "Bytes"], rows)]
 
 
+def _selection_trace(st: Study) -> str:
+    """Whether the final test evaluation followed the selection now on disk (by its sha256)."""
+    digest = hashlib.sha256(_read_bytes(st.ws, "study/selection.json")).hexdigest()
+    recorded = st.final.get("selection_sha256")
+    if recorded == digest:
+        return (
+            "The selection used the validation split only; the test evaluations were made after "
+            f"it (study/final.json records the sha256 of study/selection.json, {digest[:12]})."
+        )
+    return (
+        f"WARNING: study/selection.json (sha256 {digest[:12]}) is not the selection the test "
+        f"evaluations followed (recorded: {str(recorded)[:12]})."
+    )
+
+
 def _footer(st: Study) -> list[Block]:
     source = st.json(st.replay_meta_path()).get("source", {})
     items = [
@@ -919,8 +935,7 @@ def _footer(st: Study) -> list[Block]:
         "Importance-sampling estimates depend on an estimated behaviour policy; softened WIS "
         "is a biased surrogate used when plain WIS is undefined.",
         "Support and safety flags are heuristic rules, not a clinical safety assessment.",
-        "The selection used the validation split only; the test split was read once, after "
-        "selection.",
+        _selection_trace(st),
     ]
     if source.get("kind") == "synthetic":
         items.append(
