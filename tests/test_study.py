@@ -341,3 +341,57 @@ def test_readme_main_job_is_the_quick_study_and_ci_runs_its_test_command():
     assert main_job.endswith(".venv/bin/sepsisrl run --profile quick")
     ci = (root / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == test_cmd
+
+
+def test_sigterm_stops_the_cli_and_a_rerun_resumes_to_the_same_selection(study, tmp_path):
+    """Interrupt `sepsisrl run` mid-sweep (2 workers): exit 130, no worker left, no temporary
+    folder kept; the rerun resumes and selects exactly what an uninterrupted run selected."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ws0, _, _, _, _, source = study
+    ws = tmp_path / "ws"
+    sets = [a for k, v in TINY.items() if k != "workers" for a in ("--set", f"{k}={json.dumps(v)}")]
+    cmd = [sys.executable, "-m", "sepsisrl.cli", "run", "--source", str(source),
+           "--workspace", str(ws), "--workers", "2", *sets]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(ws.glob("eval/*-validation/metrics.json"))) < 1:
+        time.sleep(0.2)
+    assert list(ws.glob("eval/*-validation/metrics.json")), "the sweep did not start"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    assert _workers_alive() == [], "worker processes outlived the interrupted run"
+    assert not (ws / "study" / "selection.json").exists()
+    done_before = len(list(ws.glob("eval/*-validation/metrics.json")))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    out = json.loads(rerun.stdout)
+    stage1 = out["phases"]["stage 1"]
+    assert stage1["evaluated"] <= stage1["units"] - done_before
+    assert not list((ws / "eval").glob(".*.partial-*"))
+    same = (ws / "study" / "selection.json").read_bytes()
+    assert same == (ws0 / "study" / "selection.json").read_bytes()
+
+
+def _workers_alive() -> list[int]:
+    """PIDs of running study workers (Linux /proc; elsewhere via ps)."""
+    import subprocess
+
+    if Path("/proc").is_dir():
+        pids = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    cmd = (d / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"sepsisrl.study.worker" in cmd:
+                    pids.append(int(d.name))
+        return pids
+    ps = subprocess.run(["ps", "-Ao", "pid,command"], capture_output=True, text=True).stdout
+    return [int(ln.split()[0]) for ln in ps.splitlines() if "sepsisrl.study.worker" in ln]

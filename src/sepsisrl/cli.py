@@ -438,8 +438,11 @@ the model repository exported and the report written to <workspace>/report/index
 unit is cached: rerunning resumes where an interrupted run stopped. RESEARCH ONLY: nothing \
 this produces is clinical decision support.
     """
+    import signal
+
     from sepsisrl.build.leakage import LeakageError
     from sepsisrl.build.measurements import UnitError
+    from sepsisrl.interrupts import InterruptLatch
     from sepsisrl.mimic.source import SourceError
     from sepsisrl.release.bundle import ExportError
     from sepsisrl.study.config import load_study_config
@@ -469,7 +472,16 @@ this produces is clinical decision support.
                 if not quiet and not err.is_terminal and done == total:
                     err.print(f"  {phase:<10} {done}/{total} {message}", highlight=False)
 
-            result = run_study(workspace, cfg, source=source, on_event=on_event)
+            # Ctrl-C or SIGTERM (batch schedulers) stops the workers at once; rerun to resume
+            with InterruptLatch((signal.SIGINT, signal.SIGTERM)):
+                result = run_study(workspace, cfg, source=source, on_event=on_event)
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: finished units are kept, unfinished ones were discarded or "
+            "checkpointed; run the same command again to resume",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     except (
         ConfigError, SourceError, UnitError, LeakageError, StudyError, ExportError,
         ReportError, FileNotFoundError, ValueError,
@@ -524,7 +536,7 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted; no partial output was kept")
+        err.print("interrupted; no partial output was kept (a study resumes when rerun)")
         sys.exit(130)
 
 

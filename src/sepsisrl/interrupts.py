@@ -17,16 +17,23 @@ from typing import Any
 
 
 class InterruptLatch:
-    def __init__(self) -> None:
+    """Latch ``signals`` (default SIGINT; add SIGTERM for batch schedulers) as KeyboardInterrupt.
+
+    Installing the handler explicitly also overrides an inherited "ignore" disposition (a job
+    started in the background of a non-interactive shell ignores SIGINT), so ``kill -INT``
+    always stops the work cleanly.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,)) -> None:
+        self.signals = signals
         self.hit = False
-        self._previous: Any = None
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> InterruptLatch:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+            for sig in self.signals:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
         return self
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
@@ -34,11 +41,13 @@ class InterruptLatch:
         raise KeyboardInterrupt
 
     def check(self) -> None:
-        """Raise ``KeyboardInterrupt`` if SIGINT arrived since entering (even if swallowed)."""
+        """Raise ``KeyboardInterrupt`` if a signal arrived since entering (even if swallowed)."""
         if self.hit:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            previous = self._previous if self._previous is not None else signal.default_int_handler
-            signal.signal(signal.SIGINT, previous)
+        for sig, previous in self._previous.items():
+            if previous is None:  # set from C: fall back to Python's defaults
+                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous)
+        self._previous = {}

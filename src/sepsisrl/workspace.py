@@ -30,16 +30,24 @@ STAGE_FILE = "stage.json"
 _CODE_FINGERPRINT: str | None = None
 
 
+#: What the build stages execute: a change here invalidates cached stages; a change elsewhere
+#: (training, evaluation, report, CLI) does not.
+BUILD_CODE = ("build", "mimic", "workspace.py", "config.py", "__init__.py")
+
+
 def code_fingerprint() -> str:
-    """sha256 of the package's own source (.py, .sql): any code change invalidates caches."""
+    """sha256 of the build's own source (.py, .sql under ``BUILD_CODE``)."""
     global _CODE_FINGERPRINT
     if _CODE_FINGERPRINT is None:
         h = hashlib.sha256()
         pkg = Path(__file__).resolve().parent
-        for f in sorted(pkg.rglob("*")):
-            if f.suffix in (".py", ".sql") and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(pkg)).encode())
-                h.update(f.read_bytes())
+        for part in BUILD_CODE:
+            root = pkg / part
+            files = [root] if root.is_file() else sorted(root.rglob("*"))
+            for f in files:
+                if f.suffix in (".py", ".sql") and "__pycache__" not in f.parts:
+                    h.update(str(f.relative_to(pkg)).encode())
+                    h.update(f.read_bytes())
         _CODE_FINGERPRINT = h.hexdigest()
     return _CODE_FINGERPRINT
 

@@ -187,17 +187,22 @@ class WorkerPool:
     def submit(self, job: dict[str, Any]):
         return self.threads.submit(self._call, job)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers: after their current job, or at once when ``abort`` (interrupt,
+        failure) - every unit is atomic or resumable, so nothing finished is lost."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
         for p in self.procs:
+            if abort and p.poll() is None:
+                p.terminate()
             if p.stdin is not None and not p.stdin.closed:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):
                     p.stdin.close()
         for p in self.procs:
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        self.threads.shutdown(wait=False, cancel_futures=True)
+                p.wait()
         self.log.close()
 
 
@@ -275,10 +280,17 @@ class Study:
         stats["seconds"] = round(time.perf_counter() - started, 1)
         self.phases[phase] = stats
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.pool is not None:
-            self.pool.close()
+            self.pool.close(abort)
             self.pool = None
+
+    def clean_partials(self) -> None:
+        """Remove temporary folders left by an interrupted earlier run."""
+        for folder in (self.ws / "eval", self.ws / "study"):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.partial-*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     # -- phases
     def data(self, source: Path | None) -> Path:
@@ -509,13 +521,16 @@ def run_study(
     ws.mkdir(parents=True, exist_ok=True)
     (ws / "study").mkdir(exist_ok=True)
     study = Study(ws, cfg, on_event)
+    study.clean_partials()
     try:
         study.data(Path(source).absolute() if source is not None else None)
         study.behaviour()
         selection = study.select()
         final = study.final(selection)
-    finally:
-        study.close()
+    except BaseException:
+        study.close(abort=True)
+        raise
+    study.close()
     t = time.perf_counter()
     release = study.export(final, selection)
     report = study.report()
