@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -164,8 +165,14 @@ def study(small_world, tmp_path_factory):
 
         return load
 
+    import torch
+
     for m, f in originals.items():
         m.load_split = spy(f)
+    threads = torch.get_num_threads()
+    # another thread count than the CLI subprocess of the SIGTERM test uses: the study's bytes
+    # must not depend on the calling process's torch setting
+    torch.set_num_threads(1 if (os.cpu_count() or 1) > 1 else 2)
     try:
         cfg = load_study_config("quick", overrides=TINY)
         events: list[tuple[str, int, int, str]] = []
@@ -173,6 +180,7 @@ def study(small_world, tmp_path_factory):
             ws, cfg, source=small_world.out_dir, on_event=lambda *e: events.append(e)
         )
     finally:
+        torch.set_num_threads(threads)
         for m, f in originals.items():
             m.load_split = f
     return ws, cfg, result, reads, events, small_world.out_dir
@@ -395,3 +403,21 @@ def _workers_alive() -> list[int]:
         return pids
     ps = subprocess.run(["ps", "-Ao", "pid,command"], capture_output=True, text=True).stdout
     return [int(ln.split()[0]) for ln in ps.splitlines() if "sepsisrl.study.worker" in ln]
+
+
+def test_cli_report_rewrites_the_report_and_names_missing_artifacts(study, tmp_path):
+    import subprocess
+    import sys
+
+    ws, *_ = study
+    before = (ws / "report" / "report.md").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "sepsisrl.cli", "report", "--workspace", str(ws)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["report"] == str(ws / "report" / "index.html")
+    assert (ws / "report" / "report.md").read_bytes() == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "sepsisrl.cli", "report", "--workspace",
+                           str(empty)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "study/selection.json" in proc.stderr

@@ -497,6 +497,26 @@ this produces is clinical decision support.
 
 
 @app.command()
+def report(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", help="A study workspace written by `sepsisrl run`.")
+    ] = Path("workspace"),
+) -> None:
+    """(Re)write the study report: report/index.html (self-contained) and report/report.md.
+
+    Every number is read from the workspace's artifacts. RESEARCH ONLY.
+    """
+    from sepsisrl.study.report import ReportError, write_report
+
+    try:
+        folder = write_report(workspace)
+    except ReportError as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(json.dumps({"report": str(folder / "index.html"),
+                           "markdown": str(folder / "report.md")}, indent=2))  # fmt: skip
+
+
+@app.command()
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[

@@ -341,6 +341,8 @@ class Study:
         return raw
 
     def behaviour(self) -> None:
+        import torch
+
         from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
         from sepsisrl.ope.evaluate import EVAL_REWARD
         from sepsisrl.rl.data import load_meta, load_split
@@ -358,10 +360,17 @@ class Study:
                 return
         self.emit("behaviour", 0, 1, "fitting b(a|s) on train")
         va = load_split(replay, "validation", EVAL_REWARD, meta)
-        model = BehaviourModel.fit(
-            tr.states.numpy(), tr.actions.numpy(), va.states.numpy(), va.actions.numpy(),
-            meta.n_actions, BehaviourConfig(), tr.fingerprint,
-        )  # fmt: skip
+        # fitted with the workers' thread count: float reductions depend on it, and the same
+        # study must give the same bytes whatever the calling process's torch setting
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads_per_worker)
+        try:
+            model = BehaviourModel.fit(
+                tr.states.numpy(), tr.actions.numpy(), va.states.numpy(), va.actions.numpy(),
+                meta.n_actions, BehaviourConfig(), tr.fingerprint,
+            )  # fmt: skip
+        finally:
+            torch.set_num_threads(previous)
         tmp = folder.with_name(f".behaviour.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save(tmp)
