@@ -65,6 +65,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def merge_user_file(
+    data: dict[str, Any], path: str | Path | None, sources: list[str]
+) -> dict[str, Any]:
+    """Deep-merge a user YAML file (if given) over ``data``; record it in ``sources``."""
+    if path is None:
+        return data
+    sources.append(str(path))
+    return deep_merge(data, _read_yaml(Path(path)))
+
+
 def set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
     """Set ``a.b.c = value`` inside nested dicts (used for command-line overrides)."""
     parts = dotted_key.split(".")

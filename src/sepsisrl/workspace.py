@@ -10,6 +10,7 @@ place - so an interrupted stage never looks complete, and the next run redoes it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,25 @@ def write_json(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``final`` (``.<name>.partial-<pid>``). On success it
+    replaces ``final`` in one rename; on any error or interrupt it is removed, so ``final`` is
+    never seen half-written."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -124,12 +144,8 @@ class Workspace:
         final = self.path(stage)
         if not force and self.stage_key(stage) == key:
             return StageResult(stage, key, True, 0.0, final)
-        tmp = self.root / f".{stage}.partial-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
         started = time.perf_counter()
-        try:
+        with atomic_folder(final) as tmp:
             info = build(tmp) or {}
             seconds = time.perf_counter() - started
             write_json(
@@ -144,10 +160,4 @@ class Workspace:
                     **info,
                 },
             )
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return StageResult(stage, key, False, seconds, final)

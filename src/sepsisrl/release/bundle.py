@@ -11,8 +11,6 @@ when complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from sepsisrl import __version__
 from sepsisrl.ope.summary import CARD_ROWS, summarize
+from sepsisrl.workspace import atomic_folder
 
 EXPORTABLE = ("iql", "bc")
 
@@ -263,11 +262,7 @@ def export_run(
         },
         "research_only": True,
     }  # fmt: skip
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         wrapper = resources.files("sepsisrl.release") / "modeling_iql.py"
@@ -275,12 +270,6 @@ def export_run(
         (tmp / "requirements.txt").write_text(REQUIREMENTS)
         (tmp / "LICENSE.md").write_text(LICENSE_TEXT)
         (tmp / "README.md").write_text(model_card(config, summary, name))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -8,7 +8,14 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from sepsisrl.config import ConfigError, StrictModel, deep_merge, packaged_config_path, set_dotted
+from sepsisrl.config import (
+    ConfigError,
+    StrictModel,
+    deep_merge,
+    merge_user_file,
+    packaged_config_path,
+    set_dotted,
+)
 
 
 class SynthSection(StrictModel):
@@ -89,15 +96,7 @@ def load_study_config(
     data = deep_merge(data, profiles[profile])
     data["profile"] = profile
     sources = [f"configs/study.yaml (profile {profile})"]
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        user = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        data = deep_merge(data, user)
-        sources.append(str(p))
+    data = merge_user_file(data, path, sources)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     try:

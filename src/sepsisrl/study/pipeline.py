@@ -37,7 +37,7 @@ from typing import Any
 from sepsisrl import __version__
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig
-from sepsisrl.workspace import read_json, stable_hash, write_json
+from sepsisrl.workspace import atomic_folder, read_json, stable_hash, write_json
 
 #: on_event(phase, done, total, message)
 Events = Callable[[str, int, int, str], None]
@@ -111,20 +111,12 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
     if "hidden" in fqe:
         fqe["hidden"] = tuple(fqe["hidden"])
     cfg = EvalConfig(**ev, fqe=FQEConfig(**fqe))
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out) as tmp:
         evaluate(
             spec["spec"], spec["replay"], tmp, kind=spec["kind"], final=spec["final"], cfg=cfg,
             behaviour=BehaviourModel.load(Path(spec["behaviour"])),
         )  # fmt: skip
         write_json(tmp / "study.json", {"key": key})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return True
 
 
@@ -371,11 +363,8 @@ class Study:
             )  # fmt: skip
         finally:
             torch.set_num_threads(previous)
-        tmp = folder.with_name(f".behaviour.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        with atomic_folder(folder) as tmp:
+            model.save(tmp)
         self.emit("behaviour", 1, 1, f"{model.kind}, validation log-loss "
                   f"{model.info['validation_log_loss']:.3f}")  # fmt: skip
         self.phases["behaviour"] = {"seconds": round(time.perf_counter() - started, 1),
