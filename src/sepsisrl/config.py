@@ -95,9 +95,18 @@ def load_config(
     """Load packaged ``<name>.yaml``, merge ``user_file`` and dotted ``overrides``, validate."""
     data = _read_yaml(packaged_config_path(name))
     sources = [str(packaged_config_path(name))]
-    if user_file is not None:
-        data = deep_merge(data, _read_yaml(Path(user_file)))
-        sources.append(str(user_file))
+    data = merge_user_file(data, user_file, sources)
+    return validate_config(model, data, overrides, sources)
+
+
+def validate_config(
+    model: type[M],
+    data: dict[str, Any],
+    overrides: dict[str, Any] | None,
+    sources: list[str],
+    what: str = "configuration",
+) -> M:
+    """Apply dotted ``overrides`` to ``data`` and validate; errors name every source."""
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     if overrides:
@@ -105,7 +114,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration (from {', '.join(sources)}):\n{exc}") from exc
+        raise ConfigError(f"invalid {what} (from {', '.join(sources)}):\n{exc}") from exc
 
 
 def config_hash(config: BaseModel) -> str:

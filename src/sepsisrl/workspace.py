@@ -90,6 +90,14 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_partials(folder: Path) -> list[Path]:
+    """Remove the temporary folders ``atomic_folder`` left in ``folder`` when interrupted."""
+    removed = sorted(folder.glob(".*.partial-*")) if folder.is_dir() else []
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
@@ -124,11 +132,7 @@ class Workspace:
 
     def clean_partials(self) -> list[Path]:
         """Remove folders left by interrupted stages."""
-        removed = []
-        for p in self.root.glob(".*.partial-*"):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-        return removed
+        return remove_partials(self.root)
 
     def run(
         self,

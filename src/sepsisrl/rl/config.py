@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from sepsisrl.config import (
     ConfigError,
@@ -14,7 +14,7 @@ from sepsisrl.config import (
     deep_merge,
     merge_user_file,
     packaged_config_path,
-    set_dotted,
+    validate_config,
 )
 
 
@@ -91,14 +91,7 @@ def load_train_config(
         data["preset"] = preset
         sources.append(f"preset {preset}")
     data = merge_user_file(data, path, sources)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"invalid training configuration (from {', '.join(sources)}):\n{exc}"
-        ) from exc
+    return validate_config(TrainConfig, data, overrides, sources, "training configuration")
 
 
 def available_presets() -> list[str]:

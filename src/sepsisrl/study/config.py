@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from sepsisrl.config import (
     ConfigError,
@@ -14,7 +14,7 @@ from sepsisrl.config import (
     deep_merge,
     merge_user_file,
     packaged_config_path,
-    set_dotted,
+    validate_config,
 )
 
 
@@ -97,11 +97,4 @@ def load_study_config(
     data["profile"] = profile
     sources = [f"configs/study.yaml (profile {profile})"]
     data = merge_user_file(data, path, sources)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"invalid study configuration (from {', '.join(sources)}):\n{exc}"
-        ) from exc
+    return validate_config(StudyConfig, data, overrides, sources, "study configuration")

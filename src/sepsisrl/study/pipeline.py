@@ -37,7 +37,7 @@ from typing import Any
 from sepsisrl import __version__
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig
-from sepsisrl.workspace import atomic_folder, read_json, stable_hash, write_json
+from sepsisrl.workspace import atomic_folder, read_json, remove_partials, stable_hash, write_json
 
 #: on_event(phase, done, total, message)
 Events = Callable[[str, int, int, str], None]
@@ -208,6 +208,7 @@ class Study:
         self.train_code = package_fingerprint("rl")
         self.eval_code = package_fingerprint("rl", "ope")
         self.pool: WorkerPool | None = None
+        self._replay_key: str | None = None
         self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
 
     # -- helpers
@@ -218,7 +219,10 @@ class Study:
         return self.ws / "replay" / reward
 
     def replay_key(self) -> str:
-        return read_json(self.ws / "replay" / "stage.json")["key"]
+        """The replay build's cache key (read once the build has run; it keys every unit)."""
+        if self._replay_key is None:
+            self._replay_key = read_json(self.ws / "replay" / "stage.json")["key"]
+        return self._replay_key
 
     def train_unit(self, name: str, reward: str, seed: int, overrides: dict[str, Any]):
         run = self.ws / "runs" / f"{name}_seed{seed}"
@@ -280,9 +284,7 @@ class Study:
     def clean_partials(self) -> None:
         """Remove temporary folders left by an interrupted earlier run."""
         for folder in (self.ws / "eval", self.ws / "study"):
-            if folder.is_dir():
-                for tmp in folder.glob(".*.partial-*"):
-                    shutil.rmtree(tmp, ignore_errors=True)
+            remove_partials(folder)
 
     # -- phases
     def data(self, source: Path | None) -> Path:
