@@ -1,6 +1,6 @@
 """Benchmark of `sepsisrl train` (IQL) in the model card's setting, with same-machine baselines.
 
-Usage:  python bench/train.py [--steps 300] [--repeats 5] [--threads 0]
+Usage:  python bench/train.py [--rounds 40] [--block 25] [--threads 0] [--e2e-steps 2000]
 
 Setting: 62-dim state, 25 actions, 140,000 train transitions, batch 256, [256, 256] MLPs.
 Measured, interleaved so that every figure sees the same machine load:
@@ -8,8 +8,13 @@ Measured, interleaved so that every figure sees the same machine load:
   plain       a straightforward eager implementation: six nn.Sequential networks, three
               torch Adam optimisers, clip_grad_norm_ and three backward passes per step
   matmul      the matrix products one IQL step needs and nothing else - the fp32 floor
-Reported: median steps/second over the repeats, and the resulting time for the card's
-110,000 steps. The end-to-end ``train()`` (with logging and checkpoints) is timed too.
+The candidates take turns in short blocks (``--block`` steps each, ``--rounds`` times), so
+that all of them see the same machine load; on a shared VM the speed of every candidate
+drifts by +-30 % within a minute. Reported: median steps/second over the blocks, the
+resulting time for the card's 110,000 steps, and the paired speed ratios (median over rounds
+of sepsisrl's rate divided by the other candidate's rate in the same round), which are stable
+where the absolute rates are not. The end-to-end ``train()`` (the real trainer with batch
+sampling, metrics logging and checkpoints) is timed too.
 """
 
 from __future__ import annotations
@@ -133,22 +138,14 @@ def write_card_replay(folder: Path, states, actions, rewards, done) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def measure(update, batches, steps: int) -> float:
-    for i in range(10):
-        update(*batches(i))
-    t0 = time.perf_counter()
-    for i in range(steps):
-        update(*batches(i))
-    return steps / (time.perf_counter() - t0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--block", type=int, default=25, help="steps per candidate per round")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--e2e-steps", type=int, default=2000)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,16 +169,33 @@ def main() -> None:
         "matmul_floor": MatmulFloor().update,
     }
     rates: dict[str, list[float]] = {k: [] for k in candidates}
-    for _ in range(args.repeats):
+    step = 0
+    for update in candidates.values():  # warm-up
+        for _ in range(20):
+            update(*batches(step))
+            step += 1
+    for _ in range(args.rounds):
         for name, update in candidates.items():
-            rates[name].append(measure(update, batches, args.steps))
+            t0 = time.perf_counter()
+            for _ in range(args.block):
+                update(*batches(step))
+                step += 1
+            rates[name].append(args.block / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = {
+        k: statistics.median(x / y for x, y in zip(rates["sepsisrl"], v, strict=True))
+        for k, v in rates.items()
+        if k != "sepsisrl"
+    }
+    print(f"{args.rounds} rounds x {args.block} steps per candidate, {torch.get_num_threads()} "
+          "threads; median steps/s over the rounds (inter-quartile range):")  # fmt: skip
     for name, v in rates.items():
-        print(f"{name:13s} {med[name]:7.1f} steps/s (median of {[round(x) for x in v]})  "
+        q1, _, q3 = statistics.quantiles(v, n=4)
+        print(f"  {name:13s} {med[name]:7.1f} steps/s ({q1:.0f}-{q3:.0f})  "
               f"-> {CARD_STEPS / med[name] / 60:5.1f} min for {CARD_STEPS:,} steps")  # fmt: skip
     print(
-        f"speed-up over the plain eager loop: {med['sepsisrl'] / med['plain']:.2f}x; "
-        f"share of the fp32 matmul floor: {med['sepsisrl'] / med['matmul_floor']:.0%}"
+        f"paired ratios: sepsisrl / plain eager loop {ratio['plain']:.2f}x; "
+        f"sepsisrl / fp32 matmul floor {ratio['matmul_floor']:.0%}"
     )
 
     # end to end: the trainer with logging and checkpoints, on a replay folder of this shape
@@ -191,11 +205,12 @@ def main() -> None:
         from sepsisrl.rl.config import load_train_config
         from sepsisrl.rl.trainer import train
 
-        cfg = load_train_config(overrides={"steps": 1000, "log_every": 500, "checkpoint_every": 500,
-                                           "threads": args.threads})  # fmt: skip
+        n = args.e2e_steps
+        cfg = load_train_config(overrides={"steps": n, "log_every": n // 4,
+                                           "checkpoint_every": n // 2, "threads": args.threads})  # fmt: skip
         res = train(replay, cfg, Path(tmp) / "run")
         print(
-            "train() end to end, 1,000 steps incl. logging and checkpoints: "
+            f"train() end to end, {n:,} steps incl. batch sampling, logging and 1 checkpoint: "
             f"{res.steps_per_second:.1f} steps/s"
         )
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -204,7 +219,10 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     doc = {
         "meta": meta,
+        "rounds": args.rounds,
+        "block": args.block,
         "steps_per_second": med,
+        "paired_ratio_of_sepsisrl_to": ratio,
         "all": rates,
         "train_end_to_end": res.steps_per_second,
     }

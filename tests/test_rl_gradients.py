@@ -1,0 +1,110 @@
+"""The training step's explicit gradients equal autograd's on the readable losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sepsisrl.rl.iql import IQL, IQLConfig
+from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer
+
+D, A, B = 9, 5, 64
+
+
+def batch(seed: int, reward_scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(B, D, generator=g),
+        torch.randint(0, A, (B,), generator=g),
+        torch.randn(B, generator=g) * reward_scale,
+        torch.randn(B, D, generator=g),
+        (torch.rand(B, generator=g) < 0.2).float(),
+    )
+
+
+def grads(algo: IQL) -> dict[str, torch.Tensor]:
+    return {name: flat.grad.clone() for name, flat in algo.optimizer.flat.items()}
+
+
+@pytest.mark.parametrize(
+    ("temperature", "reward_scale"),
+    [(3.0, 1.0), (1000.0, 5.0)],  # the second puts many advantage weights at the cap
+    ids=["default", "capped-weights"],
+)
+def test_iql_explicit_gradients_equal_autograd_on_every_network(temperature, reward_scale):
+    torch.manual_seed(0)
+    algo = IQL(D, A, 0.99, IQLConfig(temperature=temperature, hidden=(32, 32)))
+    for seed in range(3):  # a few steps, so that targets, V and Q differ from their init
+        s = batch(seed, reward_scale)
+        algo.optimizer.zero_grad()
+        stats = algo.compute_gradients(*s)
+        explicit = grads(algo)
+
+        algo.optimizer.zero_grad()
+        losses = algo.losses(*s)
+        sum(losses.values()).backward()
+        reference = grads(algo)
+
+        for name in ("value_loss", "critic_loss", "actor_loss"):
+            torch.testing.assert_close(stats[name], losses[name].detach(), rtol=1e-6, atol=1e-7)
+        for name, g in reference.items():
+            assert g.abs().sum() > 0, name  # every network receives a gradient
+            torch.testing.assert_close(explicit[name], g, rtol=1e-5, atol=1e-7, msg=name)
+        algo.optimizer.step()
+    if temperature == 1000.0:
+        assert 0.0 < float(stats["capped_weight_fraction"]) < 1.0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "ensemble"])
+def test_backward_cached_matches_autograd_for_any_loss(kind: str):
+    torch.manual_seed(1)
+    net = MLP(D, A, (16, 8)) if kind == "mlp" else Ensemble(3, D, A, (16, 8))
+    NetworkOptimizer({"net": (net, 1e-3)}, max_norm=10.0)  # gives every parameter a .grad view
+    x = torch.randn(B, D)
+    target = torch.randn_like(net(x))
+
+    with torch.no_grad():
+        out, acts = net.forward_cached(x)
+        net.backward_cached(acts, 2 * (out - target) / out.numel())
+    explicit = [p.grad.clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad.zero_()
+    (net(x) - target).square().mean().backward()
+    for got, want in zip(explicit, [p.grad for p in net.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_are_clipped_to_the_global_norm_per_network():
+    torch.manual_seed(2)
+    small, large = MLP(D, A, (16,)), MLP(D, A, (16,))
+    opt = NetworkOptimizer({"small": (small, 1e-3), "large": (large, 1e-3)}, max_norm=1.0)
+    x = torch.randn(B, D)
+    (small(x).mean() * 1e-3 + large(x).square().mean() * 1e3).backward()
+    before = {n: torch.linalg.vector_norm(f.grad).item() for n, f in opt.flat.items()}
+    opt.step()
+    after = {n: torch.linalg.vector_norm(f.grad).item() for n, f in opt.flat.items()}
+    assert before["small"] < 1.0 and after["small"] == before["small"]  # left alone
+    assert before["large"] > 1.0 and after["large"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_direct_fused_adam_equals_adam_step_and_keeps_its_state_dict():
+    nets, opts = [], []
+    for direct in (True, False):
+        torch.manual_seed(2)
+        net = MLP(D, A, (16,))
+        opt = NetworkOptimizer({"net": (net, 1e-2)}, max_norm=1e9)
+        opt._direct = direct and opt._direct
+        nets.append(net)
+        opts.append(opt)
+    assert opts[0]._direct, "the fused CPU kernel is expected in the supported torch builds"
+    x = torch.randn(B, D)
+    for _ in range(20):
+        for net, opt in zip(nets, opts, strict=True):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    assert torch.equal(opts[0].flat["net"], opts[1].flat["net"])
+    sd_direct, sd_step = (o.adam.state_dict() for o in opts)
+    assert sd_direct["param_groups"] == sd_step["param_groups"]
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(sd_direct["state"][0][key], sd_step["state"][0][key]), key
