@@ -189,7 +189,7 @@ def train(
         (run / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
         (run / "metrics.jsonl").write_text("")
 
-    sums: dict[str, torch.Tensor] = {}
+    sums: torch.Tensor | None = None  # running sums of the step metrics, one vector
     window_start = time.perf_counter()
     started = time.perf_counter()
     last: dict[str, float] = {}
@@ -202,21 +202,21 @@ def train(
             idx = perm[pos : pos + cfg.batch_size].to(device)
             pos += cfg.batch_size
             metrics = algo.update(*data.batch(idx))
-            for k, v in metrics.items():
-                sums[k] = sums[k] + v if k in sums else v.clone()
+            step_values = torch.stack(tuple(metrics.values()))
+            sums = step_values if sums is None else sums.add_(step_values)
             done_steps = step + 1
             if done_steps % cfg.log_every == 0 or done_steps == total:
                 elapsed = time.perf_counter() - window_start
                 count = (
                     cfg.log_every if done_steps % cfg.log_every == 0 else done_steps % cfg.log_every
                 )
-                last = {k: float(v.item()) / count for k, v in sums.items()}
+                last = {k: v / count for k, v in zip(metrics, sums.tolist(), strict=True)}
                 line = {"step": done_steps, "epoch": epoch}
                 line.update({k: round(v, 6) for k, v in last.items()})
                 line["steps_per_second"] = round(count / max(elapsed, 1e-9), 1)
                 log.write(json.dumps(line) + "\n")
                 log.flush()
-                sums = {}
+                sums = None
                 window_start = time.perf_counter()
                 if on_log:
                     on_log(done_steps, total, last)
