@@ -108,3 +108,17 @@ def test_direct_fused_adam_equals_adam_step_and_keeps_its_state_dict():
     assert sd_direct["param_groups"] == sd_step["param_groups"]
     for key in ("step", "exp_avg", "exp_avg_sq"):
         assert torch.equal(sd_direct["state"][0][key], sd_step["state"][0][key]), key
+
+
+def test_fqe_explicit_gradient_equals_autograd_of_its_squared_loss():
+    from sepsisrl.ope.fqe import FQE, FQEConfig
+
+    fqe = FQE(D, A, 0.9, FQEConfig(hidden=(16, 16)))
+    s, a, _, _, _ = batch(5)
+    y = torch.randn(B)
+    fqe._write_gradient(s, a, y)
+    explicit = fqe.optimizer.flat["q"].grad.clone()
+    fqe.optimizer.zero_grad()
+    q = fqe.q(s).gather(1, a.unsqueeze(1)).squeeze(1)
+    (q - y).square().mean().backward()
+    torch.testing.assert_close(explicit, fqe.optimizer.flat["q"].grad, rtol=1e-5, atol=1e-7)

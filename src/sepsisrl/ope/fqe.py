@@ -63,6 +63,18 @@ class FQE:
             v_next = (self.q_target(s_next) * pi_next).sum(1)
             return r + self.gamma * (1.0 - done) * v_next
 
+    @torch.no_grad()
+    def _write_gradient(self, s: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> None:
+        """Gradient of L = mean((Q(s, a) - y)^2) into the Q network's ``.grad`` buffers.
+
+        dL/dQ(s, a') = 2 (Q(s, a) - y) / n for the logged action a' = a and 0 otherwise,
+        back-propagated by ``MLP.backward_cached`` (the same numbers as autograd, no graph).
+        """
+        q_all, acts = self.q.forward_cached(s)
+        at_a = a.unsqueeze(1)
+        residual = q_all.gather(1, at_a).sub_(y.unsqueeze(1)).mul_(2.0 / len(a))
+        self.q.backward_cached(acts, torch.zeros_like(q_all).scatter_(1, at_a, residual))
+
     def fit(
         self, train: dict[str, torch.Tensor], holdout_s0: torch.Tensor, holdout_pi0: torch.Tensor
     ) -> FQEResult:
@@ -81,10 +93,7 @@ class FQE:
             y = self._targets(
                 train["r"][idx], train["done"][idx], train["pi_next"][idx], train["s_next"][idx]
             )
-            q = self.q(train["s"][idx]).gather(1, train["a"][idx].unsqueeze(1)).squeeze(1)
-            loss = (q - y).square().mean()
-            self.optimizer.zero_grad()
-            loss.backward()
+            self._write_gradient(train["s"][idx], train["a"][idx], y)
             self.optimizer.step()
             polyak_update(self._target_flat, self.optimizer.flat["q"], cfg.polyak)
             if step % cfg.eval_every == 0:
