@@ -12,9 +12,10 @@ Both network kinds also offer an explicit backward pass for the training hot loo
 ``backward_cached(acts, grad_out)`` back-propagates ``grad_out`` (dLoss/dOutput) and *writes*
 each parameter's gradient into its ``.grad`` buffer (``torch.mm(..., out=p.grad)``): the
 linear-layer rules dW = x^T g, db = sum_batch g, dx = g W^T and the ReLU rule
-g_prev = dx * 1(h > 0). Nothing is recorded by autograd and nothing is allocated for
-gradients, which is what makes a discrete IQL step cheap on a CPU (``rl.iql``). The results
-equal autograd's (``tests/test_rl_train.py`` compares them on every parameter).
+g_prev = dx * 1(h > 0). Nothing is recorded by autograd and parameter gradients need no
+new buffers, which is what makes a discrete IQL or FQE step cheap on a CPU (``rl.iql``,
+``ope.fqe``). The results equal autograd's (``tests/test_rl_gradients.py`` compares them on
+every parameter).
 """
 
 from __future__ import annotations
