@@ -13,8 +13,10 @@ that all of them see the same machine load; on a shared VM the speed of every ca
 drifts by +-30 % within a minute. Reported: median steps/second over the blocks, the
 resulting time for the card's 110,000 steps, and the paired speed ratios (median over rounds
 of sepsisrl's rate divided by the other candidate's rate in the same round), which are stable
-where the absolute rates are not. The end-to-end ``train()`` (the real trainer with batch
-sampling, metrics logging and checkpoints) is timed too.
+where the absolute rates are not; the ratio times the plain loop's speed on the reference
+machine (``--reference-plain``, issue 4's 110 steps/s) is printed as well. The end-to-end
+``train()`` (the real trainer with batch sampling, metrics logging and checkpoints) is timed
+too.
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=25, help="steps per candidate per round")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--e2e-steps", type=int, default=2000)
+    ap.add_argument(
+        "--reference-plain",
+        type=float,
+        default=110.0,
+        help="steps/s of a plain eager loop on the reference 2-core machine (issue 4's figure)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,6 +205,11 @@ def main() -> None:
         f"paired ratios: sepsisrl / plain eager loop {ratio['plain']:.2f}x; "
         f"sepsisrl / fp32 matmul floor {ratio['matmul_floor']:.0%}"
     )
+    at_reference = ratio["plain"] * args.reference_plain
+    print(
+        f"at the reference machine speed (plain loop {args.reference_plain:.0f} steps/s; here "
+        f"{med['plain']:.0f}) the paired ratio gives {at_reference:.0f} steps/s"
+    )
 
     # end to end: the trainer with logging and checkpoints, on a replay folder of this shape
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,6 +236,8 @@ def main() -> None:
         "block": args.block,
         "steps_per_second": med,
         "paired_ratio_of_sepsisrl_to": ratio,
+        "reference_plain_steps_per_second": args.reference_plain,
+        "sepsisrl_at_reference_speed": at_reference,
         "all": rates,
         "train_end_to_end": res.steps_per_second,
     }
