@@ -1,6 +1,7 @@
 """Benchmark of `sepsisrl train` (IQL) in the model card's setting, with same-machine baselines.
 
 Usage:  python bench/train.py [--rounds 40] [--block 25] [--threads 0] [--e2e-steps 2000]
+                              [--concurrent N_CPUS] [--reference-plain 110]
 
 Setting: 62-dim state, 25 actions, 140,000 train transitions, batch 256, [256, 256] MLPs.
 Measured, interleaved so that every figure sees the same machine load:
@@ -16,7 +17,8 @@ of sepsisrl's rate divided by the other candidate's rate in the same round), whi
 where the absolute rates are not; the ratio times the plain loop's speed on the reference
 machine (``--reference-plain``, issue 4's 110 steps/s) is printed as well. The end-to-end
 ``train()`` (the real trainer with batch sampling, metrics logging and checkpoints) is timed
-too.
+too, and so are ``--concurrent`` single-thread training processes running at once - how
+``sepsisrl run`` trains several seeds (one per worker).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,25 +144,8 @@ def write_card_replay(folder: Path, states, actions, rewards, done) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--block", type=int, default=25, help="steps per candidate per round")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--e2e-steps", type=int, default=2000)
-    ap.add_argument(
-        "--reference-plain",
-        type=float,
-        default=110.0,
-        help="steps/s of a plain eager loop on the reference 2-core machine (issue 4's figure)",
-    )
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from sepsisrl.rl.iql import IQL, IQLConfig
-
+def card_batches():
+    """The card-shaped synthetic training data and a batch function over it."""
     torch.manual_seed(0)
     S = torch.randn(N, D)
     act = torch.randint(0, A, (N,))
@@ -170,6 +157,67 @@ def main() -> None:
     def batches(i: int):
         idx = perm[(i % (N // B)) * B : (i % (N // B) + 1) * B]
         return S[idx], act[idx], rew[idx], S[nxt[idx]], done[idx]
+
+    return (S, act, rew, done), batches
+
+
+def solo(steps: int) -> None:
+    """One process, one thread, ``steps`` IQL updates: prints its rate as a JSON line."""
+    torch.set_num_threads(1)
+    from sepsisrl.rl.iql import IQL, IQLConfig
+
+    _, batches = card_batches()
+    algo = IQL(D, A, 0.99, IQLConfig())
+    for i in range(20):
+        algo.update(*batches(i))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        algo.update(*batches(i))
+    print(json.dumps({"steps_per_second": steps / (time.perf_counter() - t0)}))
+
+
+def concurrent_seeds(n: int, steps: int) -> list[float]:
+    """``n`` single-thread processes training at once, as ``sepsisrl run``'s workers do."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--solo", str(steps)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("a concurrent training process failed")
+    return [json.loads(o.strip().splitlines()[-1])["steps_per_second"] for o in outs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--block", type=int, default=25, help="steps per candidate per round")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--e2e-steps", type=int, default=2000)
+    ap.add_argument(
+        "--concurrent", type=int, default=os.cpu_count() or 1,
+        help="single-thread training processes run at once (0: skip that measurement)",
+    )  # fmt: skip
+    ap.add_argument("--solo", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--reference-plain",
+        type=float,
+        default=110.0,
+        help="steps/s of a plain eager loop on the reference 2-core machine (issue 4's figure)",
+    )
+    args = ap.parse_args()
+    if args.solo:
+        solo(args.solo)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sepsisrl.rl.iql import IQL, IQLConfig
+
+    (S, act, rew, done), batches = card_batches()
 
     candidates = {
         "sepsisrl": IQL(D, A, 0.99, IQLConfig()).update,
@@ -226,6 +274,13 @@ def main() -> None:
             f"train() end to end, {n:,} steps incl. batch sampling, logging and 1 checkpoint: "
             f"{res.steps_per_second:.1f} steps/s"
         )
+    concurrent: list[float] = []
+    if args.concurrent:
+        concurrent = concurrent_seeds(args.concurrent, 1500)
+        print(
+            f"{args.concurrent} single-thread processes at once (sepsisrl run's workers): "
+            f"{' + '.join(f'{r:.1f}' for r in concurrent)} = {sum(concurrent):.1f} steps/s"
+        )
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}  # fmt: skip
     out = Path(__file__).resolve().parent / "results"
@@ -240,6 +295,7 @@ def main() -> None:
         "sepsisrl_at_reference_speed": at_reference,
         "all": rates,
         "train_end_to_end": res.steps_per_second,
+        "concurrent_single_thread_processes": concurrent,
     }
     (out / "train.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"results written to {out / 'train.json'}")
