@@ -6,6 +6,8 @@ Usage:  python bench/train.py [--rounds 40] [--block 25] [--threads 0] [--e2e-st
 Setting: 62-dim state, 25 actions, 140,000 train transitions, batch 256, [256, 256] MLPs.
 Measured, interleaved so that every figure sees the same machine load:
   sepsisrl    the trainer's IQL update on resident tensors (``sepsisrl.rl.iql``)
+  sepsisrl_compiled   the same with ``compile=true`` (``torch.compile`` of the gradient
+              step; the one-off compilation is timed separately; ``--no-compile`` skips it)
   plain       a straightforward eager implementation: six nn.Sequential networks, three
               torch Adam optimisers, clip_grad_norm_ and three backward passes per step
   matmul      the matrix products one IQL step needs and nothing else - the fp32 floor
@@ -204,12 +206,18 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--solo", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument(
+        "--no-compile", dest="compile", action="store_false",
+        help="skip the torch.compile'd IQL step (train's compile=true)",
+    )  # fmt: skip
+    ap.add_argument(
         "--reference-plain",
         type=float,
         default=110.0,
         help="steps/s of a plain eager loop on the reference 2-core machine (issue 4's figure)",
     )
     args = ap.parse_args()
+    if args.rounds < 2:
+        ap.error("--rounds must be at least 2 (the spread needs two blocks)")
     if args.solo:
         solo(args.solo)
         return
@@ -219,11 +227,17 @@ def main() -> None:
 
     (S, act, rew, done), batches = card_batches()
 
-    candidates = {
-        "sepsisrl": IQL(D, A, 0.99, IQLConfig()).update,
-        "plain": PlainIQL().update,
-        "matmul_floor": MatmulFloor().update,
-    }
+    candidates = {"sepsisrl": IQL(D, A, 0.99, IQLConfig()).update}
+    compile_seconds = None
+    if args.compile:
+        compiled = IQL(D, A, 0.99, IQLConfig())
+        compiled.compile_step()
+        t0 = time.perf_counter()
+        compiled.compute_gradients(*batches(0))
+        compile_seconds = time.perf_counter() - t0
+        print(f"compiling the IQL step (compile=true): {compile_seconds:.1f} s, once per process")
+        candidates["sepsisrl_compiled"] = compiled.update
+    candidates.update({"plain": PlainIQL().update, "matmul_floor": MatmulFloor().update})
     rates: dict[str, list[float]] = {k: [] for k in candidates}
     step = 0
     for update in candidates.values():  # warm-up
@@ -238,26 +252,27 @@ def main() -> None:
                 step += 1
             rates[name].append(args.block / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    ratio = {
-        k: statistics.median(x / y for x, y in zip(rates["sepsisrl"], v, strict=True))
-        for k, v in rates.items()
-        if k != "sepsisrl"
+    mine = [k for k in rates if k.startswith("sepsisrl")]
+    ratio = {  # paired: per round, then the median over rounds
+        f"{k}/{o}": statistics.median(x / y for x, y in zip(rates[k], rates[o], strict=True))
+        for k in mine
+        for o in ("plain", "matmul_floor")
     }
     print(f"{args.rounds} rounds x {args.block} steps per candidate, {torch.get_num_threads()} "
           "threads; median steps/s over the rounds (inter-quartile range):")  # fmt: skip
     for name, v in rates.items():
         q1, _, q3 = statistics.quantiles(v, n=4)
-        print(f"  {name:13s} {med[name]:7.1f} steps/s ({q1:.0f}-{q3:.0f})  "
+        print(f"  {name:18s} {med[name]:7.1f} steps/s ({q1:.0f}-{q3:.0f})  "
               f"-> {CARD_STEPS / med[name] / 60:5.1f} min for {CARD_STEPS:,} steps")  # fmt: skip
-    print(
-        f"paired ratios: sepsisrl / plain eager loop {ratio['plain']:.2f}x; "
-        f"sepsisrl / fp32 matmul floor {ratio['matmul_floor']:.0%}"
-    )
-    at_reference = ratio["plain"] * args.reference_plain
-    print(
-        f"at the reference machine speed (plain loop {args.reference_plain:.0f} steps/s; here "
-        f"{med['plain']:.0f}) the paired ratio gives {at_reference:.0f} steps/s"
-    )
+    at_reference = {}
+    for k in mine:
+        at_reference[k] = ratio[f"{k}/plain"] * args.reference_plain
+        print(
+            f"paired ratios: {k} / plain eager loop {ratio[f'{k}/plain']:.2f}x, "
+            f"/ fp32 matmul floor {ratio[f'{k}/matmul_floor']:.0%}; at the reference machine "
+            f"speed (plain loop {args.reference_plain:.0f} steps/s; here {med['plain']:.0f}): "
+            f"{at_reference[k]:.0f} steps/s"
+        )
 
     # end to end: the trainer with logging and checkpoints, on a replay folder of this shape
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,13 +282,19 @@ def main() -> None:
         from sepsisrl.rl.trainer import train
 
         n = args.e2e_steps
-        cfg = load_train_config(overrides={"steps": n, "log_every": n // 4,
-                                           "checkpoint_every": n // 2, "threads": args.threads})  # fmt: skip
-        res = train(replay, cfg, Path(tmp) / "run")
-        print(
-            f"train() end to end, {n:,} steps incl. batch sampling, logging and 1 checkpoint: "
-            f"{res.steps_per_second:.1f} steps/s"
-        )
+        end_to_end = {}
+        for compiled in (False, True) if args.compile else (False,):
+            cfg = load_train_config(overrides={
+                "steps": n, "log_every": n // 4, "checkpoint_every": n // 2,
+                "threads": args.threads, "compile": compiled,
+            })  # fmt: skip
+            res = train(replay, cfg, Path(tmp) / f"run_compile_{compiled}")
+            end_to_end["compile" if compiled else "eager"] = res.steps_per_second
+            extra = f" (+ {res.compile_seconds:.2f} s compiling)" if compiled else ""
+            print(
+                f"train() end to end, compile={str(compiled).lower()}, {n:,} steps incl. batch "
+                f"sampling, logging and 1 checkpoint: {res.steps_per_second:.1f} steps/s{extra}"
+            )
     concurrent: list[float] = []
     if args.concurrent:
         concurrent = concurrent_seeds(args.concurrent, 1500)
@@ -290,11 +311,12 @@ def main() -> None:
         "rounds": args.rounds,
         "block": args.block,
         "steps_per_second": med,
-        "paired_ratio_of_sepsisrl_to": ratio,
+        "paired_ratios": ratio,
         "reference_plain_steps_per_second": args.reference_plain,
-        "sepsisrl_at_reference_speed": at_reference,
+        "at_reference_speed": at_reference,
+        "compile_seconds": compile_seconds,
         "all": rates,
-        "train_end_to_end": res.steps_per_second,
+        "train_end_to_end": end_to_end,
         "concurrent_single_thread_processes": concurrent,
     }
     (out / "train.json").write_text(json.dumps(doc, indent=2) + "\n")

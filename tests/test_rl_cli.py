@@ -147,13 +147,14 @@ def test_cli_errors_exit_2_with_a_message_and_no_traceback(workspace: Path, tmp_
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("keep me")
-    bad_algo, no_replay, no_preset, taken = run_all(
+    bad_algo, no_replay, no_preset, taken, compile_cql = run_all(
         train_cmd("--replay", replay, "--set", "algo=xyz", "--out", out),
         train_cmd("--replay", tmp_path / "no_such_replay", "--out", out),
         train_cmd("--replay", replay, "--preset", "no_such_preset", "--out", out),
         train_cmd("--replay", replay, "--steps", "2", *FAST_CLI, "--out", existing),
+        train_cmd("--replay", replay, "--algo", "cql", "--compile", "--out", out),
     )
-    for proc in (bad_algo, no_replay, no_preset, taken):
+    for proc in (bad_algo, no_replay, no_preset, taken, compile_cql):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error:")
         assert "Traceback" not in proc.stderr
@@ -164,5 +165,6 @@ def test_cli_errors_exit_2_with_a_message_and_no_traceback(workspace: Path, tmp_
     assert "unknown preset 'no_such_preset'" in no_preset.stderr
     assert "iql_sofa_shaped_conservative_safe" in no_preset.stderr  # lists what exists
     assert "already holds a run; use --resume" in taken.stderr
+    assert "compile is available for iql only, not cql" in compile_cql.stderr
     assert not out.exists()
     assert [p.name for p in existing.iterdir()] == ["notes.txt"]

@@ -447,12 +447,16 @@ def test_resume_with_a_changed_architecture_or_algorithm_is_refused_clearly(
         train(replay, changed, interrupted, resume=True)
 
 
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize(
+    ("algo", "compiled"), [(a, False) for a in ALGOS] + [("iql", True)], ids=[*ALGOS, "iql-compile"]
+)
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one_bit_for_bit(
-    algo: str, replay: Path, tmp_path: Path
+    algo: str, compiled: bool, replay: Path, tmp_path: Path
 ):
     # 200 steps cross several epochs (transitions // 32 steps each); checkpoints every 40
-    cfg = fast_config(algo=algo, steps=200, log_every=10, checkpoint_every=40, seed=11)
+    cfg = fast_config(
+        algo=algo, steps=200, log_every=10, checkpoint_every=40, seed=11, compile=compiled
+    )
     full = train(replay, cfg, tmp_path / "full")
     assert full.resumed_from is None
 
@@ -507,3 +511,45 @@ def test_no_file_in_a_run_folder_is_a_pickle(runs: dict[str, Path], interrupted:
                 for line in path.read_text().splitlines():
                     json.loads(line)
     assert seen == {".safetensors", ".json", ".jsonl"}
+
+
+# -- compiled IQL step ---------------------------------------------------------------------------
+
+
+def test_compile_is_for_iql_only():
+    with pytest.raises(ConfigError, match="iql only"):
+        fast_config(algo="cql", compile=True)
+
+
+def test_compiled_iql_matches_eager_and_repeats_bit_for_bit(
+    runs: dict[str, Path], replay: Path, tmp_path: Path
+):
+    eager = tensors(runs["iql"] / "final" / "model.safetensors")
+    results = [
+        train(replay, fast_config(steps=TRAIN_STEPS, compile=True), tmp_path / f"compiled{i}")
+        for i in range(2)
+    ]
+    first, second = (tensors(r.run_dir / "final" / "model.safetensors") for r in results)
+    assert all(r.compile_seconds is not None and r.compile_seconds > 0 for r in results)
+    assert_same_tensors(first, second)  # a compiled run is reproducible
+    assert json.loads((results[0].run_dir / "config.json").read_text())["config"]["compile"]
+    for key in eager:  # and trains the same networks as the eager step, to float rounding
+        torch.testing.assert_close(first[key], eager[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_a_compile_failure_stops_before_the_first_step_and_says_what_to_do(
+    replay: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from sepsisrl.rl.iql import IQL
+
+    def broken(self) -> None:
+        def fail(*_args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        self.compute_gradients = fail
+
+    monkeypatch.setattr(IQL, "compile_step", broken)
+    with pytest.raises(ValueError, match=r"C\+\+ compiler.*--set compile=false"):
+        train(replay, fast_config(steps=50, compile=True), tmp_path / "run")
+    assert metrics(tmp_path / "run") == []  # no step was taken
+    assert not (tmp_path / "run" / "final").exists()

@@ -55,6 +55,7 @@ class TrainConfig(StrictModel):
     reward_column: str
     device: str
     threads: int = Field(ge=0)
+    compile: bool
     log_every: int = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
     keep_checkpoints: int = Field(ge=1)
@@ -66,6 +67,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _multiples(self) -> TrainConfig:
+        if self.compile and self.algo != "iql":
+            raise ValueError(f"compile is available for iql only, not {self.algo}")
         if self.checkpoint_every % self.log_every:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of "

@@ -93,6 +93,9 @@ class TrainResult:
     steps_per_second: float
     resumed_from: int | None
     final_metrics: dict[str, float]
+    compile_seconds: float | None = (
+        None  # with ``compile``: the one-off compilation, not in ``seconds``
+    )
 
 
 def train(
@@ -189,6 +192,9 @@ def train(
         (run / "config.json").write_text(json.dumps(config_doc, indent=2) + "\n")
         (run / "metrics.jsonl").write_text("")
 
+    compile_seconds = (
+        _compile(algo, data, perm[: cfg.batch_size].to(device)) if cfg.compile else None
+    )
     sums: torch.Tensor | None = None  # running sums of the step metrics, one vector
     window_start = time.perf_counter()
     started = time.perf_counter()
@@ -240,8 +246,29 @@ def train(
     if end == total:
         _write_final(run, algo, cfg, total, last)
     return TrainResult(
-        run, end, seconds, done / max(seconds, 1e-9), start if checkpoint else None, last
-    )
+        run, end, seconds, done / max(seconds, 1e-9), start if checkpoint else None, last,
+        compile_seconds,
+    )  # fmt: skip
+
+
+def _compile(algo, data: Transitions, idx: torch.Tensor) -> float:
+    """Compile the algorithm's gradient step now, on a batch of the right shape.
+
+    Only gradients are computed (no weight changes), so the run's numbers do not depend on
+    it; a failure (e.g. no C++ compiler for torch.compile on CPU) is reported before any
+    training step, with what to do instead.
+    """
+    t0 = time.perf_counter()
+    algo.compile_step()
+    try:
+        algo.compute_gradients(*data.batch(idx))
+    except Exception as exc:  # torch.compile raises many types; all mean "cannot compile here"
+        raise ValueError(
+            f"compile=true: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}). On "
+            "CPU it needs a C++ compiler (g++ or clang++) on PATH; install one, or train "
+            "without compile (--set compile=false)."
+        ) from exc
+    return time.perf_counter() - t0
 
 
 def _write_final(run: Path, algo, cfg: TrainConfig, total: int, last: dict[str, float]) -> None:
