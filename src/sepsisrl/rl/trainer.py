@@ -93,9 +93,8 @@ class TrainResult:
     steps_per_second: float
     resumed_from: int | None
     final_metrics: dict[str, float]
-    compile_seconds: float | None = (
-        None  # with ``compile``: the one-off compilation, not in ``seconds``
-    )
+    # with ``compile``: the one-off compilation time, not included in ``seconds``
+    compile_seconds: float | None = None
 
 
 def train(
