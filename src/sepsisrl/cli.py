@@ -294,7 +294,10 @@ def evaluate(
         Path | None, typer.Option("--bundle", help="An exported model repository.")
     ] = None,
     policy: Annotated[
-        str | None, typer.Option("--policy", help="clinician | no_treatment | random")
+        str | None,
+        typer.Option(
+            "--policy", help="clinician | no_treatment | random | constant:K | rule:map_lactate"
+        ),
     ] = None,
     final: Annotated[
         bool,
@@ -326,7 +329,7 @@ flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
         raise UserError("give exactly one of --run, --bundle or --policy")
     kind = "run" if run is not None else ("bundle" if bundle is not None else "named")
     spec = chosen[0]
-    name = Path(spec).name if kind != "named" else str(spec)
+    name = Path(spec).name if kind != "named" else str(spec).replace(":", "-")
     split = "test" if final else "validation"
     if out is None:
         out = replay.absolute().parent.parent / "eval" / f"{name}-{split}"
@@ -344,6 +347,73 @@ flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
     typer.echo(
         json.dumps({"out": str(out), "split": doc["split"], "metrics": doc["metrics"]}, indent=2)
     )
+
+
+@app.command()
+def truth(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", help="A workspace built from a synthetic world.")
+    ],
+    run: Annotated[Path | None, typer.Option("--run", help="A training run folder.")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="An exported model repository.")
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            "--policy", help="clinician | no_treatment | random | constant:K | rule:map_lactate"
+        ),
+    ] = None,
+    patients: Annotated[
+        int, typer.Option("--patients", min=1, help="Fresh patients to simulate.")
+    ] = 2000,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the fresh patients (disjoint from the world's)."),
+    ] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: <workspace>/truth/<name>-s<seed>)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """The TRUE 90-day mortality and value of a policy in the synthetic world.
+
+    Fresh patients of the workspace's world (never its training patients) are simulated under \
+the clinicians and built with the workspace's configuration to find the cohort and each \
+episode's decision grid; then the same patients are simulated again with the policy deciding \
+on that grid from states computed by the build's own state function. Writes truth.json: \
+mortality and value with 95 % CIs and the paired difference from the clinicians. Only for \
+synthetic worlds. RESEARCH ONLY.
+    """
+    from sepsisrl.truth.harness import compute_truth
+    from sepsisrl.truth.policies import PolicySpecError, world_policy
+    from sepsisrl.truth.world import TruthContext, TruthError
+
+    try:
+        ctx = TruthContext.load(workspace)
+        pol = world_policy(
+            policy, run, bundle, ctx.feature_names, 25, seed, workspace=ctx.workspace
+        )
+    except (TruthError, PolicySpecError) as exc:
+        raise UserError(str(exc)) from exc
+    name = pol.name.replace(":", "-")
+    out = out or ctx.workspace / "truth" / f"{name}-s{seed}-n{patients}"
+    with _progress(quiet) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(f"{phase} (patients)", total=total)
+            bar.update(tasks[phase], completed=done)
+
+        try:
+            doc = compute_truth(workspace, pol, out, patients, seed, ctx=ctx, progress=progress)
+        except (TruthError, PolicySpecError) as exc:
+            raise UserError(str(exc)) from exc
+    keys = ("policy", "episodes", "mortality_90d", "value", "clinicians",
+            "difference_from_clinicians")  # fmt: skip
+    typer.echo(json.dumps({"out": str(out), **{k: doc[k] for k in keys}}, indent=2))
 
 
 @app.command()

@@ -16,6 +16,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,6 +97,25 @@ def rows_sha256(stay_ids: np.ndarray, steps: np.ndarray | None = None) -> str:
     return h.hexdigest()
 
 
+def step_treatment(con: duckdb.DuckDBPyConnection, cfg: BuildConfig) -> pa.Table:
+    """Vasopressor rate and fluid volume of every action window of view ``steps``."""
+    sql = render(
+        "step_treatment", step=cfg.episodes.step_hours, vasopressors=sorted(cfg.vasopressors)
+    )
+    return fetch_arrow(con, f"SELECT * FROM ({sql}) ORDER BY stay_id, step")
+
+
+def cumulative_before(stay: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per row, the sum of ``x`` over the earlier rows of the same stay (rows sorted)."""
+    first = np.ones(len(stay), dtype=bool)
+    first[1:] = stay[1:] != stay[:-1]
+    group = np.cumsum(first) - 1
+    c = np.cumsum(x)
+    start = np.flatnonzero(first)
+    offset = np.concatenate([[0.0], c[start[1:] - 1]]) if len(start) else np.zeros(0)
+    return c - x - offset[group]
+
+
 def run_actions(
     episodes_dir: Path, meas_dir: Path, splits_dir: Path, cfg: BuildConfig, out: Path
 ) -> dict[str, Any]:
@@ -106,10 +126,7 @@ def run_actions(
     con.execute(
         f"CREATE VIEW infusions AS SELECT * FROM read_parquet('{meas_dir / 'infusions.parquet'}')"
     )
-    sql = render(
-        "step_treatment", step=cfg.episodes.step_hours, vasopressors=sorted(cfg.vasopressors)
-    )
-    table = fetch_arrow(con, f"SELECT * FROM ({sql}) ORDER BY stay_id, step")
+    table = step_treatment(con, cfg)
     con.close()
     manifest = pq.read_table(splits_dir / "manifest.parquet")
     split_of = dict(
@@ -126,16 +143,7 @@ def run_actions(
     vb, fb = vbins.transform(vaso), fbins.transform(fluid)
     action = (cfg.actions.fluid_bins * vb + fb).astype(np.int16)
     # cumulative treatment before each decision time: sum over the episode's earlier windows
-    first = np.ones(len(stay), dtype=bool)
-    first[1:] = stay[1:] != stay[:-1]
-    group = np.cumsum(first) - 1
     hours = cfg.episodes.step_hours
-
-    def before(x: np.ndarray) -> np.ndarray:
-        c = np.cumsum(x)
-        start = np.flatnonzero(first)
-        offset = np.concatenate([[0.0], c[start[1:] - 1]]) if len(start) else np.zeros(0)
-        return c - x - offset[group]
 
     out_table = pa.table(
         {
@@ -146,8 +154,8 @@ def run_actions(
             "vaso_bin": vb,
             "fluid_bin": fb,
             "action": action,
-            "cum_iv_fluid_ml_before": before(fluid),
-            "cum_vaso_dose_before": before(vaso * hours),
+            "cum_iv_fluid_ml_before": cumulative_before(stay, fluid),
+            "cum_vaso_dose_before": cumulative_before(stay, vaso * hours),
         }
     )
     pq.write_table(out_table, out / "step_actions.parquet")

@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 
 from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.tables import ZSTD, TableSink, as_sink
 from sepsisrl.mimic.source import MimicSource, SourceError
 
 CHART_CONCEPTS = (
@@ -120,21 +121,32 @@ def antibiotic_filter(cfg: BuildConfig) -> str:
     )
 
 
-def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
-    con = connect(cfg, out.parent)
+def run_ingest(
+    src: MimicSource,
+    cfg: BuildConfig,
+    out: Path | TableSink,
+    check_dictionaries: bool = True,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> dict[str, Any]:
+    """``out``: the stage folder, or in-memory tables (``build/tables.py``) with ``con``, an
+    open connection left open. ``check_dictionaries=False`` is for a rollout's rows, whose
+    world the build checked."""
+    sink = as_sink(out)
+    own = con is None
+    con = con or connect(cfg, Path(out).parent)
     info: dict[str, Any] = {
         "source": {"root": str(src.root), "kind": src.kind, "version": src.version}
     }
-    info["dictionaries"] = check_item_ids(con, src, cfg)
+    if check_dictionaries:
+        info["dictionaries"] = check_item_ids(con, src, cfg)
     rows: dict[str, int] = {}
     seconds: dict[str, float] = {}
 
     def copy(name: str, query: str) -> None:
-        target = out / f"{name}.parquet"
         started = time.perf_counter()
-        con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+        sink.write(con, name, query, ZSTD)
         seconds[name] = round(time.perf_counter() - started, 3)
-        rows[name] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
+        rows[name] = con.execute(f"SELECT count(*) FROM {sink.relation(name)}").fetchone()[0]
 
     copy(
         "icustays",
@@ -206,5 +218,6 @@ def run_ingest(src: MimicSource, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     )
     info["rows_kept"] = rows
     info["seconds_per_table"] = seconds
-    con.close()
+    if own:
+        con.close()
     return info

@@ -6,7 +6,8 @@ Output (``measurements/``):
                         IV-fluid volumes, one row per inputevents row
   urine.parquet         signed urine volumes per charted row
   ventilation.parquet   times documented as mechanically ventilated
-  weights.parquet       first admission weight per stay (kg)
+  weights.parquet       first charted weight per stay (kg), else the first weight recorded
+                        with an infusion; each candidate with the time it was recorded
   audit.json            kept / dropped counts per concept, unit problems
 """
 
@@ -20,17 +21,16 @@ import duckdb
 from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.ingest import connect
 from sepsisrl.build.sqlfiles import Raw, render
+from sepsisrl.build.tables import PLAIN, ZSTD, TableSink, as_sink
 
 
 class UnitError(ValueError):
     """Rows carry units the pipeline cannot convert (listed, never silently zero)."""
 
 
-def _views(con: duckdb.DuckDBPyConnection, folder: Path, names: list[str]) -> None:
+def _views(con: duckdb.DuckDBPyConnection, source: TableSink, names: list[str]) -> None:
     for name in names:
-        con.execute(
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{folder / name}.parquet')"
-        )
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {source.relation(name)}")
 
 
 def item_params(cfg: BuildConfig) -> dict[str, Any]:
@@ -41,9 +41,18 @@ def valid_ranges(cfg: BuildConfig) -> dict[str, tuple[float, float]]:
     return {f.name: f.valid for f in cfg.features if f.valid is not None}
 
 
-def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
-    con = connect(cfg, out.parent)
-    _views(con, ingest_dir, ["chart", "labs", "inputs", "outputs", "icustays"])
+def run_measurements(
+    ingest_dir: Path | TableSink,
+    cfg: BuildConfig,
+    out: Path | TableSink,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> dict[str, Any]:
+    """``ingest_dir`` / ``out``: stage folders, or in-memory tables (``build/tables.py``) with
+    ``con``, an open connection left open (its temporary tables are replaced)."""
+    source, sink = as_sink(ingest_dir), as_sink(out)
+    own = con is None
+    con = con or connect(cfg, Path(out).parent)
+    _views(con, source, ["chart", "labs", "inputs", "outputs", "icustays"])
     p = item_params(cfg)
     text_items = sorted(
         set(p["gcs_eye"] + p["gcs_verbal"] + p["gcs_motor"] + p["o2_device"] + p["ventilator_mode"])
@@ -66,32 +75,35 @@ def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str,
         arterial_only=sorted(p["pao2"] + p["paco2"] + p["arterial_ph"] + p["base_excess"]),
     )
     con.execute(
-        "CREATE TEMP TABLE raw_measurements AS "
+        "CREATE OR REPLACE TEMP TABLE raw_measurements AS "
         + " UNION ALL ".join(f"SELECT * FROM (\n{q}\n)" for q in (chart_sql, gcs_sql, lab_sql))
     )
     ranges = valid_ranges(cfg)
     values = ", ".join(f"('{k}', {lo}, {hi})" for k, (lo, hi) in ranges.items())
-    con.execute(f"CREATE TEMP TABLE ranges AS SELECT * FROM (VALUES {values}) t(concept, lo, hi)")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE ranges AS SELECT * FROM (VALUES {values}) t(concept, lo, hi)"
+    )
     counts = con.execute(
         """SELECT m.concept, count(*) AS n,
                   count(*) FILTER (WHERE r.concept IS NOT NULL AND (m.value < r.lo OR m.value > r.hi)) AS dropped
            FROM raw_measurements m LEFT JOIN ranges r USING (concept)
            GROUP BY m.concept ORDER BY m.concept"""
     ).fetchall()
-    con.execute(
-        f"""COPY (
-              SELECT m.stay_id, m.charttime, m.concept, m.arterial, m.value
-              FROM raw_measurements m LEFT JOIN ranges r USING (concept)
-              WHERE r.concept IS NULL OR (m.value >= r.lo AND m.value <= r.hi)
-              ORDER BY m.stay_id, m.concept, m.charttime, m.arterial, m.value
-            ) TO '{out / "measurements.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
+    sink.write(
+        con,
+        "measurements",
+        """SELECT m.stay_id, m.charttime, m.concept, m.arterial, m.value
+           FROM raw_measurements m LEFT JOIN ranges r USING (concept)
+           WHERE r.concept IS NULL OR (m.value >= r.lo AND m.value <= r.hi)
+           ORDER BY m.stay_id, m.concept, m.charttime, m.arterial, m.value""",
+        ZSTD,
     )
     # infusions
     agents = ", ".join(
         f"({v.itemid}, '{name}', {v.factor})" for name, v in cfg.vasopressors.items()
     )
     con.execute(
-        "CREATE TEMP TABLE infusions AS "
+        "CREATE OR REPLACE TEMP TABLE infusions AS "
         + render("infusions", agents=Raw(agents), dobutamine=p["dobutamine"])
     )
     unknown = con.execute(
@@ -112,53 +124,56 @@ def run_measurements(ingest_dir: Path, cfg: BuildConfig, out: Path) -> dict[str,
             "Add a conversion, or set source.fail_on_unknown_rate_unit: false to drop them "
             "(they are then listed in measurements/audit.json)."
         )
-    con.execute(
-        f"""COPY (SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
-                         agent_rate * factor AS ne_rate, fluid_ml
-                  FROM infusions
-                  WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
-                  ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml)
-            TO '{out / "infusions.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
+    sink.write(
+        con,
+        "infusions",
+        """SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
+                  agent_rate * factor AS ne_rate, fluid_ml
+           FROM infusions
+           WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
+           ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml""",
+        ZSTD,
     )
     urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
     max_row = urine_spec.valid[1] if urine_spec and urine_spec.valid else 2000
     urine_sql = render("urine", urine_negative=p["urine_negative"], max_row=float(max_row))
     urine_total = con.execute("SELECT count(*) FROM outputs").fetchone()[0]
-    con.execute(
-        f"COPY ({urine_sql}) TO '{out / 'urine.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
-    )
-    urine_kept = con.execute(
-        f"SELECT count(*) FROM read_parquet('{out / 'urine.parquet'}')"
-    ).fetchone()[0]
+    sink.write(con, "urine", urine_sql, ZSTD)
+    urine_kept = con.execute(f"SELECT count(*) FROM {sink.relation('urine')}").fetchone()[0]
     vent_sql = render(
         "ventilation",
         ventilator_mode=p["ventilator_mode"],
         o2_device=p["o2_device"],
         devices=list(cfg.ventilation.devices),
     )
-    con.execute(
-        f"COPY ({vent_sql} ORDER BY stay_id, charttime) TO '{out / 'ventilation.parquet'}' (FORMAT parquet)"
-    )
-    # first admission weight per stay: charted weight, else the weight recorded with infusions
+    sink.write(con, "ventilation", f"{vent_sql} ORDER BY stay_id, charttime", PLAIN)
+    # first weight per stay: charted weight, else the weight recorded with an infusion. The
+    # state uses each candidate only from the time it was recorded (build/state.py).
     lo, hi = ranges.get("weight_kg", (20.0, 400.0))
-    con.execute(
-        f"""COPY (
-              WITH charted AS (
-                  SELECT stay_id, arg_min(value, [epoch(charttime), value]) AS weight_kg
-                  FROM read_parquet('{out / "measurements.parquet"}')
+    sink.write(
+        con,
+        "weights",
+        f"""WITH charted AS (
+                  SELECT stay_id, arg_min(value, [epoch(charttime), value]) AS weight_kg,
+                         min(charttime) AS weight_time
+                  FROM {sink.relation("measurements")}
                   WHERE concept = 'weight_kg' GROUP BY stay_id
               ), infused AS (
-                  SELECT stay_id, arg_min(patientweight, [epoch(starttime), patientweight]) AS weight_kg
+                  SELECT stay_id, arg_min(patientweight, [epoch(starttime), patientweight]) AS weight_kg,
+                         min(starttime) AS weight_time
                   FROM inputs WHERE patientweight BETWEEN {lo} AND {hi} GROUP BY stay_id
               )
               SELECT i.stay_id, coalesce(c.weight_kg, f.weight_kg) AS weight_kg,
                      CASE WHEN c.weight_kg IS NOT NULL THEN 'chartevents'
-                          WHEN f.weight_kg IS NOT NULL THEN 'inputevents' END AS weight_source
+                          WHEN f.weight_kg IS NOT NULL THEN 'inputevents' END AS weight_source,
+                     c.weight_kg AS charted_kg, c.weight_time AS charted_time,
+                     f.weight_kg AS infusion_kg, f.weight_time AS infusion_time
               FROM icustays i LEFT JOIN charted c USING (stay_id) LEFT JOIN infused f USING (stay_id)
-              ORDER BY i.stay_id
-            ) TO '{out / "weights.parquet"}' (FORMAT parquet)"""
+              ORDER BY i.stay_id""",
+        PLAIN,
     )
-    con.close()
+    if own:
+        con.close()
     return {
         "concepts": {c: {"rows": n, "dropped_out_of_range": d} for c, n, d in counts},
         "unknown_rate_units": [{"agent": a, "rateuom": u, "rows": n} for a, u, n in unknown],

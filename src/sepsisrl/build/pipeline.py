@@ -38,6 +38,10 @@ STAGES = (
 )  # fmt: skip
 
 
+class _Stop(Exception):
+    """Raised after the ``stop_after`` stage."""
+
+
 @dataclass
 class BuildSummary:
     workspace: Path
@@ -81,8 +85,16 @@ def build(
     cfg: BuildConfig,
     force: bool = False,
     on_stage: Callable[[str, str], None] | None = None,
+    stop_after: str | None = None,
 ) -> BuildSummary:
-    """Build (or bring up to date) the replay datasets of ``workspace`` from ``source``."""
+    """Build (or bring up to date) the replay datasets of ``workspace`` from ``source``.
+
+    ``stop_after`` ends the build after that stage (the truth harness needs the cohort and its
+    decision grid only); no summary is written then. The resolved configuration is written to
+    ``build_config.json`` so that later commands (``sepsisrl truth``) apply the same one.
+    """
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     started = time.perf_counter()
     src: MimicSource = open_source(source, cfg.source.kind, cfg.source.version)
     ws = Workspace(workspace)
@@ -105,6 +117,8 @@ def build(
         summary.stages.append(res)
         if on_stage:
             on_stage(name, "skipped" if res.skipped else f"done in {res.seconds:.1f} s")
+        if name == stop_after:
+            raise _Stop
 
     p = ws.path
     source_info = {
@@ -114,85 +128,97 @@ def build(
         "fingerprint": src.fingerprint(),
         "fingerprint_method": "sha256 of file names, sizes, first and last MiB",
     }
-    stage(
-        "ingest",
-        {
-            "source": source_info["fingerprint"],
-            "cfg": _section(cfg, "items", "vasopressors", "sepsis"),
-            "kind": src.kind,
-            "version": src.version,
-        },
-        lambda out: run_ingest(src, cfg, out),
-    )
-    stage(
-        "measurements",
-        {
-            "_after": ["ingest"],
-            "cfg": _section(
-                cfg, "items", "vasopressors", "gcs", "ventilation", "features", "source", "sepsis"
+    write_json(ws.root / "build_config.json", cfg.model_dump(mode="json"))
+    try:
+        stage(
+            "ingest",
+            {
+                "source": source_info["fingerprint"],
+                "cfg": _section(cfg, "items", "vasopressors", "sepsis"),
+                "kind": src.kind,
+                "version": src.version,
+            },
+            lambda out: run_ingest(src, cfg, out),
+        )
+        stage(
+            "measurements",
+            {
+                "_after": ["ingest"],
+                "cfg": _section(
+                    cfg,
+                    "items",
+                    "vasopressors",
+                    "gcs",
+                    "ventilation",
+                    "features",
+                    "source",
+                    "sepsis",
+                ),
+            },
+            lambda out: run_measurements(p("ingest"), cfg, out),
+        )
+        stage(
+            "sepsis",
+            {"_after": ["ingest", "measurements"], "cfg": _section(cfg, "sepsis", "ventilation")},
+            lambda out: run_sepsis(p("ingest"), p("measurements"), cfg, out),
+        )
+        stage(
+            "cohort",
+            {
+                "_after": ["ingest", "sepsis"],
+                "cfg": _section(cfg, "cohort"),
+                "mortality_days": cfg.rewards.mortality_days,
+            },
+            lambda out: run_cohort(p("ingest"), p("sepsis"), cfg, out),
+        )
+        stage(
+            "episodes",
+            {"_after": ["cohort"], "cfg": _section(cfg, "episodes")},
+            lambda out: run_episodes(p("cohort"), cfg, out),
+        )
+        stage(
+            "splits",
+            {"_after": ["cohort", "episodes"], "cfg": _section(cfg, "split")},
+            lambda out: run_splits(p("cohort"), p("episodes"), cfg, out),
+        )
+        stage(
+            "actions",
+            {
+                "_after": ["episodes", "measurements", "splits"],
+                "cfg": _section(cfg, "actions", "episodes"),
+            },
+            lambda out: run_actions(p("episodes"), p("measurements"), p("splits"), cfg, out),
+        )
+        stage(
+            "features",
+            {
+                "_after": ["episodes", "measurements", "actions", "splits", "cohort"],
+                "cfg": _section(cfg, "features", "normal_values", "normalisation", "episodes"),
+            },
+            lambda out: run_features(
+                p("episodes"), p("measurements"), p("actions"), p("splits"), p("cohort"), cfg, out
             ),
-        },
-        lambda out: run_measurements(p("ingest"), cfg, out),
-    )
-    stage(
-        "sepsis",
-        {"_after": ["ingest", "measurements"], "cfg": _section(cfg, "sepsis", "ventilation")},
-        lambda out: run_sepsis(p("ingest"), p("measurements"), cfg, out),
-    )
-    stage(
-        "cohort",
-        {
-            "_after": ["ingest", "sepsis"],
-            "cfg": _section(cfg, "cohort"),
-            "mortality_days": cfg.rewards.mortality_days,
-        },
-        lambda out: run_cohort(p("ingest"), p("sepsis"), cfg, out),
-    )
-    stage(
-        "episodes",
-        {"_after": ["cohort"], "cfg": _section(cfg, "episodes")},
-        lambda out: run_episodes(p("cohort"), cfg, out),
-    )
-    stage(
-        "splits",
-        {"_after": ["cohort", "episodes"], "cfg": _section(cfg, "split")},
-        lambda out: run_splits(p("cohort"), p("episodes"), cfg, out),
-    )
-    stage(
-        "actions",
-        {
-            "_after": ["episodes", "measurements", "splits"],
-            "cfg": _section(cfg, "actions", "episodes"),
-        },
-        lambda out: run_actions(p("episodes"), p("measurements"), p("splits"), cfg, out),
-    )
-    stage(
-        "features",
-        {
-            "_after": ["episodes", "measurements", "actions", "splits", "cohort"],
-            "cfg": _section(cfg, "features", "normal_values", "normalisation", "episodes"),
-        },
-        lambda out: run_features(
-            p("episodes"), p("measurements"), p("actions"), p("splits"), p("cohort"), cfg, out
-        ),
-    )
-    stage(
-        "replay",
-        {
-            "_after": ["features", "actions", "cohort", "sepsis", "splits"],
-            "cfg": _section(cfg, "rewards"),
-            "source": source_info,
-        },
-        lambda out: run_replay(
-            p("features"), p("actions"), p("cohort"), p("sepsis"), cfg, source_info, out
-        ),
-    )
-    stage(
-        "audit",
-        {"_after": list(keys), "cfg": _section(cfg, "rewards", "features")},
-        lambda out: run_leakage_audit(ws.root, cfg, out),
-    )
+        )
+        stage(
+            "replay",
+            {
+                "_after": ["features", "actions", "cohort", "sepsis", "splits"],
+                "cfg": _section(cfg, "rewards"),
+                "source": source_info,
+            },
+            lambda out: run_replay(
+                p("features"), p("actions"), p("cohort"), p("sepsis"), cfg, source_info, out
+            ),
+        )
+        stage(
+            "audit",
+            {"_after": list(keys), "cfg": _section(cfg, "rewards", "features")},
+            lambda out: run_leakage_audit(ws.root, cfg, out),
+        )
 
+    except _Stop:
+        summary.seconds = time.perf_counter() - started
+        return summary
     summary.seconds = time.perf_counter() - started
     cohort_audit = read_json(p("cohort") / "audit.json")
     episodes_audit = read_json(p("episodes") / "audit.json")

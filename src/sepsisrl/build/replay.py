@@ -26,6 +26,7 @@ from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.ingest import connect, fetch_arrow
 from sepsisrl.build.preprocessing import StatePreprocessor
 from sepsisrl.build.splits import SPLITS
+from sepsisrl.build.state import model_input
 from sepsisrl.workspace import read_json, write_json
 
 REPLAY_SCHEMA_VERSION = "1"
@@ -101,8 +102,12 @@ def run_replay(
     sofa = sofa_at_decision_times(state, sepsis_dir / "sofa_hourly.parquet", cfg)
     base = prep.names
     raw = np.column_stack([state[c].to_numpy() for c in base])
-    normalised = prep.normalise(raw)
     flags = [n for n in cfg.feature_names if n.endswith("_missing")]
+    model_states = model_input(
+        prep,
+        raw,
+        np.column_stack([state[n].to_numpy() for n in flags]) if flags else np.zeros((len(raw), 0)),
+    )
     feature_names = cfg.feature_names
     split = state["split"].to_numpy(zero_copy_only=False)
     labels = action_labels(cfg.actions.vaso_bins, cfg.actions.fluid_bins)
@@ -119,10 +124,8 @@ def run_replay(
             "reward": reward,
             "done": done,
         }
-        for j, name in enumerate(base):
-            cols[f"s_{name}"] = normalised[:, j]
-        for name in flags:
-            cols[f"s_{name}"] = state[name].to_numpy().astype(np.float32)
+        for j, name in enumerate(feature_names):
+            cols[f"s_{name}"] = model_states[:, j]
         cols["reward_eval"] = reward_eval
         cols["sofa"] = sofa.astype(np.int16)
         cols["hours_since_onset_raw"] = state["hours_since_onset"].to_numpy().astype(np.float32)

@@ -43,7 +43,13 @@ from sepsisrl.ope.importance import (
 )
 from sepsisrl.ope.safety import REQUIRED_FEATURES, bins, safety_flags, subgroups
 from sepsisrl.rl.data import ReplayMeta, Transitions, load_meta, load_split
-from sepsisrl.rl.policies import ClinicianPolicy, NoTreatmentPolicy, RandomPolicy, TrainedPolicy
+from sepsisrl.rl.policies import (
+    ClinicianPolicy,
+    NoTreatmentPolicy,
+    RandomPolicy,
+    TrainedPolicy,
+    _Deterministic,
+)
 
 NAMED_POLICIES = ("clinician", "no_treatment", "random")
 EVAL_REWARD = "reward_eval"
@@ -97,15 +103,61 @@ class BundlePolicy(TrainedPolicy):
         return super().logits(np.asarray(states)[:, self.order])
 
 
+class ConstantPolicy(_Deterministic):
+    """Always the same action id (``constant:K``)."""
+
+    def __init__(self, n_actions: int, action: int) -> None:
+        self.n_actions = n_actions
+        self.action = int(action)
+        self.name = f"constant:{action}"
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        return np.full(len(states), self.action, dtype=np.int64)
+
+
+class StateRulePolicy(_Deterministic):
+    """A hand-written rule on the state's raw values (``rule:NAME``), un-normalised with the
+    build's statistics."""
+
+    def __init__(self, name: str, meta: ReplayMeta) -> None:
+        from sepsisrl.truth.policies import map_lactate_actions
+
+        ref = meta.raw.get("preprocessing")
+        path = (meta.path.parent.parent / ref) if ref else None
+        if path is None or not path.is_file():
+            raise EvaluationError(
+                f"rule:{name} needs the build's preprocessing statistics next to {meta.path} "
+                f"({ref or 'features/preprocessing.json'} not found)"
+            )
+        self.prep = StatePreprocessor.from_json(json.loads(path.read_text()))
+        self.names = meta.feature_names
+        self.n_actions = meta.n_actions
+        self.rule = map_lactate_actions
+        self.name = f"rule:{name}"
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        from sepsisrl.truth.policies import raw_from_normalised
+
+        return self.rule(raw_from_normalised(self.prep, self.names, np.asarray(states)))
+
+
 def make_policy(spec: str | Path, kind: str, meta: ReplayMeta, behaviour: BehaviourModel):
     if kind == "named":
-        if spec == "clinician":
+        from sepsisrl.truth.policies import PolicySpecError, parse_spec
+
+        try:
+            name, arg = parse_spec(str(spec), meta.n_actions)
+        except PolicySpecError as exc:
+            raise EvaluationError(str(exc)) from exc
+        if name == "clinician":
             return ClinicianPolicy(behaviour.probabilities, meta.n_actions)
-        if spec == "no_treatment":
+        if name == "no_treatment":
             return NoTreatmentPolicy(meta.n_actions)
-        if spec == "random":
+        if name == "random":
             return RandomPolicy(meta.n_actions)
-        raise EvaluationError(f"unknown policy {spec!r}; expected one of {NAMED_POLICIES}")
+        if name == "constant":
+            return ConstantPolicy(meta.n_actions, int(arg))
+        return StateRulePolicy(str(arg), meta)
     if kind == "bundle":
         return BundlePolicy(spec, meta.feature_names)
     policy = TrainedPolicy(spec)

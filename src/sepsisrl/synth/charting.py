@@ -148,6 +148,9 @@ class ChartContext:
     text: TextDictionary = field(default_factory=TextDictionary)
     #: urine collected but not yet charted, per stay; set when charting hour by hour
     urine_carry: np.ndarray | None = None
+    #: added to row ids (specimen, labevent, order ids) so that charting hour by hour, one
+    #: call per hour, never repeats an id; 0 when a whole chunk is charted at once
+    id_offset: int = 0
 
     def times(self) -> np.ndarray:
         h = self.hourly
@@ -585,7 +588,7 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             continue
         rows = rows_all[idx]
         k = len(idx)
-        specimen = ctx.id_base + specimen_counter + np.arange(k)
+        specimen = ctx.id_base + ctx.id_offset + specimen_counter + np.arange(k)
         specimen_counter += k
         draw_t = t[idx] + rng.integers(0, 60, k) * 60
         venous = (
@@ -647,7 +650,7 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     flag = text.to_arrow(np.where(flag_abn, text.code("abnormal"), -1))
     order = np.lexsort((cols["itemid"], cols["t"], cols["stay"]))
     take = pa.array(order)
-    ids = ctx.id_base + np.arange(n)
+    ids = ctx.id_base + ctx.id_offset + np.arange(n)
     tab = _table(
         "labevents",
         {
@@ -720,7 +723,7 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     order_counter = [0]
 
     def new_orders(k: int) -> np.ndarray:
-        ids = ctx.id_base + order_counter[0] + np.arange(k)
+        ids = ctx.id_base + ctx.id_offset + order_counter[0] + np.arange(k)
         order_counter[0] += k
         return ids
 

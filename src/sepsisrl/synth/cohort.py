@@ -7,6 +7,7 @@ M > N stays with the same seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -122,44 +123,70 @@ def _minutes(t: np.ndarray) -> np.ndarray:
     return (np.asarray(t, dtype=np.int64) // 60) * 60
 
 
+#: ``run(ordinal, simulator) -> SimulationResult``: how one ordinal's stays are simulated
+#: (default: ``Simulator.run``; the truth harness steps it hour by hour to chart causally).
+StayRunner = Callable[[int, Simulator], SimulationResult]
+
+
+def chunk_entropy(seed: int | tuple[int, ...], chunk_index: int) -> list[int]:
+    """Entropy of one chunk's random streams: ``[seed, chunk]`` (a world) or ``[*seed, chunk]``."""
+    return [*seed, chunk_index] if isinstance(seed, tuple) else [seed, chunk_index]
+
+
 def simulate_chunk(
     cfg: SynthConfig,
-    seed: int,
+    seed: int | tuple[int, ...],
     chunk_index: int,
     attendings: Attendings,
     first_subject_index: int,
     n_subjects: int,
+    run: StayRunner | None = None,
+    plan: list[Stays] | None = None,
 ) -> ChunkResult:
-    """Simulate every ICU stay of ``n_subjects`` subjects (1-3 stays each)."""
-    root = np.random.SeedSequence([seed, chunk_index])
+    """Simulate every ICU stay of ``n_subjects`` subjects (1-3 stays each).
+
+    ``seed`` is a world's integer seed, or a tuple of integers for a stream disjoint from
+    every world (the truth harness's fresh patients). ``plan`` re-simulates the stays of an
+    earlier call (one ``Stays`` per ordinal) with the same random numbers instead of drawing
+    readmissions anew; a planned stay counts only if its patient is still alive at its
+    admission in this run.
+    """
+    root = np.random.SeedSequence(chunk_entropy(seed, chunk_index))
     pop_seed, stays_seed, sim_seed, outcome_seed = root.spawn(4)
     rng_pop = np.random.default_rng(pop_seed)
     subjects = sample_subjects(cfg, rng_pop, first_subject_index, n_subjects)
     rng_stays = np.random.default_rng(stays_seed)
     rng_out = np.random.default_rng(outcome_seed)
     sim_seeds = sim_seed.spawn(3)
+    run = run or (lambda ordinal, sim: sim.run())
 
     next_admit = subjects.first_admit_time.copy()
     death_known = np.full(n_subjects, -1, dtype=np.int64)  # epoch s of death, -1 unknown
     stays_parts: list[Stays] = []
     sim_parts: list[SimulationResult] = []
     time_parts: list[Timeline] = []
-    for ordinal in range(3):
-        eligible = (subjects.n_planned_stays > ordinal) & (
-            (death_known < 0) | (death_known > next_admit)
-        )
-        pos = np.flatnonzero(eligible)
-        if len(pos) == 0:
-            break
-        stays = sample_stays(
-            cfg, rng_stays, subjects, pos, ordinal, next_admit[pos], len(attendings.fluid_bias)
-        )
-        sim = Simulator(cfg, stays, attendings, sim_seeds[ordinal]).run()
+    for ordinal in range(3 if plan is None else len(plan)):
+        if plan is None:
+            eligible = (subjects.n_planned_stays > ordinal) & (
+                (death_known < 0) | (death_known > next_admit)
+            )
+            pos = np.flatnonzero(eligible)
+            if len(pos) == 0:
+                break
+            stays = sample_stays(
+                cfg, rng_stays, subjects, pos, ordinal, next_admit[pos], len(attendings.fluid_bias)
+            )
+        else:
+            stays = plan[ordinal]
+            pos = stays.subject_pos
+        sim = run(ordinal, Simulator(cfg, stays, attendings, sim_seeds[ordinal]))
         timeline = _timeline(cfg, rng_out, stays, sim)
         stays_parts.append(stays)
         sim_parts.append(sim)
         time_parts.append(timeline)
         died = timeline.death_time >= 0
+        if plan is not None:  # a planned readmission after this run's death does not happen
+            died &= (death_known[pos] < 0) | (death_known[pos] > stays.admit_time)
         death_known[pos] = np.where(died, timeline.death_time, death_known[pos])
         gap = np.maximum(lognormal(rng_out, cfg.population.readmission_gap_days, len(pos)), 2.0)
         next_admit[pos] = _minutes(timeline.dischtime + gap * SECONDS_PER_DAY)
@@ -173,6 +200,14 @@ def simulate_chunk(
     sofa = hourly_sofa(sim.hourly, stays.first_line)
     truth = _truth(stays, sim, timeline, sofa)
     return ChunkResult(subjects, stays, sim, timeline, truth, sofa)
+
+
+def ordinal_plan(chunk: ChunkResult) -> list[Stays]:
+    """The stays of ``chunk`` per ordinal, in simulation order (for ``simulate_chunk(plan=)``)."""
+    out = []
+    for ordinal in range(int(chunk.stays.ordinal.max()) + 1 if chunk.stays.n else 0):
+        out.append(chunk.stays.take(np.flatnonzero(chunk.stays.ordinal == ordinal)))
+    return out
 
 
 def _timeline(

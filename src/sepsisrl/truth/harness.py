@@ -1,0 +1,209 @@
+"""``sepsisrl truth``: the true 90-day mortality and value of a policy in the synthetic world.
+
+    population (cached)  fresh patients of the workspace's world, simulated under the
+                         clinicians, charted hour by hour, built to episodes
+    rollout              the same patients again, the policy in control on the replay's grid
+    truth.json           mortality and value with 95 % CIs, the paired difference from the
+                         clinicians (the population's own outcomes), counts, fingerprints
+
+The clinicians' outcome of each episode is the population's (its cohort's ``died_90d`` and
+number of steps, exactly as the replay would record them); a policy's outcome is paired with
+it patient by patient (common random numbers), so the difference is the policy's effect.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sepsisrl import __version__
+from sepsisrl.truth.policies import WorldPolicy
+from sepsisrl.truth.rollout import RolloutOutcome, rollout_population, wilson
+from sepsisrl.truth.world import (
+    Population,
+    TruthContext,
+    TruthError,
+    fresh_entropy,
+    population_key,
+    simulate_population,
+)
+from sepsisrl.workspace import atomic_folder, write_json
+
+Z95 = 1.959963984540054
+DEFAULT_PATIENTS = 2000
+LIMITS = [
+    "The world's clock is hourly: a decision at tau acts from the first full hour at or after "
+    "tau, for 4 hours; within them the dose is constant (clinicians titrate every hour).",
+    "An action bin is given as one representative dose (the median logged dose inside the bin "
+    "in the build's train data): the vasopressor as the stay's first-line agent at that "
+    "norepinephrine-equivalent rate, with no vasopressin, epinephrine add-on, dobutamine or "
+    "bolus; the fluid as normal saline at a constant rate.",
+    "The cohort and each episode's decision grid are those of the patients under the "
+    "clinicians (as in the replay); a policy cannot move the Sepsis-3 onset or leave the cohort.",
+    "Antibiotics, ventilation and all care outside the grid stay with the simulated clinicians.",
+    "The truth is the truth of this simulator, not of real patients.",
+]
+
+
+def population_for(
+    ctx: TruthContext,
+    n_patients: int = DEFAULT_PATIENTS,
+    seed: int = 0,
+    cache: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Population:
+    """The fresh population of ``ctx``'s world for ``seed`` (cached under the workspace)."""
+    entropy = fresh_entropy(ctx.world_seed, seed)
+    root = Path(cache) if cache else ctx.workspace / "truth" / "populations"
+    folder = root / population_key(ctx, entropy, n_patients)
+    return simulate_population(ctx, entropy, n_patients, folder, progress)
+
+
+def mean_ci(x: np.ndarray) -> dict[str, float]:
+    n = len(x)
+    m = float(np.mean(x)) if n else math.nan
+    se = float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": m, "ci95": [m - Z95 * se, m + Z95 * se], "se": se}
+
+
+def clinician_reference(pop: Population, ctx: TruthContext) -> pa.Table:
+    """The clinicians' outcome per episode: the population's cohort and episodes."""
+    cohort = pop.cohort().select(["stay_id", "died_90d"])
+    episodes = pop.episodes().select(["stay_id", "n_steps"])
+    died = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
+    stays = episodes["stay_id"].to_numpy()
+    d = np.array([bool(died[s]) for s in stays.tolist()])
+    steps = episodes["n_steps"].to_numpy().astype(np.int64)
+    terminal = np.where(d, ctx.terminal_died, ctx.terminal_survived)
+    return pa.table(
+        {
+            "stay_id": stays,
+            "died_90d": d,
+            "steps": steps,
+            "return_eval": ctx.gamma ** (np.maximum(steps, 1) - 1) * terminal,
+        }
+    ).sort_by("stay_id")
+
+
+def summarise(
+    ctx: TruthContext,
+    pop: Population,
+    policy_name: str,
+    result: RolloutOutcome,
+    reference: pa.Table,
+) -> dict[str, Any]:
+    ep = result.episodes.sort_by("stay_id")
+    if ep["stay_id"].to_pylist() != reference["stay_id"].to_pylist():
+        raise RuntimeError("truth: the rollout's episodes are not the population's")
+    died = ep["died_90d"].to_numpy(zero_copy_only=False).astype(bool)
+    ret = ep["return_eval"].to_numpy()
+    ref_died = reference["died_90d"].to_numpy(zero_copy_only=False).astype(bool)
+    ref_ret = reference["return_eval"].to_numpy()
+    n = len(died)
+    dec = result.decisions
+    acts = dec["action"].to_numpy()
+    own = acts[acts >= 0]
+    return {
+        "policy": policy_name,
+        "patients_simulated": pop.n_patients,
+        "episodes": n,
+        "decisions": len(acts),
+        "decisions_deferred_to_clinicians": int((acts < 0).sum()),
+        "mortality_90d": {
+            "mean": float(died.mean()) if n else math.nan,
+            "ci95": list(wilson(int(died.sum()), n)),
+        },
+        "value": mean_ci(ret),
+        "clinicians": {
+            "mortality_90d": {
+                "mean": float(ref_died.mean()) if n else math.nan,
+                "ci95": list(wilson(int(ref_died.sum()), n)),
+            },
+            "value": mean_ci(ref_ret),
+        },
+        "difference_from_clinicians": {
+            "paired": True,
+            "mortality_90d": mean_ci(died.astype(float) - ref_died.astype(float)),
+            "value": mean_ci(ret - ref_ret),
+        },
+        "mean_steps": float(ep["steps"].to_numpy().mean()) if n else math.nan,
+        "policy_actions": {
+            "mean_vaso_bin": float((own // ctx.stats.n_fluid_bins).mean()) if len(own) else None,
+            "mean_fluid_bin": float((own % ctx.stats.n_fluid_bins).mean()) if len(own) else None,
+        },
+        "evaluation_reward": {
+            "terminal_survived": ctx.terminal_survived,
+            "terminal_died": ctx.terminal_died,
+            "gamma": ctx.gamma,
+            "return": "gamma^(T-1) * terminal, T = decisions while in the ICU",
+        },
+    }
+
+
+def compute_truth(
+    workspace: str | Path,
+    policy: WorldPolicy,
+    out: str | Path,
+    n_patients: int = DEFAULT_PATIENTS,
+    seed: int = 0,
+    ctx: TruthContext | None = None,
+    population: Population | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``out/truth.json`` (and ``out/episodes.parquet``) for ``policy``."""
+    started = time.perf_counter()
+    ctx = ctx or TruthContext.load(workspace)
+    if n_patients < 1:
+        raise TruthError(f"--patients must be at least 1, got {n_patients}")
+    t0 = time.perf_counter()
+    pop = population or population_for(
+        ctx,
+        n_patients,
+        seed,
+        progress=(lambda d, t: progress("population", d, t)) if progress else None,
+    )
+    pop_seconds = time.perf_counter() - t0
+    if pop.cohort().num_rows == 0:
+        raise TruthError(f"no cohort episode among the {n_patients} simulated patients")
+    out = Path(out)
+    with atomic_folder(out) as tmp:
+        t1 = time.perf_counter()
+        result = rollout_population(
+            ctx,
+            pop,
+            policy,
+            tmp / ".work",
+            progress=(lambda d, t: progress("rollout", d, t)) if progress else None,
+        )
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        rollout_seconds = time.perf_counter() - t1
+        doc = summarise(ctx, pop, policy.name, result, clinician_reference(pop, ctx))
+        doc = {
+            "schema_version": "1",
+            "created_by": f"sepsisrl {__version__}",
+            **doc,
+            "seed": seed,
+            "patients_are_fresh": True,
+            "patient_stream": "disjoint from the world's (seed entropy [world seed, "
+            f"{hex(fresh_entropy(0, 0)[1])}, seed])",
+            "fingerprints": {**ctx.fingerprints, "build": ctx.build_fingerprint()},
+            "workspace": str(ctx.workspace),
+            "limits": LIMITS,
+            "seconds": {
+                "population": round(pop_seconds, 2),
+                "rollout": round(rollout_seconds, 2),
+                "total": round(time.perf_counter() - started, 2),
+                "state_function_calls": None,
+            },
+        }
+        pq.write_table(result.episodes, tmp / "episodes.parquet")
+        write_json(tmp / "truth.json", doc)
+    return doc

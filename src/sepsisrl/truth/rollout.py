@@ -1,0 +1,476 @@
+"""Re-simulate a population's patients with a policy in control from the first decision time.
+
+The population's stays were simulated once under the clinicians and built to episodes
+(``truth/world.py``); that fixed each cohort stay's Sepsis-3 onset and its decision grid
+tau_k = onset - 24 h + 4 h * k (the replay's grid, pre-onset steps included). Here the same
+stays are simulated again with the same random numbers. Up to the first decision time nothing
+differs. At each decision time the build's state function runs over the rows charted so far
+(``truth/online.py``) and the policy chooses an action; its two bins become doses taken from
+the build's train data (the median logged dose inside each bin, ``actions/bins.json``): the
+vasopressor as the stay's first-line agent at that norepinephrine-equivalent rate, the fluid as
+a crystalloid infusion of the bin's 4-hour volume. The world's clock is hourly, so a decision
+at tau acts from the first full hour at or after tau until the next decision; antibiotics,
+ventilation and everything outside the grid stay with the clinicians.
+
+A step exists while the patient is in the ICU at tau (as in the replay); the episode's return
+under the evaluation reward is gamma^(T-1) * (+15 alive / -15 dead 90 days after onset), the
+90-day outcome computed by the build's cohort SQL from the re-simulated patients and admissions
+tables, anchored at the grid's onset.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sepsisrl.build.ingest import run_ingest
+from sepsisrl.build.sqlfiles import Raw, render
+from sepsisrl.build.state import flag_matrix, model_input
+from sepsisrl.mimic.schema import TABLES
+from sepsisrl.mimic.source import open_source
+from sepsisrl.synth import tables
+from sepsisrl.synth.cohort import chunk_entropy, simulate_chunk
+from sepsisrl.synth.hourly import (
+    CHARTED_TABLES,
+    HourlyCharter,
+    chunk_tables,
+    icu_end_time,
+    run_charted,
+)
+from sepsisrl.synth.population import SECONDS_PER_HOUR
+from sepsisrl.synth.simulator import Simulator
+from sepsisrl.truth.online import OnlineStateFunction
+from sepsisrl.truth.policies import DEFER, WorldPolicy
+from sepsisrl.truth.world import Population, TruthContext, write_tables
+
+US = 1_000_000
+_ONLINE_TABLES = (
+    "chartevents", "labevents", "inputevents", "outputevents", "patients", "admissions",
+    "icustays",
+)  # fmt: skip
+
+
+@dataclass
+class Decisions:
+    """Every decision of a rollout (one row per stay and step)."""
+
+    stay_id: list[np.ndarray] = field(default_factory=list)
+    step: list[np.ndarray] = field(default_factory=list)
+    tau: list[np.ndarray] = field(default_factory=list)
+    action: list[np.ndarray] = field(default_factory=list)  # chosen (-1: clinicians)
+    raw: list[np.ndarray] = field(default_factory=list)  # (n, state_dim) raw, if recorded
+    normalised: list[np.ndarray] = field(default_factory=list)
+
+    def table(self, names: list[str] | None = None) -> pa.Table:
+        cols = {
+            "stay_id": _cat(self.stay_id, np.int64),
+            "step": _cat(self.step, np.int64),
+            "tau": pa.array(_cat(self.tau, np.int64), pa.timestamp("us")),
+            "action": _cat(self.action, np.int64),
+        }
+        tab = pa.table(cols)
+        if names and self.raw:
+            raw = np.concatenate(self.raw)
+            norm = np.concatenate(self.normalised)
+            for j, n in enumerate(names):
+                tab = tab.append_column(n, pa.array(raw[:, j]))
+            for j, n in enumerate(names):
+                tab = tab.append_column(f"norm_{n}", pa.array(norm[:, j]))
+        order = np.lexsort((tab["step"].to_numpy(), tab["stay_id"].to_numpy()))
+        return tab.take(pa.array(order))
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+@dataclass
+class RolloutOutcome:
+    """Per cohort episode: the policy's true outcome (and the rollout's decisions)."""
+
+    episodes: pa.Table  # stay_id, died_90d, steps, return_eval
+    decisions: pa.Table
+    physiology: pa.Table | None = None  # hourly true MAP, HR, lactate of the cohort stays
+    tables_dir: Path | None = None
+
+
+class _Grid:
+    """Decision grid of the cohort stays of one ordinal batch."""
+
+    def __init__(self, pop_steps: pa.Table, cohort: pa.Table, ctx: TruthContext) -> None:
+        e = ctx.build_cfg.episodes
+        stay = cohort["stay_id"].to_numpy()
+        onset = cohort["onset_time"].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+        first_k = {}
+        for s, k in zip(
+            pop_steps["stay_id"].to_numpy().tolist(),
+            pop_steps["grid_k"].to_numpy().tolist(),
+            strict=True,
+        ):
+            first_k[s] = min(first_k.get(s, k), k)
+        self.taus: dict[int, np.ndarray] = {}
+        for s, o in zip(stay.tolist(), onset.tolist(), strict=True):
+            if s not in first_k:
+                continue
+            ks = np.arange(first_k[s], e.n_steps, dtype=np.int64)
+            self.taus[s] = o - e.hours_before_onset * 3600 * US + ks * e.step_hours * 3600 * US
+        self.subject = dict(
+            zip(stay.tolist(), cohort["subject_id"].to_numpy().tolist(), strict=True)
+        )
+        self.step_hours = e.step_hours
+
+
+def rollout_population(
+    ctx: TruthContext,
+    pop: Population,
+    policy: WorldPolicy,
+    workdir: Path,
+    record_states: bool = False,
+    keep_tables: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RolloutOutcome:
+    """The policy's true outcome on every cohort episode of ``pop``."""
+    workdir = Path(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cohort = pop.cohort()
+    episodes = pop.episodes()
+    cohort = cohort.filter(
+        pa.compute.is_in(cohort["stay_id"], episodes["stay_id"].combine_chunks())
+    ).sort_by("stay_id")
+    grid = _Grid(pop.steps(), cohort, ctx)
+    age_tab = cohort.select(["stay_id", "age", "onset_time"])
+    online = OnlineStateFunction(ctx.build_cfg, ctx.stats, workdir / "online")
+    decisions = Decisions()
+    names = ctx.feature_names
+    vaso_dose = np.asarray(ctx.stats.vaso_bins.representative, dtype=np.float64)
+    fluid_dose = np.asarray(ctx.stats.fluid_bins.representative, dtype=np.float64)
+    n_fluid = ctx.stats.n_fluid_bins
+    all_tables: dict[str, list[pa.Table]] = {}
+    physiology: list[pa.Table] = []
+    chunks = pop.chunks()
+    for c, first, n in chunks:
+        plan = pop.plan(c)
+        entropy = chunk_entropy(pop.seed, c)
+        charters: dict[int, HourlyCharter] = {}
+        state: dict[int, dict] = {}
+
+        def hook(ordinal: int, sim: Simulator, charter: HourlyCharter, state=state) -> None:
+            if ordinal not in state:
+                state[ordinal] = _batch_state(sim, grid)
+            b = state[ordinal]
+            if not len(b["idx"]):
+                return
+            h = int(sim.h)
+            sim.override &= ~b["control_over"](h)
+            pending = b["next"] < b["n_taus"]
+            if not pending.any():
+                return
+            tau_us = np.full(len(b["idx"]), np.iinfo(np.int64).max)
+            tau_us[pending] = [
+                grid.taus[s][k]
+                for s, k in zip(
+                    b["stay"][pending].tolist(), b["next"][pending].tolist(), strict=True
+                )
+            ]
+            hour_end_us = (b["admit"] + h * SECONDS_PER_HOUR) * US
+            due = pending & (tau_us <= hour_end_us)
+            if not due.any():
+                return
+            icu_end = sim.icu_end_h[b["idx"]]
+            out_us = np.where(
+                np.isnan(icu_end),
+                np.iinfo(np.int64).max,
+                icu_end_time(b["admit"], icu_end) * US,
+            )
+            ended = due & (tau_us >= out_us)  # the stay left the ICU before this step
+            b["next"][ended] = b["n_taus"][ended]
+            due &= ~ended
+            if not due.any():
+                return
+            pos = np.flatnonzero(due)
+            stays_due = b["stay"][pos]
+            k = b["next"][pos].copy()
+            if policy.needs_state or record_states:
+                grid_tab = _grid_table(grid, stays_due, k)
+                charted = _cohort_rows(b, charter)
+                static = {
+                    "icustays": _icustays(sim, b["idx"][pos]),
+                    "patients": TABLES["patients"].arrow_schema().empty_table(),
+                    "admissions": TABLES["admissions"].arrow_schema().empty_table(),
+                }
+                st, _ = online(charted, static, grid_tab, age_tab)
+                last = np.ones(len(st.stay_id), dtype=bool)
+                last[:-1] = st.stay_id[1:] != st.stay_id[:-1]
+                flags = flag_matrix(st, ctx.build_cfg)[last]
+                base = st.matrix()[last]
+                norm = model_input(st.prep, base, flags)
+                raw = np.concatenate([base, flags], axis=1)
+                raw_d = {nm: raw[:, j] for j, nm in enumerate(names)}
+                if record_states:
+                    decisions.raw.append(raw)
+                    decisions.normalised.append(norm)
+            else:
+                norm = np.zeros((len(pos), len(names)), dtype=np.float32)
+                raw_d = {}
+            actions = np.asarray(policy.decide(norm, raw_d), dtype=np.int64).reshape(-1)
+            if actions.shape != (len(pos),):
+                raise ValueError(f"policy {policy.name} returned {actions.shape} for {len(pos)}")
+            bad = (actions < DEFER) | (actions >= len(vaso_dose) * n_fluid)
+            if bad.any():
+                raise ValueError(f"policy {policy.name} returned invalid actions {actions[bad]}")
+            decisions.stay_id.append(stays_due)
+            decisions.step.append(k)
+            decisions.tau.append(tau_us[pos])
+            decisions.action.append(actions)
+            sim_idx = b["idx"][pos]
+            active = sim.active[sim_idx]
+            ext = (actions >= 0) & active
+            a = np.where(actions >= 0, actions, 0)
+            sim.override[sim_idx] = ext
+            sim.override_vaso_eq[sim_idx] = vaso_dose[a // n_fluid]
+            sim.override_fluid_ml_h[sim_idx] = fluid_dose[a % n_fluid] / grid.step_hours
+            b["next"][pos] += 1
+
+        run = run_charted(pop.cfg, entropy, pop.attendings, charters, hook)
+        chunk = simulate_chunk(pop.cfg, pop.seed, c, pop.attendings, first, n, run=run, plan=plan)
+        for name, tab in chunk_tables(
+            pop.cfg, pop.seed, c, chunk, charters, pop.attendings
+        ).items():
+            all_tables.setdefault(name, []).append(tab)
+        physiology.append(_physiology(chunk, grid))
+        if progress is not None:
+            progress(first + n, pop.n_patients)
+    dec = decisions.table(names if record_states else None)
+    # what the charted tables say was given in each action window (the logged action), and,
+    # with record_states, the states recomputed from the complete tables afterwards
+    final_grid = dec.select(["stay_id", "step", "tau"])
+    final_grid = final_grid.append_column(
+        "subject_id",
+        pa.array([grid.subject[s] for s in dec["stay_id"].to_pylist()], pa.int64()),
+    ).select(["stay_id", "subject_id", "step", "tau"])
+    final_grid = final_grid.set_column(2, "step", final_grid["step"].cast(pa.int16()))
+    merged = {k: pa.concat_tables(v) for k, v in all_tables.items() if k in _ONLINE_TABLES}
+    after, treatment = online(merged, merged, final_grid, age_tab)
+    online.close()
+    logged = ctx.stats.action(
+        treatment["vaso_ne_rate"].to_numpy(), treatment["fluid_ml"].to_numpy()
+    )
+    dec = dec.append_column("logged_action", pa.array(logged))
+    dec = dec.append_column("logged_vaso_ne_rate", treatment["vaso_ne_rate"])
+    dec = dec.append_column("logged_fluid_ml", treatment["fluid_ml"])
+    if record_states:
+        flags = flag_matrix(after, ctx.build_cfg)
+        base = after.matrix()
+        for j, nm in enumerate(names):
+            col = base[:, j] if j < base.shape[1] else flags[:, j - base.shape[1]]
+            dec = dec.append_column(f"after_{nm}", pa.array(col))
+
+    raw_dir = workdir / "raw"
+    write_tables(raw_dir, all_tables)
+    del all_tables
+    outcome = _outcomes(ctx, pop, cohort, raw_dir, workdir / "outcome")
+    steps = _steps_taken(dec, outcome)
+    ep = outcome.append_column("steps", pa.array(steps))
+    terminal = np.where(
+        ep["died_90d"].to_numpy(zero_copy_only=False), ctx.terminal_died, ctx.terminal_survived
+    )
+    ret = ctx.gamma ** (np.maximum(steps, 1) - 1) * terminal
+    ep = ep.append_column("return_eval", pa.array(ret))
+    result = RolloutOutcome(
+        episodes=ep,
+        decisions=dec,
+        physiology=pa.concat_tables(physiology),
+        tables_dir=raw_dir if keep_tables else None,
+    )
+    if not keep_tables:
+        shutil.rmtree(raw_dir, ignore_errors=True)
+    return result
+
+
+def _physiology(chunk, grid: _Grid) -> pa.Table:
+    """True hourly MAP, heart rate and lactate of the chunk's cohort stays, with whether the
+    hour ended before the episode's first decision (identical under every policy)."""
+    H = chunk.sim.hourly
+    stay_id = chunk.stays.stay_id[H["stay"]]
+    keep = np.array([s in grid.taus for s in stay_id.tolist()], dtype=bool)
+    stay_id = stay_id[keep]
+    h = H["h"][keep].astype(np.int64)
+    hour_end_us = (chunk.stays.admit_time[H["stay"][keep]] + (h + 1) * SECONDS_PER_HOUR) * US
+    first = np.array([grid.taus[s][0] for s in stay_id.tolist()], dtype=np.int64)
+    return pa.table(
+        {
+            "stay_id": stay_id,
+            "h": h,
+            "map": H["map"][keep],
+            "hr": H["hr"][keep],
+            "lactate": H["lactate"][keep],
+            "before_first_decision": hour_end_us <= first,
+        }
+    )
+
+
+def _cohort_rows(b: dict, charter: HourlyCharter) -> dict[str, pa.Table]:
+    """The rows charted so far for the batch's cohort stays (kept incrementally)."""
+    keys = {
+        "stay_id": pa.array(b["stay"], pa.int64()),
+        "subject_id": pa.array(b["subject"], pa.int64()),
+    }
+    out = {}
+    for name in CHARTED_TABLES:
+        parts = charter.parts[name]
+        store = b["store"].setdefault(name, [])
+        for tab in parts[b["seen"].get(name, 0) :]:
+            key = "subject_id" if name == "labevents" else "stay_id"
+            rows = tab.filter(pc.is_in(tab[key], keys[key]))
+            if rows.num_rows:
+                store.append(rows)
+        b["seen"][name] = len(parts)
+        if len(store) > 32:
+            store[:] = [pa.concat_tables(store).combine_chunks()]
+        out[name] = pa.concat_tables(store) if store else TABLES[name].arrow_schema().empty_table()
+    return out
+
+
+def _batch_state(sim: Simulator, grid: _Grid) -> dict:
+    st = sim.stays
+    in_cohort = np.array([s in grid.taus for s in st.stay_id.tolist()], dtype=bool)
+    idx = np.flatnonzero(in_cohort)
+    stay = st.stay_id[idx]
+    admit = st.admit_time[idx].astype(np.int64)
+    n_taus = np.array([len(grid.taus[s]) for s in stay.tolist()], dtype=np.int64)
+    # control ends with the last action window: tau_last + step_hours
+    end_us = np.array(
+        [grid.taus[s][-1] + grid.step_hours * 3600 * US for s in stay.tolist()], dtype=np.int64
+    )
+    end_h = np.ceil((end_us / US - admit) / SECONDS_PER_HOUR).astype(np.int64)
+    mask = np.zeros(sim.n, dtype=bool)
+
+    def control_over(h: int) -> np.ndarray:
+        mask[:] = False
+        mask[idx] = h >= end_h
+        return mask
+
+    return {
+        "idx": idx,
+        "stay": stay,
+        "subject": st.subject_id[idx],
+        "store": {},
+        "seen": {},
+        "admit": admit,
+        "n_taus": n_taus,
+        "next": np.zeros(len(idx), dtype=np.int64),
+        "control_over": control_over,
+    }
+
+
+def _grid_table(grid: _Grid, stays: np.ndarray, k: np.ndarray) -> pa.Table:
+    order = np.argsort(stays, kind="stable")
+    stays, k = stays[order], k[order]
+    rep = k + 1
+    stay_col = np.repeat(stays, rep)
+    step_col = np.concatenate([np.arange(r) for r in rep.tolist()])
+    tau = np.concatenate(
+        [grid.taus[s][:r] for s, r in zip(stays.tolist(), rep.tolist(), strict=True)]
+    )
+    subj = np.array([grid.subject[s] for s in stay_col.tolist()], dtype=np.int64)
+    return pa.table(
+        {
+            "stay_id": stay_col.astype(np.int64),
+            "subject_id": subj,
+            "step": step_col.astype(np.int16),
+            "tau": pa.array(tau, pa.timestamp("us")),
+        }
+    )
+
+
+def _icustays(sim: Simulator, idx: np.ndarray) -> pa.Table:
+    st = sim.stays
+    admit = st.admit_time[idx].astype(np.int64)
+    intime = admit + st.pre_icu_h[idx].astype(np.int64) * SECONDS_PER_HOUR
+    end = sim.icu_end_h[idx]
+    out = icu_end_time(admit, end)
+    schema = TABLES["icustays"].arrow_schema()
+    cols = {}
+    for f in schema:
+        if f.name == "subject_id":
+            cols[f.name] = pa.array(st.subject_id[idx], f.type)
+        elif f.name == "hadm_id":
+            cols[f.name] = pa.array(st.hadm_id[idx], f.type)
+        elif f.name == "stay_id":
+            cols[f.name] = pa.array(st.stay_id[idx], f.type)
+        elif f.name == "intime":
+            cols[f.name] = pa.array(intime, pa.timestamp("s")).cast(f.type)
+        elif f.name == "outtime":
+            cols[f.name] = pa.array(out, pa.timestamp("s"), mask=np.isnan(end)).cast(f.type)
+        else:
+            cols[f.name] = pa.nulls(len(idx), f.type)
+    return pa.table(cols, schema=schema)
+
+
+def _outcomes(
+    ctx: TruthContext, pop: Population, cohort: pa.Table, raw_dir: Path, work: Path
+) -> pa.Table:
+    """died_90d of every cohort stay: the build's cohort SQL over the re-simulated tables,
+    with the population's Sepsis-3 onset."""
+    work.mkdir(parents=True, exist_ok=True)
+    ingest = work / "ingest"
+    ingest.mkdir()
+    src = open_source(raw_dir, kind="synthetic", version="3.1")
+    run_ingest(src, ctx.build_cfg, ingest, check_dictionaries=False)
+    con = duckdb.connect()
+    for name in ("icustays", "patients", "admissions"):
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{ingest / name}.parquet')")
+    con.execute(
+        f"CREATE VIEW onset AS SELECT * FROM read_parquet('{pop.ws / 'sepsis' / 'onset.parquet'}')"
+    )
+    c = ctx.build_cfg.cohort
+    sql = render(
+        "cohort",
+        min_age=c.min_age,
+        max_age_clause=Raw(f"anchor_age > {c.max_age}" if c.max_age is not None else "false"),
+        min_los=c.min_icu_los_hours,
+        before_intime=c.onset_window_before_intime_hours,
+        mortality_days=ctx.build_cfg.rewards.mortality_days,
+        first_overall=c.first_stay == "first_overall",
+    )
+    con.register("wanted", cohort.select(["stay_id"]))
+    got = con.sql(
+        f"""SELECT r.stay_id, r.died_90d, r.outtime, r.death_time
+            FROM ({sql}) r JOIN wanted USING (stay_id) ORDER BY r.stay_id"""
+    ).to_arrow_table()
+    con.close()
+    if got.num_rows != cohort.num_rows:
+        raise RuntimeError(
+            f"truth: {cohort.num_rows - got.num_rows} cohort stays are missing from the rollout"
+        )
+    return got
+
+
+def _steps_taken(dec: pa.Table, outcome: pa.Table) -> np.ndarray:
+    """Decisions per episode (a step exists while the patient is in the ICU at tau)."""
+    stays = outcome["stay_id"].to_numpy()
+    counts = dict(zip(*np.unique(dec["stay_id"].to_numpy(), return_counts=True), strict=True))
+    return np.array([int(counts.get(s, 0)) for s in stays.tolist()], dtype=np.int64)
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (centre - half, centre + half)
+
+
+__all__ = ["Decisions", "RolloutOutcome", "pq", "rollout_population", "tables", "wilson"]

@@ -1,0 +1,248 @@
+"""`sepsisrl truth`: the build's state function online, rollouts on the replay's MDP, paired
+patients, calibration against the replay, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sepsisrl.build.config import load_build_config
+from sepsisrl.build.pipeline import build
+from sepsisrl.truth.harness import clinician_reference, compute_truth, population_for
+from sepsisrl.truth.policies import (
+    Constant,
+    PolicySpecError,
+    Recorder,
+    parse_spec,
+    world_policy,
+)
+from sepsisrl.truth.rollout import rollout_population
+from sepsisrl.truth.world import TruthContext, TruthError, generate_hourly_world
+from sepsisrl.workspace import write_json
+from tests.conftest import small_config
+
+SPLITS = ("train", "validation", "test")
+
+
+@pytest.fixture(scope="module")
+def own_world(tmp_path_factory):
+    """A small world charted hour by hour, built, and its own patients as a population."""
+    root = tmp_path_factory.mktemp("truth_world")
+    pop = generate_hourly_world(root / "raw", 150, seed=5, cfg=small_config())
+    build(root / "raw", root / "ws", load_build_config())
+    write_json(root / "population.json", {"seed": 5, "note": "the world's own patients"})
+    ctx = TruthContext.load(root / "ws")
+    return root, pop, ctx
+
+
+@pytest.fixture(scope="module")
+def recorded(own_world):
+    root, pop, ctx = own_world
+    return rollout_population(ctx, pop, Recorder(), root / "work", record_states=True)
+
+
+def _replay(ws: Path, variant: str = "sparse") -> pa.Table:
+    parts = [pq.read_table(ws / "replay" / variant / f"replay_{s}.parquet") for s in SPLITS]
+    return pa.concat_tables(parts).sort_by([("stay_id", "ascending"), ("step", "ascending")])
+
+
+def test_online_states_equal_the_builds_row_for_row(own_world, recorded):
+    root, _, ctx = own_world
+    dec = recorded.decisions
+    built = pq.read_table(root / "ws" / "features" / "state_raw.parquet").sort_by(
+        [("stay_id", "ascending"), ("step", "ascending")]
+    )
+    assert dec.num_rows == built.num_rows > 100
+    assert dec["stay_id"].to_pylist() == built["stay_id"].to_pylist()
+    assert dec["step"].to_pylist() == built["step"].to_pylist()
+    assert dec["tau"].cast(pa.int64()).to_pylist() == built["tau"].cast(pa.int64()).to_pylist()
+    for name in ctx.feature_names:  # raw (clipped, imputed) values and missingness flags
+        np.testing.assert_allclose(
+            dec[name].to_numpy(), built[name].to_numpy().astype(np.float64), err_msg=name
+        )
+    replay = _replay(root / "ws")
+    online = np.column_stack([dec[f"norm_{n}"].to_numpy() for n in ctx.feature_names])
+    offline = np.column_stack([replay[f"s_{n}"].to_numpy() for n in ctx.feature_names])
+    np.testing.assert_allclose(online, offline, rtol=1e-6, atol=1e-6)
+
+
+def test_online_actions_equal_the_logged_actions(own_world, recorded):
+    root, _, _ = own_world
+    replay = _replay(root / "ws")
+    logged = recorded.decisions["logged_action"].to_numpy()
+    np.testing.assert_array_equal(logged, replay["action"].to_numpy())
+    # every decision was left to the clinicians
+    assert (recorded.decisions["action"].to_numpy() == -1).all()
+
+
+def test_states_at_decision_time_equal_states_from_the_complete_tables(own_world, recorded):
+    _, _, ctx = own_world
+    dec = recorded.decisions
+    for name in ctx.feature_names:
+        np.testing.assert_allclose(
+            dec[name].to_numpy(), dec[f"after_{name}"].to_numpy(), err_msg=name
+        )
+
+
+def test_deferring_rollout_reproduces_the_replay_outcomes(own_world, recorded):
+    _, pop, ctx = own_world
+    ref = clinician_reference(pop, ctx)
+    ep = recorded.episodes.sort_by("stay_id")
+    assert ep["stay_id"].to_pylist() == ref["stay_id"].to_pylist()
+    np.testing.assert_array_equal(ep["died_90d"].to_numpy(), ref["died_90d"].to_numpy())
+    np.testing.assert_array_equal(ep["steps"].to_numpy(), ref["steps"].to_numpy())
+    np.testing.assert_allclose(ep["return_eval"].to_numpy(), ref["return_eval"].to_numpy())
+
+
+def test_identical_policies_identical_outcomes_and_same_patients(own_world):
+    root, pop, _ = own_world
+    a = rollout_population(ctx_of(own_world), pop, Constant(0, "a"), root / "wa")
+    b = rollout_population(ctx_of(own_world), pop, Constant(0, "b"), root / "wb")
+    c = rollout_population(ctx_of(own_world), pop, Constant(24, "c"), root / "wc")
+    assert a.episodes.equals(b.episodes)
+    assert a.decisions.equals(b.decisions)
+    assert a.physiology.equals(b.physiology)
+    # a different policy treats the same patients: the same episodes, and the same true
+    # physiology hour by hour until the episode's first decision
+    assert a.episodes["stay_id"].to_pylist() == c.episodes["stay_id"].to_pylist()
+
+    def before(r):
+        return r.physiology.filter(r.physiology["before_first_decision"])
+
+    assert before(a).num_rows > 1000
+    assert before(a).equals(before(c))
+    # ...and its actions were applied: the charted action is mostly the chosen one, and the
+    # patients' course changed
+    fidelity = np.mean(c.decisions["logged_action"].to_numpy() == 24)
+    assert fidelity > 0.6, fidelity
+    assert not a.physiology.equals(c.physiology)
+
+
+def ctx_of(own_world):
+    return own_world[2]
+
+
+def test_clinicians_truth_agrees_with_the_replay_cohort(built, tmp_path):
+    """Fresh patients of the same world configuration, under the clinicians: their true
+    90-day mortality agrees with the replay cohort's observed mortality within sampling error."""
+    ws, _, _ = built
+    doc = compute_truth(ws, world_policy("clinician", None, None, [], 25, 0), tmp_path / "t",
+                        n_patients=700, seed=3)  # fmt: skip
+    truth_p, n1 = doc["mortality_90d"]["mean"], doc["episodes"]
+    cohort = pq.read_table(ws / "cohort" / "cohort.parquet")
+    episodes = pq.read_table(ws / "episodes" / "episodes.parquet")
+    died = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
+    obs = np.array([died[s] for s in episodes["stay_id"].to_pylist()], dtype=float)
+    p2, n2 = obs.mean(), len(obs)
+    pooled = (truth_p * n1 + p2 * n2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    assert n1 > 150 and n2 > 150
+    assert abs(truth_p - p2) < 3 * se, (truth_p, p2, se)
+    # the clinicians' paired difference from themselves is exactly zero
+    assert doc["difference_from_clinicians"]["mortality_90d"]["mean"] == 0.0
+    assert doc["decisions_deferred_to_clinicians"] == doc["decisions"]
+    saved = json.loads((tmp_path / "t" / "truth.json").read_text())
+    assert saved["patients_are_fresh"] and saved["fingerprints"]["build"]
+    # fresh patients: none of the replay's patients is simulated again
+    pop = population_for(TruthContext.load(ws), 700, 3)
+    assert pop.seed != 21 and len(pop.seed) == 3
+
+
+def test_spec_grammar():
+    assert parse_spec("constant:12") == ("constant", 12)
+    assert parse_spec("rule:map_lactate") == ("rule", "map_lactate")
+    assert parse_spec("no_treatment") == ("no_treatment", None)
+    for bad in ("constant:25", "constant:x", "constant:-1", "rule:nope", "fluids", ""):
+        with pytest.raises(PolicySpecError):
+            parse_spec(bad)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sepsisrl.cli", *args], capture_output=True, text=True
+    )
+
+
+def test_cli_refuses_a_non_synthetic_workspace(own_world, tmp_path):
+    root, _, _ = own_world
+    ws = tmp_path / "ws"
+    shutil.copytree(root / "ws", ws)
+    summary = json.loads((ws / "build_summary.json").read_text())
+    summary["source"]["kind"] = "mimic-iv"
+    (ws / "build_summary.json").write_text(json.dumps(summary))
+    res = _cli("truth", "--workspace", str(ws), "--policy", "clinician", "--patients", "10")
+    assert res.returncode == 2
+    assert "synthetic world" in res.stderr and "mimic-iv" in res.stderr
+    assert not (ws / "truth").exists()
+
+
+def test_cli_refuses_an_unknown_spec(own_world):
+    root, _, _ = own_world
+    res = _cli("truth", "--workspace", str(root / "ws"), "--policy", "constant:99")
+    assert res.returncode == 2 and "0..24" in res.stderr
+    res = _cli("truth", "--workspace", str(root / "ws"), "--policy", "morphine")
+    assert res.returncode == 2 and "unknown policy 'morphine'" in res.stderr
+
+
+def test_cli_refuses_a_bundle_with_other_features(own_world, tmp_path):
+    root, _, ctx = own_world
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    names = [*ctx.feature_names[:-1], "lactate_velocity"]
+    (bundle / "config.json").write_text(
+        json.dumps({"state_dim": 62, "n_actions": 25, "feature_names": names})
+    )
+    res = _cli("truth", "--workspace", str(root / "ws"), "--bundle", str(bundle))
+    assert res.returncode == 2 and "features do not match" in res.stderr
+
+
+def test_cli_refuses_a_run_trained_on_another_build(own_world, built, tmp_path):
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import train
+
+    other_ws, _, _ = built
+    cfg = load_train_config(overrides={
+        "algo": "bc", "steps": 4, "hidden_sizes": [8], "batch_size": 16, "log_every": 2,
+        "checkpoint_every": 2,
+    })  # fmt: skip
+    run = train(other_ws / "replay" / "sparse", cfg, tmp_path / "run").run_dir
+    root, _, _ = own_world
+    res = _cli("truth", "--workspace", str(root / "ws"), "--run", str(run))
+    assert res.returncode == 2 and "another build" in res.stderr
+    with pytest.raises(PolicySpecError, match="exactly one"):
+        world_policy("clinician", run, None, [], 25, 0)
+
+
+def test_truth_of_a_trained_run_end_to_end(own_world, tmp_path):
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import train
+
+    root, _, _ = own_world
+    cfg = load_train_config(overrides={
+        "algo": "bc", "steps": 4, "hidden_sizes": [8], "batch_size": 16, "log_every": 2,
+        "checkpoint_every": 2,
+    })  # fmt: skip
+    run = train(root / "ws" / "replay" / "sparse", cfg, tmp_path / "run").run_dir
+    out = tmp_path / "truth"
+    res = _cli("truth", "--workspace", str(root / "ws"), "--run", str(run), "--patients", "60",
+               "--out", str(out), "--quiet")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "truth.json").read_text())
+    assert doc["policy"].startswith("run:") and doc["episodes"] > 5
+    lo, hi = doc["mortality_90d"]["ci95"]
+    assert lo <= doc["mortality_90d"]["mean"] <= hi
+    assert doc["decisions_deferred_to_clinicians"] == 0
+
+
+def test_not_a_workspace_is_a_clear_error(tmp_path):
+    with pytest.raises(TruthError, match="not a built workspace"):
+        TruthContext.load(tmp_path)
