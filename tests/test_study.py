@@ -33,6 +33,7 @@ TINY = {
     },
     "evaluation.bootstrap_resamples": 200,
     "evaluation.fqe": {"max_steps": 200, "min_steps": 100, "eval_every": 100, "hidden": [32, 32]},
+    "truth.patients": 80,
     "workers": 1,
 }
 
@@ -249,6 +250,53 @@ def test_the_release_and_the_report(study):
     assert _read(ws / "study" / "run.json")["selected"] == selected
 
 
+def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
+    ws, _, _, _, events, _ = study
+    doc = _read(ws / "study" / "truth.json")
+    selection = _read(ws / "study" / "selection.json")
+    final = _read(ws / "study" / "final.json")
+    runs = {r["run"] for c in selection["candidates"] for r in c["seeds"]}
+    names = {p["name"] for p in doc["policies"]}
+    assert {Path(r).name for r in runs} | {b["name"] for b in final["baselines"]} == names
+    for p in doc["policies"]:
+        truth = _read(ws / p["truth"] / "truth.json")
+        assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 80
+        if p["role"] == "candidate":
+            assert set(p["validation_estimates"]) >= {"fqe", "wis"}
+    assert set(doc["validation_vs_truth"]) >= {"fqe", "wis"}
+    assert doc["validation_vs_truth"]["fqe"]["policies"] == len(runs)
+    sel_doc = doc["selection"]
+    assert sel_doc["selected"] == selection["selected"]["name"]
+    assert sel_doc["regret"] == pytest.approx(sel_doc["best_true_value"]
+                                              - sel_doc["selected_true_value"])  # fmt: skip
+    assert "truth" in {e[0] for e in events}
+    # the card shows the truth beside the estimates; the report has the section
+    card = (ws / final["release"] / "README.md").read_text()
+    assert "## Truth in the synthetic world" in card and "90-day mortality" in card
+    md = (ws / "report" / "report.md").read_text()
+    assert "## Estimates versus truth" in md and "Top-1 regret" in md
+
+
+def test_selection_is_byte_identical_without_the_truth(study, tmp_path):
+    """The truth runs after the selection; a study without it selects the same bytes."""
+    from sepsisrl.study.pipeline import run_study
+
+    ws, _, _, _, _, source = study
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, ignore=shutil.ignore_patterns("truth"))
+    for name in ("selection.json", "final.json", "truth.json", "run.json"):
+        (copy / "study" / name).unlink()
+    cfg = load_study_config("quick", overrides={**TINY, "truth.enabled": False})
+    again = run_study(copy, cfg, source=source)
+    assert not (copy / "study" / "truth.json").exists() and not (copy / "truth").exists()
+    before = (ws / "study" / "selection.json").read_bytes()
+    after = (copy / "study" / "selection.json").read_bytes()
+    assert after.replace(str(copy).encode(), str(ws).encode()) == before
+    assert again.phases["stage 1"]["trained"] == 0  # every unit was reused
+    assert "Truth in the synthetic world" not in (copy / _read(
+        copy / "study" / "final.json")["release"] / "README.md").read_text()  # fmt: skip
+
+
 def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study):
     from sepsisrl.study.pipeline import run_study
 
@@ -258,6 +306,7 @@ def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study):
     assert again.selected == result.selected
     for phase in ("stage 1", "stage 2", "final test"):
         assert again.phases[phase]["trained"] == 0 and again.phases[phase]["evaluated"] == 0
+    assert again.phases["truth"]["measured"] == 0
     assert (ws / "study" / "selection.json").read_bytes() == before
     # an evaluation lost mid-way and a run without its final weights: only those are redone
     doc = _read(ws / "study" / "selection.json")

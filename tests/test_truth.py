@@ -241,8 +241,61 @@ def test_truth_of_a_trained_run_end_to_end(own_world, tmp_path):
     lo, hi = doc["mortality_90d"]["ci95"]
     assert lo <= doc["mortality_90d"]["mean"] <= hi
     assert doc["decisions_deferred_to_clinicians"] == 0
+    # the model card shows the truth beside the estimates; another policy's truth is refused
+    from sepsisrl.release.bundle import ExportError, export_run
+
+    bundle = export_run(run, tmp_path / "release", truth=out / "truth.json")
+    card = (bundle / "README.md").read_text()
+    assert "## Truth in the synthetic world" in card
+    assert f"{doc['mortality_90d']['mean']:.3f}" in card
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["truth"]["value"] == doc["value"]
+    other = json.loads((out / "truth.json").read_text())
+    other["policy"] = "constant:3"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ExportError, match="not of run:"):
+        export_run(run, tmp_path / "release2", truth=tmp_path / "other.json")
 
 
 def test_not_a_workspace_is_a_clear_error(tmp_path):
     with pytest.raises(TruthError, match="not a built workspace"):
         TruthContext.load(tmp_path)
+
+
+def test_evaluate_accepts_the_same_policy_grammar(own_world, tmp_path):
+    from sepsisrl.ope.behaviour import BehaviourConfig
+    from sepsisrl.ope.evaluate import EvalConfig, EvaluationError, evaluate
+    from sepsisrl.ope.fqe import FQEConfig
+    from sepsisrl.truth.policies import map_lactate_actions, raw_from_normalised
+
+    root, _, ctx = own_world
+    fast = EvalConfig(bootstrap_resamples=200, behaviour=BehaviourConfig(max_epochs=2),
+                      fqe=FQEConfig(hidden=(16, 16), max_steps=200, min_steps=100,
+                                    eval_every=100))  # fmt: skip
+    replay = root / "ws" / "replay" / "sparse"
+    doc = evaluate("constant:12", replay, tmp_path / "c12", kind="named", cfg=fast)
+    assert doc["policy"]["name"] == "constant:12"
+    rows = list(csv_rows(tmp_path / "c12" / "cases.csv"))
+    assert rows and all(r["policy_action"] == "12" for r in rows)
+    doc = evaluate("rule:map_lactate", replay, tmp_path / "rule", kind="named", cfg=fast)
+    assert doc["policy"]["name"] == "rule:map_lactate"
+    # the rule acts on the raw state recovered from the normalised one
+    val = pq.read_table(replay / "replay_validation.parquet")
+    states = np.column_stack([val[f"s_{n}"].to_numpy() for n in ctx.feature_names])
+    raw = raw_from_normalised(ctx.stats.prep, ctx.feature_names, states)
+    built = pq.read_table(root / "ws" / "features" / "state_raw.parquet")
+    np.testing.assert_allclose(
+        np.sort(raw["map"]), np.sort(built.filter(pa.compute.equal(built["split"], "validation"))
+                                     ["map"].to_numpy()), rtol=1e-4)  # fmt: skip
+    expected = map_lactate_actions(raw)
+    got = [int(r["policy_action"]) for r in csv_rows(tmp_path / "rule" / "cases.csv")]
+    assert got == expected.tolist()
+    with pytest.raises(EvaluationError, match=r"0\.\.24"):
+        evaluate("constant:30", replay, tmp_path / "bad", kind="named", cfg=fast)
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path, newline="") as fh:
+        yield from csv.DictReader(fh)

@@ -455,6 +455,12 @@ def export(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth", help="The run's truth.json (sepsisrl truth), shown in the card (synthetic)."
+        ),
+    ] = None,
 ) -> None:
     """Write a Hugging Face model repository from a run: model.safetensors, config.json, \
 modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from measured metrics.
@@ -464,7 +470,7 @@ modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from mea
     from sepsisrl.release.bundle import ExportError, export_run, push_to_hub
 
     try:
-        folder = export_run(run, out, eval_, name, overwrite)
+        folder = export_run(run, out, eval_, name, overwrite, truth=truth)
         pushed = push_to_hub(folder, push) if push else None
     except (ExportError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc

@@ -53,6 +53,67 @@ def _normalization(ws: Path, feature_names: list[str]) -> dict[str, Any] | None:
     return {n: {k: feats[n][k] for k in keys} for n in feature_names if n in feats}
 
 
+def _load_truth(path: Path, run: Path) -> dict[str, Any]:
+    if path.is_dir():
+        path = path / "truth.json"
+    if not path.is_file():
+        raise ExportError(f"--truth {path}: no truth.json there (run `sepsisrl truth` first)")
+    doc = json.loads(path.read_text())
+    if doc.get("policy") != f"run:{run.name}":
+        raise ExportError(
+            f"--truth {path} is the truth of {doc.get('policy')!r}, not of run:{run.name}"
+        )
+    keys = ("policy", "patients_simulated", "episodes", "mortality_90d", "value", "clinicians",
+            "difference_from_clinicians", "seed", "fingerprints", "limits")  # fmt: skip
+    return {k: doc[k] for k in keys}
+
+
+def _ci_text(d: dict[str, Any], digits: int = 3) -> str:
+    lo, hi = d["ci95"]
+    return f"{d['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[str]:
+    """The card's "Truth in the synthetic world" section: true outcome beside the estimates."""
+    m = summary["metrics"] if summary else {}
+    diff = truth["difference_from_clinicians"]
+    lines = [
+        "## Truth in the synthetic world",
+        f"This policy was trained on a synthetic world, where its true outcome can be measured: "
+        f"{truth['patients_simulated']} fresh patients of the same world ({truth['episodes']} "
+        "cohort episodes, never the training patients) were simulated with the policy deciding "
+        "at every decision time (`sepsisrl truth`).",
+        "",
+        "| Quantity | This policy (true) | Clinicians (true) | Paired difference |",
+        "|---|---|---|---|",
+        f"| 90-day mortality | {_ci_text(truth['mortality_90d'])} | "
+        f"{_ci_text(truth['clinicians']['mortality_90d'])} | {_ci_text(diff['mortality_90d'])} |",
+        f"| Value (return units) | {_ci_text(truth['value'], 2)} | "
+        f"{_ci_text(truth['clinicians']['value'], 2)} | {_ci_text(diff['value'], 2)} |",
+        "",
+    ]
+    tv = truth["value"]["mean"]
+    for key, label in (("fqe_mean", "FQE"), ("wis_mean", "WIS")):
+        est = m.get(key, {}).get("mean") if m else None
+        if est is None:
+            lines.append(f"- {label}: no estimate to compare with the true value {tv:.2f}.")
+            continue
+        verdict = (
+            "agrees with" if abs(est - tv) <= 1.5 else "**disagrees with**"
+        )  # issue 12's tolerance: 1.5 return units
+        lines.append(
+            f"- {label} estimate {est:.2f} {verdict} the true value {tv:.2f} "
+            f"(difference {est - tv:+.2f} return units)."
+        )
+    lines += [
+        "",
+        "The truth is that of the simulator, not of real patients; see the limits in "
+        "`config.json['truth']['limits']`.",
+        "",
+    ]
+    return lines
+
+
 def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str) -> str:
     m = summary["metrics"] if summary else {}
     n_eval = len(summary["evaluations"]) if summary else 0
@@ -148,6 +209,8 @@ def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str
         lines.append(
             "This model has not been evaluated: no evaluation results were found for its run."
         )
+    if config.get("truth"):
+        lines += ["", *truth_lines(config["truth"], summary)]
     lines += [
         "",
         "## Limitations and risks",
@@ -196,7 +259,10 @@ def export_run(
     evaluations: list[str | Path] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    truth: str | Path | None = None,
 ) -> Path:
+    """``truth``: a ``truth.json`` of this run (``sepsisrl truth``), shown in the card next to
+    the offline estimates."""
     run = Path(run_dir).absolute()
     out = Path(out_dir).absolute()
     if not (run / "final" / "policy.safetensors").is_file():
@@ -210,6 +276,7 @@ def export_run(
         raise ExportError(
             f"{out} exists and is not empty; pass --overwrite or choose another --out"
         )
+    truth_doc = _load_truth(Path(truth), run) if truth is not None else None
     evals = [Path(e) for e in evaluations] if evaluations else find_evaluations(run)
     summary = summarize(evals) if evals else None
     replay = cfg["replay"]
@@ -260,6 +327,7 @@ def export_run(
             "evaluations": len(summary["evaluations"]),
             **{k: v for k, v in summary["metrics"].items()},
         },
+        "truth": truth_doc,
         "research_only": True,
     }  # fmt: skip
     with atomic_folder(out) as tmp:

@@ -66,6 +66,12 @@ class EvaluationSection(StrictModel):
     fqe: dict[str, Any]
 
 
+class TruthSection(StrictModel):
+    enabled: bool
+    patients: int = Field(gt=0)
+    seed: int
+
+
 class StudyConfig(StrictModel):
     profile: str
     synth: SynthSection
@@ -77,6 +83,7 @@ class StudyConfig(StrictModel):
     selection: SelectionSection
     baselines: BaselineSection
     evaluation: EvaluationSection
+    truth: TruthSection
 
 
 def available_profiles() -> list[str]:

@@ -10,8 +10,12 @@ unchanged; an interrupted unit is resumed or redone):
 5. select    - the documented rule (``selection.py``) -> ``study/selection.json``
 6. final     - baselines trained; ONE test evaluation of the selected configuration's seeds
                and of every baseline -> ``study/final.json`` (records the selection's hash)
-7. export    - ``release/sepsisrl-<selected>/`` with the test metrics of all seeds
-8. report    - ``report/index.html`` and ``report/report.md``
+7. truth     - synthetic worlds only: the true outcome (``sepsisrl truth``) of every candidate
+               run and baseline on fresh patients, and how each estimator agrees with it ->
+               ``study/truth.json`` (written after, and never read by, the selection)
+8. export    - ``release/sepsisrl-<selected>/`` with the test metrics of all seeds (and the
+               exported run's truth on a synthetic world)
+9. report    - ``report/index.html`` and ``report/report.md``
 
 Training and evaluation units run in ``workers`` processes with ``threads_per_worker`` torch
 threads each; the results do not depend on the number of workers.
@@ -33,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sepsisrl import __version__
 from sepsisrl.study import selection as sel
@@ -120,8 +126,40 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
     return True
 
 
+def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    return [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key]} for p in policies]
+
+
+def _ensure_truth(spec: dict[str, Any]) -> bool:
+    """Measure a policy's truth unless ``out`` holds one with the same key. True if measured."""
+    from sepsisrl.truth.harness import compute_truth, population_for
+    from sepsisrl.truth.policies import world_policy
+    from sepsisrl.truth.world import TruthContext
+
+    out = Path(spec["out"])
+    policy_id = spec["policy"]
+    if spec["kind"] == "run":
+        policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
+    key = stable_hash({"base": spec["key"], "policy": policy_id})
+    marker = out / "study.json"
+    if (out / "truth.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
+        return False
+    ctx = TruthContext.load(spec["workspace"])
+    pop = population_for(ctx, spec["patients"], spec["seed"])
+    named = spec["kind"] == "named"
+    policy = world_policy(
+        spec["policy"] if named else None, None if named else spec["policy"], None,
+        ctx.feature_names, 25, spec["seed"], workspace=ctx.workspace,
+    )  # fmt: skip
+    compute_truth(ctx.workspace, policy, out, spec["patients"], spec["seed"], ctx=ctx,
+                  population=pop)  # fmt: skip
+    write_json(marker, {"key": key})
+    return True
+
+
 def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
-    """One unit of work: optionally train a run, then optionally evaluate a policy."""
+    """One unit of work: optionally train a run, then optionally evaluate a policy or measure
+    its truth."""
     import torch
 
     previous = torch.get_num_threads()
@@ -130,9 +168,11 @@ def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
     try:
         trained = _ensure_run(job["train"]) if job.get("train") else None
         evaluated = _ensure_eval(job["eval"]) if job.get("eval") else None
+        measured = _ensure_truth(job["truth"]) if job.get("truth") else None
     finally:
         torch.set_num_threads(previous)
     return {"label": job["label"], "trained": trained, "evaluated": evaluated,
+            "measured": measured,
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
@@ -207,6 +247,7 @@ class Study:
         self.phases: dict[str, dict[str, Any]] = {}
         self.train_code = package_fingerprint("rl")
         self.eval_code = package_fingerprint("rl", "ope")
+        self.truth_code = package_fingerprint("rl", "ope", "truth", "build", "synth")
         self.pool: WorkerPool | None = None
         self._replay_key: str | None = None
         self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
@@ -247,7 +288,7 @@ class Study:
     def run_units(self, phase: str, jobs: list[dict[str, Any]]) -> None:
         started = time.perf_counter()
         done, total = 0, len(jobs)
-        stats = {"units": total, "trained": 0, "evaluated": 0}
+        stats = {"units": total, "trained": 0, "evaluated": 0, "measured": 0}
         self.emit(phase, 0, total, "starting")
 
         def record(res: dict[str, Any]) -> None:
@@ -255,7 +296,11 @@ class Study:
             done += 1
             stats["trained"] += bool(res["trained"])
             stats["evaluated"] += bool(res["evaluated"])
-            cached = res["trained"] is False and res["evaluated"] is False
+            stats["measured"] += bool(res.get("measured"))
+            done_now = [
+                res[k] for k in ("trained", "evaluated", "measured") if res.get(k) is not None
+            ]
+            cached = bool(done_now) and not any(done_now)
             note = "cached" if cached else f"{res['seconds']:.0f} s"
             self.emit(phase, done, total, f"{res['label']} ({note})")
 
@@ -486,16 +531,121 @@ class Study:
         write_json(self.ws / "study" / "final.json", doc)
         return doc
 
+    def truth(self, selection: dict[str, Any], final: dict[str, Any]) -> dict[str, Any] | None:
+        """The true outcome of every candidate run and baseline (synthetic worlds only).
+
+        Runs after ``selection.json`` and ``final.json`` are written and is read by neither:
+        the selection cannot depend on the truth. Writes ``study/truth.json``.
+        """
+        from sepsisrl.truth.compare import compare, estimates_of, selection_regret
+        from sepsisrl.truth.harness import population_for
+        from sepsisrl.truth.world import TruthContext, TruthError
+
+        t = self.cfg.truth
+        if not t.enabled:
+            return None
+        try:
+            ctx = TruthContext.load(self.ws)
+        except TruthError as exc:  # real MIMIC-IV: there is no truth to measure
+            self.emit("truth", 1, 1, f"skipped: {exc}")
+            return None
+        started = time.perf_counter()
+        self.emit("truth", 0, 1, f"simulating {t.patients} fresh patients")
+        pop = population_for(ctx, t.patients, t.seed)
+        base = stable_hash({"population": pop.folder.name, "code": self.truth_code,
+                            "build": ctx.build_fingerprint()})  # fmt: skip
+        policies: list[dict[str, Any]] = []
+        test_eval = dict(zip(final["selected"]["runs"], final["selected"]["evals"], strict=True))
+        for c in selection["candidates"]:
+            for row in c["seeds"]:
+                policies.append({
+                    "name": Path(row["run"]).name, "kind": "run", "spec": row["run"],
+                    "role": "candidate", "candidate": c["name"], "stage": c["stage"],
+                    "seed": row["seed"], "validation_eval": row["eval"],
+                    "test_eval": test_eval.get(row["run"]),
+                })  # fmt: skip
+        for b in final["baselines"]:
+            policies.append({
+                "name": b["name"], "kind": b["kind"],
+                "spec": b["run"] if b["kind"] == "run" else b["name"], "role": "baseline",
+                "test_eval": b["eval"],
+            })  # fmt: skip
+        jobs = []
+        for p in policies:
+            out = self.ws / "truth" / "study" / p["name"]
+            p["truth"] = self.rel(out)
+            spec = str(self.ws / p["spec"]) if p["kind"] == "run" else p["spec"]
+            jobs.append({"label": f"{p['name']} (truth)", "threads": self.cfg.threads_per_worker,
+                         "truth": {"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
+                                   "out": str(out), "patients": t.patients, "seed": t.seed,
+                                   "key": base}})  # fmt: skip
+        self.run_units("truth", jobs)
+        for p in policies:
+            doc = read_json(self.ws / p["truth"] / "truth.json")
+            p["true_value"] = doc["value"]["mean"]
+            p["true_value_ci95"] = doc["value"]["ci95"]
+            p["true_mortality_90d"] = doc["mortality_90d"]["mean"]
+            p["true_mortality_90d_ci95"] = doc["mortality_90d"]["ci95"]
+            p["difference_from_clinicians"] = doc["difference_from_clinicians"]
+            for split in ("validation", "test"):
+                rel = p.get(f"{split}_eval")
+                if rel:
+                    p[f"{split}_estimates"] = estimates_of(
+                        read_json(self.ws / rel / "metrics.json")
+                    )
+        cands = [p for p in policies if p["role"] == "candidate"]
+        tests = [p for p in policies if p.get("test_estimates")]
+        by_config: dict[str, list[float]] = {}
+        for p in cands:
+            by_config.setdefault(p["candidate"], []).append(p["true_value"])
+        config_truth = {k: float(np.mean(v)) for k, v in by_config.items()}
+        selected = selection["selected"]
+        exported = next(p for p in cands if p["spec"] == selected["run"])
+        clinician = read_json(self.ws / policies[0]["truth"] / "truth.json")["clinicians"]
+        doc = {
+            "schema_version": "1",
+            "note": "computed after selection.json and final.json; neither reads it",
+            "population": {
+                "patients": t.patients,
+                "seed": t.seed,
+                "episodes": pop.episodes().num_rows,
+                "folder": self.rel(pop.folder),
+            },
+            "clinicians": clinician,
+            "policies": policies,
+            "validation_vs_truth": compare(_rows(cands, "validation_estimates")),
+            "test_vs_truth": compare(_rows(tests, "test_estimates")),
+            "selection": {
+                "selected": selected["name"],
+                "selected_true_value": config_truth[selected["name"]],
+                "best_candidate": max(config_truth, key=config_truth.get),
+                "best_true_value": max(config_truth.values()),
+                "regret": selection_regret(config_truth, selected["name"]),
+                "exported_run": exported["name"],
+                "exported_true_value": exported["true_value"],
+                "exported_true_mortality_90d": exported["true_mortality_90d"],
+                "candidate_true_values": config_truth,
+            },
+        }
+        write_json(self.ws / "study" / "truth.json", doc)
+        self.phases["truth"]["population_and_assembly_seconds"] = round(
+            time.perf_counter() - started - self.phases["truth"]["seconds"], 1
+        )
+        return doc
+
     def export(self, final: dict[str, Any], selection: dict[str, Any]) -> Path:
         from sepsisrl.release.bundle import export_run
 
         self.emit("export", 0, 1, "writing the model repository")
+        run = self.ws / selection["selected"]["run"]
+        truth = self.ws / "truth" / "study" / run.name / "truth.json"
         out = export_run(
-            self.ws / selection["selected"]["run"],
+            run,
             self.ws / final["release"],
             [self.ws / e for e in final["selected"]["evals"]],
             name=f"sepsisrl-{selection['selected']['name']}",
             overwrite=True,
+            truth=truth if (self.ws / "study" / "truth.json").is_file() else None,
         )
         self.emit("export", 1, 1, self.rel(out))
         return out
@@ -527,6 +677,7 @@ def run_study(
         study.behaviour()
         selection = study.select()
         final = study.final(selection)
+        study.truth(selection, final)
     except BaseException:
         study.close(abort=True)
         raise

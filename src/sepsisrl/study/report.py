@@ -55,6 +55,7 @@ SECTIONS = (
     "FQE versus support (validation)",
     "Action heatmaps of the selected policy (test)",
     "Subgroup safety of the selected policy (test)",
+    "Estimates versus truth",
     "Final table (model card layout)",
     "Limitations",
 )
@@ -881,6 +882,127 @@ def card_value(row: dict[str, Any]) -> str:
     return f"{row['mean']:.4f}{sd} (n={row['n']}{undefined})"
 
 
+#: Agreement an estimator must reach with the truth to be trusted (issue 12's acceptance).
+TRUST = {"spearman": 0.8, "mae": 1.5, "coverage": 0.8}
+TRUTH_ESTIMATORS = (("fqe", "FQE"), ("wis", "WIS"), ("wis_per_decision", "per-decision WIS"),
+                    ("wis_softened_0.1", "WIS softened 0.1"))  # fmt: skip
+
+
+def _truth_scatter(rows: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """Estimate against true value, one panel per headline estimator."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    for ax, (est, label) in zip(axes, TRUTH_ESTIMATORS[:2], strict=True):
+        for (split, p), marker in ((r, "o" if r[0] == "validation" else "s") for r in rows):
+            e = p.get(f"{split}_estimates", {}).get(est)
+            if not e or e[0] is None:
+                continue
+            colour = "#c44e52" if p["role"] == "baseline" else "#4c72b0"
+            ax.scatter(p["true_value"], e[0], marker=marker, color=colour, s=28)
+            if e[1] is not None and e[2] is not None:
+                ax.plot([p["true_value"]] * 2, [e[1], e[2]], color=colour, alpha=0.35, lw=1)
+        lo, hi = -15, 15
+        ax.plot([lo, hi], [lo, hi], color="#888", lw=1, ls="--")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("true value (return units)")
+        ax.set_ylabel(f"{label} estimate")
+        ax.set_title(f"{label}: circles = candidates (validation), squares = test; red = baselines",
+                     fontsize=8)  # fmt: skip
+    return _png(fig)
+
+
+def _truth(st: Study) -> list[Block]:
+    out: list[Block] = [Heading(SECTIONS[11])]
+    path = st.ws / "study" / "truth.json"
+    if not path.is_file():
+        source = st.json(st.replay_meta_path()).get("source", {})
+        why = (
+            "the study's source is real MIMIC-IV tables: a policy's true outcome is unknown"
+            if source.get("kind") != "synthetic"
+            else "the truth phase was disabled (truth.enabled: false)"
+        )
+        return [*out, Text(f"No truth: {why}.", "note")]
+    doc = st.json("study/truth.json")
+    pop, clin, sel_doc = doc["population"], doc["clinicians"], doc["selection"]
+    clin_mort = _ci(clin["mortality_90d"]["mean"], *clin["mortality_90d"]["ci95"])
+    clin_value = _ci(clin["value"]["mean"], *clin["value"]["ci95"])
+    out.append(Text(
+        f"On a synthetic world the true outcome of each policy is measured with `sepsisrl truth`: "
+        f"{pop['patients']} fresh patients of the same world ({pop['episodes']} cohort episodes, "
+        f"never the study's patients) are simulated again with the policy deciding. The "
+        f"clinicians' true 90-day mortality is {clin_mort} "
+        f"and their true value {clin_value}. This section "
+        "was computed after the selection and the final test; neither reads it."
+    ))  # fmt: skip
+    # agreement of each estimator with the truth
+    rows, verdicts = [], []
+    splits = (("validation", "validation_vs_truth", "candidate runs"),
+              ("test", "test_vs_truth", "selected seeds and baselines"))  # fmt: skip
+    for split, key, what in splits:
+        for est, label in TRUTH_ESTIMATORS:
+            d = doc[key].get(est)
+            if not d:
+                continue
+            rows.append([f"{label} ({split}, {what})", str(d["policies"]), _fmt(d["spearman"], 2),
+                         _fmt(d["kendall"], 2), _fmt(d["mae"], 2), _fmt(d["coverage"], 2),
+                         _fmt(d["top1_regret"], 2), str(len(d["not_evaluable"]))])  # fmt: skip
+            if est in ("fqe", "wis") and d["policies"] >= 3:
+                bad = []
+                if d["spearman"] is None or d["spearman"] < TRUST["spearman"]:
+                    bad.append(f"Spearman {_fmt(d['spearman'], 2)} < {TRUST['spearman']}")
+                if d["mae"] is not None and d["mae"] > TRUST["mae"]:
+                    bad.append(f"mean absolute error {_fmt(d['mae'], 2)} > {TRUST['mae']}")
+                if d["coverage"] is not None and d["coverage"] < TRUST["coverage"]:
+                    bad.append(f"CI coverage {_fmt(d['coverage'], 2)} < {TRUST['coverage']}")
+                if bad:
+                    verdicts.append(f"{label} on the {what} ({split}) DISAGREES with the truth: "
+                                    + "; ".join(bad) + ".")  # fmt: skip
+                else:
+                    verdicts.append(f"{label} on the {what} ({split}) agrees with the truth.")
+    out.append(_table(
+        "truth-agreement",
+        ["Estimator (split)", "Policies", "Spearman", "Kendall", "MAE", "CI coverage",
+         "Top-1 regret", "Not evaluable"],
+        rows,
+        "Rank correlation, mean absolute error (return units), share of 95 % CIs containing the "
+        "truth, and true value lost by taking the estimator's top-ranked policy.",
+    ))  # fmt: skip
+    regret = sel_doc["regret"]
+    verdicts.append(
+        f"Selection: {sel_doc['selected']} has true value "
+        f"{_fmt(sel_doc['selected_true_value'], 2)} "
+        f"(mean over its seeds); the best candidate in truth is {sel_doc['best_candidate']} "
+        f"({_fmt(sel_doc['best_true_value'], 2)}); regret {_fmt(regret, 2)} return units. The "
+        f"exported run {sel_doc['exported_run']} has true 90-day mortality "
+        f"{_pct(sel_doc['exported_true_mortality_90d'])} against the clinicians' "
+        f"{_pct(clin['mortality_90d']['mean'])}."
+    )  # fmt: skip
+    out.append(Bullets(tuple(verdicts)))
+    pols = doc["policies"]
+    scatter_rows = [(split, p) for p in pols for split in ("validation", "test")
+                    if p.get(f"{split}_estimates")]  # fmt: skip
+    out.append(Figure("truth-scatter", _truth_scatter(scatter_rows),
+                      "Offline estimate against the true value per policy (dashed: estimate = "
+                      "truth); vertical lines are 95 % CIs."))  # fmt: skip
+
+    def est_cell(p: dict[str, Any], split: str, est: str) -> str:
+        e = p.get(f"{split}_estimates", {}).get(est)
+        return "" if not e else _ci(e[0], e[1], e[2]) if e[1] is not None else _fmt(e[0], 2)
+
+    table = [[p["name"], p["role"], _ci(p["true_value"], *p["true_value_ci95"]),
+              _pct(p["true_mortality_90d"]), est_cell(p, "validation", "fqe"),
+              est_cell(p, "validation", "wis"), est_cell(p, "test", "fqe"),
+              est_cell(p, "test", "wis")] for p in pols]  # fmt: skip
+    out.append(_table(
+        "truth-policies",
+        ["Policy", "Role", "True value", "True 90-day mortality", "FQE (validation)",
+         "WIS (validation)", "FQE (test)", "WIS (test)"],
+        table,
+    ))  # fmt: skip
+    return out
+
+
 def _final_table(st: Study) -> list[Block]:
     from sepsisrl.ope.summary import CARD_ROWS, summarize
 
@@ -892,7 +1014,7 @@ def _final_table(st: Study) -> list[Block]:
         if k in summary["metrics"]
     ]
     out: list[Block] = [
-        Heading(SECTIONS[11]),
+        Heading(SECTIONS[12]),
         Text(
             f"{st.selected_name}, split {summary['split']}, mean ± sd over "
             f"{len(evals)} seed evaluation(s): {', '.join(evals)}."
@@ -942,7 +1064,7 @@ def _footer(st: Study) -> list[Block]:
             f"The data come from the sepsisrl synthetic world (version "
             f"{source.get('version', 'undefined')}): results say nothing about real patients."
         )
-    return [Heading(SECTIONS[12]), Text(WARNING, "warning"), Bullets(tuple(items))]
+    return [Heading(SECTIONS[13]), Text(WARNING, "warning"), Bullets(tuple(items))]
 
 
 BUILDERS = (
@@ -957,6 +1079,7 @@ BUILDERS = (
     _support_scatter,
     _heatmaps,
     _subgroups,
+    _truth,
     _final_table,
     _footer,
 )

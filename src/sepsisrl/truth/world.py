@@ -19,7 +19,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -169,12 +169,23 @@ class Population:
         return out
 
     def plan(self, chunk_index: int) -> list[Stays]:
-        """The stays of a chunk per ordinal (re-simulated without charting when not cached)."""
+        """The stays of a chunk per ordinal (read from ``plans/``, else re-simulated)."""
         if chunk_index not in self.plans:
-            _, first, n = self.chunks()[chunk_index]
-            chunk = simulate_chunk(self.cfg, self.seed, chunk_index, self.attendings, first, n)
-            self.plans[chunk_index] = _plan_of(chunk)
+            saved = sorted((self.folder / "plans").glob(f"chunk{chunk_index}_ordinal*.parquet"))
+            if saved:
+                self.plans[chunk_index] = [_read_stays(p) for p in saved]
+            else:
+                _, first, n = self.chunks()[chunk_index]
+                chunk = simulate_chunk(self.cfg, self.seed, chunk_index, self.attendings, first, n)
+                self.plans[chunk_index] = _plan_of(chunk)
         return self.plans[chunk_index]
+
+    def save_plans(self, folder: Path) -> None:
+        (folder / "plans").mkdir(parents=True, exist_ok=True)
+        for c, plan in self.plans.items():
+            for o, stays in enumerate(plan):
+                table = pa.table({f.name: getattr(stays, f.name) for f in fields(Stays)})
+                pq.write_table(table, folder / "plans" / f"chunk{c}_ordinal{o}.parquet")
 
     def cohort(self) -> pa.Table:
         return pq.read_table(self.ws / "cohort" / "cohort.parquet")
@@ -184,6 +195,11 @@ class Population:
 
     def steps(self) -> pa.Table:
         return pq.read_table(self.ws / "episodes" / "steps.parquet")
+
+
+def _read_stays(path: Path) -> Stays:
+    table = pq.read_table(path)
+    return Stays(**{f.name: table[f.name].to_numpy() for f in fields(Stays)})
 
 
 def _plan_of(chunk: ChunkResult) -> list[Stays]:
@@ -252,6 +268,7 @@ def simulate_population(
     with atomic_folder(pop.folder) as tmp:
         tables = simulate_tables(pop, progress)
         write_tables(tmp / "raw", tables)
+        pop.save_plans(tmp)
         # the build's truth sidecar check: a world.json next to the tables marks them synthetic
         sidecar = tmp / "raw_truth"
         sidecar.mkdir()

@@ -1,0 +1,143 @@
+"""OPE benchmark panel: every estimator of `sepsisrl evaluate` against the truth of 14 policies.
+
+Usage:  python bench/ope_panel.py --world-seed S [--stays 2000] [--patients 2000]
+                                  [--train-steps 1000] [--out bench/results/ope_panel-S.json]
+
+A synthetic world (the quick study's default size) is generated with seed S and built. Four
+policies are trained on its ``sofa_shaped`` replay with the quick study's training length:
+behaviour cloning, CQL and two IQL settings (the model card's conservative/safe one and the
+baseline one). With the clinicians, no treatment, random, six constant actions and the
+MAP/lactate rule that makes 14 policies. Each is evaluated once on the test split (the
+project's full evaluation: FQE, WIS, per-decision WIS, softened WIS) and its true value is
+measured with `sepsisrl truth` on fresh patients of the same world. Printed: the panel table
+and one JSON line per estimator with Spearman and Kendall rank correlation, mean absolute
+error, 95 % CI coverage and top-1 regret.
+
+The figures are the baseline issue 12 has to beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+CONSTANTS = (1, 2, 6, 12, 18, 24)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--world-seed", type=int, required=True)
+    ap.add_argument("--stays", type=int, default=2000)
+    ap.add_argument("--patients", type=int, default=2000)
+    ap.add_argument("--train-steps", type=int, default=1000)
+    ap.add_argument("--truth-seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from sepsisrl.build.config import load_build_config
+    from sepsisrl.build.pipeline import build
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+    from sepsisrl.ope.fqe import FQEConfig
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import train
+    from sepsisrl.synth.config import load_synth_config
+    from sepsisrl.synth.world import generate_world
+    from sepsisrl.truth.compare import compare, estimates_of
+    from sepsisrl.truth.harness import compute_truth, population_for
+    from sepsisrl.truth.policies import world_policy
+    from sepsisrl.truth.world import TruthContext
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    # the quick study's evaluation settings (configs/study.yaml, profile quick)
+    ev_cfg = EvalConfig(
+        fqe=FQEConfig(max_steps=3000, min_steps=1000, eval_every=250, polyak=0.05,
+                      hidden=(128, 128)),
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cfg = load_synth_config(overrides={"charting.density": 0.0})
+        generate_world(root / "raw", args.stays, seed=args.world_seed, cfg=cfg)
+        build(root / "raw", root / "ws", load_build_config())
+        ws = root / "ws"
+        replay = ws / "replay" / "sofa_shaped"
+        print(f"world {args.world_seed}: built in {time.perf_counter() - started:.0f} s")
+
+        trained = {
+            "bc": {"algo": "bc"},
+            "cql": {"algo": "cql"},
+            "iql_conservative_safe": {"preset": "iql_sofa_shaped_conservative_safe"},
+            "iql_baseline": {"preset": "iql_baseline"},
+        }
+        runs = {}
+        for name, over in trained.items():
+            tcfg = load_train_config(overrides={**over, "steps": args.train_steps, "seed": 42})
+            runs[name] = train(replay, tcfg, root / "runs" / name).run_dir
+        print(f"trained {len(runs)} policies at {time.perf_counter() - started:.0f} s")
+
+        specs = ["clinician", "no_treatment", "random", *[f"constant:{k}" for k in CONSTANTS],
+                 "rule:map_lactate"]  # fmt: skip
+        panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
+        ctx = TruthContext.load(ws)
+        pop = population_for(ctx, args.patients, args.truth_seed)
+        print(f"population of {args.patients} patients at {time.perf_counter() - started:.0f} s")
+        rows = []
+        for name, spec, kind in panel:
+            t = time.perf_counter()
+            doc = evaluate(spec, replay, root / "eval" / name.replace(":", "-"), kind=kind,
+                           final=True, cfg=ev_cfg)  # fmt: skip
+            t_eval = time.perf_counter() - t
+            pol = world_policy(
+                spec if kind == "named" else None, spec if kind == "run" else None, None,
+                ctx.feature_names, 25, args.truth_seed, workspace=ws,
+            )  # fmt: skip
+            t = time.perf_counter()
+            truth = compute_truth(ws, pol, root / "truth" / name.replace(":", "-"),
+                                  args.patients, args.truth_seed, ctx=ctx, population=pop)  # fmt: skip
+            t_truth = time.perf_counter() - t
+            rows.append({
+                "policy": name,
+                "truth": truth["value"]["mean"],
+                "truth_ci95": truth["value"]["ci95"],
+                "true_mortality_90d": truth["mortality_90d"]["mean"],
+                "estimates": estimates_of(doc),
+                "ess": doc["metrics"]["ess"],
+                "fqe_converged": doc["fqe"]["converged"],
+                "seconds": {"evaluate": round(t_eval, 1), "truth": round(t_truth, 1)},
+            })  # fmt: skip
+            print(f"  {name:24s} truth {rows[-1]['truth']:7.2f}  FQE "
+                  f"{_fmt(rows[-1]['estimates']['fqe'][0])}  WIS {_fmt(rows[-1]['estimates']['wis'][0])}"
+                  f"  ({t_eval:.0f} s + {t_truth:.0f} s)", flush=True)  # fmt: skip
+    result = compare(rows)
+
+    print(f"\nOPE panel, world seed {args.world_seed}: {len(rows)} policies, "
+          f"{args.patients} fresh patients for the truth ({time.perf_counter() - started:.0f} s)")  # fmt: skip
+    head = f"{'policy':24s} {'truth':>7s} {'mort90':>7s} " + " ".join(
+        f"{e:>16s}" for e in result
+    )
+    print(head)
+    for r in rows:
+        cells = " ".join(f"{_fmt(r['estimates'][e][0]):>16s}" for e in result)
+        print(f"{r['policy']:24s} {r['truth']:7.2f} {r['true_mortality_90d']:7.3f} {cells}")
+    print()
+    for est, doc in result.items():
+        print(json.dumps({"world_seed": args.world_seed, "estimator": est, **doc}))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"world_seed": args.world_seed, "rows": rows,
+                                        "estimators": result}, indent=2) + "\n")  # fmt: skip
+
+
+def _fmt(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.2f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Offline estimates against the truth: rank agreement, error, CI coverage, selection regret.
+
+Given, per policy, its true value (``sepsisrl truth``) and the estimates of every estimator
+the evaluation reports (``metrics.json``), this module says how far each estimator can be
+trusted on a panel of policies:
+
+- ``spearman`` / ``kendall``: rank correlation of estimate and truth (Kendall's tau-b);
+- ``mae``: mean absolute error in return units;
+- ``coverage``: share of policies whose 95 % CI contains the true value (estimators with CIs);
+- ``top1_regret``: best true value in the panel minus the true value of the policy the
+  estimator ranks first.
+
+A policy without an estimate (for example WIS undefined because every episode has zero
+weight) is left out of that estimator's figures and counted in ``not_evaluable``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: estimator -> (metric, CI low, CI high) keys of metrics.json (None: no CI)
+ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
+    "fqe": ("fqe_mean", "fqe_ci_low", "fqe_ci_high"),
+    "wis": ("wis_mean", "wis_ci_low", "wis_ci_high"),
+    "wis_per_decision": ("wis_per_decision", None, None),
+    "wis_softened_0.1": ("wis_softened_0.1", "wis_softened_0.1_low", "wis_softened_0.1_high"),
+}
+
+
+def estimates_of(evaluation: dict[str, Any]) -> dict[str, tuple[float | None, ...]]:
+    """(estimate, CI low, CI high) of every estimator in an evaluation's ``metrics.json``."""
+    m = dict(evaluation["metrics"])
+    soft = evaluation.get("importance_sampling", {}).get("wis_softened", {}).get("0.1")
+    if soft:
+        m["wis_softened_0.1"] = soft.get("wis")
+        m["wis_softened_0.1_low"] = soft.get("ci_low")
+        m["wis_softened_0.1_high"] = soft.get("ci_high")
+    out = {}
+    for name, (key, lo, hi) in ESTIMATORS.items():
+        out[name] = (
+            _num(m.get(key)),
+            _num(m.get(lo)) if lo else None,
+            _num(m.get(hi)) if hi else None,
+        )
+    return out
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=float)
+    for v in np.unique(x):
+        tie = x == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def kendall(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Kendall's tau-b."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 3:
+        return None
+    i, j = np.triu_indices(n, 1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    concordant_minus_discordant = float((dx * dy).sum())
+    n0 = len(i)
+    tx, ty = float((dx == 0).sum()), float((dy == 0).sum())
+    den = math.sqrt((n0 - tx) * (n0 - ty))
+    return concordant_minus_discordant / den if den > 0 else None
+
+
+def compare(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per estimator, its agreement with the truth over ``rows``.
+
+    Each row: ``{"policy": name, "truth": true value, "estimates": estimates_of(...)}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for est in ESTIMATORS:
+        names, truth, value, lo, hi = [], [], [], [], []
+        skipped = []
+        for r in rows:
+            v, low, high = r["estimates"].get(est, (None, None, None))
+            if v is None:
+                skipped.append(r["policy"])
+                continue
+            names.append(r["policy"])
+            truth.append(float(r["truth"]))
+            value.append(v)
+            lo.append(low)
+            hi.append(high)
+        t, e = np.array(truth), np.array(value)
+        doc: dict[str, Any] = {
+            "policies": len(names),
+            "not_evaluable": skipped,
+            "spearman": spearman(e, t),
+            "kendall": kendall(e, t),
+            "mae": float(np.mean(np.abs(e - t))) if len(t) else None,
+            "coverage": None,
+            "top1_regret": None,
+            "ranked_first": None,
+        }
+        with_ci = [k for k in range(len(names)) if lo[k] is not None and hi[k] is not None]
+        if with_ci:
+            doc["coverage"] = float(np.mean([lo[k] <= t[k] <= hi[k] for k in with_ci]))
+        if len(t):
+            first = int(np.argmax(e))
+            doc["ranked_first"] = names[first]
+            doc["top1_regret"] = float(t.max() - t[first])
+        out[est] = doc
+    return out
+
+
+def selection_regret(truth_by_policy: dict[str, float], selected: str) -> float | None:
+    """Best true value among the candidates minus the selected candidate's."""
+    if selected not in truth_by_policy or not truth_by_policy:
+        return None
+    return float(max(truth_by_policy.values()) - truth_by_policy[selected])
