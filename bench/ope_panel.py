@@ -119,9 +119,7 @@ def main() -> None:
 
     print(f"\nOPE panel, world seed {args.world_seed}: {len(rows)} policies, "
           f"{args.patients} fresh patients for the truth ({time.perf_counter() - started:.0f} s)")  # fmt: skip
-    head = f"{'policy':24s} {'truth':>7s} {'mort90':>7s} " + " ".join(
-        f"{e:>16s}" for e in result
-    )
+    head = f"{'policy':24s} {'truth':>7s} {'mort90':>7s} " + " ".join(f"{e:>16s}" for e in result)
     print(head)
     for r in rows:
         cells = " ".join(f"{_fmt(r['estimates'][e][0]):>16s}" for e in result)

@@ -58,7 +58,9 @@ def main() -> None:
             generate_world(root / "raw", args.world_stays, seed=0)
             build(root / "raw", root / "ws", load_build_config())
             ws = root / "ws"
-            print(f"setup: world of {args.world_stays} stays built in {time.perf_counter() - t:.1f} s")
+            print(
+                f"setup: world of {args.world_stays} stays built in {time.perf_counter() - t:.1f} s"
+            )
         cfg = load_train_config(overrides={"algo": "iql", "steps": args.train_steps, "seed": 0})
         run = train(ws / "replay" / "sofa_shaped", cfg, root / "run").run_dir
         ctx = TruthContext.load(ws)
