@@ -70,15 +70,17 @@ def main() -> None:
         replay = ws / "replay" / "sofa_shaped"
         print(f"world {args.world_seed}: built in {time.perf_counter() - started:.0f} s")
 
-        trained = {
-            "bc": {"algo": "bc"},
-            "cql": {"algo": "cql"},
-            "iql_conservative_safe": {"preset": "iql_sofa_shaped_conservative_safe"},
-            "iql_baseline": {"preset": "iql_baseline"},
+        trained = {  # (preset, overrides)
+            "bc": (None, {"algo": "bc"}),
+            "cql": (None, {"algo": "cql"}),
+            "iql_conservative_safe": ("iql_sofa_shaped_conservative_safe", {}),
+            "iql_baseline": ("iql_baseline", {}),
         }
         runs = {}
-        for name, over in trained.items():
-            tcfg = load_train_config(overrides={**over, "steps": args.train_steps, "seed": 42})
+        for name, (preset, over) in trained.items():
+            tcfg = load_train_config(
+                preset=preset, overrides={**over, "steps": args.train_steps, "seed": 42}
+            )
             runs[name] = train(replay, tcfg, root / "runs" / name).run_dir
         print(f"trained {len(runs)} policies at {time.perf_counter() - started:.0f} s")
 

@@ -901,7 +901,13 @@ def _truth_scatter(rows: list[tuple[str, dict[str, Any]]]) -> bytes:
             ax.scatter(p["true_value"], e[0], marker=marker, color=colour, s=28)
             if e[1] is not None and e[2] is not None:
                 ax.plot([p["true_value"]] * 2, [e[1], e[2]], color=colour, alpha=0.35, lw=1)
-        lo, hi = -15, 15
+        seen = [abs(p["true_value"]) for _, p in rows]
+        for split, p in rows:
+            e = p.get(f"{split}_estimates", {}).get(est)
+            if e and e[0] is not None:
+                seen.append(abs(e[0]))
+        hi = max([15.0, *seen]) + 1.0  # an estimate beyond the attainable range stays visible
+        lo = -hi
         ax.plot([lo, hi], [lo, hi], color="#888", lw=1, ls="--")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)

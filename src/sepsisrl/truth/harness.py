@@ -201,7 +201,6 @@ def compute_truth(
                 "population": round(pop_seconds, 2),
                 "rollout": round(rollout_seconds, 2),
                 "total": round(time.perf_counter() - started, 2),
-                "state_function_calls": None,
             },
         }
         pq.write_table(result.episodes, tmp / "episodes.parquet")
