@@ -24,6 +24,21 @@ RULES = (
 )
 
 
+def cohort_sql(cfg: BuildConfig) -> str:
+    """The cohort rules and the 90-day outcome over views icustays, patients, admissions and
+    onset (also used by the truth harness for the outcome of re-simulated patients)."""
+    c = cfg.cohort
+    return render(
+        "cohort",
+        min_age=c.min_age,
+        max_age_clause=Raw(f"anchor_age > {c.max_age}" if c.max_age is not None else "false"),
+        min_los=c.min_icu_los_hours,
+        before_intime=c.onset_window_before_intime_hours,
+        mortality_days=cfg.rewards.mortality_days,
+        first_overall=c.first_stay == "first_overall",
+    )
+
+
 def run_cohort(ingest_dir: Path, sepsis_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     con = connect(cfg, out.parent)
     for name in ("icustays", "patients", "admissions"):
@@ -34,16 +49,7 @@ def run_cohort(ingest_dir: Path, sepsis_dir: Path, cfg: BuildConfig, out: Path) 
         f"CREATE VIEW onset AS SELECT * FROM read_parquet('{sepsis_dir / 'onset.parquet'}')"
     )
     c = cfg.cohort
-    sql = render(
-        "cohort",
-        min_age=c.min_age,
-        max_age_clause=Raw(f"anchor_age > {c.max_age}" if c.max_age is not None else "false"),
-        min_los=c.min_icu_los_hours,
-        before_intime=c.onset_window_before_intime_hours,
-        mortality_days=cfg.rewards.mortality_days,
-        first_overall=c.first_stay == "first_overall",
-    )
-    con.execute(f"CREATE TABLE ruled AS {sql}")
+    con.execute(f"CREATE TABLE ruled AS {cohort_sql(cfg)}")
     con.execute(
         f"COPY (SELECT * EXCLUDE (failed_rule, stay_rank) FROM ruled WHERE failed_rule IS NULL ORDER BY stay_id) "
         f"TO '{out / 'cohort.parquet'}' (FORMAT parquet)"

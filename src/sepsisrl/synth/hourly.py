@@ -21,11 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from sepsisrl.mimic.schema import TABLES
-from sepsisrl.synth import charting, tables
+from sepsisrl.synth import charting
 from sepsisrl.synth.cohort import ChunkResult, chunk_entropy
 from sepsisrl.synth.config import SynthConfig
 from sepsisrl.synth.population import SECONDS_PER_HOUR, Attendings
 from sepsisrl.synth.simulator import SimulationResult, Simulator
+from sepsisrl.synth.world import chunk_context, stay_tables
 
 CHARTED_TABLES = ("chartevents", "labevents", "inputevents", "outputevents")
 STATIC_TABLES = ("patients", "admissions", "icustays", "prescriptions", "microbiologyevents")
@@ -148,35 +149,12 @@ def chunk_tables(
     attendings: Attendings,
 ) -> dict[str, pa.Table]:
     """Every MIMIC table of a chunk charted hour by hour, plus its static and order rows."""
+
     rng = np.random.default_rng(np.random.SeedSequence([*chunk_entropy(seed, chunk_index), 0xC4A7]))
-    ctx = charting.ChartContext(
-        cfg=cfg,
-        stays=chunk.stays,
-        hourly=chunk.sim.hourly,
-        admittime=chunk.timeline.admittime,
-        intime=chunk.timeline.intime,
-        outtime=chunk.timeline.outtime,
-        attending_provider=attendings.provider_id,
-        rng=rng,
-        id_base=chunk_index * _CHUNK_IDS + 3 * _ORDINAL_IDS + 1,
+    ctx = chunk_context(
+        cfg, chunk, attendings, rng, chunk_index * _CHUNK_IDS + 3 * _ORDINAL_IDS + 1
     )
-    sim = chunk.sim
-    workups = {
-        "culture_h": sim.culture_h,
-        "culture2_h": sim.culture2_h,
-        "antibiotic_h": sim.antibiotic_h,
-        "antibiotic_stop_h": sim.antibiotic_stop_h,
-        "escalation_h": sim.escalation_h,
-    }
-    out = {
-        "patients": tables.patients(chunk, rng),
-        "admissions": tables.admissions(chunk, rng, attendings.provider_id),
-        "icustays": tables.icustays(chunk, rng),
-        "prescriptions": charting.prescriptions(ctx, workups, chunk.timeline.prophylaxis_h),
-        "microbiologyevents": charting.microbiologyevents(
-            ctx, workups, chunk.timeline.screen_h, chunk.truth.infected
-        ),
-    }
+    out = stay_tables(ctx, chunk, attendings)
     for name in CHARTED_TABLES:
         out[name] = _concat(name, [charters[o].tables()[name] for o in sorted(charters)])
     return out

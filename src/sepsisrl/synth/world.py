@@ -81,7 +81,25 @@ def chart_chunk(
 ) -> dict[str, pa.Table]:
     """All MIMIC rows of one simulated chunk."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, chunk_index, 0xC4A7]))
-    ctx = charting.ChartContext(
+    ctx = chunk_context(cfg, chunk, attendings, rng, chunk_index * CHUNK_ID_STRIDE + 1)
+    return {
+        **stay_tables(ctx, chunk, attendings),
+        "labevents": charting.labevents(ctx),
+        "chartevents": charting.chartevents(ctx),
+        "inputevents": charting.inputevents(ctx),
+        "outputevents": charting.outputevents(ctx),
+    }
+
+
+def chunk_context(
+    cfg: SynthConfig,
+    chunk: ChunkResult,
+    attendings: Attendings,
+    rng: np.random.Generator,
+    id_base: int,
+) -> charting.ChartContext:
+    """The charting context of a whole simulated chunk."""
+    return charting.ChartContext(
         cfg=cfg,
         stays=chunk.stays,
         hourly=chunk.sim.hourly,
@@ -90,9 +108,16 @@ def chart_chunk(
         outtime=chunk.timeline.outtime,
         attending_provider=attendings.provider_id,
         rng=rng,
-        id_base=chunk_index * CHUNK_ID_STRIDE + 1,
+        id_base=id_base,
     )
-    sim = chunk.sim
+
+
+def stay_tables(
+    ctx: charting.ChartContext, chunk: ChunkResult, attendings: Attendings
+) -> dict[str, pa.Table]:
+    """patients, admissions, icustays, prescriptions and microbiologyevents of a chunk (in that
+    order, from ``ctx.rng``)."""
+    sim, rng = chunk.sim, ctx.rng
     workups = {
         "culture_h": sim.culture_h,
         "culture2_h": sim.culture2_h,
@@ -108,10 +133,6 @@ def chart_chunk(
         "microbiologyevents": charting.microbiologyevents(
             ctx, workups, chunk.timeline.screen_h, chunk.truth.infected
         ),
-        "labevents": charting.labevents(ctx),
-        "chartevents": charting.chartevents(ctx),
-        "inputevents": charting.inputevents(ctx),
-        "outputevents": charting.outputevents(ctx),
     }
 
 

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sepsisrl.build.cohort import cohort_sql
 from sepsisrl.build.ingest import run_ingest
-from sepsisrl.build.sqlfiles import Raw, render
 from sepsisrl.build.state import flag_matrix, model_input
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.mimic.source import open_source
@@ -433,16 +433,7 @@ def _outcomes(
     con.execute(
         f"CREATE VIEW onset AS SELECT * FROM read_parquet('{pop.ws / 'sepsis' / 'onset.parquet'}')"
     )
-    c = ctx.build_cfg.cohort
-    sql = render(
-        "cohort",
-        min_age=c.min_age,
-        max_age_clause=Raw(f"anchor_age > {c.max_age}" if c.max_age is not None else "false"),
-        min_los=c.min_icu_los_hours,
-        before_intime=c.onset_window_before_intime_hours,
-        mortality_days=ctx.build_cfg.rewards.mortality_days,
-        first_overall=c.first_stay == "first_overall",
-    )
+    sql = cohort_sql(ctx.build_cfg)
     con.register("wanted", cohort.select(["stay_id"]))
     got = con.sql(
         f"""SELECT r.stay_id, r.died_90d, r.outtime, r.death_time
