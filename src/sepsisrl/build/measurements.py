@@ -83,12 +83,16 @@ def run_measurements(
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE ranges AS SELECT * FROM (VALUES {values}) t(concept, lo, hi)"
     )
-    counts = con.execute(
-        """SELECT m.concept, count(*) AS n,
+    counts = (
+        []
+        if not sink.audited
+        else con.execute(
+            """SELECT m.concept, count(*) AS n,
                   count(*) FILTER (WHERE r.concept IS NOT NULL AND (m.value < r.lo OR m.value > r.hi)) AS dropped
            FROM raw_measurements m LEFT JOIN ranges r USING (concept)
            GROUP BY m.concept ORDER BY m.concept"""
-    ).fetchall()
+        ).fetchall()
+    )
     sink.write(
         con,
         "measurements",
@@ -137,9 +141,13 @@ def run_measurements(
     urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
     max_row = urine_spec.valid[1] if urine_spec and urine_spec.valid else 2000
     urine_sql = render("urine", urine_negative=p["urine_negative"], max_row=float(max_row))
-    urine_total = con.execute("SELECT count(*) FROM outputs").fetchone()[0]
+    urine_total = con.execute("SELECT count(*) FROM outputs").fetchone()[0] if sink.audited else 0
     sink.write(con, "urine", urine_sql, ZSTD)
-    urine_kept = con.execute(f"SELECT count(*) FROM {sink.relation('urine')}").fetchone()[0]
+    urine_kept = (
+        con.execute(f"SELECT count(*) FROM {sink.relation('urine')}").fetchone()[0]
+        if sink.audited
+        else 0
+    )
     vent_sql = render(
         "ventilation",
         ventilator_mode=p["ventilator_mode"],

@@ -17,7 +17,9 @@ PLAIN = "FORMAT parquet"
 
 
 class ParquetFolder:
-    """Tables as ``<folder>/<name>.parquet``."""
+    """Tables as ``<folder>/<name>.parquet`` (with the stage's audit counts)."""
+
+    audited = True
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -33,7 +35,10 @@ class ParquetFolder:
 
 
 class MemoryTables:
-    """Tables ``<prefix>_<name>`` of the connection's database (replaced at each write)."""
+    """Tables ``<prefix>_<name>`` of the connection's database (replaced at each write); the
+    audit-only counts are skipped (checks that can fail, such as unknown units, still run)."""
+
+    audited = False
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
