@@ -8,12 +8,14 @@ policies are trained on its ``sofa_shaped`` replay with the quick study's traini
 behaviour cloning, CQL and two IQL settings (the model card's conservative/safe one and the
 baseline one). With the clinicians, no treatment, random, six constant actions and the
 MAP/lactate rule that makes 14 policies. Each is evaluated once on the test split (the
-project's full evaluation: FQE, WIS, per-decision WIS, softened WIS) and its true value is
+project's full evaluation: FQE, WDR, WIS, per-decision WIS, softened WIS, with the overlap
+gates - an estimate that fails them is null and left out, listed as not evaluable) and its true
+value is
 measured with `sepsisrl truth` on fresh patients of the same world. Printed: the panel table
 and one JSON line per estimator with Spearman and Kendall rank correlation, mean absolute
 error, 95 % CI coverage and top-1 regret.
 
-The figures are the baseline issue 12 has to beat.
+``--state-variant running_treatment`` builds the state that knows what is running (docs/build.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=1000)
     ap.add_argument("--truth-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--state-variant", default="card", help="card | running_treatment")
     args = ap.parse_args()
 
     import torch
@@ -44,7 +47,6 @@ def main() -> None:
     from sepsisrl.build.config import load_build_config
     from sepsisrl.build.pipeline import build
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
-    from sepsisrl.ope.fqe import FQEConfig
     from sepsisrl.rl.config import load_train_config
     from sepsisrl.rl.trainer import train
     from sepsisrl.synth.config import load_synth_config
@@ -56,16 +58,13 @@ def main() -> None:
 
     torch.set_num_threads(2)
     started = time.perf_counter()
-    # the quick study's evaluation settings (configs/study.yaml, profile quick)
-    ev_cfg = EvalConfig(
-        fqe=FQEConfig(max_steps=3000, min_steps=1000, eval_every=250, polyak=0.05,
-                      hidden=(128, 128)),
-    )  # fmt: skip
+    ev_cfg = EvalConfig()  # the evaluation's defaults (the quick and card profiles use them)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cfg = load_synth_config(overrides={"charting.density": 0.0})
         generate_world(root / "raw", args.stays, seed=args.world_seed, cfg=cfg)
-        build(root / "raw", root / "ws", load_build_config())
+        build(root / "raw", root / "ws",
+              load_build_config(overrides={"state.variant": args.state_variant}))  # fmt: skip
         ws = root / "ws"
         replay = ws / "replay" / "sofa_shaped"
         print(f"world {args.world_seed}: built in {time.perf_counter() - started:.0f} s")
@@ -112,10 +111,14 @@ def main() -> None:
                 "estimates": estimates_of(doc),
                 "ess": doc["metrics"]["ess"],
                 "fqe_converged": doc["fqe"]["converged"],
+                "evaluable": doc["evaluable"],
+                "ungated": doc["estimates_ungated"],
+                "support_mass": doc["metrics"]["support_mass"],
                 "seconds": {"evaluate": round(t_eval, 1), "truth": round(t_truth, 1)},
             })  # fmt: skip
-            print(f"  {name:24s} truth {rows[-1]['truth']:7.2f}  FQE "
-                  f"{_fmt(rows[-1]['estimates']['fqe'][0])}  WIS {_fmt(rows[-1]['estimates']['wis'][0])}"
+            est = rows[-1]["estimates"]
+            print(f"  {name:24s} truth {rows[-1]['truth']:7.2f}  FQE {_fmt(est['fqe'][0])}  "
+                  f"WDR {_fmt(est['wdr'][0])}  WIS {_fmt(est['wis'][0])}"
                   f"  ({t_eval:.0f} s + {t_truth:.0f} s)", flush=True)  # fmt: skip
     result = compare(rows)
 
@@ -131,7 +134,8 @@ def main() -> None:
         print(json.dumps({"world_seed": args.world_seed, "estimator": est, **doc}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"world_seed": args.world_seed, "rows": rows,
+        args.out.write_text(json.dumps({"world_seed": args.world_seed,
+                                        "state_variant": args.state_variant, "rows": rows,
                                         "estimators": result}, indent=2) + "\n")  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from sepsisrl.rl.trainer import train
 FAST = EvalConfig(
     bootstrap_resamples=200,
     behaviour=BehaviourConfig(max_epochs=4),
-    fqe=FQEConfig(hidden=(32, 32), max_steps=800, min_steps=400, eval_every=200),
+    fqe=FQEConfig(members=3),
 )
 
 
@@ -123,7 +123,7 @@ def test_test_split_only_with_final_and_the_run_records_it(setup, tmp_path):
     assert doc["split"] == "test" and doc["final"] is True
     record = json.loads((run / "final_evaluation.json").read_text())
     assert len(record) == 1 and record[0]["out"].endswith("final")
-    assert doc["fqe"]["fit_on"] == "train"
+    assert doc["fqe"]["fit_on"].startswith("train (bootstrap resamples of train patients")
 
 
 def test_an_exported_bundle_is_evaluated_like_its_run(setup, tmp_path):
@@ -193,3 +193,49 @@ def test_cli_requires_exactly_one_policy(setup):
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2 and "exactly one" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------- gates and WDR
+def test_gated_estimates_are_null_with_reasons_and_never_out_of_range(setup):
+    *_, evals, _ = setup
+    for name, doc in evals.items():
+        m, ev, ungated = doc["metrics"], doc["evaluable"], doc["estimates_ungated"]
+        lo, hi = doc["fqe"]["attainable_range"]
+        assert (lo, hi) == (-15.0, 15.0)
+        for key in ("fqe", "wdr"):
+            assert (m[f"{key}_mean"] is None) == (not ev["model"]), (name, key)
+            assert lo <= ungated[key]["estimate"] <= hi, (name, key)
+            assert ungated["fqe"]["ci_low"] <= ungated["fqe"]["ci_high"]
+        assert (m["wis_mean"] is None) == (not ev["importance_sampling"]), name
+        assert bool(ev["model_reasons"]) == (not ev["model"])
+        assert bool(ev["importance_sampling_reasons"]) == (not ev["importance_sampling"])
+        assert len(doc["fqe"]["member_values"]) == 3
+        assert doc["fqe"]["horizon"] == doc["fqe"]["longest_episode"] and doc["fqe"]["converged"]
+        head = doc["headline_estimator"]
+        assert m["headline_mean"] == m[f"{head}_mean"]
+    # the clinicians are on-policy: full overlap, every estimator evaluable
+    clin = evals["clinician"]
+    assert clin["evaluable"]["importance_sampling"] and clin["metrics"]["nonzero_weight_share"] == 1
+    # a deterministic policy never matches every logged episode: IS is gated, with the reason
+    nt = evals["no_treatment"]
+    assert not nt["evaluable"]["importance_sampling"]
+    assert any("ESS" in r for r in nt["evaluable"]["importance_sampling_reasons"])
+
+
+def test_support_gate_makes_fqe_and_wdr_not_evaluable(setup, tmp_path):
+    from sepsisrl.ope.evaluate import GateConfig
+
+    _, replay, *_ = setup
+    cfg = EvalConfig(bootstrap_resamples=200, behaviour=BehaviourConfig(max_epochs=4),
+                     fqe=FQEConfig(members=2), gates=GateConfig(support_min=1.01))  # fmt: skip
+    doc = evaluate("constant:24", replay, tmp_path / "c24", kind="named", cfg=cfg)
+    assert not doc["evaluable"]["model"]
+    assert any("support mass" in r for r in doc["evaluable"]["model_reasons"])
+    assert doc["metrics"]["fqe_mean"] is None and doc["metrics"]["wdr_mean"] is None
+    assert doc["metrics"]["headline_mean"] is None
+    assert doc["estimates_ungated"]["fqe"]["estimate"] is not None  # kept for diagnosis
+
+
+def test_an_unknown_headline_estimator_is_refused():
+    with pytest.raises(ValueError, match="headline estimator 'magic'"):
+        EvalConfig(headline="magic")

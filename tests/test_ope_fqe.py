@@ -30,30 +30,69 @@ def transitions(episodes, policy_probs: np.ndarray) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("target", ["advance", "mixed"])
-def test_fqe_is_within_5_percent_of_the_exact_value(target):
-    if target == "advance":  # deterministic: always the optimal action
-        probs = np.zeros((N_POS, N_ACTIONS))
-        probs[:, 0] = 1.0
-    else:  # stochastic: 60 % advance, 40 % cautious
-        probs = np.zeros((N_POS, N_ACTIONS))
-        probs[:, 0], probs[:, 1] = 0.6, 0.4
-    # exact value by dynamic programming (mixing the two deterministic systems)
+def _exact(probs: np.ndarray) -> float:
     from .test_rl_mdp import transition_matrix
 
     P, R = transition_matrix()
     P_pi = np.einsum("sa,sat->st", probs, P)
     R_pi = (probs * R).sum(1)
-    exact = np.linalg.solve(np.eye(N_POS) - GAMMA * P_pi, R_pi)[0]
+    return float(np.linalg.solve(np.eye(N_POS) - GAMMA * P_pi, R_pi)[0])
+
+
+def _fit(episodes, probs, **cfg):
+    train = transitions(episodes, probs)
+    groups = np.repeat(np.arange(len(episodes)), [len(e) for e in episodes])
+    longest = max(len(e) for e in episodes)
+    settings = {"hidden": (32, 32), "members": 5, "seed": 1, "max_iterations": longest, **cfg}
+    fqe = FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(**settings), bounds=(0.0, 15.0))
+    result = fqe.fit(train, groups, longest)
+    return fqe, result
+
+
+@pytest.mark.parametrize("target", ["advance", "mixed"])
+def test_fqe_is_within_5_percent_of_the_exact_value(target):
+    probs = np.zeros((N_POS, N_ACTIONS))
+    if target == "advance":  # deterministic: always the optimal action
+        probs[:, 0] = 1.0
+    else:  # stochastic: 60 % advance, 40 % cautious
+        probs[:, 0], probs[:, 1] = 0.6, 0.4
+    exact = _exact(probs)
     if target == "advance":
         assert exact == pytest.approx(policy_value(np.zeros(N_POS, dtype=int))[0])
     rng = np.random.default_rng(5)
     # enough logged episodes that the data's own sampling error stays well below 5 %
-    train = transitions(simulate(rng, 30000), probs)
+    fqe, result = _fit(simulate(rng, 30000), probs)
     s0 = torch.from_numpy(np.eye(N_POS, dtype=np.float32)[[0]])
     pi0 = torch.from_numpy(probs[[0]].astype(np.float32))
-    fqe = FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(hidden=(64, 64), lr=1e-3, batch_size=1024, seed=1))
-    result = fqe.fit(train, s0, pi0)
-    estimate = fqe.state_values(s0, pi0)[0]
-    assert abs(estimate - exact) <= 0.05 * abs(exact), (estimate, exact, result.steps)
-    assert result.converged and result.holdout_value
+    members = fqe.state_values(s0, pi0)[:, 0]
+    estimate = float(members.mean())
+    assert abs(estimate - exact) <= 0.05 * abs(exact), (estimate, exact, members, result.steps)
+    assert result.converged and result.horizon == result.longest_episode
+    assert len(result.iterations) == result.horizon
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_fqe_never_leaves_the_attainable_range_on_an_unsupported_policy(model):
+    """Data that never take "gamble" (a3); the evaluated policy gambles everywhere. Its Q values
+    are pure extrapolation, but every target and every reported value stays in [0, 15]."""
+    rng = np.random.default_rng(9)
+    episodes = [[(s, a if a != 3 else 1, r) for s, a, r in ep] for ep in simulate(rng, 3000)]
+    probs = np.zeros((N_POS, N_ACTIONS))
+    probs[:, 3] = 1.0
+    fqe, result = _fit(episodes, probs, model=model, members=2, max_steps=60, min_steps=20,
+                       eval_every=20)  # fmt: skip
+    states = torch.eye(N_POS)
+    values = fqe.state_values(states, torch.from_numpy(probs.astype(np.float32)))
+    q = fqe.q_values(states)
+    assert values.min() >= 0.0 and values.max() <= 15.0
+    assert q.min() >= 0.0 and q.max() <= 15.0
+    assert len(result.iterations) == result.horizon
+
+
+def test_return_bounds_of_terminal_and_dense_rewards():
+    from sepsisrl.ope.fqe import return_bounds
+
+    done = np.array([0, 0, 1, 0, 1])
+    assert return_bounds(np.array([0, 0, 15, 0, -15.0]), done, 0.99, 18) == (-15.0, 15.0)
+    lo, hi = return_bounds(np.array([0.5, -1, 15, 0, -15.0]), done, 0.5, 3)
+    assert (lo, hi) == (-15.0 * 1.75, 15.0 * 1.75)

@@ -97,3 +97,46 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
 def test_bootstrap_of_identical_patients_has_no_spread():
     ci = bootstrap_ratio(np.full(50, 2.0), np.full(50, 4.0), resamples=200, seed=0)
     assert ci.low == ci.high == ci.estimate == 0.5
+
+
+def test_wdr_by_hand():
+    """Two episodes (gamma 0.9): ep 1 has ratios (2, 0.5) and TD errors (1, -1), initial value
+    3; ep 2 has one step with ratio 0 and TD error 2, initial value 5.
+    w = [[2, 1], [0, 0]] -> normalised [[1, 0], [1, 0]]:
+    WDR = mean(3, 5) + (1 * 1 + 0 * 2) + 0.9 * (1 * -1 + 0 * 0) = 4.1."""
+    from sepsisrl.ope.importance import cumulative_weights, step_matrix, wdr
+
+    idx = EpisodeIndex.from_rows(np.array([1, 1, 2]), np.array([0, 1, 0]))
+    w_et = cumulative_weights(np.array([2.0, 0.5, 0.0]), idx)
+    np.testing.assert_allclose(w_et, [[2.0, 1.0], [0.0, 0.0]])
+    delta = step_matrix(np.array([1.0, -1.0, 2.0]), idx)
+    assert wdr(w_et, delta, np.array([3.0, 5.0]), 0.9) == pytest.approx(4.1)
+
+
+def test_wdr_with_a_zero_control_variate_is_per_decision_wis():
+    from sepsisrl.ope.importance import cumulative_weights, step_matrix, wdr
+
+    rng = np.random.default_rng(3)
+    stay = np.repeat(np.arange(40), rng.integers(1, 6, 40))
+    step = np.concatenate([np.arange((stay == s).sum()) for s in np.unique(stay)])
+    idx = EpisodeIndex.from_rows(stay, step)
+    rho = rng.uniform(0.2, 2.0, len(stay))
+    r = rng.normal(size=len(stay))
+    got = wdr(cumulative_weights(rho, idx), step_matrix(r, idx), np.zeros(40), 0.95)
+    assert got == pytest.approx(per_decision_wis(rho, r, idx, 0.95))
+
+
+def test_per_decision_wis_is_undefined_when_every_weight_is_zero():
+    idx = EpisodeIndex.from_rows(np.array([1, 1, 2]), np.array([0, 1, 0]))
+    assert np.isnan(per_decision_wis(np.array([0.0, 1.0, 0.0]), np.ones(3), idx, 0.9))
+
+
+def test_ensemble_ci_carries_the_members_spread():
+    from sepsisrl.ope.importance import ensemble_mean_ci
+
+    same = np.tile(np.linspace(0, 1, 50), (5, 1))
+    spread = same + np.arange(5)[:, None]  # members disagree by up to 4 units
+    narrow, wide = ensemble_mean_ci(same, 500, 0), ensemble_mean_ci(spread, 500, 0)
+    assert narrow.estimate == pytest.approx(0.5) and wide.estimate == pytest.approx(2.5)
+    assert (wide.high - wide.low) > 3 * (narrow.high - narrow.low)
+    assert wide.low < 1.0 and wide.high > 4.0

@@ -39,7 +39,7 @@ def exported(built, tmp_path_factory):
         overrides={"steps": 60, "log_every": 30, "checkpoint_every": 30, "batch_size": 64}
     )
     run = train(replay, cfg, root / "runs" / "iql").run_dir
-    fqe = FQEConfig(hidden=(32, 32), max_steps=600, min_steps=200, eval_every=200)
+    fqe = FQEConfig(hidden=(32, 32), members=2, max_steps=60, min_steps=20, eval_every=20)
     ev = evaluate(
         run,
         replay,

@@ -23,8 +23,7 @@ from sepsisrl.study.report import (
     write_report,
 )
 
-EPS = 0.1
-GATES = {"ess_min": 2.0, "low_support_max": 0.05, "severe_flags_max": 0}
+GATES = {"evaluable": True, "low_support_max": 0.05, "severe_flags_max": 0}
 SELECTED = "iql_sofa_shaped_conservative_safe"
 OTHER = "iql_sofa_shaped_default_fast"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -44,22 +43,20 @@ def _train(replay: Path, run: Path, algo: str, seed: int) -> str:
 
 
 def _seed_row(ws: Path, seed: int, run: str, ev: str) -> dict:
+    from sepsisrl.study.selection import selection_metrics
+
     doc = json.loads((ws / ev / "metrics.json").read_text())
-    m, soft = doc["metrics"], doc["importance_sampling"]["wis_softened"][str(EPS)]
-    fqe, low = m["fqe_mean"], soft["ci_low"]
-    return {"seed": seed, "run": run, "eval": ev, "fqe_mean": fqe, "wis_ci_low": low,
-            "ess": soft["ess"], "support_mass": m["support_mass"],
-            "low_support_action_rate": m["low_support_action_rate"],
-            "severe_safety_flags": m["severe_safety_flags"],
-            "score": None if low is None else 0.5 * fqe + 0.5 * low}  # fmt: skip
+    row = {"seed": seed, "run": run, "eval": ev, **selection_metrics(doc, "wdr")}
+    row["score"] = row["ci_low"]
+    return row
 
 
 def _candidate(name: str, rows: list[dict], stage: int, rank: int) -> dict:
-    keys = ("fqe_mean", "wis_ci_low", "ess", "support_mass", "low_support_action_rate",
-            "severe_safety_flags", "score")  # fmt: skip
+    keys = ("estimate", "ci_low", "ci_high", "fqe_mean", "ess", "support_mass",
+            "low_support_action_rate", "severe_safety_flags", "score")  # fmt: skip
     agg = {k: (None if any(r[k] is None for r in rows) else sum(r[k] for r in rows) / len(rows))
            for k in keys}  # fmt: skip
-    gates = {"ess": agg["ess"] >= GATES["ess_min"],
+    gates = {"evaluable": agg["score"] is not None,
              "low_support": agg["low_support_action_rate"] <= GATES["low_support_max"],
              "severe_flags": agg["severe_safety_flags"] <= GATES["severe_flags_max"]}  # fmt: skip
     return {"name": name, "reward": "sofa_shaped", "lr_regime": name.split("_")[-2],
@@ -99,7 +96,7 @@ def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
         cfg = EvalConfig(
             bootstrap_resamples=200,
             behaviour=BehaviourConfig(max_epochs=4),
-            fqe=FQEConfig(max_steps=300, min_steps=100, eval_every=100, hidden=(32, 32)),
+            fqe=FQEConfig(members=2, max_steps=40, min_steps=20, eval_every=20, hidden=(32, 32)),
         )
         behaviour: list[BehaviourModel] = []
 
@@ -131,7 +128,7 @@ def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
     selection = {
         "schema_version": "1", "profile": "tiny-test", "split": "validation",
         "rule": {"description": "validation only; score then gates (test fixture)",
-                 "wis_softening_eps": EPS, "score": "0.5 * fqe_mean + 0.5 * wis_ci_low",
+                 "estimator": "wdr", "score": "wdr_ci_low",
                  "gates": GATES, "finalists": 1, "fallback": "fewest failed gates, then score"},
         "candidates": cands, "finalists": [SELECTED],
         "selected": {"name": SELECTED, "seed": 1, "run": runs[(SELECTED, 1)],
@@ -306,7 +303,7 @@ def test_selection_and_its_rule_appear(study):
     sel = _read(ws, "study/selection.json")
     md = (report / "report.md").read_text(encoding="utf-8")
     for gate, value in sel["rule"]["gates"].items():
-        assert f"{gate} = {value}" in md
+        assert f"{gate} = {json.dumps(value)}" in md
     assert sel["rule"]["score"] in md and sel["rule"]["description"] in md
     table = _page(report).tables["candidates"]
     roles = {r[0]: r[1] for r in table[1:]}
@@ -318,7 +315,7 @@ def test_selection_and_its_rule_appear(study):
     assert f"records the sha256 of study/selection.json, {digest[:12]})" in md
 
 
-def test_test_split_rows_mark_softened_wis(study):
+def test_test_split_rows_show_gated_estimates_and_say_why(study):
     ws, report = study
     final = _read(ws, "study/final.json")
     evals = final["selected"]["evals"] + [b["eval"] for b in final["baselines"]]
@@ -326,16 +323,20 @@ def test_test_split_rows_mark_softened_wis(study):
     assert set(rows) == set(evals)
     for ev in evals:
         doc = _read(ws, f"{ev}/metrics.json")
-        note = rows[ev][4]
-        if doc["metrics"]["wis_mean"] is None:
-            assert note == f"softened ε={EPS}", ev
-            soft = doc["importance_sampling"]["wis_softened"][str(EPS)]
-            assert rows[ev][3].startswith(f"{soft['wis']:.4g} [")
-        else:
-            assert note == "unsoftened"
-            assert rows[ev][3].startswith(f"{doc['metrics']['wis_mean']:.4g} [")
+        m, note = doc["metrics"], rows[ev][5]
+        for col, key in ((2, "fqe"), (3, "wdr"), (4, "wis")):
+            if m[f"{key}_mean"] is None:  # gated: no number, and the reason is given
+                assert rows[ev][col] == "undefined", (ev, key)
+            else:
+                assert rows[ev][col].startswith(f"{m[f'{key}_mean']:.4g} [")
+        if not doc["evaluable"]["importance_sampling"]:
+            assert "not evaluable by importance sampling" in note
+            for reason in doc["evaluable"]["importance_sampling_reasons"]:
+                assert reason in note
+        if not doc["evaluable"]["model"]:
+            assert "not evaluable by FQE/WDR" in note
     clin = next(r for r in rows.values() if r[0].startswith("clinician"))
-    assert clin[4] == "unsoftened"  # the clinicians are on-policy: plain WIS is defined
+    assert clin[4] != "undefined"  # the clinicians are on-policy: WIS is defined
 
 
 def test_subgroup_and_safety_tables_come_from_the_selected_eval(study):

@@ -111,14 +111,23 @@ def test_direct_fused_adam_equals_adam_step_and_keeps_its_state_dict():
 
 
 def test_fqe_explicit_gradient_equals_autograd_of_its_squared_loss():
-    from sepsisrl.ope.fqe import FQE, FQEConfig
+    from sepsisrl.ope.fqe import FQE, FQEConfig, _forward
 
-    fqe = FQE(D, A, 0.9, FQEConfig(hidden=(16, 16)))
+    fqe = FQE(D, A, 0.9, FQEConfig(model="mlp", hidden=(16, 16), members=3))
     s, a, _, _, _ = batch(5)
-    y = torch.randn(B)
-    fqe._write_gradient(s, a, y)
+    s3 = torch.stack([s, s.flip(0), s * 0.5])  # every member its own rows
+    a3 = torch.stack([a, a.flip(0), a])
+    y = torch.randn(3, B)
+    fqe._write_gradient(s3, a3, y)
     explicit = fqe.optimizer.flat["q"].grad.clone()
     fqe.optimizer.zero_grad()
-    q = fqe.q(s).gather(1, a.unsqueeze(1)).squeeze(1)
-    (q - y).square().mean().backward()
+    with torch.enable_grad():
+        h = s3
+        for i, (w, bias) in enumerate(zip(fqe.q.weights, fqe.q.biases, strict=True)):
+            h = torch.bmm(h, w) + bias
+            if i < len(fqe.q.weights) - 1:
+                h = h.relu()
+        q = h.gather(2, a3.unsqueeze(2)).squeeze(2)
+        (q - y).square().mean(1).sum().backward()
+    assert _forward(fqe.q, s3)[0].shape == (3, B, A)
     torch.testing.assert_close(explicit, fqe.optimizer.flat["q"].grad, rtol=1e-5, atol=1e-7)

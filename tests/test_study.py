@@ -22,7 +22,6 @@ TINY = {
     },
     "sweep.stage2_seeds": [123],
     "selection.finalists": 2,
-    "selection.ess_min": 1.0,
     "train": {
         "steps": 30,
         "hidden_sizes": [32, 32],
@@ -32,7 +31,11 @@ TINY = {
         "epochs": 1,
     },
     "evaluation.bootstrap_resamples": 200,
-    "evaluation.fqe": {"max_steps": 200, "min_steps": 100, "eval_every": 100, "hidden": [32, 32]},
+    "evaluation.fqe": {"members": 2},
+    "baselines.trained": {
+        "behaviour_cloning": {"algo": "bc"},
+        "cql": {"algo": "cql", "grid": {"cql.alpha": [0.1, 5.0]}},
+    },
     "truth.patients": 80,
     "workers": 1,
 }
@@ -73,78 +76,111 @@ def test_bad_profile_and_bad_values_are_clear_errors():
 
 # ------------------------------------------------------------------- the selection rule
 RULE = load_study_config("quick", overrides={
-    "selection.ess_min": 5.0, "selection.low_support_max": 0.05, "selection.severe_flags_max": 0,
-    "selection.fqe_weight": 0.5, "selection.wis_weight": 0.5,
+    "selection.low_support_max": 0.05, "selection.severe_flags_max": 0,
+    "selection.estimator": "wdr",
 }).selection  # fmt: skip
 
 
 def _cand(name, rows):
+    """rows: (seed, estimate, lower bound, low-support rate, severe flags)."""
     seeds = [
-        {"seed": s, "run": f"runs/{name}_seed{s}", "eval": "e", "fqe_mean": f, "wis_ci_low": w,
-         "ess": e, "support_mass": 1 - low, "low_support_action_rate": low,
-         "severe_safety_flags": fl}
-        for s, f, w, e, low, fl in rows
+        {"seed": s, "run": f"runs/{name}_seed{s}", "eval": "e", "estimate": v, "ci_low": lo,
+         "ci_high": None if v is None else v + 1, "fqe_mean": v, "ess": 0.5,
+         "support_mass": 1 - low, "low_support_action_rate": low, "severe_safety_flags": fl}
+        for s, v, lo, low, fl in rows
     ]  # fmt: skip
     return sel.aggregate({"name": name, "seeds": seeds}, RULE)
 
 
-def test_score_gates_and_seed_means():
-    c = _cand("a", [(42, 4.0, 2.0, 10.0, 0.01, 0), (123, 6.0, 0.0, 4.0, 0.03, 0)])
-    assert c["seeds"][0]["score"] == pytest.approx(3.0)  # 0.5 * 4 + 0.5 * 2
-    assert c["score"] == pytest.approx(3.0) and c["fqe_mean"] == pytest.approx(5.0)
-    assert c["ess"] == pytest.approx(7.0)
-    assert c["gates"] == {"ess": True, "low_support": True, "severe_flags": True}
+def test_score_is_the_lower_bound_and_gates_and_seed_means():
+    c = _cand("a", [(42, 4.0, 2.0, 0.01, 0), (123, 6.0, 0.0, 0.03, 0)])
+    assert c["seeds"][0]["score"] == pytest.approx(2.0)  # the pessimistic bound, not 4.0
+    assert c["score"] == pytest.approx(1.0) and c["estimate"] == pytest.approx(5.0)
+    assert c["gates"] == {"evaluable": True, "low_support": True, "severe_flags": True}
     assert c["passed"]
-    bad = _cand("b", [(42, 9.0, 9.0, 4.9, 0.06, 1)])
-    assert bad["gates"] == {"ess": False, "low_support": False, "severe_flags": False}
-    undefined = _cand("c", [(42, 9.0, None, 30.0, 0.0, 0), (123, 9.0, 9.0, 30.0, 0.0, 0)])
-    assert undefined["wis_ci_low"] is None and undefined["score"] is None  # never dropped
+    bad = _cand("b", [(42, 9.0, 9.0, 0.06, 1)])
+    assert bad["gates"] == {"evaluable": True, "low_support": False, "severe_flags": False}
+    # a seed whose estimate failed the evaluation's gates: the candidate is not evaluable
+    undefined = _cand("c", [(42, None, None, 0.0, 0), (123, 9.0, 9.0, 0.0, 0)])
+    assert undefined["ci_low"] is None and undefined["score"] is None  # never dropped
+    assert undefined["gates"]["evaluable"] is False and not undefined["passed"]
 
 
-def test_passing_candidates_rank_first_by_score_and_ties_break_on_ess():
-    high_but_unsafe = _cand("unsafe", [(42, 14.0, 14.0, 50.0, 0.0, 2)])
-    good = _cand("good", [(42, 5.0, 3.0, 8.0, 0.0, 0)])
-    better = _cand("better", [(42, 6.0, 3.0, 8.0, 0.0, 0)])
-    tie = _cand("tie", [(42, 6.0, 3.0, 20.0, 0.0, 0)])
-    undefined = _cand("undef", [(42, 9.0, None, 20.0, 0.0, 0)])
-    ranked = sel.rank([high_but_unsafe, good, better, tie, undefined])
+def test_the_severe_flag_gate_can_be_the_clinicians_reference_level():
+    rule = load_study_config("quick").selection
+    assert rule.severe_flags_max == "clinicians"  # the default
+
+    def cand(flags, clinicians):
+        row = {"seed": 42, "run": "r", "eval": "e", "estimate": 5.0, "ci_low": 4.0,
+               "ci_high": 6.0, "fqe_mean": 5.0, "ess": 0.0, "support_mass": 1.0,
+               "low_support_action_rate": 0.0, "severe_safety_flags": flags,
+               "clinician_safety_flags": clinicians}  # fmt: skip
+        return sel.aggregate({"name": "c", "seeds": [row]}, rule)
+
+    assert cand(3, 5)["gates"]["severe_flags"] and cand(5, 5)["gates"]["severe_flags"]
+    assert not cand(6, 5)["gates"]["severe_flags"]
+    assert not cand(0, None)["gates"]["severe_flags"]  # no reference: cannot pass
+    assert "the clinicians' flags on the same states" in sel.choose([cand(3, 5)], rule)["reason"]
+
+
+def test_passing_candidates_rank_first_by_score_and_ties_break_on_support():
+    high_but_unsafe = _cand("unsafe", [(42, 14.0, 14.0, 0.0, 2)])
+    good = _cand("good", [(42, 5.0, 3.0, 0.0, 0)])
+    better = _cand("better", [(42, 6.0, 3.5, 0.0, 0)])
+    tie = _cand("tie", [(42, 9.0, 3.5, 0.0, 0)])
+    tie["support_mass"] = 1.0
+    better["support_mass"] = 0.99
+    not_evaluable = _cand("undef", [(42, None, None, 0.0, 0)])
+    ranked = sel.rank([high_but_unsafe, good, better, tie, not_evaluable])
     assert [c["name"] for c in ranked][:3] == ["tie", "better", "good"]
     assert [c["rank"] for c in ranked] == [1, 2, 3, 4, 5]
     chosen = sel.choose([high_but_unsafe, good, better], RULE)
     assert chosen["name"] == "better" and not chosen["fallback"]
-    assert "passes every gate" in chosen["reason"]
+    assert "passes every gate" in chosen["reason"] and "wdr" in chosen["reason"]
+    # a higher point estimate with a wider CI loses to a better lower bound
+    wide = _cand("wide", [(42, 12.0, 1.0, 0.0, 0)])
+    assert sel.choose([wide, good], RULE)["name"] == "good"
 
 
 def test_fallback_is_explicit_and_safety_first():
-    many_flags = _cand("flags", [(42, 14.0, 14.0, 1.0, 0.0, 9)])
-    few_flags_low_support = _cand("support", [(42, 3.0, 3.0, 1.0, 0.2, 1)])
-    no_flags = _cand("safe", [(42, 1.0, 1.0, 1.0, 0.2, 0)])
+    many_flags = _cand("flags", [(42, 14.0, 14.0, 0.0, 9)])
+    few_flags_low_support = _cand("support", [(42, 3.0, 3.0, 0.2, 1)])
+    no_flags = _cand("safe", [(42, None, None, 0.2, 0)])
     chosen = sel.choose([many_flags, few_flags_low_support, no_flags], RULE)
     assert chosen["name"] == "safe" and chosen["fallback"]
-    assert chosen["failed_gates"] == ["ess", "low_support"]
+    assert chosen["failed_gates"] == ["evaluable", "low_support"]
     assert chosen["reason"].startswith("fallback: no finalist passed every gate")
     chosen2 = sel.choose([many_flags, few_flags_low_support], RULE)
     assert chosen2["name"] == "support"  # fewer severe flags beats a higher score
 
 
 def test_the_exported_seed_has_the_best_validation_score():
-    c = _cand("a", [(42, 4.0, 2.0, 10.0, 0.0, 0), (123, 8.0, 2.0, 10.0, 0.0, 0),
-                    (456, 5.0, 2.0, 10.0, 0.0, 0)])  # fmt: skip
+    c = _cand("a", [(42, 4.0, 2.0, 0.0, 0), (123, 8.0, 3.0, 0.0, 0), (456, 9.0, 2.5, 0.0, 0)])
     chosen = sel.choose([c], RULE)
     assert chosen["seed"] == 123 and chosen["run"] == "runs/a_seed123"
 
 
-def test_selection_metrics_use_the_softened_wis_and_refuse_unknown_eps():
+def test_selection_metrics_read_the_configured_estimator_and_refuse_unknown_ones():
     doc = {
-        "metrics": {"fqe_mean": 1.0, "wis_ci_low": None, "ess": 0.0, "support_mass": 0.9,
+        "metrics": {"fqe_mean": 1.0, "fqe_ci_low": 0.5, "fqe_ci_high": 1.5, "wdr_mean": None,
+                    "wdr_ci_low": None, "wdr_ci_high": None, "ess": 0.0, "support_mass": 0.9,
                     "low_support_action_rate": 0.1, "severe_safety_flags": 0},
-        "importance_sampling": {"wis_softened": {"0.1": {"ci_low": 2.5, "ess": 7.0}}},
     }  # fmt: skip
-    m = sel.selection_metrics(doc, 0.1)
-    assert (m["wis_ci_low"], m["ess"]) == (2.5, 7.0)
-    assert sel.selection_metrics(doc, 0.0)["wis_ci_low"] is None
-    with pytest.raises(ValueError, match=r"wis_softening_eps=0\.3 was not computed"):
-        sel.selection_metrics(doc, 0.3)
+    assert sel.selection_metrics(doc, "fqe")["ci_low"] == 0.5
+    assert sel.selection_metrics(doc, "wdr")["ci_low"] is None  # gated: not evaluable
+    with pytest.raises(ValueError, match=r"selection\.estimator='magic'"):
+        sel.selection_metrics(doc, "magic")
+
+
+def test_the_estimator_and_gate_settings_are_checked_at_load():
+    from sepsisrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="estimator"):
+        load_study_config("quick", overrides={"selection.estimator": "wiss"})
+    with pytest.raises(ConfigError, match="suport_min"):
+        load_study_config("quick", overrides={"evaluation.gates": {"suport_min": 0.9}})
+    with pytest.raises(ConfigError, match="polyak"):
+        load_study_config("quick", overrides={"evaluation.fqe": {"polyak": 0.05}})
 
 
 # ------------------------------------------------------------------- end to end (small)
@@ -204,10 +240,11 @@ def test_stage_one_and_two_use_validation_only(study):
         for r in c["seeds"]:
             ev = _read(ws / r["eval"] / "metrics.json")
             assert ev["split"] == "validation" and not ev["final"]
-            soft = ev["importance_sampling"]["wis_softened"]["0.1"]
-            assert r["fqe_mean"] == ev["metrics"]["fqe_mean"] and r["ess"] == soft["ess"]
+            assert r["ci_low"] == ev["metrics"]["fqe_ci_low"]  # the exported greedy policy
+            assert r["fqe_mean"] == ev["metrics"]["fqe_mean"] and r["ess"] == ev["metrics"]["ess"]
+            assert ev["importance_sampling"]["softening_eps"] == 0.0
     assert doc["selected"]["name"] in doc["finalists"]
-    assert doc["rule"]["gates"]["ess_min"] == 1.0
+    assert doc["rule"]["estimator"] == "fqe" and doc["rule"]["score"] == "fqe_ci_low"
     # the test split was read only after the selection had been written
     test_reads = [after for split, after in reads if split == "test"]
     assert test_reads and all(test_reads)
@@ -229,6 +266,27 @@ def test_one_final_test_evaluation_of_the_selected_policy_and_the_baselines(stud
     assert algos == {"behaviour_cloning": "bc", "cql": "cql"}
     for run in final["selected"]["runs"]:  # the run records when its test evaluation happened
         assert len(_read(ws / run / "final_evaluation.json")) == 1
+
+
+def test_trained_baselines_are_tuned_on_validation_by_the_selection_rule(study):
+    ws, *_ = study
+    final = _read(ws / "study" / "final.json")
+    cql = next(b for b in final["baselines"] if b["name"] == "cql")
+    tuning = cql["tuning"]
+    assert [g["hyperparameters"] for g in sorted(tuning["grid"], key=lambda g: g["name"])] == [
+        {"cql.alpha": 0.1}, {"cql.alpha": 5.0}]  # fmt: skip
+    chosen = next(g for g in tuning["grid"] if g["name"] == tuning["chosen"])
+    assert chosen["rank"] == 1 and cql["run"] == tuning["run"]
+    trained_with = _read(ws / cql["run"] / "config.json")["config"]["cql"]["alpha"]
+    assert trained_with == chosen["hyperparameters"]["cql.alpha"]
+    for g in tuning["grid"]:  # every grid point was scored on validation
+        doc = _read(ws / "eval" / f"{g['name']}_seed42-validation" / "metrics.json")
+        assert doc["split"] == "validation" and g["score"] == doc["metrics"]["fqe_ci_low"]
+    assert tuning["reason"]
+    bc = next(b for b in final["baselines"] if b["name"] == "behaviour_cloning")
+    assert len(bc["tuning"]["grid"]) == 1  # no grid: the configured settings
+    md = (ws / "report" / "report.md").read_text(encoding="utf-8")
+    assert tuning["reason"] in md
 
 
 def test_the_release_and_the_report(study):

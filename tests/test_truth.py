@@ -270,8 +270,8 @@ def test_evaluate_accepts_the_same_policy_grammar(own_world, tmp_path):
 
     root, _, ctx = own_world
     fast = EvalConfig(bootstrap_resamples=200, behaviour=BehaviourConfig(max_epochs=2),
-                      fqe=FQEConfig(hidden=(16, 16), max_steps=200, min_steps=100,
-                                    eval_every=100))  # fmt: skip
+                      fqe=FQEConfig(hidden=(16, 16), members=2, max_steps=40,
+                                    min_steps=20, eval_every=20))  # fmt: skip
     replay = root / "ws" / "replay" / "sparse"
     doc = evaluate("constant:12", replay, tmp_path / "c12", kind="named", cfg=fast)
     assert doc["policy"]["name"] == "constant:12"

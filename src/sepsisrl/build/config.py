@@ -11,6 +11,15 @@ from sepsisrl.config import StrictModel, load_config
 
 N_BASE_FEATURES = 37
 
+#: The features a ``running_treatment`` state adds (computed in ``build/state.py``).
+RUNNING_TREATMENT_FEATURES = (
+    "vaso_rate_nor_equiv_at_tau",
+    "iv_fluid_4h_before_tau",
+    "prev_vaso_bin",
+    "prev_fluid_bin",
+    "hours_since_icu_admission",
+)
+
 
 class EngineConfig(StrictModel):
     threads: int = Field(ge=0)
@@ -93,6 +102,36 @@ class NormalisationConfig(StrictModel):
     use_log1p: bool
 
 
+class RunningTreatmentConfig(StrictModel):
+    replaces: list[str]
+    features: list[FeatureSpec]
+    log1p: list[str]
+
+    @model_validator(mode="after")
+    def _names(self) -> RunningTreatmentConfig:
+        names = [f.name for f in self.features]
+        if sorted(names) != sorted(RUNNING_TREATMENT_FEATURES):
+            raise ValueError(
+                f"features must be exactly {list(RUNNING_TREATMENT_FEATURES)} (each computed by "
+                f"build/state.py), got {names}"
+            )
+        for f in self.features:
+            if f.agg != "derived" or f.impute != "none" or f.flag or f.valid is not None:
+                raise ValueError(
+                    f"features: {f.name} is never missing: it needs agg: derived, impute: none, "
+                    "valid: null, flag: false"
+                )
+        unknown = sorted(set(self.log1p) - set(names))
+        if unknown:
+            raise ValueError(f"log1p: {unknown} are not features of this variant")
+        return self
+
+
+class StateConfig(StrictModel):
+    variant: Literal["card", "running_treatment"]
+    running_treatment: RunningTreatmentConfig
+
+
 class ActionConfig(StrictModel):
     vaso_bins: int = Field(ge=2)
     fluid_bins: int = Field(ge=2)
@@ -124,6 +163,7 @@ class BuildConfig(StrictModel):
     features: list[FeatureSpec]
     normal_values: dict[str, float]
     normalisation: NormalisationConfig
+    state: StateConfig
     actions: ActionConfig
     rewards: RewardConfig
     expected_counts: dict[str, dict[str, tuple[int, int]]]
@@ -151,14 +191,66 @@ class BuildConfig(StrictModel):
         missing = required - set(self.items)
         if missing:
             raise ValueError(f"items: missing concepts {sorted(missing)}")
+        rt = self.state.running_treatment
+        specs = {f.name: f for f in self.features}
+        for name in rt.replaces:
+            # only features no other feature is computed from, and with no train median
+            if name not in specs or specs[name].impute not in ("none", "zero"):
+                raise ValueError(
+                    f"state.running_treatment.replaces: {name!r} cannot be replaced (only base "
+                    "features imputed with none or zero: "
+                    f"{[f.name for f in self.features if f.impute in ('none', 'zero')]})"
+                )
+        clash = sorted({f.name for f in rt.features} & set(specs))
+        if clash:
+            raise ValueError(f"state.running_treatment.features: {clash} are base features")
+        for name, n_bins in (
+            ("prev_vaso_bin", self.actions.vaso_bins),
+            ("prev_fluid_bin", self.actions.fluid_bins),
+        ):
+            lo, hi = next(f.clip for f in rt.features if f.name == name)
+            if lo > 0 or hi < n_bins - 1:
+                raise ValueError(
+                    f"state.running_treatment.features: the clip of {name} must cover the "
+                    f"bins 0..{n_bins - 1}, got [{lo}, {hi}]"
+                )
         return self
+
+    @property
+    def state_features(self) -> list[FeatureSpec]:
+        """The features of the configured state variant, in state order (flags excluded)."""
+        if self.state.variant == "card":
+            return list(self.features)
+        rt = self.state.running_treatment
+        return [f for f in self.features if f.name not in rt.replaces] + list(rt.features)
+
+    @property
+    def state_log1p(self) -> set[str]:
+        """The state features z-scored after log1p (none unless ``normalisation.use_log1p``)."""
+        if not self.normalisation.use_log1p:
+            return set()
+        names = set(self.normalisation.log1p)
+        if self.state.variant == "running_treatment":
+            names |= set(self.state.running_treatment.log1p)
+        return names
 
     @property
     def feature_names(self) -> list[str]:
         """The state's column order: base features, then missingness flags."""
-        base = [f.name for f in self.features]
-        flags = [f"{f.name}_missing" for f in self.features if f.flag]
+        feats = self.state_features
+        base = [f.name for f in feats]
+        flags = [f"{f.name}_missing" for f in feats if f.flag]
         return base + flags
+
+
+def with_card_state(doc: dict[str, Any]) -> dict[str, Any]:
+    """A resolved configuration (``build_config.json``) written before state variants existed
+    has no ``state`` section: its state is the card layout (packaged ``state`` section, variant
+    ``card``)."""
+    if "state" in doc:
+        return doc
+    packaged = load_build_config().state.model_dump(mode="json")
+    return {**doc, "state": {**packaged, "variant": "card"}}
 
 
 def load_build_config(

@@ -1,5 +1,9 @@
 """Features stage: the 62-dimensional state at every decision time (clinical_spec.md section 5).
 
+(That is the default ``state.variant: card``; ``running_treatment`` replaces
+``hours_since_onset`` by the treatment running at tau and a causal ICU clock, see
+``build/state.py`` and docs/build.md.)
+
 For step k with decision time tau_k, each measured feature aggregates the valid values charted
 in [tau_k - 4 h, tau_k) (last / min / max / sum), is clipped, forward-filled from earlier
 windows of the same stay (including ICU data before the episode), and finally imputed with
@@ -49,6 +53,9 @@ def run_features(
         f"CREATE VIEW measurements AS SELECT * FROM read_parquet('{meas_dir / 'measurements.parquet'}')"
     )
     con.execute(f"CREATE VIEW urine AS SELECT * FROM read_parquet('{meas_dir / 'urine.parquet'}')")
+    con.execute(
+        f"CREATE VIEW infusions AS SELECT * FROM read_parquet('{meas_dir / 'infusions.parquet'}')"
+    )
     steps = pq.read_table(episodes_dir / "steps.parquet").sort_by(
         [("stay_id", "ascending"), ("step", "ascending")]
     )
@@ -61,7 +68,7 @@ def run_features(
     train = split == "train"
     static = {
         "age": pq.read_table(
-            cohort_dir / "cohort.parquet", columns=["stay_id", "age", "onset_time"]
+            cohort_dir / "cohort.parquet", columns=["stay_id", "age", "onset_time", "intime"]
         ),
         "weights": pq.read_table(meas_dir / "weights.parquet"),
     }
@@ -76,8 +83,8 @@ def run_features(
             "steps": int(train.sum()),
             "rows_sha256": rows_sha256(stay[train], step[train]),
         },
-        "imputation": {f.name: f.impute for f in cfg.features},
-        "valid_range": {f.name: list(f.valid) if f.valid else None for f in cfg.features},
+        "imputation": {f.name: f.impute for f in cfg.state_features},
+        "valid_range": {f.name: list(f.valid) if f.valid else None for f in cfg.state_features},
     }
     write_json(out / "preprocessing.json", prep.to_json())
 
@@ -94,6 +101,7 @@ def run_features(
     missing_rate = {nm: round(float((~observed[nm]).mean()), 4) for nm in observed}
     return {
         "steps": len(stay),
+        "state_variant": cfg.state.variant,
         "state_dim": len(cfg.feature_names),
         "feature_names": cfg.feature_names,
         "window_missing_fraction": missing_rate,

@@ -179,6 +179,8 @@ def audit_workspace(
     cum_state = s_sorted["cum_iv_fluid_ml"].to_numpy()
     if not np.allclose(cum_state, np.clip(before, lo, hi), atol=1e-6):
         problems.append("cumulative IV fluid in the state is not the sum of earlier action windows")
+    if "prev_vaso_bin" in state.column_names:  # state variant running_treatment
+        problems += _running_treatment_problems(s_sorted, a, first, cfg)
     results.append(
         _check(
             "causal_states",
@@ -264,6 +266,30 @@ def audit_workspace(
         )
     )
     return {"passed": all(x["passed"] for x in results), "checks": results}
+
+
+def _running_treatment_problems(
+    state: Any, acts: Any, first: np.ndarray, cfg: BuildConfig
+) -> list[str]:
+    """The running_treatment features of step k read step k - 1's action window, never the
+    current one: the previous bins are the previous step's, and for k >= 1 the fluid of the
+    4 h before tau is the previous window's volume (both sorted by stay and step)."""
+    problems = []
+    clip = {f.name: f.clip for f in cfg.state_features}
+    later = ~first
+    for name, col in (("prev_vaso_bin", "vaso_bin"), ("prev_fluid_bin", "fluid_bin")):
+        got = state[name].to_numpy()
+        bins = acts[col].to_numpy().astype(np.float64)
+        expected = np.where(first, 0.0, np.roll(bins, 1))
+        if not np.array_equal(got, np.clip(expected, *clip[name])):
+            problems.append(f"{name} in the state is not the previous step's action bin")
+    fluid = state["iv_fluid_4h_before_tau"].to_numpy()
+    prev_fluid = np.clip(np.roll(acts["fluid_ml"].to_numpy(), 1), *clip["iv_fluid_4h_before_tau"])
+    if not np.allclose(fluid[later], prev_fluid[later], rtol=1e-9, atol=1e-6):
+        problems.append(
+            "iv_fluid_4h_before_tau in the state is not the previous action window's volume"
+        )
+    return problems
 
 
 def run_leakage_audit(ws: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:

@@ -194,6 +194,8 @@ def build(
             {
                 "_after": ["episodes", "measurements", "actions", "splits", "cohort"],
                 "cfg": _section(cfg, "features", "normal_values", "normalisation", "episodes"),
+                # the default state keeps the cache key it had before state variants existed
+                **({"state": _section(cfg, "state")} if cfg.state.variant != "card" else {}),
             },
             lambda out: run_features(
                 p("episodes"), p("measurements"), p("actions"), p("splits"), p("cohort"), cfg, out

@@ -74,6 +74,20 @@ def compute_rewards(
     return reward.astype(np.float32), reward_eval.astype(np.float32), done
 
 
+def _hours_since_onset(state: pa.Table, cohort: pa.Table, cfg: BuildConfig) -> np.ndarray:
+    """The ``hours_since_onset_raw`` column (not a state feature): the state's value when the
+    state has it, else tau minus the cohort's onset with the same clip."""
+    if "hours_since_onset" in state.column_names:
+        return state["hours_since_onset"].to_numpy().astype(np.float32)
+    keys = cohort["stay_id"].to_numpy()
+    order = np.argsort(keys)
+    pos = order[np.searchsorted(keys, state["stay_id"].to_numpy(), sorter=order)]
+    onset = cohort["onset_time"].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()[pos]
+    tau = state["tau"].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    lo, hi = next(f.clip for f in cfg.features if f.name == "hours_since_onset")
+    return np.clip((tau - onset) / 3.6e9, lo, hi).astype(np.float32)
+
+
 def run_replay(
     features_dir: Path,
     actions_dir: Path,
@@ -90,7 +104,9 @@ def run_replay(
     acts = pq.read_table(actions_dir / "step_actions.parquet").sort_by(
         [("stay_id", "ascending"), ("step", "ascending")]
     )
-    cohort = pq.read_table(cohort_dir / "cohort.parquet", columns=["stay_id", "died_90d"])
+    cohort = pq.read_table(
+        cohort_dir / "cohort.parquet", columns=["stay_id", "died_90d", "onset_time"]
+    )
     died_of = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
     stay = state["stay_id"].to_numpy()
     if (
@@ -110,6 +126,7 @@ def run_replay(
     )
     feature_names = cfg.feature_names
     split = state["split"].to_numpy(zero_copy_only=False)
+    hours_since_onset = _hours_since_onset(state, cohort, cfg)
     labels = action_labels(cfg.actions.vaso_bins, cfg.actions.fluid_bins)
     counts: dict[str, dict[str, int]] = {}
     for variant in cfg.rewards.variants:
@@ -128,7 +145,7 @@ def run_replay(
             cols[f"s_{name}"] = model_states[:, j]
         cols["reward_eval"] = reward_eval
         cols["sofa"] = sofa.astype(np.int16)
-        cols["hours_since_onset_raw"] = state["hours_since_onset"].to_numpy().astype(np.float32)
+        cols["hours_since_onset_raw"] = hours_since_onset
         table = pa.table(cols)
         folder = out / variant
         folder.mkdir(parents=True, exist_ok=True)
@@ -146,6 +163,7 @@ def run_replay(
             "state_dim": len(feature_names),
             "n_actions": len(labels),
             "feature_names": feature_names,
+            "state_variant": cfg.state.variant,
             "action_labels": labels,
             "reward": {
                 "variant": variant,

@@ -18,6 +18,14 @@ A state at decision time tau_k reads only data charted before tau_k:
   charted, before that the first weight recorded with an infusion (once recorded), else
   imputed;
 - ``hours_since_onset``: tau_k minus the Sepsis-3 onset of the episode grid.
+
+The ``running_treatment`` variant (``state.variant``) drops ``hours_since_onset`` and adds
+(``running_treatment.sql``, docs/build.md):
+- ``vaso_rate_nor_equiv_at_tau``: the NE-equivalent rate of the vasopressor infusions that
+  started before tau_k and still run at tau_k;
+- ``iv_fluid_4h_before_tau``: IV fluid given in [tau_k - 4 h, tau_k), prorated;
+- ``prev_vaso_bin``, ``prev_fluid_bin``: the action bins of step k - 1 (0 at step 0);
+- ``hours_since_icu_admission``: tau_k minus the ICU intime.
 """
 
 from __future__ import annotations
@@ -64,6 +72,13 @@ class FrozenStatistics:
     @classmethod
     def load(cls, workspace: Path, cfg: BuildConfig) -> FrozenStatistics:
         prep = StatePreprocessor.from_json(read_json(workspace / "features" / "preprocessing.json"))
+        expected = [f.name for f in cfg.state_features]
+        if prep.names != expected:
+            raise ValueError(
+                f"{workspace}: features/preprocessing.json lists the features {prep.names}, but "
+                f"the build configuration (state.variant={cfg.state.variant!r}) expects "
+                f"{expected}: the statistics belong to another build"
+            )
         bins = read_json(workspace / "actions" / "bins.json")
         return cls(
             prep=prep,
@@ -134,10 +149,12 @@ def compute_states(
     """The state of every row of ``steps`` (stay_id, step, tau; sorted by stay and step).
 
     ``con`` has the views ``episodes`` (stay_id, tau0, tau_last, n_steps), ``measurements``
-    and ``urine``. ``static``: ``age`` (stay_id, age, onset_time) and ``weights`` (stay_id,
-    weight_kg, weight_time). ``cumulative``: (stay_id, step, cum_iv_fluid_ml_before,
-    cum_vaso_dose_before). With ``frozen`` the build's statistics are applied; otherwise
-    they are fitted on the rows where ``train`` is true.
+    and ``urine`` (and, for the ``running_treatment`` variant, ``infusions``). ``static``:
+    ``age`` (stay_id, age, onset_time; ``intime`` for ``running_treatment``) and ``weights``
+    (stay_id, weight_kg, weight_time). ``cumulative``: (stay_id, step,
+    cum_iv_fluid_ml_before, cum_vaso_dose_before; ``vaso_bin``, ``fluid_bin`` of the step's
+    own action window for ``running_treatment``). With ``frozen`` the build's statistics are
+    applied; otherwise they are fitted on the rows where ``train`` is true.
     """
     if frozen is None and train is None:
         raise ValueError("compute_states needs either frozen statistics or a train mask")
@@ -172,7 +189,11 @@ def compute_states(
         "min": windows["min_value"].to_numpy(zero_copy_only=False).astype(np.float64),
         "max": windows["max_value"].to_numpy(zero_copy_only=False).astype(np.float64),
     }
-    specs: dict[str, FeatureSpec] = {f.name: f for f in cfg.features}
+    state_specs = cfg.state_features
+    names = [f.name for f in state_specs]
+    specs: dict[str, FeatureSpec] = {
+        f.name: f for f in [*cfg.features, *cfg.state.running_treatment.features]
+    }
     values: dict[str, np.ndarray] = {}
     observed: dict[str, np.ndarray] = {}
     source_time = np.full(n, NAT, dtype=np.int64)
@@ -264,15 +285,19 @@ def compute_states(
         np.zeros(n, dtype=np.int64),
     )
     values["pf_ratio"] = pf
-    values["hours_since_onset"] = clip("hours_since_onset", (tau - onset) / 3.6e9)
+    if "hours_since_onset" in names:
+        values["hours_since_onset"] = clip("hours_since_onset", (tau - onset) / 3.6e9)
+    if cfg.state.variant == "running_treatment":
+        running, running_t = _running_treatment(con, steps, static, cumulative, cfg, rows_of)
+        for name, v in running.items():
+            values[name] = clip(name, v)
+        source_time = np.maximum(source_time, running_t)
 
-    names = [f.name for f in cfg.features]
     if frozen is None:
-        log1p = set(cfg.normalisation.log1p) if cfg.normalisation.use_log1p else set()
-        prep = StatePreprocessor(names, {f.name: f.clip for f in cfg.features}, log1p)
+        prep = StatePreprocessor(names, {f.name: f.clip for f in state_specs}, cfg.state_log1p)
         # at observed rows the (forward-filled) value is the window's own observation
         train_observed: dict[str, np.ndarray] = {}
-        for f in cfg.features:
+        for f in state_specs:
             if f.impute in ("ff", "med") and f.name in observed:
                 rows = train & observed[f.name]
                 if f.impute == "med":  # static: one value per train stay, when first known
@@ -281,7 +306,7 @@ def compute_states(
         prep.fit_medians(train_observed, cfg.normal_values)
     else:
         prep = frozen
-    for f in cfg.features:
+    for f in state_specs:
         if f.impute in ("ff", "med"):
             v = values.get(f.name)
             if v is not None:
@@ -304,6 +329,63 @@ def compute_states(
     if frozen is None:
         prep.fit_scaler(np.column_stack([values[nm] for nm in names])[train])
     return States(stay, step, values, observed, source_time, prep, names)
+
+
+def _running_treatment(
+    con: duckdb.DuckDBPyConnection,
+    steps: pa.Table,
+    static: dict[str, pa.Table],
+    cumulative: pa.Table,
+    cfg: BuildConfig,
+    rows_of: Any,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The raw (unclipped) features of the ``running_treatment`` variant at every row of
+    ``steps``, and the latest infusion start each state read (NAT: none)."""
+    n = steps.num_rows
+    missing = [c for c in ("vaso_bin", "fluid_bin") if c not in cumulative.column_names]
+    if missing or "intime" not in static["age"].column_names:
+        raise ValueError(
+            "state variant running_treatment needs the action bins of earlier steps "
+            "(cumulative: vaso_bin, fluid_bin) and the ICU intime (static['age']: intime)"
+        )
+    con.register("decision_steps", steps.select(["stay_id", "step", "tau"]))
+    try:
+        got = fetch_arrow(
+            con,
+            render(
+                "running_treatment",
+                step=cfg.episodes.step_hours,
+                vasopressors=sorted(cfg.vasopressors),
+            ),
+        )
+    finally:
+        con.unregister("decision_steps")
+    row, ok = rows_of(got["stay_id"].to_numpy(), got["step"].to_numpy().astype(np.int64))
+    vaso = np.zeros(n)
+    fluid = np.zeros(n)
+    last_start = np.full(n, NAT, dtype=np.int64)
+    vaso[row[ok]] = got["vaso_rate_at_tau"].to_numpy()[ok]
+    fluid[row[ok]] = got["fluid_ml_before"].to_numpy()[ok]
+    starts = got["last_start"].cast(pa.timestamp("us")).cast(pa.int64()).fill_null(NAT)
+    last_start[row[ok]] = starts.to_numpy()[ok]
+    # the action bins of step k - 1 sit at row k (0 at each episode's first step)
+    prev_row, prev_ok = rows_of(
+        cumulative["stay_id"].to_numpy(), cumulative["step"].to_numpy().astype(np.int64) + 1
+    )
+    prev_vaso = np.zeros(n)
+    prev_fluid = np.zeros(n)
+    prev_vaso[prev_row[prev_ok]] = cumulative["vaso_bin"].to_numpy()[prev_ok]
+    prev_fluid[prev_row[prev_ok]] = cumulative["fluid_bin"].to_numpy()[prev_ok]
+    intime = _lookup(static["age"], "stay_id", "intime", steps["stay_id"].to_numpy(), as_int=True)
+    tau = steps["tau"].cast(pa.int64()).to_numpy()
+    icu_hours = np.where(intime == NAT, np.nan, (tau - intime) / 3.6e9)
+    return {
+        "vaso_rate_nor_equiv_at_tau": vaso,
+        "iv_fluid_4h_before_tau": fluid,
+        "prev_vaso_bin": prev_vaso,
+        "prev_fluid_bin": prev_fluid,
+        "hours_since_icu_admission": icu_hours,
+    }, last_start
 
 
 def _first_true_per_stay(stay: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -356,7 +438,7 @@ def model_input(prep: StatePreprocessor, base_raw: np.ndarray, flags: np.ndarray
 
 def flag_matrix(states: States, cfg: BuildConfig) -> np.ndarray:
     """The missingness flags of ``states`` (1 = not observed in the window)."""
-    cols = [(~states.observed[f.name]).astype(np.float32) for f in cfg.features if f.flag]
+    cols = [(~states.observed[f.name]).astype(np.float32) for f in cfg.state_features if f.flag]
     return np.column_stack(cols) if cols else np.zeros((len(states.stay_id), 0), np.float32)
 
 
@@ -366,7 +448,7 @@ def state_columns(states: States, cfg: BuildConfig) -> dict[str, Any]:
     for nm in states.names:
         cols[nm] = states.values[nm].astype(np.float64)
     flags = flag_matrix(states, cfg)
-    for j, f in enumerate(f for f in cfg.features if f.flag):
+    for j, f in enumerate(f for f in cfg.state_features if f.flag):
         cols[f"{f.name}_missing"] = flags[:, j]
     for nm, obs in states.observed.items():
         cols[f"obs_{nm}"] = obs

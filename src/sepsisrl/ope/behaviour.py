@@ -106,6 +106,9 @@ class BehaviourModel:
             "validation_accuracy": float((probs.argmax(1) == val_a).mean()),
             "validation_log_loss": candidates[kind][0],
             "validation_ece": expected_calibration_error(probs, val_a),
+            # how well the state predicts "no treatment": the confounding diagnostic of
+            # docs/evaluate.md (AUC of P(a = 0 | s) on validation)
+            "validation_no_treatment_auc": _finite_or_none(roc_auc(probs[:, 0], val_a == 0)),
             "floor": cfg.floor,
             "hidden": [] if kind == "logistic" else list(cfg.mlp_hidden),
             "fitted_on": {
@@ -177,3 +180,25 @@ class BehaviourModel:
         net = _make(doc["kind"], doc["state_dim"], doc["n_actions"], tuple(doc.get("hidden", [])))
         net.load_state_dict(load_file(str(folder / "behaviour.safetensors")))
         return cls(doc["kind"], net, doc["n_actions"], doc["floor"], doc)
+
+
+def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC from the Mann-Whitney rank sum (ties get their mean rank)."""
+    label = np.asarray(label, dtype=bool)
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    s = np.asarray(score)[order]
+    ranks = np.empty(len(s), dtype=np.float64)
+    # mean rank (1-based) of each run of tied scores
+    new = np.r_[True, s[1:] != s[:-1]]
+    start = np.flatnonzero(new)
+    end = np.r_[start[1:], len(s)]
+    mean_rank = (start + end + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, end - start)
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None

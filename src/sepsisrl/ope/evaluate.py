@@ -1,16 +1,30 @@
 """Evaluate any policy on a replay dataset (evaluation.md): the same code for every policy.
 
-Policies: a training run folder, an exported model repository (``--bundle``), or one of
-``clinician``, ``no_treatment``, ``random``. The evaluated split is validation, or test with
-``final=True`` (recorded in the run folder). Nothing is fitted on the evaluated split:
+Policies: a training run folder, an exported model repository (``--bundle``), or a named
+policy (``clinician``, ``no_treatment``, ``random``, ``constant:K``, ``rule:NAME``). The evaluated
+split is validation, or test with ``final=True`` (recorded in the run folder). Nothing is fitted
+on the evaluated split:
 
   behaviour model   fit on train, chosen by validation log-loss (evaluation.md)
-  FQE               fit on train; convergence judged on a held-out 15 % of train patients
-                    (validation initial states when the test split is evaluated)
+  FQE               finite-horizon, clipped, a bootstrap ensemble fit on train patient
+                    resamples; each member stops on its out-of-bag train patients (ope.fqe)
 
-Every estimate uses the evaluation reward (``reward_eval``: terminal +-15 only) and the gamma
-of the replay meta. Output folder: metrics.json, behaviour/ (the fitted behaviour model),
-figures/*.png (5x5 action heatmaps), cases.csv (per-decision review table).
+Estimates (every one with the evaluation reward ``reward_eval``: terminal +-15 only, and the
+gamma of the replay meta): FQE, WDR (per-decision weighted doubly robust with the FQE as control
+variate), trajectory-wise WIS and per-decision WIS of the policy exactly as evaluated (no
+softening unless configured). Overlap gates (``GateConfig``) decide which estimates are
+defined: an estimate that fails them is written as null with the reason, never as a number
+that could win a comparison:
+
+  model gate (FQE, WDR)  the FQE converged, its raw outputs stay in the attainable range, and
+                         the policy's actions are supported: support mass >= support_min
+  IS gate (WIS, PDWIS)   trajectory ESS >= is_ess_min and a share >= is_nonzero_min of
+                         episodes with non-zero weight
+WDR needs only the model gate: where no episode keeps weight its corrections vanish and it
+equals the FQE there (``wdr.weighted_share`` says how much of it is importance-weighted).
+
+Output folder: metrics.json, behaviour/ (the fitted behaviour model), figures/*.png (5x5 action
+heatmaps), cases.csv (per-decision review table).
 """
 
 from __future__ import annotations
@@ -29,16 +43,20 @@ import torch
 from sepsisrl import __version__
 from sepsisrl.build.preprocessing import StatePreprocessor
 from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
-from sepsisrl.ope.fqe import FQE, FQEConfig
+from sepsisrl.ope.fqe import FQE, FQEConfig, return_bounds
 from sepsisrl.ope.importance import (
     EpisodeIndex,
-    bootstrap_counts,
+    cumulative_weights,
     discounted_returns,
+    ensemble_mean_ci,
     ess,
+    per_decision_ess,
     per_decision_wis,
     soften,
+    step_matrix,
     step_ratios,
     trajectory_weights,
+    wdr_with_ci,
     wis_with_ci,
 )
 from sepsisrl.ope.safety import REQUIRED_FEATURES, bins, safety_flags, subgroups
@@ -60,16 +78,38 @@ class EvaluationError(ValueError):
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Overlap and fit gates: an estimate that fails them is not evaluable (written as null)."""
+
+    support_min: float = 0.95  # model gate: support mass of the evaluated policy
+    fqe_out_of_range_max: float = 0.01  # model gate: share of raw FQE values out of range
+    fqe_range_margin: float = 0.05  # ... by more than this share of the range's width
+    is_ess_min: float = 10.0  # IS gate: trajectory ESS (unsoftened unless configured)
+    is_nonzero_min: float = 0.05  # IS gate: share of episodes with non-zero weight
+
+
+HEADLINE_ESTIMATORS = ("fqe", "wdr", "wis")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
     support_eps: float = 0.01
     softening_eps: float = 0.0
     ratio_clip: float | None = None
-    holdout_fraction: float = 0.15
     seed: int = 0
+    headline: str = "fqe"  # the estimator the OPE panel validates best (bench/ope_panel.py)
+    gates: GateConfig = field(default_factory=GateConfig)
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     fqe: FQEConfig = field(default_factory=FQEConfig)
+
+    def __post_init__(self) -> None:
+        if self.headline not in HEADLINE_ESTIMATORS:
+            raise ValueError(
+                f"evaluation headline estimator {self.headline!r} is not one of "
+                f"{', '.join(HEADLINE_ESTIMATORS)}"
+            )
 
 
 # ---------------------------------------------------------------------------- policies
@@ -168,13 +208,6 @@ def make_policy(spec: str | Path, kind: str, meta: ReplayMeta, behaviour: Behavi
 
 
 # ---------------------------------------------------------------------------- helpers
-def _holdout_split(subjects: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    uniq = np.unique(subjects)
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(uniq, size=max(1, round(fraction * len(uniq))), replace=False).tolist())
-    return np.array([s in held for s in subjects.tolist()])
-
-
 def _fqe_data(data: Transitions, rows: np.ndarray, pi_all: np.ndarray) -> dict[str, torch.Tensor]:
     idx = torch.from_numpy(np.flatnonzero(rows))
     nxt = data.next_index[idx]
@@ -290,6 +323,7 @@ def evaluate(
 
     states = data.states.numpy()
     actions = data.actions.numpy()
+    rewards = data.rewards.numpy()
     b_all = behaviour.probabilities(states)
     pi_all = pol.action_probabilities(states)
     greedy = pol.act(states) if kind != "named" or policy != "clinician" else actions.copy()
@@ -298,9 +332,10 @@ def evaluate(
     pi_eval = soften(pi_all, cfg.softening_eps)
     rho = step_ratios(pi_eval[rows, actions], b_all[rows, actions], cfg.ratio_clip)
     w = trajectory_weights(rho, idx)
-    g = discounted_returns(data.rewards.numpy(), idx, meta.gamma)
+    w_et = cumulative_weights(rho, idx)
+    g = discounted_returns(rewards, idx, meta.gamma)
     wis_ci = wis_with_ci(w, g, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    pdwis = per_decision_wis(rho, data.rewards.numpy(), idx, meta.gamma)
+    pdwis = per_decision_wis(rho, rewards, idx, meta.gamma)
     softened = {}
     for eps in (0.05, 0.1, 0.2):  # secondary estimates; the headline uses cfg.softening_eps
         rho_e = step_ratios(
@@ -310,44 +345,79 @@ def evaluate(
         ci_e = wis_with_ci(w_e, g, cfg.bootstrap_resamples, cfg.bootstrap_seed)
         softened[str(eps)] = {"wis": _finite(ci_e.estimate), "ci_low": _finite(ci_e.low),
                               "ci_high": _finite(ci_e.high), "ess": ess(w_e)}  # fmt: skip
-
-    lap("importance_sampling")
-    # FQE
-    pi_train = pol.action_probabilities(train.states.numpy())
-    if final:
-        fit_rows = np.ones(len(train), dtype=bool)
-        h_states, h_pi = (
-            val.states[val.initial_mask()],
-            pol.action_probabilities(val.states.numpy()[val.initial_mask()]),
+    supported = b_all >= cfg.support_eps
+    support_mass = (pi_all * supported).sum(1)
+    overlap = {
+        "ess": ess(w),
+        "nonzero_weight_share": float((w > 0).mean()) if len(w) else 0.0,
+        "ess_per_decision": [round(float(x), 3) for x in per_decision_ess(w_et)],
+        "support_mass": float(support_mass.mean()),
+    }
+    is_reasons = []
+    if overlap["ess"] < cfg.gates.is_ess_min:
+        is_reasons.append(f"trajectory ESS {overlap['ess']:.2f} < {cfg.gates.is_ess_min}")
+    if overlap["nonzero_weight_share"] < cfg.gates.is_nonzero_min:
+        is_reasons.append(
+            f"{overlap['nonzero_weight_share']:.1%} of episodes have non-zero weight "
+            f"(< {cfg.gates.is_nonzero_min:.0%})"
         )
-    else:
-        held = _holdout_split(train.subject_id, cfg.holdout_fraction, cfg.seed)
-        fit_rows = ~held
-        h_rows = held & train.initial_mask()
-        h_states, h_pi = train.states[h_rows], pi_train[h_rows]
-    fqe = FQE(meta.state_dim, meta.n_actions, meta.gamma, cfg.fqe)
+    lap("importance_sampling")
+
+    # FQE: a bootstrap ensemble fit on train patients only (out-of-bag patients stop each fit)
+    train_idx = EpisodeIndex.from_rows(train.stay_id, train.step)
+    longest = int(train_idx.t.max()) + 1 if len(train) else 1
+    lo, hi = return_bounds(train.rewards.numpy(), train.dones.numpy(), meta.gamma, longest)
+    pi_train = pol.action_probabilities(train.states.numpy())
+    fqe = FQE(meta.state_dim, meta.n_actions, meta.gamma, cfg.fqe, bounds=(lo, hi))
     fqe_fit = fqe.fit(
-        _fqe_data(train, fit_rows, pi_train),
-        h_states,
-        torch.from_numpy(np.asarray(h_pi, np.float32)),
+        _fqe_data(train, np.ones(len(train), dtype=bool), pi_train), train.subject_id, longest
     )
+    q_all = fqe.q_values(data.states)  # (K, N, A), clipped to [lo, hi]
+    v_all = np.einsum("kna,na->kn", q_all, pi_all)
     init = data.initial_mask()
-    v0 = fqe.state_values(
-        data.states[torch.from_numpy(init)], torch.from_numpy(pi_all[init].astype(np.float32))
-    )
-    counts = bootstrap_counts(len(v0), cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    boots = counts @ v0 / len(v0)
-    fqe_lo, fqe_hi = np.percentile(boots, [2.5, 97.5])
-    lap("fqe")
+    v0 = v_all[:, init]
+    raw_q0 = fqe.q_values(data.states[torch.from_numpy(init)], raw=True)
+    raw_v0 = np.einsum("kna,na->kn", raw_q0, pi_all[init])
+    margin = cfg.gates.fqe_range_margin * (hi - lo)
+    out_of_range = float(np.mean((raw_v0 < lo - margin) | (raw_v0 > hi + margin)))
+    fqe_ci = ensemble_mean_ci(v0, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    # WDR: TD errors of every member along the logged episodes, weights of the policy as evaluated
+    next_rows = data.next_index.numpy()
+    dones = data.dones.numpy()
+    q_taken = q_all[:, rows, actions]
+    delta = rewards + meta.gamma * (1.0 - dones) * v_all[:, next_rows] - q_taken  # (K, N)
+    delta_et = np.stack([step_matrix(d, idx) for d in delta])
+    wdr_ci = wdr_with_ci(w_et, delta_et, v0, meta.gamma, cfg.bootstrap_resamples,
+                         cfg.bootstrap_seed)  # fmt: skip
+    model_reasons = []
+    if not fqe_fit.converged:
+        model_reasons.append(
+            f"FQE did not converge ({fqe_fit.capped_iterations} of {fqe_fit.horizon} "
+            f"iterations reached max_steps; horizon {fqe_fit.horizon}, longest episode {longest})"
+        )
+    if out_of_range > cfg.gates.fqe_out_of_range_max:
+        model_reasons.append(
+            f"{out_of_range:.1%} of raw FQE values leave the attainable range [{lo:g}, {hi:g}]"
+        )
+    if overlap["support_mass"] < cfg.gates.support_min:
+        model_reasons.append(
+            f"support mass {overlap['support_mass']:.3f} < {cfg.gates.support_min} (the policy "
+            f"chooses actions the clinicians take with probability < {cfg.support_eps})"
+        )
+    evaluable = {
+        "model": not model_reasons,
+        "importance_sampling": not is_reasons,
+        "model_reasons": model_reasons,
+        "importance_sampling_reasons": is_reasons,
+    }
+    lap("fqe_wdr")
 
     # agreement, support, safety, subgroups
     exact = greedy == actions
     gv, gf = bins(greedy)
     cv, cf = bins(actions)
     adjacent = (np.abs(gv - cv) <= 1) & (np.abs(gf - cf) <= 1)
-    supported = b_all >= cfg.support_eps
     low_support = ~supported[rows, greedy]
-    support_mass = (pi_all * supported).sum(1)
     raw = raw_states(meta, states)
     safety: dict[str, Any] = {"available": raw is not None}
     groups_out: dict[str, Any] = {}
@@ -395,15 +465,33 @@ def evaluate(
                              f"{b_all[r, greedy[r]]:.5f}", int(low_support[r])])  # fmt: skip
     lap("figures_and_cases")
 
+    model_ok, is_ok = evaluable["model"], evaluable["importance_sampling"]
+
+    def gated(x: float, ok: bool) -> float | None:
+        return _finite(x) if ok else None
+
+    estimates = {
+        "fqe": (fqe_ci.estimate, fqe_ci.low, fqe_ci.high, model_ok),
+        "wdr": (wdr_ci.estimate, wdr_ci.low, wdr_ci.high, model_ok),
+        "wis": (wis_ci.estimate, wis_ci.low, wis_ci.high, is_ok),
+    }
+    head = estimates[cfg.headline]
     metrics = {
-        "fqe_mean": float(v0.mean()),
-        "fqe_ci_low": float(fqe_lo),
-        "fqe_ci_high": float(fqe_hi),
-        "wis_mean": _finite(wis_ci.estimate),
-        "wis_ci_low": _finite(wis_ci.low),
-        "wis_ci_high": _finite(wis_ci.high),
-        "wis_per_decision": _finite(pdwis),
-        "ess": ess(w),
+        "fqe_mean": gated(fqe_ci.estimate, model_ok),
+        "fqe_ci_low": gated(fqe_ci.low, model_ok),
+        "fqe_ci_high": gated(fqe_ci.high, model_ok),
+        "wdr_mean": gated(wdr_ci.estimate, model_ok),
+        "wdr_ci_low": gated(wdr_ci.low, model_ok),
+        "wdr_ci_high": gated(wdr_ci.high, model_ok),
+        "wis_mean": gated(wis_ci.estimate, is_ok),
+        "wis_ci_low": gated(wis_ci.low, is_ok),
+        "wis_ci_high": gated(wis_ci.high, is_ok),
+        "wis_per_decision": gated(pdwis, is_ok),
+        "headline_mean": gated(head[0], head[3]),
+        "headline_ci_low": gated(head[1], head[3]),
+        "headline_ci_high": gated(head[2], head[3]),
+        "ess": overlap["ess"],
+        "nonzero_weight_share": overlap["nonzero_weight_share"],
         "clinician_agreement": float(exact.mean()),
         "adjacent_agreement": float(adjacent.mean()),
         "support_mass": float(support_mass.mean()),
@@ -429,16 +517,36 @@ def evaluate(
                 "validation_ece",
                 "candidates",
             )
+        }
+        | {"validation_no_treatment_auc": behaviour.info.get("validation_no_treatment_auc")},
+        "headline_estimator": cfg.headline,
+        "evaluable": evaluable,
+        "overlap": overlap,
+        "estimates_ungated": {
+            name: {
+                "estimate": _finite(e[0]),
+                "ci_low": _finite(e[1]),
+                "ci_high": _finite(e[2]),
+                "evaluable": e[3],
+            }
+            for name, e in estimates.items()
         },
         "fqe": {
-            "steps": fqe_fit.steps,
-            "converged": fqe_fit.converged,
-            "holdout_value": fqe_fit.holdout_value,
-            "fit_on": "train"
-            if final
-            else f"train minus a {cfg.holdout_fraction:.0%} patient holdout",
+            **fqe_fit.to_json(),
+            "attainable_range": [lo, hi],
+            "raw_out_of_range_share": out_of_range,
+            "member_values": [float(x) for x in v0.mean(1)],
+            "bootstrap": fqe_ci.to_json(),
+            "fit_on": "train (bootstrap resamples of train patients; out-of-bag patients stop "
+            "each iteration)",
+        },
+        "wdr": {
+            "bootstrap": wdr_ci.to_json(),
+            "weighted_share": _weighted_share(w_et),
+            "control_variate": "FQE ensemble (each bootstrap resample draws one member)",
         },
         "importance_sampling": {
+            "evaluable": is_ok,
             "softening_eps": cfg.softening_eps,
             "ratio_clip": cfg.ratio_clip,
             "bootstrap": wis_ci.to_json(),
@@ -479,6 +587,12 @@ def evaluate(
         )
         record.write_text(json.dumps(history, indent=2) + "\n")
     return doc
+
+
+def _weighted_share(w_et: np.ndarray) -> float:
+    """Share of (episode, position) cells whose cumulative weight is non-zero: how much of
+    the WDR is importance-weighted correction rather than the FQE alone."""
+    return float((w_et > 0).mean()) if w_et.size else 0.0
 
 
 def _finite(x: float) -> float | None:

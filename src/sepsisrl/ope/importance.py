@@ -11,6 +11,12 @@ rewards r_t, behaviour probabilities b(a_t|s_t) and target probabilities pi(a_t|
             (episodes that ended before t carry their final weight, so each step's
             normalisation uses all episodes)
   ESS     = (sum_i w_i)^2 / sum_i w_i^2
+  WDR     = mean_i V(s_i0) + sum_t gamma^t sum_i wbar_{i,t} delta_{i,t}      (weighted doubly
+            robust, Thomas & Brunskill 2016, per decision), wbar_{i,t} = w_{i,t} / sum_j w_{j,t},
+            delta_{i,t} = r_{i,t} + gamma (1 - d_{i,t}) V(s_{i,t+1}) - Q(s_{i,t}, a_{i,t}),
+            with Q, V = sum_a pi Q the FQE control variate; steps after an episode ended add
+            nothing (an absorbing state of value 0), and a step at which every weight is zero
+            adds no correction (the estimate falls back to the FQE's there)
 
 Optional softening pi_eps = (1 - eps) pi + eps / |A| and ratio clipping are recorded in the
 output; both are off by default. The confidence interval is a percentile bootstrap over
@@ -92,8 +98,47 @@ def per_decision_wis(
     r_et[idx.episode, idx.t] = rewards
     num = (w_et * r_et).sum(axis=0)
     den = w_et.sum(axis=0)
-    per_t = np.divide(num, den, out=np.zeros(horizon), where=den > 0)
-    return float((per_t * gamma ** np.arange(horizon)).sum())
+    if np.any(den <= 0):  # every episode has zero weight at some step: undefined there
+        return float("nan")
+    return float((num / den * gamma ** np.arange(horizon)).sum())
+
+
+def step_matrix(values: np.ndarray, idx: EpisodeIndex, fill: float = 0.0) -> np.ndarray:
+    """(E, H) episode x position matrix of per-step ``values`` (``fill`` after an episode ends)."""
+    horizon = int(idx.t.max()) + 1 if len(idx.t) else 0
+    out = np.full((idx.n_episodes, horizon), fill, dtype=np.float64)
+    out[idx.episode, idx.t] = values
+    return out
+
+
+def cumulative_weights(rho: np.ndarray, idx: EpisodeIndex) -> np.ndarray:
+    """(E, H) w_{i,t} = prod_{k<=t} rho_{i,k}; an ended episode keeps its final weight."""
+    with np.errstate(divide="ignore"):
+        log_rho = np.log(rho)
+    return np.exp(np.cumsum(step_matrix(log_rho, idx), axis=1))
+
+
+def per_decision_ess(w_et: np.ndarray) -> np.ndarray:
+    """ESS of the cumulative weights at every position t: (sum_i w_it)^2 / sum_i w_it^2."""
+    s1, s2 = w_et.sum(0), np.square(w_et).sum(0)
+    return np.divide(s1**2, s2, out=np.zeros_like(s1), where=s2 > 0)
+
+
+def wdr_terms(
+    w_et: np.ndarray, delta_et: np.ndarray, gamma: float, counts: np.ndarray | None = None
+) -> np.ndarray:
+    """sum_t gamma^t sum_i wbar_{i,t} delta_{i,t} for each row of ``counts`` (bootstrap
+    multiplicities, (R, E)); one value (shape (1,)) without counts."""
+    c = np.ones((1, w_et.shape[0])) if counts is None else counts
+    num = c @ (w_et * delta_et)
+    den = c @ w_et
+    frac = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return frac @ (gamma ** np.arange(w_et.shape[1]))
+
+
+def wdr(w_et: np.ndarray, delta_et: np.ndarray, v0: np.ndarray, gamma: float) -> float:
+    """Weighted doubly robust estimate (see the module docstring) for one control variate."""
+    return float(np.mean(v0) + wdr_terms(w_et, delta_et, gamma)[0])
 
 
 @dataclass
@@ -130,6 +175,52 @@ def bootstrap_ratio(
     lo, hi = np.nanpercentile(stats, [100 * alpha, 100 * (1 - alpha)])
     estimate = float(numer.sum() / denom.sum()) if denom.sum() > 0 else float("nan")
     return BootstrapCI(estimate, float(lo), float(hi), resamples, seed)
+
+
+def _percentile_ci(
+    estimate: float, stats: np.ndarray, resamples: int, seed: int, level: float = 0.95
+) -> BootstrapCI:
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)])
+    return BootstrapCI(float(estimate), float(lo), float(hi), resamples, seed)
+
+
+def ensemble_mean_ci(v0: np.ndarray, resamples: int = 2000, seed: int = 0) -> BootstrapCI:
+    """Mean initial-state value with a CI over patients AND the model's own uncertainty.
+
+    ``v0``: (K, E) values of K bootstrap-ensemble members at E evaluated initial states.
+    Resample b draws patients with replacement and uses member b mod K; the estimate is the
+    ensemble mean.
+    """
+    k, e = v0.shape
+    counts = bootstrap_counts(e, resamples, seed)
+    member = np.arange(resamples) % k
+    stats = np.einsum("re,re->r", counts, v0[member]) / e
+    return _percentile_ci(float(v0.mean()), stats, resamples, seed)
+
+
+def wdr_with_ci(
+    w_et: np.ndarray,
+    delta: np.ndarray,
+    v0: np.ndarray,
+    gamma: float,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> BootstrapCI:
+    """WDR with a patient-bootstrap CI that also draws the control variate from the ensemble.
+
+    ``delta``: (K, E, H) TD errors of each member, ``v0``: (K, E) its initial-state values; the
+    estimate is the mean of the members' WDR (WDR is linear in Q: the WDR of the mean Q).
+    """
+    k, e = v0.shape
+    estimate = float(np.mean([wdr(w_et, delta[m], v0[m], gamma) for m in range(k)]))
+    counts = bootstrap_counts(e, resamples, seed)
+    stats = np.empty(resamples)
+    for m in range(k):
+        rows = np.arange(m, resamples, k)
+        c = counts[rows]
+        stats[rows] = c @ v0[m] / e + wdr_terms(w_et, delta[m], gamma, c)
+    return _percentile_ci(estimate, stats, resamples, seed)
 
 
 def wis_with_ci(w: np.ndarray, g: np.ndarray, resamples: int = 2000, seed: int = 0) -> BootstrapCI:

@@ -11,6 +11,9 @@ import numpy as np
 #: (metric key, row label) in the order of the published model card's table.
 CARD_ROWS = (
     ("fqe_mean", "FQE mean"),
+    ("wdr_mean", "WDR mean"),
+    ("wdr_ci_low", "WDR 95% CI lower mean"),
+    ("wdr_ci_high", "WDR 95% CI upper mean"),
     ("wis_mean", "WIS mean"),
     ("wis_ci_low", "WIS 95% CI lower mean"),
     ("wis_ci_high", "WIS 95% CI upper mean"),

@@ -93,10 +93,13 @@ def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[s
         "",
     ]
     tv = truth["value"]["mean"]
-    for key, label in (("fqe_mean", "FQE"), ("wis_mean", "WIS")):
+    for key, label in (("fqe_mean", "FQE"), ("wdr_mean", "WDR"), ("wis_mean", "WIS")):
         est = m.get(key, {}).get("mean") if m else None
         if est is None:
-            lines.append(f"- {label}: no estimate to compare with the true value {tv:.2f}.")
+            lines.append(
+                f"- {label}: not evaluable (the evaluation's gates failed, see metrics.json "
+                f"'evaluable'); nothing to compare with the true value {tv:.2f}."
+            )
             continue
         verdict = (
             "agrees with" if abs(est - tv) <= 1.5 else "**disagrees with**"

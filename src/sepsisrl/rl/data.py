@@ -50,6 +50,12 @@ class ReplayMeta:
     def variant(self) -> str:
         return str(self.raw.get("reward", {}).get("variant", "unknown"))
 
+    @property
+    def state_variant(self) -> str:
+        """The build's state layout (``state.variant``; replays written before it was
+        recorded have the card layout)."""
+        return str(self.raw.get("state_variant", "card"))
+
 
 def load_meta(replay_dir: str | Path) -> ReplayMeta:
     folder = Path(replay_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -47,23 +47,60 @@ class SweepSection(StrictModel):
 
 class SelectionSection(StrictModel):
     finalists: int = Field(ge=1)
-    wis_softening_eps: float = Field(ge=0, lt=1)
-    fqe_weight: float = Field(ge=0)
-    wis_weight: float = Field(ge=0)
-    ess_min: float = Field(ge=0)
+    estimator: Literal["wdr", "fqe", "wis"]
     low_support_max: float = Field(ge=0, le=1)
-    severe_flags_max: float = Field(ge=0)
+    # a number (absolute), or "clinicians": at most the clinicians' own flags on the same states
+    severe_flags_max: float | Literal["clinicians"]
+
+    @model_validator(mode="after")
+    def _flags(self) -> SelectionSection:
+        if not isinstance(self.severe_flags_max, str) and self.severe_flags_max < 0:
+            raise ValueError("severe_flags_max must be >= 0 or 'clinicians'")
+        return self
 
 
 class BaselineSection(StrictModel):
     named: list[str]
     trained: dict[str, dict[str, Any]]
 
+    @model_validator(mode="after")
+    def _grids(self) -> BaselineSection:
+        for name, spec in self.trained.items():
+            if "algo" not in spec:
+                raise ValueError(f"baselines.trained.{name} needs an algo")
+            grid = spec.get("grid", {})
+            if not isinstance(grid, dict) or any(
+                not isinstance(v, list) or not v for v in grid.values()
+            ):
+                raise ValueError(
+                    f"baselines.trained.{name}.grid must map dotted train settings to non-empty "
+                    f"lists of values, got {grid!r}"
+                )
+        return self
+
 
 class EvaluationSection(StrictModel):
     bootstrap_resamples: int = Field(ge=100)
     bootstrap_seed: int
+    gates: dict[str, float]
     fqe: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _known(self) -> EvaluationSection:
+        import dataclasses
+
+        from sepsisrl.ope.evaluate import GateConfig
+        from sepsisrl.ope.fqe import FQEConfig
+
+        for section, cls in (("gates", GateConfig), ("fqe", FQEConfig)):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(getattr(self, section)) - known)
+            if unknown:
+                raise ValueError(
+                    f"evaluation.{section}: unknown setting(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+        return self
 
 
 class TruthSection(StrictModel):

@@ -112,11 +112,14 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
     marker = out / "study.json"
     if (out / "metrics.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
         return False
+    from sepsisrl.ope.evaluate import GateConfig
+
     ev = dict(spec["cfg"])
     fqe = dict(ev.pop("fqe"))
+    gates = dict(ev.pop("gates", {}))
     if "hidden" in fqe:
         fqe["hidden"] = tuple(fqe["hidden"])
-    cfg = EvalConfig(**ev, fqe=FQEConfig(**fqe))
+    cfg = EvalConfig(**ev, gates=GateConfig(**gates), fqe=FQEConfig(**fqe))
     with atomic_folder(out) as tmp:
         evaluate(
             spec["spec"], spec["replay"], tmp, kind=spec["kind"], final=spec["final"], cfg=cfg,
@@ -277,7 +280,8 @@ class Study:
     def eval_unit(self, spec: str, kind: str, reward: str, out_name: str, final: bool):
         ev = self.cfg.evaluation
         cfg = {"bootstrap_resamples": ev.bootstrap_resamples, "bootstrap_seed": ev.bootstrap_seed,
-               "seed": ev.bootstrap_seed, "fqe": dict(ev.fqe)}  # fmt: skip
+               "seed": ev.bootstrap_seed, "headline": self.cfg.selection.estimator,
+               "gates": dict(ev.gates), "fqe": dict(ev.fqe)}  # fmt: skip
         out = self.ws / "eval" / out_name
         key = stable_hash({"cfg": cfg, "replay": self.replay_key(), "reward": reward,
                            "final": final, "code": self.eval_code})  # fmt: skip
@@ -435,13 +439,13 @@ class Study:
         return jobs
 
     def collect(self, cands: list[dict[str, Any]]) -> None:
-        eps = self.cfg.selection.wis_softening_eps
+        estimator = self.cfg.selection.estimator
         for c in cands:
             for row in c["seeds"]:
                 doc = read_json(self.ws / row["eval"] / "metrics.json")
                 if doc["split"] != "validation":
                     raise StudyError(f"{row['eval']}: selection may only use validation")
-                row.update(sel.selection_metrics(doc, eps))
+                row.update(sel.selection_metrics(doc, estimator))
             sel.aggregate(c, self.cfg.selection)
 
     def select(self) -> dict[str, Any]:
@@ -501,17 +505,12 @@ class Study:
             baselines.append({"name": name, "kind": "named", "eval": self.rel(out)})
             jobs.append({"label": f"{name} (test)", "threads": self.cfg.threads_per_worker,
                          "eval": espec})  # fmt: skip
-        for name, overrides in self.cfg.baselines.trained.items():
-            algo = overrides["algo"]
-            run, tspec = self.train_unit(
-                f"{algo}_{reward}", reward, self.cfg.sweep.stage1_seed,
-                {**overrides, "preset": name},
-            )  # fmt: skip
+        for name, tuned in self.tune_baselines(reward).items():
+            run = self.ws / tuned["run"]
             out, espec = self.eval_unit(str(run), "run", reward, f"{run.name}-test", final=True)
-            baselines.append({"name": name, "kind": "run", "run": self.rel(run),
-                              "eval": self.rel(out)})  # fmt: skip
-            jobs.append({"label": f"{run.name} (train, test)",
-                         "threads": self.cfg.threads_per_worker, "train": tspec,
+            baselines.append({"name": name, "kind": "run", "run": tuned["run"],
+                              "eval": self.rel(out), "tuning": tuned})  # fmt: skip
+            jobs.append({"label": f"{run.name} (test)", "threads": self.cfg.threads_per_worker,
                          "eval": espec})  # fmt: skip
         self.run_units("final test", jobs)
         doc = {
@@ -530,6 +529,60 @@ class Study:
         }
         write_json(self.ws / "study" / "final.json", doc)
         return doc
+
+    def tune_baselines(self, reward: str) -> dict[str, dict[str, Any]]:
+        """Every trained baseline's ``grid`` trained (stage-1 seed) and evaluated on VALIDATION,
+        then chosen by the selection rule itself (same estimator, lower bound and gates) - the
+        baselines get the tuning the IQL candidates get. Reads no test data."""
+        import itertools
+
+        jobs, grids = [], {}
+        seed = self.cfg.sweep.stage1_seed
+        for name, spec in self.cfg.baselines.trained.items():
+            fixed = {k: v for k, v in spec.items() if k != "grid"}
+            grid = spec.get("grid") or {}
+            keys = sorted(grid)
+            points = []
+            for values in itertools.product(*(grid[k] for k in keys)):
+                point = dict(zip(keys, values, strict=True))
+                label = "_".join(f"{k.split('.')[-1]}{v:g}" for k, v in point.items())
+                unit = f"{fixed['algo']}_{reward}" + (f"_{label}" if label else "")
+                run, tspec = self.train_unit(unit, reward, seed, {**fixed, **point,
+                                                                  "preset": name})  # fmt: skip
+                _, espec = self.eval_unit(str(run), "run", reward, f"{run.name}-validation",
+                                          final=False)  # fmt: skip
+                points.append({"name": unit, "hyperparameters": point,
+                               "seeds": [{"seed": seed, "run": self.rel(run),
+                                          "eval": self.rel(espec["out"])}]})  # fmt: skip
+                jobs.append({"label": f"{run.name} (baseline tuning)",
+                             "threads": self.cfg.threads_per_worker, "train": tspec,
+                             "eval": espec})  # fmt: skip
+            grids[name] = points
+        self.run_units("baseline tuning", jobs)
+        out = {}
+        for name, points in grids.items():
+            self.collect(points)
+            ranked = sel.rank(points)
+            best = ranked[0]
+            how = (
+                f"{best['name']} passes every gate and has the best validation "
+                f"{self.cfg.selection.estimator} 95% CI lower bound of the {len(points)} grid "
+                "point(s)"
+                if best["passed"]
+                else f"fallback: no grid point passed every gate; {best['name']} comes first in "
+                f"the safety-first order (failed: {', '.join(sel.failed_gates(best))})"
+            )
+            out[name] = {
+                "run": best["seeds"][0]["run"],
+                "chosen": best["name"],
+                "hyperparameters": best["hyperparameters"],
+                "fallback": not best["passed"],
+                "reason": how,
+                "grid": [{"name": c["name"], "hyperparameters": c["hyperparameters"],
+                          "score": c["score"], "estimate": c["estimate"],
+                          "gates": c["gates"], "rank": c["rank"]} for c in ranked],
+            }  # fmt: skip
+        return out
 
     def truth(self, selection: dict[str, Any], final: dict[str, Any]) -> dict[str, Any] | None:
         """The true outcome of every candidate run and baseline (synthetic worlds only).

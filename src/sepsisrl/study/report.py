@@ -155,6 +155,11 @@ def _read_jsonl(ws: Path, rel: str) -> pa.Table:
         return pa.Table.from_pylist(rows)
 
 
+def _fmt_est(v: Any) -> str:
+    """An estimate: None means it failed the evaluation's gates."""
+    return "not evaluable" if v is None else _fmt(v)
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
     """A value as printed in the report; None / NaN -> 'undefined'."""
     if v is None:
@@ -204,8 +209,8 @@ class Study:
         return self.selection["selected"]["name"]
 
     @property
-    def eps(self) -> float | None:
-        return self.selection.get("rule", {}).get("wis_softening_eps")
+    def estimator(self) -> str:
+        return str(self.selection.get("rule", {}).get("estimator", "wdr"))
 
     def finalists(self) -> list[dict[str, Any]]:
         names = set(self.selection.get("finalists", []))
@@ -563,7 +568,7 @@ def _sort_candidates(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _selection(st: Study) -> list[Block]:
     rule, sel = st.selection.get("rule", {}), st.selection["selected"]
-    eps = _fmt(st.eps)
+    est = st.estimator.upper()
     header = [
         "Candidate",
         "Role",
@@ -572,12 +577,12 @@ def _selection(st: Study) -> list[Block]:
         "IQL setting",
         "Seeds",
         "FQE",
-        f"WIS CI low (ε={eps})",
+        est,
+        f"Score ({est} 95% CI low)",
         "ESS",
         "Support mass",
         "Low-support rate",
         "Severe flags",
-        "Score",
         "Gates passed",
         "Stage",
         "Rank",
@@ -590,13 +595,13 @@ def _selection(st: Study) -> list[Block]:
             c.get("lr_regime", ""),
             c.get("iql_setting", ""),
             _fmt(len(c.get("seeds", []))),
-            _fmt(c.get("fqe_mean")),
-            _fmt(c.get("wis_ci_low")),
+            _fmt_est(c.get("fqe_mean")),
+            _fmt_est(c.get("estimate")),
+            _fmt_est(c.get("score")),
             _fmt(c.get("ess")),
             _fmt(c.get("support_mass")),
             _fmt(c.get("low_support_action_rate")),
             _fmt(c.get("severe_safety_flags")),
-            _fmt(c.get("score")),
             _gates_text(c),
             _fmt(c.get("stage")),
             _fmt(c.get("rank")),
@@ -618,8 +623,8 @@ def _selection(st: Study) -> list[Block]:
         Text(f"Rule: {rule.get('description', 'undefined')}"),
         Bullets(
             (
-                f"Score: {rule.get('score', 'undefined')}",
-                f"WIS softening ε: {eps}",
+                f"Score: {rule.get('score', 'undefined')} (the policy exactly as exported; "
+                "no softening)",
                 f"Gates: {'; '.join(gates) or 'none'}",
                 f"Finalists: {_fmt(rule.get('finalists'))} "
                 f"({', '.join(st.selection.get('finalists', [])) or 'none'})",
@@ -642,9 +647,9 @@ def _seed_variance(st: Study) -> list[Block]:
         [
             c["name"],
             _fmt(r.get("seed")),
-            _fmt(r.get("score")),
-            _fmt(r.get("fqe_mean")),
-            _fmt(r.get("wis_ci_low")),
+            _fmt_est(r.get("score")),
+            _fmt_est(r.get("fqe_mean")),
+            _fmt_est(r.get("estimate")),
             _fmt(r.get("ess")),
         ]
         for c in fins
@@ -653,7 +658,8 @@ def _seed_variance(st: Study) -> list[Block]:
     out: list[Block] = [Heading(SECTIONS[6])]
     if not rows:
         return [*out, Text("No finalists were recorded in study/selection.json.", "note")]
-    header = ["Finalist", "Seed", "Score", "FQE", f"WIS CI low (ε={_fmt(st.eps)})", "ESS"]
+    header = ["Finalist", "Seed", f"Score ({st.estimator.upper()} CI low)", "FQE",
+              st.estimator.upper(), "ESS"]  # fmt: skip
     out.append(_table("seed-variance", header, rows))
     out.append(
         Figure(
@@ -682,24 +688,22 @@ def _strip_figure(fins: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def softened(doc: dict[str, Any], eps: float | None) -> dict[str, Any] | None:
-    """The softened-WIS entry of an evaluation for ``eps`` (keys are strings like '0.1')."""
-    table = doc.get("importance_sampling", {}).get("wis_softened", {}) or {}
-    if eps is None:
-        return None
-    hits = [v for k, v in table.items() if math.isclose(float(k), float(eps))]
-    return hits[0] if hits else None
+def not_evaluable_note(doc: dict[str, Any], family: str) -> str:
+    """Why an evaluation's estimates of ``family`` (model | importance_sampling) are null."""
+    ev = doc.get("evaluable", {})
+    if ev.get(family, True):
+        return ""
+    reasons = ev.get(f"{family}_reasons") or []
+    what = "by FQE/WDR" if family == "model" else "by importance sampling"
+    return f"not evaluable {what}: " + "; ".join(reasons)
 
 
-def wis_estimate(doc: dict[str, Any], eps: float | None) -> tuple[list[Any], str]:
-    """[mean, low, high] of WIS; the softened one (and a note) when plain WIS is undefined."""
+def wis_estimate(doc: dict[str, Any]) -> tuple[list[Any], str]:
+    """[mean, low, high] of WIS and, when it failed the overlap gate, why it is undefined."""
     m = doc["metrics"]
     if m.get("wis_mean") is not None:
         return [m.get("wis_mean"), m.get("wis_ci_low"), m.get("wis_ci_high")], ""
-    soft = softened(doc, eps)
-    if soft is None or soft.get("wis") is None:
-        return [None, None, None], "undefined"
-    return [soft.get("wis"), soft.get("ci_low"), soft.get("ci_high")], f"softened ε={_fmt(eps)}"
+    return [None, None, None], not_evaluable_note(doc, "importance_sampling") or "undefined"
 
 
 def _arr(rows: list[list[Any]]) -> np.ndarray:
@@ -727,8 +731,9 @@ def _test_split(st: Study) -> list[Block]:
         "Policy",
         "Evaluation",
         "FQE [95% CI]",
+        "WDR [95% CI]",
         "WIS [95% CI]",
-        "WIS note",
+        "Not evaluable because",
         "ESS",
         "Clinician agreement",
         "Support mass",
@@ -736,20 +741,23 @@ def _test_split(st: Study) -> list[Block]:
         "Severe flags",
         "Observed return",
     ]
-    rows, fqe, wis, labels = [], [], [], []
+    rows, fqe, wdr, wis, labels = [], [], [], [], []
     for label, ev, doc in pols:
         m = doc["metrics"]
-        w, note = wis_estimate(doc, st.eps)
+        w, note = wis_estimate(doc)
         fqe.append([m.get("fqe_mean"), m.get("fqe_ci_low"), m.get("fqe_ci_high")])
+        wdr.append([m.get("wdr_mean"), m.get("wdr_ci_low"), m.get("wdr_ci_high")])
         wis.append(w)
-        labels.append(label + (f" [WIS {note}]" if note else ""))
+        labels.append(label)
+        notes = [x for x in (not_evaluable_note(doc, "model"), note) if x]
         rows.append(
             [
                 label,
                 ev,
                 _ci(*fqe[-1]),
+                _ci(*wdr[-1]),
                 _ci(*w),
-                note or "unsoftened",
+                " | ".join(notes) or "evaluable by every estimator",
                 _fmt(m.get("ess")),
                 _fmt(m.get("clinician_agreement")),
                 _fmt(m.get("support_mass")),
@@ -759,20 +767,63 @@ def _test_split(st: Study) -> list[Block]:
             ]
         )
     fig = _forest(
-        [("FQE (95% CI)", _arr(fqe)), ("WIS (95% CI)", _arr(wis))],
+        [("FQE (95% CI)", _arr(fqe)), ("WDR (95% CI)", _arr(wdr)), ("WIS (95% CI)", _arr(wis))],
         labels,
-        f"Test split: every policy (WIS softened with ε={_fmt(st.eps)} where plain "
-        "WIS is undefined)",
+        "Test split: every policy (estimates that fail the evaluation's gates are not shown)",
     )
     return [
         Heading(SECTIONS[7]),
         Text(
-            f"Split: {st.final.get('split', 'undefined')}. Plain WIS is undefined when every "
-            "episode has zero weight; the softened estimate is then shown and marked."
+            f"Split: {st.final.get('split', 'undefined')}. Every estimate is of the policy "
+            "exactly as exported (no softening). An estimate that fails the evaluation's gates "
+            "is not evaluable and is not shown as a number: FQE and WDR need a converged fit in "
+            "the attainable range and supported actions (support mass >= the gate); WIS needs "
+            "overlap (trajectory ESS and a share of episodes with non-zero weight)."
         ),
         _table("test-estimates", header, rows),
+        *_baseline_tuning(st),
         Figure("test_forest", fig, "Test split point estimates with bootstrap 95% CIs."),
         *_validation_fqe(st),
+    ]
+
+
+def _baseline_tuning(st: Study) -> list[Block]:
+    """How each trained baseline was chosen (its validation grid, the selection rule)."""
+    rows = []
+    for b in st.final.get("baselines", []):
+        t = b.get("tuning")
+        if not t:
+            continue
+        for g in t.get("grid", []):
+            hyper = ", ".join(f"{k}={v:g}" for k, v in g.get("hyperparameters", {}).items())
+            rows.append([b["name"], g["name"], hyper or "defaults", _fmt_est(g.get("estimate")),
+                         _fmt_est(g.get("score")), _fmt(g.get("rank")),
+                         "CHOSEN" if g["name"] == t["chosen"] else ""])  # fmt: skip
+    if not rows:
+        return []
+    reasons = [f"{b['name']}: {b['tuning']['reason']}" for b in st.final["baselines"]
+               if b.get("tuning")]  # fmt: skip
+    return [
+        Text(
+            "Trained baselines get the tuning the IQL candidates get: every grid point of "
+            "configs/study.yaml (baselines.trained.*.grid) is trained and scored on the "
+            "validation split by the selection rule (same estimator, lower bound and gates)."
+        ),
+        Bullets(tuple(reasons)),
+        _table(
+            "baseline-tuning",
+            [
+                "Baseline",
+                "Grid point",
+                "Hyperparameters",
+                st.estimator.upper(),
+                "Score (CI low)",
+                "Rank",
+                "Chosen",
+            ],
+            rows,
+            "Baseline tuning on the validation split.",
+        ),
     ]
 
 

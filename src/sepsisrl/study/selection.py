@@ -2,21 +2,20 @@
 
 Rule (``configs/study.yaml`` -> ``selection``; written into ``study/selection.json``):
 
-1. Per evaluation (one candidate, one seed, VALIDATION split) take
-   FQE = V^pi at held-out initial states, WIS_low = lower end of the patient-bootstrap 95% CI of
-   trajectory-wise WIS, ESS, support mass, low-support action rate and severe safety flags.
-   WIS_low and ESS are those of the greedy policy softened towards uniform by
-   ``wis_softening_eps`` (a deterministic policy almost never matches a whole logged episode,
-   so the unsoftened WIS is undefined on realistic episode lengths; the headline unsoftened
-   numbers are still reported).
-2. score = fqe_weight * FQE + wis_weight * WIS_low (both in evaluation-reward units, terminal
-   +-15). An undefined WIS_low makes the score undefined.
-3. A candidate's metrics are the means over its seeds. Gates: ESS >= ess_min,
-   low-support rate <= low_support_max, severe flags <= severe_flags_max.
-4. Ranking: candidates passing every gate first, by score (higher first; undefined last), ties by
-   ESS then support mass. Then the others, safety first: those passing the severe-flag gate,
-   else fewer mean severe flags; then passing the low-support gate; then passing the ESS gate;
-   then score.
+1. Per evaluation (one candidate, one seed, VALIDATION split, the greedy policy exactly as it
+   is exported - no softened stand-in) take the ``estimator``'s estimate and the lower end of
+   its 95 % CI (``wdr`` by default: the estimator bench/ope_panel.py validates best against the
+   simulator's truth), support mass, the low-support action rate and severe safety flags. An
+   evaluation that fails the evaluation's gates (FQE not converged or out of range, support
+   too low; for WIS the overlap gate) has no estimate: it cannot win.
+2. score = the lower CI bound (a pessimistic, per-seed bound in evaluation-reward units).
+3. A candidate's metrics are the means over its seeds (undefined if any seed's is). Gates:
+   evaluable (a defined score), low-support rate <= low_support_max, severe flags <=
+   severe_flags_max (a count, or ``clinicians``: no more than the clinicians' own actions raise
+   on the same validation states - the reference level of evaluation.md).
+4. Ranking: candidates passing every gate first, by score (higher first), ties by support mass.
+   Then the others, safety first: those passing the severe-flag gate, else fewer mean severe
+   flags; then passing the low-support gate; then evaluable; then score.
 5. Stage 1 (one seed) keeps the top ``finalists`` as finalists (filling with the best failing
    candidates when too few pass - recorded). Stage 2 adds seeds to the finalists and ranks them
    again; the selected configuration is rank 1 among the finalists, and its exported seed is the
@@ -25,7 +24,8 @@ Rule (``configs/study.yaml`` -> ``selection``; written into ``study/selection.js
    first finalist in the safety-first order of point 4; ``selected.fallback`` is true and the
    selection record and report say which gates failed.
 
-Only validation metrics enter; the test split is not read until a selection has been written.
+Only validation metrics enter; the test split is not read until a selection has been written,
+and the simulator's truth (``study/truth.json``) is computed after it and read by nothing here.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ from typing import Any
 from sepsisrl.study.config import SelectionSection, StudyConfig
 
 SELECTION_KEYS = (
+    "estimate",
+    "ci_low",
+    "ci_high",
     "fqe_mean",
-    "wis_ci_low",
     "ess",
     "support_mass",
     "low_support_action_rate",
     "severe_safety_flags",
+    "clinician_safety_flags",
 )
 
 
@@ -59,34 +62,30 @@ def candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
     return out
 
 
-def selection_metrics(doc: dict[str, Any], eps: float) -> dict[str, Any]:
+def selection_metrics(doc: dict[str, Any], estimator: str) -> dict[str, Any]:
     """The selection inputs of one evaluation document (``metrics.json``)."""
     m = doc["metrics"]
-    if eps > 0:
-        soft = doc["importance_sampling"]["wis_softened"].get(str(eps))
-        if soft is None:
-            available = sorted(doc["importance_sampling"]["wis_softened"])
-            raise ValueError(
-                f"selection.wis_softening_eps={eps} was not computed by the evaluation "
-                f"(available: {available}, or 0)"
-            )
-        wis_low, ess = soft["ci_low"], soft["ess"]
-    else:
-        wis_low, ess = m["wis_ci_low"], m["ess"]
+    if f"{estimator}_ci_low" not in m:
+        raise ValueError(
+            f"selection.estimator={estimator!r} is not reported by the evaluation "
+            f"(metrics.json has no {estimator}_ci_low)"
+        )
     return {
-        "fqe_mean": m["fqe_mean"],
-        "wis_ci_low": wis_low,
-        "ess": ess,
+        "estimate": m[f"{estimator}_mean"],
+        "ci_low": m[f"{estimator}_ci_low"],
+        "ci_high": m[f"{estimator}_ci_high"],
+        "fqe_mean": m.get("fqe_mean"),
+        "ess": m["ess"],
         "support_mass": m["support_mass"],
         "low_support_action_rate": m["low_support_action_rate"],
         "severe_safety_flags": m["severe_safety_flags"],
+        "clinician_safety_flags": m.get("clinician_safety_flags"),
     }
 
 
 def score(row: dict[str, Any], rule: SelectionSection) -> float | None:
-    if row["fqe_mean"] is None or row["wis_ci_low"] is None:
-        return None
-    return rule.fqe_weight * row["fqe_mean"] + rule.wis_weight * row["wis_ci_low"]
+    """The pessimistic bound: the lower end of the estimator's 95 % CI (None: not evaluable)."""
+    return row["ci_low"]
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -101,14 +100,14 @@ def aggregate(candidate: dict[str, Any], rule: SelectionSection) -> dict[str, An
     seeds = candidate["seeds"]
     for row in seeds:
         row["score"] = score(row, rule)
-    agg = {k: _mean([r[k] for r in seeds]) for k in SELECTION_KEYS}
+    agg = {k: _mean([r.get(k) for r in seeds]) for k in SELECTION_KEYS}
     agg["score"] = _mean([r["score"] for r in seeds])
-    ess, low, flags = agg["ess"], agg["low_support_action_rate"], agg["severe_safety_flags"]
+    low, flags = agg["low_support_action_rate"], agg["severe_safety_flags"]
     gates = {
-        "ess": ess is not None and ess >= rule.ess_min,
+        "evaluable": agg["score"] is not None,
         "low_support": low is not None and low <= rule.low_support_max,
         # no raw features (an external dataset): flags cannot be computed -> gate fails
-        "severe_flags": flags is not None and flags <= rule.severe_flags_max,
+        "severe_flags": flags is not None and flags <= flag_limit(rule, agg),
     }
     candidate.update(agg)
     candidate["gates"] = gates
@@ -123,12 +122,11 @@ def _sort_key(c: dict[str, Any]) -> tuple:
     else:  # fallback order: safety first (fewest severe flags), then support, then ESS
         flags = c["severe_safety_flags"]
         excess = 0.0 if g["severe_flags"] else (math.inf if flags is None else flags)
-        safety = (1, excess, int(not g["low_support"]), int(not g["ess"]))
+        safety = (1, excess, int(not g["low_support"]), int(not g["evaluable"]))
     return (
         *safety,
         s is None,
         -(s or 0.0),
-        -(c["ess"] or 0.0),
         -(c["support_mass"] or 0.0),
         c["name"],
     )
@@ -140,6 +138,15 @@ def rank(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, c in enumerate(ordered, 1):
         c["rank"] = i
     return ordered
+
+
+def flag_limit(rule: SelectionSection, row: dict[str, Any]) -> float:
+    """The severe-flag gate: an absolute count, or the clinicians' own count on the same
+    validation states (their actions are the reference level of every safety rule)."""
+    if rule.severe_flags_max == "clinicians":
+        ref = row.get("clinician_safety_flags")
+        return -math.inf if ref is None else float(ref)
+    return float(rule.severe_flags_max)
 
 
 def failed_gates(c: dict[str, Any]) -> list[str]:
@@ -161,15 +168,18 @@ def choose(finalists: list[dict[str, Any]], rule: SelectionSection) -> dict[str,
         reason = (
             f"fallback: no finalist passed every gate; {best['name']} comes first in the "
             f"safety-first order (severe flags {fmt(best['severe_safety_flags'])}, low-support "
-            f"rate {fmt(best['low_support_action_rate'])}, ESS {fmt(best['ess'])}, score "
+            f"rate {fmt(best['low_support_action_rate'])}, {rule.estimator} lower bound "
             f"{fmt(best['score'])}); failed gates: {', '.join(failed_gates(best))}"
         )
     else:
+        ref = " (the clinicians'" if rule.severe_flags_max == "clinicians" else ""
+        ref = f"{ref} flags on the same states)" if ref else ""
         reason = (
-            f"{best['name']} passes every gate (ESS {fmt(best['ess'])} >= {rule.ess_min}, "
-            f"low-support rate {fmt(best['low_support_action_rate'])} <= "
-            f"{rule.low_support_max}, severe flags {fmt(best['severe_safety_flags'])} <= "
-            f"{rule.severe_flags_max}) and has the best mean validation score "
+            f"{best['name']} passes every gate (evaluable by {rule.estimator}, low-support "
+            f"rate {fmt(best['low_support_action_rate'])} <= {rule.low_support_max}, severe "
+            f"flags {fmt(best['severe_safety_flags'])} <= {fmt(flag_limit(rule, best))}{ref}"
+            ") and has the "
+            f"best mean validation score ({rule.estimator} 95% CI lower bound) "
             f"{fmt(best['score'])} over {len(best['seeds'])} seeds"
         )
     reason += f"; exported seed {seed_row['seed']} has the best validation score of its seeds"
@@ -182,22 +192,23 @@ def rule_document(cfg: StudyConfig) -> dict[str, Any]:
     r = cfg.selection
     return {
         "description": (
-            "validation split only; score = fqe_weight * FQE + wis_weight * WIS 95% CI lower "
-            "bound (WIS and ESS of the greedy policy softened by wis_softening_eps); means over "
-            "seeds; gates on ESS, low-support rate and severe safety flags; passing candidates "
-            "ranked by score (ties: ESS, support mass)"
+            f"validation split only; the greedy policy exactly as exported; score = lower end of "
+            f"the {r.estimator.upper()} 95% CI (patient bootstrap with the FQE ensemble); "
+            "estimates that fail the evaluation's gates are not evaluable; means over seeds; "
+            "gates on evaluability, low-support rate and severe safety flags; passing "
+            "candidates ranked by score (ties: support mass)"
         ),
-        "wis_softening_eps": r.wis_softening_eps,
-        "score": f"{r.fqe_weight} * fqe_mean + {r.wis_weight} * wis_ci_low",
+        "estimator": r.estimator,
+        "score": f"{r.estimator}_ci_low",
         "gates": {
-            "ess_min": r.ess_min,
+            "evaluable": True,
             "low_support_max": r.low_support_max,
             "severe_flags_max": r.severe_flags_max,
         },
         "finalists": r.finalists,
         "fallback": (
             "when no finalist passes every gate: safety first - the finalist with the fewest "
-            "severe flags, then passing the low-support gate, then the ESS gate, then the best "
+            "severe flags, then passing the low-support gate, then evaluable, then the best "
             "score; recorded as selected.fallback = true"
         ),
     }

@@ -10,8 +10,9 @@ trusted on a panel of policies:
 - ``top1_regret``: best true value in the panel minus the true value of the policy the
   estimator ranks first.
 
-A policy without an estimate (for example WIS undefined because every episode has zero
-weight) is left out of that estimator's figures and counted in ``not_evaluable``.
+A policy without an estimate (an evaluation gate failed: for WIS too little overlap, for FQE
+and WDR an unconverged fit or unsupported actions; see ``ope.evaluate``) is left out of that
+estimator's figures and listed in ``not_evaluable``: flagged, not ranked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 #: estimator -> (metric, CI low, CI high) keys of metrics.json (None: no CI)
 ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
     "fqe": ("fqe_mean", "fqe_ci_low", "fqe_ci_high"),
+    "wdr": ("wdr_mean", "wdr_ci_low", "wdr_ci_high"),
     "wis": ("wis_mean", "wis_ci_low", "wis_ci_high"),
     "wis_per_decision": ("wis_per_decision", None, None),
     "wis_softened_0.1": ("wis_softened_0.1", "wis_softened_0.1_low", "wis_softened_0.1_high"),

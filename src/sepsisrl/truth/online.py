@@ -88,7 +88,7 @@ class OnlineStateFunction:
         ``charted``: chartevents, labevents, inputevents, outputevents rows so far (any stays);
         ``static``: patients, admissions, icustays rows (``icustays.outtime`` null while the
         stay is in the ICU); ``grid``: (stay_id, subject_id, step, tau) steps 0..k of each due
-        stay, sorted; ``cohort``: (stay_id, age, onset_time) of the episodes.
+        stay, sorted; ``cohort``: (stay_id, age, onset_time, intime) of the episodes.
         """
         self.calls += 1
         con = self.con
@@ -131,6 +131,9 @@ class OnlineStateFunction:
                 "step": treatment["step"].to_numpy(),
                 "cum_iv_fluid_ml_before": cumulative_before(stay, fluid),
                 "cum_vaso_dose_before": cumulative_before(stay, vaso * hours),
+                # the action bins of each window (the running_treatment state reads step k-1's)
+                "vaso_bin": self.stats.vaso_bins.transform(vaso),
+                "fluid_bin": self.stats.fluid_bins.transform(fluid),
             }
         )
         weights = sc.sql(f"SELECT * FROM {self.meas.relation('weights')}").to_arrow_table()

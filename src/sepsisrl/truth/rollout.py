@@ -148,7 +148,7 @@ def rollout_population(
         pa.compute.is_in(cohort["stay_id"], episodes["stay_id"].combine_chunks())
     ).sort_by("stay_id")
     grid = _Grid(pop.steps(), cohort, ctx)
-    age_tab = cohort.select(["stay_id", "age", "onset_time"])
+    age_tab = cohort.select(["stay_id", "age", "onset_time", "intime"])
     online = OnlineStateFunction(ctx.build_cfg, ctx.stats, workdir / "online")
     decisions = Decisions()
     names = ctx.feature_names
