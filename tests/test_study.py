@@ -320,9 +320,10 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
         truth = _read(ws / p["truth"] / "truth.json")
         assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 80
         if p["role"] == "candidate":
-            assert set(p["validation_estimates"]) >= {"fqe", "wis"}
-    assert set(doc["validation_vs_truth"]) >= {"fqe", "wis"}
-    assert doc["validation_vs_truth"]["fqe"]["policies"] == len(runs)
+            assert set(p["validation_estimates"]) >= {"fqe", "wdr", "wis"}
+    assert set(doc["validation_vs_truth"]) >= {"fqe", "wdr", "wis"}
+    fqe = doc["validation_vs_truth"]["fqe"]  # every candidate run: compared, or not evaluable
+    assert fqe["policies"] + len(fqe["not_evaluable"]) == len(runs)
     sel_doc = doc["selection"]
     assert sel_doc["selected"] == selection["selected"]["name"]
     assert sel_doc["regret"] == pytest.approx(sel_doc["best_true_value"]

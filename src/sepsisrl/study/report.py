@@ -935,7 +935,8 @@ def card_value(row: dict[str, Any]) -> str:
 
 #: Agreement an estimator must reach with the truth to be trusted (issue 12's acceptance).
 TRUST = {"spearman": 0.8, "mae": 1.5, "coverage": 0.8}
-TRUTH_ESTIMATORS = (("fqe", "FQE"), ("wis", "WIS"), ("wis_per_decision", "per-decision WIS"),
+TRUTH_ESTIMATORS = (("fqe", "FQE"), ("wdr", "WDR"), ("wis", "WIS"),
+                    ("wis_per_decision", "per-decision WIS"),
                     ("wis_softened_0.1", "WIS softened 0.1"))  # fmt: skip
 
 
@@ -1049,12 +1050,12 @@ def _truth(st: Study) -> list[Block]:
 
     table = [[p["name"], p["role"], _ci(p["true_value"], *p["true_value_ci95"]),
               _pct(p["true_mortality_90d"]), est_cell(p, "validation", "fqe"),
-              est_cell(p, "validation", "wis"), est_cell(p, "test", "fqe"),
-              est_cell(p, "test", "wis")] for p in pols]  # fmt: skip
+              est_cell(p, "validation", "wdr"), est_cell(p, "test", "fqe"),
+              est_cell(p, "test", "wdr"), est_cell(p, "test", "wis")] for p in pols]  # fmt: skip
     out.append(_table(
         "truth-policies",
         ["Policy", "Role", "True value", "True 90-day mortality", "FQE (validation)",
-         "WIS (validation)", "FQE (test)", "WIS (test)"],
+         "WDR (validation)", "FQE (test)", "WDR (test)", "WIS (test)"],
         table,
     ))  # fmt: skip
     return out
