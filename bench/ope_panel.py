@@ -1,4 +1,4 @@
-"""OPE benchmark panel: every estimator of `sepsisrl evaluate` against the truth of 14 policies.
+"""OPE benchmark panel: every estimator of `sepsisrl evaluate` against the truth of 16 policies.
 
 Usage:  python bench/ope_panel.py --world-seed S [--stays 2000] [--patients 2000]
                                   [--train-steps 1000] [--out bench/results/ope_panel-S.json]
@@ -6,8 +6,10 @@ Usage:  python bench/ope_panel.py --world-seed S [--stays 2000] [--patients 2000
 A synthetic world (the quick study's default size) is generated with seed S and built. Four
 policies are trained on its ``sofa_shaped`` replay with the quick study's training length:
 behaviour cloning, CQL and two IQL settings (the model card's conservative/safe one and the
-baseline one). With the clinicians, no treatment, random, six constant actions and the
-MAP/lactate rule that makes 14 policies. Each is evaluated once on the test split (the
+baseline one). With the clinicians, no treatment, random, six constant actions, the
+MAP/lactate rule and two in-support policies derived from the BC run (in each state the
+least, or the most, intense action the clinicians take with probability >= 0.05: an
+under- and an over-treating policy an estimator must tell apart) that makes 16 policies. Each is evaluated once on the test split (the
 project's full evaluation: FQE, WDR, WIS, per-decision WIS, softened WIS, with the overlap
 gates - an estimate that fails them is null and left out, listed as not evaluable) and its true
 value is
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 CONSTANTS = (1, 2, 6, 12, 18, 24)
+SUPPORT_THRESHOLD = 0.05
 
 
 def main() -> None:
@@ -48,12 +51,13 @@ def main() -> None:
     from sepsisrl.build.pipeline import build
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
     from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.policies import SupportEdgePolicy, TrainedPolicy, softmax_of
     from sepsisrl.rl.trainer import train
     from sepsisrl.synth.config import load_synth_config
     from sepsisrl.synth.world import generate_world
     from sepsisrl.truth.compare import compare, estimates_of
     from sepsisrl.truth.harness import compute_truth, population_for
-    from sepsisrl.truth.policies import world_policy
+    from sepsisrl.truth.policies import Network, world_policy
     from sepsisrl.truth.world import TruthContext
 
     torch.set_num_threads(2)
@@ -83,9 +87,19 @@ def main() -> None:
             runs[name] = train(replay, tcfg, root / "runs" / name).run_dir
         print(f"trained {len(runs)} policies at {time.perf_counter() - started:.0f} s")
 
+        # In-support policies that differ from the clinicians in truth: the least and the
+        # most intense action the clinicians plausibly take (BC probability >= 0.05). They
+        # give the panel evaluable policies with a spread of true values, so that a rank
+        # correlation among evaluable policies measures the estimator, not the truth's noise.
+        bc_prob = softmax_of(TrainedPolicy(runs["bc"]))
+        edges = {
+            f"support_{e}": SupportEdgePolicy(bc_prob, 25, e, SUPPORT_THRESHOLD, f"support_{e}")
+            for e in ("least", "most")
+        }
         specs = ["clinician", "no_treatment", "random", *[f"constant:{k}" for k in CONSTANTS],
                  "rule:map_lactate"]  # fmt: skip
         panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
+        panel += [(n, p, "object") for n, p in edges.items()]
         ctx = TruthContext.load(ws)
         pop = population_for(ctx, args.patients, args.truth_seed)
         print(f"population of {args.patients} patients at {time.perf_counter() - started:.0f} s")
@@ -95,10 +109,13 @@ def main() -> None:
             doc = evaluate(spec, replay, root / "eval" / name.replace(":", "-"), kind=kind,
                            final=True, cfg=ev_cfg)  # fmt: skip
             t_eval = time.perf_counter() - t
-            pol = world_policy(
-                spec if kind == "named" else None, spec if kind == "run" else None, None,
-                ctx.feature_names, 25, args.truth_seed, workspace=ws,
-            )  # fmt: skip
+            if kind == "object":
+                pol = Network(spec, name)
+            else:
+                pol = world_policy(
+                    spec if kind == "named" else None, spec if kind == "run" else None, None,
+                    ctx.feature_names, 25, args.truth_seed, workspace=ws,
+                )  # fmt: skip
             t = time.perf_counter()
             truth = compute_truth(ws, pol, root / "truth" / name.replace(":", "-"),
                                   args.patients, args.truth_seed, ctx=ctx, population=pop)  # fmt: skip

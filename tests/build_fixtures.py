@@ -39,8 +39,10 @@ GCS_EYE = 220739
 GCS_VERBAL = 223900
 GCS_MOTOR = 223901
 VENTILATOR_MODE = 223849
+VENTILATOR_MODE_HAMILTON = 229314
 O2_DEVICE = 226732
 PAO2 = 50821
+FIO2_BLOOD_GAS = 50816
 SPECIMEN_TYPE = 52033
 CREATININE = 50912
 BILIRUBIN = 50885
@@ -71,6 +73,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("subject_id", pa.int64()),
             ("gender", pa.string()),
             ("anchor_age", pa.int64()),
+            ("anchor_year", pa.int64()),
             ("dod", pa.date32()),
         ]
     ),
@@ -98,6 +101,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("hadm_id", pa.int64()),
             ("specimen_id", pa.int64()),
             ("charttime", TS),
+            ("storetime", TS),
             ("itemid", pa.int32()),
             ("valuenum", pa.float64()),
             ("value", pa.string()),
@@ -114,6 +118,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("rate", pa.float64()),
             ("rateuom", pa.string()),
             ("patientweight", pa.float64()),
+            ("ordercomponenttypedescription", pa.string()),
         ]
     ),
     "outputs": pa.schema(
@@ -199,7 +204,12 @@ class IngestTables:
         )
         if subject is None:
             self.rows["patients"].append(
-                {"subject_id": subject_id, "gender": "F", "anchor_age": 60}
+                {
+                    "subject_id": subject_id,
+                    "gender": "F",
+                    "anchor_age": 60,
+                    "anchor_year": intime.year,
+                }
             )
         self.rows["admissions"].append(
             {
@@ -246,15 +256,34 @@ class IngestTables:
         itemid: int,
         valuenum: float,
         specimen_type: str | None = None,
+        *,
+        resulted_after: float | None = 1.0,
+        hadm_id: int | str | None = "stay",
+        also: tuple[tuple[int, float], ...] = (),
     ) -> None:
+        """A lab drawn ``hours`` after intime, resulted (``storetime``) ``resulted_after`` hours
+        later (None: no storetime); ``hadm_id``: the stay's (default) or another (None: drawn
+        outside an admission, e.g. in the emergency department); ``also``: more (itemid,
+        value) of the specimen."""
         specimen_id = self._specimen
         self._specimen += 1
-        base = {"subject_id": s.subject_id, "hadm_id": s.hadm_id, "specimen_id": specimen_id}
+        hadm = s.hadm_id if hadm_id == "stay" else hadm_id
+        base = {"subject_id": s.subject_id, "hadm_id": hadm, "specimen_id": specimen_id}
         t = at(hours, s.intime)
-        self.rows["labs"].append({**base, "charttime": t, "itemid": itemid, "valuenum": valuenum})
+        stored = None if resulted_after is None else at(hours + resulted_after, s.intime)
+        for item, value in ((itemid, valuenum), *also):
+            self.rows["labs"].append(
+                {**base, "charttime": t, "storetime": stored, "itemid": item, "valuenum": value}
+            )
         if specimen_type is not None:
             self.rows["labs"].append(
-                {**base, "charttime": t, "itemid": SPECIMEN_TYPE, "value": specimen_type}
+                {
+                    **base,
+                    "charttime": t,
+                    "storetime": stored,
+                    "itemid": SPECIMEN_TYPE,
+                    "value": specimen_type,
+                }
             )
 
     def infusion(
@@ -269,7 +298,10 @@ class IngestTables:
         amount: float | None = None,
         amountuom: str | None = None,
         weight: float | None = 80.0,
+        component: str | None = "Main order parameter",
     ) -> None:
+        """``component``: inputevents ordercomponenttypedescription ('Mixed solution' for the
+        diluent of a drug)."""
         self.rows["inputs"].append(
             {
                 "stay_id": s.stay_id,
@@ -281,6 +313,7 @@ class IngestTables:
                 "rate": rate,
                 "rateuom": rateuom,
                 "patientweight": weight,
+                "ordercomponenttypedescription": component,
             }
         )
 

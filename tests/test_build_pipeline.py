@@ -20,7 +20,7 @@ from sepsisrl.build.validate import validate_sepsis
 from sepsisrl.mimic.source import open_source
 from sepsisrl.workspace import read_json
 
-VARIANTS = ("sparse", "sofa_shaped", "full_shaped")
+VARIANTS = ("sparse", "sofa_shaped", "sofa_state_shaped", "full_shaped")
 SPLITS = ("train", "validation", "test")
 
 #: files that contracts.md lists for the stages ``sepsisrl build`` writes
@@ -140,6 +140,7 @@ def test_meta_json_describes_the_dataset_it_sits_next_to(built, small_world, var
     assert reward["terminal_died"] == -15.0
     expected_w = 0.0 if variant == "sparse" else cfg.rewards.sofa_delta_weight
     assert reward["sofa_delta_weight"] == expected_w
+    assert reward["sofa_column"] == ("sofa_state" if variant == "sofa_state_shaped" else "sofa")
     assert meta["gamma"] == cfg.rewards.gamma
     for split in SPLITS:
         t = replay(ws, variant, split)
@@ -267,3 +268,24 @@ def test_build_summary_reports_counts_and_reference_counts_not_applied_to_synthe
     assert report["leakage_audit"] == "passed"
     assert report["source"]["kind"] == "synthetic"
     assert report["created_by"] == f"sepsisrl {__version__}"
+
+
+def test_sofa_state_shaped_shapes_with_the_state_sofa_only(built):
+    ws, cfg, _ = built
+    below = 0
+    for split in SPLITS:
+        t = replay(ws, "sofa_state_shaped", split)
+        sofa = t["sofa"].to_numpy().astype(np.float64)
+        state = t["sofa_state"].to_numpy().astype(np.float64)
+        # the state SOFA drops only the dose levels of the cardiovascular component
+        assert (state <= sofa).all() and (sofa - state <= 4).all(), split
+        below += int((state < sofa).sum())
+        done = t["done"].to_numpy(zero_copy_only=False)
+        reward = t["reward"].to_numpy().astype(np.float64)
+        nxt = np.minimum(np.arange(len(state)) + 1, len(state) - 1)
+        shaping = cfg.rewards.sofa_delta_weight * (state[nxt] - state)
+        assert np.allclose(reward[~done], shaping[~done], atol=1e-6), split
+        other = replay(ws, "sofa_shaped", split)
+        assert np.array_equal(other["sofa_state"].to_numpy(), t["sofa_state"].to_numpy())
+        assert np.array_equal(other["reward_eval"].to_numpy(), t["reward_eval"].to_numpy())
+    assert below > 0  # vasopressors are given in the synthetic world

@@ -3,7 +3,10 @@
 Every case is one ICU stay admitted at T0 (on the hour) whose only data is the value under test,
 charted in hour 2 (``[T0 + 2 h, T0 + 3 h)``); the other five components have no data, so they
 score 0, are flagged missing, and the total equals the component under test. All stays are built
-once per module (ingest tables -> run_measurements -> run_sepsis).
+once per module (ingest tables -> run_measurements -> run_sepsis), with the packaged
+conventions (mimic-code's) and, for the cases that tell them apart, with the legacy values of
+the measurement and SOFA switches (``LEGACY``; tests/test_build_conventions_measurements.py
+has the switches' own tests).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from sepsisrl.build.config import load_build_config
+from sepsisrl.build.conventions import REGISTRY
 from sepsisrl.build.sepsis import SOFA_COMPONENTS
 
 from .build_fixtures import (
@@ -23,7 +28,10 @@ from .build_fixtures import (
     DOPAMINE,
     EPINEPHRINE,
     FIO2,
+    FIO2_BLOOD_GAS,
     GU_IRRIGANT_IN,
+    GU_IRRIGANT_OUT,
+    HEART_RATE,
     MAP_ARTERIAL,
     NOREPINEPHRINE,
     O2_DEVICE,
@@ -33,6 +41,7 @@ from .build_fixtures import (
     URINE_FOLEY,
     VASOPRESSIN,
     VENTILATOR_MODE,
+    VENTILATOR_MODE_HAMILTON,
     IngestTables,
     Stay,
     at,
@@ -44,6 +53,13 @@ WHEN = HOUR + 0.5  # the charttime (hours after intime) of the value under test
 
 AddRows = Callable[[IngestTables, Stay], None]
 
+#: the legacy values of the measurement and SOFA conventions (build/conventions.py)
+LEGACY = {
+    c.key: c.legacy
+    for c in REGISTRY
+    if c.key.split(".")[0] in ("gcs", "ventilation", "sofa", "labs")
+}
+
 
 # --- what one case charts -------------------------------------------------------------------
 
@@ -53,20 +69,31 @@ def gas(
     *,
     fio2_charts: tuple[tuple[float, float], ...] = ((-1.0, 50.0),),
     vent_hours_before: float | None = None,
-    device: str | None = None,
+    charts: tuple[tuple[float, int, str], ...] = (),
+    specimen_type: str | None = "ART.",
+    fio2_with_gas: float | None = None,
 ) -> AddRows:
-    """An arterial PaO2 at WHEN; FiO2 charted in percent at (hours relative to the gas, %)."""
+    """A PaO2 at WHEN (arterial unless ``specimen_type`` says otherwise; with the blood gas's
+    own FiO2 in percent when ``fio2_with_gas``); FiO2 charted in percent at (hours relative to
+    the gas, %); a ventilator mode charted ``vent_hours_before`` the gas; ``charts``: text
+    items charted at (hours relative to the gas, itemid, value)."""
 
     def add(t: IngestTables, s: Stay) -> None:
-        t.lab(s, WHEN, PAO2, pao2, specimen_type="ART.")
+        also = ((FIO2_BLOOD_GAS, fio2_with_gas),) if fio2_with_gas is not None else ()
+        t.lab(s, WHEN, PAO2, pao2, specimen_type=specimen_type, also=also)
         for offset, percent in fio2_charts:
             t.chart(s, WHEN + offset, FIO2, percent)
         if vent_hours_before is not None:
             t.chart(s, WHEN - vent_hours_before, VENTILATOR_MODE, value="CMV/ASSIST")
-        if device is not None:
-            t.chart(s, WHEN - 1, O2_DEVICE, value=device)
+        for offset, itemid, value in charts:
+            t.chart(s, WHEN + offset, itemid, value=value)
 
     return add
+
+
+def charted_around_gas(itemid: int, value: str) -> tuple[tuple[float, int, str], ...]:
+    """``value`` charted 1 h before and 1 h after the gas: an episode of two times around it."""
+    return ((-1.0, itemid, value), (1.0, itemid, value))
 
 
 def lab(itemid: int, value: float) -> AddRows:
@@ -77,9 +104,15 @@ def mean_arterial_pressure(value: float) -> AddRows:
     return lambda t, s: t.chart(s, WHEN, MAP_ARTERIAL, value)
 
 
-def infusion(itemid: int, rate: float, rateuom: str = "mcg/kg/min") -> AddRows:
-    """An infusion running exactly through hour HOUR."""
-    return lambda t, s: t.infusion(s, HOUR, HOUR + 1, itemid, rate=rate, rateuom=rateuom)
+def infusion(
+    itemid: int,
+    rate: float,
+    rateuom: str = "mcg/kg/min",
+    start: float = HOUR,
+    end: float = HOUR + 1,
+) -> AddRows:
+    """An infusion running from ``start`` to ``end`` (default: exactly through hour HOUR)."""
+    return lambda t, s: t.infusion(s, start, end, itemid, rate=rate, rateuom=rateuom)
 
 
 def gcs(eye: int, verbal: int, motor: int) -> AddRows:
@@ -102,7 +135,8 @@ class Case:
     expected: int
 
 
-VENT = 1.0  # a ventilator mode charted 1 h before the gas
+# an invasive ventilator mode charted 1 h before and 1 h after the gas: ventilated at the gas
+VENT = charted_around_gas(VENTILATOR_MODE, "CMV/ASSIST")
 
 # FiO2 is 50 % (0.5) unless a case says otherwise, so PaO2 x 2 is the P/F ratio.
 RESPIRATION = [
@@ -110,28 +144,91 @@ RESPIRATION = [
     Case("pf_399_scores_1", "respiration", gas(199.5), 1),
     Case("pf_300_scores_1", "respiration", gas(150.0), 1),
     Case("pf_299_scores_2", "respiration", gas(149.5), 2),
-    Case("pf_200_ventilated_scores_2", "respiration", gas(100.0, vent_hours_before=VENT), 2),
-    Case("pf_199_ventilated_scores_3", "respiration", gas(99.5, vent_hours_before=VENT), 3),
-    Case("pf_100_ventilated_scores_3", "respiration", gas(50.0, vent_hours_before=VENT), 3),
-    Case("pf_99_ventilated_scores_4", "respiration", gas(49.5, vent_hours_before=VENT), 4),
+    Case("pf_200_ventilated_scores_2", "respiration", gas(100.0, charts=VENT), 2),
+    Case("pf_199_ventilated_scores_3", "respiration", gas(99.5, charts=VENT), 3),
+    Case("pf_100_ventilated_scores_3", "respiration", gas(50.0, charts=VENT), 3),
+    Case("pf_99_ventilated_scores_4", "respiration", gas(49.5, charts=VENT), 4),
     Case("pf_199_not_ventilated_capped_at_2", "respiration", gas(99.5), 2),
     Case("pf_99_not_ventilated_capped_at_2", "respiration", gas(49.5), 2),
+    # ventilation.definition: invasive (mimic-code's InvasiveVent episodes)
     Case(
-        "pf_99_airway_device_counts_as_ventilated",
+        "pf_99_endotracheal_tube_counts_as_ventilated",
         "respiration",
-        gas(49.5, device="Endotracheal tube"),
+        gas(49.5, charts=charted_around_gas(O2_DEVICE, "Endotracheal tube")),
         4,
     ),
     Case(
-        "pf_99_ventilation_charted_8h_before_counts",
+        "pf_99_hamilton_invasive_mode_counts_as_ventilated",
         "respiration",
-        gas(49.5, vent_hours_before=8.0),
+        gas(49.5, charts=charted_around_gas(VENTILATOR_MODE_HAMILTON, "ASV")),
         4,
     ),
     Case(
-        "pf_99_ventilation_charted_8h_1min_before_does_not_count",
+        "pf_99_one_ventilator_chart_is_no_episode",
         "respiration",
-        gas(49.5, vent_hours_before=8 + 1 / 60),
+        gas(49.5, vent_hours_before=1.0),
+        2,
+    ),
+    Case(
+        # a tracheostomy is its own class, before invasive ventilation (as in mimic-code)
+        "pf_99_tracheostomy_on_a_ventilator_is_not_invasive_ventilation",
+        "respiration",
+        gas(
+            49.5,
+            charts=charted_around_gas(O2_DEVICE, "Tracheostomy tube")
+            + charted_around_gas(VENTILATOR_MODE, "CMV/ASSIST"),
+        ),
+        2,
+    ),
+    Case(
+        "pf_99_noninvasive_mask_is_not_ventilation",
+        "respiration",
+        gas(49.5, charts=charted_around_gas(O2_DEVICE, "Bipap mask ")),
+        2,
+    ),
+    Case(
+        # ventilated at -3 h and -2 h, nasal cannula at -1 h: the episode ended before the gas
+        "pf_99_episode_ends_at_the_next_other_class_chart",
+        "respiration",
+        gas(
+            49.5,
+            charts=(
+                (-3.0, VENTILATOR_MODE, "SIMV/PSV"),
+                (-2.0, VENTILATOR_MODE, "SIMV/PSV"),
+                (-1.0, O2_DEVICE, "Nasal cannula"),
+            ),
+        ),
+        2,
+    ),
+    Case(
+        # ... and lasts until that chart: nasal cannula 30 min after the gas
+        "pf_99_episode_lasts_until_the_next_other_class_chart",
+        "respiration",
+        gas(
+            49.5,
+            charts=(
+                (-3.0, VENTILATOR_MODE, "SIMV/PSV"),
+                (-2.0, VENTILATOR_MODE, "SIMV/PSV"),
+                (0.5, O2_DEVICE, "Nasal cannula"),
+            ),
+        ),
+        4,
+    ),
+    Case(
+        # two charts 14 h apart are two single-chart episodes, neither counts
+        "pf_99_charts_14h_apart_are_no_episode",
+        "respiration",
+        gas(
+            49.5,
+            charts=((-14.5, VENTILATOR_MODE, "CMV/ASSIST"), (-0.5, VENTILATOR_MODE, "CMV/ASSIST")),
+        ),
+        2,
+    ),
+    # sofa.fio2: blood_gas_first - 150 / 1.0 (the gas's own FiO2, 100 %) -> 2, not 150 / 0.5
+    Case(
+        "fio2_of_the_blood_gas_comes_before_the_charted_fio2",
+        "respiration",
+        gas(150.0, fio2_with_gas=100.0),
         2,
     ),
     # FiO2 = the last chart in the 4 h before the gas: 150 / 0.5 = 300 -> 1; 150 / 1.0 -> 2
@@ -188,6 +285,25 @@ CARDIOVASCULAR = [
     Case("epinephrine_0.11_scores_4", "cardiovascular", infusion(EPINEPHRINE, 0.11), 4),
     Case("norepinephrine_0.1_scores_3", "cardiovascular", infusion(NOREPINEPHRINE, 0.1), 3),
     Case("norepinephrine_0.11_scores_4", "cardiovascular", infusion(NOREPINEPHRINE, 0.11), 4),
+    # sofa.vasopressor_rate: hour_end - the rate running at the hour's end
+    Case(
+        "norepinephrine_stopped_before_the_hours_end_is_not_scored",
+        "cardiovascular",
+        both(
+            mean_arterial_pressure(75),
+            infusion(NOREPINEPHRINE, 0.2, start=HOUR + 0.1, end=HOUR + 0.6),
+        ),
+        0,
+    ),
+    Case(
+        "rate_at_the_hours_end_not_the_hours_highest",
+        "cardiovascular",
+        both(
+            infusion(NOREPINEPHRINE, 0.2, start=HOUR, end=HOUR + 0.5),
+            infusion(NOREPINEPHRINE, 0.05, start=HOUR + 0.5, end=HOUR + 2),
+        ),
+        3,
+    ),
     # norepinephrine 0.00005 mg/kg/min = 0.05 mcg/kg/min: the converted dose is scored
     Case(
         "norepinephrine_in_mg_per_kg_min_is_converted_before_scoring",
@@ -249,7 +365,8 @@ RENAL_CREATININE = [
 
 BOUNDARY_CASES = RESPIRATION + COAGULATION + LIVER + CARDIOVASCULAR + CNS + RENAL_CREATININE
 
-# 24 h urine: charted in ICU hours 0..23 (two rows each), scored from hour 23 on
+# 24 h urine, sofa.urine: icu_day (legacy) - charted in ICU hours 0..23 (two rows), scored
+# from hour 23 on
 URINE_TOTALS = {500: 0, 499: 3, 200: 3, 199: 4}
 
 
@@ -265,6 +382,30 @@ def urine_with_irrigant(t: IngestTables, s: Stay) -> None:
     # 600 mL charted, 450 of them irrigant instilled: 150 mL of urine in 24 h -> 4
     t.output(s, 4.5, URINE_FOLEY, 600)
     t.output(s, 4.5, GU_IRRIGANT_IN, 450)
+
+
+# sofa.urine: documented_time (mimic-code) - each urine chart documents the time since the
+# previous one (the first: since the first heart rate, charted at intime here)
+def urine_charts(*charts: tuple[float, float], heart_rate: bool = True) -> AddRows:
+    """Urine (hours after intime, mL), with a heart rate at intime unless ``heart_rate`` is
+    false."""
+
+    def add(t: IngestTables, s: Stay) -> None:
+        if heart_rate:
+            t.chart(s, 0, HEART_RATE, 80)
+        for hours, ml in charts:
+            t.output(s, hours, URINE_FOLEY, ml)
+
+    return add
+
+
+def urine_irrigant_pair(t: IngestTables, s: Stay) -> None:
+    # 50 mL at 6, 12 and 18 h; at 24 h 3,000 mL of irrigant in and 3,200 mL out: 200 mL of
+    # urine. Over the 24 documented hours: 350 mL -> 3 (with each irrigant row capped at
+    # 2,000 mL, both were dropped: 150 mL -> 4)
+    urine_charts((6, 50), (12, 50), (18, 50))(t, s)
+    t.output(s, 24, GU_IRRIGANT_IN, 3000)
+    t.output(s, 24, GU_IRRIGANT_OUT, 3200)
 
 
 def persistence(t: IngestTables, s: Stay) -> None:
@@ -288,36 +429,67 @@ def only_map(t: IngestTables, s: Stay) -> None:
 
 
 def gas_without_recent_fio2(t: IngestTables, s: Stay) -> None:
-    gas(49.5, fio2_charts=((-4 - 1 / 60, 50.0),), vent_hours_before=VENT)(t, s)
+    gas(49.5, fio2_charts=((-4 - 1 / 60, 50.0),), charts=VENT)(t, s)
 
 
 OTHER_STAYS: dict[str, AddRows] = {
-    **{f"urine_{total}": urine_day(total) for total in URINE_TOTALS},
-    "urine_with_irrigant": urine_with_irrigant,
+    "urine_100_every_6h": urine_charts((6, 100), (12, 100), (18, 100), (24, 100)),
+    "urine_scaled_from_27h": urine_charts((1, 100), (28, 300)),
+    "urine_over_32h": urine_charts((1, 100), (33, 100)),
+    "urine_without_heart_rate": urine_charts(
+        (6, 100), (12, 100), (18, 100), (24, 100), heart_rate=False
+    ),
+    "urine_irrigant_pair": urine_irrigant_pair,
     "persistence": persistence,
     "every_component": every_component,
     "only_map": only_map,
     "gas_without_recent_fio2": gas_without_recent_fio2,
 }
 
+# The cases whose legacy convention differs, built with LEGACY.
+LEGACY_STAYS: dict[str, AddRows] = {
+    **{f"urine_{total}": urine_day(total) for total in URINE_TOTALS},
+    "urine_with_irrigant": urine_with_irrigant,
+    "urine_irrigant_pair": urine_irrigant_pair,
+    "vent_8h_before": gas(49.5, vent_hours_before=8.0),
+    "vent_8h_1min_before": gas(49.5, vent_hours_before=8 + 1 / 60),
+    "trach_mask": gas(49.5, charts=((-1.0, O2_DEVICE, "Trach mask"),)),
+    "fio2_with_gas": gas(150.0, fio2_with_gas=100.0),
+    "untyped_pao2": gas(149.5, specimen_type=None),
+    "norepinephrine_stopped_in_hour": infusion(
+        NOREPINEPHRINE, 0.2, start=HOUR + 0.1, end=HOUR + 0.6
+    ),
+}
 
-@pytest.fixture(scope="module")
-def sofa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, dict]]:
-    """{case name: {hr: sofa_hourly row}} for every case of this module."""
+
+def build_cases(
+    cases: dict[str, AddRows], root: Path, overrides: dict | None = None
+) -> dict[str, dict[int, dict]]:
+    """{case name: {hr: sofa_hourly row}}, one stay per case."""
     tables = IngestTables()
     stays: dict[str, Stay] = {}
-    for case in BOUNDARY_CASES:
-        stays[case.name] = s = tables.stay()
-        case.add(tables, s)
-    for name, add in OTHER_STAYS.items():
+    for name, add in cases.items():
         stays[name] = s = tables.stay()
         add(tables, s)
-    assert len(stays) == len(BOUNDARY_CASES) + len(OTHER_STAYS), "case names must be unique"
-    built = build_sepsis(tables, Path(tmp_path_factory.mktemp("sofa")))
+    built = build_sepsis(tables, root, load_build_config(overrides=overrides))
     by_stay: dict[int, dict[int, dict]] = {}
     for row in built.rows("sepsis", "sofa_hourly"):
         by_stay.setdefault(row["stay_id"], {})[row["hr"]] = row
     return {name: by_stay[s.stay_id] for name, s in stays.items()}
+
+
+@pytest.fixture(scope="module")
+def sofa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, dict]]:
+    """The packaged conventions: {case name: {hr: sofa_hourly row}}."""
+    cases = {c.name: c.add for c in BOUNDARY_CASES} | OTHER_STAYS
+    assert len(cases) == len(BOUNDARY_CASES) + len(OTHER_STAYS), "case names must be unique"
+    return build_cases(cases, Path(tmp_path_factory.mktemp("sofa")))
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, dict]]:
+    """The legacy measurement and SOFA conventions: {case name: {hr: sofa_hourly row}}."""
+    return build_cases(LEGACY_STAYS, Path(tmp_path_factory.mktemp("legacy")), LEGACY)
 
 
 @pytest.mark.parametrize("case", BOUNDARY_CASES, ids=lambda c: c.name)
@@ -348,9 +520,46 @@ def test_fio2_charted_more_than_4h_before_the_gas_is_not_used(sofa):
     assert row["respiration_missing"] is True
 
 
+def test_urine_over_24_documented_hours_scores_renal(sofa):
+    hours = sofa["urine_100_every_6h"]
+    # at 18 h only 18 h are documented: not scored, whatever the volume
+    for hr in range(0, 24):
+        assert hours[hr]["urine_24h"] is None, hr
+        assert hours[hr]["renal_missing"] is True, hr
+    # at 24 h: 400 mL over 24 documented hours -> 3, held for the trailing 24 h
+    assert hours[24]["urine_24h"] == pytest.approx(400)
+    for hr in range(24, 48):
+        assert hours[hr]["sofa_renal"] == 3, hr
+        assert hours[hr]["renal_missing"] is False
+
+
+def test_urine_is_scaled_to_24h_over_22_to_30_documented_hours(sofa):
+    # 300 mL charted at 28 h documents the 27 h since the chart at 1 h: 300 / 27 * 24 mL
+    hours = sofa["urine_scaled_from_27h"]
+    assert hours[28]["urine_24h"] == pytest.approx(300 / 27 * 24)
+    assert hours[28]["sofa_renal"] == 3
+    # 100 mL at 33 h documents 32 h: more than 30, not scored
+    hours = sofa["urine_over_32h"]
+    assert all(r["urine_24h"] is None and r["renal_missing"] for r in hours.values())
+
+
+def test_urine_without_a_heart_rate_is_not_scored(sofa):
+    # the first chart's documented time starts at the stay's first heart rate (mimic-code)
+    hours = sofa["urine_without_heart_rate"]
+    assert all(r["sofa_renal"] == 0 and r["renal_missing"] for r in hours.values())
+
+
+def test_irrigant_in_and_out_of_several_litres_net_to_the_urine(sofa, legacy):
+    for built in (sofa, legacy):  # a fix in every profile
+        assert built["urine_irrigant_pair"][24]["sofa_renal"] == 3
+    assert sofa["urine_irrigant_pair"][24]["urine_24h"] == pytest.approx(350)
+    # legacy: the calendar day of hours 1..24
+    assert legacy["urine_irrigant_pair"][24]["urine_24h"] == pytest.approx(350)
+
+
 @pytest.mark.parametrize(("total", "expected"), URINE_TOTALS.items())
-def test_urine_over_24h_of_icu_time_scores_renal(sofa, total, expected):
-    hours = sofa[f"urine_{total}"]
+def test_legacy_urine_over_24h_of_icu_time_scores_renal(legacy, total, expected):
+    hours = legacy[f"urine_{total}"]
     assert hours[23]["urine_24h"] == pytest.approx(total)
     assert hours[23]["sofa_renal"] == expected
     assert hours[23]["renal_missing"] is False
@@ -360,9 +569,9 @@ def test_urine_over_24h_of_icu_time_scores_renal(sofa, total, expected):
     assert hours[22]["renal_missing"] is True
 
 
-def test_urine_scoring_uses_the_trailing_24h_only(sofa):
+def test_legacy_urine_scoring_uses_the_trailing_24h_only(legacy):
     # 199 mL = 99 mL in hour 4 + 100 mL in hour 20; hour 28 looks back over hours 5..28
-    hours = sofa["urine_199"]
+    hours = legacy["urine_199"]
     assert hours[27]["urine_24h"] == pytest.approx(199)
     assert hours[28]["urine_24h"] == pytest.approx(100)
     assert hours[28]["sofa_renal"] == 4
@@ -372,10 +581,36 @@ def test_urine_scoring_uses_the_trailing_24h_only(sofa):
     assert hours[44]["renal_missing"] is True
 
 
-def test_gu_irrigant_instilled_is_subtracted_from_urine(sofa):
-    row = sofa["urine_with_irrigant"][23]
+def test_legacy_gu_irrigant_instilled_is_subtracted_from_urine(legacy):
+    row = legacy["urine_with_irrigant"][23]
     assert row["urine_24h"] == pytest.approx(150)
     assert row["sofa_renal"] == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "component", "default", "legacy_value"),
+    [
+        # ventilation.definition: any_device ventilates for 8 h after one chart
+        ("vent_8h_before", "respiration", 2, 4),
+        ("vent_8h_1min_before", "respiration", 2, 2),
+        ("trach_mask", "respiration", 2, 4),
+        # sofa.fio2: chart - 150 / 0.5 = 300 -> 1; blood_gas_first: 150 / 1.0 -> 2
+        ("fio2_with_gas", "respiration", 2, 1),
+        # sofa.pao2_specimen: a gas without specimen type scores under legacy only
+        ("untyped_pao2", "respiration", None, 2),
+        # sofa.vasopressor_rate: max_in_hour scores an infusion stopped within the hour
+        ("norepinephrine_stopped_in_hour", "cardiovascular", None, 4),
+    ],
+)
+def test_legacy_conventions_score_these_cases_differently(
+    tmp_path_factory, legacy, name, component, default, legacy_value
+):
+    row = legacy[name][HOUR]
+    assert row[f"sofa_{component}"] == legacy_value
+    built = build_cases({name: LEGACY_STAYS[name]}, Path(tmp_path_factory.mktemp(name)))
+    row = built[name][HOUR]
+    assert row[f"sofa_{component}"] == (default or 0)
+    assert row[f"{component}_missing"] is (default is None)
 
 
 def test_worst_value_of_the_trailing_24h_is_kept_for_24h_then_drops(sofa):
@@ -447,18 +682,20 @@ class OnsetCase:
     sofa_time: float | None = None
 
 
+# A SOFA hour's time is its end (sepsis.sofa_time: end, mimic-code's sofa endtime): hour h
+# counts at T0 + h + 1, for the window and the onset.
 ONSET_CASES = [
-    # SOFA >= 2 from hour 10; SI at 20: onset = min(20, 10)
-    OnsetCase("sofa_before_si", sofa_hour=10.5, si_hour=20, onset=10, sofa_time=10),
-    # SI at 5; SOFA >= 2 from hour 20 (within SI + 24 h): onset = min(5, 20)
-    OnsetCase("sofa_after_si", sofa_hour=20.5, si_hour=5, onset=5, sofa_time=20),
-    # SOFA hour starting exactly at SI + 24 h is inside the window; SI + 25 h is not
-    OnsetCase("sofa_at_si_plus_24h", sofa_hour=29.5, si_hour=5, onset=5, sofa_time=29),
-    OnsetCase("sofa_at_si_plus_25h", sofa_hour=30.5, si_hour=5, onset=None),
-    # SOFA 3 from hour 9 lasts through hour 32 = SI - 48 h: onset there
+    # SOFA >= 2 from hour 10 (ends at 11); SI at 20: onset = min(20, 11)
+    OnsetCase("sofa_before_si", sofa_hour=10.5, si_hour=20, onset=11, sofa_time=11),
+    # SI at 5; SOFA >= 2 from hour 20 (ends 21, within SI + 24 h): onset = min(5, 21)
+    OnsetCase("sofa_after_si", sofa_hour=20.5, si_hour=5, onset=5, sofa_time=21),
+    # SOFA hour ending exactly at SI + 24 h is inside the window; ending at SI + 25 h is not
+    OnsetCase("sofa_at_si_plus_24h", sofa_hour=28.5, si_hour=5, onset=5, sofa_time=29),
+    OnsetCase("sofa_at_si_plus_25h", sofa_hour=29.5, si_hour=5, onset=None),
+    # SOFA 3 from hour 9 lasts through hour 32; hour 31 ends at SI - 48 h: onset there
     OnsetCase("sofa_held_until_si_minus_48h", sofa_hour=9.5, si_hour=80, onset=32, sofa_time=32),
-    # SOFA 3 from hour 8 lasts through hour 31 only, before SI - 48 h: no onset
-    OnsetCase("sofa_over_before_si_minus_48h", sofa_hour=8.5, si_hour=80, onset=None),
+    # SOFA 3 from hour 7 lasts through hour 30 only (ends 31), before SI - 48 h: no onset
+    OnsetCase("sofa_over_before_si_minus_48h", sofa_hour=7.5, si_hour=80, onset=None),
 ]
 
 

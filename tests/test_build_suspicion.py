@@ -87,28 +87,31 @@ PAIRINGS = [
     Pairing("culture_then_antibiotic_same_time", 5, 5, si=at(5), culture_first=True),
     Pairing("antibiotic_then_culture_at_24h", 10, 34, si=at(10), culture_first=False),
     Pairing("antibiotic_then_culture_at_24h_1min", 10, 34 + MINUTE),
-    # date-only culture first: its day [03-01 00:00, 03-02 00:00) overlaps [abx - 72 h, abx]
-    # for an antibiotic at 03-04 20:00; SI at noon of the culture's day
+    # date-only cultures (sepsis.date_only_culture: midnight, mimic-code's rule; the legacy
+    # day_overlap rule is tested in test_build_conventions_sepsis.py): placed at 00:00 of their
+    # day and paired by calendar day.
+    # culture first: an antibiotic at 03-04 20:00 is on the third day after the culture's day
     Pairing(
         "date_only_culture_day_overlaps_72h_before_antibiotic",
         84,
         None,
         DAY_1,
-        si=datetime(2150, 3, 1, 12),
+        si=datetime(2150, 3, 1),
         culture_first=True,
     ),
-    # antibiotic at 03-05 01:00: the window starts 03-02 01:00, after the culture's day
+    # antibiotic at 03-05 01:00: on the fourth day after the culture's day
     Pairing("date_only_culture_day_ends_before_72h_window", 89, None, DAY_1),
-    # antibiotic at 14:00 on the culture's day: SI at the antibiotic time
+    # antibiotic at 14:00 on the culture's day: culture first, SI at the culture's midnight
     Pairing(
         "date_only_culture_on_antibiotic_day",
         6,
         None,
         DAY_1,
-        si=at(6),
+        si=datetime(2150, 3, 1),
         culture_first=True,
     ),
-    # antibiotic at 03-01 20:00, date-only culture on 03-02 (inside abx + 24 h): SI = antibiotic
+    # antibiotic at 03-01 20:00, date-only culture on 03-02 (the antibiotic's next day):
+    # antibiotic first, SI = antibiotic
     Pairing(
         "antibiotic_then_date_only_culture_next_day",
         12,
@@ -117,7 +120,7 @@ PAIRINGS = [
         si=at(12),
         culture_first=False,
     ),
-    # 03-03 starts after abx + 24 h = 03-02 20:00
+    # 03-03 is two days after the antibiotic's day
     Pairing("antibiotic_then_date_only_culture_two_days_later", 12, None, DAY_3),
 ]
 
@@ -168,10 +171,11 @@ def test_antibiotic_without_any_culture_is_no_suspicion(tmp_path: Path):
 
 def test_stay_onset_uses_the_earliest_si_with_sofa_2_in_its_window(tmp_path: Path):
     t = IngestTables()
+    # A SOFA hour's time is its end (sepsis.sofa_time: end, mimic-code's sofa endtime).
     # SI 10 (culture 10, abx 12) and SI 90 (abx 90, culture 95; culture 10 is 80 h before it);
-    # platelets 40 at hour 30: SOFA 3 in hours 30..53.
-    # SI 10: window [-38, 34] -> hour 30 -> onset min(10, 30) = 10
-    # SI 90: window [42, 114] -> hour 42 -> onset min(90, 42) = 42
+    # platelets 40 at hour 30: SOFA 3 in hours 30..53 (ending 31..54).
+    # SI 10: window [-38, 34] -> hour 30, ends 31 -> onset min(10, 31) = 10
+    # SI 90: window [42, 114] -> hour 41, ends 42 -> onset min(90, 42) = 42
     both_qualify = t.stay(los_hours=130)
     t.culture(both_qualify, 10)
     t.antibiotic(both_qualify, 12)
@@ -179,7 +183,7 @@ def test_stay_onset_uses_the_earliest_si_with_sofa_2_in_its_window(tmp_path: Pat
     t.culture(both_qualify, 95)
     t.lab(both_qualify, 30.5, PLATELETS, 40)
     # SI 0 (culture 0, abx 1): window [-48, 24], no SOFA >= 2 in it (SOFA 3 in hours 40..63).
-    # SI 80 (abx 80, culture 81): window [32, 104] -> hour 40 -> onset min(80, 40) = 40
+    # SI 80 (abx 80, culture 81): window [32, 104] -> hour 40, ends 41 -> onset min(80, 41) = 41
     only_later = t.stay(los_hours=130)
     t.culture(only_later, 0)
     t.antibiotic(only_later, 1)
@@ -196,14 +200,14 @@ def test_stay_onset_uses_the_earliest_si_with_sofa_2_in_its_window(tmp_path: Pat
     assert onset[both_qualify.stay_id] == {
         "stay_id": both_qualify.stay_id,
         "si_time": at(10),
-        "sofa_time": at(30),
+        "sofa_time": at(31),
         "onset_time": at(10),
     }
     assert onset[only_later.stay_id] == {
         "stay_id": only_later.stay_id,
         "si_time": at(80),
-        "sofa_time": at(40),
-        "onset_time": at(40),
+        "sofa_time": at(41),
+        "onset_time": at(41),
     }
     assert built.sepsis_audit["stays_sepsis3_any_time"] == 2
 

@@ -168,14 +168,24 @@ def test_gu_irrigant_instilled_counts_negative_in_urine(tmp_path: Path):
     t = IngestTables()
     s = t.stay()
     t.output(s, 1, URINE_FOLEY, 120)
-    t.output(s, 2, GU_IRRIGANT_IN, 300)  # irrigant in: -300
-    t.output(s, 3, GU_IRRIGANT_OUT, 450)  # irrigant + urine out: +450
-    t.output(s, 4, URINE_FOLEY, 2500)  # over 2000 mL in one row: dropped
+    t.output(s, 2, GU_IRRIGANT_IN, 300)  # irrigant in: -300 ...
+    t.output(s, 2, GU_IRRIGANT_OUT, 450)  # ... irrigant + urine out: +450 -> 150 mL urine
+    t.output(s, 3, GU_IRRIGANT_IN, 3000)  # several litres of irrigant in and out (over the
+    t.output(s, 3, GU_IRRIGANT_OUT, 3200)  # 2,000 mL urine range each): 200 mL of urine
+    t.output(s, 4, URINE_FOLEY, 2500)  # over 2000 mL at one charttime: dropped
     t.output(s, 5, URINE_FOLEY, -10)  # negative charted volume: dropped
+    t.output(s, 6, GU_IRRIGANT_IN, 500)  # irrigant in without its out row: net -500, dropped
     built = build_measurements(t, tmp_path)
-    urine = [r["value"] for r in built.rows("measurements", "urine")]
-    assert sorted(urine) == [-300, 120, 450]
-    assert built.measurements_audit["urine_rows"] == {"read": 5, "kept": 3}
+    urine = [(r["charttime"], r["value"]) for r in built.rows("measurements", "urine")]
+    assert urine == [(at(1), 120), (at(2), 150), (at(3), 200)]
+    assert built.measurements_audit["urine_rows"] == {
+        "read": 8,
+        "negative_rows_dropped": 1,
+        "charttimes": 5,
+        "charttimes_kept": 3,
+        "charttimes_with_irrigant_kept": 2,
+        "charttimes_dropped_out_of_range": 2,
+    }
 
 
 def test_iv_fluid_in_litres_becomes_millilitres(tmp_path: Path):
@@ -249,13 +259,14 @@ def test_out_of_range_values_are_dropped_and_counted(tmp_path: Path):
     [
         ("charted", 1.0, 3 + 1 + 5),  # the charted value, 1
         ("charted", None, 3 + 1 + 5),  # no number charted: 1
-        ("normal", 1.0, 3 + 5 + 5),  # assumed normal, 5
+        ("verbal_normal", 1.0, 3 + 5 + 5),  # verbal assumed normal, 5
+        ("gcs_normal", 1.0, 15),  # the GCS before sedation assumed normal (mimic-code)
     ],
 )
-def test_intubated_verbal_response_follows_gcs_intubated_verbal(
+def test_intubated_verbal_response_follows_gcs_intubated(
     tmp_path: Path, setting, verbal_valuenum, expected
 ):
-    cfg = load_build_config(overrides={"gcs.intubated_verbal": setting})
+    cfg = load_build_config(overrides={"gcs.intubated": setting})
     t = IngestTables()
     s = t.stay()
     t.gcs(s, 1, eye=3, verbal=verbal_valuenum, motor=5, verbal_text="No Response-ETT")
@@ -264,11 +275,14 @@ def test_intubated_verbal_response_follows_gcs_intubated_verbal(
     assert measured(built, s, "gcs_total") == [expected, 12]
 
 
-def test_gcs_total_needs_all_three_components_at_one_charttime(tmp_path: Path):
+def test_legacy_gcs_total_needs_all_three_components_at_one_charttime(tmp_path: Path):
+    cfg = load_build_config(
+        overrides={"gcs.carry_forward_hours": 0, "gcs.missing_component": "drop"}
+    )
     t = IngestTables()
     s = t.stay()
     t.chart(s, 1, GCS_EYE, 4)
     t.chart(s, 1, GCS_MOTOR, 6)  # no verbal at this time
     t.chart(s, 1 + 1 / 60, GCS_VERBAL, 5)  # verbal a minute later
-    built = build_measurements(t, tmp_path)
+    built = build_measurements(t, tmp_path, cfg)
     assert measured(built, s, "gcs_total") == []

@@ -239,3 +239,21 @@ def test_support_gate_makes_fqe_and_wdr_not_evaluable(setup, tmp_path):
 def test_an_unknown_headline_estimator_is_refused():
     with pytest.raises(ValueError, match="headline estimator 'magic'"):
         EvalConfig(headline="magic")
+
+
+def test_a_policy_object_is_evaluated_like_its_run(setup, tmp_path):
+    """kind='object': a Python policy (here the run's own TrainedPolicy) gets the same
+    estimates as the run folder it came from; an object without the protocol is refused."""
+    from sepsisrl.ope.evaluate import EvaluationError
+    from sepsisrl.rl.policies import TrainedPolicy
+
+    _, replay, runs, evals, _ = setup
+    doc = evaluate(TrainedPolicy(runs["iql1"]), replay, tmp_path / "obj", kind="object", cfg=FAST)
+    assert doc["policy"]["kind"] == "object"
+    for key in ("fqe_mean", "wis_mean", "clinician_agreement", "support_mass"):
+        assert doc["metrics"][key] == evals["iql1"]["metrics"][key], key
+    with pytest.raises(EvaluationError, match="lacks act, action_probabilities"):
+        evaluate(object(), replay, tmp_path / "bad", kind="object", cfg=FAST)
+    with pytest.raises(EvaluationError, match="unknown policy kind 'model'"):
+        evaluate(runs["iql1"], replay, tmp_path / "bad2", kind="model", cfg=FAST)
+    assert not (tmp_path / "bad2" / "metrics.json").exists()

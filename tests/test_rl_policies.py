@@ -77,3 +77,20 @@ def test_incomplete_run_is_refused(tmp_path, runs):
     shutil.rmtree(broken / "final")
     with pytest.raises(FileNotFoundError, match="is the run complete"):
         TrainedPolicy(broken)
+
+
+def test_support_edge_policy_takes_the_least_or_most_intense_plausible_action():
+    from sepsisrl.rl.policies import SupportEdgePolicy
+
+    p = np.zeros((3, 25))
+    p[0, [3, 7, 12]] = [0.5, 0.3, 0.2]  # all plausible
+    p[1, [3, 7, 12]] = [0.02, 0.9, 0.08]  # 3 below the threshold
+    p[2, [0, 24]] = [0.01, 0.99]  # only the mode
+    least = SupportEdgePolicy(lambda s: p, 25, "least", threshold=0.05)
+    most = SupportEdgePolicy(lambda s: p, 25, "most", threshold=0.05)
+    assert least.act(np.zeros((3, 1))).tolist() == [3, 7, 24]
+    assert most.act(np.zeros((3, 1))).tolist() == [12, 12, 24]
+    probs = most.action_probabilities(np.zeros((3, 1)))
+    assert probs.sum(1).tolist() == [1.0, 1.0, 1.0] and probs[0, 12] == 1.0
+    with pytest.raises(ValueError, match="edge must be"):
+        SupportEdgePolicy(lambda s: p, 25, "middle")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sepsisrl import __version__
@@ -154,14 +155,37 @@ def build(
     force: Annotated[
         bool, typer.Option(help="Re-run every stage even when its cache is current.")
     ] = False,
+    allow_missing: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-missing",
+            metavar="TABLE",
+            help="Build even though TABLE (e.g. chartevents) has no data rows or its core "
+            "features are nearly never observed; the summary, report and model card then carry "
+            "a warning. Repeatable; adds to source.allow_missing.",
+        ),
+    ] = None,
+    conventions: Annotated[
+        str | None,
+        typer.Option(
+            "--conventions",
+            metavar="PROFILE",
+            help="Clinical conventions profile: mimic-code (the default: MIT-LCP mimic-code's "
+            "definitions) or legacy (sepsisrl's earlier ones). Sets every convention switch "
+            "(docs/build.md); --set then changes single ones.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the summary.")] = False,
 ) -> None:
     """Build leakage-safe replay datasets from raw MIMIC-IV tables (or a synthetic world).
 
     Stages: ingest, measurements, sepsis (suspicion, hourly SOFA, onset), cohort, episodes \
 (4 h grid), splits, actions (5 x 5), features (62), replay (sparse, sofa_shaped, \
-full_shaped) and a leakage audit that fails the build on any violation. Each stage is cached \
-by its inputs and config and written atomically; rerunning skips what is current.
+sofa_state_shaped, full_shaped) and a leakage audit that fails the build on any violation. \
+Each stage is cached by its inputs and config and written atomically; rerunning skips what \
+is current. A raw table \
+without data rows, or a core feature (MAP, heart rate, GCS, ...) without a value in nearly \
+every decision window, stops the build unless --allow-missing names its table.
     """
     from sepsisrl.build.config import load_build_config
     from sepsisrl.build.leakage import LeakageError
@@ -174,12 +198,24 @@ by its inputs and config and written atomically; rerunning skips what is current
             err.print(f"  {stage:<13} {status}", highlight=False)
 
     try:
-        cfg = load_build_config(config, _parse_overrides(set_ or []))
+        overrides = _parse_overrides(set_ or [])
+        if conventions is not None:
+            from sepsisrl.build.conventions import profile_overrides
+
+            overrides = {**profile_overrides(conventions), **overrides}
+        cfg = load_build_config(config, overrides)
+        if allow_missing:
+            tables = list(dict.fromkeys([*cfg.source.allow_missing, *allow_missing]))
+            cfg = load_build_config(config, {**overrides, "source.allow_missing": tables})
         if not quiet:
             err.print(f"building {workspace} from {source}", highlight=False)
         summary = run_build(source, workspace, cfg, force=force, on_stage=report)
     except (ConfigError, SourceError, UnitError, LeakageError, ValueError) as exc:
         raise UserError(str(exc)) from exc
+    for warning in summary.report["warnings"]:
+        err.print(
+            f"[bold yellow]WARNING:[/] [yellow]{escape(warning['message'])}[/]", soft_wrap=True
+        )
     expected = summary.report["expected"]
     if expected["applies"]:
         for name, check in expected["checks"].items():
@@ -192,7 +228,13 @@ by its inputs and config and written atomically; rerunning skips what is current
                     highlight=False,
                 )
     typer.echo(
-        json.dumps({k: summary.report[k] for k in ("counts", "leakage_audit", "seconds")}, indent=2)
+        json.dumps(
+            {
+                k: summary.report[k]
+                for k in ("counts", "leakage_audit", "conventions", "warnings", "seconds")
+            },
+            indent=2,
+        )
     )
 
 
@@ -607,22 +649,97 @@ def report(
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[
-        Path, typer.Option("--truth", help="The synthetic world's sidecar folder (<raw>_truth).")
-    ],
+        Path | None,
+        typer.Option(
+            "--truth",
+            help="Synthetic-world mode: the world's sidecar folder (<raw>_truth).",
+        ),
+    ] = None,
+    mimic_derived: Annotated[
+        Path | None,
+        typer.Option(
+            "--mimic-derived",
+            help="mimic-code mode: mimic-code's derived tables (mimiciv_derived) as a DuckDB "
+            "file, or a folder of <table>.csv[.gz] / <table>.parquet files.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="mimic-code mode: folder for agreement.json and the disagreeing rows "
+            "(default <workspace>/validation/mimic-derived).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="mimic-code mode: YAML file overriding configs/validate.yaml."
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="mimic-code mode: e.g. --set mimic_derived.dose_tolerance=0.01."
+        ),
+    ] = None,
 ) -> None:
-    """Compare a build's Sepsis-3 cohort with a synthetic world's ground truth.
+    """Check a build against a reference: a synthetic world's ground truth (--truth) or \
+mimic-code's derived tables (--mimic-derived); give exactly one.
 
-    Prints recall, precision and onset error. The build itself never reads the ground truth.
+    --truth: prints Sepsis-3 recall, precision and onset error (the build itself never reads \
+the ground truth).
+
+    --mimic-derived: compares suspicion_of_infection, norepinephrine_equivalent_dose, \
+urine_output, sofa (hourly, per component) and sepsis3 (stays, onset) with the build's \
+equivalents; prints the agreement figures as a table (stderr) and JSON (stdout), and writes \
+agreement.json and <table>_disagreements.parquet / .csv to --out. A table the source lacks is \
+reported as "not provided".
     """
-    from sepsisrl.build.validate import validate_sepsis
+    if (truth is None) == (mimic_derived is None):
+        raise UserError("give exactly one of --truth DIR (synthetic world) or --mimic-derived SRC")
+    if truth is not None:
+        if out is not None or config is not None or overrides:
+            raise UserError("--out, --config and --set apply to --mimic-derived only")
+        from sepsisrl.build.validate import validate_sepsis
 
-    for path, what in (
-        (workspace / "sepsis" / "onset.parquet", "a built workspace"),
-        (truth / "stays.parquet", "a synthetic world's truth folder"),
-    ):
-        if not path.is_file():
-            raise UserError(f"{path} not found: expected {what}")
-    typer.echo(json.dumps(validate_sepsis(workspace, truth), indent=2))
+        for path, what in (
+            (workspace / "sepsis" / "onset.parquet", "a built workspace"),
+            (truth / "stays.parquet", "a synthetic world's truth folder"),
+        ):
+            if not path.is_file():
+                raise UserError(f"{path} not found: expected {what}")
+        typer.echo(json.dumps(validate_sepsis(workspace, truth), indent=2))
+        return
+
+    from rich.table import Table
+
+    from sepsisrl.build.mimic_derived import (
+        DerivedTableError,
+        agreement_rows,
+        compare_with_mimic_derived,
+        load_validate_config,
+    )
+
+    try:
+        cfg = load_validate_config(config, _parse_overrides(overrides or []))
+        report = compare_with_mimic_derived(workspace, mimic_derived, out, cfg.mimic_derived)
+    except (ConfigError, DerivedTableError) as exc:
+        raise UserError(str(exc)) from exc
+    table = Table(title="sepsisrl against mimic-code (mimiciv_derived)")
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    previous = None
+    for name, figure, value in agreement_rows(report):
+        if name != previous:
+            if previous is not None:
+                table.add_section()
+            table.add_row(f"[bold]{name}[/]", "")
+            previous = name
+        table.add_row(f"  {figure}", value)
+    err.print(table)
+    err.print(f"disagreeing rows and agreement.json: {report['out']}", highlight=False)
+    typer.echo(json.dumps(report, indent=2))
 
 
 def _progress(quiet: bool) -> Progress:
@@ -640,7 +757,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; no partial output was kept (a study resumes when rerun)")

@@ -2,7 +2,9 @@
 
 Per step, the treatment in the action window [tau_k, tau_k + 4 h): vasopressor dose
 (NE-equivalent mcg/kg/min, concurrent agents summed, time-weighted) and IV-fluid volume (mL,
-prorated). Bin 0 = no treatment; bins 1-4 = quartiles (Q25, Q50, Q75) of the non-zero doses of
+prorated). What counts as treatment is decided in the measurements stage
+(``actions.treatment``, build/sql/infusions.sql): by default fluid that only carries a drug or
+keeps a vein open is not resuscitation fluid. Bin 0 = no treatment; bins 1-4 = quartiles (Q25, Q50, Q75) of the non-zero doses of
 train-split steps. ``action = 5 * vaso_bin + fluid_bin``. Edges are persisted, never refit.
 
 Output (``actions/``): step_actions.parquet, bins.json. The cumulative doses given before each
@@ -106,14 +108,26 @@ def step_treatment(con: duckdb.DuckDBPyConnection, cfg: BuildConfig) -> pa.Table
 
 
 def cumulative_before(stay: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Per row, the sum of ``x`` over the earlier rows of the same stay (rows sorted)."""
-    first = np.ones(len(stay), dtype=bool)
+    """Per row, the sum of ``x`` over the earlier rows of the same stay (rows sorted).
+
+    Each stay is summed on its own (a padded per-stay cumulative sum), so a stay's values do
+    not depend on which other stays are in the table: the truth harness's online state, which
+    sees one decision's stays at a time, gets the build's values bit for bit. (A running sum
+    over the whole table minus each stay's offset leaves rounding residue such as 1e-14.)
+    """
+    n = len(stay)
+    if n == 0:
+        return np.zeros(0)
+    first = np.ones(n, dtype=bool)
     first[1:] = stay[1:] != stay[:-1]
     group = np.cumsum(first) - 1
-    c = np.cumsum(x)
     start = np.flatnonzero(first)
-    offset = np.concatenate([[0.0], c[start[1:] - 1]]) if len(start) else np.zeros(0)
-    return c - x - offset[group]
+    pos = np.arange(n) - start[group]
+    padded = np.zeros((len(start), int(pos.max()) + 1))
+    padded[group[pos > 0], pos[pos > 0]] = np.asarray(x, dtype=np.float64)[
+        np.flatnonzero(pos > 0) - 1
+    ]
+    return np.cumsum(padded, axis=1)[group, pos]
 
 
 def run_actions(
@@ -163,7 +177,10 @@ def run_actions(
     bins_doc = {
         "schema_version": "1",
         "vasopressor": vbins.to_json(VASO_UNIT),
-        "iv_fluid": fbins.to_json(FLUID_UNIT),
+        "iv_fluid": {
+            **fbins.to_json(FLUID_UNIT),
+            "carrier_fluids": cfg.actions.treatment.carrier_fluids,
+        },
         "action_id": f"{cfg.actions.fluid_bins} * vaso_bin + fluid_bin",
         "action_labels": labels,
         "fitted_on": {

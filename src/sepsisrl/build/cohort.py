@@ -24,6 +24,15 @@ RULES = (
 )
 
 
+#: Age at the stay (cohort.age), over patients ``p`` and admissions ``a``. MIMIC-IV shifts
+#: dates per patient: ``anchor_age`` is the age in the shifted ``anchor_year``, so the age at an
+#: admission adds the years between them (mimic-code's ``age`` concept).
+AGE = {
+    "admission_year": "p.anchor_age + (year(a.admittime) - p.anchor_year)",
+    "anchor_age": "p.anchor_age",
+}
+
+
 def cohort_sql(cfg: BuildConfig) -> str:
     """The cohort rules and the 90-day outcome over views icustays, patients, admissions and
     onset (also used by the truth harness for the outcome of re-simulated patients)."""
@@ -31,7 +40,8 @@ def cohort_sql(cfg: BuildConfig) -> str:
     return render(
         "cohort",
         min_age=c.min_age,
-        max_age_clause=Raw(f"anchor_age > {c.max_age}" if c.max_age is not None else "false"),
+        max_age_clause=Raw(f"age > {c.max_age}" if c.max_age is not None else "false"),
+        age_expr=Raw(AGE[c.age]),
         min_los=c.min_icu_los_hours,
         before_intime=c.onset_window_before_intime_hours,
         mortality_days=cfg.rewards.mortality_days,

@@ -21,15 +21,58 @@ RUNNING_TREATMENT_FEATURES = (
 )
 
 
+#: The concepts ``sql/lab_measurements.sql`` writes to the measurements table.
+LAB_MEASUREMENT_CONCEPTS = frozenset(
+    {
+        "pao2", "paco2", "arterial_ph", "bicarbonate", "base_excess", "lactate", "creatinine",
+        "bun", "bilirubin_total", "albumin", "sodium", "potassium", "glucose", "inr", "ptt",
+        "wbc", "haemoglobin", "haematocrit", "platelets", "fio2_bg",
+    }
+)  # fmt: skip
+
+
 class EngineConfig(StrictModel):
     threads: int = Field(ge=0)
     memory_limit: str
+
+
+class CoreFeaturesConfig(StrictModel):
+    """State features a build refuses to go without (``build/coverage.py``)."""
+
+    max_unavailable_share: float = Field(gt=0, le=1)
+    tables: dict[str, list[str]]
 
 
 class SourceConfig(StrictModel):
     kind: Literal["auto", "mimic-iv", "synthetic"]
     version: Literal["auto", "2.2", "3.1"]
     fail_on_unknown_rate_unit: bool
+    allow_missing: list[str]
+    core_features: CoreFeaturesConfig
+
+    @model_validator(mode="after")
+    def _tables(self) -> SourceConfig:
+        from sepsisrl.mimic.schema import TABLES
+        from sepsisrl.mimic.source import OPTIONAL_TABLES
+
+        for name in self.allow_missing:
+            if name not in TABLES:
+                raise ValueError(
+                    f"source.allow_missing: {name!r} is not a MIMIC-IV table the build reads "
+                    f"(tables: {', '.join(TABLES)})"
+                )
+            if name not in OPTIONAL_TABLES:
+                raise ValueError(
+                    f"source.allow_missing: the build cannot proceed without {name!r}; only "
+                    f"these tables may be missing: {', '.join(OPTIONAL_TABLES)}"
+                )
+        unknown = sorted(set(self.core_features.tables) - set(TABLES))
+        if unknown:
+            raise ValueError(
+                f"source.core_features.tables: {unknown} are not MIMIC-IV tables the build reads "
+                f"(tables: {', '.join(TABLES)})"
+            )
+        return self
 
 
 class VasopressorConfig(StrictModel):
@@ -37,14 +80,58 @@ class VasopressorConfig(StrictModel):
     factor: float = Field(gt=0)
 
 
-class VentilationConfig(StrictModel):
+class VentilationClass(StrictModel):
+    name: str
+    devices: list[str]
+    modes: list[str]
+    hamilton_modes: list[str]
+
+
+class InvasiveVentilationConfig(StrictModel):
+    classes: list[VentilationClass] = Field(min_length=1)
+    ventilated_classes: list[str] = Field(min_length=1)
+    new_episode_gap_hours: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _classes(self) -> InvasiveVentilationConfig:
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classes: duplicate class names in {names}")
+        unknown = sorted(set(self.ventilated_classes) - set(names))
+        if unknown:
+            raise ValueError(f"ventilated_classes: {unknown} are not classes (classes: {names})")
+        return self
+
+
+class AnyDeviceVentilationConfig(StrictModel):
     devices: list[str]
     window_hours: float = Field(gt=0)
 
 
+class VentilationConfig(StrictModel):
+    definition: Literal["invasive", "any_device"]
+    invasive: InvasiveVentilationConfig
+    any_device: AnyDeviceVentilationConfig
+
+
 class GcsConfig(StrictModel):
-    intubated_verbal: Literal["charted", "normal"]
+    intubated: Literal["gcs_normal", "verbal_normal", "charted"]
     intubated_text: str
+    carry_forward_hours: float = Field(ge=0)
+    missing_component: Literal["normal", "drop"]
+
+
+class LabsConfig(StrictModel):
+    attribution: Literal["hadm_id", "patient_time"]
+    by_patient: list[str]
+    time: Literal["charttime", "storetime"]
+
+
+class SofaConfig(StrictModel):
+    fio2: Literal["blood_gas_first", "chart"]
+    pao2_specimen: Literal["arterial", "arterial_or_unknown"]
+    urine: Literal["documented_time", "icu_day"]
+    vasopressor_rate: Literal["hour_end", "max_in_hour"]
 
 
 class CohortConfig(StrictModel):
@@ -53,6 +140,7 @@ class CohortConfig(StrictModel):
     min_icu_los_hours: float = Field(ge=0)
     onset_window_before_intime_hours: float = Field(ge=0)
     first_stay: Literal["first_qualifying", "first_overall"]
+    age: Literal["admission_year", "anchor_age"]
 
 
 class SepsisConfig(StrictModel):
@@ -66,6 +154,20 @@ class SepsisConfig(StrictModel):
     sofa_threshold: int = Field(ge=1)
     onset: Literal["min", "si"]
     sofa_hours_before_intime: int = Field(ge=0)
+    onset_sofa_hours_before_intime: int = Field(ge=0)
+    si_attribution: Literal["icu_stay", "admission"]
+    sofa_time: Literal["end", "start"]
+    date_only_culture: Literal["midnight", "day_overlap"]
+
+    @model_validator(mode="after")
+    def _onset_hours(self) -> SepsisConfig:
+        if self.onset_sofa_hours_before_intime > self.sofa_hours_before_intime:
+            raise ValueError(
+                "sepsis.onset_sofa_hours_before_intime "
+                f"({self.onset_sofa_hours_before_intime}) exceeds sofa_hours_before_intime "
+                f"({self.sofa_hours_before_intime}): the SOFA grid has no earlier hours"
+            )
+        return self
 
 
 class EpisodeConfig(StrictModel):
@@ -132,9 +234,20 @@ class StateConfig(StrictModel):
     running_treatment: RunningTreatmentConfig
 
 
+class TreatmentConfig(StrictModel):
+    carrier_fluids: Literal["exclude", "include"]
+    kvo_max_rate_ml_per_hour: float = Field(ge=0)
+    missing_weight: Literal["drop", "stay_weight"]
+
+
 class ActionConfig(StrictModel):
     vaso_bins: int = Field(ge=2)
     fluid_bins: int = Field(ge=2)
+    treatment: TreatmentConfig
+
+
+#: The reward variants ``build/replay.py`` writes.
+RewardVariant = Literal["sparse", "sofa_shaped", "sofa_state_shaped", "full_shaped"]
 
 
 class RewardConfig(StrictModel):
@@ -145,7 +258,7 @@ class RewardConfig(StrictModel):
     lactate_clearance_weight: float
     map_deficit_weight: float
     map_target: float
-    variants: list[Literal["sparse", "sofa_shaped", "full_shaped"]] = Field(min_length=1)
+    variants: list[RewardVariant] = Field(min_length=1)
     gamma: float = Field(gt=0, le=1)
 
 
@@ -156,6 +269,8 @@ class BuildConfig(StrictModel):
     vasopressors: dict[str, VasopressorConfig]
     ventilation: VentilationConfig
     gcs: GcsConfig
+    labs: LabsConfig
+    sofa: SofaConfig
     cohort: CohortConfig
     sepsis: SepsisConfig
     episodes: EpisodeConfig
@@ -182,7 +297,8 @@ class BuildConfig(StrictModel):
             "heart_rate", "map_arterial", "map_noninvasive", "sbp_arterial", "sbp_noninvasive",
             "dbp_arterial", "dbp_noninvasive", "resp_rate", "temperature_c", "temperature_f",
             "spo2", "gcs_eye", "gcs_verbal", "gcs_motor", "fio2", "peep", "weight_kg",
-            "weight_lb", "o2_device", "ventilator_mode", "pao2", "paco2", "arterial_ph",
+            "weight_lb", "o2_device", "ventilator_mode", "ventilator_mode_hamilton", "pao2",
+            "paco2", "arterial_ph", "fio2_bg",
             "bicarbonate", "base_excess", "lactate", "creatinine", "bun", "bilirubin_total",
             "albumin", "sodium", "potassium", "glucose", "inr", "ptt", "wbc", "haemoglobin",
             "haematocrit", "platelets", "specimen_type", "urine", "urine_negative", "iv_fluids",
@@ -191,6 +307,20 @@ class BuildConfig(StrictModel):
         missing = required - set(self.items)
         if missing:
             raise ValueError(f"items: missing concepts {sorted(missing)}")
+        unknown = sorted(set(self.labs.by_patient) - LAB_MEASUREMENT_CONCEPTS)
+        if unknown:
+            raise ValueError(
+                f"labs.by_patient: {unknown} are not lab concepts (those are: "
+                f"{', '.join(sorted(LAB_MEASUREMENT_CONCEPTS))})"
+            )
+        windowed = [f.name for f in self.features if f.agg in ("last", "min", "max", "sum")]
+        for table, names in self.source.core_features.tables.items():
+            bad = [n for n in names if n not in windowed]
+            if bad:
+                raise ValueError(
+                    f"source.core_features.tables.{table}: {bad} are not features observed in "
+                    f"decision windows (those are: {', '.join(windowed)})"
+                )
         rt = self.state.running_treatment
         specs = {f.name: f for f in self.features}
         for name in rt.replaces:

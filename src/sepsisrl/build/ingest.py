@@ -3,14 +3,17 @@
 Output (``ingest/``), all Parquet:
   icustays, patients, admissions      whole tables (small)
   chart.parquet     chartevents rows of configured items (text kept for GCS, device, mode)
-  labs.parquet      labevents rows of configured items (+ specimen type for blood gases)
+  labs.parquet      labevents rows of configured items (+ specimen type for blood gases),
+                    with the time drawn (charttime) and resulted (storetime)
   inputs.parquet    inputevents rows of vasopressors, dobutamine and IV fluids
   outputs.parquet   outputevents rows of urine items
   antibiotics.parquet  systemic antibiotic prescriptions (name list, route exclusions)
   cultures.parquet  one row per microbiology specimen (charttime, or chartdate only)
 
 Before scanning, every configured item id is looked up in ``d_items`` / ``d_labitems``; the
-build stops with a list of the absent ids and their concepts.
+build stops with a list of the absent ids and their concepts. ``audit.json`` counts the rows
+kept per table and per item id (``item_rows``) and names the raw tables without data rows that
+``source.allow_missing`` let through (``empty_source_tables``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ CHART_CONCEPTS = (
     "heart_rate", "map_arterial", "map_noninvasive", "sbp_arterial", "sbp_noninvasive",
     "dbp_arterial", "dbp_noninvasive", "resp_rate", "temperature_c", "temperature_f", "spo2",
     "gcs_eye", "gcs_verbal", "gcs_motor", "fio2", "peep", "weight_kg", "weight_lb", "o2_device",
-    "ventilator_mode",
+    "ventilator_mode", "ventilator_mode_hamilton",
 )  # fmt: skip
-CHART_TEXT_CONCEPTS = ("gcs_eye", "gcs_verbal", "gcs_motor", "o2_device", "ventilator_mode")
+CHART_TEXT_CONCEPTS = (
+    "gcs_eye", "gcs_verbal", "gcs_motor", "o2_device", "ventilator_mode",
+    "ventilator_mode_hamilton",
+)  # fmt: skip
 LAB_CONCEPTS = (
     "pao2", "paco2", "arterial_ph", "bicarbonate", "base_excess", "lactate", "creatinine", "bun",
     "bilirubin_total", "albumin", "sodium", "potassium", "glucose", "inr", "ptt", "wbc",
-    "haemoglobin", "haematocrit", "platelets", "specimen_type",
+    "haemoglobin", "haematocrit", "platelets", "fio2_bg", "specimen_type",
 )  # fmt: skip
 OUTPUT_CONCEPTS = ("urine", "urine_negative")
 
@@ -139,6 +145,8 @@ def run_ingest(
     }
     if check_dictionaries:
         info["dictionaries"] = check_item_ids(con, src, cfg)
+    if sink.audited:  # allowed by source.allow_missing (build/coverage.py), else refused
+        info["empty_source_tables"] = src.empty_tables()
     rows: dict[str, int] = {}
     seconds: dict[str, float] = {}
 
@@ -156,7 +164,8 @@ def run_ingest(
     )
     copy(
         "patients",
-        f"SELECT subject_id, gender, anchor_age, CAST({ts('dod')} AS DATE) AS dod "
+        f"SELECT subject_id, gender, anchor_age, CAST(anchor_year AS BIGINT) AS anchor_year, "
+        f"CAST({ts('dod')} AS DATE) AS dod "
         f"FROM {src.relation('patients')} ORDER BY subject_id",
     )
     copy(
@@ -180,7 +189,8 @@ def run_ingest(
     copy(
         "labs",
         f"SELECT subject_id, hadm_id, specimen_id, {ts('charttime')} AS charttime, "
-        f"CAST(itemid AS INTEGER) AS itemid, CAST(valuenum AS DOUBLE) AS valuenum, "
+        f"{ts('storetime')} AS storetime, CAST(itemid AS INTEGER) AS itemid, "
+        f"CAST(valuenum AS DOUBLE) AS valuenum, "
         f"CASE WHEN itemid IN {sql_list(spec_ids)} THEN value END AS value "
         f"FROM {src.relation('labevents')} WHERE itemid IN {sql_list(lab_ids)} "
         f"ORDER BY subject_id, charttime, itemid, specimen_id, valuenum, value",
@@ -191,10 +201,12 @@ def run_ingest(
         "inputs",
         f"SELECT stay_id, {ts('starttime')} AS starttime, {ts('endtime')} AS endtime, "
         f"CAST(itemid AS INTEGER) AS itemid, CAST(amount AS DOUBLE) AS amount, amountuom, "
-        f"CAST(rate AS DOUBLE) AS rate, rateuom, CAST(patientweight AS DOUBLE) AS patientweight "
+        f"CAST(rate AS DOUBLE) AS rate, rateuom, CAST(patientweight AS DOUBLE) AS patientweight, "
+        f"ordercomponenttypedescription "
         f"FROM {src.relation('inputevents')} "
         f"WHERE itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL "
-        f"ORDER BY stay_id, starttime, endtime, itemid, rate, amount, rateuom, amountuom, patientweight",
+        f"ORDER BY stay_id, starttime, endtime, itemid, rate, amount, rateuom, amountuom, patientweight, "
+        f"ordercomponenttypedescription",
     )
     copy(
         "outputs",
@@ -218,6 +230,16 @@ def run_ingest(
         f"ORDER BY subject_id, micro_specimen_id",
     )
     info["rows_kept"] = rows
+    if sink.audited:  # rows per item id: a configured id never found is visible in the audit
+        info["item_rows"] = {
+            name: {
+                str(i): n
+                for i, n in con.execute(
+                    f"SELECT itemid, count(*) FROM {sink.relation(name)} GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+            }
+            for name in ("chart", "labs", "inputs", "outputs")
+        }
     info["seconds_per_table"] = seconds
     if own:
         con.close()

@@ -7,7 +7,10 @@
 3. no_outcome_features       no state feature is derived from the outcome (death, discharge,
                              reward, length of stay ...)
 4. causal_states             every state used only data charted before its decision time, and
-                             cumulative treatments exclude the current action window
+                             cumulative treatments exclude the current action window; each lab
+                             feature observed in a decision window has a lab usable in that
+                             window by ``labs.time`` (drawn, or resulted under ``storetime``),
+                             checked against the ingested labevents rows
 5. aligned_transitions       each episode's rows are steps 0..n-1 in order, ``done`` only on the
                              last, rewards match the SOFA deltas of consecutive states and the
                              terminal reward matches the recorded outcome
@@ -19,11 +22,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
 from sepsisrl.build.actions import DoseBins, rows_sha256
-from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.config import LAB_MEASUREMENT_CONCEPTS, BuildConfig
+from sepsisrl.build.measurements import GAS_TIME
 from sepsisrl.build.preprocessing import StatePreprocessor
 from sepsisrl.build.splits import SPLITS
 from sepsisrl.workspace import read_json, write_json
@@ -181,6 +186,7 @@ def audit_workspace(
         problems.append("cumulative IV fluid in the state is not the sum of earlier action windows")
     if "prev_vaso_bin" in state.column_names:  # state variant running_treatment
         problems += _running_treatment_problems(s_sorted, a, first, cfg)
+    problems += _lab_time_problems(ws, cfg)
     results.append(
         _check(
             "causal_states",
@@ -220,7 +226,8 @@ def audit_workspace(
             k = t["step"].to_numpy().astype(np.int64)
             done = t["done"].to_numpy(zero_copy_only=False)
             rew = t["reward"].to_numpy().astype(np.float64)
-            sofa = t["sofa"].to_numpy().astype(np.float64)
+            # the SOFA column the variant's shaping uses (sofa_state_shaped: sofa_state)
+            sofa = t[meta["reward"].get("sofa_column", "sofa")].to_numpy().astype(np.float64)
             start = np.ones(len(s), dtype=bool)
             start[1:] = s[1:] != s[:-1]
             end = np.ones(len(s), dtype=bool)
@@ -290,6 +297,76 @@ def _running_treatment_problems(
             "iv_fluid_4h_before_tau in the state is not the previous action window's volume"
         )
     return problems
+
+
+def _lab_time_problems(ws: Path, cfg: BuildConfig) -> list[str]:
+    """A lab feature observed in the window [tau - step, tau) of a state must have a lab of
+    its items, attributed to the stay as ``labs.attribution`` says, whose usable time
+    (``labs.time``: charttime, or storetime - for a blood gas's PaO2 and FiO2 the later of the
+    specimen's) lies in that window. Read from the ingested labevents rows, independently of
+    the measurements table: a state that read a lab before its result was stored fails."""
+    labs, icu = ws / "ingest" / "labs.parquet", ws / "ingest" / "icustays.parquet"
+    state_path = ws / "features" / "state_raw.parquet"
+    columns = set(pq.read_schema(state_path).names)
+    names = [
+        f.name
+        for f in cfg.state_features
+        if f.name in LAB_MEASUREMENT_CONCEPTS
+        and f.agg in ("last", "min", "max")
+        and f"obs_{f.name}" in columns
+    ]
+    if not names or not labs.exists() or not icu.exists():
+        return []
+    when = cfg.labs.time
+    items = ", ".join(
+        f"({int(i)}, '{n}')" for n in [*names, "fio2_bg"] for i in cfg.items.get(n, [])
+    )
+    by_patient = set(cfg.labs.by_patient) if cfg.labs.attribution == "hadm_id" else set(names)
+    patient = ", ".join(f"'{n}'" for n in sorted(by_patient)) or "'<none>'"
+    observed = " UNION ALL ".join(
+        f"SELECT stay_id, step, tau, '{n}' AS concept FROM read_parquet('{state_path}') "
+        f"WHERE obs_{n}"
+        for n in names
+    )
+    step = int(cfg.episodes.step_hours)
+    gas_time = GAS_TIME if when == "storetime" else "t"
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")
+        bad, example = con.execute(
+            f"""WITH item AS (SELECT * FROM (VALUES {items}) t(itemid, concept)),
+                raw AS (
+                    SELECT l.subject_id, l.hadm_id, l.specimen_id, i.concept,
+                           l.{when} AS t
+                    FROM read_parquet('{labs}') l JOIN item i USING (itemid)
+                    WHERE l.valuenum IS NOT NULL AND l.{when} IS NOT NULL
+                ), usable AS (
+                    SELECT subject_id, hadm_id, concept, {gas_time} AS t FROM raw
+                ), attributed AS (
+                    SELECT s.stay_id, u.concept, u.t
+                    FROM usable u JOIN read_parquet('{icu}') s ON u.hadm_id = s.hadm_id
+                    WHERE u.concept NOT IN ({patient})
+                    UNION ALL
+                    SELECT s.stay_id, u.concept, u.t
+                    FROM usable u JOIN read_parquet('{icu}') s ON u.subject_id = s.subject_id
+                    WHERE u.concept IN ({patient})
+                ), obs AS ({observed}),
+                latest AS (  -- the latest lab usable before each decision time
+                    SELECT o.stay_id, o.step, o.tau, a.t
+                    FROM obs o ASOF LEFT JOIN attributed a
+                      ON o.stay_id = a.stay_id AND o.concept = a.concept AND o.tau > a.t
+                )
+                SELECT count(*), min([stay_id, step]) FROM latest
+                WHERE t IS NULL OR t < tau - INTERVAL {step} HOUR"""
+        ).fetchone()
+    finally:
+        con.close()
+    if not bad:
+        return []
+    return [
+        f"{bad} lab feature value(s) in states have no lab usable in their window by "
+        f"labs.time = {when} (e.g. stay {example[0]} step {example[1]})"
+    ]
 
 
 def run_leakage_audit(ws: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Measurements stage: every observation in the units of the clinical spec, invalid values dropped.
 
 Output (``measurements/``):
-  measurements.parquet  stay_id, charttime, concept, arterial, value (chart, labs, GCS totals)
+  measurements.parquet  stay_id, charttime, concept, arterial, value (chart, labs, GCS totals;
+                        a lab at its labs.time, charttime or storetime)
   infusions.parquet     vasopressor / dobutamine rates (agent mcg/kg/min, NE-equivalent) and
                         IV-fluid volumes, one row per inputevents row
-  urine.parquet         signed urine volumes per charted row
-  ventilation.parquet   times documented as mechanically ventilated
+  urine.parquet         net urine volume per charttime (GU irrigant in counted negative)
+  ventilation.parquet   periods (starttime, endtime) of ventilation for SOFA respiration 3-4
   weights.parquet       first charted weight per stay (kg), else the first weight recorded
                         with an infusion; each candidate with the time it was recorded
   audit.json            kept / dropped counts per concept, unit problems
@@ -18,7 +19,9 @@ from typing import Any
 
 import duckdb
 
+from sepsisrl.build import ingest
 from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.coverage import measurement_counts
 from sepsisrl.build.ingest import connect
 from sepsisrl.build.sqlfiles import Raw, render
 from sepsisrl.build.tables import PLAIN, ZSTD, TableSink, as_sink
@@ -55,25 +58,11 @@ def run_measurements(
     _views(con, source, ["chart", "labs", "inputs", "outputs", "icustays"])
     p = item_params(cfg)
     text_items = sorted(
-        set(p["gcs_eye"] + p["gcs_verbal"] + p["gcs_motor"] + p["o2_device"] + p["ventilator_mode"])
+        {i for c in ingest.CHART_TEXT_CONCEPTS for i in p[c]}  # text, never a number
     )
     chart_sql = render("chart_measurements", **p, text_items=text_items)
-    verbal = Raw("coalesce(valuenum, 1)") if cfg.gcs.intubated_verbal == "charted" else Raw("5")
-    gcs_sql = render(
-        "gcs",
-        gcs_eye=p["gcs_eye"],
-        gcs_verbal=p["gcs_verbal"],
-        gcs_motor=p["gcs_motor"],
-        gcs_items=sorted(p["gcs_eye"] + p["gcs_verbal"] + p["gcs_motor"]),
-        intubated_text=cfg.gcs.intubated_text,
-        intubated_verbal=verbal,
-    )
-    lab_sql = render(
-        "lab_measurements",
-        **{k: p[k] for k in p},
-        hours_before=cfg.sepsis.sofa_hours_before_intime,
-        arterial_only=sorted(p["pao2"] + p["paco2"] + p["arterial_ph"] + p["base_excess"]),
-    )
+    gcs_sql = render_gcs(cfg)
+    lab_sql = render_labs(cfg)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE raw_measurements AS "
         + " UNION ALL ".join(f"SELECT * FROM (\n{q}\n)" for q in (chart_sql, gcs_sql, lab_sql))
@@ -102,59 +91,6 @@ def run_measurements(
            ORDER BY m.stay_id, m.concept, m.charttime, m.arterial, m.value""",
         ZSTD,
     )
-    # infusions
-    agents = ", ".join(
-        f"({v.itemid}, '{name}', {v.factor})" for name, v in cfg.vasopressors.items()
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE infusions AS "
-        + render("infusions", agents=Raw(agents), dobutamine=p["dobutamine"])
-    )
-    unknown = con.execute(
-        """SELECT agent, coalesce(rateuom, '<null>'), count(*) FROM infusions
-           WHERE unknown_rate_unit GROUP BY 1, 2 ORDER BY 3 DESC"""
-    ).fetchall()
-    unknown_fluid = con.execute(
-        """SELECT coalesce(amountuom, '<null>'), count(*) FROM infusions
-           WHERE unknown_fluid_unit GROUP BY 1 ORDER BY 2 DESC"""
-    ).fetchall()
-    no_weight = con.execute(
-        "SELECT count(*) FROM infusions WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NULL"
-    ).fetchone()[0]
-    if unknown and cfg.source.fail_on_unknown_rate_unit:
-        listing = "; ".join(f"{a}: {u!r} x{n}" for a, u, n in unknown)
-        raise UnitError(
-            f"inputevents: vasopressor rows with rate units the pipeline cannot convert: {listing}. "
-            "Add a conversion, or set source.fail_on_unknown_rate_unit: false to drop them "
-            "(they are then listed in measurements/audit.json)."
-        )
-    sink.write(
-        con,
-        "infusions",
-        """SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
-                  agent_rate * factor AS ne_rate, fluid_ml
-           FROM infusions
-           WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
-           ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml""",
-        ZSTD,
-    )
-    urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
-    max_row = urine_spec.valid[1] if urine_spec and urine_spec.valid else 2000
-    urine_sql = render("urine", urine_negative=p["urine_negative"], max_row=float(max_row))
-    urine_total = con.execute("SELECT count(*) FROM outputs").fetchone()[0] if sink.audited else 0
-    sink.write(con, "urine", urine_sql, ZSTD)
-    urine_kept = (
-        con.execute(f"SELECT count(*) FROM {sink.relation('urine')}").fetchone()[0]
-        if sink.audited
-        else 0
-    )
-    vent_sql = render(
-        "ventilation",
-        ventilator_mode=p["ventilator_mode"],
-        o2_device=p["o2_device"],
-        devices=list(cfg.ventilation.devices),
-    )
-    sink.write(con, "ventilation", f"{vent_sql} ORDER BY stay_id, charttime", PLAIN)
     # first weight per stay: charted weight, else the weight recorded with an infusion. The
     # state uses each candidate only from the time it was recorded (build/state.py).
     lo, hi = ranges.get("weight_kg", (20.0, 400.0))
@@ -180,12 +116,190 @@ def run_measurements(
               ORDER BY i.stay_id""",
         PLAIN,
     )
+    # infusions
+    agents = ", ".join(
+        f"({v.itemid}, '{name}', {v.factor})" for name, v in cfg.vasopressors.items()
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE infusions AS "
+        + render(
+            "infusions",
+            agents=Raw(agents),
+            dobutamine=p["dobutamine"],
+            weight_lo=float(lo),
+            weight_hi=float(hi),
+            use_stay_weight=cfg.actions.treatment.missing_weight == "stay_weight",
+            stay_weights=Raw(sink.relation("weights")),
+            exclude_carriers=cfg.actions.treatment.carrier_fluids == "exclude",
+            kvo_rate=float(cfg.actions.treatment.kvo_max_rate_ml_per_hour),
+        )
+    )
+    unknown = con.execute(
+        """SELECT agent, coalesce(rateuom, '<null>'), count(*) FROM infusions
+           WHERE unknown_rate_unit GROUP BY 1, 2 ORDER BY 3 DESC"""
+    ).fetchall()
+    unknown_fluid = con.execute(
+        """SELECT coalesce(amountuom, '<null>'), count(*) FROM infusions
+           WHERE unknown_fluid_unit GROUP BY 1 ORDER BY 2 DESC"""
+    ).fetchall()
+    no_weight, stay_weight_used, carriers = con.execute(
+        """SELECT count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NULL),
+                  count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NOT NULL
+                                   AND stay_weight_used),
+                  count(*) FILTER (WHERE carrier_fluid)
+           FROM infusions"""
+    ).fetchone()
+    if unknown and cfg.source.fail_on_unknown_rate_unit:
+        listing = "; ".join(f"{a}: {u!r} x{n}" for a, u, n in unknown)
+        raise UnitError(
+            f"inputevents: vasopressor rows with rate units the pipeline cannot convert: {listing}. "
+            "Add a conversion, or set source.fail_on_unknown_rate_unit: false to drop them "
+            "(they are then listed in measurements/audit.json)."
+        )
+    sink.write(
+        con,
+        "infusions",
+        """SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
+                  agent_rate * factor AS ne_rate, fluid_ml
+           FROM infusions
+           WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
+           ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml""",
+        ZSTD,
+    )
+    # urine: net volume per charttime (irrigant in/out netted), validity range on the net
+    urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
+    max_ml = urine_spec.valid[1] if urine_spec and urine_spec.valid else 2000
+    urine_sql = render("urine", urine_negative=p["urine_negative"], max_ml=float(max_ml))
+    sink.write(con, "urine", f"{urine_sql} ORDER BY stay_id, charttime", ZSTD)
+    urine_rows = (
+        urine_audit(con, sink.relation("urine"), p["urine_negative"]) if sink.audited else {}
+    )
+    sink.write(con, "ventilation", f"{render_ventilation(cfg)} ORDER BY stay_id, starttime", PLAIN)
+    # vasopressor rows without a dose, negative urine hours (tests/test_demo.py)
+    checks = (
+        measurement_counts(con, sink.relation("infusions"), sink.relation("urine"), cfg)
+        if sink.audited
+        else {}
+    )
     if own:
         con.close()
     return {
+        **checks,
         "concepts": {c: {"rows": n, "dropped_out_of_range": d} for c, n, d in counts},
         "unknown_rate_units": [{"agent": a, "rateuom": u, "rows": n} for a, u, n in unknown],
         "unknown_fluid_units": [{"amountuom": u, "rows": n} for u, n in unknown_fluid],
         "rate_per_minute_without_weight": no_weight,
-        "urine_rows": {"read": urine_total, "kept": urine_kept},
+        "rate_per_minute_with_stay_weight": stay_weight_used,
+        "carrier_fluid_rows_excluded": carriers,
+        "urine_rows": urine_rows,
+        "labs": {"attribution": cfg.labs.attribution, "time": cfg.labs.time},
+    }
+
+
+#: Under labs.time: storetime, the PaO2 and FiO2 of one blood gas specimen take the later of
+#: their storetimes, so that the P/F ratio pairs them (their charttimes are equal).
+GAS_TIME = """CASE
+            WHEN specimen_id IS NOT NULL AND concept IN ('pao2', 'fio2_bg')
+                THEN max(t) OVER (PARTITION BY specimen_id, concept IN ('pao2', 'fio2_bg'))
+            ELSE t
+        END"""
+
+
+def render_gcs(cfg: BuildConfig) -> str:
+    """``sql/gcs.sql`` with the ``gcs`` conventions of ``cfg``."""
+    g, items = cfg.gcs, cfg.items
+    ett_verbal = {"charted": "coalesce(valuenum, 1)", "verbal_normal": "5", "gcs_normal": "NULL"}
+    normal = g.missing_component == "normal"
+    return render(
+        "gcs",
+        gcs_eye=items["gcs_eye"],
+        gcs_verbal=items["gcs_verbal"],
+        gcs_motor=items["gcs_motor"],
+        gcs_items=sorted(items["gcs_eye"] + items["gcs_verbal"] + items["gcs_motor"]),
+        intubated_text=g.intubated_text,
+        intubated_verbal=Raw(ett_verbal[g.intubated]),
+        ett_normal=g.intubated == "gcs_normal",
+        carry_seconds=round(g.carry_forward_hours * 3600),
+        default_eye=Raw("4" if normal else "NULL"),
+        default_verbal=Raw("5" if normal else "NULL"),
+        default_motor=Raw("6" if normal else "NULL"),
+    )
+
+
+def render_labs(cfg: BuildConfig) -> str:
+    """``sql/lab_measurements.sql`` with the ``labs`` conventions of ``cfg``."""
+    p = item_params(cfg)
+    return render(
+        "lab_measurements",
+        **p,
+        hours_before=cfg.sepsis.sofa_hours_before_intime,
+        arterial_only=sorted(p["pao2"] + p["paco2"] + p["arterial_ph"] + p["base_excess"]),
+        lab_time=Raw(f"l.{cfg.labs.time}"),
+        gas_time=Raw(GAS_TIME if cfg.labs.time == "storetime" else "t"),
+        by_hadm=cfg.labs.attribution == "hadm_id",
+        by_patient=list(cfg.labs.by_patient) or ["<none>"],
+    )
+
+
+def render_ventilation(cfg: BuildConfig) -> str:
+    """``sql/ventilation.sql``: the ventilation periods of ``ventilation.definition``."""
+    v, items = cfg.ventilation, cfg.items
+
+    def quoted(values: list[str]) -> str:
+        return "(" + ", ".join("'" + x.strip().replace("'", "''") + "'" for x in values) + ")"
+
+    whens = []
+    for c in v.invasive.classes:
+        tests = [
+            f"{col} IN {quoted(vals)}"
+            for col, vals in (
+                ("device", c.devices),
+                ("mode", c.modes),
+                ("hamilton", c.hamilton_modes),
+            )
+            if vals
+        ]
+        if tests:
+            name = c.name.replace("'", "''")
+            whens.append(f"WHEN {' OR '.join(tests)} THEN '{name}'")
+    class_case = "CASE " + " ".join(whens) + " END" if whens else "NULL"
+    mode_items = items["ventilator_mode"] + items["ventilator_mode_hamilton"]
+    return render(
+        "ventilation",
+        o2_device=items["o2_device"],
+        ventilator_mode=items["ventilator_mode"],
+        ventilator_mode_hamilton=items["ventilator_mode_hamilton"],
+        all_items=sorted(items["o2_device"] + mode_items),
+        class_case=Raw(class_case),
+        ventilated_classes=list(v.invasive.ventilated_classes),
+        gap_seconds=round(v.invasive.new_episode_gap_hours * 3600),
+        any_devices=[d.strip() for d in v.any_device.devices] or ["<none>"],
+        window_seconds=round(v.any_device.window_hours * 3600),
+        use_invasive=v.definition == "invasive",
+    )
+
+
+def urine_audit(con: duckdb.DuckDBPyConnection, urine: str, negative: list[int]) -> dict[str, int]:
+    """Rows read, charttimes kept, and what was dropped: negative charted rows, and charttimes
+    whose net volume (irrigant in counted negative) is outside the validity range."""
+    neg = ", ".join(str(int(i)) for i in negative) or "NULL"
+    read, negative_rows, times = con.execute(
+        """SELECT count(*), count(*) FILTER (WHERE value < 0),
+                   count(DISTINCT (stay_id, charttime))
+                     FILTER (WHERE value >= 0 AND charttime IS NOT NULL)
+            FROM outputs WHERE value IS NOT NULL"""
+    ).fetchone()
+    kept, irrigant = con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE EXISTS (
+                       SELECT 1 FROM outputs o WHERE o.stay_id = u.stay_id
+                         AND o.charttime = u.charttime AND o.itemid IN ({neg})))
+            FROM {urine} u"""
+    ).fetchone()
+    return {
+        "read": read,
+        "negative_rows_dropped": negative_rows,
+        "charttimes": times,
+        "charttimes_kept": kept,
+        "charttimes_with_irrigant_kept": irrigant,
+        "charttimes_dropped_out_of_range": times - kept,
     }

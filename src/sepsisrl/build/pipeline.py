@@ -7,6 +7,10 @@ A stage's cache key covers its config sections and the keys of the stages it rea
 a fingerprint of the raw files), so changing a reward weight re-runs only ``replay`` and
 ``audit``. ``build_summary.json`` at the workspace root collects the counts of every stage and
 compares them with the expected ranges for full MIMIC-IV.
+
+A raw table without data rows stops the build before the first stage, a core feature without
+a value in nearly every decision window after ``features`` (``build/coverage.py``), unless
+``source.allow_missing`` lists the table; the summary's ``warnings`` then say what is missing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from sepsisrl import __version__
 from sepsisrl.build.actions import run_actions
 from sepsisrl.build.cohort import run_cohort
 from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.conventions import differences, profile_of
+from sepsisrl.build.coverage import CoverageError, check_core_features, check_source_tables
 from sepsisrl.build.episodes import run_episodes
 from sepsisrl.build.features import run_features
 from sepsisrl.build.ingest import run_ingest
@@ -50,8 +56,15 @@ class BuildSummary:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``source`` keys that decide only whether a build is refused (build/coverage.py): no
+#: stage's output depends on them, so they are left out of the cache keys.
+COVERAGE_KEYS = ("allow_missing", "core_features")
+
+
 def _section(cfg: BuildConfig, *names: str) -> dict[str, Any]:
     dump = cfg.model_dump(mode="json")
+    for key in COVERAGE_KEYS:
+        dump["source"].pop(key, None)
     return {n: dump[n] for n in names}
 
 
@@ -97,6 +110,10 @@ def build(
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     started = time.perf_counter()
     src: MimicSource = open_source(source, cfg.source.kind, cfg.source.version)
+    # an empty raw table stops the build before the workspace is touched. The checks guard
+    # the dataset a build delivers: a build stopped early (the truth harness's re-simulated
+    # populations, whose tables may lack a treatment no policy gave) delivers none.
+    warnings = check_source_tables(src, cfg) if stop_after is None else []
     ws = Workspace(workspace)
     ws.clean_partials()
     summary = BuildSummary(ws.root)
@@ -150,16 +167,22 @@ def build(
                     "vasopressors",
                     "gcs",
                     "ventilation",
+                    "labs",
                     "features",
                     "source",
                     "sepsis",
                 ),
+                # what counts as treatment (build/sql/infusions.sql)
+                "treatment": cfg.actions.treatment.model_dump(mode="json"),
             },
             lambda out: run_measurements(p("ingest"), cfg, out),
         )
         stage(
             "sepsis",
-            {"_after": ["ingest", "measurements"], "cfg": _section(cfg, "sepsis", "ventilation")},
+            {
+                "_after": ["ingest", "measurements"],
+                "cfg": _section(cfg, "sepsis", "ventilation", "sofa"),
+            },
             lambda out: run_sepsis(p("ingest"), p("measurements"), cfg, out),
         )
         stage(
@@ -201,6 +224,12 @@ def build(
                 p("episodes"), p("measurements"), p("actions"), p("splits"), p("cohort"), cfg, out
             ),
         )
+        try:
+            warnings += check_core_features(p("features"), cfg)
+        except CoverageError:
+            # the stages so far are complete and stay cached; no summary claims a build
+            (ws.root / "build_summary.json").unlink(missing_ok=True)
+            raise
         stage(
             "replay",
             {
@@ -214,7 +243,7 @@ def build(
         )
         stage(
             "audit",
-            {"_after": list(keys), "cfg": _section(cfg, "rewards", "features")},
+            {"_after": list(keys), "cfg": _section(cfg, "rewards", "features", "labs")},
             lambda out: run_leakage_audit(ws.root, cfg, out),
         )
 
@@ -229,6 +258,7 @@ def build(
         "sepsis3_stays": cohort_audit["sepsis3_stays_in_icu_window"],
         "rl_episodes": episodes_audit["episodes"],
     }
+    resolved = cfg.model_dump(mode="json")
     summary.report = {
         "created_by": f"sepsisrl {__version__}",
         "source": source_info,
@@ -239,6 +269,12 @@ def build(
         },
         "expected": expected_count_checks(cfg, src.version, src.kind, counts),
         "leakage_audit": "passed",
+        "conventions": {
+            "profile": profile_of(resolved),
+            "differences_from_mimic_code": differences(resolved),
+        },
+        "allow_missing": list(cfg.source.allow_missing),
+        "warnings": warnings,
         "stages": {
             s.name: {"skipped": s.skipped, "seconds": round(s.seconds, 2)} for s in summary.stages
         },

@@ -2,11 +2,18 @@
 
 Rewards (clinical_spec.md section 7), with SOFA(tau) = total SOFA of the last full hour ending
 at or before tau (only data charted before the decision time):
-  sparse       terminal only: +15 alive / -15 dead 90 days after onset, on the last step
-  sofa_shaped  + w_sofa * (SOFA(tau_{k+1}) - SOFA(tau_k)) on every step with a next state
-  full_shaped  + w_lac * (lac_k - lac_{k+1}) / lac_k - w_map * max(0, target - MAP_{k+1})
+  sparse             terminal only: +15 alive / -15 dead 90 days after onset, on the last step
+  sofa_shaped        + w_sofa * (SOFA(tau_{k+1}) - SOFA(tau_k)) on every step with a next state
+  sofa_state_shaped  the same with the state SOFA: the cardiovascular component scored on the
+                     blood pressure alone (1 when MAP < 70, else 0) instead of up to 4 by the
+                     vasopressor dose, so starting a vasopressor is not charged as a worse
+                     patient (a hypotensive patient whose MAP is restored scores better)
+  full_shaped        sofa_shaped + w_lac * (lac_k - lac_{k+1}) / lac_k
+                     - w_map * max(0, target - MAP_{k+1})
 Every variant also carries ``reward_eval`` (the common terminal utility), so policies trained
-with different rewards are evaluated on one scale.
+with different rewards are evaluated on one scale, and the columns ``sofa`` and ``sofa_state``
+(SOFA(tau) and the state SOFA at tau); ``meta.json`` names the one its shaping uses
+(``reward.sofa_column``).
 
 Output: ``replay/<variant>/replay_{train,validation,test}.parquet`` and ``meta.json``.
 """
@@ -32,19 +39,35 @@ from sepsisrl.workspace import read_json, write_json
 REPLAY_SCHEMA_VERSION = "1"
 
 
-def sofa_at_decision_times(steps: pa.Table, sofa_path: Path, cfg: BuildConfig) -> np.ndarray:
+#: The SOFA column each shaped variant's shaping term uses.
+SOFA_COLUMN = {"sofa_shaped": "sofa", "sofa_state_shaped": "sofa_state", "full_shaped": "sofa"}
+
+
+def sofa_at_decision_times(
+    steps: pa.Table, sofa_path: Path, cfg: BuildConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(total SOFA, state SOFA) of the last SOFA hour ending at or before each step's tau (0
+    before the first hour). State SOFA: the total with the cardiovascular component replaced
+    by its blood-pressure level (``sofa_cardiovascular_map``, build/sql/sofa.sql)."""
     con = connect(cfg)
     con.register("steps", steps.select(["stay_id", "step", "tau"]))
     got = fetch_arrow(
         con,
-        f"""SELECT s.stay_id, s.step, h.sofa
+        f"""SELECT s.stay_id, s.step, h.sofa,
+                   h.sofa - h.sofa_cardiovascular + h.sofa_cardiovascular_map AS sofa_state
             FROM steps s
-            ASOF LEFT JOIN (SELECT stay_id, endtime, sofa FROM read_parquet('{sofa_path}')) h
+            ASOF LEFT JOIN (
+                SELECT stay_id, endtime, sofa, sofa_cardiovascular, sofa_cardiovascular_map
+                FROM read_parquet('{sofa_path}')
+            ) h
               ON s.stay_id = h.stay_id AND s.tau >= h.endtime
             ORDER BY s.stay_id, s.step""",
     )
     con.close()
-    return np.nan_to_num(got["sofa"].to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+    return tuple(  # type: ignore[return-value]
+        np.nan_to_num(got[c].to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+        for c in ("sofa", "sofa_state")
+    )
 
 
 def compute_rewards(
@@ -55,8 +78,10 @@ def compute_rewards(
     lactate: np.ndarray,
     mean_ap: np.ndarray,
     cfg: BuildConfig,
+    sofa_state: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(reward, reward_eval, done) for rows sorted by (stay, step)."""
+    """(reward, reward_eval, done) for rows sorted by (stay, step). ``sofa_state`` (the state
+    SOFA) is needed by ``sofa_state_shaped``."""
     r = cfg.rewards
     n = len(stay)
     done = np.ones(n, dtype=bool)
@@ -65,8 +90,14 @@ def compute_rewards(
     reward_eval = np.where(done, terminal, 0.0)
     reward = reward_eval.copy()
     nxt = np.minimum(np.arange(n) + 1, n - 1)
-    if variant in ("sofa_shaped", "full_shaped"):
-        reward += np.where(done, 0.0, r.sofa_delta_weight * (sofa[nxt] - sofa))
+    if variant in SOFA_COLUMN:
+        if SOFA_COLUMN[variant] == "sofa_state":
+            if sofa_state is None:
+                raise ValueError(f"reward variant {variant} needs the state SOFA (sofa_state)")
+            score = sofa_state
+        else:
+            score = sofa
+        reward += np.where(done, 0.0, r.sofa_delta_weight * (score[nxt] - score))
     if variant == "full_shaped":
         lac_term = r.lactate_clearance_weight * (lactate - lactate[nxt]) / np.maximum(lactate, 1e-6)
         map_term = -r.map_deficit_weight * np.maximum(0.0, r.map_target - mean_ap[nxt])
@@ -115,7 +146,7 @@ def run_replay(
     ):
         raise RuntimeError("replay: actions and states are not aligned on (stay_id, step)")
     died = np.array([bool(died_of[s]) for s in stay.tolist()])
-    sofa = sofa_at_decision_times(state, sepsis_dir / "sofa_hourly.parquet", cfg)
+    sofa, sofa_state = sofa_at_decision_times(state, sepsis_dir / "sofa_hourly.parquet", cfg)
     base = prep.names
     raw = np.column_stack([state[c].to_numpy() for c in base])
     flags = [n for n in cfg.feature_names if n.endswith("_missing")]
@@ -131,7 +162,14 @@ def run_replay(
     counts: dict[str, dict[str, int]] = {}
     for variant in cfg.rewards.variants:
         reward, reward_eval, done = compute_rewards(
-            variant, stay, died, sofa, state["lactate"].to_numpy(), state["map"].to_numpy(), cfg
+            variant,
+            stay,
+            died,
+            sofa,
+            state["lactate"].to_numpy(),
+            state["map"].to_numpy(),
+            cfg,
+            sofa_state=sofa_state,
         )
         cols: dict[str, Any] = {
             "subject_id": state["subject_id"].to_numpy().astype(np.int64),
@@ -145,6 +183,7 @@ def run_replay(
             cols[f"s_{name}"] = model_states[:, j]
         cols["reward_eval"] = reward_eval
         cols["sofa"] = sofa.astype(np.int16)
+        cols["sofa_state"] = sofa_state.astype(np.int16)
         cols["hours_since_onset_raw"] = hours_since_onset
         table = pa.table(cols)
         folder = out / variant
@@ -171,6 +210,7 @@ def run_replay(
                 "terminal_died": r.terminal_died,
                 "mortality_days": r.mortality_days,
                 "sofa_delta_weight": r.sofa_delta_weight if variant != "sparse" else 0.0,
+                "sofa_column": SOFA_COLUMN.get(variant, "sofa"),
                 "lactate_clearance_weight": r.lactate_clearance_weight
                 if variant == "full_shaped"
                 else 0.0,

@@ -11,9 +11,24 @@ from typing import Any
 
 from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.ingest import connect
+from sepsisrl.build.sofa import render_sofa
 from sepsisrl.build.sqlfiles import Raw, render
 
 SOFA_COMPONENTS = ("respiration", "coagulation", "liver", "cardiovascular", "cns", "renal")
+
+#: The suspected infections of an ICU stay ``i`` (``s``: suspicion), per sepsis.si_attribution.
+SI_JOIN = {
+    "icu_stay": "s.stay_id = i.stay_id",
+    "admission": "s.hadm_id = i.hadm_id",
+}
+
+#: The order in which the cultures paired with one antibiotic are ranked (the first is kept),
+#: per sepsis.date_only_culture.
+CULTURE_ORDER = {
+    "midnight": "[epoch(date_trunc('day', culture_time)), CAST(date_only AS INTEGER), "
+    "epoch(culture_time)]",
+    "day_overlap": "[epoch(culture_time), CAST(date_only AS INTEGER)]",
+}
 
 
 def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
@@ -33,14 +48,14 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         "suspicion_of_infection",
         culture_first=s.culture_before_antibiotic_hours,
         abx_first=s.antibiotic_before_culture_hours,
+        midnight=s.date_only_culture == "midnight",
+        order_key=Raw(CULTURE_ORDER[s.date_only_culture]),
     )
     con.execute(f"CREATE TABLE suspicion AS {si_sql}")
     con.execute(
         f"COPY (SELECT * FROM suspicion ORDER BY subject_id, si_time, abx_time, hadm_id, culture_time) TO '{out / 'suspicion.parquet'}' (FORMAT parquet)"
     )
-    sofa_sql = render(
-        "sofa", hours_before=s.sofa_hours_before_intime, vent_window=cfg.ventilation.window_hours
-    )
+    sofa_sql = render_sofa(cfg)  # conventions: cfg.sofa (build/sofa.py)
     total = " + ".join(f"sofa_{c}" for c in SOFA_COMPONENTS)
     con.execute(f"CREATE TABLE sofa_hourly AS SELECT *, {total} AS sofa FROM (\n{sofa_sql}\n)")
     con.execute(
@@ -54,6 +69,9 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         before=s.sofa_before_si_hours,
         after=s.sofa_after_si_hours,
         onset_expr=onset_expr,
+        si_join=Raw(SI_JOIN[s.si_attribution]),
+        sofa_time=Raw(f"{s.sofa_time}time"),
+        pre_icu_hours=s.onset_sofa_hours_before_intime,
     )
     con.execute(f"CREATE TABLE onset AS {onset_sql}")
     con.execute(
@@ -81,7 +99,7 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         + " FROM sofa_hourly WHERE hr >= 0"
     ).fetchone()
     si_stays = con.execute(
-        "SELECT count(DISTINCT i.stay_id) FROM icustays i JOIN suspicion s USING (hadm_id)"
+        f"SELECT count(DISTINCT i.stay_id) FROM icustays i JOIN suspicion s ON {SI_JOIN[s.si_attribution]}"
     ).fetchone()[0]
     info = {
         "icu_stays": n_stays,
@@ -103,8 +121,14 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         "definition": {
             "suspicion": f"culture then antibiotic within {s.culture_before_antibiotic_hours} h, or "
             f"antibiotic then culture within {s.antibiotic_before_culture_hours} h",
-            "onset": f"first hour with SOFA >= {s.sofa_threshold} in [SI - {s.sofa_before_si_hours} h, "
-            f"SI + {s.sofa_after_si_hours} h]; onset = {'min(SI, that hour)' if s.onset == 'min' else 'SI'}",
+            "date_only_culture": s.date_only_culture,
+            "si_attribution": "SIs whose antibiotic started during the ICU stay"
+            if s.si_attribution == "icu_stay"
+            else "every SI of the stay's hospital admission",
+            "onset": f"first SOFA hour ({s.sofa_time} time) with SOFA >= {s.sofa_threshold} in "
+            f"[SI - {s.sofa_before_si_hours} h, SI + {s.sofa_after_si_hours} h], from "
+            f"{s.onset_sofa_hours_before_intime} h before ICU admission; onset = "
+            f"{'min(SI, that hour)' if s.onset == 'min' else 'SI'}",
         },
     }
     con.close()

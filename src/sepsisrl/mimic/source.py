@@ -13,19 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from sepsisrl.mimic.schema import TABLES
 
 #: Columns the pipeline reads, per table (other columns may be absent or extra).
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "patients": ("subject_id", "gender", "anchor_age", "dod"),
+    "patients": ("subject_id", "gender", "anchor_age", "anchor_year", "dod"),
     "admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime"),
     "icustays": ("subject_id", "hadm_id", "stay_id", "intime", "outtime"),
     "chartevents": ("stay_id", "charttime", "itemid", "value", "valuenum"),
     "labevents": ("subject_id", "hadm_id", "specimen_id", "itemid", "charttime", "value", "valuenum"),
     "inputevents": (
         "stay_id", "starttime", "endtime", "itemid", "amount", "amountuom", "rate", "rateuom",
-        "patientweight",
+        "patientweight", "ordercomponenttypedescription",
     ),
     "outputevents": ("stay_id", "charttime", "itemid", "value"),
     "prescriptions": ("subject_id", "hadm_id", "starttime", "drug", "route"),
@@ -33,6 +34,14 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "d_items": ("itemid", "label"),
     "d_labitems": ("itemid", "label"),
 }  # fmt: skip
+
+#: Tables a build may proceed without (``source.allow_missing``) when they hold no data rows:
+#: the event tables. Without a patient, admission, ICU stay or dictionary table nothing can be
+#: built, so those are never optional.
+OPTIONAL_TABLES: tuple[str, ...] = (
+    "chartevents", "labevents", "inputevents", "outputevents", "prescriptions",
+    "microbiologyevents",
+)  # fmt: skip
 
 _DUCK_TYPES = {
     "int": "BIGINT",
@@ -68,6 +77,16 @@ class SourceTable:
             f"columns={{{cols}}}, nullstr='', auto_detect=false)"
         )
 
+    def has_rows(self) -> bool:
+        """Whether the file holds at least one data row (reads the header and one more line
+        of a CSV, the footer of a Parquet file): cheap on a 40 GB table."""
+        if self.fmt == "parquet":
+            return pq.ParquetFile(self.path).metadata.num_rows > 0
+        opener = gzip.open if self.path.suffix == ".gz" else open
+        with opener(self.path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+            fh.readline()  # the header
+            return any(line.strip() for line in fh)
+
 
 @dataclass
 class MimicSource:
@@ -78,6 +97,10 @@ class MimicSource:
 
     def relation(self, name: str) -> str:
         return self.tables[name].relation()
+
+    def empty_tables(self) -> list[str]:
+        """The tables with a header but no data row, in ``TABLES`` order."""
+        return [name for name, t in self.tables.items() if not t.has_rows()]
 
     def has_column(self, table: str, column: str) -> bool:
         return column in self.tables[table].columns

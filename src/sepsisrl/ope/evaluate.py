@@ -22,6 +22,9 @@ that could win a comparison:
                          episodes with non-zero weight
 WDR needs only the model gate: where no episode keeps weight its corrections vanish and it
 equals the FQE there (``wdr.weighted_share`` says how much of it is importance-weighted).
+Its estimate and CI are projected onto the attainable return range, like the FQE's targets
+(``wdr.raw`` keeps the unprojected values, ``wdr.clipped_to_attainable_range`` says if they
+differed).
 
 Output folder: metrics.json, behaviour/ (the fitted behaviour model), figures/*.png (5x5 action
 heatmaps), cases.csv (per-decision review table).
@@ -33,7 +36,7 @@ import csv
 import datetime as dt
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +203,21 @@ def make_policy(spec: str | Path, kind: str, meta: ReplayMeta, behaviour: Behavi
         return StateRulePolicy(str(arg), meta)
     if kind == "bundle":
         return BundlePolicy(spec, meta.feature_names)
+    if kind == "object":  # a Python policy object (rl.policies.Policy protocol)
+        missing = [m for m in ("act", "action_probabilities", "name") if not hasattr(spec, m)]
+        if missing:
+            raise EvaluationError(
+                f"kind='object' needs a policy with act(states), action_probabilities(states) "
+                f"and name; {type(spec).__name__} lacks {', '.join(missing)}"
+            )
+        if getattr(spec, "n_actions", meta.n_actions) != meta.n_actions:
+            raise EvaluationError(
+                f"policy {spec.name!r} has {spec.n_actions} actions; {meta.path} has "
+                f"{meta.n_actions}"
+            )
+        return spec
+    if kind != "run":
+        raise EvaluationError(f"unknown policy kind {kind!r}; expected named|run|bundle|object")
     policy = TrainedPolicy(spec)
     run_cfg = json.loads((Path(spec) / "config.json").read_text())
     if run_cfg["replay"]["feature_names"] != meta.feature_names:
@@ -289,7 +307,13 @@ def evaluate(
     cfg: EvalConfig | None = None,
     behaviour: BehaviourModel | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one policy; writes ``out_dir`` and returns the metrics document."""
+    """Evaluate one policy; writes ``out_dir`` and returns the metrics document.
+
+    ``kind`` says what ``policy`` is: ``"run"`` a training run folder, ``"bundle"`` an exported
+    model repository, ``"named"`` a SPEC of the shared grammar (``clinician``, ``constant:K``,
+    ...), ``"object"`` a Python object with ``name``, ``act(states)`` and
+    ``action_probabilities(states)`` (the ``rl.policies.Policy`` protocol).
+    """
     cfg = cfg or EvalConfig()
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -387,8 +411,17 @@ def evaluate(
     q_taken = q_all[:, rows, actions]
     delta = rewards + meta.gamma * (1.0 - dones) * v_all[:, next_rows] - q_taken  # (K, N)
     delta_et = np.stack([step_matrix(d, idx) for d in delta])
-    wdr_ci = wdr_with_ci(w_et, delta_et, v0, meta.gamma, cfg.bootstrap_resamples,
-                         cfg.bootstrap_seed)  # fmt: skip
+    wdr_raw = wdr_with_ci(w_et, delta_et, v0, meta.gamma, cfg.bootstrap_resamples,
+                          cfg.bootstrap_seed)  # fmt: skip
+    # The true value lies in the attainable range, so projecting the estimate and its CI
+    # onto it never moves them away from the truth (the importance-weighted corrections of
+    # WDR are not a convex combination of returns and can leave it); the raw values are kept.
+    wdr_ci = replace(
+        wdr_raw,
+        estimate=float(np.clip(wdr_raw.estimate, lo, hi)),
+        low=float(np.clip(wdr_raw.low, lo, hi)),
+        high=float(np.clip(wdr_raw.high, lo, hi)),
+    )
     model_reasons = []
     if not fqe_fit.converged:
         model_reasons.append(
@@ -502,7 +535,11 @@ def evaluate(
     }
     doc = {
         "schema_version": "1",
-        "policy": {"spec": str(policy), "kind": kind, "name": pol.name},
+        "policy": {
+            "spec": pol.name if kind == "object" else str(policy),
+            "kind": kind,
+            "name": pol.name,
+        },
         "split": split,
         "final": final,
         "episodes": idx.n_episodes,
@@ -542,6 +579,12 @@ def evaluate(
         },
         "wdr": {
             "bootstrap": wdr_ci.to_json(),
+            "raw": wdr_raw.to_json(),
+            "clipped_to_attainable_range": bool(
+                not lo <= wdr_raw.estimate <= hi
+                or not lo <= wdr_raw.low <= hi
+                or not lo <= wdr_raw.high <= hi
+            ),
             "weighted_share": _weighted_share(w_et),
             "control_variate": "FQE ensemble (each bootstrap resample draws one member)",
         },

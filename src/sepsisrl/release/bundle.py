@@ -68,6 +68,15 @@ def _load_truth(path: Path, run: Path) -> dict[str, Any]:
     return {k: doc[k] for k in keys}
 
 
+def build_warnings(ws: Path) -> list[str]:
+    """The messages of ``build_summary.json``'s ``warnings`` (tables or core features the build
+    was allowed to go without, ``sepsisrl build --allow-missing``)."""
+    path = ws / "build_summary.json"
+    if not path.is_file():
+        return []
+    return [w["message"] for w in json.loads(path.read_text()).get("warnings", [])]
+
+
 def _ci_text(d: dict[str, Any], digits: int = 3) -> str:
     lo, hi = d["ci95"]
     return f"{d['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -117,6 +126,18 @@ def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[s
     return lines
 
 
+def warning_lines(warnings: list[str]) -> list[str]:
+    """The card's data warning: the training data was built with data missing."""
+    if not warnings:
+        return []
+    return [
+        "> **DATA WARNING: this model was trained on a dataset built from incomplete source "
+        "data** (`sepsisrl build --allow-missing`; `config.json['dataset']['build_warnings']`):",
+        *[f"> - {w}" for w in warnings],
+        "",
+    ]
+
+
 def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str) -> str:
     m = summary["metrics"] if summary else {}
     n_eval = len(summary["evaluations"]) if summary else 0
@@ -153,6 +174,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str
         "use it for diagnosis, treatment, triage, live patient care or any automated medical decision. "
         "It is a research artifact for retrospective offline reinforcement learning studies.",
         "",
+        *warning_lines(config["dataset"].get("build_warnings") or []),
         f"A discrete {config['model_type'].upper()} policy: a {config['state_dim']}-dimensional normalised "
         f"clinical state -> logits over {config['n_actions']} actions ({config['action_space']}), 4-hour decision steps. "
         f"Produced by sepsisrl {config['package']['version']} from run `{tr['run_name']}` "
@@ -323,6 +345,7 @@ def export_run(
             "source_kind": source.get("kind"),
             "source_version": source.get("version"),
             "source_fingerprint": source.get("fingerprint"),
+            "build_warnings": build_warnings(ws),
         },
         "package": {"name": "sepsisrl", "version": __version__},
         "metrics": None if summary is None else {

@@ -8,6 +8,9 @@ A policy maps normalised states (N, state_dim) to action probabilities (N, n_act
 - ``RandomPolicy``      uniform over actions
 - ``ClinicianPolicy``   the clinicians' behaviour, from a behaviour model's probabilities
                         (fit on train; see the evaluation stage)
+- ``SupportEdgePolicy`` the least or the most intense action the clinicians plausibly take
+                        in a state (an in-support under- or over-treating policy, used by
+                        the OPE panel to test whether an estimator tells them apart)
 """
 
 from __future__ import annotations
@@ -123,3 +126,54 @@ class TrainedPolicy(_Deterministic):
 
     def act(self, states: np.ndarray) -> np.ndarray:
         return self.logits(states).argmax(1)
+
+
+class SupportEdgePolicy(_Deterministic):
+    """The least (``edge="least"``) or most (``"most"``) intense action among those a
+    behaviour estimate gives probability at least ``threshold`` in each state.
+
+    Intensity is the action id's order, ``5 * vaso_bin + fluid_bin``: vasopressor first, then
+    fluid. ``probabilities`` is any ``states -> (N, n_actions)`` estimate of the clinicians'
+    behaviour (a behaviour-cloning run's softmax, a fitted behaviour model). The clinicians'
+    most likely action is always allowed, so the policy never leaves the mode's support.
+    """
+
+    def __init__(
+        self,
+        probabilities: Callable[[np.ndarray], np.ndarray],
+        n_actions: int,
+        edge: str,
+        threshold: float = 0.05,
+        name: str | None = None,
+    ) -> None:
+        if edge not in ("least", "most"):
+            raise ValueError(f"edge must be 'least' or 'most', got {edge!r}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self._prob = probabilities
+        self.n_actions = n_actions
+        self.edge = edge
+        self.threshold = float(threshold)
+        self.name = name or f"support_{edge}@{threshold:g}"
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        p = np.asarray(self._prob(states), dtype=np.float64)
+        allowed = p >= self.threshold
+        allowed[np.arange(len(p)), p.argmax(1)] = True
+        ids = np.arange(self.n_actions)
+        if self.edge == "least":
+            return np.where(allowed, ids, self.n_actions).min(1).astype(np.int64)
+        return np.where(allowed, ids, -1).max(1).astype(np.int64)
+
+
+def softmax_of(policy: TrainedPolicy) -> Callable[[np.ndarray], np.ndarray]:
+    """A trained run's softmax over its logits (for a behaviour-cloning run: its estimate of
+    the clinicians' action probabilities)."""
+
+    def prob(states: np.ndarray) -> np.ndarray:
+        z = policy.logits(states)
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    return prob

@@ -362,8 +362,20 @@ def _header(st: Study) -> list[Block]:
     return [
         Heading(TITLE, 1),
         Text(WARNING, "warning"),
+        *build_warnings(st.ws),
         Heading(SECTIONS[0]),
         _table("study", ["Item", "Value"], rows),
+    ]
+
+
+def build_warnings(ws: Path) -> list[Block]:
+    """The build's ``warnings`` (``build_summary.json``: tables or core features allowed
+    missing with ``--allow-missing``), one warning box each; none without a summary."""
+    path = ws / "build_summary.json"
+    warnings = json.loads(path.read_text()).get("warnings", []) if path.is_file() else []
+    return [
+        Text(f"DATA WARNING — this study was built from incomplete data: {w['message']}", "warning")
+        for w in warnings
     ]
 
 

@@ -248,6 +248,16 @@ CHART = {
     "vent_mode": Item(
         223849, "Ventilator Mode", "Ventilator Mode", "chartevents", "Respiratory", None, "Text"
     ),
+    # in the dictionary only (the synthetic ventilators are not Hamilton)
+    "vent_mode_hamilton": Item(
+        229314,
+        "Ventilator Mode (Hamilton)",
+        "Ventilator Mode (Hamilton)",
+        "chartevents",
+        "Respiratory",
+        None,
+        "Text",
+    ),
     "weight_kg": Item(
         226512,
         "Admission Weight (Kg)",
@@ -893,6 +903,77 @@ INPUT = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class InputFiller:
+    """An ``inputevents`` item charted as filler: pushes, oral intake, electrolytes."""
+
+    item: Item
+    weight: float  # relative frequency
+    category: str  # ordercategoryname
+    description: str  # ordercategorydescription
+    amount_uom: str
+    amounts: tuple[float, ...]  # typical charted amounts (drips: rates), drawn uniformly
+    minutes: int  # endtime - starttime (drips: the typical row length)
+    rate_uom: str | None = None  # drips only: the rate's unit
+    amount_per_rate_hour: float = 0.0  # drips: amount per (rate unit x 1 h), per kg if per_kg
+    per_kg: bool = False
+
+
+def _med(itemid: int, label: str, unit: str | None) -> Item:
+    return Item(itemid, label, label, "inputevents", "Medications", unit, "Solution")
+
+
+def _intake(itemid: int, label: str) -> Item:
+    return Item(itemid, label, label, "inputevents", "Fluids/Intake", "mL", "Solution")
+
+
+#: Inputs the build never reads, with the categories, units and typical amounts of MIMIC-IV
+#: (relative frequencies as in the demo's inputevents). None is an IV fluid or a vasopressor.
+INPUT_FILLER: list[InputFiller] = [
+    InputFiller(_intake(226452, "PO Intake"), 805, "14-Oral/Gastric Intake", "Bolus", "ml",
+                (60, 120, 150, 240, 360), 1),
+    InputFiller(_intake(225799, "Gastric Meds"), 668, "14-Oral/Gastric Intake", "Bolus", "ml",
+                (20, 30, 40, 60, 120), 1),
+    InputFiller(_intake(226453, "GT Flush"), 581, "14-Oral/Gastric Intake", "Bolus", "ml",
+                (20, 30, 50, 100, 200), 1),
+    InputFiller(_med(225975, "Heparin Sodium (Prophylaxis)", "dose"), 439,
+                "11-Prophylaxis (Non IV)", "Drug Push", "dose", (1,), 1),
+    InputFiller(_med(225166, "Potassium Chloride", "mEq"), 380, "02-Fluids (Crystalloids)",
+                "Continuous IV", "mEq", (10, 20, 20, 40), 60),
+    InputFiller(_med(223262, "Insulin - Humalog", "units"), 268, "06-Insulin (Non IV)",
+                "Drug Push", "units", (2, 4, 6, 10), 1),
+    InputFiller(_med(221833, "Hydromorphone (Dilaudid)", "mg"), 208, "05-Med Bolus",
+                "Drug Push", "mg", (0.25, 0.5, 1), 1),
+    InputFiller(_med(221794, "Furosemide (Lasix)", "mg"), 194, "05-Med Bolus", "Drug Push",
+                "mg", (20, 40, 80), 1),
+    InputFiller(_med(221456, "Calcium Gluconate", "grams"), 170, "02-Fluids (Crystalloids)",
+                "Continuous IV", "grams", (1, 2, 2), 60),
+    InputFiller(_med(225907, "Famotidine (Pepcid)", "dose"), 170, "10-Prophylaxis (IV)",
+                "Drug Push", "dose", (1,), 1),
+    InputFiller(_med(228315, "Acetaminophen-IV", "mg"), 166, "05-Med Bolus", "Drug Push", "mg",
+                (650, 1000), 1),
+    InputFiller(_med(222011, "Magnesium Sulfate", "grams"), 165, "02-Fluids (Crystalloids)",
+                "Continuous IV", "grams", (2, 2, 4), 60),
+    InputFiller(_med(225154, "Morphine Sulfate", "mg"), 149, "05-Med Bolus", "Drug Push", "mg",
+                (2, 4, 5), 1),
+    InputFiller(_med(221385, "Lorazepam (Ativan)", "mg"), 132, "05-Med Bolus", "Drug Push",
+                "mg", (0.5, 1, 2), 1),
+    InputFiller(_med(225910, "Pantoprazole (Protonix)", "dose"), 114, "10-Prophylaxis (IV)",
+                "Drug Push", "dose", (1,), 1),
+    # drips (no diluent row: their volume is no IV fluid item the build reads)
+    InputFiller(_med(225942, "Fentanyl (Concentrate)", "mg"), 411, "01-Drips", "Continuous Med",
+                "mg", (25, 50, 75, 100, 150, 200), 120, "mcg/hour", 0.001),
+    InputFiller(_med(223258, "Insulin - Regular", "units"), 284, "01-Drips", "Continuous Med",
+                "units", (1, 2, 3, 4, 6, 8), 90, "units/hour", 1.0),
+    InputFiller(_med(225150, "Dexmedetomidine (Precedex)", "mcg"), 251, "01-Drips",
+                "Continuous Med", "mcg", (0.2, 0.4, 0.6, 0.8, 1.2), 75, "mcg/kg/hour", 1.0,
+                per_kg=True),
+    InputFiller(_med(225152, "Heparin Sodium", "units"), 157, "01-Drips", "Continuous Med",
+                "units", (500, 800, 1000, 1200, 1500), 240, "units/hour", 1.0),
+]  # fmt: skip
+
+
 # ---------------------------------------------------------------- outputevents
 OUTPUT = {
     "foley": Item(226559, "Foley", "Foley", "outputevents", "Output", "mL", "Numeric"),
@@ -964,6 +1045,8 @@ LAB = {
     "glucose_bg": LabItem(50809, "Glucose", "Blood", "Blood Gas", "mg/dL", 70, 105, 0),
     "hgb_bg": LabItem(50811, "Hemoglobin", "Blood", "Blood Gas", "g/dL", 13.7, 17.5, 1),
     "hct_bg": LabItem(50810, "Hematocrit, Calculated", "Blood", "Blood Gas", "%", 40, 52, 0),
+    # in the dictionary only (no synthetic blood gas records its FiO2)
+    "fio2_bg": LabItem(50816, "Oxygen", "Blood", "Blood Gas", "%", None, None, 0),
     "bicarbonate": LabItem(50882, "Bicarbonate", "Blood", "Chemistry", "mEq/L", 22, 32, 0),
     "creatinine": LabItem(50912, "Creatinine", "Blood", "Chemistry", "mg/dL", 0.5, 1.2, 1),
     "bun": LabItem(51006, "Urea Nitrogen", "Blood", "Chemistry", "mg/dL", 6, 20, 0),
@@ -988,7 +1071,13 @@ LAB = {
 
 
 def d_items_table() -> pa.Table:
-    items = list(CHART.values()) + FILLER_ITEMS + list(INPUT.values()) + list(OUTPUT.values())
+    items = (
+        list(CHART.values())
+        + FILLER_ITEMS
+        + list(INPUT.values())
+        + [f.item for f in INPUT_FILLER]
+        + list(OUTPUT.values())
+    )
     items = sorted({i.itemid: i for i in items}.values(), key=lambda i: i.itemid)
     return pa.table(
         {

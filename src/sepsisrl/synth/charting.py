@@ -485,6 +485,16 @@ _PANELS = {
     "lactate": ["lactate"],
 }
 _LAB_NOISE = 0.03
+#: result delay class of each panel (``charting.lab_result_delay_min``)
+_PANEL_DELAY = {
+    "bmp": "chemistry",
+    "lft": "chemistry",
+    "lytes": "chemistry",
+    "cbc": "hematology",
+    "coag": "coagulation",
+    "gas": "blood_gas",
+    "lactate": "blood_gas",
+}
 
 
 def _lab_value(
@@ -591,6 +601,8 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         specimen = ctx.id_base + ctx.id_offset + specimen_counter + np.arange(k)
         specimen_counter += k
         draw_t = t[idx] + rng.integers(0, 60, k) * 60
+        d = ch.lab_result_delay_min[_PANEL_DELAY[panel]]
+        delay_min = np.maximum(1.0, np.round(d.median * np.exp(d.sigma * rng.standard_normal(k))))
         venous = (
             (venous_stay[stay[idx]] & ~vent[idx] & (rng.random(k) < 0.7))
             if panel == "gas"
@@ -606,6 +618,10 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
                 "glucose_bg",
             ):
                 keep = rng.random(k) < 0.6
+            elif panel == "gas" and key == "lactate":
+                keep = rng.random(k) < ch.lactate_in_blood_gas_fraction
+            elif panel == "lft" and key == "albumin":
+                keep = rng.random(k) < ch.albumin_per_liver_panel
             else:
                 keep = np.ones(k, dtype=bool)
             if key == "specimen_type":
@@ -620,6 +636,7 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             ev.add(
                 stay=stay[idx][keep],
                 t=draw_t[keep],
+                store=draw_t[keep] + delay_min[keep].astype(np.int64) * 60,
                 specimen=specimen[keep],
                 itemid=itemid[keep],
                 valuenum=valuenum[keep],
@@ -661,7 +678,7 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             "itemid": _int_array(cols["itemid"]),
             "order_provider_id": _str_const(None, n),
             "charttime": _time_array(cols["t"]),
-            "storetime": _time_array(cols["t"] + rng.integers(20, 150, n) * 60),
+            "storetime": _time_array(cols["store"]),
             "value": value,
             "valuenum": valuenum,
             "valueuom": text.to_arrow(cols["uom"]),
@@ -680,6 +697,12 @@ def labevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------- inputevents
+def _stay_major(H: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """``rows`` ordered by (stay, hour): the simulator records hour-major, but runs of an
+    infusion and urine collected between charts are sequences within a stay."""
+    return rows[np.lexsort((H["h"][rows], H["stay"][rows]))]
+
+
 def _runs(
     stay: np.ndarray, h: np.ndarray, key: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -706,29 +729,54 @@ def _runs(
     return starts, lengths, run_id
 
 
+#: inputevents status texts (MIMIC-IV ``statusdescription``)
+_FINISHED, _CHANGED, _STOPPED, _PAUSED = "FinishedRunning", "ChangeDose/Rate", "Stopped", "Paused"
+
+
 def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
+    """Infusions, boluses and other inputs of the ICU hours (``hours``: mask over hourly rows).
+
+    As MetaVision charts them: one row per run of constant rate, ended by a rate change
+    ("ChangeDose/Rate"), a pause (restarted within ``infusion_pause_max_gap_h``), a stop or
+    the end of the infusion; continuous fluids one row per bag; each drip with its diluent row
+    (same order, "01-Drips", "Mixed solution"); some crystalloid boluses as one-minute
+    "03-IV Fluid Bolus" rows without a rate; pushes, oral intake and electrolytes (filler, not
+    read by the build) scaled by ``charting.density``. Charted hour by hour (``hours`` of one
+    hour), every row is one hour long and ends "FinishedRunning" or "Stopped".
+    """
     ch, rng, st, H = ctx.cfg.charting, ctx.rng, ctx.stays, ctx.hourly
     icu = H["in_icu"].astype(bool)
     if hours is not None:
         icu &= hours
-    rows = np.flatnonzero(icu)
+    rows = _stay_major(H, np.flatnonzero(icu))
     if len(rows) == 0:
         return TABLES["inputevents"].arrow_schema().empty_table()
     stay = H["stay"][rows]
     hh = H["h"][rows].astype(np.int64)
+    R = len(rows)
     t_hour = ctx.admittime[stay] + hh * HOUR
     weight = st.weight_kg[stay]
     text = ctx.text
     ev = _Events()
     order_counter = [0]
+    code = text.code
+    main, mixed = code("Main order parameter"), code("Mixed solution")
+    sec_fluids, sec_additive = code("02-Fluids (Crystalloids)"), code("Additive (Crystalloid)")
+    status_codes = np.array([code(s) for s in (_FINISHED, _CHANGED, _STOPPED, _PAUSED)])
 
     def new_orders(k: int) -> np.ndarray:
         ids = ctx.id_base + ctx.id_offset + order_counter[0] + np.arange(k)
         order_counter[0] += k
         return ids
 
-    # per-stay minute at which infusion rates change (titration is not on the hour)
+    # per-stay habits, identical in every call for the same chunk (hour-by-hour charting)
     change_min = (np.random.default_rng(ctx.id_base + 11).integers(0, 60, st.n) * 60)[stay]
+    diluent_u = np.random.default_rng(ctx.id_base + 19).random(st.n)[stay]
+    d5w, nacl = catalog.INPUT["d5w"].itemid, catalog.INPUT["nacl_09"].itemid
+
+    def carrier_of(agent: str, ml_per_rate_hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        item = np.where(diluent_u < ch.drip_diluent_d5w_fraction[agent], d5w, nacl)
+        return ml_per_rate_hour / ch.drip_concentration[agent], item
 
     def add_infusion(
         rate: np.ndarray,
@@ -738,44 +786,118 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         amount_uom: str,
         category: str,
         desc: str,
+        *,
+        kind: str = "drip",
+        secondary: int = -1,
+        total: float | None = None,
+        bag_ml: float | None = None,
+        carrier: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Continuous infusion: one row per run of hours at a constant rate."""
+        """Continuous infusion: one row per run of hours at a constant rate (and per bag).
+
+        ``carrier``: (diluent mL per rate-hour, diluent item id), per hourly row."""
         starts, lengths, _ = _runs(stay, hh, rate)
         if len(starts) == 0:
             return
-        k = len(starts)
-        st_t = t_hour[starts] + change_min[starts]
-        en_t = st_t + lengths * HOUR
-        r = rate[starts]
-        amount = r * amount_per_rate_hour[starts] * lengths
-        # link rows of one continuous infusion (consecutive runs of the same stay)
+        if bag_ml is not None:  # split runs into bags of at most bag_ml
+            per_hour = np.maximum(rate[starts] * amount_per_rate_hour[starts], 1e-9)
+            per_bag = np.maximum(1, np.floor(bag_ml / per_hour)).astype(np.int64)
+            n_pieces = -(-lengths // per_bag)
+            run_of = np.repeat(np.arange(len(starts)), n_pieces)
+            first = np.concatenate([[0], np.cumsum(n_pieces)[:-1]])
+            k_in = np.arange(len(run_of)) - np.repeat(first, n_pieces)
+            offset = k_in * per_bag[run_of]
+            row = starts[run_of] + offset
+            length = np.minimum(per_bag[run_of], lengths[run_of] - offset)
+            new_bag = k_in > 0
+        else:
+            row, length, new_bag = starts, lengths, np.zeros(len(starts), dtype=bool)
+        k = len(row)
+        s_row, h_row = stay[row], hh[row]
+        st_t = t_hour[row] + change_min[row]
+        en_t = st_t + length * HOUR
+        r = rate[row]
+        amount = r * amount_per_rate_hour[row] * length
+        # link rows of one continuous infusion (consecutive rows of the same stay)
+        end_h = h_row + length
         contiguous = np.zeros(k, dtype=bool)
-        end_h = hh[starts] + lengths
-        contiguous[1:] = (stay[starts][1:] == stay[starts][:-1]) & (hh[starts][1:] == end_h[:-1])
+        contiguous[1:] = (s_row[1:] == s_row[:-1]) & (h_row[1:] == end_h[:-1])
         order = new_orders(k)
         link = order.copy()
         for j in np.flatnonzero(contiguous):  # runs are few; chains are short
             link[j] = link[j - 1]
         nxt_contig = np.zeros(k, dtype=bool)
         nxt_contig[:-1] = contiguous[1:]
-        status = np.where(nxt_contig, text.code("Changed"), text.code("FinishedRunning"))
+        nxt_bag = np.zeros(k, dtype=bool)
+        nxt_bag[:-1] = new_bag[1:]
+        gap = np.full(k, np.iinfo(np.int64).max)
+        gap[:-1] = np.where(s_row[1:] == s_row[:-1], h_row[1:] - end_h[:-1], gap[:-1])
+        paused = ~nxt_contig & (gap <= ch.infusion_pause_max_gap_h)
+        stopped = rng.random(k) < ch.infusion_stopped_fraction[kind]
+        status = status_codes[
+            np.select([nxt_contig & nxt_bag, nxt_contig, paused, stopped], [0, 1, 3, 2], default=0)
+        ]
+        tot = np.full(k, np.nan if total is None else total)
+        if bag_ml is not None:
+            tot = np.full(k, bag_ml)
         ev.add(
-            stay=stay[starts],
+            stay=s_row,
             start=st_t,
             end=en_t,
             itemid=np.full(k, item.itemid),
             amount=amount,
-            amountuom=np.full(k, text.code(amount_uom)),
+            amountuom=np.full(k, code(amount_uom)),
             rate=r,
-            rateuom=np.full(k, text.code(rate_uom)),
+            rateuom=np.full(k, code(rate_uom)),
             orderid=order,
             linkorderid=link,
-            cat=np.full(k, text.code(category)),
-            catdesc=np.full(k, text.code(desc)),
-            weight=weight[starts],
+            cat=np.full(k, code(category)),
+            catdesc=np.full(k, code(desc)),
+            comp=np.full(k, main),
+            sec=np.full(k, secondary),
+            weight=weight[row],
             status=status,
+            total=tot,
+        )
+        if carrier is not None:  # the diluent of the drip: same order, times and status
+            ml_per_rate_hour, citem = carrier
+            c_rate = np.round(r * ml_per_rate_hour[row], 3)
+            ev.add(
+                stay=s_row,
+                start=st_t,
+                end=en_t,
+                itemid=citem[row],
+                amount=c_rate * length,
+                amountuom=np.full(k, code("ml")),
+                rate=c_rate,
+                rateuom=np.full(k, code("mL/hour")),
+                orderid=order,
+                linkorderid=link,
+                cat=np.full(k, code(category)),
+                catdesc=np.full(k, code(desc)),
+                comp=np.full(k, mixed),
+                sec=np.full(k, sec_fluids),
+                weight=weight[row],
+                status=status,
+                total=tot,
+            )
+
+    def drip(rate, name, item, rate_uom, amount_per_rate_hour, amount_uom, carrier_ml, total):
+        add_infusion(
+            rate,
+            item,
+            rate_uom,
+            amount_per_rate_hour,
+            amount_uom,
+            "01-Drips",
+            "Continuous Med",
+            secondary=sec_fluids,
+            total=total,
+            carrier=carrier_of(name, carrier_ml) if ch.drip_carriers else None,
         )
 
+    per_kg_min_mg = weight * 60 / 1000  # mg per (mcg/kg/min x 1 h)
+    per_kg_min_mcg = weight * 60  # mcg per (mcg/kg/min x 1 h)
     # ---- vasopressors: first-line agent in its own units
     agent = st.first_line[stay]
     primary = H["vaso_eq"][rows].astype(np.float64)
@@ -792,55 +914,23 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             mcg_min = np.round(dose * weight, 0)
             kg = np.where(per_min, 0.0, dose)
             mn = np.where(per_min, mcg_min, 0.0)
-            add_infusion(
-                kg, item, "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med"
-            )
-            add_infusion(
-                mn,
-                item,
-                "mcg/min",
-                np.full(len(rows), 60 / 1000),
-                "mg",
-                "01-Drips",
-                "Continuous Med",
-            )
+            drip(kg, name, item, "mcg/kg/min", per_kg_min_mg, "mg", per_kg_min_mcg, 250.0)
+            drip(mn, name, item, "mcg/min", np.full(R, 60 / 1000), "mg", np.full(R, 60.0), 250.0)
         else:
-            add_infusion(
-                dose, item, "mcg/kg/min", weight * 60 / 1000, "mg", "01-Drips", "Continuous Med"
-            )
+            drip(dose, name, item, "mcg/kg/min", per_kg_min_mg, "mg", per_kg_min_mcg, 250.0)
     vp_u_h = np.round(H["vasopressin"][rows].astype(np.float64) * 60, 2)
-    add_infusion(
-        vp_u_h,
-        catalog.INPUT["vasopressin"],
-        "units/hour",
-        np.ones(len(rows)),
-        "units",
-        "01-Drips",
-        "Continuous Med",
-    )
+    ones = np.ones(R)
+    vp = catalog.INPUT["vasopressin"]
+    drip(vp_u_h, "vasopressin", vp, "units/hour", ones, "units", ones, 100.0)
     epi_add = np.round(H["epi_add"][rows].astype(np.float64), 3)
     # add-on epinephrine only where epinephrine is not already the first-line agent
     epi_add = np.where(agent == FIRST_LINE_AGENTS.index("epinephrine"), 0.0, epi_add)
-    add_infusion(
-        epi_add,
-        catalog.INPUT["epinephrine"],
-        "mcg/kg/min",
-        weight * 60 / 1000,
-        "mg",
-        "01-Drips",
-        "Continuous Med",
-    )
+    epi = catalog.INPUT["epinephrine"]
+    drip(epi_add, "epinephrine", epi, "mcg/kg/min", per_kg_min_mg, "mg", per_kg_min_mcg, 250.0)
     dob = np.round(H["dobutamine"][rows].astype(np.float64), 2)
-    add_infusion(
-        dob,
-        catalog.INPUT["dobutamine"],
-        "mcg/kg/min",
-        weight * 60 / 1000,
-        "mg",
-        "01-Drips",
-        "Continuous Med",
-    )
-    # ---- maintenance fluids: one run per constant rate and product
+    dbt = catalog.INPUT["dobutamine"]
+    drip(dob, "dobutamine", dbt, "mcg/kg/min", per_kg_min_mg, "mg", per_kg_min_mcg, 250.0)
+    # ---- maintenance fluids: one row per constant rate, product and bag
     maint = H["maint_rate"][rows].astype(np.float64)
     mtype = H["maint_type"][rows].astype(np.int64)
     for j, name in enumerate(MAINTENANCE_FLUIDS):
@@ -849,12 +939,15 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             r,
             catalog.INPUT[name],
             "mL/hour",
-            np.ones(len(rows)),
-            "mL",
+            ones,
+            "ml",
             "02-Fluids (Crystalloids)",
             "Continuous IV",
+            kind="fluid",
+            secondary=sec_additive,
+            bag_ml=ch.fluid_bag_ml,
         )
-    # ---- boluses
+    # ---- boluses: short infusions, or one-minute "03-IV Fluid Bolus" rows without a rate
     bol = np.flatnonzero(H["bolus_ml"][rows] > 0)
     if len(bol):
         k = len(bol)
@@ -868,39 +961,47 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
         vol = np.where(alb25, 100.0, vol)
         start = t_hour[bol] + H["bolus_minute"][rows][bol].astype(np.int64) * 60
         order = new_orders(k)
+        colloid = btype >= 2
+        push = ~colloid & (rng.random(k) < ch.bolus_push_fraction)
         cat = np.where(
-            btype >= 2, text.code("04-Fluids (Colloids)"), text.code("02-Fluids (Crystalloids)")
+            colloid,
+            code("04-Fluids (Colloids)"),
+            np.where(push, code("03-IV Fluid Bolus"), code("02-Fluids (Crystalloids)")),
         )
         ev.add(
             stay=stay[bol],
             start=start,
-            end=start + (dur * 60).astype(np.int64),
+            end=start + np.where(push, 60, (dur * 60).astype(np.int64)),
             itemid=itemid,
             amount=vol,
-            amountuom=np.full(k, text.code("mL")),
-            rate=np.round(vol / dur * 60, 1),
-            rateuom=np.full(k, text.code("mL/hour")),
+            amountuom=np.full(k, code("ml")),
+            rate=np.where(push, np.nan, np.round(vol / dur * 60, 1)),
+            rateuom=np.where(push, -1, code("mL/hour")),
             orderid=order,
             linkorderid=order,
             cat=cat,
-            catdesc=np.full(k, text.code("Continuous IV")),
+            catdesc=np.where(push, code("Bolus"), code("Continuous IV")),
+            comp=np.full(k, main),
+            sec=np.where(colloid | push, -1, sec_additive),
             weight=weight[bol],
-            status=np.full(k, text.code("FinishedRunning")),
+            status=np.full(k, status_codes[0]),
+            total=vol,
         )
     # ---- non-fluid, non-vasopressor inputs the pipeline must not count
     vent = H["ventilated"][rows].astype(bool)
-    sed = vent & (rng.random(len(rows)) < 0.9)
+    sed = vent & (rng.random(R) < 0.9)
     prop = np.where(sed, np.round(st.sedation_depth[stay] * 50, 0), 0.0)
     add_infusion(
         prop,
         catalog.INPUT["propofol"],
         "mcg/kg/min",
-        weight * 60 / 1000,
+        per_kg_min_mg,
         "mg",
         "01-Drips",
         "Continuous Med",
+        total=100.0,
     )
-    low_hgb = (H["haemoglobin"][rows] < 7.5) & (rng.random(len(rows)) < 0.15)
+    low_hgb = (H["haemoglobin"][rows] < 7.5) & (rng.random(R) < 0.15)
     tx = np.flatnonzero(low_hgb)
     if len(tx):
         k = len(tx)
@@ -912,20 +1013,79 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             end=start + 2 * HOUR,
             itemid=np.full(k, catalog.INPUT["prbc"].itemid),
             amount=np.full(k, 350.0),
-            amountuom=np.full(k, text.code("mL")),
+            amountuom=np.full(k, code("ml")),
             rate=np.full(k, 175.0),
-            rateuom=np.full(k, text.code("mL/hour")),
+            rateuom=np.full(k, code("mL/hour")),
             orderid=order,
             linkorderid=order,
-            cat=np.full(k, text.code("06-Blood Products")),
-            catdesc=np.full(k, text.code("Continuous IV")),
+            cat=np.full(k, code("07-Blood Products")),
+            catdesc=np.full(k, code("Continuous IV")),
+            comp=np.full(k, main),
+            sec=np.full(k, -1),
             weight=weight[tx],
-            status=np.full(k, text.code("FinishedRunning")),
+            status=np.full(k, status_codes[0]),
+            total=np.full(k, 350.0),
+        )
+    # ---- filler: pushes, oral/gastric intake, electrolyte piggybacks (not read by the build)
+    rate_f = ch.input_filler_rows_per_icu_hour * ch.density
+    if rate_f > 0:
+        frows = np.repeat(np.arange(R), rng.poisson(rate_f, R))
+        nf = len(frows)
+        spec = catalog.INPUT_FILLER
+        weights = np.array([f.weight for f in spec], dtype=np.float64)
+        idx = rng.choice(len(spec), size=nf, p=weights / weights.sum())
+        n_vals = np.array([len(f.amounts) for f in spec])
+        val_off = np.concatenate([[0], np.cumsum(n_vals)[:-1]])
+        values = np.array([v for f in spec for v in f.amounts], dtype=np.float64)
+        value = values[val_off[idx] + (rng.random(nf) * n_vals[idx]).astype(np.int64)]
+        start = t_hour[frows] + rng.integers(0, 60, nf) * 60
+        order = new_orders(nf)
+        item_of = {  # per filler item, then per row
+            "minutes": np.array([f.minutes for f in spec]),
+            "itemid": np.array([f.item.itemid for f in spec]),
+            "uom": np.array([code(f.amount_uom) for f in spec]),
+            "cat": np.array([code(f.category) for f in spec]),
+            "desc": np.array([code(f.description) for f in spec]),
+            "drip": np.array([f.rate_uom is not None for f in spec]),
+            "rateuom": np.array([code(f.rate_uom) if f.rate_uom else -1 for f in spec]),
+            "per_rate_hour": np.array([f.amount_per_rate_hour for f in spec]),
+            "per_kg": np.array([f.per_kg for f in spec]),
+        }
+        item_of = {key: v[idx] for key, v in item_of.items()}
+        drip = item_of["drip"]
+        # drips: a row of `minutes` give or take 75 %, at the drawn rate, any drip status
+        minutes = np.where(
+            drip, np.round(item_of["minutes"] * rng.uniform(0.25, 1.75, nf)), item_of["minutes"]
+        ).astype(np.int64)
+        mix = ch.filler_drip_status_mix
+        drip_status = status_codes[
+            rng.choice(4, size=nf, p=[mix[s] for s in (_FINISHED, _CHANGED, _STOPPED, _PAUSED)])
+        ]
+        per_rate = item_of["per_rate_hour"] * np.where(item_of["per_kg"], weight[frows], 1.0)
+        ev.add(
+            stay=stay[frows],
+            start=start,
+            end=start + minutes * 60,
+            itemid=item_of["itemid"],
+            amount=np.where(drip, value * per_rate * minutes / 60, value),
+            amountuom=item_of["uom"],
+            rate=np.where(drip, value, np.nan),
+            rateuom=item_of["rateuom"],
+            orderid=order,
+            linkorderid=order,
+            cat=item_of["cat"],
+            catdesc=item_of["desc"],
+            comp=np.full(nf, main),
+            sec=np.where(drip, sec_fluids, -1),
+            weight=weight[frows],
+            status=np.where(drip, drip_status, status_codes[0]),
+            total=np.where(drip, 250.0, np.nan),
         )
     if not ev.parts:
         return TABLES["inputevents"].arrow_schema().empty_table()
     cols = ev.concat()
-    cols = ctx.before_icu_end(cols, "start")
+    started = cols["start"] < ctx.outtime[cols["stay"]]  # no zero-length rows at discharge
+    cols = {k: v[started] for k, v in cols.items()}
     clipped_end = np.minimum(cols["end"], ctx.outtime[cols["stay"]])
     kept = (clipped_end - cols["start"]) / np.maximum(cols["end"] - cols["start"], 1)
     cols["amount"] = cols["amount"] * kept
@@ -935,6 +1095,8 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
     cols = {k: v[order] for k, v in cols.items()}
     amount = _round_to(cols["amount"], 4)
     rate = cols["rate"]
+    ml = cols["amountuom"] == code("ml")
+    total = np.where(np.isnan(cols["total"]) & ml, np.maximum(amount, 0), cols["total"])
     return _table(
         "inputevents",
         {
@@ -953,21 +1115,12 @@ def inputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table:
             "orderid": _int_array(cols["orderid"]),
             "linkorderid": _int_array(cols["linkorderid"]),
             "ordercategoryname": text.to_arrow(cols["cat"]),
-            "secondaryordercategoryname": _str_const(None, n),
-            "ordercomponenttypedescription": _str_const("Main order parameter", n),
+            "secondaryordercategoryname": text.to_arrow(cols["sec"]),
+            "ordercomponenttypedescription": text.to_arrow(cols["comp"]),
             "ordercategorydescription": text.to_arrow(cols["catdesc"]),
             "patientweight": _float_array(np.round(cols["weight"], 1)),
-            "totalamount": _float_array(
-                np.where(
-                    np.isin(
-                        cols["itemid"],
-                        [i.itemid for i in catalog.INPUT.values() if i.category == "Medications"],
-                    ),
-                    250.0,
-                    np.maximum(amount, 0),
-                )
-            ),
-            "totalamountuom": _str_const("mL", n),
+            "totalamount": _float_array(total),
+            "totalamountuom": text.to_arrow(np.where(np.isnan(total), -1, code("ml"))),
             "isopenbag": _int_array(np.zeros(n, dtype=np.int64)),
             "continueinnextdept": _int_array(np.zeros(n, dtype=np.int64)),
             "statusdescription": text.to_arrow(cols["status"]),
@@ -983,7 +1136,7 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
     icu = H["in_icu"].astype(bool)
     if hours is not None:
         icu &= hours
-    rows = np.flatnonzero(icu)
+    rows = _stay_major(H, np.flatnonzero(icu))
     if len(rows) == 0:
         return TABLES["outputevents"].arrow_schema().empty_table()
     stay = H["stay"][rows]
@@ -994,7 +1147,7 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
     stay_rng = np.random.default_rng(ctx.id_base + 17)
     u = stay_rng.random((st.n, 3))
     foley = u[:, 0] < ch.foley_fraction
-    irrigant = u[:, 1] < 0.02
+    irrigant = u[:, 1] < ch.gu_irrigant_fraction
     out_items = catalog.OUTPUT
     other_urine = np.array(
         [
@@ -1011,9 +1164,15 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
             other_urine[(u[:, 2] * 100).astype(int) % len(other_urine)],
         ),
     )
-    # chart when due: hourly for a Foley, every few hours otherwise; the charted value is the
-    # urine collected since the previous chart (carried across calls when charting hour by hour)
-    due = np.where(foley[stay], rng.random(R) < 0.93, rng.random(R) < 0.3)
+    # chart when due: about every other hour for a Foley, every few hours otherwise (voids,
+    # bladder irrigation); the charted value is the urine collected since the previous chart
+    # (carried across calls when charting hour by hour)
+    p_due = np.where(
+        irrigant[stay],
+        ch.gu_irrigant_chart_per_hour,
+        np.where(foley[stay], ch.foley_chart_per_hour, ch.void_chart_per_hour),
+    )
+    due = rng.random(R) < p_due
     first_of_stay = np.ones(R, dtype=bool)
     first_of_stay[1:] = stay[1:] != stay[:-1]
     last_of_stay = np.ones(R, dtype=bool)
@@ -1045,17 +1204,19 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
     s = stay[idx]
     irr = irrigant[s]
     t = t_end[idx] - rng.integers(1, 20, k) * 60  # charted just before the hour ends
+    # bladder irrigation: the irrigant instilled since the last chart, and all that came out
+    irr_in = np.round(rng.uniform(ch.gu_irrigant_in_ml.low, ch.gu_irrigant_in_ml.high, k), -1)
     ev.add(
         stay=s,
         t=t,
         itemid=np.where(irr, out_items["gu_irrigant_out"].itemid, route_item[s]),
-        value=np.where(irr, value + 200.0, value),
+        value=np.where(irr, value + irr_in, value),
     )
     ev.add(
         stay=s[irr],
         t=t[irr],
         itemid=np.full(int(irr.sum()), out_items["gu_irrigant_in"].itemid),
-        value=np.full(int(irr.sum()), 200.0),
+        value=irr_in[irr],
     )
     # other outputs (not urine): drains, stool, gastric
     other = rng.random(R) < 0.08
@@ -1082,7 +1243,7 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
             "storetime": _time_array(cols["t"] + rng.integers(0, 60, n) * 60),
             "itemid": _int_array(cols["itemid"]),
             "value": _float_array(cols["value"]),
-            "valueuom": _str_const("mL", n),
+            "valueuom": _str_const("ml", n),
         },
     )
 
@@ -1205,23 +1366,97 @@ _OTHER = [
 ]
 
 
+#: antibiotics of the empiric regimens that also come as an enteral form (given PO/NG)
+_ENTERAL = ("Azithromycin", "MetRONIDAZOLE (FLagyl)")
+#: topical antibiotic whose name matches a systemic antibiotic: only its route excludes it
+_TOPICAL_POLYMYXIN = (
+    "Neomycin-Polymyxin-Bacitracin",
+    "NEOPOLYB",
+    "",
+    "0",
+    "1 Tube",
+    "1",
+    "Appl",
+    2,
+    "TP",
+)
+#: routine orders of an ICU day (none is an antibiotic): drug, code, gsn, ndc, strength, dose,
+#: unit, doses / 24 h, route
+_ROUTINE = [
+    *_OTHER,
+    ("Ondansetron", "ONDA4I", "", "0", "2mg/mL-2mL", "4", "mg", 0, "IV"),
+    ("Senna", "SENN187", "", "0", "8.6 mg Tablet", "8.6", "mg", 2, "PO/NG"),
+    ("Polyethylene Glycol", "PEG17", "", "0", "17 g Powder Packet", "17", "g", 1, "PO/NG"),
+    ("Metoprolol Tartrate", "METO25", "", "0", "25mg Tablet", "25", "mg", 2, "PO/NG"),
+    ("Furosemide", "FURO40I", "", "0", "40mg/4mL Vial", "40", "mg", 0, "IV"),
+    ("Magnesium Sulfate", "MAG2PM", "", "0", "2 g / 50 mL Premix Bag", "2", "g", 0, "IV"),
+    ("Famotidine", "FAMO20", "", "0", "20mg Tablet", "20", "mg", 2, "PO/NG"),
+    ("Fentanyl Citrate", "FENT100I", "", "0", "100mcg/2mL Ampule", "25", "mcg", 0, "IV"),
+    ("Propofol", "PROP100IG", "", "0", "100mg/100mL Vial", "10", "mcg/kg/min", 0, "IV DRIP"),
+    ("OxyCODONE (Immediate Release)", "OXYC5", "", "0", "5mg Tablet", "5", "mg", 0, "PO/NG"),
+    ("Atorvastatin", "ATOR40", "", "0", "40mg Tablet", "40", "mg", 1, "PO/NG"),
+    ("Aspirin", "ASA81", "", "0", "81mg Tablet", "81", "mg", 1, "PO/NG"),
+    ("Chlorhexidine Gluconate 0.12% Oral Rinse", "CHLO15L", "", "0", "15mL Cup", "15", "mL", 2,
+     "ORAL"),
+    ("Lorazepam", "LORA2I", "", "0", "2mg/mL Vial", "0.5", "mg", 0, "IV"),
+    ("Glucagon", "GLUC1I", "", "0", "1mg Vial", "1", "mg", 0, "IM"),
+    ("Dextrose 50%", "DEX50SY", "", "0", "25 g / 50 mL Syringe", "12.5", "gm", 0, "IV"),
+    ("Albuterol 0.083% Neb Soln", "ALBU3H", "", "0", "2.5mg/3mL Vial", "1", "NEB", 4, "IH"),
+    ("Bisacodyl", "BISA5", "", "0", "5 mg Tab", "10", "mg", 1, "PR"),
+    ("Multivitamins", "MULT1", "", "0", "1 Tablet", "1", "TAB", 1, "PO/NG"),
+    ("Thiamine", "THIA100", "", "0", "100mg Tablet", "100", "mg", 1, "PO/NG"),
+    ("Lidocaine 5% Patch", "LIDO5P", "", "0", "1 Patch", "1", "PTCH", 1, "TD"),
+    ("Midodrine", "MIDO5", "", "0", "5mg Tablet", "10", "mg", 3, "PO/NG"),
+    ("Haloperidol", "HALO5I", "", "0", "5mg/mL Vial", "2.5", "mg", 0, "IV"),
+    ("Insulin Glargine", "GLAR100I", "", "0", "100 Units / mL - 10mL Vial", "10", "UNIT", 1, "SC"),
+]  # fmt: skip
+
+
+def _take(values: list, idx: np.ndarray, typ: pa.DataType | None = None) -> pa.Array:
+    """``values[idx]`` as an Arrow array (values: one entry per distinct drug; strings unless
+    ``typ`` says otherwise)."""
+    return pc.take(pa.array(values, typ or pa.string()), pa.array(idx, pa.int64()))
+
+
 def prescriptions(
     ctx: ChartContext, workups: dict[str, np.ndarray], prophylaxis_h: np.ndarray
 ) -> pa.Table:
-    rng, st = ctx.rng, ctx.stays
-    rows: list[tuple] = []
+    """Antibiotic courses of the work-ups (some azithromycin and metronidazole given PO/NG),
+    escalation and prophylaxis; topical antibiotics; admission orders and routine orders
+    through the ICU stay (``charting.routine_orders_per_icu_day``).
+
+    ``workups["antibiotic_reorder_h"]`` (per stay, nan: none; ``cohort.antibiotic_reorder``):
+    the course running at ICU admission is ordered again then, each of its drugs (and an
+    escalation started before the ICU) with the same drug, route and course end; the pre-ICU
+    order stops where its re-order starts. Draws nothing from ``ctx.rng``."""
+    rng, st, ch = ctx.rng, ctx.stays, ctx.cfg.charting
     adm = ctx.admittime
+    drugs: list[tuple] = []
+    drug_index: dict[tuple, int] = {}
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def emit(s: np.ndarray, start_h: np.ndarray, stop_h: np.ndarray, drug: tuple) -> None:
-        for i, a, b in zip(s.tolist(), start_h.tolist(), stop_h.tolist(), strict=True):
-            rows.append(
-                (i, int(adm[i] + a * HOUR) // 60 * 60, int(adm[i] + b * HOUR) // 60 * 60, drug)
-            )
+        if drug not in drug_index:
+            drug_index[drug] = len(drugs)
+            drugs.append(drug)
+        parts.append((s, start_h, stop_h, np.full(len(s), drug_index[drug])))
 
+    def emit_course(
+        s: np.ndarray, start_h: np.ndarray, stop_h: np.ndarray, reorder_h: np.ndarray, drug: tuple
+    ) -> None:
+        """A course's order, and its ICU re-order where ``reorder_h`` (per row) is set."""
+        again = ~np.isnan(reorder_h)
+        emit(s, start_h, np.where(again, reorder_h, stop_h), drug)
+        emit(s[again], reorder_h[again], stop_h[again], drug)
+
+    intime_h = st.pre_icu_h.astype(np.float64)
+    reorder = workups["antibiotic_reorder_h"]
     n_w = workups["antibiotic_h"].shape[1]
     for j in range(n_w):
         abx = workups["antibiotic_h"][:, j]
         stop = workups["antibiotic_stop_h"][:, j]
+        # the re-order belongs to the course running at ICU admission (at most one)
+        again = np.where((abx < intime_h) & (stop > reorder), reorder, np.nan)
         has = np.flatnonzero(~np.isnan(abx))
         regimen = rng.integers(0, len(_EMPIRIC_REGIMENS), len(has))
         for r_i, reg in enumerate(_EMPIRIC_REGIMENS):
@@ -1229,17 +1464,23 @@ def prescriptions(
             for drug_i, drug in enumerate(reg):
                 # the second drug of a pair is sometimes started a little later
                 lag = 0.0 if drug_i == 0 else 0.5
-                emit(sel, abx[sel] + lag, stop[sel], drug)
+                if drug[0] in _ENTERAL:
+                    oral = rng.random(len(sel)) < ch.antibiotic_enteral_fraction
+                    o = sel[oral]
+                    emit_course(o, abx[o] + lag, stop[o], again[o] + lag, (*drug[:8], "PO/NG"))
+                    sel = sel[~oral]
+                emit_course(sel, abx[sel] + lag, stop[sel], again[sel] + lag, drug)
         esc = workups["escalation_h"][:, j]
         e = np.flatnonzero(~np.isnan(esc))
-        emit(e, esc[e], stop[e] + 24.0, _ESCALATION)
+        esc_again = np.where(esc[e] < intime_h[e], again[e], np.nan)
+        emit_course(e, esc[e], stop[e] + 24.0, esc_again, _ESCALATION)
     p = np.flatnonzero(~np.isnan(prophylaxis_h))
     emit(p, prophylaxis_h[p], prophylaxis_h[p] + 24.0, _PROPHYLAXIS)
     # topical antibiotics and routine medications (must not count as systemic antibiotics)
     icu_h = st.pre_icu_h.astype(np.float64)
     top = np.flatnonzero(rng.random(st.n) < 0.12)
     emit(top, icu_h[top] + rng.uniform(0, 24, len(top)), icu_h[top] + 72.0, _TOPICAL[0])
-    for k, drug in enumerate(_TOPICAL[1:], start=1):
+    for k, drug in enumerate([*_TOPICAL[1:], _TOPICAL_POLYMYXIN], start=1):
         sel = np.flatnonzero(rng.random(st.n) < 0.04 * k)
         emit(sel, icu_h[sel] + rng.uniform(0, 24, len(sel)), icu_h[sel] + 96.0, drug)
     for drug in _OTHER:
@@ -1250,43 +1491,56 @@ def prescriptions(
             icu_h[sel] + rng.uniform(24, 120, len(sel)),
             drug,
         )
-    n = len(rows)
+    # routine orders spread over the ICU stay
+    los_h = np.maximum(ctx.outtime - ctx.intime, 0) / HOUR
+    n_orders = rng.poisson(ch.routine_orders_per_icu_day * los_h / 24.0)
+    s_r = np.repeat(np.arange(st.n), n_orders)
+    start_r = icu_h[s_r] + rng.random(len(s_r)) * los_h[s_r]
+    pick = rng.integers(0, len(_ROUTINE), len(s_r))
+    for k, drug in enumerate(_ROUTINE):
+        sel = pick == k
+        emit(s_r[sel], start_r[sel], start_r[sel] + rng.uniform(12, 96, int(sel.sum())), drug)
+
+    s = np.concatenate([q[0] for q in parts]).astype(np.int64)
+    n = len(s)
     if n == 0:
         return _table("prescriptions", {"subject_id": pa.array([], pa.int64())})
-    rows.sort(key=lambda r: (r[0], r[1], r[3][0]))
-    s = np.array([r[0] for r in rows])
-    drugs = [r[3] for r in rows]
-    seq = np.arange(n)
+    start = (adm[s] + np.concatenate([q[1] for q in parts]) * HOUR).astype(np.int64) // 60 * 60
+    stop = (adm[s] + np.concatenate([q[2] for q in parts]) * HOUR).astype(np.int64) // 60 * 60
+    did = np.concatenate([q[3] for q in parts])
+    _, name_rank = np.unique(np.array([d[0] for d in drugs]), return_inverse=True)
+    order = np.lexsort((name_rank[did], start, s))
+    s, start, stop, did = s[order], start[order], stop[order], did[order]
+    seq = ctx.id_base % 100000 + np.arange(n)
+    col = {k: [d[k] for d in drugs] for k in range(9)}
     return _table(
         "prescriptions",
         {
             "subject_id": _int_array(st.subject_id[s]),
             "hadm_id": _int_array(st.hadm_id[s]),
-            "pharmacy_id": _int_array(ctx.id_base + seq),
-            "poe_id": pa.array(
-                [f"{st.subject_id[i]}-{ctx.id_base % 100000 + k}" for k, i in enumerate(s.tolist())]
+            "pharmacy_id": _int_array(ctx.id_base + np.arange(n)),
+            "poe_id": pc.binary_join_element_wise(
+                pc.cast(_int_array(st.subject_id[s]), pa.string()),
+                pc.cast(_int_array(seq), pa.string()),
+                "-",
             ),
-            "poe_seq": _int_array(ctx.id_base % 100000 + seq),
-            "order_provider_id": pa.array(
-                [ctx.attending_provider[a] for a in st.attending[s].tolist()]
-            ),
-            "starttime": _time_array(np.array([r[1] for r in rows])),
-            "stoptime": _time_array(np.array([r[2] for r in rows])),
+            "poe_seq": _int_array(seq),
+            "order_provider_id": _take(ctx.attending_provider, st.attending[s]),
+            "starttime": _time_array(start),
+            "stoptime": _time_array(stop),
             "drug_type": _str_const("MAIN", n),
-            "drug": pa.array([d[0] for d in drugs]),
-            "formulary_drug_cd": pa.array([d[1] for d in drugs]),
-            "gsn": pa.array([d[2] or None for d in drugs], pa.string()),
-            "ndc": pa.array([d[3] for d in drugs]),
-            "prod_strength": pa.array([d[4] for d in drugs]),
+            "drug": _take(col[0], did),
+            "formulary_drug_cd": _take(col[1], did),
+            "gsn": _take([g or None for g in col[2]], did),
+            "ndc": _take(col[3], did),
+            "prod_strength": _take(col[4], did),
             "form_rx": _str_const(None, n),
-            "dose_val_rx": pa.array([d[5] for d in drugs]),
-            "dose_unit_rx": pa.array([d[6] for d in drugs]),
-            "form_val_disp": pa.array([d[5] for d in drugs]),
-            "form_unit_disp": pa.array([d[6] for d in drugs]),
-            "doses_per_24_hrs": _float_array(
-                np.array([float(d[7]) if d[7] else np.nan for d in drugs])
-            ),
-            "route": pa.array([d[8] for d in drugs]),
+            "dose_val_rx": _take(col[5], did),
+            "dose_unit_rx": _take(col[6], did),
+            "form_val_disp": _take(col[5], did),
+            "form_unit_disp": _take(col[6], did),
+            "doses_per_24_hrs": _take([float(x) if x else None for x in col[7]], did, pa.float64()),
+            "route": _take(col[8], did),
         },
     )
 
@@ -1348,7 +1602,7 @@ def microbiologyevents(
     }
     for spec_no, (i, hour, kind) in enumerate(specimens):
         t = int(ctx.admittime[i] + hour * HOUR) // 60 * 60
-        date_only = rng.random() < ch.date_only_culture_fraction
+        date_only = rng.random() < ch.date_only_culture_fraction[kind]
         chartdate = t - t % 86400
         store = t + int(rng.uniform(1.5, 4.0) * SECONDS_PER_DAY) // 60 * 60
         positive = (

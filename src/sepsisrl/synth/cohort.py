@@ -44,6 +44,9 @@ class Timeline:
     died_in_icu: np.ndarray
     prophylaxis_h: np.ndarray  # simulation hour of peri-procedural antibiotic (nan: none)
     screen_h: np.ndarray  # simulation hour of an admission MRSA screen (nan: none)
+    # simulation hour at which the antibiotic course running at ICU admission is ordered
+    # again in the ICU (a whole minute + 30 s; nan: none; ``antibiotic_reorder``)
+    antibiotic_reorder_h: np.ndarray
 
 
 @dataclass
@@ -60,6 +63,13 @@ class Truth:
     max_sofa: np.ndarray
     died_90d_after_onset: np.ndarray
     died_90d_after_intime: np.ndarray
+    # Sepsis-3 by the consensus definition on every simulated hour (Singer et al. 2016: any
+    # antibiotic of the admission, SOFA of every hour, pre-ICU labs included, an hour at its
+    # start) - the definition the world's population targets refer to; the columns above
+    # follow mimic-code's, which the build applies by default
+    consensus_onset_h: np.ndarray
+    sepsis3_consensus_in_icu_window: np.ndarray
+    died_90d_after_consensus_onset: np.ndarray
 
 
 @dataclass
@@ -152,11 +162,13 @@ def simulate_chunk(
     admission in this run.
     """
     root = np.random.SeedSequence(chunk_entropy(seed, chunk_index))
-    pop_seed, stays_seed, sim_seed, outcome_seed = root.spawn(4)
+    # (a fifth child leaves the first four, and every earlier world, unchanged)
+    pop_seed, stays_seed, sim_seed, outcome_seed, reorder_seed = root.spawn(5)
     rng_pop = np.random.default_rng(pop_seed)
     subjects = sample_subjects(cfg, rng_pop, first_subject_index, n_subjects)
     rng_stays = np.random.default_rng(stays_seed)
     rng_out = np.random.default_rng(outcome_seed)
+    rng_reorder = np.random.default_rng(reorder_seed)
     sim_seeds = sim_seed.spawn(3)
     run = run or (lambda ordinal, sim: sim.run())
 
@@ -180,7 +192,7 @@ def simulate_chunk(
             stays = plan[ordinal]
             pos = stays.subject_pos
         sim = run(ordinal, Simulator(cfg, stays, attendings, sim_seeds[ordinal]))
-        timeline = _timeline(cfg, rng_out, stays, sim)
+        timeline = _timeline(cfg, rng_out, stays, sim, rng_reorder)
         stays_parts.append(stays)
         sim_parts.append(sim)
         time_parts.append(timeline)
@@ -210,9 +222,44 @@ def ordinal_plan(chunk: ChunkResult) -> list[Stays]:
     return out
 
 
-def _timeline(
+def antibiotic_reorder(
     cfg: SynthConfig, rng: np.random.Generator, stays: Stays, sim: SimulationResult
+) -> np.ndarray:
+    """Per stay, the hour of the ICU re-order of the antibiotic course running at admission.
+
+    A course started before ICU admission and still running then is ordered again in the ICU
+    (MIMIC-IV's prescriptions: the receiving team re-writes the orders) with probability
+    ``charting.antibiotic_reorder_probability``, ``charting.antibiotic_reorder_delay_h`` after
+    intime, if the course and the ICU stay both last that long. The hour is placed 30 s into
+    its minute, so the charted starttime (floored to the minute) and the truth agree on
+    ``intime <= starttime < outtime``. Two draws per stay whatever its course, so a stay's
+    draws do not depend on the others. nan: no re-order.
+    """
+    ch = cfg.charting
+    u = rng.random(stays.n)
+    z = rng.standard_normal(stays.n)
+    intime_h = stays.pre_icu_h.astype(np.float64)
+    abx, stop = sim.antibiotic_h, sim.antibiotic_stop_h
+    # courses never overlap (a work-up waits for the last course to end), so at most one runs
+    running = (abx < intime_h[:, None]) & (stop > intime_h[:, None])
+    course_stop = np.where(running, stop, -np.inf).max(axis=1)
+    delay = ch.antibiotic_reorder_delay_h.median * np.exp(ch.antibiotic_reorder_delay_h.sigma * z)
+    minute = np.floor((intime_h + delay) * 60.0)
+    at = (minute + 0.5) / 60.0
+    end_minute = np.floor(np.where(np.isnan(sim.icu_end_h), np.inf, sim.icu_end_h) * 60.0)
+    keep = (u < ch.antibiotic_reorder_probability) & (at < course_stop) & (minute < end_minute)
+    return np.where(keep, at, np.nan)
+
+
+def _timeline(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    stays: Stays,
+    sim: SimulationResult,
+    reorder_rng: np.random.Generator | None = None,
 ) -> Timeline:
+    """``reorder_rng``: the stream of ``antibiotic_reorder`` (None: no re-orders, for a
+    rollout's outcomes, which chart no prescriptions)."""
     p = cfg.physiology
     n = stays.n
     hour = SECONDS_PER_HOUR
@@ -256,6 +303,11 @@ def _timeline(
         died_in_icu=died_icu,
         prophylaxis_h=proph_h,
         screen_h=screen_h,
+        antibiotic_reorder_h=(
+            np.full(n, np.nan)
+            if reorder_rng is None
+            else antibiotic_reorder(cfg, reorder_rng, stays, sim)
+        ),
     )
 
 
@@ -268,9 +320,32 @@ def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np
         + [tl.screen_h],
         [sim.antibiotic_h[:, j] for j in range(k)]
         + [sim.escalation_h[:, j] for j in range(k)]
-        + [tl.prophylaxis_h],
+        + [tl.prophylaxis_h]
+        # the ICU re-order of a course running at admission: what the build sees as an
+        # antibiotic started during the stay
+        + [tl.antibiotic_reorder_h],
+        # mimic-code's Sepsis-3 (the build's default): antibiotics of the ICU stay, onset
+        # from ICU hours, a SOFA hour at its end
+        antibiotic_window=(stays.pre_icu_h.astype(np.float64), sim.icu_end_h),
     )
-    onset, sofa_hour, si_used = sepsis_onset(hourly["stay"], hourly["h"], sofa["sofa"], si_all)
+    onset, sofa_hour, si_used = sepsis_onset(
+        hourly["stay"],
+        hourly["h"],
+        sofa["sofa"],
+        si_all,
+        first_hour=stays.pre_icu_h.astype(np.int64),
+        hour_end=True,
+    )
+    si_any = suspected_infection_times(
+        [sim.culture_h[:, j] for j in range(k)]
+        + [sim.culture2_h[:, j] for j in range(k)]
+        + [tl.screen_h],
+        [sim.antibiotic_h[:, j] for j in range(k)]
+        + [sim.escalation_h[:, j] for j in range(k)]
+        + [tl.prophylaxis_h]
+        + [tl.antibiotic_reorder_h],
+    )
+    consensus, _, _ = sepsis_onset(hourly["stay"], hourly["h"], sofa["sofa"], si_any)
     first_si = np.nanmin(np.where(np.isnan(si_all), np.inf, si_all), axis=1)
     si = np.where(np.isnan(si_used), np.where(np.isinf(first_si), np.nan, first_si), si_used)
     sepsis3 = ~np.isnan(onset)
@@ -284,6 +359,8 @@ def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np
     )
     died_90_onset = sepsis3 & (death_h <= onset + 90 * 24)
     died_90_in = death_h <= intime_h + 90 * 24
+    consensus3 = ~np.isnan(consensus)
+    consensus_in_window = consensus3 & (consensus >= intime_h - 6.0) & (consensus <= icu_end_h)
     return Truth(
         infected=(stays.infection_kind > 0) & (stays.infection_h < icu_end_h),
         infection_h=np.where(
@@ -297,4 +374,7 @@ def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np
         max_sofa=max_sofa,
         died_90d_after_onset=died_90_onset,
         died_90d_after_intime=died_90_in,
+        consensus_onset_h=consensus,
+        sepsis3_consensus_in_icu_window=consensus_in_window,
+        died_90d_after_consensus_onset=consensus3 & (death_h <= consensus + 90 * 24),
     )

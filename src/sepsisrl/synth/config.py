@@ -169,12 +169,36 @@ class ChartingConfig(StrictModel):
     weight_in_lb_fraction: float = Field(ge=0, le=1)
     weight_missing_fraction: float = Field(ge=0, le=1)
     foley_fraction: float = Field(ge=0, le=1)
+    foley_chart_per_hour: float = Field(gt=0, le=1)
+    void_chart_per_hour: float = Field(gt=0, le=1)
+    gu_irrigant_fraction: float = Field(ge=0, le=1)
+    gu_irrigant_chart_per_hour: float = Field(gt=0, le=1)
+    gu_irrigant_in_ml: Range
     phenylephrine_mcg_min_fraction: float = Field(ge=0, le=1)
-    date_only_culture_fraction: float = Field(ge=0, le=1)
+    # inputevents: statuses, bags, boluses, drip carriers, other inputs
+    infusion_stopped_fraction: dict[str, float]
+    infusion_pause_max_gap_h: int = Field(ge=0)
+    fluid_bag_ml: float = Field(gt=0)
+    bolus_push_fraction: float = Field(ge=0, le=1)
+    drip_carriers: bool
+    drip_concentration: dict[str, float]
+    drip_diluent_d5w_fraction: dict[str, float]
+    input_filler_rows_per_icu_hour: float = Field(ge=0)
+    filler_drip_status_mix: dict[str, float]
+    # microbiology and prescriptions
+    date_only_culture_fraction: dict[str, float]
+    antibiotic_enteral_fraction: float = Field(ge=0, le=1)
+    routine_orders_per_icu_day: float = Field(ge=0)
+    antibiotic_reorder_probability: float = Field(ge=0, le=1)
+    antibiotic_reorder_delay_h: LogNormal
+    # labs
     venous_gas_fraction: float = Field(ge=0, le=1)
     morning_lab_hour: int = Field(ge=0, le=23)
     extra_lab_per_h_unstable: float = Field(ge=0, le=1)
     blood_gas_per_h_ventilated: float = Field(ge=0, le=1)
+    lactate_in_blood_gas_fraction: float = Field(ge=0, le=1)
+    albumin_per_liver_panel: float = Field(ge=0, le=1)
+    lab_result_delay_min: dict[str, LogNormal]
     # charting density: unrelated item ids so chartevents has MIMIC-like volume
     density: float = Field(ge=0, description="1.0 = MIMIC-like volume; 0 = physiology items only")
     filler_rows_per_icu_hour: float = Field(ge=0)
@@ -182,6 +206,40 @@ class ChartingConfig(StrictModel):
     impossible_value_rate: float = Field(ge=0, le=1)
     duplicate_row_rate: float = Field(ge=0, le=1)
     null_value_rate: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _keys(self) -> ChartingConfig:
+        drips = {"norepinephrine", "epinephrine", "phenylephrine", "dopamine", "dobutamine",
+                 "vasopressin"}  # fmt: skip
+        expected = {
+            "drip_concentration": drips,
+            "drip_diluent_d5w_fraction": drips,
+            "date_only_culture_fraction": {"blood", "urine", "sputum", "mrsa"},
+            "infusion_stopped_fraction": {"drip", "fluid"},
+            "filler_drip_status_mix": {"FinishedRunning", "ChangeDose/Rate", "Stopped", "Paused"},
+            "lab_result_delay_min": {"chemistry", "hematology", "coagulation", "blood_gas"},
+        }
+        for name, keys in expected.items():
+            got = set(getattr(self, name))
+            if got != keys:
+                raise ValueError(
+                    f"charting.{name}: expected keys {sorted(keys)}, got {sorted(got)}"
+                )
+        for name in (
+            "drip_diluent_d5w_fraction",
+            "date_only_culture_fraction",
+            "infusion_stopped_fraction",
+        ):
+            bad = {k: v for k, v in getattr(self, name).items() if not 0 <= v <= 1}
+            if bad:
+                raise ValueError(f"charting.{name}: fractions must lie in [0, 1], got {bad}")
+        total = sum(self.filler_drip_status_mix.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"charting.filler_drip_status_mix must sum to 1, got {total}")
+        bad = {k: v for k, v in self.drip_concentration.items() if v <= 0}
+        if bad:
+            raise ValueError(f"charting.drip_concentration: must be positive, got {bad}")
+        return self
 
 
 class OutputConfig(StrictModel):

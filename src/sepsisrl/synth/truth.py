@@ -8,12 +8,18 @@ Conventions (also written into the sidecar's ``world.json``):
 - SOFA hours run over the whole simulated hospital stay. Lab-based components (coagulation,
   liver, creatinine) use every hour; bedside components (respiration, cardiovascular, CNS,
   urine output) only ICU hours, because the tables only chart them in the ICU.
+- CNS: the GCS of a ventilated hour is that of the patient's neurological function without
+  sedation (what SOFA asks for; the tables cannot show it: the build's default, mimic-code's
+  gcs, assumes 15 while intubated).
 - Each component is the worst value in the trailing 24 h; the 24 h urine criterion needs a full
   24 h of ICU urine. The cardiovascular component uses MAP, dopamine, dobutamine, epinephrine and
   norepinephrine doses (vasopressin and phenylephrine only act through MAP).
 - Suspected infection: culture then antibiotic within 72 h, or antibiotic then culture within
-  24 h; time = the earlier event of the first qualifying pair.
-- Onset: first hour in [SI - 48 h, SI + 24 h] with SOFA >= 2; onset = min(SI, that hour).
+  24 h; time = the earlier event of the first qualifying pair. As in mimic-code (the build's
+  default), only antibiotics started during the ICU stay count.
+- Onset: first ICU hour with SOFA >= 2 whose end lies in [SI - 48 h, SI + 24 h]; onset =
+  min(SI, that hour's end) (mimic-code's sofa endtime; sepsis_onset's defaults keep the
+  earlier convention: every hour, at its start).
 """
 
 from __future__ import annotations
@@ -94,6 +100,16 @@ def trailing(values: np.ndarray, group: np.ndarray, hours: int, how: str) -> np.
     return out
 
 
+def neurological_gcs(brain: np.ndarray) -> np.ndarray:
+    """The GCS of neurological function alone (no sedation, verbal assessable): the
+    simulator's components for an unventilated patient."""
+    neuro = 15.0 - 12.0 * np.asarray(brain, dtype=np.float64) ** 1.1
+    eye = np.clip(np.round(1 + 3 * (neuro - 3) / 12), 1, 4)
+    verbal = np.clip(np.round(1 + 4 * (neuro - 3) / 12), 1, 5)
+    motor = np.clip(np.round(1 + 5 * (neuro - 3) / 12), 1, 6)
+    return eye + verbal + motor
+
+
 def hourly_sofa(hourly: dict[str, np.ndarray], first_line: np.ndarray) -> dict[str, np.ndarray]:
     """True SOFA per simulated hour (components are worst-in-trailing-24 h)."""
     stay = hourly["stay"]
@@ -110,6 +126,11 @@ def hourly_sofa(hourly: dict[str, np.ndarray], first_line: np.ndarray) -> dict[s
     cardio = np.where(
         icu, sofa_cardiovascular(hourly["map"], dopamine, hourly["dobutamine"], epi, norepi), nan
     )
+    # ventilated hours: the GCS of the patient's neurological function without sedation (a
+    # sedated patient's charted GCS is not organ dysfunction; SOFA asks for the pre-sedation
+    # GCS). The tables cannot show it: mimic-code's convention (the build's default) assumes
+    # 15, legacy scored the charted, sedated GCS.
+    gcs = np.where(hourly["ventilated"].astype(bool), neurological_gcs(hourly["brain"]), gcs)
     cns = np.where(icu, sofa_cns(gcs), nan)
     coag = sofa_coagulation(hourly["platelets"])
     liver = sofa_liver(hourly["bilirubin"])
@@ -137,30 +158,51 @@ def hourly_sofa(hourly: dict[str, np.ndarray], first_line: np.ndarray) -> dict[s
 
 
 def suspected_infection_times(
-    cultures: list[np.ndarray], antibiotics: list[np.ndarray]
+    cultures: list[np.ndarray],
+    antibiotics: list[np.ndarray],
+    antibiotic_window: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per stay and (culture, antibiotic) pair: the SI time of the pair, nan if it does not qualify.
 
-    Returns an array of shape (n_stays, n_cultures * n_antibiotics).
+    ``antibiotic_window``: (start, end) hours per stay; only antibiotics started in
+    [start, end) count (the ICU stay: mimic-code attributes an antibiotic to the ICU stay in
+    which it started). Returns an array of shape (n_stays, n_cultures * n_antibiotics).
     """
     out = []
     for c in cultures:
         for a in antibiotics:
             culture_first = (c <= a) & (a - c <= 72.0)
             abx_first = (a < c) & (c - a <= 24.0)
-            out.append(np.where(culture_first | abx_first, np.fmin(c, a), np.nan))
+            ok = culture_first | abx_first
+            if antibiotic_window is not None:
+                start, end = antibiotic_window
+                ok &= (a >= start) & (a < np.where(np.isnan(end), np.inf, end))
+            out.append(np.where(ok, np.fmin(c, a), np.nan))
     return np.stack(out, axis=1)
 
 
 def sepsis_onset(
-    hourly_stay: np.ndarray, hourly_h: np.ndarray, sofa: np.ndarray, si_times: np.ndarray
+    hourly_stay: np.ndarray,
+    hourly_h: np.ndarray,
+    sofa: np.ndarray,
+    si_times: np.ndarray,
+    first_hour: np.ndarray | None = None,
+    hour_end: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sepsis-3 onset per stay from candidate SI times (n_stays, k).
 
     Every qualifying SI is examined (as mimic-code does); the stay's Sepsis-3 is the earliest
     onset over SIs that have an hour with SOFA >= 2 in [SI - 48 h, SI + 24 h].
-    Returns (onset, SOFA-qualifying hour, SI time used); nan when not septic.
+    ``first_hour``: per stay, the first hour whose SOFA may define onset (the ICU admission
+    hour: mimic-code's SOFA exists for ICU hours only); ``hour_end``: an hour h counts at its
+    end, h + 1 (mimic-code's sofa endtime), for the window and the onset.
+    Returns (onset, SOFA-qualifying hour's time, SI time used); nan when not septic.
     """
+    if hour_end:
+        hourly_h = hourly_h + 1
+    if first_hour is not None:
+        keep = hourly_h >= first_hour[hourly_stay] + (1 if hour_end else 0)
+        hourly_stay, hourly_h, sofa = hourly_stay[keep], hourly_h[keep], sofa[keep]
     n = si_times.shape[0]
     best_onset = np.full(n, np.nan)
     best_hour = np.full(n, np.nan)

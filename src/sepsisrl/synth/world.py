@@ -124,6 +124,7 @@ def stay_tables(
         "antibiotic_h": sim.antibiotic_h,
         "antibiotic_stop_h": sim.antibiotic_stop_h,
         "escalation_h": sim.escalation_h,
+        "antibiotic_reorder_h": chunk.timeline.antibiotic_reorder_h,
     }
     return {
         "patients": tables.patients(chunk, rng),
@@ -254,11 +255,14 @@ def generate_world(
             "conventions": {
                 "times": "sidecar times are the world's de-identified clock, like the MIMIC tables",
                 "sofa": "true SOFA per hour: lab components every hour, bedside components in the "
-                "ICU only; each component worst in the trailing 24 h",
+                "ICU only; each component worst in the trailing 24 h; while ventilated, the GCS of "
+                "neurological function without sedation",
                 "suspected_infection": "culture then antibiotic within 72 h, or antibiotic then "
-                "culture within 24 h; time = earlier event of the pair",
-                "sepsis_onset": "first hour with SOFA >= 2 in [SI - 48 h, SI + 24 h]; onset = "
-                "min(SI, that hour); earliest over all qualifying SIs",
+                "culture within 24 h, the antibiotic started during the ICU stay (the ICU "
+                "re-order of a course running at admission included); time = earlier event "
+                "of the pair",
+                "sepsis_onset": "first ICU hour with SOFA >= 2 whose end lies in [SI - 48 h, "
+                "SI + 24 h]; onset = min(SI, that hour's end); earliest over all qualifying SIs",
                 "sepsis3_in_icu_window": "onset inside [intime - 6 h, outtime]",
                 "died_90d_after_onset": "death (in hospital or after discharge) within 90 days "
                 "of the Sepsis-3 onset",

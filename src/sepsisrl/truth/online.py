@@ -34,7 +34,9 @@ _KEY = {
     "inputevents": "stay_id",
     "outputevents": "stay_id",
     "icustays": "stay_id",
-    "labevents": "subject_id",  # labs are attributed to a stay by patient and time
+    # the patient's labs: build/sql/lab_measurements.sql attributes them to the stay (by
+    # admission or patient, labs.attribution) at their labs.time, as in the build
+    "labevents": "subject_id",
     "patients": "subject_id",
     "admissions": "hadm_id",
 }

@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepsisrl.build.config import BuildConfig, with_card_state
+from sepsisrl.build.config import BuildConfig
+from sepsisrl.build.conventions import complete_resolved_config
 from sepsisrl.build.state import FrozenStatistics
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.synth import catalog
@@ -98,7 +99,7 @@ class TruthContext:
                 f"`sepsisrl build --source {root} --workspace {ws}`"
             )
         world = read_json(world_path)
-        build_cfg = BuildConfig.model_validate(with_card_state(read_json(cfg_path)))
+        build_cfg = BuildConfig.model_validate(complete_resolved_config(read_json(cfg_path)))
         synth_cfg = SynthConfig.model_validate(world["config"])
         metas = sorted((ws / "replay").glob("*/meta.json"))
         if not metas:

@@ -1,7 +1,8 @@
 -- Study cohort (clinical_spec.md section 2): the unit is an ICU stay, one episode per patient.
 -- Rules in order; each excluded stay records the first rule it fails.
---   1 adult: anchor_age >= {{min_age}} (and <= max age when set)
---   2 demographics present: anchor_age and gender not null
+--   1 adult: age >= {{min_age}} (and <= max age when set)
+--   2 demographics present: age and gender not null
+-- Age (cohort.age): {{age_expr}}
 --   3 ICU length of stay >= {{min_los}} h
 --   4 Sepsis-3 met with onset inside [intime - {{before_intime}} h, outtime]
 --   5 first qualifying ICU stay per subject_id (by intime)   [or first ICU stay overall]
@@ -10,7 +11,7 @@
 WITH base AS (
     SELECT
         i.subject_id, i.hadm_id, i.stay_id, i.intime, i.outtime,
-        p.anchor_age, p.gender, p.dod, a.deathtime,
+        {{age_expr}} AS age, p.gender, p.dod, a.deathtime,
         o.si_time, o.sofa_time, o.onset_time,
         epoch(i.outtime - i.intime) / 3600.0 AS los_hours,
         row_number() OVER (PARTITION BY i.subject_id ORDER BY i.intime, i.stay_id) AS stay_rank
@@ -21,8 +22,8 @@ WITH base AS (
 ), ruled AS (
     SELECT *,
         CASE
-            WHEN anchor_age IS NOT NULL AND (anchor_age < {{min_age}} OR {{max_age_clause}}) THEN '1_not_adult'
-            WHEN anchor_age IS NULL OR gender IS NULL THEN '2_missing_demographics'
+            WHEN age IS NOT NULL AND (age < {{min_age}} OR {{max_age_clause}}) THEN '1_not_adult'
+            WHEN age IS NULL OR gender IS NULL THEN '2_missing_demographics'
             WHEN intime IS NULL OR outtime IS NULL OR los_hours < {{min_los}} THEN '3_icu_stay_under_min_hours'
             WHEN onset_time IS NULL THEN '4_no_sepsis3'
             WHEN onset_time < intime - INTERVAL {{before_intime}} HOUR OR onset_time > outtime
@@ -35,7 +36,7 @@ WITH base AS (
     FROM ruled
 )
 SELECT
-    subject_id, hadm_id, stay_id, intime, outtime, los_hours, anchor_age AS age, gender,
+    subject_id, hadm_id, stay_id, intime, outtime, los_hours, age, gender,
     si_time, sofa_time, onset_time, deathtime, dod,
     coalesce(deathtime, CAST(dod AS TIMESTAMP) + INTERVAL 12 HOUR) AS death_time,
     coalesce(coalesce(deathtime, CAST(dod AS TIMESTAMP) + INTERVAL 12 HOUR)

@@ -1,18 +1,22 @@
--- Sepsis-3 onset per ICU stay: for every suspected infection (SI) of the stay's admission, the
--- first hour with SOFA >= {{threshold}} (baseline assumed 0) in [SI - {{before}} h, SI + {{after}} h];
--- onset = min(SI time, that hour) (or the SI time, per `sepsis.onset`). The stay's Sepsis-3
--- onset is the earliest over its SIs.
+-- Sepsis-3 onset per ICU stay: for every suspected infection (SI) attributed to the stay, the
+-- first SOFA hour with SOFA >= {{threshold}} (baseline assumed 0) whose time lies in
+-- [SI - {{before}} h, SI + {{after}} h]; onset = min(SI time, that hour's time) (or the SI time, per
+-- `sepsis.onset`). The stay's Sepsis-3 onset is the earliest over its SIs.
+--   SIs of a stay (sepsis.si_attribution): {{si_join}}
+--   a SOFA hour's time (sepsis.sofa_time): its {{sofa_time}} (hour hr covers [starttime, endtime))
+--   SOFA hours that may define onset: hr >= -{{pre_icu_hours}} (hour 0 contains intime)
 WITH candidates AS (
     SELECT
         i.stay_id,
         s.si_time,
-        min(h.starttime) AS sofa_time
+        min(h.{{sofa_time}}) AS sofa_time
     FROM icustays i
-    JOIN suspicion s ON s.hadm_id = i.hadm_id
+    JOIN suspicion s ON {{si_join}}
     JOIN sofa_hourly h
       ON h.stay_id = i.stay_id
-     AND h.starttime >= s.si_time - INTERVAL {{before}} HOUR
-     AND h.starttime <= s.si_time + INTERVAL {{after}} HOUR
+     AND h.hr >= -{{pre_icu_hours}}
+     AND h.{{sofa_time}} >= s.si_time - INTERVAL {{before}} HOUR
+     AND h.{{sofa_time}} <= s.si_time + INTERVAL {{after}} HOUR
      AND h.sofa >= {{threshold}}
     GROUP BY i.stay_id, s.si_time
 ), onsets AS (
