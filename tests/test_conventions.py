@@ -104,6 +104,14 @@ def test_build_conventions_option_sets_the_profile_and_the_summary_says_which(tm
     assert docs["mimic-code"]["conventions"] == {
         "profile": "mimic-code", "differences_from_mimic_code": []
     }  # fmt: skip
+    # the study report's header names the profile and every switch that differs
+    from sepsisrl.study.report import build_conventions
+
+    assert build_conventions(tmp_path / "mimic-code").startswith("mimic-code (every definition")
+    legacy_line = build_conventions(tmp_path / "legacy")
+    assert legacy_line.startswith("legacy; differs from mimic-code in ")
+    assert all(c.key in legacy_line for c in REGISTRY)
+    assert build_conventions(tmp_path / "nowhere").startswith("undefined")
     res = runner.invoke(app, ["build", "--source", str(demo), "--workspace",
                               str(tmp_path / "x"), "--conventions", "mimic"])  # fmt: skip
     assert res.exit_code != 0 and "unknown conventions profile 'mimic'" in str(res.exception)

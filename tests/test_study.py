@@ -36,7 +36,7 @@ TINY = {
         "behaviour_cloning": {"algo": "bc"},
         "cql": {"algo": "cql", "grid": {"cql.alpha": [0.1, 5.0]}},
     },
-    "truth.patients": 80,
+    "truth.patients": 40,
     "workers": 1,
 }
 
@@ -318,7 +318,7 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     assert {Path(r).name for r in runs} | {b["name"] for b in final["baselines"]} == names
     for p in doc["policies"]:
         truth = _read(ws / p["truth"] / "truth.json")
-        assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 80
+        assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 40
         if p["role"] == "candidate":
             assert set(p["validation_estimates"]) >= {"fqe", "wdr", "wis"}
     assert set(doc["validation_vs_truth"]) >= {"fqe", "wdr", "wis"}

@@ -354,6 +354,7 @@ def _header(st: Study) -> list[Block]:
         ["Data source kind", source.get("kind", "undefined")],
         ["Data source version", source.get("version", "undefined")],
         ["Replay (reward variant)", meta_rel.rsplit("/", 1)[0]],
+        ["Clinical conventions", build_conventions(st.ws)],
         ["Profile", st.selection.get("profile", "undefined")],
         ["Selection split", st.selection.get("split", "undefined")],
         ["Final split", st.final.get("split", "undefined")],
@@ -366,6 +367,19 @@ def _header(st: Study) -> list[Block]:
         Heading(SECTIONS[0]),
         _table("study", ["Item", "Value"], rows),
     ]
+
+
+def build_conventions(ws: Path) -> str:
+    """The build's conventions profile and the switches that differ from mimic-code's
+    (``build_summary.json``; docs/build.md, "Clinical conventions")."""
+    path = ws / "build_summary.json"
+    conv = json.loads(path.read_text()).get("conventions") if path.is_file() else None
+    if not conv:
+        return "undefined (a build before the conventions were recorded: legacy)"
+    diff = [d["key"] for d in conv.get("differences_from_mimic_code", [])]
+    if not diff:
+        return f"{conv['profile']} (every definition as in MIT-LCP mimic-code)"
+    return f"{conv['profile']}; differs from mimic-code in {', '.join(diff)}"
 
 
 def build_warnings(ws: Path) -> list[Block]:
