@@ -314,18 +314,24 @@ def _timeline(
 def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np.ndarray]) -> Truth:
     hourly = sim.hourly
     k = sim.culture_h.shape[1]
-    si_all = suspected_infection_times(
+    cultures = (
         [sim.culture_h[:, j] for j in range(k)]
         + [sim.culture2_h[:, j] for j in range(k)]
-        + [tl.screen_h],
+        + [tl.screen_h]
+    )
+    antibiotics = (
         [sim.antibiotic_h[:, j] for j in range(k)]
         + [sim.escalation_h[:, j] for j in range(k)]
         + [tl.prophylaxis_h]
         # the ICU re-order of a course running at admission: what the build sees as an
         # antibiotic started during the stay
-        + [tl.antibiotic_reorder_h],
-        # mimic-code's Sepsis-3 (the build's default): antibiotics of the ICU stay, onset
-        # from ICU hours, a SOFA hour at its end
+        + [tl.antibiotic_reorder_h]
+    )
+    # mimic-code's Sepsis-3 (the build's default): antibiotics of the ICU stay, onset from
+    # ICU hours, a SOFA hour at its end
+    si_all = suspected_infection_times(
+        cultures,
+        antibiotics,
         antibiotic_window=(stays.pre_icu_h.astype(np.float64), sim.icu_end_h),
     )
     onset, sofa_hour, si_used = sepsis_onset(
@@ -336,15 +342,8 @@ def _truth(stays: Stays, sim: SimulationResult, tl: Timeline, sofa: dict[str, np
         first_hour=stays.pre_icu_h.astype(np.int64),
         hour_end=True,
     )
-    si_any = suspected_infection_times(
-        [sim.culture_h[:, j] for j in range(k)]
-        + [sim.culture2_h[:, j] for j in range(k)]
-        + [tl.screen_h],
-        [sim.antibiotic_h[:, j] for j in range(k)]
-        + [sim.escalation_h[:, j] for j in range(k)]
-        + [tl.prophylaxis_h]
-        + [tl.antibiotic_reorder_h],
-    )
+    # the consensus definition: every antibiotic of the admission, every hour, at its start
+    si_any = suspected_infection_times(cultures, antibiotics)
     consensus, _, _ = sepsis_onset(hourly["stay"], hourly["h"], sofa["sofa"], si_any)
     first_si = np.nanmin(np.where(np.isnan(si_all), np.inf, si_all), axis=1)
     si = np.where(np.isnan(si_used), np.where(np.isinf(first_si), np.nan, first_si), si_used)
