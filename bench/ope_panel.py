@@ -47,14 +47,7 @@ def main() -> None:
 
     import torch
 
-    from sepsisrl.build.config import load_build_config
-    from sepsisrl.build.pipeline import build
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
-    from sepsisrl.rl.config import load_train_config
-    from sepsisrl.rl.policies import SupportEdgePolicy, TrainedPolicy, softmax_of
-    from sepsisrl.rl.trainer import train
-    from sepsisrl.synth.config import load_synth_config
-    from sepsisrl.synth.world import generate_world
     from sepsisrl.truth.compare import compare, estimates_of
     from sepsisrl.truth.harness import compute_truth, population_for
     from sepsisrl.truth.policies import Network, world_policy
@@ -65,41 +58,11 @@ def main() -> None:
     ev_cfg = EvalConfig()  # the evaluation's defaults (the quick and card profiles use them)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cfg = load_synth_config(overrides={"charting.density": 0.0})
-        generate_world(root / "raw", args.stays, seed=args.world_seed, cfg=cfg)
-        build(root / "raw", root / "ws",
-              load_build_config(overrides={"state.variant": args.state_variant}))  # fmt: skip
-        ws = root / "ws"
-        replay = ws / "replay" / "sofa_shaped"
-        print(f"world {args.world_seed}: built in {time.perf_counter() - started:.0f} s")
-
-        trained = {  # (preset, overrides)
-            "bc": (None, {"algo": "bc"}),
-            "cql": (None, {"algo": "cql"}),
-            "iql_conservative_safe": ("iql_sofa_shaped_conservative_safe", {}),
-            "iql_baseline": ("iql_baseline", {}),
-        }
-        runs = {}
-        for name, (preset, over) in trained.items():
-            tcfg = load_train_config(
-                preset=preset, overrides={**over, "steps": args.train_steps, "seed": 42}
-            )
-            runs[name] = train(replay, tcfg, root / "runs" / name).run_dir
-        print(f"trained {len(runs)} policies at {time.perf_counter() - started:.0f} s")
-
-        # In-support policies that differ from the clinicians in truth: the least and the
-        # most intense action the clinicians plausibly take (BC probability >= 0.05). They
-        # give the panel evaluable policies with a spread of true values, so that a rank
-        # correlation among evaluable policies measures the estimator, not the truth's noise.
-        bc_prob = softmax_of(TrainedPolicy(runs["bc"]))
-        edges = {
-            f"support_{e}": SupportEdgePolicy(bc_prob, 25, e, SUPPORT_THRESHOLD, f"support_{e}")
-            for e in ("least", "most")
-        }
-        specs = ["clinician", "no_treatment", "random", *[f"constant:{k}" for k in CONSTANTS],
-                 "rule:map_lactate"]  # fmt: skip
-        panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
-        panel += [(n, p, "object") for n, p in edges.items()]
+        ws, replay, runs, panel = panel_world(
+            root, args.world_seed, args.stays, args.train_steps, args.state_variant
+        )
+        print(f"world {args.world_seed}: built and {len(runs)} policies trained at "
+              f"{time.perf_counter() - started:.0f} s")  # fmt: skip
         ctx = TruthContext.load(ws)
         pop = population_for(ctx, args.patients, args.truth_seed)
         print(f"population of {args.patients} patients at {time.perf_counter() - started:.0f} s")
@@ -154,6 +117,51 @@ def main() -> None:
         args.out.write_text(json.dumps({"world_seed": args.world_seed,
                                         "state_variant": args.state_variant, "rows": rows,
                                         "estimators": result}, indent=2) + "\n")  # fmt: skip
+
+
+def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
+                state_variant: str = "card"):  # fmt: skip
+    """The panel's world, build, trained runs and policy list (deterministic on CPU):
+    ``(workspace, replay, {name: run}, [(name, spec, kind)])``."""
+    from sepsisrl.build.config import load_build_config
+    from sepsisrl.build.pipeline import build
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.policies import SupportEdgePolicy, TrainedPolicy, softmax_of
+    from sepsisrl.rl.trainer import train
+    from sepsisrl.synth.config import load_synth_config
+    from sepsisrl.synth.world import generate_world
+
+    cfg = load_synth_config(overrides={"charting.density": 0.0})
+    generate_world(root / "raw", stays, seed=world_seed, cfg=cfg)
+    build(root / "raw", root / "ws", load_build_config(overrides={"state.variant": state_variant}))
+    ws = root / "ws"
+    replay = ws / "replay" / "sofa_shaped"
+    trained = {  # (preset, overrides)
+        "bc": (None, {"algo": "bc"}),
+        "cql": (None, {"algo": "cql"}),
+        "iql_conservative_safe": ("iql_sofa_shaped_conservative_safe", {}),
+        "iql_baseline": ("iql_baseline", {}),
+    }
+    runs = {}
+    for name, (preset, over) in trained.items():
+        tcfg = load_train_config(
+            preset=preset, overrides={**over, "steps": train_steps, "seed": 42}
+        )
+        runs[name] = train(replay, tcfg, root / "runs" / name).run_dir
+    # In-support policies that differ from the clinicians in truth: the least and the most
+    # intense action the clinicians plausibly take (BC probability >= 0.05). They give the
+    # panel evaluable policies with a spread of true values, so that a rank correlation among
+    # evaluable policies measures the estimator, not the truth's noise.
+    bc_prob = softmax_of(TrainedPolicy(runs["bc"]))
+    edges = {
+        f"support_{e}": SupportEdgePolicy(bc_prob, 25, e, SUPPORT_THRESHOLD, f"support_{e}")
+        for e in ("least", "most")
+    }
+    specs = ["clinician", "no_treatment", "random", *[f"constant:{k}" for k in CONSTANTS],
+             "rule:map_lactate"]  # fmt: skip
+    panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
+    panel += [(n, p, "object") for n, p in edges.items()]
+    return ws, replay, runs, panel
 
 
 def _fmt(x: float | None) -> str:

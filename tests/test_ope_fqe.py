@@ -96,3 +96,29 @@ def test_return_bounds_of_terminal_and_dense_rewards():
     assert return_bounds(np.array([0, 0, 15, 0, -15.0]), done, 0.99, 18) == (-15.0, 15.0)
     lo, hi = return_bounds(np.array([0.5, -1, 15, 0, -15.0]), done, 0.5, 3)
     assert (lo, hi) == (-15.0 * 1.75, 15.0 * 1.75)
+
+
+def test_full_fit_is_within_5_percent_and_centres_the_ci():
+    """The linear FQE's fit on every train patient (the point estimate) recovers the exact value;
+    the CI keeps the members' spread, shifted to be centred on it."""
+    from sepsisrl.ope.importance import ensemble_mean_ci
+
+    probs = np.zeros((N_POS, N_ACTIONS))
+    probs[:, 0], probs[:, 1] = 0.6, 0.4
+    exact = _exact(probs)
+    fqe, _ = _fit(simulate(np.random.default_rng(5), 30000), probs)
+    s0 = torch.from_numpy(np.eye(N_POS, dtype=np.float32)[[0]])
+    full = float((fqe.full_q_values(s0) * probs[[0]]).sum())
+    assert abs(full - exact) <= 0.05 * abs(exact), (full, exact)
+    members = fqe.state_values(s0, torch.from_numpy(probs[[0]].astype(np.float32)))  # (K, 1)
+    v0 = np.repeat(members, 20, axis=1)  # 20 identical initial states
+    plain = ensemble_mean_ci(v0, 500, 0)
+    centred = ensemble_mean_ci(v0, 500, 0, point=np.full(20, full))
+    shift = full - float(members.mean())
+    assert centred.estimate == pytest.approx(full)
+    assert centred.low == pytest.approx(plain.low + shift)
+    assert centred.high == pytest.approx(plain.high + shift)
+    # no full fit for the neural Q: the members' mean stays the estimate
+    mlp, _ = _fit(simulate(np.random.default_rng(6), 300), probs, model="mlp", members=2,
+                  max_steps=40, min_steps=20, eval_every=20)  # fmt: skip
+    assert mlp.full_q_values(s0) is None

@@ -106,6 +106,18 @@ def test_score_is_the_lower_bound_and_gates_and_seed_means():
     assert undefined["gates"]["evaluable"] is False and not undefined["passed"]
 
 
+def test_the_verdict_against_the_clinicians_compares_the_lower_bound_with_their_estimate():
+    clin = {"estimate": 3.0, "ci_low": 1.0, "ci_high": 5.0, "observed_return": 3.4}
+    better = sel.versus_clinicians({"score": 3.2, "estimate": 4.0}, clin, "fqe", "eval/c")
+    assert better["credibly_better"] is True and better["verdict"].startswith("credibly better")
+    # a higher point estimate is not enough: the lower bound must clear the clinicians
+    worse = sel.versus_clinicians({"score": 2.5, "estimate": 4.0}, clin, "fqe", "eval/c")
+    assert worse["credibly_better"] is False and "NOT credibly better" in worse["verdict"]
+    assert worse["clinician_observed_return"] == 3.4 and worse["clinician_ci"] == [1.0, 5.0]
+    none = sel.versus_clinicians({"score": None, "estimate": None}, clin, "fqe", "eval/c")
+    assert none["credibly_better"] is None and none["verdict"].startswith("undefined")
+
+
 def test_the_severe_flag_gate_can_be_the_clinicians_reference_level():
     rule = load_study_config("quick").selection
     assert rule.severe_flags_max == "clinicians"  # the default
@@ -245,6 +257,19 @@ def test_stage_one_and_two_use_validation_only(study):
             assert ev["importance_sampling"]["softening_eps"] == 0.0
     assert doc["selected"]["name"] in doc["finalists"]
     assert doc["rule"]["estimator"] == "fqe" and doc["rule"]["score"] == "fqe_ci_low"
+    # the verdict against the clinicians: their logged policy on the same VALIDATION split
+    vs = doc["selected"]["versus_clinicians"]
+    clin = _read(ws / vs["evaluation"] / "metrics.json")
+    assert clin["split"] == "validation" and clin["policy"]["name"] == "clinician"
+    assert vs["clinician_estimate"] == clin["metrics"]["fqe_mean"]
+    chosen = next(c for c in doc["candidates"] if c["name"] == doc["selected"]["name"])
+    assert vs["selected_score"] == chosen["score"]
+    if chosen["score"] is None or vs["clinician_estimate"] is None:  # the tiny study's fallback
+        assert vs["credibly_better"] is None and vs["verdict"].startswith("undefined")
+    else:
+        assert vs["credibly_better"] == (chosen["score"] > vs["clinician_estimate"])
+        assert ("NOT credibly" in vs["verdict"]) == (not vs["credibly_better"])
+    assert vs["clinician_observed_return"] == clin["metrics"]["observed_return_mean"]
     # the test split was read only after the selection had been written
     test_reads = [after for split, after in reads if split == "test"]
     assert test_reads and all(test_reads)
@@ -302,6 +327,8 @@ def test_the_release_and_the_report(study):
     assert "RESEARCH ONLY" in (rel / "README.md").read_text()
     html = (ws / "report" / "index.html").read_text()
     assert selected["name"] in html and "RESEARCH ONLY" in html
+    md = (ws / "report" / "report.md").read_text()
+    assert selected["versus_clinicians"]["verdict"] in md
     assert (ws / "report" / "report.md").is_file()
     phases = {e[0] for e in events}
     assert {"build", "behaviour", "stage 1", "stage 2", "final test", "export", "report"} <= phases

@@ -156,6 +156,7 @@ def run_actions(
     fbins = DoseBins(cfg.actions.fluid_bins).fit(fluid[train])
     vb, fb = vbins.transform(vaso), fbins.transform(fluid)
     action = (cfg.actions.fluid_bins * vb + fb).astype(np.int16)
+    first_hour = table["vaso_ne_rate_first_hour"].to_numpy()
     # cumulative treatment before each decision time: sum over the episode's earlier windows
     hours = cfg.episodes.step_hours
 
@@ -170,6 +171,7 @@ def run_actions(
             "action": action,
             "cum_iv_fluid_ml_before": cumulative_before(stay, fluid),
             "cum_vaso_dose_before": cumulative_before(stay, vaso * hours),
+            "vaso_ne_rate_first_hour": first_hour,
         }
     )
     pq.write_table(out_table, out / "step_actions.parquet")
@@ -198,4 +200,30 @@ def run_actions(
         "vaso_edges": bins_doc["vasopressor"]["edges"],
         "fluid_edges": bins_doc["iv_fluid"]["edges"],
         "action_counts": {labels[i]: int(c) for i, c in enumerate(counts)},
+        "within_window": within_window(vb, vbins.transform(first_hour)),
+    }
+
+
+def within_window(vaso_bin: np.ndarray, first_hour_bin: np.ndarray) -> dict[str, Any]:
+    """How often a logged action was decided inside its own window, not at its start.
+
+    A 4-hour action bins the treatment of the whole window; clinicians who titrate every hour
+    change it on what they see inside the window, so the logged action partly records the
+    window's own course. A policy that holds its action for the window (as the truth harness
+    and any deployment at 4-hour decisions do) is then evaluated against logs in which less
+    treatment goes with patients who stayed stable: every estimator that conditions on the
+    state over-values under-treatment (docs/evaluate.md, "Confounding"). Measured here on the
+    vasopressor: the share of windows whose vasopressor bin differs from the bin of the rate
+    of the window's first hour.
+    """
+    changed = vaso_bin != first_hour_bin
+    on = (vaso_bin > 0) | (first_hour_bin > 0)
+    return {
+        "vaso_bin_differs_from_first_hour": round(float(changed.mean()), 4)
+        if len(changed)
+        else None,
+        "vaso_bin_differs_from_first_hour_when_on": (
+            round(float(changed[on].mean()), 4) if on.any() else None
+        ),
+        "vaso_windows_on": int(on.sum()),
     }

@@ -85,7 +85,8 @@ class GateConfig:
     """Overlap and fit gates: an estimate that fails them is not evaluable (written as null)."""
 
     support_min: float = 0.95  # model gate: support mass of the evaluated policy
-    fqe_out_of_range_max: float = 0.01  # model gate: share of raw FQE values out of range
+    fqe_out_of_range_max: float = 0.05  # model gate: share of raw FQE state values (every
+    #   state of the split, every fit) out of range; and no fit's unclipped estimate may be
     fqe_range_margin: float = 0.05  # ... by more than this share of the range's width
     is_ess_min: float = 10.0  # IS gate: trajectory ESS (unsoftened unless configured)
     is_nonzero_min: float = 0.05  # IS gate: share of episodes with non-zero weight
@@ -400,19 +401,34 @@ def evaluate(
     v_all = np.einsum("kna,na->kn", q_all, pi_all)
     init = data.initial_mask()
     v0 = v_all[:, init]
-    raw_q0 = fqe.q_values(data.states[torch.from_numpy(init)], raw=True)
-    raw_v0 = np.einsum("kna,na->kn", raw_q0, pi_all[init])
+    # the range gate looks at the raw (unclipped) values of every fit at EVERY state of the
+    # split, not only the initial ones: a run-away FQE leaves the range almost everywhere,
+    # while a single unusual initial state among ~100 is extrapolation, not divergence
+    raw_v = np.einsum("kna,na->kn", fqe.q_values(data.states, raw=True), pi_all)
+    # the fit on every train patient (linear FQE): the point estimate; the members: its spread
+    q_full = fqe.full_q_values(data.states)
+    if q_full is not None:
+        v_full = np.einsum("na,na->n", q_full, pi_all)
+        raw_full = np.einsum("na,na->n", fqe.full_q_values(data.states, raw=True), pi_all)
+        raw_v = np.vstack([raw_v, raw_full[None]])
     margin = cfg.gates.fqe_range_margin * (hi - lo)
-    out_of_range = float(np.mean((raw_v0 < lo - margin) | (raw_v0 > hi + margin)))
-    fqe_ci = ensemble_mean_ci(v0, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    out_of_range = float(np.mean((raw_v < lo - margin) | (raw_v > hi + margin)))
+    raw_estimates = raw_v[:, init].mean(1)  # every fit's unclipped estimate
+    estimate_out = bool(np.any((raw_estimates < lo - margin) | (raw_estimates > hi + margin)))
+    fqe_ci = ensemble_mean_ci(v0, cfg.bootstrap_resamples, cfg.bootstrap_seed,
+                              point=None if q_full is None else v_full[init])  # fmt: skip
     # WDR: TD errors of every member along the logged episodes, weights of the policy as evaluated
     next_rows = data.next_index.numpy()
     dones = data.dones.numpy()
     q_taken = q_all[:, rows, actions]
     delta = rewards + meta.gamma * (1.0 - dones) * v_all[:, next_rows] - q_taken  # (K, N)
     delta_et = np.stack([step_matrix(d, idx) for d in delta])
+    point = None
+    if q_full is not None:
+        d_full = rewards + meta.gamma * (1.0 - dones) * v_full[next_rows] - q_full[rows, actions]
+        point = (step_matrix(d_full, idx), v_full[init])
     wdr_raw = wdr_with_ci(w_et, delta_et, v0, meta.gamma, cfg.bootstrap_resamples,
-                          cfg.bootstrap_seed)  # fmt: skip
+                          cfg.bootstrap_seed, point=point)  # fmt: skip
     # The true value lies in the attainable range, so projecting the estimate and its CI
     # onto it never moves them away from the truth (the importance-weighted corrections of
     # WDR are not a convex combination of returns and can leave it); the raw values are kept.
@@ -430,7 +446,13 @@ def evaluate(
         )
     if out_of_range > cfg.gates.fqe_out_of_range_max:
         model_reasons.append(
-            f"{out_of_range:.1%} of raw FQE values leave the attainable range [{lo:g}, {hi:g}]"
+            f"{out_of_range:.1%} of raw FQE state values leave the attainable range "
+            f"[{lo:g}, {hi:g}]"
+        )
+    if estimate_out:
+        model_reasons.append(
+            f"an unclipped FQE estimate leaves the attainable range [{lo:g}, {hi:g}]: "
+            f"{', '.join(f'{x:.2f}' for x in raw_estimates)}"
         )
     if overlap["support_mass"] < cfg.gates.support_min:
         model_reasons.append(
@@ -572,10 +594,20 @@ def evaluate(
             **fqe_fit.to_json(),
             "attainable_range": [lo, hi],
             "raw_out_of_range_share": out_of_range,
+            "raw_out_of_range_measured_on": "every state of the split, every fit",
+            "raw_estimates": [float(x) for x in raw_estimates],
             "member_values": [float(x) for x in v0.mean(1)],
+            "point_estimate": "fit on every train patient"
+            if q_full is not None
+            else "ensemble mean",
             "bootstrap": fqe_ci.to_json(),
-            "fit_on": "train (bootstrap resamples of train patients; out-of-bag patients stop "
-            "each iteration)",
+            "fit_on": "train (bootstrap resamples of train patients; out-of-bag patients choose "
+            "each iteration's penalty"
+            + (
+                "; the point estimate refits every train patient with the members' median penalty)"
+                if q_full is not None
+                else ")"
+            ),
         },
         "wdr": {
             "bootstrap": wdr_ci.to_json(),
@@ -586,7 +618,8 @@ def evaluate(
                 or not lo <= wdr_raw.high <= hi
             ),
             "weighted_share": _weighted_share(w_et),
-            "control_variate": "FQE ensemble (each bootstrap resample draws one member)",
+            "control_variate": "FQE fit on every train patient (the estimate); the ensemble "
+            "(each bootstrap resample draws one member) for the CI",
         },
         "importance_sampling": {
             "evaluable": is_ok,

@@ -2,13 +2,18 @@
 
 Two function classes share the procedure below (``FQEConfig.model``):
 
-- ``linear`` (default): Q(s, a) = phi(s) . (w + u_a), phi(s) = [1, s], a ridge regression with a
-  shared weight vector w and per-action deviations u_a (penalised by ``ridge``, so rarely taken
-  actions shrink towards the shared model rather than to noise). Each iteration is solved in
-  closed form (one Cholesky factor per member and penalty, reused by every iteration), so the
-  fit does exactly what the regression asks - no optimiser lag, no SGD noise - and the penalty
-  of every iteration is the one with the lowest held-out error on the member's out-of-bag
-  patients. It is deterministic and takes seconds.
+- ``linear`` (default): Q(s, a) = phi(s) . w + [1, s] . u_a, a ridge regression with a shared
+  value of the state and per-action deviations u_a that are linear in the state (penalised by
+  ``ridge``, so rarely taken actions shrink towards the shared model rather than to noise). The
+  shared basis (``basis``) is ``hinge`` by default: phi(s) = [1, s, max(0, s_j - t)] with t
+  the train quartiles of every feature (a piecewise-linear value of each feature); ``linear``
+  keeps phi(s) = [1, s]. The point estimate comes from a fit on every train patient
+  (``full_fit``); the bootstrap members below give its uncertainty (docs/evaluate.md: on the
+  clinicians' own policy the members' mean was biased low by ~0.9 return units in-sample).
+  Each iteration is solved in closed form (one Cholesky factor per member and penalty, reused
+  by every iteration), so the fit does exactly what the regression asks - no optimiser lag,
+  no SGD noise - and the penalty of every iteration is the one with the lowest held-out error
+  on the member's out-of-bag patients. It is deterministic and takes seconds.
 - ``mlp``: a neural Q (``hidden``) trained by Adam per iteration, warm-started from the previous
   one. Measured on the quick synthetic world (docs/evaluate.md): with a few hundred train
   episodes the held-out error stops improving within a few hundred steps, every iteration then
@@ -59,6 +64,7 @@ class FQEConfig:
     model: str = "linear"  # linear (closed-form ridge) | mlp
     ridge: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # linear: per-action penalties tried
     ridge_shared: float = 1e-4  # linear: penalty of the shared weights
+    basis: str = "hinge"  # shared basis: hinge = [1, s, max(0, s_j - train quartile)] | linear
     hidden: tuple[int, ...] = (128, 128)
     lr: float = 1e-3
     batch_size: int = 512
@@ -74,6 +80,10 @@ class FQEConfig:
     holdout_fraction: float = 0.15  # with one member: held-out share of train patients
     grad_clip: float = 10.0
     seed: int = 0
+    # linear: also fit on every train patient once; the point estimate comes from this fit and
+    # the members only give its uncertainty (a member sees ~63 % of the patients, and its
+    # small-sample bias would otherwise move the estimate; docs/evaluate.md)
+    full_fit: bool = True
 
 
 @dataclass
@@ -157,7 +167,11 @@ class FQE:
             raise ValueError(f"FQE members must be >= 1, got {cfg.members}")
         if cfg.model not in ("linear", "mlp"):
             raise ValueError(f"FQE model must be 'linear' or 'mlp', got {cfg.model!r}")
-        self.W: np.ndarray | None = None  # linear model: (K, D + 1, A)
+        if cfg.basis not in ("linear", "hinge"):
+            raise ValueError(f"FQE basis must be 'linear' or 'hinge', got {cfg.basis!r}")
+        self.W: np.ndarray | None = None  # linear model: (K, coefficients)
+        self.W_full: np.ndarray | None = None  # linear model, full fit: (coefficients,)
+        self.knots: tuple[np.ndarray, np.ndarray] | None = None  # basis="hinge": (columns, knots)
         self.n_actions = n_actions
         self.cfg, self.gamma = cfg, gamma
         self.lo, self.hi = float(bounds[0]), float(bounds[1])
@@ -233,78 +247,144 @@ class FQE:
         return fit, held
 
     # ------------------------------------------------------------------ linear model
-    @staticmethod
-    def _phi(states: np.ndarray) -> np.ndarray:
+    def _bases(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shared basis, per-action basis) of states: [1, s] for the per-action deviations;
+        the shared part adds, with ``basis="hinge"``, max(0, s_j - t) at the train quartiles
+        t of every feature (a piecewise-linear value of each feature, fitted on train)."""
         x = np.asarray(states, np.float64)
-        return np.hstack([np.ones((len(x), 1)), x])
+        lin = np.hstack([np.ones((len(x), 1)), x])
+        if self.knots is None:
+            return lin, lin
+        cols, knots = self.knots
+        return np.hstack([lin, np.maximum(0.0, x[:, cols] - knots)]), lin
+
+    def _fit_knots(self, states: np.ndarray) -> None:
+        self.knots = None
+        if self.cfg.basis != "hinge":
+            return
+        x = np.asarray(states, np.float64)
+        cols, knots = [], []
+        for j in range(x.shape[1]):
+            lo, hi = x[:, j].min(), x[:, j].max()
+            for t in np.unique(np.quantile(x[:, j], (0.25, 0.5, 0.75))):
+                if lo < t < hi:  # a knot at an end of the range adds nothing
+                    cols.append(j)
+                    knots.append(t)
+        self.knots = (np.array(cols, dtype=np.int64), np.array(knots))
+
+    @staticmethod
+    def _q(ps: np.ndarray, pa: np.ndarray, beta: np.ndarray, n_actions: int) -> np.ndarray:
+        """Q(s, .) (n, A) of coefficients beta = [w (Ds), u_0 (Da), ..., u_{A-1} (Da)]."""
+        ds, da = ps.shape[1], pa.shape[1]
+        return (ps @ beta[:ds])[:, None] + pa @ beta[ds:].reshape(n_actions, da).T
 
     def _linear_q(self, states: np.ndarray) -> np.ndarray:
         if self.W is None:
             raise RuntimeError("the FQE has not been fitted")
-        return np.matmul(self._phi(states)[None], self.W)
+        ps, pa = self._bases(states)
+        return np.stack([self._q(ps, pa, b, self.n_actions) for b in self.W])
+
+    @staticmethod
+    def _gram(ps: np.ndarray, pa: np.ndarray, a: np.ndarray, c: np.ndarray, A: int) -> np.ndarray:
+        """Weighted Gram matrix of x_i = [ps_i, e_{a_i} (x) pa_i] in blocks."""
+        ds, da = ps.shape[1], pa.shape[1]
+        gram = np.zeros((ds + da * A, ds + da * A))
+        cps = ps * c[:, None]
+        gram[:ds, :ds] = cps.T @ ps
+        for k in range(A):
+            rows = a == k
+            blk = slice(ds + da * k, ds + da * (k + 1))
+            gram[:ds, blk] = cps[rows].T @ pa[rows]
+            gram[blk, :ds] = gram[:ds, blk].T
+            gram[blk, blk] = (pa[rows] * c[rows, None]).T @ pa[rows]
+        return gram
 
     def _fit_linear(
         self, train: dict[str, torch.Tensor], groups: np.ndarray, result: FQEResult
     ) -> FQEResult:
-        """Closed-form ridge per iteration: minimise over W = w + u_a
-        sum_i c_i (y_i - phi_i . (w + u_{a_i}))^2 / n + ridge_shared |w|^2 + ridge |u|^2."""
+        """Closed-form ridge per iteration: minimise over Q(s, a) = ps(s) . w + pa(s) . u_a
+        sum_i c_i (y_i - Q(s_i, a_i))^2 / n + ridge_shared |w|^2 + ridge |u|^2 (intercept free)."""
         cfg, A = self.cfg, self.n_actions
-        phi, phi_next = self._phi(train["s"].numpy()), self._phi(train["s_next"].numpy())
+        self._fit_knots(train["s"].numpy())
+        ps, pa = self._bases(train["s"].numpy())
+        ps_next, pa_next = self._bases(train["s_next"].numpy())
         a = train["a"].numpy()
         r = train["r"].numpy().astype(np.float64)
         cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
         pi_next = train["pi_next"].numpy().astype(np.float64)
-        n, d = phi.shape
+        n, ds, da = len(a), ps.shape[1], pa.shape[1]
         onehot = np.zeros((n, A))
         onehot[np.arange(n), a] = 1.0
         fit_rows, held_rows = self._member_rows(np.asarray(groups))
         penalties = [float(x) for x in cfg.ridge]
+
+        def factor(gram: np.ndarray, lam: float) -> torch.Tensor:
+            reg = np.r_[0.0, np.full(ds - 1, cfg.ridge_shared), np.full(da * A, lam)]
+            return torch.linalg.cholesky(torch.from_numpy(gram + np.diag(reg + 1e-10)))
+
+        def rhs(weights: np.ndarray) -> np.ndarray:
+            return np.concatenate(
+                [ps.T @ weights, ((onehot * weights[:, None]).T @ pa).reshape(-1)]
+            )
+
+        def values(beta: np.ndarray) -> np.ndarray:  # sum_a' pi(a'|s') clip(Q(s', a'))
+            q = np.clip(self._q(ps_next, pa_next, beta, A), self.lo, self.hi)
+            return (q * pi_next).sum(1)
+
         solvers = []  # per member: weights c, held rows, one Cholesky factor per penalty
         for m in range(cfg.members):
             c = np.bincount(fit_rows[m], minlength=n).astype(np.float64)
-            total = max(c.sum(), 1.0)
-            # Gram matrix of x_i = [phi_i, e_{a_i} (x) phi_i] in blocks (shared, per action)
-            cphi = phi * (c / total)[:, None]
-            per_action = np.stack([cphi[a == k].T @ phi[a == k] for k in range(A)])  # (A, D, D)
-            gram = np.zeros((d * (A + 1), d * (A + 1)))
-            gram[:d, :d] = per_action.sum(0)
-            for k in range(A):
-                blk = slice(d * (k + 1), d * (k + 2))
-                gram[:d, blk] = gram[blk, :d] = gram[blk, blk] = per_action[k]
-            factors = []
-            for lam in penalties:
-                reg = np.r_[0.0, np.full(d - 1, cfg.ridge_shared), np.full(d * A, lam)]
-                factors.append(torch.linalg.cholesky(torch.from_numpy(gram + np.diag(reg + 1e-10))))
-            solvers.append((c / total, held_rows[m], factors))
-        self.W = np.zeros((cfg.members, d, A))
+            c /= max(c.sum(), 1.0)
+            gram = self._gram(ps, pa, a, c, A)
+            solvers.append((c, held_rows[m], [factor(gram, lam) for lam in penalties]))
+        # the full fit: every train patient once; each iteration takes the penalty most of the
+        # members chose on their out-of-bag patients (it has no held-out patients of its own)
+        full_gram = self._gram(ps, pa, a, np.full(n, 1.0 / n), A) if cfg.full_fit else None
+        full_factors: dict[int, torch.Tensor] = {}
+        size = ds + da * A
+        self.W = np.zeros((cfg.members, size))
+        self.W_full = np.zeros(size) if cfg.full_fit else None
         for k in range(1, result.horizon + 1):
-            if k > 1:
-                q_next = np.clip(np.matmul(phi_next[None], self.W), self.lo, self.hi)
-                v_next = (q_next * pi_next[None]).sum(2)
-            else:
-                v_next = np.zeros((cfg.members, n))
-            y = np.clip(r[None, :] + cont[None, :] * v_next, self.lo, self.hi)
             chosen, held_mse = [], []
             new_w = np.empty_like(self.W)
-            for m, (cw, held, factors) in enumerate(solvers):
-                wy = phi * (cw * y[m])[:, None]
-                rhs = np.concatenate([wy.sum(0), (onehot.T @ wy).reshape(-1)])
+            for m, (cw, h, factors) in enumerate(solvers):
+                v_next = values(self.W[m]) if k > 1 else np.zeros(n)
+                y = np.clip(r + cont * v_next, self.lo, self.hi)
+                b = torch.from_numpy(rhs(cw * y))[:, None]
                 best = (math.inf, 0, None)
                 for j, chol in enumerate(factors):
-                    beta = torch.cholesky_solve(torch.from_numpy(rhs)[:, None], chol)[:, 0].numpy()
-                    W = beta[:d, None] + beta[d:].reshape(A, d).T  # (D, A)
-                    pred = np.einsum("nd,nd->n", phi[held], W[:, a[held]].T)
-                    mse = float(np.mean((pred - y[m, held]) ** 2)) if len(held) else 0.0
+                    beta = torch.cholesky_solve(b, chol)[:, 0].numpy()
+                    pred = self._q(ps[h], pa[h], beta, A)[np.arange(len(h)), a[h]]
+                    mse = float(np.mean((pred - y[h]) ** 2)) if len(h) else 0.0
                     if mse < best[0]:
-                        best = (mse, j, W)
+                        best = (mse, j, beta)
                 new_w[m] = best[2]
                 chosen.append(penalties[best[1]])
                 held_mse.append(best[0])
+            if self.W_full is not None:
+                # targets of the full fit from its own previous iterate
+                v_full = values(self.W_full) if k > 1 else np.zeros(n)
+                y_full = np.clip(r + cont * v_full, self.lo, self.hi)
+                j = int(np.median([penalties.index(x) for x in chosen]))
+                if j not in full_factors:
+                    full_factors[j] = factor(full_gram, penalties[j])
+                b = torch.from_numpy(rhs(y_full / n))[:, None]
+                self.W_full = torch.cholesky_solve(b, full_factors[j])[:, 0].numpy()
             self.W = new_w
-            result.iterations.append({"iteration": k, "steps": 0, "capped": False,
-                                      "holdout_mse": float(np.mean(held_mse)),
-                                      "ridge": chosen})  # fmt: skip
+            record = {"iteration": k, "steps": 0, "capped": False,
+                      "holdout_mse": float(np.mean(held_mse)), "ridge": chosen}  # fmt: skip
+            if self.W_full is not None:
+                record["ridge_full"] = penalties[j]
+            result.iterations.append(record)
         return result
+
+    def full_q_values(self, states: torch.Tensor, raw: bool = False) -> np.ndarray | None:
+        """Q(s, .) of the fit on every train patient, (N, A) (None: no full fit)."""
+        if getattr(self, "W_full", None) is None:
+            return None
+        ps, pa = self._bases(states.numpy())
+        q = self._q(ps, pa, self.W_full, self.n_actions)
+        return q if raw else np.clip(q, self.lo, self.hi)
 
     def fit(
         self, train: dict[str, torch.Tensor], groups: np.ndarray, longest_episode: int

@@ -185,18 +185,27 @@ def _percentile_ci(
     return BootstrapCI(float(estimate), float(lo), float(hi), resamples, seed)
 
 
-def ensemble_mean_ci(v0: np.ndarray, resamples: int = 2000, seed: int = 0) -> BootstrapCI:
+def ensemble_mean_ci(
+    v0: np.ndarray, resamples: int = 2000, seed: int = 0, point: np.ndarray | None = None
+) -> BootstrapCI:
     """Mean initial-state value with a CI over patients AND the model's own uncertainty.
 
     ``v0``: (K, E) values of K bootstrap-ensemble members at E evaluated initial states.
-    Resample b draws patients with replacement and uses member b mod K; the estimate is the
-    ensemble mean.
+    Resample b draws patients with replacement and uses member b mod K. The estimate is the
+    ensemble mean, or, with ``point`` (E,) the values of a fit on every train patient, that
+    fit's mean; the members then give the spread only (their distribution is shifted to be
+    centred on the point estimate).
     """
     k, e = v0.shape
     counts = bootstrap_counts(e, resamples, seed)
     member = np.arange(resamples) % k
     stats = np.einsum("re,re->r", counts, v0[member]) / e
-    return _percentile_ci(float(v0.mean()), stats, resamples, seed)
+    estimate = float(v0.mean())
+    if point is not None:
+        full = float(np.mean(point))
+        stats = stats + (full - estimate)
+        estimate = full
+    return _percentile_ci(estimate, stats, resamples, seed)
 
 
 def wdr_with_ci(
@@ -206,11 +215,14 @@ def wdr_with_ci(
     gamma: float,
     resamples: int = 2000,
     seed: int = 0,
+    point: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> BootstrapCI:
     """WDR with a patient-bootstrap CI that also draws the control variate from the ensemble.
 
     ``delta``: (K, E, H) TD errors of each member, ``v0``: (K, E) its initial-state values; the
-    estimate is the mean of the members' WDR (WDR is linear in Q: the WDR of the mean Q).
+    estimate is the mean of the members' WDR (WDR is linear in Q: the WDR of the mean Q), or,
+    with ``point`` = (delta (E, H), v0 (E,)) of a fit on every train patient, that fit's WDR,
+    the members' distribution shifted to be centred on it.
     """
     k, e = v0.shape
     estimate = float(np.mean([wdr(w_et, delta[m], v0[m], gamma) for m in range(k)]))
@@ -220,6 +232,10 @@ def wdr_with_ci(
         rows = np.arange(m, resamples, k)
         c = counts[rows]
         stats[rows] = c @ v0[m] / e + wdr_terms(w_et, delta[m], gamma, c)
+    if point is not None:
+        full = float(wdr(w_et, point[0], point[1], gamma))
+        stats = stats + (full - estimate)
+        estimate = full
     return _percentile_ci(estimate, stats, resamples, seed)
 
 

@@ -471,6 +471,7 @@ class Study:
         self.collect(finalists)
         stage1_ranks = {c["name"]: c["rank"] for c in ranked}
         selected = sel.choose(finalists, rule)
+        selected["versus_clinicians"] = self.versus_clinicians(finalists, selected)
         for c in cands:
             c["stage1_rank"] = stage1_ranks[c["name"]]
         doc = {
@@ -485,6 +486,26 @@ class Study:
         }
         write_json(self.ws / "study" / "selection.json", doc)
         return doc
+
+    def versus_clinicians(
+        self, finalists: list[dict[str, Any]], selected: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The selected configuration against the clinicians, on VALIDATION, by the selection's
+        estimator (the clinicians' own logged policy, evaluated by the same code)."""
+        chosen = next(c for c in finalists if c["name"] == selected["name"])
+        out, espec = self.eval_unit("clinician", "named", chosen["reward"],
+                                    "clinician-validation", final=False)  # fmt: skip
+        self.run_units("clinicians (validation)", [
+            {"label": "clinician", "threads": self.cfg.threads_per_worker, "eval": espec}
+        ])  # fmt: skip
+        doc = read_json(out / "metrics.json")
+        if doc["split"] != "validation":
+            raise StudyError(f"{self.rel(out)}: selection may only use validation")
+        clin = sel.selection_metrics(doc, self.cfg.selection.estimator)
+        clin["observed_return"] = doc["metrics"].get("observed_return_mean")
+        return sel.versus_clinicians(
+            chosen, clin, self.cfg.selection.estimator, self.rel(out)
+        )  # fmt: skip
 
     def final(self, selection: dict[str, Any]) -> dict[str, Any]:
         """The only phase that reads the test split; runs after selection.json is written."""

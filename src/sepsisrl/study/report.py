@@ -470,11 +470,26 @@ def _actions(st: Study) -> list[Block]:
         ["Vasopressor bin edges", ", ".join(_fmt(x) for x in vaso)],
         ["IV fluid bin edges", ", ".join(_fmt(x) for x in fluid)],
     ]
+    ww = audit.get("within_window") or {}
+    if ww:
+        stats.append([
+            "Vasopressor windows titrated inside the window (bin differs from the first hour's)",
+            f"{_fmt(ww.get('vaso_bin_differs_from_first_hour_when_on'))} of "
+            f"{_fmt(ww.get('vaso_windows_on'))} windows with a vasopressor",
+        ])  # fmt: skip
     rows = [f"V{i}" for i in range(5)]
     fig = _heatmap(grid, rows, [f"F{j}" for j in range(5)], "Logged clinician actions")
     return [
         Heading(SECTIONS[3]),
         Text("Action = 5 × vasopressor bin + IV fluid bin (25 actions)."),
+        Text(
+            "A logged action bins the treatment of its whole 4-hour window, and clinicians "
+            "titrate inside it on what they see; a policy holds its action for the window. Less "
+            "logged treatment then goes with windows in which the patient stayed stable, and "
+            "every estimator that conditions on the state over-values treating less (see the "
+            "titration share below and docs/evaluate.md, 'Confounding').",
+            "note",
+        ),
         _table("action-stats", ["Quantity", "Value"], stats),
         _table(
             "action-bins", ["Bin", f"Vasopressor ({units[0]})", f"IV fluid ({units[1]})"], edge_rows
@@ -641,7 +656,12 @@ def _selection(st: Study) -> list[Block]:
         ["Run", sel.get("run", "")],
         ["Fallback used", _fmt(bool(sel.get("fallback")))],
         ["Reason", sel.get("reason", "")],
-    ]
+        ["Against the clinicians (validation)",
+         sel.get("versus_clinicians", {}).get("verdict", "not recorded")],
+        ["Clinicians: estimate vs their observed mean return (validation; on-policy check)",
+         f"{_fmt_est(sel.get('versus_clinicians', {}).get('clinician_estimate'))} vs "
+         f"{_fmt_est(sel.get('versus_clinicians', {}).get('clinician_observed_return'))}"],
+    ]  # fmt: skip
     chosen_cand = [c for c in st.candidates if c["name"] == sel["name"]]
     hyper = chosen_cand[0].get("hyperparameters", {}) if chosen_cand else {}
     return [

@@ -23,6 +23,11 @@ Rule (``configs/study.yaml`` -> ``selection``; written into ``study/selection.js
 6. Fallback, explicit: when no finalist passes every gate, the selected configuration is the
    first finalist in the safety-first order of point 4; ``selected.fallback`` is true and the
    selection record and report say which gates failed.
+7. Against the clinicians (a verdict, not a gate): the clinicians' logged policy is evaluated
+   on the same validation split by the same estimator; ``selected.versus_clinicians`` records
+   whether the selected configuration's score (its lower bound) exceeds the clinicians'
+   estimate, and the report says so. A study whose selection is not credibly better than the
+   clinicians has not found a better policy, whatever it exports.
 
 Only validation metrics enter; the test split is not read until a selection has been written,
 and the simulator's truth (``study/truth.json``) is computed after it and read by nothing here.
@@ -188,6 +193,37 @@ def choose(finalists: list[dict[str, Any]], rule: SelectionSection) -> dict[str,
             "reason": reason}  # fmt: skip
 
 
+def versus_clinicians(
+    chosen: dict[str, Any], clinicians: dict[str, Any], estimator: str, evaluation: str
+) -> dict[str, Any]:
+    """Whether the selected configuration is credibly better than the clinicians (validation):
+    its score (mean over seeds of the lower CI bound) above the clinicians' point estimate."""
+    score, est = chosen.get("score"), clinicians.get("estimate")
+    better = None if score is None or est is None else bool(score > est)
+    if better is None:
+        verdict = "undefined: an estimate is not evaluable"
+    elif better:
+        verdict = (f"credibly better than the clinicians by {estimator}: lower bound "
+                   f"{score:.3f} > clinicians' {est:.3f}")  # fmt: skip
+    else:
+        verdict = (f"NOT credibly better than the clinicians by {estimator}: lower bound "
+                   f"{score:.3f} <= clinicians' {est:.3f}")  # fmt: skip
+    return {
+        "estimator": estimator,
+        "split": "validation",
+        "selected_score": score,
+        "selected_estimate": chosen.get("estimate"),
+        "clinician_estimate": est,
+        "clinician_ci": [clinicians.get("ci_low"), clinicians.get("ci_high")],
+        # on-policy calibration: the estimator on the clinicians' own policy against the mean
+        # return their validation episodes actually had (no model, no weights)
+        "clinician_observed_return": clinicians.get("observed_return"),
+        "credibly_better": better,
+        "verdict": verdict,
+        "evaluation": evaluation,
+    }
+
+
 def rule_document(cfg: StudyConfig) -> dict[str, Any]:
     r = cfg.selection
     return {
@@ -210,5 +246,9 @@ def rule_document(cfg: StudyConfig) -> dict[str, Any]:
             "when no finalist passes every gate: safety first - the finalist with the fewest "
             "severe flags, then passing the low-support gate, then evaluable, then the best "
             "score; recorded as selected.fallback = true"
+        ),
+        "versus_clinicians": (
+            "a verdict, not a gate: credibly better when the selected score (lower CI bound) "
+            "exceeds the clinicians' estimate on the same validation split"
         ),
     }

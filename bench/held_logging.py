@@ -1,0 +1,229 @@
+"""Is the estimators' error in the estimators or in the logged data? The OPE panel on held logs.
+
+Usage:  python bench/held_logging.py --world-seed S --panel bench/results/ope_panel-S.json
+                                     [--logs held|clinicians] [--patients 3000] [--seed 1]
+                                     [--out FILE]
+
+The simulated clinicians titrate every hour on what they see, so a logged 4-hour action partly
+records what happened inside its own window. A policy that the truth harness evaluates holds
+its action for the whole window. This benchmark removes exactly that difference and nothing
+else: in the same world, with the same panel policies (rebuilt and retrained exactly as
+``bench/ope_panel.py`` does, deterministic on CPU), it logs a fresh dataset in which every
+4-hour decision is drawn from the behaviour-cloning estimate of the clinicians' action
+probabilities and **held** for the window (the truth harness's semantics), with everything
+else (antibiotics, ventilation, care outside the grid) left to the simulated clinicians. The
+states are the build's states computed online at each decision (the harness's parity-checked
+state function), the evaluation reward is the terminal +-15 of the episode's true 90-day
+outcome. It then runs the project's full evaluation of every panel policy on that dataset's
+test split and compares the estimates with the truth values of the panel file (same world,
+same policies, same truth patients).
+
+If the estimators agree with the truth on held logs but not on the clinicians' own logs, the
+error comes from within-window titration in the data, not from the estimators.
+
+``--logs clinicians`` skips the held log and re-runs the evaluation of every panel policy on the
+world's own replay with the current estimators (the truth of a panel policy does not depend on
+the estimator, so a change to an estimator is measured in minutes, not in a full panel run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ope_panel import panel_world  # bench/ is the script's folder: the panel's own policies
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--world-seed", type=int, required=True)
+    ap.add_argument("--panel", type=Path, required=True, help="ope_panel.py --out file (truth)")
+    ap.add_argument("--stays", type=int, default=2000)
+    ap.add_argument("--train-steps", type=int, default=1000)
+    ap.add_argument("--patients", type=int, default=3000, help="patients of the held log")
+    ap.add_argument("--seed", type=int, default=1, help="population seed of the held log")
+    ap.add_argument("--logs", choices=("held", "clinicians"), default="held")
+    ap.add_argument("--fqe-basis", choices=("linear", "hinge"), default=None,
+                    help="the FQE's shared basis (default: the evaluation's default)")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    panel = json.loads(args.panel.read_text())
+    if panel["world_seed"] != args.world_seed:
+        raise SystemExit(f"{args.panel} is the panel of world {panel['world_seed']}")
+    truth = {r["policy"]: r for r in panel["rows"]}
+
+    import torch
+
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+    from sepsisrl.ope.fqe import FQEConfig
+    from sepsisrl.rl.policies import TrainedPolicy, softmax_of
+    from sepsisrl.truth.compare import compare, estimates_of
+    from sepsisrl.truth.harness import population_for
+    from sepsisrl.truth.world import TruthContext
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    ev_cfg = EvalConfig()
+    if args.fqe_basis:
+        ev_cfg = EvalConfig(fqe=FQEConfig(basis=args.fqe_basis))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ws, replay, runs, jobs = panel_world(root, args.world_seed, args.stays, args.train_steps)
+        bc_prob = softmax_of(TrainedPolicy(runs["bc"]))
+        ctx = TruthContext.load(ws)
+        pop = population_for(ctx, args.patients, args.seed) if args.logs == "held" else None
+        print(f"world {args.world_seed}: built, trained, {args.patients} patients at "
+              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+        if args.logs == "held":
+            held = ws / "replay" / "held_logging"
+            log = held_log(ctx, pop, bc_prob, root / "rollout", args.seed)
+            write_replay(log, replay, held, args.seed)
+        else:
+            held = replay
+        meta = json.loads((held / "meta.json").read_text())
+        print(f"{args.logs} logs: {meta['splits']} at {time.perf_counter() - started:.0f} s",
+              flush=True)  # fmt: skip
+
+        rows = []
+        for name, spec, kind in jobs:
+            if name == "clinician" and args.logs == "held":
+                # the behaviour of the held log is the sampled BC policy, not the clinicians
+                continue
+            t = time.perf_counter()
+            doc = evaluate(spec, held, root / "eval" / name.replace(":", "-"), kind=kind,
+                           final=True, cfg=ev_cfg)  # fmt: skip
+            t_eval = time.perf_counter() - t
+            ref = truth[name]
+            rows.append({
+                "policy": name,
+                "truth": ref["truth"],
+                "truth_ci95": ref["truth_ci95"],
+                "true_mortality_90d": ref["true_mortality_90d"],
+                "estimates": estimates_of(doc),
+                "panel_estimates": ref["estimates"],
+                "ess": doc["metrics"]["ess"],
+                "evaluable": doc["evaluable"],
+                "support_mass": doc["metrics"]["support_mass"],
+                "seconds": {"evaluate": round(t_eval, 1)},
+            })  # fmt: skip
+            est = rows[-1]["estimates"]
+            if args.logs == "clinicians" and rows[-1]["support_mass"] != ref["support_mass"]:
+                raise SystemExit(f"{name}: support mass {rows[-1]['support_mass']} differs from "
+                                 f"the panel's {ref['support_mass']}: not the panel's policy "
+                                 "(another build or training code)")  # fmt: skip
+            print(f"  {name:24s} truth {ref['truth']:7.2f}  FQE {_fmt(est['fqe'][0])}  "
+                  f"WDR {_fmt(est['wdr'][0])}  (panel file: FQE "
+                  f"{_fmt(ref['estimates']['fqe'][0])})  ({t_eval:.0f} s)", flush=True)  # fmt: skip
+        shutil.rmtree(root / "rollout", ignore_errors=True)
+    result = compare(rows)
+    print(f"\n{args.logs}-logs panel, world seed {args.world_seed} "
+          f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+    for est, doc in result.items():
+        print(json.dumps({"world_seed": args.world_seed, "logs": args.logs, "estimator": est,
+                          **doc}))  # fmt: skip
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"world_seed": args.world_seed, "logs": args.logs,
+                                        "fqe_basis": ev_cfg.fqe.basis,
+                                        "held_log": meta["splits"], "rows": rows,
+                                        "estimators": result}, indent=2) + "\n")  # fmt: skip
+
+
+class SampledHeld:
+    """Draws each decision from ``probabilities(states)`` (seeded); the harness holds it."""
+
+    name = "bc_sampled_held"
+    needs_state = True
+
+    def __init__(self, probabilities, seed: int) -> None:
+        self._prob = probabilities
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x48454C44]))
+
+    def decide(self, states, raw):
+        p = np.asarray(self._prob(states), dtype=np.float64)
+        u = self.rng.random(len(p))[:, None]
+        return np.minimum((np.cumsum(p, 1) < u).sum(1), p.shape[1] - 1).astype(np.int64)
+
+
+def held_log(ctx, pop, probabilities, workdir: Path, seed: int):
+    """The rollout of the sampled-and-held behaviour, with the online state of each decision."""
+    from sepsisrl.truth.rollout import rollout_population
+
+    res = rollout_population(
+        ctx, pop, SampledHeld(probabilities, seed), workdir, record_states=True
+    )
+    dec = res.decisions
+    subject = dict(zip(pop.cohort()["stay_id"].to_pylist(),
+                       pop.cohort()["subject_id"].to_pylist(), strict=True))  # fmt: skip
+    ep = res.episodes
+    died = dict(zip(ep["stay_id"].to_pylist(), ep["died_90d"].to_pylist(), strict=True))
+    return {"decisions": dec, "subject": subject, "died": died, "names": ctx.feature_names,
+            "terminal": (ctx.terminal_survived, ctx.terminal_died)}  # fmt: skip
+
+
+def write_replay(log: dict, template: Path, out: Path, seed: int) -> None:
+    """A replay folder (contracts.md) of the held log, split by patient 70/15/15."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dec = log["decisions"]
+    stay = dec["stay_id"].to_numpy()
+    keep = np.isin(stay, np.array(list(log["died"])))
+    dec = dec.filter(pa.array(keep))
+    stay = dec["stay_id"].to_numpy()
+    done = np.ones(len(stay), dtype=bool)
+    done[:-1] = stay[1:] != stay[:-1]
+    died = np.array([bool(log["died"][s]) for s in stay.tolist()])
+    surv, dead = log["terminal"]
+    reward_eval = np.where(done, np.where(died, dead, surv), 0.0).astype(np.float32)
+    subject = np.array([log["subject"][s] for s in stay.tolist()], dtype=np.int64)
+    names = log["names"]
+    cols = {
+        "subject_id": subject,
+        "stay_id": stay.astype(np.int64),
+        "step": dec["step"].to_numpy().astype(np.int16),
+        "action": dec["action"].to_numpy().astype(np.int16),
+        "reward": reward_eval,
+        "done": done,
+        "reward_eval": reward_eval,
+        "sofa": np.nan_to_num(dec["sofa"].to_numpy()).astype(np.int16)
+        if "sofa" in names else np.zeros(len(stay), np.int16),
+    }  # fmt: skip
+    for n in names:
+        cols[f"s_{n}"] = dec[f"norm_{n}"].to_numpy().astype(np.float32)
+    tab = pa.table(cols)
+    subjects = np.unique(subject)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x53504C54]))
+    perm = rng.permutation(subjects)
+    n_tr, n_va = int(0.7 * len(perm)), int(0.15 * len(perm))
+    parts = {"train": perm[:n_tr], "validation": perm[n_tr : n_tr + n_va],
+             "test": perm[n_tr + n_va :]}  # fmt: skip
+    meta = json.loads((template / "meta.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    meta["splits"] = {}
+    for split, subs in parts.items():
+        part = tab.filter(pa.array(np.isin(subject, subs)))
+        pq.write_table(part, out / f"replay_{split}.parquet")
+        meta["splits"][split] = {
+            "n_episodes": len(np.unique(part["stay_id"].to_numpy())),
+            "n_transitions": part.num_rows,
+        }
+    meta["reward"] = {**meta["reward"], "variant": "held_logging_eval"}
+    meta["source"] = {**meta["source"], "kind": "synthetic-held-logging"}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _fmt(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.2f}"
+
+
+if __name__ == "__main__":
+    main()
