@@ -105,7 +105,8 @@ def main() -> None:
     print(f"test split: {doc['episodes']:,} episodes, {doc['decisions']:,} decisions; "
           f"train {args.train_transitions:,} transitions")  # fmt: skip
     print(f"full evaluation of one policy: {wall:.1f} s "
-          f"(FQE {doc['fqe']['model']}, {doc['fqe']['members']} members x {doc['fqe']['horizon']} "
+          f"(FQE {doc['fqe']['model']} ({doc['fqe'].get('basis')} basis, "
+          f"{doc['fqe'].get('point_estimate')}), {doc['fqe']['members']} members x {doc['fqe']['horizon']} "
           f"iterations, converged={doc['fqe']['converged']}, "
           f"{doc['importance_sampling']['bootstrap']['resamples']} bootstrap resamples)")  # fmt: skip
     for part, secs in doc["timings_seconds"].items():

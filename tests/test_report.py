@@ -437,3 +437,19 @@ def test_other_output_folder(study, tmp_path):
     assert out == tmp_path / "elsewhere" / "rep"
     assert (out / "report.md").read_bytes() == (report / "report.md").read_bytes()
     assert not list(out.parent.glob(".rep.partial-*"))
+
+
+def test_the_clinician_verdict_is_checked_against_the_truth():
+    from sepsisrl.study.report import clinician_verdict_against_truth
+
+    worse = {"difference_from_clinicians": {"value": {"mean": -0.5, "ci95": [-1.4, 0.3]}}}
+    better = {"difference_from_clinicians": {"value": {"mean": 1.0, "ci95": [0.2, 1.8]}}}
+    said_better = {"estimator": "fqe", "credibly_better": True}
+    said_not = {"estimator": "fqe", "credibly_better": False}
+    assert "DISAGREES with the truth" in clinician_verdict_against_truth(said_better, worse)
+    assert "agrees with the truth" in clinician_verdict_against_truth(said_not, worse)
+    assert "agrees with the truth" in clinician_verdict_against_truth(said_better, better)
+    assert "DISAGREES with the truth" in clinician_verdict_against_truth(said_not, better)
+    undefined = {"estimator": "fqe", "credibly_better": None}
+    assert clinician_verdict_against_truth(undefined, worse) is None
+    assert clinician_verdict_against_truth(None, worse) is None

@@ -597,6 +597,7 @@ def evaluate(
             "raw_out_of_range_measured_on": "every state of the split, every fit",
             "raw_estimates": [float(x) for x in raw_estimates],
             "member_values": [float(x) for x in v0.mean(1)],
+            "basis": cfg.fqe.basis if cfg.fqe.model == "linear" else None,
             "point_estimate": "fit on every train patient"
             if q_full is not None
             else "ensemble mean",

@@ -1016,6 +1016,24 @@ def _truth_scatter(rows: list[tuple[str, dict[str, Any]]]) -> bytes:
     return _png(fig)
 
 
+def clinician_verdict_against_truth(
+    vs: dict[str, Any] | None, exported: dict[str, Any] | None
+) -> str | None:
+    """The selection's verdict against the clinicians checked against the truth: credibly
+    better in truth = the paired 95 % CI of the exported run's value minus the clinicians'
+    lies above 0."""
+    if not vs or vs.get("credibly_better") is None or exported is None:
+        return None
+    diff = exported["difference_from_clinicians"]["value"]
+    agrees = vs["credibly_better"] == (diff["ci95"][0] > 0)
+    return (
+        f"Verdict against the clinicians (validation, {vs['estimator'].upper()}): "
+        f"{'credibly better' if vs['credibly_better'] else 'not credibly better'}; in truth the "
+        f"exported run's value differs from the clinicians' by {_ci(diff['mean'], *diff['ci95'])}"
+        f" (paired): the verdict {'agrees with' if agrees else 'DISAGREES with'} the truth."
+    )
+
+
 def _truth(st: Study) -> list[Block]:
     out: list[Block] = [Heading(SECTIONS[11])]
     path = st.ws / "study" / "truth.json"
@@ -1082,6 +1100,12 @@ def _truth(st: Study) -> list[Block]:
         f"{_pct(sel_doc['exported_true_mortality_90d'])} against the clinicians' "
         f"{_pct(clin['mortality_90d']['mean'])}."
     )  # fmt: skip
+    exported = next((p for p in doc["policies"] if p["name"] == sel_doc["exported_run"]), None)
+    line = clinician_verdict_against_truth(
+        st.selection.get("selected", {}).get("versus_clinicians"), exported
+    )
+    if line:
+        verdicts.append(line)
     out.append(Bullets(tuple(verdicts)))
     pols = doc["policies"]
     scatter_rows = [(split, p) for p in pols for split in ("validation", "test")
