@@ -193,8 +193,11 @@ def test_iv_fluid_in_litres_becomes_millilitres(tmp_path: Path):
     s = t.stay()
     t.infusion(s, 1, 2, NACL_09, amount=1.0, amountuom="L")
     t.infusion(s, 2, 3, NACL_09, amount=250.0, amountuom="mL")
-    t.infusion(s, 3, 4, NACL_09, amount=8.0, amountuom="oz")  # unknown: listed, not kept
-    built = build_measurements(t, tmp_path)
+    t.infusion(s, 3, 4, NACL_09, amount=8.0, amountuom="oz")  # unknown: refused by default
+    with pytest.raises(UnitError, match=r"'oz' x1"):
+        build_measurements(t, tmp_path / "strict")
+    cfg = load_build_config(overrides={"source.fail_on_unknown_fluid_unit": False})
+    built = build_measurements(t, tmp_path, cfg)  # allowed: listed, not kept
     rows = infusions(built, s)
     assert [r["fluid_ml"] for r in rows] == pytest.approx([1000.0, 250.0])
     assert {r["agent"] for r in rows} == {"iv_fluid"}

@@ -5,8 +5,16 @@ RESEARCH ONLY - nothing this tool produces is clinical decision support.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
+import os
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,8 +23,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sepsisrl import __version__
+from sepsisrl import __version__, locks
 from sepsisrl.config import ConfigError
+from sepsisrl.workspace import atomic_folder, remove_partials, write_json
 
 RESEARCH_ONLY = (
     "RESEARCH ONLY: sepsisrl and every policy it produces are research artifacts for "
@@ -41,19 +50,122 @@ class UserError(Exception):
     """An error the user can fix; printed without a traceback, exit status 2."""
 
 
+def _fail(exc: Exception) -> UserError:
+    """The user error for a caught exception (a damaged JSON file is named)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return UserError(_user_message(exc) or str(exc))
+    return UserError(str(exc))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"sepsisrl {__version__}")
         raise typer.Exit()
 
 
+#: ``--debug`` / SEPSISRL_DEBUG=1: print the traceback of every error.
+_OPTIONS = {"debug": False}
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Print the full traceback of any error (or set SEPSISRL_DEBUG=1)."
+        ),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="When another sepsisrl command is writing the same workspace or folder, wait "
+            "for it to finish instead of stopping.",
+        ),
+    ] = False,
 ) -> None:
     """sepsisrl command line."""
+    _OPTIONS["debug"] = debug or _OPTIONS["debug"]
+    locks.WAIT = wait
+    if ctx.invoked_subcommand:
+        locks.COMMAND = f"sepsisrl {ctx.invoked_subcommand}"
+    locks.NOTE = lambda message: err.print(f"note: {escape(message)}", highlight=False)
+
+
+#: What an interrupted command leaves and how to go on (exit status 130).
+_RESUMABLE = (
+    "interrupted; finished stages are kept and the unfinished one was discarded; run the same "
+    "command again to resume"
+)
+_ATOMIC = "interrupted; no half-written output was kept; run the same command again to redo it"
+_STUDY = (
+    "interrupted: finished units are kept, unfinished ones were discarded or checkpointed; run "
+    "the same command again to resume"
+)
+INTERRUPTED = {
+    "build": _RESUMABLE,
+    "run": _STUDY,
+    "train": "interrupted; the run folder keeps its last checkpoint; run the same command again "
+    "with --resume to resume from it",
+}
+
+
+def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command`` whose interrupt (Ctrl-C, SIGINT, SIGTERM) prints what was kept and how to
+    go on, then exits with status 130 (typer would exit 130 silently)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        message = INTERRUPTED.get(fn.__name__, _ATOMIC)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                result = fn(*args, **kw)
+            except KeyboardInterrupt:
+                err.print(message, highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
+            except Exception as exc:
+                if _is_duckdb_interrupt(exc):
+                    err.print(message, highlight=False, soft_wrap=True)
+                    raise typer.Exit(130) from None
+                raise
+            if _SIGNALLED["hit"]:  # raised where Python could only print "Exception ignored"
+                err.print(message, highlight=False, soft_wrap=True)
+                raise typer.Exit(130)
+            return result
+
+        return app.command(**kwargs)(wrapper)
+
+    return decorate
+
+
+def _is_duckdb_interrupt(exc: BaseException) -> bool:
+    """An error that only reports an interrupt: DuckDB turns a signal that arrives during a
+    query into ``RuntimeError('Query interrupted')`` (or ``duckdb.InterruptException``)."""
+    if _SIGNALLED["hit"]:
+        return True
+    duckdb = sys.modules.get("duckdb")
+    if duckdb is not None and isinstance(exc, duckdb.InterruptException):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).strip() == "Query interrupted"
+
+
+@contextlib.contextmanager
+def _writing(*folders: tuple[Path, str]):
+    """Hold the one-writer lock of each (folder, what) and remove the temporaries that killed
+    earlier commands left next to them."""
+    try:
+        with locks.folder_locks(*folders):
+            for folder, _ in folders:
+                folder = folder.absolute()
+                remove_partials(folder.parent, (folder.name,))
+            yield
+    except locks.FolderLockedError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -68,7 +180,7 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-@app.command()
+@command()
 def synth(
     out: Annotated[
         Path, typer.Option("--out", help="Folder to write the MIMIC-IV tree (hosp/, icu/) into.")
@@ -114,14 +226,18 @@ pipeline runs on it, and its known causal model lets you check cohort extraction
 off-policy estimates and true policy value.
     """
     from sepsisrl.synth.config import load_synth_config
-    from sepsisrl.synth.world import WorldExistsError, generate_world
+    from sepsisrl.synth.world import WorldExistsError, default_truth_dir, generate_world
 
     overrides = _parse_overrides(set_ or [])
     if density is not None:
         overrides["charting.density"] = density
     try:
         cfg = load_synth_config(config, overrides)
-        with _progress(quiet) as progress:
+        sidecar = truth if truth is not None else default_truth_dir(out.absolute())
+        with (
+            _writing((out, "output folder"), (sidecar, "truth folder")),
+            _progress(quiet) as progress,
+        ):
             task = progress.add_task("simulating ICU stays", total=stays)
             summary = generate_world(
                 out,
@@ -134,11 +250,11 @@ off-policy estimates and true policy value.
                 progress=lambda done, total: progress.update(task, completed=done),
             )
     except (ConfigError, WorldExistsError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     typer.echo(json.dumps(summary.to_json(), indent=2))
 
 
-@app.command()
+@command()
 def build(
     source: Annotated[
         Path,
@@ -209,9 +325,10 @@ every decision window, stops the build unless --allow-missing names its table.
             cfg = load_build_config(config, {**overrides, "source.allow_missing": tables})
         if not quiet:
             err.print(f"building {workspace} from {source}", highlight=False)
-        summary = run_build(source, workspace, cfg, force=force, on_stage=report)
+        with _writing((workspace, "workspace")):
+            summary = run_build(source, workspace, cfg, force=force, on_stage=report)
     except (ConfigError, SourceError, UnitError, LeakageError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     for warning in summary.report["warnings"]:
         err.print(
             f"[bold yellow]WARNING:[/] [yellow]{escape(warning['message'])}[/]", soft_wrap=True
@@ -238,7 +355,7 @@ every decision window, stops the build unless --allow-missing names its table.
     )
 
 
-@app.command()
+@command()
 def train(
     replay: Annotated[
         Path, typer.Option("--replay", help="Replay folder (e.g. workspace/replay/sofa_shaped).")
@@ -317,7 +434,7 @@ and final/. RESEARCH ONLY: the resulting policy is not clinical decision support
 
             result = run_train(replay, cfg, out, resume=resume, overwrite=overwrite, on_log=on_log)
     except (ConfigError, ReplayError, RunExistsError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     typer.echo(json.dumps({
         "run_dir": str(result.run_dir), "steps": result.steps, "seconds": round(result.seconds, 1),
         "steps_per_second": round(result.steps_per_second, 1), "resumed_from": result.resumed_from,
@@ -326,7 +443,7 @@ and final/. RESEARCH ONLY: the resulting policy is not clinical decision support
     }, indent=2))  # fmt: skip
 
 
-@app.command()
+@command()
 def evaluate(
     replay: Annotated[
         Path, typer.Option("--replay", help="Replay folder (e.g. workspace/replay/sofa_shaped).")
@@ -375,23 +492,44 @@ flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
     split = "test" if final else "validation"
     if out is None:
         out = replay.absolute().parent.parent / "eval" / f"{name}-{split}"
+    # a final evaluation of a run also appends to the run's final_evaluation.json
+    folders = [(out, "evaluation folder")]
+    if final and run is not None:
+        folders.append((run, "run folder"))
     try:
-        doc = run_eval(
-            spec,
-            replay,
-            out,
-            kind=kind,
-            final=final,
-            cfg=EvalConfig(bootstrap_resamples=resamples, bootstrap_seed=seed, seed=seed),
-        )
+        # written to a temporary sibling and renamed into place: a failed or interrupted
+        # evaluation leaves no folder without metrics.json
+        with _writing(*folders), atomic_folder(out) as tmp:
+            doc = run_eval(
+                spec,
+                replay,
+                tmp,
+                kind=kind,
+                final=final,
+                cfg=EvalConfig(bootstrap_resamples=resamples, bootstrap_seed=seed, seed=seed),
+            )
+            if final and run is not None:
+                _record_final_out(run, tmp, out)
     except (EvaluationError, ReplayError, FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     typer.echo(
         json.dumps({"out": str(out), "split": doc["split"], "metrics": doc["metrics"]}, indent=2)
     )
 
 
-@app.command()
+def _record_final_out(run: Path, tmp: Path, out: Path) -> None:
+    """The run's final_evaluation.json names the evaluation folder, not its temporary one."""
+    record = run / "final_evaluation.json"
+    if not record.is_file():
+        return
+    history = json.loads(record.read_text())
+    for entry in history:
+        if entry.get("out") == str(tmp.absolute()):
+            entry["out"] = str(out.absolute())
+    write_json(record, history)
+
+
+@command()
 def truth(
     workspace: Annotated[
         Path, typer.Option("--workspace", help="A workspace built from a synthetic world.")
@@ -438,10 +576,10 @@ synthetic worlds. RESEARCH ONLY.
             policy, run, bundle, ctx.feature_names, 25, seed, workspace=ctx.workspace
         )
     except (TruthError, PolicySpecError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     name = pol.name.replace(":", "-")
     out = out or ctx.workspace / "truth" / f"{name}-s{seed}-n{patients}"
-    with _progress(quiet) as bar:
+    with _writing((out, "truth output folder")), _progress(quiet) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -452,13 +590,13 @@ synthetic worlds. RESEARCH ONLY.
         try:
             doc = compute_truth(workspace, pol, out, patients, seed, ctx=ctx, progress=progress)
         except (TruthError, PolicySpecError) as exc:
-            raise UserError(str(exc)) from exc
+            raise _fail(exc) from exc
     keys = ("policy", "episodes", "mortality_90d", "value", "clinicians",
             "difference_from_clinicians")  # fmt: skip
     typer.echo(json.dumps({"out": str(out), **{k: doc[k] for k in keys}}, indent=2))
 
 
-@app.command()
+@command()
 def summarize(
     evals: Annotated[
         list[Path], typer.Argument(help="Evaluation folders (one per seed) of one split.")
@@ -472,13 +610,13 @@ def summarize(
     try:
         summary = run_summary(evals)
     except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     if out is not None:
         out.write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(card_table(summary))
 
 
-@app.command()
+@command()
 def export(
     run: Annotated[Path, typer.Option("--run", help="A completed training run (IQL or BC).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the model repository.")],
@@ -512,10 +650,11 @@ modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from mea
     from sepsisrl.release.bundle import ExportError, export_run, push_to_hub
 
     try:
-        folder = export_run(run, out, eval_, name, overwrite, truth=truth)
+        with _writing((out, "output folder")):
+            folder = export_run(run, out, eval_, name, overwrite, truth=truth)
         pushed = push_to_hub(folder, push) if push else None
     except (ExportError, FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     typer.echo(
         json.dumps(
             {
@@ -528,7 +667,7 @@ modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from mea
     )
 
 
-@app.command()
+@command()
 def run(
     source: Annotated[
         Path | None,
@@ -605,17 +744,13 @@ this produces is clinical decision support.
             with InterruptLatch((signal.SIGINT, signal.SIGTERM)):
                 result = run_study(workspace, cfg, source=source, on_event=on_event)
     except KeyboardInterrupt:
-        err.print(
-            "interrupted: finished units are kept, unfinished ones were discarded or "
-            "checkpointed; run the same command again to resume",
-            highlight=False,
-        )
+        err.print(_STUDY, highlight=False)
         raise typer.Exit(130) from None
     except (
         ConfigError, SourceError, UnitError, LeakageError, StudyError, ExportError,
         ReportError, FileNotFoundError, ValueError,
     ) as exc:  # fmt: skip
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     typer.echo(json.dumps({
         "workspace": str(result.workspace), "selected": result.selected,
         "release": str(result.release), "report": str(result.report / "index.html"),
@@ -625,7 +760,7 @@ this produces is clinical decision support.
         err.print(f"report: {result.report / 'index.html'}", highlight=False)
 
 
-@app.command()
+@command()
 def report(
     workspace: Annotated[
         Path, typer.Option("--workspace", help="A study workspace written by `sepsisrl run`.")
@@ -640,12 +775,12 @@ def report(
     try:
         folder = write_report(workspace)
     except ReportError as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     typer.echo(json.dumps({"report": str(folder / "index.html"),
                            "markdown": str(folder / "report.md")}, indent=2))  # fmt: skip
 
 
-@app.command()
+@command()
 def validate(
     workspace: Annotated[Path, typer.Option("--workspace", help="A built workspace.")],
     truth: Annotated[
@@ -725,7 +860,7 @@ reported as "not provided".
         cfg = load_validate_config(config, _parse_overrides(overrides or []))
         report = compare_with_mimic_derived(workspace, mimic_derived, out, cfg.mimic_derived)
     except (ConfigError, DerivedTableError) as exc:
-        raise UserError(str(exc)) from exc
+        raise _fail(exc) from exc
     table = Table(title="sepsisrl against mimic-code (mimiciv_derived)")
     table.add_column("figure", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
@@ -753,15 +888,159 @@ def _progress(quiet: bool) -> Progress:
     )
 
 
+#: Set by the signal handlers: any error after an interrupt is reported as the interrupt.
+_SIGNALLED = {"hit": False}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _SIGNALLED["hit"] = True
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handlers() -> None:
+    """Honour Ctrl-C / ``kill -INT`` and ``kill -TERM`` in every command, foreground or
+    background: a shell starts a background job with SIGINT ignored (and Python then installs
+    no KeyboardInterrupt handler), and SIGTERM would otherwise end the process without any
+    clean-up. Both raise KeyboardInterrupt: temporary folders are removed, exit status 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+#: OS error numbers and what to do about them (the message names the path).
+_OS_FIXES = {
+    errno.EACCES: ("permission denied", "make it writable for you or choose another folder"),
+    errno.EPERM: ("operation not permitted", "make it writable for you or choose another folder"),
+    errno.EROFS: ("read-only file system", "choose a folder on a writable file system"),
+    errno.ENOSPC: (
+        "no space left on the device",
+        "free disk space (or choose a folder on a larger disk), then run the same command again",
+    ),
+    errno.EDQUOT: (
+        "disk quota exceeded",
+        "free space within your quota (or choose another disk), then run the same command again",
+    ),
+    errno.ENOTDIR: ("a path component is a file, not a folder", "remove it or choose another path"),
+    errno.EISDIR: ("a folder where a file was expected", "give the path of a file"),
+    errno.EEXIST: ("already exists", "remove it or choose another path"),
+    errno.ENOENT: ("not found", "check the path"),
+    errno.ENOTEMPTY: ("folder not empty", "remove it or choose another path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) and run it again"),
+}
+
+
+def _os_error_message(exc: OSError) -> str:
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    what, fix = _OS_FIXES.get(exc.errno or -1, (exc.strerror or str(exc), "check the path"))
+    if exc.errno == errno.EEXIST and paths and Path(paths[0]).is_file():
+        what = "is a file where a folder is needed"
+    if exc.errno == errno.ENOTDIR:
+        for p in paths:
+            found = next((a for a in [Path(p), *Path(p).parents] if a.is_file()), None)
+            if found is not None:
+                what = f"{found} is a file, not a folder"
+                break
+    where = " -> ".join(str(p) for p in paths) if paths else "(no path given)"
+    return f"{where}: {what}; {fix}"
+
+
+def _duckdb_message(exc: Exception) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    if name == "OutOfMemoryException":
+        fix = (
+            "lower engine.memory_limit or engine.threads (e.g. --set engine.threads=2), or give "
+            "the machine more memory, then run the same command again"
+        )
+    elif name in ("IOException", "PermissionException"):
+        fix = (
+            "check that the file exists, is readable, and that the workspace is writable and "
+            "its disk has space; then run the same command again"
+        )
+    else:
+        fix = "check the source tables and the file named above"
+    return f"DuckDB {name}: {text}; {fix}"
+
+
+def _json_file(exc: json.JSONDecodeError) -> Path | None:
+    """The file whose text failed to parse: a JSONFileError names it; otherwise the traceback
+    is searched for a path (or a folder holding a file) with exactly the text that failed."""
+    from sepsisrl.workspace import JSONFileError
+
+    if isinstance(exc, JSONFileError):
+        return exc.path
+    seen: set[Path] = set()
+    tb = exc.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            if not isinstance(value, str | Path) or not str(value):
+                continue
+            path = Path(value)
+            with contextlib.suppress(OSError, ValueError):
+                candidates = sorted(path.glob("*.json*")) if path.is_dir() else [path]
+                for c in candidates:
+                    if c in seen or not c.is_file() or c.stat().st_size > 50_000_000:
+                        continue
+                    seen.add(c)
+                    if exc.doc in c.read_text(errors="replace"):
+                        return c
+    return None
+
+
+def _user_message(exc: BaseException) -> str | None:
+    """The one-line message of an error the user can fix, or None for a bug."""
+    if isinstance(exc, UserError | locks.FolderLockedError):
+        return str(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        from sepsisrl.workspace import JSONFileError
+
+        if isinstance(exc, JSONFileError):
+            return str(exc)
+        path = _json_file(exc)
+        where = f"{path} is" if path is not None else "a JSON file sepsisrl read is"
+        return (
+            f"{where} not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); the "
+            "file is damaged or was edited by hand: restore it or recreate it by rerunning the "
+            "command that wrote it"
+        )
+    if isinstance(exc, OSError):
+        return _os_error_message(exc)
+    duckdb = sys.modules.get("duckdb")
+    if duckdb is not None and isinstance(exc, duckdb.Error):
+        return _duckdb_message(exc)
+    return None
+
+
 def main() -> None:
+    _OPTIONS["debug"] = os.environ.get("SEPSISRL_DEBUG", "") not in ("", "0")
+    install_interrupt_handlers()
     try:
         app()
-    except UserError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted; no partial output was kept (a study resumes when rerun)")
+        err.print(_ATOMIC, highlight=False, soft_wrap=True)
         sys.exit(130)
+    except Exception as exc:
+        if _is_duckdb_interrupt(exc):
+            err.print(_ATOMIC, highlight=False, soft_wrap=True)
+            sys.exit(130)
+        message = _user_message(exc)
+        if _OPTIONS["debug"] or message is None:
+            err.print("".join(traceback.format_exception(exc)), highlight=False, markup=False)
+        if message is None:
+            err.print(
+                "[bold red]internal error:[/] this is a bug in sepsisrl "
+                f"{escape(__version__)}; please report it with the traceback above and the "
+                "command you ran",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

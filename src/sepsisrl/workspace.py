@@ -90,16 +90,66 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
         raise
 
 
-def remove_partials(folder: Path) -> list[Path]:
-    """Remove the temporary folders ``atomic_folder`` left in ``folder`` when interrupted."""
-    removed = sorted(folder.glob(".*.partial-*")) if folder.is_dir() else []
-    for p in removed:
-        shutil.rmtree(p, ignore_errors=True)
+def partial_owner(path: Path) -> int | None:
+    """The pid in a temporary name (``.<name>.partial-<pid>``, ``.<name>.tmp-<pid>``), if any."""
+    name = path.name
+    if not name.startswith("."):
+        return None
+    for tag in (".partial-", ".tmp-"):
+        head, sep, pid = name.rpartition(tag)
+        if sep and head and pid.isdigit():
+            return int(pid)
+    return None
+
+
+def remove_partials(folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
+    """Remove the temporary folders and files (``.<name>.partial-<pid>``,
+    ``.<name>.tmp-<pid>``) that interrupted or killed processes left in ``folder`` - only those
+    whose process has ended: a running command's temporary folder is never touched. ``names``
+    limits the clean-up to the temporaries of those names."""
+    from sepsisrl.locks import pid_alive
+
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.glob(".*")):
+        pid = partial_owner(p)
+        if pid is None or pid_alive(pid):
+            continue
+        if names is not None and not any(
+            p.name.startswith(f".{n}.partial-") or p.name.startswith(f".{n}.tmp-") for n in names
+        ):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        removed.append(p)
     return removed
 
 
+class JSONFileError(json.JSONDecodeError):
+    """A JSON file that does not parse; the message names the file."""
+
+    def __init__(self, path: Path, exc: json.JSONDecodeError) -> None:
+        super().__init__(exc.msg, exc.doc, exc.pos)
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path} is not valid JSON ({self.msg} at line {self.lineno}, column "
+            f"{self.colno}); the file is damaged or was edited by hand"
+        )
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a damaged file raises :class:`JSONFileError` naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONFileError(Path(path), exc) from None
 
 
 @dataclass

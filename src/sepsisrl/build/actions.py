@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.ingest import connect, fetch_arrow
 from sepsisrl.build.sqlfiles import render
-from sepsisrl.workspace import write_json
+from sepsisrl.mimic.source import SourceError
+from sepsisrl.workspace import read_json, write_json
 
 VASO_UNIT = "mcg/kg/min norepinephrine-equivalent (time-weighted mean over the action window)"
 FLUID_UNIT = "mL of IV crystalloid/colloid given in the action window"
@@ -82,6 +83,64 @@ class DoseBins:
         obj.edges = np.asarray(doc["edges"], dtype=np.float64)
         obj.representative = np.asarray(doc["representative_dose"], dtype=np.float64)
         return obj
+
+
+class NoDosesError(SourceError):
+    """Too few train steps with a dose to fit the action bins: the message says why (an empty
+    cohort and the step of the chain that is empty, or no treatment in inputevents)."""
+
+
+def _audit(ws: Path, stage: str) -> dict[str, Any]:
+    try:
+        return read_json(ws / stage / "audit.json")
+    except (OSError, ValueError):
+        return {}
+
+
+def no_doses_message(ws: Path, name: str, doses: np.ndarray, train: np.ndarray, n_bins: int) -> str:
+    """What is wrong when the ``name`` dose bins cannot be fitted, from the audits of the
+    earlier stages of workspace ``ws``: the cohort is empty (and which link of the Sepsis-3
+    chain is), or the cohort's train steps have (nearly) no such treatment."""
+    ingest, sepsis, cohort = _audit(ws, "ingest"), _audit(ws, "sepsis"), _audit(ws, "cohort")
+    kept = ingest.get("rows_kept", {})
+    need = f"the {n_bins - 1} quartile edges of the {name} bins need at least {n_bins - 1}"
+    if len(doses) == 0:
+        excluded = cohort.get("excluded_by_rule", {})
+        rules = ", ".join(f"{n} by {r}" for r, n in excluded.items() if n) or "none"
+        chain = [
+            ("antibiotic orders (hosp/prescriptions rows whose drug matches "
+             "sepsis.antibiotic_patterns, with a starttime)", sepsis.get("antibiotic_orders",
+                                                               kept.get("antibiotics"))),
+            ("culture specimens (hosp/microbiologyevents)", sepsis.get("culture_specimens",
+                                                                  kept.get("cultures"))),
+            ("suspected infections (a culture and an antibiotic within "
+             "sepsis.culture_before_antibiotic_hours / antibiotic_before_culture_hours)",
+             sepsis.get("suspicion_events")),
+            ("stays with Sepsis-3 at any time (SOFA >= sepsis.sofa_threshold around a "
+             "suspected infection)", sepsis.get("stays_sepsis3_any_time")),
+        ]  # fmt: skip
+        empty = next((what for what, n in chain if n == 0), None)
+        counts = "; ".join(f"{n} {what.split(' (')[0]}" for what, n in chain if n is not None)
+        cause = (
+            f"the first empty link is {empty}: check that table (its rows and their times) "
+            "and the sepsis: settings"
+            if empty
+            else "check the cohort: rules (age, ICU length of stay, onset window)"
+        )
+        return (
+            f"the cohort is empty: 0 of {cohort.get('icu_stays', '?')} ICU stays qualify "
+            f"(excluded: {rules}), so there is no decision step and no dose to bin. Sepsis-3 "
+            f"chain: {counts}; {cause} (audit.json of the ingest, sepsis and cohort stages)."
+        )
+    n_train = int(train.sum())
+    dosed = int((doses > 0).sum())
+    table = "inputevents vasopressor rows" if name == "vasopressor" else "inputevents IV-fluid rows"
+    return (
+        f"cannot fit the {name} dose bins: only {int((doses[train] > 0).sum())} of {n_train} "
+        f"train decision steps have a {name} dose ({dosed} of {len(doses)} steps in all), and "
+        f"{need}. Check the {table} of the cohort's stays (ingest/audit.json item_rows, "
+        "measurements/audit.json), or build from more stays."
+    )
 
 
 def action_labels(n_vaso: int = 5, n_fluid: int = 5) -> list[str]:
@@ -152,6 +211,12 @@ def run_actions(
     fluid = table["fluid_ml"].to_numpy()
     split = np.array([split_of[s] for s in stay.tolist()])
     train = split == "train"
+    for name, doses, n_bins in (
+        ("vasopressor", vaso, cfg.actions.vaso_bins),
+        ("IV-fluid", fluid, cfg.actions.fluid_bins),
+    ):
+        if int((doses[train] > 0).sum()) < n_bins - 1:
+            raise NoDosesError(no_doses_message(episodes_dir.parent, name, doses, train, n_bins))
     vbins = DoseBins(cfg.actions.vaso_bins).fit(vaso[train])
     fbins = DoseBins(cfg.actions.fluid_bins).fit(fluid[train])
     vb, fb = vbins.transform(vaso), fbins.transform(fluid)

@@ -47,6 +47,7 @@ class SourceConfig(StrictModel):
     kind: Literal["auto", "mimic-iv", "synthetic"]
     version: Literal["auto", "2.2", "3.1"]
     fail_on_unknown_rate_unit: bool
+    fail_on_unknown_fluid_unit: bool
     allow_missing: list[str]
     core_features: CoreFeaturesConfig
 
@@ -72,6 +73,32 @@ class SourceConfig(StrictModel):
                 f"source.core_features.tables: {unknown} are not MIMIC-IV tables the build reads "
                 f"(tables: {', '.join(TABLES)})"
             )
+        return self
+
+
+#: What a raw-table integrity check does with the rows it finds (``integrity:``).
+Refuse = Literal["refuse", "drop"]
+
+#: ``integrity.plausible_max`` keys besides the vasopressors, and the unit of each limit.
+PLAUSIBLE_OTHER = {"dobutamine": "mcg/kg/min", "iv_fluid": "mL per inputevents row"}
+
+
+class IntegrityConfig(StrictModel):
+    """Checks of the raw tables before any clinical logic (``build/ingest.py``,
+    ``build/measurements.py``); each finding is counted in the stage's ``audit.json``."""
+
+    exact_duplicates: Literal["drop", "refuse"]
+    duplicate_keys: Refuse
+    orphans: Refuse
+    unparseable_times: Refuse
+    implausible_doses: Refuse
+    plausible_max: dict[str, float]
+
+    @model_validator(mode="after")
+    def _limits(self) -> IntegrityConfig:
+        bad = {k: v for k, v in self.plausible_max.items() if not v > 0}
+        if bad:
+            raise ValueError(f"integrity.plausible_max: limits must be > 0, got {bad}")
         return self
 
 
@@ -265,6 +292,7 @@ class RewardConfig(StrictModel):
 class BuildConfig(StrictModel):
     engine: EngineConfig
     source: SourceConfig
+    integrity: IntegrityConfig
     items: dict[str, list[int]]
     vasopressors: dict[str, VasopressorConfig]
     ventilation: VentilationConfig
@@ -307,6 +335,13 @@ class BuildConfig(StrictModel):
         missing = required - set(self.items)
         if missing:
             raise ValueError(f"items: missing concepts {sorted(missing)}")
+        limits = set(self.integrity.plausible_max)
+        wanted = set(self.vasopressors) | set(PLAUSIBLE_OTHER)
+        if limits != wanted:
+            raise ValueError(
+                "integrity.plausible_max needs one limit per vasopressor, dobutamine and "
+                f"iv_fluid: missing {sorted(wanted - limits)}, unknown {sorted(limits - wanted)}"
+            )
         unknown = sorted(set(self.labs.by_patient) - LAB_MEASUREMENT_CONCEPTS)
         if unknown:
             raise ValueError(

@@ -14,6 +14,15 @@ Before scanning, every configured item id is looked up in ``d_items`` / ``d_labi
 build stops with a list of the absent ids and their concepts. ``audit.json`` counts the rows
 kept per table and per item id (``item_rows``) and names the raw tables without data rows that
 ``source.allow_missing`` let through (``empty_source_tables``).
+
+Integrity (``integrity:``, :class:`RawTables`): each raw table's rows that the build reads are
+loaded once into a temporary table, counting exact duplicate rows; then the keys of
+``icustays``, ``admissions`` and ``patients`` must be unique, every stay must have its admission
+and patient, and every time must parse. A finding stops the build (:class:`IntegrityError`,
+naming the file, column, an example and the setting that relaxes it) or, where the setting says
+``drop``, is dropped and counted under ``integrity`` in ``audit.json``. A DuckDB error while
+reading a raw file (damaged gzip, text that is not UTF-8, text in a numeric column) becomes a
+one-line :class:`~sepsisrl.mimic.source.SourceFormatError`.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import duckdb
 
 from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.tables import ZSTD, TableSink, as_sink
-from sepsisrl.mimic.source import MimicSource, SourceError
+from sepsisrl.mimic.source import MimicSource, SourceError, read_error
 
 CHART_CONCEPTS = (
     "heart_rate", "map_arterial", "map_noninvasive", "sbp_arterial", "sbp_noninvasive",
@@ -45,6 +54,35 @@ LAB_CONCEPTS = (
     "haemoglobin", "haematocrit", "platelets", "fio2_bg", "specimen_type",
 )  # fmt: skip
 OUTPUT_CONCEPTS = ("urine", "urine_negative")
+
+
+class IntegrityError(SourceError):
+    """A raw table breaks an integrity rule (duplicate key, missing admission, unparseable
+    time, ...): the message names the file, column, an example and the setting to relax it."""
+
+
+#: The key of each table that must be unique (MIMIC-IV's primary keys).
+PRIMARY_KEYS = {"patients": "subject_id", "admissions": "hadm_id", "icustays": "stay_id"}
+
+#: The time columns the build parses, per raw table (checked when present).
+TIME_COLUMNS: dict[str, tuple[str, ...]] = {
+    "icustays": ("intime", "outtime"),
+    "patients": ("dod",),
+    "admissions": ("admittime", "dischtime", "deathtime"),
+    "chartevents": ("charttime",),
+    "labevents": ("charttime", "storetime"),
+    "inputevents": ("starttime", "endtime"),
+    "outputevents": ("charttime",),
+    "prescriptions": ("starttime",),
+    "microbiologyevents": ("charttime", "chartdate"),
+}
+
+#: Columns that identify a row in an example (the first few a table has).
+_EXAMPLE_COLUMNS = (
+    "subject_id", "hadm_id", "stay_id", "itemid", "micro_specimen_id", "charttime", "starttime",
+)  # fmt: skip
+
+_AUDIT = "(counted under integrity in ingest/audit.json)"
 
 
 def ids(cfg: BuildConfig, *concepts: str) -> list[int]:
@@ -127,108 +165,369 @@ def antibiotic_filter(cfg: BuildConfig) -> str:
     )
 
 
+class RawTables:
+    """The rows of each raw table that the build reads, loaded once into a temporary table
+    (``raw_<table>``) with exact duplicate rows collapsed and counted, then checked.
+
+    ``relation(table)`` is what the ingest queries read instead of the raw file. Each check
+    raises :class:`IntegrityError` or, where ``integrity`` says ``drop``, deletes the rows and
+    counts them in :attr:`audit`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, src: MimicSource, cfg: BuildConfig) -> None:
+        self.con, self.src, self.cfg = con, src, cfg
+        self.rules = cfg.integrity
+        self.loaded: set[str] = set()
+        self.audit: dict[str, Any] = {
+            "rows_read": {},
+            "exact_duplicate_rows_dropped": {},
+            "duplicate_key_rows_dropped": {},
+            "orphans_dropped": {},
+            "unparseable_times": {},
+        }
+
+    def file(self, table: str) -> str:
+        t = self.src.tables[table]
+        root = self.src.root
+        return str(t.path.relative_to(root)) if t.path.is_relative_to(root) else str(t.path)
+
+    def relation(self, table: str) -> str:
+        # Each column through a CASE the optimizer cannot fold: read straight from a DuckDB
+        # table, a column without nulls would be written to Parquet as REQUIRED (from the
+        # table's statistics), where the same rows read from the file are OPTIONAL; this keeps
+        # the ingest files byte for byte as without the checks.
+        cols = ", ".join(
+            f'CASE WHEN _copies > 0 THEN "{c}" END AS "{c}"' for c in self.src.tables[table].columns
+        )
+        return f"(SELECT {cols} FROM raw_{table})"
+
+    def load(self, table: str, where: str = "true") -> None:
+        """Rows of ``table`` matching ``where``, one per distinct row, with their count."""
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE raw_{table} AS SELECT *, count(*) AS _copies "
+            f"FROM {self.src.relation(table)} WHERE {where} GROUP BY ALL"
+        )
+        self.loaded.add(table)
+        read, rows, dup_rows = self.con.execute(
+            f"SELECT coalesce(sum(_copies), 0), count(*), count(*) FILTER (WHERE _copies > 1) "
+            f"FROM raw_{table}"
+        ).fetchone()
+        self.audit["rows_read"][table] = int(read)
+        extra = int(read) - int(rows)
+        if extra and self.rules.exact_duplicates == "refuse":
+            example = self._example(table, "_copies > 1", extra_cols=("_copies",))
+            raise IntegrityError(
+                f"{self.file(table)}: {extra} row(s) repeat another row exactly ({dup_rows} "
+                f"distinct row(s) occur more than once, e.g. {example}): a table appended "
+                "twice? Fix the export, or set integrity.exact_duplicates: drop to keep one copy "
+                f"of each {_AUDIT}"
+            )
+        self.audit["exact_duplicate_rows_dropped"][table] = extra
+        self.times(table)
+
+    def drop(self, table: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS raw_{table}")
+        self.loaded.discard(table)
+
+    def _example(self, table: str, where: str, extra_cols: tuple[str, ...] = ()) -> str:
+        cols = [c for c in _EXAMPLE_COLUMNS if self.src.has_column(table, c)][:3]
+        cols += list(extra_cols)
+        order = ", ".join(cols)
+        row = self.con.execute(
+            f"SELECT {order} FROM raw_{table} WHERE {where} ORDER BY {order} LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return "no example"
+        names = ["copies" if c == "_copies" else c for c in cols]
+        return ", ".join(f"{n}={v}" for n, v in zip(names, row, strict=True))
+
+    def times(self, table: str) -> None:
+        """Every non-empty time of the table must parse as a timestamp (or a date)."""
+        cols = [c for c in TIME_COLUMNS.get(table, ()) if self.src.has_column(table, c)]
+        if not cols:
+            return
+        bad_sql = {c: f"({c} IS NOT NULL AND TRY_CAST({c} AS TIMESTAMP) IS NULL)" for c in cols}
+        row = self.con.execute(
+            "SELECT "
+            + ", ".join(
+                f"coalesce(sum(_copies) FILTER (WHERE {b}), 0), "
+                f"coalesce(sum(_copies) FILTER (WHERE {c} IS NOT NULL), 0), "
+                f"min({c}::VARCHAR) FILTER (WHERE {b})"
+                for c, b in bad_sql.items()
+            )
+            + f" FROM raw_{table}"
+        ).fetchone()
+        problems = []
+        for i, c in enumerate(cols):
+            bad, present, example = int(row[3 * i]), int(row[3 * i + 1]), row[3 * i + 2]
+            self.audit["unparseable_times"][f"{table}.{c}"] = bad
+            if bad:
+                problems.append(f"column {c}: {bad} of {present} values, e.g. {example!r}")
+        if problems and self.rules.unparseable_times == "refuse":
+            raise IntegrityError(
+                f"{self.file(table)}: times that do not parse as YYYY-MM-DD HH:MM:SS (MIMIC-IV's "
+                f"format; epoch numbers and other date orders are not read) in "
+                + "; ".join(problems)
+                + ". Fix: write the times as YYYY-MM-DD HH:MM:SS, or set "
+                f"integrity.unparseable_times: drop to take them as missing {_AUDIT}"
+            )
+
+    def keys(self) -> None:
+        """``PRIMARY_KEYS`` unique and present."""
+        for table, key in PRIMARY_KEYS.items():
+            n_keys, n_rows, n_null, example = self.con.execute(
+                f"""SELECT count(*) FILTER (WHERE {key} IS NOT NULL),
+                           coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE {key} IS NULL), 0),
+                           min({key})
+                    FROM (SELECT {key}, count(*) AS n FROM raw_{table} GROUP BY 1)
+                    WHERE n > 1 OR {key} IS NULL"""
+            ).fetchone()
+            if n_rows and self.rules.duplicate_keys == "refuse":
+                parts = []
+                if n_keys:
+                    parts.append(
+                        f"{n_keys} value(s) are on more than one row with different content "
+                        f"(e.g. {key}={example})"
+                    )
+                if n_null:
+                    parts.append(f"{n_null} row(s) have no {key}")
+                raise IntegrityError(
+                    f"{self.file(table)}: column {key} must identify one row, but "
+                    + " and ".join(parts)
+                    + f". Fix the export, or set integrity.duplicate_keys: drop to leave those "
+                    f"rows out of the build {_AUDIT}"
+                )
+            if n_rows:
+                self.con.execute(
+                    f"""DELETE FROM raw_{table} WHERE {key} IS NULL OR {key} IN (
+                            SELECT {key} FROM raw_{table} GROUP BY 1 HAVING count(*) > 1)"""
+                )
+            self.audit["duplicate_key_rows_dropped"][table] = int(n_rows)
+
+    def references(self) -> None:
+        """Every admission has its patient; every ICU stay its admission (of the same
+        patient) and its patient."""
+        rules = {
+            "admissions_without_patient": (
+                "admissions",
+                "subject_id IS NULL OR subject_id NOT IN (SELECT subject_id FROM raw_patients "
+                "WHERE subject_id IS NOT NULL)",
+            ),
+            "stays_without_admission": (
+                "icustays",
+                "hadm_id IS NULL OR hadm_id NOT IN (SELECT hadm_id FROM raw_admissions "
+                "WHERE hadm_id IS NOT NULL)",
+            ),
+            "stays_without_patient": (
+                "icustays",
+                "subject_id IS NULL OR subject_id NOT IN (SELECT subject_id FROM raw_patients "
+                "WHERE subject_id IS NOT NULL)",
+            ),
+            "stays_whose_admission_is_another_patients": (
+                "icustays",
+                "EXISTS (SELECT 1 FROM raw_admissions a WHERE a.hadm_id = raw_icustays.hadm_id "
+                "AND a.subject_id IS DISTINCT FROM raw_icustays.subject_id)",
+            ),
+        }
+        found: dict[str, tuple[int, str]] = {}
+        for name, (table, cond) in rules.items():
+            n = self.con.execute(f"SELECT count(*) FROM raw_{table} WHERE {cond}").fetchone()[0]
+            if n:
+                found[name] = (int(n), self._example(table, cond))
+            if n and self.rules.orphans == "drop":
+                # admissions first: their stays then have no admission and go too
+                self.con.execute(f"DELETE FROM raw_{table} WHERE {cond}")
+            self.audit["orphans_dropped"][name] = int(n)
+        if found and self.rules.orphans == "refuse":
+            what = {
+                "admissions_without_patient": "admission(s) whose patient is not in hosp/patients",
+                "stays_without_admission": "ICU stay(s) whose admission (hadm_id) is not in "
+                "hosp/admissions",
+                "stays_without_patient": "ICU stay(s) whose patient is not in hosp/patients",
+                "stays_whose_admission_is_another_patients": "ICU stay(s) whose admission "
+                "belongs to another patient",
+            }
+            listing = "; ".join(f"{n} {what[k]} (e.g. {ex})" for k, (n, ex) in found.items())
+            raise IntegrityError(
+                f"{self.src.root}: the ICU stays, admissions and patients do not match: "
+                f"{listing}. Such a stay would silently count as 'no Sepsis-3'. Fix: export "
+                "the complete tables, or set integrity.orphans: drop to leave those stays and "
+                f"admissions out of the build {_AUDIT}"
+            )
+
+    def not_empty(self) -> None:
+        for table in PRIMARY_KEYS:
+            if not self.con.execute(f"SELECT count(*) FROM raw_{table}").fetchone()[0]:
+                raise IntegrityError(
+                    f"{self.file(table)}: no row is left after the integrity checks "
+                    f"({self.audit['rows_read'][table]} read; see integrity: in your config): "
+                    "the build cannot run without it"
+                )
+
+
 def run_ingest(
     src: MimicSource,
     cfg: BuildConfig,
     out: Path | TableSink,
     check_dictionaries: bool = True,
     con: duckdb.DuckDBPyConnection | None = None,
+    check_integrity: bool | None = None,
 ) -> dict[str, Any]:
     """``out``: the stage folder, or in-memory tables (``build/tables.py``) with ``con``, an
     open connection left open. ``check_dictionaries=False`` is for a rollout's rows, whose
-    world the build checked."""
+    world the build checked; the integrity checks (``check_integrity``, by default as
+    ``check_dictionaries``) are skipped there too: a simulator's rows are not raw data."""
     sink = as_sink(out)
     own = con is None
     con = con or connect(cfg, Path(out).parent)
+    checks = check_dictionaries if check_integrity is None else check_integrity
+    reading: list[str | None] = [None]  # the raw table being read, for error messages
+    try:
+        info = _ingest(src, cfg, sink, con, check_dictionaries, checks, reading)
+    except duckdb.Error as exc:
+        raise read_error(exc, src, reading[0]) from None
+    finally:
+        if own:
+            con.close()
+    return info
+
+
+def _ingest(
+    src: MimicSource,
+    cfg: BuildConfig,
+    sink: TableSink,
+    con: duckdb.DuckDBPyConnection,
+    check_dictionaries: bool,
+    checks: bool,
+    reading: list[str | None],
+) -> dict[str, Any]:
     info: dict[str, Any] = {
         "source": {"root": str(src.root), "kind": src.kind, "version": src.version}
     }
     if check_dictionaries:
+        reading[0] = "d_items"
         info["dictionaries"] = check_item_ids(con, src, cfg)
     if sink.audited:  # allowed by source.allow_missing (build/coverage.py), else refused
         info["empty_source_tables"] = src.empty_tables()
     rows: dict[str, int] = {}
     seconds: dict[str, float] = {}
+    raw = RawTables(con, src, cfg) if checks else None
+    loading: dict[str, float] = {}  # when each checked table began loading
 
-    def copy(name: str, query: str) -> None:
-        started = time.perf_counter()
+    def rel(table: str, where: str = "true") -> str:
+        """What the ingest query of ``table`` reads: the checked rows, or the raw file."""
+        reading[0] = table
+        if raw is None:
+            return src.relation(table)
+        if table not in raw.loaded:
+            loading[table] = time.perf_counter()
+            raw.load(table, where)
+        return raw.relation(table)
+
+    def copy(name: str, query: str, table: str) -> None:
+        started = loading.pop(table, time.perf_counter())  # seconds include the checks
+        reading[0] = table
         sink.write(con, name, query, ZSTD)
         seconds[name] = round(time.perf_counter() - started, 3)
         if sink.audited:  # row counts are the build's audit; a rollout's tables skip them
             rows[name] = con.execute(f"SELECT count(*) FROM {sink.relation(name)}").fetchone()[0]
+        if raw is not None and table not in PRIMARY_KEYS:
+            raw.drop(table)
 
+    if raw is not None:
+        for table in PRIMARY_KEYS:
+            rel(table)
+        reading[0] = None
+        raw.keys()
+        raw.references()
+        raw.not_empty()
     copy(
         "icustays",
         f"SELECT subject_id, hadm_id, stay_id, {ts('intime')} AS intime, {ts('outtime')} AS outtime "
-        f"FROM {src.relation('icustays')} ORDER BY stay_id",
+        f"FROM {rel('icustays')} ORDER BY stay_id",
+        "icustays",
     )
     copy(
         "patients",
         f"SELECT subject_id, gender, anchor_age, CAST(anchor_year AS BIGINT) AS anchor_year, "
         f"CAST({ts('dod')} AS DATE) AS dod "
-        f"FROM {src.relation('patients')} ORDER BY subject_id",
+        f"FROM {rel('patients')} ORDER BY subject_id",
+        "patients",
     )
     copy(
         "admissions",
         f"SELECT subject_id, hadm_id, {ts('admittime')} AS admittime, {ts('dischtime')} AS dischtime, "
-        f"{ts('deathtime')} AS deathtime FROM {src.relation('admissions')} ORDER BY hadm_id",
+        f"{ts('deathtime')} AS deathtime FROM {rel('admissions')} ORDER BY hadm_id",
+        "admissions",
     )
+    if raw is not None:
+        for table in PRIMARY_KEYS:
+            raw.drop(table)
     chart_ids = ids(cfg, *CHART_CONCEPTS)
     text_ids = ids(cfg, *CHART_TEXT_CONCEPTS)
+    chart_where = f"itemid IN {sql_list(chart_ids)} AND stay_id IS NOT NULL"
     copy(
         "chart",
         f"SELECT stay_id, {ts('charttime')} AS charttime, CAST(itemid AS INTEGER) AS itemid, "
         f"CAST(valuenum AS DOUBLE) AS valuenum, "
         f"CASE WHEN itemid IN {sql_list(text_ids)} THEN value END AS value "
-        f"FROM {src.relation('chartevents')} "
-        f"WHERE itemid IN {sql_list(chart_ids)} AND stay_id IS NOT NULL "
+        f"FROM {rel('chartevents', chart_where)} WHERE {chart_where} "
         f"ORDER BY stay_id, charttime, itemid, valuenum, value",
+        "chartevents",
     )
     lab_ids = ids(cfg, *LAB_CONCEPTS)
     spec_ids = cfg.items["specimen_type"]
+    lab_where = f"itemid IN {sql_list(lab_ids)}"
     copy(
         "labs",
         f"SELECT subject_id, hadm_id, specimen_id, {ts('charttime')} AS charttime, "
         f"{ts('storetime')} AS storetime, CAST(itemid AS INTEGER) AS itemid, "
         f"CAST(valuenum AS DOUBLE) AS valuenum, "
         f"CASE WHEN itemid IN {sql_list(spec_ids)} THEN value END AS value "
-        f"FROM {src.relation('labevents')} WHERE itemid IN {sql_list(lab_ids)} "
+        f"FROM {rel('labevents', lab_where)} WHERE {lab_where} "
         f"ORDER BY subject_id, charttime, itemid, specimen_id, valuenum, value",
+        "labevents",
     )
     vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
     input_ids = sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine")))
+    input_where = f"itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL"
     copy(
         "inputs",
         f"SELECT stay_id, {ts('starttime')} AS starttime, {ts('endtime')} AS endtime, "
         f"CAST(itemid AS INTEGER) AS itemid, CAST(amount AS DOUBLE) AS amount, amountuom, "
         f"CAST(rate AS DOUBLE) AS rate, rateuom, CAST(patientweight AS DOUBLE) AS patientweight, "
         f"ordercomponenttypedescription "
-        f"FROM {src.relation('inputevents')} "
-        f"WHERE itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL "
+        f"FROM {rel('inputevents', input_where)} "
+        f"WHERE {input_where} "
         f"ORDER BY stay_id, starttime, endtime, itemid, rate, amount, rateuom, amountuom, patientweight, "
         f"ordercomponenttypedescription",
+        "inputevents",
     )
+    output_where = f"itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL"
     copy(
         "outputs",
         f"SELECT stay_id, {ts('charttime')} AS charttime, CAST(itemid AS INTEGER) AS itemid, "
-        f"CAST(value AS DOUBLE) AS value FROM {src.relation('outputevents')} "
-        f"WHERE itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL "
+        f"CAST(value AS DOUBLE) AS value FROM {rel('outputevents', output_where)} "
+        f"WHERE {output_where} "
         f"ORDER BY stay_id, charttime, itemid, value",
+        "outputevents",
     )
     copy(
         "antibiotics",
         f"SELECT subject_id, hadm_id, {ts('starttime')} AS starttime, drug, route "
-        f"FROM {src.relation('prescriptions')} "
+        f"FROM {rel('prescriptions', antibiotic_filter(cfg))} "
         f"WHERE {antibiotic_filter(cfg)} AND {ts('starttime')} IS NOT NULL "
         f"ORDER BY subject_id, starttime, hadm_id, drug, route",
+        "prescriptions",
     )
     copy(
         "cultures",
         f"SELECT subject_id, min(hadm_id) AS hadm_id, micro_specimen_id, "
         f"min({ts('charttime')}) AS charttime, CAST(min({ts('chartdate')}) AS DATE) AS chartdate "
-        f"FROM {src.relation('microbiologyevents')} GROUP BY subject_id, micro_specimen_id "
+        f"FROM {rel('microbiologyevents')} GROUP BY subject_id, micro_specimen_id "
         f"ORDER BY subject_id, micro_specimen_id",
+        "microbiologyevents",
     )
+    reading[0] = None
     info["rows_kept"] = rows
     if sink.audited:  # rows per item id: a configured id never found is visible in the audit
         info["item_rows"] = {
@@ -240,7 +539,7 @@ def run_ingest(
             }
             for name in ("chart", "labs", "inputs", "outputs")
         }
+    if raw is not None:
+        info["integrity"] = {"settings": cfg.integrity.model_dump(mode="json"), **raw.audit}
     info["seconds_per_table"] = seconds
-    if own:
-        con.close()
     return info

@@ -31,6 +31,14 @@ class UnitError(ValueError):
     """Rows carry units the pipeline cannot convert (listed, never silently zero)."""
 
 
+class ImplausibleDoseError(UnitError):
+    """Doses outside ``[0, integrity.plausible_max]``: charting or unit errors, not doses."""
+
+
+#: The unit of each ``integrity.plausible_max`` limit, by agent (others: mcg/kg/min).
+LIMIT_UNITS = {"vasopressin": "units/min", "iv_fluid": "mL per row"}
+
+
 def _views(con: duckdb.DuckDBPyConnection, source: TableSink, names: list[str]) -> None:
     for name in names:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {source.relation(name)}")
@@ -142,11 +150,14 @@ def run_measurements(
         """SELECT coalesce(amountuom, '<null>'), count(*) FROM infusions
            WHERE unknown_fluid_unit GROUP BY 1 ORDER BY 2 DESC"""
     ).fetchall()
-    no_weight, stay_weight_used, carriers = con.execute(
+    no_weight, stay_weight_used, carriers, unrecorded, unrecorded_dosed = con.execute(
         """SELECT count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NULL),
                   count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NOT NULL
                                    AND stay_weight_used),
-                  count(*) FILTER (WHERE carrier_fluid)
+                  count(*) FILTER (WHERE carrier_fluid),
+                  count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND weight_unrecorded),
+                  count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND weight_unrecorded
+                                   AND agent_rate IS NOT NULL)
            FROM infusions"""
     ).fetchone()
     if unknown and cfg.source.fail_on_unknown_rate_unit:
@@ -156,13 +167,36 @@ def run_measurements(
             "Add a conversion, or set source.fail_on_unknown_rate_unit: false to drop them "
             "(they are then listed in measurements/audit.json)."
         )
+    if unknown_fluid and cfg.source.fail_on_unknown_fluid_unit:
+        listing = "; ".join(f"{u!r} x{n}" for u, n in unknown_fluid)
+        raise UnitError(
+            f"inputevents: IV-fluid rows (items.iv_fluids) with amount units the pipeline cannot "
+            f"convert to mL (amountuom): {listing}. Add a conversion, or set "
+            "source.fail_on_unknown_fluid_unit: false to drop them (they are then listed in "
+            "measurements/audit.json)."
+        )
+    # doses outside [0, integrity.plausible_max] (a rollout's simulated rows skip the check)
+    implausible = implausible_doses(con, cfg) if sink.audited else []
+    dropped_implausible = "true"
+    if implausible and cfg.integrity.implausible_doses == "refuse":
+        raise ImplausibleDoseError(
+            "inputevents: doses outside the plausible range [0, integrity.plausible_max] "
+            "(a charting or unit error, not a dose): "
+            + "; ".join(f"{d['agent']} x{d['rows']} (e.g. {d['example']})" for d in implausible)
+            + ". Fix the rows, raise integrity.plausible_max.<agent> if the doses are real, or "
+            "set integrity.implausible_doses: drop to leave those rows out (counted under "
+            "integrity in measurements/audit.json)."
+        )
+    if implausible:
+        dropped_implausible = f"NOT ({IMPLAUSIBLE})"
     sink.write(
         con,
         "infusions",
-        """SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
+        f"""SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
                   agent_rate * factor AS ne_rate, fluid_ml
-           FROM infusions
-           WHERE (agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL
+           FROM infusions i
+           WHERE ((agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL)
+             AND {dropped_implausible}
            ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml""",
         ZSTD,
     )
@@ -190,10 +224,57 @@ def run_measurements(
         "unknown_fluid_units": [{"amountuom": u, "rows": n} for u, n in unknown_fluid],
         "rate_per_minute_without_weight": no_weight,
         "rate_per_minute_with_stay_weight": stay_weight_used,
+        "integrity": {
+            "unknown_rate_unit_rows": sum(n for _, _, n in unknown),
+            "unknown_fluid_unit_rows": sum(n for _, n in unknown_fluid),
+            "implausible_dose_rows_dropped": {d["agent"]: d["rows"] for d in implausible},
+            "rate_per_minute_patientweight_missing_or_0": unrecorded,
+            "rate_per_minute_patientweight_missing_or_0_with_stay_weight": unrecorded_dosed,
+        },
         "carrier_fluid_rows_excluded": carriers,
         "urine_rows": urine_rows,
         "labs": {"attribution": cfg.labs.attribution, "time": cfg.labs.time},
     }
+
+
+#: An ``infusions`` row (alias ``i``) whose dose is outside [0, its agent's limit] (``lim``).
+IMPLAUSIBLE = """EXISTS (SELECT 1 FROM plausible_max p WHERE p.agent = i.agent AND (
+        (i.agent <> 'iv_fluid' AND (i.agent_rate < 0 OR i.agent_rate > p.lim))
+        OR (i.agent = 'iv_fluid' AND (i.fluid_ml < 0 OR i.fluid_ml > p.lim))))"""
+
+
+def implausible_doses(con: duckdb.DuckDBPyConnection, cfg: BuildConfig) -> list[dict[str, Any]]:
+    """Per agent, the ``infusions`` rows whose dose is outside [0, integrity.plausible_max],
+    with the first such row as an example."""
+    limits = ", ".join(
+        f"('{name}', {float(v)!r}::DOUBLE)" for name, v in cfg.integrity.plausible_max.items()
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE plausible_max AS SELECT * FROM "
+        f"(VALUES {limits}) t(agent, lim)"
+    )
+    rows = con.execute(
+        f"""SELECT i.agent, count(*), any_value(p.lim),
+                   arg_min([i.stay_id::VARCHAR, i.starttime::VARCHAR,
+                            coalesce(i.agent_rate, i.fluid_ml)::VARCHAR, i.rateuom, i.amountuom],
+                           [i.stay_id::VARCHAR, i.starttime::VARCHAR])
+            FROM infusions i JOIN plausible_max p USING (agent)
+            WHERE {IMPLAUSIBLE}
+            GROUP BY 1 ORDER BY 1"""
+    ).fetchall()
+    out = []
+    for agent, n, lim, (stay, start, dose, rateuom, amountuom) in rows:
+        unit = LIMIT_UNITS.get(agent, "mcg/kg/min")
+        raw = f"amountuom {amountuom}" if agent == "iv_fluid" else f"rateuom {rateuom}"
+        out.append(
+            {
+                "agent": agent,
+                "rows": int(n),
+                "example": f"stay_id {stay} starttime {start}: {float(dose):g} {unit} ({raw}) "
+                f"outside [0, {lim:g}] (integrity.plausible_max.{agent})",
+            }
+        )
+    return out
 
 
 #: Under labs.time: storetime, the PaO2 and FiO2 of one blood gas specimen take the later of

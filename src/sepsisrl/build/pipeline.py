@@ -35,7 +35,7 @@ from sepsisrl.build.measurements import run_measurements
 from sepsisrl.build.replay import run_replay
 from sepsisrl.build.sepsis import run_sepsis
 from sepsisrl.build.splits import run_splits
-from sepsisrl.mimic.source import MimicSource, open_source
+from sepsisrl.mimic.source import FINGERPRINT_METHOD, MimicSource, open_source
 from sepsisrl.workspace import StageResult, Workspace, read_json, write_json
 
 STAGES = (
@@ -143,7 +143,7 @@ def build(
         "version": src.version,
         "root": str(src.root),
         "fingerprint": src.fingerprint(),
-        "fingerprint_method": "sha256 of file names, sizes, first and last MiB",
+        "fingerprint_method": FINGERPRINT_METHOD,
     }
     write_json(ws.root / "build_config.json", cfg.model_dump(mode="json"))
     try:
@@ -151,7 +151,7 @@ def build(
             "ingest",
             {
                 "source": source_info["fingerprint"],
-                "cfg": _section(cfg, "items", "vasopressors", "sepsis"),
+                "cfg": _section(cfg, "items", "vasopressors", "sepsis", "integrity"),
                 "kind": src.kind,
                 "version": src.version,
             },
@@ -171,6 +171,7 @@ def build(
                     "features",
                     "source",
                     "sepsis",
+                    "integrity",
                 ),
                 # what counts as treatment (build/sql/infusions.sql)
                 "treatment": cfg.actions.treatment.model_dump(mode="json"),

@@ -52,6 +52,28 @@ class StatePreprocessor:
             out[:, j] = (x - self.mean[name]) / self.std[name]
         return out
 
+    def normalised_range(
+        self, fill: dict[str, float] | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """Per feature, the range every normalised value of the build lies in.
+
+        A state value is clipped to the feature's clip range or imputed (train median of
+        clipped values; zero for the treatment totals, inside their clip range), so its
+        normalised value lies between the normalised clip bounds. They are computed with
+        ``normalise`` itself (same float32 arithmetic; the transform and the z-score are
+        monotone), so a clipped value lands exactly on its bound. A median outside the clip
+        range (a configured normal value), or a ``fill`` value of a feature imputed otherwise
+        (0 for ``impute: zero``), widens it.
+        """
+        fill = fill or {}
+        inner = {
+            n: [v for v in (self.median.get(n), fill.get(n)) if v is not None] for n in self.names
+        }
+        lo = [min([self.clip[n][0], *inner[n]]) for n in self.names]
+        hi = [max([self.clip[n][1], *inner[n]]) for n in self.names]
+        z = self.normalise(np.array([lo, hi], dtype=np.float64))
+        return {n: (float(z[0, j]), float(z[1, j])) for j, n in enumerate(self.names)}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": "1",

@@ -33,7 +33,7 @@ from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.ingest import connect, fetch_arrow
 from sepsisrl.build.preprocessing import StatePreprocessor
 from sepsisrl.build.splits import SPLITS
-from sepsisrl.build.state import model_input
+from sepsisrl.build.state import model_input, model_input_range
 from sepsisrl.workspace import read_json, write_json
 
 REPLAY_SCHEMA_VERSION = "1"
@@ -119,6 +119,24 @@ def _hours_since_onset(state: pa.Table, cohort: pa.Table, cfg: BuildConfig) -> n
     return np.clip((tau - onset) / 3.6e9, lo, hi).astype(np.float32)
 
 
+def _check_within(states: np.ndarray, names: list[str], bounds: dict[str, list[float]]) -> None:
+    """Every state value lies in its recorded range (the training side refuses a replay whose
+    values leave it; a build must never write one)."""
+    if not len(states):
+        return
+    low = np.array([bounds[n][0] for n in names], dtype=np.float32)
+    high = np.array([bounds[n][1] for n in names], dtype=np.float32)
+    outside = ~np.isfinite(states) | (states < low) | (states > high)
+    if outside.any():
+        j = int(np.flatnonzero(outside.any(axis=0))[0])
+        i = int(np.flatnonzero(outside[:, j])[0])
+        raise RuntimeError(
+            f"replay: state column s_{names[j]} row {i} = {states[i, j]} lies outside its "
+            f"recorded range [{low[j]}, {high[j]}] (features[].clip through the z-score); "
+            "this is a bug in the features stage"
+        )
+
+
 def run_replay(
     features_dir: Path,
     actions_dir: Path,
@@ -156,6 +174,8 @@ def run_replay(
         np.column_stack([state[n].to_numpy() for n in flags]) if flags else np.zeros((len(raw), 0)),
     )
     feature_names = cfg.feature_names
+    state_bounds = model_input_range(prep, cfg)
+    _check_within(model_states, feature_names, state_bounds["features"])
     split = state["split"].to_numpy(zero_copy_only=False)
     hours_since_onset = _hours_since_onset(state, cohort, cfg)
     labels = action_labels(cfg.actions.vaso_bins, cfg.actions.fluid_bins)
@@ -203,6 +223,7 @@ def run_replay(
             "n_actions": len(labels),
             "feature_names": feature_names,
             "state_variant": cfg.state.variant,
+            "state_bounds": state_bounds,
             "action_labels": labels,
             "reward": {
                 "variant": variant,

@@ -52,6 +52,7 @@ __all__ = [
     "flag_matrix",
     "forward_fill",
     "model_input",
+    "model_input_range",
     "state_columns",
     "step_treatment",
 ]
@@ -434,6 +435,19 @@ def model_input(prep: StatePreprocessor, base_raw: np.ndarray, flags: np.ndarray
         [prep.normalise(base_raw), np.asarray(flags, dtype=np.float32).reshape(len(base_raw), -1)],
         axis=1,
     ).astype(np.float32)
+
+
+def model_input_range(prep: StatePreprocessor, cfg: BuildConfig) -> dict[str, Any]:
+    """The range of every column of ``model_input`` (``meta.json`` ``state_bounds``): the
+    normalised clip range of each base feature (``StatePreprocessor.normalised_range``; a
+    feature imputed with zero includes 0), 0..1 for each missingness flag."""
+    feature_names = cfg.feature_names
+    rng = prep.normalised_range({f.name: 0.0 for f in cfg.state_features if f.impute == "zero"})
+    return {
+        "rule": "features[].clip (and the imputation median) through the train-fitted "
+        "transform and z-score; missingness flags 0..1",
+        "features": {n: list(rng[n]) if n in rng else [0.0, 1.0] for n in feature_names},
+    }
 
 
 def flag_matrix(states: States, cfg: BuildConfig) -> np.ndarray:

@@ -121,9 +121,8 @@ class BundlePolicy(TrainedPolicy):
     """An exported model repository: model.safetensors (actor) + config.json."""
 
     def __init__(self, bundle: str | Path, feature_names: list[str]) -> None:
-        from safetensors.torch import load_file
-
         from sepsisrl.rl.networks import MLP
+        from sepsisrl.rl.policies import finite_tensors
 
         folder = Path(bundle)
         cfg = json.loads((folder / "config.json").read_text())
@@ -138,7 +137,7 @@ class BundlePolicy(TrainedPolicy):
             )
         self.order = np.array([feature_names.index(n) for n in names])
         self.net = MLP(self.state_dim, self.n_actions, tuple(cfg.get("hidden_sizes", [256, 256])))
-        self.net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        self.net.load_state_dict(finite_tensors(folder / "model.safetensors", f"bundle {folder}"))
         self.net.eval()
         self.behaviour = None
         self.device = "cpu"
@@ -330,6 +329,8 @@ def evaluate(
     train = load_split(replay_dir, "train", EVAL_REWARD, meta)
     val = load_split(replay_dir, "validation", EVAL_REWARD, meta)
     data = load_split(replay_dir, "test", EVAL_REWARD, meta) if final else val
+    # a run or bundle is loaded (and its weights checked for NaN/inf) before anything is written
+    pol = make_policy(policy, kind, meta, None) if kind in ("run", "bundle", "object") else None
     out.mkdir(parents=True, exist_ok=True)
     lap("load")
 
@@ -344,7 +345,8 @@ def evaluate(
         )  # fmt: skip
     behaviour.save(out / "behaviour")
     lap("behaviour_model")
-    pol = make_policy(policy, kind, meta, behaviour)
+    if pol is None:
+        pol = make_policy(policy, kind, meta, behaviour)
 
     states = data.states.numpy()
     actions = data.actions.numpy()
@@ -412,9 +414,18 @@ def evaluate(
         raw_full = np.einsum("na,na->n", fqe.full_q_values(data.states, raw=True), pi_all)
         raw_v = np.vstack([raw_v, raw_full[None]])
     margin = cfg.gates.fqe_range_margin * (hi - lo)
-    out_of_range = float(np.mean((raw_v < lo - margin) | (raw_v > hi + margin)))
+    # NaN or inf (a diverged fit) counts as out of range: a comparison with NaN is never true
+    out_of_range = float(
+        np.mean(~np.isfinite(raw_v) | (raw_v < lo - margin) | (raw_v > hi + margin))
+    )
     raw_estimates = raw_v[:, init].mean(1)  # every fit's unclipped estimate
-    estimate_out = bool(np.any((raw_estimates < lo - margin) | (raw_estimates > hi + margin)))
+    estimate_out = bool(
+        np.any(
+            ~np.isfinite(raw_estimates)
+            | (raw_estimates < lo - margin)
+            | (raw_estimates > hi + margin)
+        )
+    )
     fqe_ci = ensemble_mean_ci(v0, cfg.bootstrap_resamples, cfg.bootstrap_seed,
                               point=None if q_full is None else v_full[init])  # fmt: skip
     # WDR: TD errors of every member along the logged episodes, weights of the policy as evaluated
@@ -453,6 +464,18 @@ def evaluate(
         model_reasons.append(
             f"an unclipped FQE estimate leaves the attainable range [{lo:g}, {hi:g}]: "
             f"{', '.join(f'{x:.2f}' for x in raw_estimates)}"
+        )
+    # not a configurable gate: an FQE figure that is not finite or leaves the range of the
+    # terminal rewards is never a number that could be printed or win a comparison
+    t_lo, t_hi = _terminal_range(meta, lo, hi)
+    fqe_numbers = {"estimate": fqe_ci.estimate, "CI low": fqe_ci.low, "CI high": fqe_ci.high}
+    bad_fqe = [
+        f"{k} {v:g}" for k, v in fqe_numbers.items() if not np.isfinite(v) or not t_lo <= v <= t_hi
+    ]
+    if bad_fqe:
+        model_reasons.append(
+            f"FQE diverged: {', '.join(bad_fqe)} is not finite or outside the attainable return "
+            f"range [{t_lo:g}, {t_hi:g}]"
         )
     if overlap["support_mass"] < cfg.gates.support_min:
         model_reasons.append(
@@ -664,6 +687,17 @@ def evaluate(
         )
         record.write_text(json.dumps(history, indent=2) + "\n")
     return doc
+
+
+def _terminal_range(meta: ReplayMeta, lo: float, hi: float) -> tuple[float, float]:
+    """[-T, +T] with T the largest terminal reward of the replay meta (the evaluation reward is
+    terminal only, so no return leaves it); the attainable range when the meta has none."""
+    reward = meta.raw.get("reward") or {}
+    terms = [reward.get("terminal_survived"), reward.get("terminal_died")]
+    terms = [abs(float(t)) for t in terms if isinstance(t, (int, float)) and np.isfinite(t)]
+    if not terms:
+        return lo, hi
+    return -max(terms), max(terms)
 
 
 def _weighted_share(w_et: np.ndarray) -> float:

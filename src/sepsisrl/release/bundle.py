@@ -11,14 +11,16 @@ when complete.
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sepsisrl import __version__
 from sepsisrl.ope.summary import CARD_ROWS, summarize
+from sepsisrl.rl.policies import NonFiniteWeightsError, finite_tensors
 from sepsisrl.workspace import atomic_folder
 
 EXPORTABLE = ("iql", "bc")
@@ -30,6 +32,105 @@ class ExportError(ValueError):
 
 def _fmt(x: float | None) -> str:
     return "undefined" if x is None else f"{x:.4f}"
+
+
+#: Card metrics that come from the fitted model (FQE and WDR, its control variate) or from
+#: importance sampling: when undefined, the card says why (the evaluation's gate reasons).
+MODEL_KEYS = ("fqe_mean", "fqe_ci_low", "fqe_ci_high", "wdr_mean", "wdr_ci_low", "wdr_ci_high")
+IS_KEYS = ("wis_mean", "wis_ci_low", "wis_ci_high", "wis_per_decision")
+
+
+def _model_reasons(doc: dict[str, Any]) -> list[str]:
+    """Why an evaluation's FQE/WDR figures are not evaluable: its own gate reasons, plus what
+    an older or permissively gated metrics.json may still carry as numbers (an FQE that did
+    not converge, a value that is not finite or leaves the attainable return range)."""
+    ev = doc.get("evaluable") or {}
+    reasons = list(ev.get("model_reasons") or [])
+    if ev.get("model") is False and not reasons:
+        reasons.append("the evaluation's model gate failed")
+    fqe = doc.get("fqe") or {}
+    if fqe.get("converged") is False and not any("converge" in r for r in reasons):
+        reasons.append("FQE did not converge")
+    lo, hi = (fqe.get("attainable_range") or [None, None])[:2]
+    metrics = doc.get("metrics") or {}
+    for key in MODEL_KEYS:
+        v = metrics.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            reasons.append(f"{key} is not finite ({v!r})")
+        elif lo is not None and hi is not None and not lo <= v <= hi:
+            reasons.append(f"{key} {v:g} is outside the attainable return range [{lo:g}, {hi:g}]")
+    return reasons
+
+
+def _is_reasons(doc: dict[str, Any]) -> list[str]:
+    ev = doc.get("evaluable") or {}
+    return list(ev.get("importance_sampling_reasons") or [])
+
+
+def gated_summary(evals: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``summarize(evals)`` with every FQE/WDR figure of a non-evaluable evaluation left out
+    (never averaged into a number), and per metric key the reason shown where it is
+    undefined."""
+    summary = summarize(evals)
+    docs = [json.loads((Path(e) / "metrics.json").read_text()) for e in evals]
+    model = [_model_reasons(d) for d in docs]
+    imp = [_is_reasons(d) for d in docs]
+    rows = summary["metrics"]
+    for key in MODEL_KEYS:
+        if key in rows and any(model):
+            vals = [None if r else d["metrics"].get(key) for d, r in zip(docs, model, strict=True)]
+            rows[key] = _summary_row(vals)
+    # the headline is the FQE or the WDR in most evaluations: gated like them
+    drop = [
+        d.get("headline_estimator") in ("fqe", "wdr") and bool(r)
+        for d, r in zip(docs, model, strict=True)
+    ]
+    if any(drop):
+        for key in ("headline_mean", "headline_ci_low", "headline_ci_high"):
+            if key in rows:
+                vals = [
+                    None if x else d["metrics"].get(key) for d, x in zip(docs, drop, strict=True)
+                ]
+                rows[key] = _summary_row(vals)
+    why: dict[str, str] = {}
+    # the most telling reason first: a diverged or unconverged fit before the other gates
+    telling = [sorted(r, key=lambda x: "diverged" not in x and "converge" not in x) for r in model]
+    first_model = next((r[0] for r in telling if r), None)
+    first_is = next((r[0] for r in imp if r), None)
+    for key in MODEL_KEYS:
+        if first_model:
+            why[key] = first_model
+    for key in IS_KEYS:
+        if first_is:
+            why[key] = first_is
+    return summary, why
+
+
+def _summary_row(vals: list[Any]) -> dict[str, Any]:
+    """One metric row over evaluations, as ``ope.summary.summarize`` writes it."""
+    finite = [float(v) for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    n = len(finite)
+    mean = sum(finite) / n if n else None
+    std = (
+        math.sqrt(sum((x - mean) ** 2 for x in finite) / (n - 1))
+        if n > 1
+        else (0.0 if n == 1 else None)
+    )
+    return {"mean": mean, "std": std, "n": n, "undefined": len(vals) - n}
+
+
+def _cell(key: str, mean: float | None, why: dict[str, str]) -> str:
+    """A card table cell: the number, or why there is none."""
+    if mean is not None:
+        return f"{mean:.4f}"
+    if key in why:
+        reason = why[key].replace("|", "/").replace("\n", " ")
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        return f"not evaluable ({reason})"
+    return "undefined"
 
 
 def find_evaluations(run_dir: Path) -> list[Path]:
@@ -138,7 +239,14 @@ def warning_lines(warnings: list[str]) -> list[str]:
     ]
 
 
-def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str) -> str:
+def model_card(
+    config: dict[str, Any],
+    summary: dict[str, Any] | None,
+    name: str,
+    why: dict[str, str] | None = None,
+) -> str:
+    """``why``: per metric key, the reason it is not evaluable (``gated_summary``)."""
+    why = why or {}
     m = summary["metrics"] if summary else {}
     n_eval = len(summary["evaluations"]) if summary else 0
     split = summary["split"] if summary else None
@@ -159,7 +267,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str
     ]
     for key, label in metric_rows:
         value = m[key]["mean"]
-        if value is not None:
+        if value is not None and math.isfinite(value):
             front.append(f"    - {{type: {key}, name: {label}, value: {value:.4f}}}")
     if not any(line.startswith("    - ") for line in front):
         front.pop()  # no measured metrics: no metrics list
@@ -227,7 +335,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any] | None, name: str
         for key, label in metric_rows:
             r = m[key]
             sd = "" if r["std"] is None else f"{r['std']:.4f}"
-            lines.append(f"| {label} | {_fmt(r['mean'])} | {sd} | {r['n']} |")
+            lines.append(f"| {label} | {_cell(key, r['mean'], why)} | {sd} | {r['n']} |")
         lines += ["", "These are offline estimates only; no prospective validation has been performed. They are not "
                   "evidence of clinical safety or efficacy."]  # fmt: skip
     else:
@@ -302,13 +410,16 @@ def export_run(
             f"{out} exists and is not empty; pass --overwrite or choose another --out"
         )
     truth_doc = _load_truth(Path(truth), run) if truth is not None else None
+    try:  # a diverged run (NaN or inf weights) is never published
+        weights = finite_tensors(run / "final" / "policy.safetensors", run)
+    except NonFiniteWeightsError as exc:
+        raise ExportError(f"{exc}; refusing to export it") from exc
     evals = [Path(e) for e in evaluations] if evaluations else find_evaluations(run)
-    summary = summarize(evals) if evals else None
+    summary, why = gated_summary(evals) if evals else (None, {})
     replay = cfg["replay"]
     ws = Path(replay["path"]).parent.parent
     names = replay["feature_names"]
     state = json.loads((run / "final" / "state.json").read_text())
-    weights = load_file(str(run / "final" / "policy.safetensors"))
     bins_path = ws / "actions" / "bins.json"
     bins = json.loads(bins_path.read_text()) if bins_path.is_file() else None
     name = name or f"sepsisrl-{run.name}"
@@ -363,7 +474,7 @@ def export_run(
         (tmp / "modeling_iql.py").write_text(wrapper.read_text())
         (tmp / "requirements.txt").write_text(REQUIREMENTS)
         (tmp / "LICENSE.md").write_text(LICENSE_TEXT)
-        (tmp / "README.md").write_text(model_card(config, summary, name))
+        (tmp / "README.md").write_text(model_card(config, summary, name, why))
     return out
 
 

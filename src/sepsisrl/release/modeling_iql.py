@@ -12,7 +12,7 @@ Depends only on torch, safetensors and the Python standard library.
     action = policy.select_action(state)           # int in 0..n_actions-1
     print(action, decode_action(action))           # (vaso_bin, fluid_bin, label)
     probs = policy.action_probabilities(state)     # list of n_actions floats
-    logits = policy(torch.zeros(8, policy.state_dim))  # (batch, n_actions)
+    logits = policy(torch.zeros(8, policy.state_dim))  # (batch, n_actions), no autograd
 
 Inputs are the *normalised* state in ``config.json["feature_names"]`` order. When a config has
 no ``feature_names`` (the earlier published checkpoint), the alphabetical order of the 62
@@ -27,8 +27,10 @@ from __future__ import annotations
 import array
 import json
 import math
+import numbers
 import operator
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -122,50 +124,80 @@ class IQLPolicy(nn.Module):
             return self._block(x)
         return torch.cat([self._block(block) for block in x.split(self._CHUNK)])
 
+    @torch.inference_mode()
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (batch, n_actions) for a float tensor of shape (batch, state_dim)."""
+        """Logits of shape (batch, n_actions) for a real tensor of shape (batch, state_dim).
+
+        Runs under ``torch.inference_mode()``: no autograd graph is kept, so a large batch
+        needs only its activations (the result cannot be differentiated)."""
         if not isinstance(states, torch.Tensor):
             raise ValueError(
                 f"expected a torch.Tensor, got {type(states).__name__}; use select_action for lists"
             )
+        if states.dtype == torch.bool or states.is_complex():
+            raise ValueError(f"states must be real numbers, got a {states.dtype} tensor")
         if states.dim() != 2 or states.shape[1] != self.state_dim:
             raise ValueError(f"expected shape (batch, {self.state_dim}), got {tuple(states.shape)}")
-        if not torch.isfinite(states).all():
-            raise ValueError("states contain NaN or inf")
-        if torch.is_grad_enabled():
-            return self.net(states.to(torch.float32))
-        return self._logits(states.to(torch.float32))
+        x = states.detach().to(torch.float32)  # beyond float32 range -> inf, refused below
+        if not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise ValueError(
+                f"states contain NaN or inf (or a value beyond float32 range), e.g. row {bad[0]}, "
+                f"feature {self.feature_names[bad[1]]!r}"
+            )
+        return self._logits(x)
 
     def _one(self, state) -> torch.Tensor:
-        """One state -> a validated float32 vector of length state_dim."""
+        """Exactly one state -> a validated float32 vector of length state_dim."""
         if type(state) is list or type(state) is tuple:
             # fast path for plain Python sequences: array.array converts and type-checks in C
             if len(state) != self.state_dim:
-                raise ValueError(f"state must have {self.state_dim} values, got {len(state)}")
+                raise ValueError(
+                    f"state must have {self.state_dim} values (one state), got {len(state)}"
+                )
             try:
                 buf = array.array("f", state)
-            except TypeError as exc:
-                raise ValueError(f"state must hold numbers: {exc}") from None
-            if bool in set(map(type, state)):
-                raise ValueError("state must hold numbers, got bool")
+            except (TypeError, OverflowError) as exc:
+                raise ValueError(f"state must hold real numbers: {exc}") from None
+            if any(t.__name__ in ("bool", "bool_") for t in set(map(type, state))):
+                raise ValueError("state must hold real numbers, got bool")
             # float32 values cannot overflow a float64 sum of 62 terms: finite sum <=> all finite
             if not math.isfinite(sum(buf)):
-                raise ValueError("state contains NaN or inf (or a value beyond float32 range)")
+                raise ValueError(self._nonfinite(buf))
             return torch.frombuffer(buf, dtype=torch.float32)
         if isinstance(state, torch.Tensor):
-            x = state.detach().to(torch.float32).reshape(-1)
+            x = state.detach()
         else:
+            kind = getattr(getattr(state, "dtype", None), "kind", None)  # numpy arrays
+            if kind is not None and kind not in "fiu":
+                raise ValueError(
+                    f"state must hold real numbers, got an array of dtype {state.dtype}"
+                )
             try:  # numpy arrays and other array-likes
-                x = torch.as_tensor(state, dtype=torch.float32).reshape(-1)
+                x = torch.as_tensor(state)
             except (TypeError, ValueError, RuntimeError):
                 raise ValueError(
                     f"state must be a list, tuple, array or tensor, got {type(state).__name__}"
                 ) from None
-        if x.shape[0] != self.state_dim:
-            raise ValueError(f"state must have {self.state_dim} values, got {x.shape[0]}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"state must hold real numbers, got dtype {x.dtype}")
+        shape = tuple(x.shape)
+        if shape not in ((self.state_dim,), (1, self.state_dim)):
+            raise ValueError(
+                f"select_action takes exactly one state of shape ({self.state_dim},), got shape "
+                f"{shape}; use policy(tensor) for a batch of shape (batch, {self.state_dim})"
+            )
+        x = x.to(torch.float32).reshape(-1)
         if not torch.isfinite(x).all():
-            raise ValueError("state contains NaN or inf")
+            raise ValueError(self._nonfinite(x.tolist()))
         return x
+
+    def _nonfinite(self, values) -> str:
+        j = next(i for i, v in enumerate(values) if not math.isfinite(v))
+        return (
+            f"state contains NaN or inf (or a value beyond float32 range): feature "
+            f"{self.feature_names[j]!r} (position {j}) = {values[j]}"
+        )
 
     def _vector_logits(self, v: torch.Tensor) -> torch.Tensor:
         """Logits for one state vector: matrix-vector products (cheaper than 1-row matmuls)."""
@@ -207,9 +239,14 @@ class IQLPolicy(nn.Module):
             if name.endswith("_missing") and name not in stats:
                 base = name[: -len("_missing")]
                 given = raw_features.get(name)
-                out.append(
-                    float(given) if given is not None else float(raw_features.get(base) is None)
-                )
+                if given is None:
+                    out.append(float(raw_features.get(base) is None))
+                    continue
+                if not isinstance(given, numbers.Real) or given not in (0, 1):
+                    raise ValueError(
+                        f"{name}: a missingness flag must be 0 or 1 (or left out), got {given!r}"
+                    )
+                out.append(float(given))
                 continue
             s = stats[name]
             value = raw_features.get(name)
@@ -217,7 +254,8 @@ class IQLPolicy(nn.Module):
                 value = s["median"]
             if (
                 isinstance(value, bool)
-                or not isinstance(value, (int, float))
+                or type(value).__name__ in ("bool", "bool_")
+                or not isinstance(value, numbers.Real)
                 or not math.isfinite(value)
             ):
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
@@ -233,10 +271,19 @@ def _state_dict(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
+    refused = (
+        f"{path}: refused: not a plain tensor file (only tensors are loaded, never pickled "
+        "Python objects); use model.safetensors - safetensors is the format"
+    )
     try:  # .bin fallback: never unpickle arbitrary objects
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: refused to load (not a plain tensor state dict): {exc}") from exc
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):
+        raise ValueError(refused) from None  # torch's own message suggests the unsafe way
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(refused)
+    return state
 
 
 def load_policy(path_or_dir: str | os.PathLike = ".") -> IQLPolicy:
@@ -270,6 +317,12 @@ def load_policy(path_or_dir: str | os.PathLike = ".") -> IQLPolicy:
     state_dim = int(config.get("state_dim", state[weights[0]].shape[1]))
     n_actions = int(config.get("n_actions", state[weights[-1]].shape[0]))
     hidden = config.get("hidden_sizes") or [int(state[k].shape[0]) for k in weights[:-1]]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(
+            f"{path}: tensor {bad[0]!r} holds NaN or inf values (a diverged training run); "
+            "refusing to load it"
+        )
     policy = IQLPolicy(state_dim, n_actions, hidden, config)
     policy.load_state_dict(state)
     policy.eval()

@@ -29,6 +29,25 @@ def module_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tenso
     return out
 
 
+def first_nonfinite(
+    source: dict[str, torch.nn.Module] | dict[str, torch.Tensor],
+) -> str | None:
+    """The name of the first tensor holding NaN or inf (``<module>.<param>`` for modules),
+    or None when every floating-point tensor is finite. One device sync for all tensors."""
+    tensors: list[tuple[str, torch.Tensor]] = []
+    for name, obj in source.items():
+        if isinstance(obj, torch.nn.Module):
+            tensors += [(f"{name}.{k}", v) for k, v in obj.state_dict().items()]
+        else:
+            tensors.append((name, obj))
+    tensors = [(k, v) for k, v in tensors if v.is_floating_point() or v.is_complex()]
+    if not tensors:
+        return None
+    flags = [torch.isfinite(v.detach()).all() for _, v in tensors]
+    ok = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    return next((k for (k, _), good in zip(tensors, ok, strict=True) if not good), None)
+
+
 def load_module_tensors(
     modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor]
 ) -> None:

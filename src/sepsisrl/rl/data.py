@@ -4,12 +4,21 @@ The replay files hold one row per decision step, sorted by (stay_id, step). The 
 a non-final row is the state of the following row; it is not stored twice - ``next_index``
 points at it (a final row points at itself and is masked by ``done``). Everything a training
 step needs stays resident as tensors; a batch is a handful of index operations.
+
+Loading checks the contract and refuses what would silently train or evaluate on garbage:
+``gamma`` outside (0, 1], episodes whose steps are not 0..n-1, non-finite states, and state
+values outside the range the build recorded (``meta.json`` ``state_bounds``: every normalised
+value of a build lies within its feature's clip range mapped through the train-fitted transform
+and z-score, ``StatePreprocessor.normalised_range``). A replay written before ``state_bounds``
+existed gets the range derived from its workspace's ``features/preprocessing.json``; a replay
+with neither (an external dataset) is checked for finite values only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +28,10 @@ import pyarrow.parquet as pq
 import torch
 
 SUPPORTED_SCHEMA = {"1"}
+
+#: Slack of the state range check, relative to the bound (at least this much in z units):
+#: covers float32 rounding of a value that lies exactly on a clip bound.
+BOUNDS_TOLERANCE = 1e-5
 
 
 class ReplayError(ValueError):
@@ -45,6 +58,48 @@ class ReplayMeta:
     @property
     def gamma(self) -> float:
         return float(self.raw.get("gamma", 0.99))
+
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """(low, high, where from) of every state column in feature order (+-inf: unbounded),
+        or None when neither the meta nor the build's preprocessing statistics record one."""
+        names = self.feature_names
+        recorded = self.raw.get("state_bounds")
+        if isinstance(recorded, dict) and isinstance(recorded.get("features"), dict):
+            feats = recorded["features"]
+            rng = {n: feats[n] for n in names if n in feats}
+            source = f"{self.path / 'meta.json'} state_bounds"
+            for n, v in rng.items():
+                if not (
+                    isinstance(v, list)
+                    and len(v) == 2
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    and not math.isnan(v[0])
+                    and not math.isnan(v[1])
+                    and v[0] <= v[1]
+                ):
+                    raise ReplayError(
+                        f"{source}: the range of {n!r} must be [low, high] with low <= high, "
+                        f"found {v!r}"
+                    )
+        else:
+            ref = self.raw.get("preprocessing")
+            path = (self.path.parent.parent / ref) if isinstance(ref, str) else None
+            if path is None or not path.is_file():
+                return None
+            from sepsisrl.build.preprocessing import StatePreprocessor
+
+            try:
+                prep = StatePreprocessor.from_json(json.loads(path.read_text()))
+                rng = prep.normalised_range()
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ReplayError(
+                    f"{path}: cannot derive the state range of {self.path} from it ({exc})"
+                ) from exc
+            rng.update({n: (0.0, 1.0) for n in names if n.endswith("_missing") and n not in rng})
+            source = f"derived from {path} (meta.json has no state_bounds)"
+        low = np.array([float(rng[n][0]) if n in rng else -np.inf for n in names])
+        high = np.array([float(rng[n][1]) if n in rng else np.inf for n in names])
+        return low, high, source
 
     @property
     def variant(self) -> str:
@@ -78,6 +133,16 @@ def load_meta(replay_dir: str | Path) -> ReplayMeta:
     if len(raw["feature_names"]) != int(raw["state_dim"]):
         raise ReplayError(
             f"{path}: {len(raw['feature_names'])} feature_names but state_dim {raw['state_dim']}"
+        )
+    gamma = raw.get("gamma", 0.99)
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, (int, float))
+        or not (0.0 < float(gamma) <= 1.0)
+    ):
+        raise ReplayError(
+            f"{path}: gamma must be a number in (0, 1] (the discount of the returns), "
+            f"found {gamma!r}"
         )
     return ReplayMeta(folder, raw)
 
@@ -158,6 +223,7 @@ def load_split(
     done = table["done"].to_numpy(zero_copy_only=False).astype(bool)
     last = np.ones(len(stay), dtype=bool)
     last[:-1] = stay[1:] != stay[:-1]
+    _check_steps(path, stay, step, last)
     if not (done == last).all():
         raise ReplayError(f"{path}: done must be true exactly on each episode's last row")
     actions = table["action"].to_numpy().astype(np.int64)
@@ -168,8 +234,7 @@ def load_split(
         if len(stay)
         else np.zeros((0, meta.state_dim), np.float32)
     )
-    if not np.isfinite(states).all():
-        raise ReplayError(f"{path}: states contain NaN or inf")
+    _check_states(path, split, states, state_cols, stay, step, meta.state_bounds())
     rewards = table[reward_column].to_numpy(zero_copy_only=False).astype(np.float32)
     if not np.isfinite(rewards).all():
         raise ReplayError(f"{path}: column {reward_column!r} contains NaN, inf or nulls")
@@ -188,3 +253,66 @@ def load_split(
         subject_id=table["subject_id"].to_numpy() if extra else stay,
         fingerprint=h.hexdigest(),
     )
+
+
+def _check_steps(path: Path, stay: np.ndarray, step: np.ndarray, last: np.ndarray) -> None:
+    """Every episode's steps are 0, 1, ..., n-1 (rows already sorted by stay, step)."""
+    if not len(stay):
+        return
+    first = np.ones(len(stay), dtype=bool)
+    first[1:] = last[:-1]
+    expected = np.empty_like(step)
+    expected[first] = 0
+    expected[~first] = step[np.flatnonzero(~first) - 1] + 1
+    bad = np.flatnonzero(step != expected)
+    if len(bad):
+        i = int(bad[0])
+        after = "at its start" if first[i] else f"after step {int(step[i - 1])}"
+        raise ReplayError(
+            f"{path}: episode stay_id {stay[i]} has a gap in its steps: expected step "
+            f"{int(expected[i])} {after}, found step {int(step[i])} (row {i}); an episode's "
+            f"steps must be 0..n-1 without gaps ({len(bad)} such row(s) in the file)"
+        )
+
+
+def _check_states(
+    path: Path,
+    split: str,
+    states: np.ndarray,
+    cols: list[str],
+    stay: np.ndarray,
+    step: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray, str] | None,
+) -> None:
+    """Finite states inside the recorded range, else a ReplayError naming the file, split,
+    column, an example row and value, expected vs found."""
+    if not len(states):
+        return
+    finite = np.isfinite(states)
+    if not finite.all():
+        j = int(np.flatnonzero(~finite.all(axis=0))[0])
+        rows = np.flatnonzero(~finite[:, j])
+        i = int(rows[0])
+        raise ReplayError(
+            f"{path} (split {split}): states contain NaN or inf: column {cols[j]} has "
+            f"{len(rows)} non-finite value(s), e.g. row {i} (stay_id {stay[i]}, step "
+            f"{int(step[i])}) = {states[i, j]}; expected finite normalised values"
+        )
+    if bounds is None:
+        return
+    low, high, source = bounds
+    slack_lo = BOUNDS_TOLERANCE * np.maximum(1.0, np.abs(np.nan_to_num(low, posinf=0, neginf=0)))
+    slack_hi = BOUNDS_TOLERANCE * np.maximum(1.0, np.abs(np.nan_to_num(high, posinf=0, neginf=0)))
+    outside = (states < (low - slack_lo).astype(np.float32)) | (
+        states > (high + slack_hi).astype(np.float32)
+    )
+    if outside.any():
+        j = int(np.flatnonzero(outside.any(axis=0))[0])
+        rows = np.flatnonzero(outside[:, j])
+        i = int(rows[0])
+        raise ReplayError(
+            f"{path} (split {split}): column {cols[j]} has {len(rows)} value(s) outside the "
+            f"build's range, e.g. row {i} (stay_id {stay[i]}, step {int(step[i])}) = "
+            f"{float(states[i, j]):.6g}; expected {low[j]:.6g} <= value <= {high[j]:.6g} "
+            f"({source}); the replay was altered or not written by this build - rebuild it"
+        )

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from sepsisrl.rl.checkpoint import first_nonfinite
 from sepsisrl.rl.networks import MLP
 
 
@@ -90,6 +91,23 @@ class ClinicianPolicy:
         return self._prob(states).argmax(1)
 
 
+class NonFiniteWeightsError(ValueError):
+    """A weights file holds NaN or inf: nothing may be evaluated or exported from it."""
+
+
+def finite_tensors(path: Path, owner: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refusing one that holds NaN or inf."""
+    tensors = load_file(str(path))
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        what = f"run {owner}" if owner is not None else str(path)
+        raise NonFiniteWeightsError(
+            f"{what}: tensor {bad!r} of {path} holds NaN or inf values (the training diverged); "
+            "refusing to use it - retrain the run"
+        )
+    return tensors
+
+
 class TrainedPolicy(_Deterministic):
     """Greedy policy of a trained run (``RUN/final``)."""
 
@@ -105,12 +123,12 @@ class TrainedPolicy(_Deterministic):
         self.state_dim, self.n_actions = int(dims["state_dim"]), int(dims["n_actions"])
         hidden = tuple(cfg["config"]["hidden_sizes"])
         self.net = MLP(self.state_dim, self.n_actions, hidden).to(device)
-        self.net.load_state_dict(load_file(str(final / "policy.safetensors")))
+        self.net.load_state_dict(finite_tensors(final / "policy.safetensors", run))
         self.net.eval()
         self.behaviour = None
         if self.algo == "bcq":
             self.behaviour = MLP(self.state_dim, self.n_actions, hidden).to(device)
-            self.behaviour.load_state_dict(load_file(str(final / "behaviour.safetensors")))
+            self.behaviour.load_state_dict(finite_tensors(final / "behaviour.safetensors", run))
             self.threshold = float(cfg["config"]["bcq"]["threshold"])
         self.device = device
 

@@ -18,6 +18,7 @@ Run folder (``contracts.md``)::
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,9 +32,11 @@ import torch
 from safetensors.torch import save_file
 
 from sepsisrl import __version__
+from sepsisrl.locks import holds_lock
 from sepsisrl.rl.bc import BC, BCConfig
 from sepsisrl.rl.bcq import BCQ, BCQConfig
 from sepsisrl.rl.checkpoint import (
+    first_nonfinite,
     latest_checkpoint,
     load_checkpoint,
     module_tensors,
@@ -50,6 +53,10 @@ POLICY_MODULE = {"iql": "actor", "bc": "actor", "cql": "q", "bcq": "q"}
 
 class RunExistsError(FileExistsError):
     """The run folder already holds a run (use resume=True or another folder)."""
+
+
+class TrainingDivergedError(ValueError):
+    """A loss or a weight became NaN or inf: the run stops without final/ (not complete)."""
 
 
 def make_algorithm(
@@ -97,6 +104,7 @@ class TrainResult:
     compile_seconds: float | None = None
 
 
+@holds_lock("run_dir", "run folder")  # one writer per run folder (sepsisrl.locks)
 def train(
     replay_dir: str | Path,
     cfg: TrainConfig,
@@ -143,7 +151,7 @@ def train(
         ):
             raise ValueError(
                 f"{checkpoint}: the run was started with another config or dataset; "
-                "refusing to resume"
+                f"refusing to resume ({_resume_differences(saved, cfg, data.fingerprint)})"
             )
     run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
@@ -216,6 +224,7 @@ def train(
                     cfg.log_every if done_steps % cfg.log_every == 0 else done_steps % cfg.log_every
                 )
                 last = {k: v / count for k, v in zip(metrics, sums.tolist(), strict=True)}
+                _check_losses(run, last, done_steps, count)
                 line = {"step": done_steps, "epoch": epoch}
                 line.update({k: round(v, 6) for k, v in last.items()})
                 line["steps_per_second"] = round(count / max(elapsed, 1e-9), 1)
@@ -226,6 +235,7 @@ def train(
                 if on_log:
                     on_log(done_steps, total, last)
             if done_steps % cfg.checkpoint_every == 0 and done_steps < total:
+                _check_weights(run, algo, done_steps)
                 save_checkpoint(
                     run / "checkpoints" / f"step_{done_steps:08d}",
                     algo.modules(),
@@ -242,12 +252,41 @@ def train(
                 _prune(run / "checkpoints", cfg.keep_checkpoints)
     seconds = time.perf_counter() - started
     done = end - start
+    if end > start:  # the steps since the last log line are not checked by it
+        _check_weights(run, algo, end)
     if end == total:
         _write_final(run, algo, cfg, total, last)
     return TrainResult(
         run, end, seconds, done / max(seconds, 1e-9), start if checkpoint else None, last,
         compile_seconds,
     )  # fmt: skip
+
+
+def _diverged(run: Path, step: int, what: str) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"training diverged at step {step}: {what}. The run {run} is not complete (no final/; "
+        "checkpoints before the divergence are kept). Check the replay for extreme state or "
+        "reward values, or lower the learning rates; then train again with --overwrite"
+    )
+
+
+def _check_losses(run: Path, window: dict[str, float], step: int, count: int) -> None:
+    """Stop on a metric window whose mean is NaN or inf (any step in it was)."""
+    bad = [k for k, v in window.items() if not math.isfinite(v)]
+    if bad:
+        first = next((k for k in bad if k.endswith("loss")), bad[0])
+        span = f"step {step}" if count == 1 else f"steps {step - count + 1}..{step}"
+        raise _diverged(
+            run, step, f"loss {first} is {window[first]} (mean over {span}; non-finite: "
+            f"{', '.join(bad)})"
+        )  # fmt: skip
+
+
+def _check_weights(run: Path, algo, step: int) -> None:
+    """Stop before a checkpoint or final/ would store NaN or inf weights."""
+    bad = first_nonfinite(algo.modules())
+    if bad is not None:
+        raise _diverged(run, step, f"weight tensor {bad} holds NaN or inf values")
 
 
 def _compile(algo, data: Transitions, idx: torch.Tensor) -> float:
@@ -288,6 +327,23 @@ def _write_final(run: Path, algo, cfg: TrainConfig, total: int, last: dict[str, 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def _resume_differences(saved: dict[str, Any], cfg: TrainConfig, fingerprint: str) -> str:
+    """Which settings (dotted keys, checkpoint vs now) or which dataset stop a resume."""
+
+    def flat(doc: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(doc, dict):
+            return {prefix: doc}
+        return {k: v for key, sub in doc.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    was = flat(_weights_config(saved["config"]))
+    now = flat(_weights_config(cfg.model_dump(mode="json")))
+    keys = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+    found = [f"{k.rstrip('.')}: checkpoint {was.get(k)!r}, now {now.get(k)!r}" for k in keys]
+    if saved["train_fingerprint"] != fingerprint:
+        found.append("the replay's train split differs from the one the run was started on")
+    return "; ".join(found) + "; resume with the same settings, or train again with --overwrite"
 
 
 #: Settings that do not change the weights; a run may resume with other values for them.

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from sepsisrl import __version__
+from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig
 from sepsisrl.workspace import atomic_folder, read_json, remove_partials, stable_hash, write_json
@@ -127,6 +128,23 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
         )  # fmt: skip
         write_json(tmp / "study.json", {"key": key})
     return True
+
+
+def _config_differences(was: Any, now: dict[str, Any]) -> str:
+    """``; synth config differs in KEY (world V, study W), ...`` or "" (dotted keys)."""
+
+    def flat(doc: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(doc, dict):
+            return {prefix.rstrip("."): doc}
+        return {k: v for key, sub in doc.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    a, b = flat(was or {}), flat(now)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if not keys:
+        return ""
+    return "; synth config differs in " + ", ".join(
+        f"{k} (world {a.get(k)!r}, study {b.get(k)!r})" for k in keys
+    )
 
 
 def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -331,8 +349,12 @@ class Study:
             self.pool = None
 
     def clean_partials(self) -> None:
-        """Remove temporary folders left by an interrupted earlier run."""
-        for folder in (self.ws / "eval", self.ws / "study"):
+        """Remove temporary folders left by an interrupted or killed earlier run (only those of
+        ended processes)."""
+        folders = [self.ws / d for d in ("eval", "study", "runs", "release", "truth", "report")]
+        folders += [self.ws / "truth" / "study", self.ws / "truth" / "populations"]
+        folders += [p for p in sorted((self.ws / "runs").glob("*")) if p.is_dir()]
+        for folder in folders:
             remove_partials(folder)
 
     # -- phases
@@ -373,8 +395,9 @@ class Study:
                 return raw
             raise StudyError(
                 f"{raw} holds another synthetic world (seed {doc['seed']}, {doc['n_stays']} "
-                f"stays) than this study asks for (seed {s.seed}, {s.stays} stays); use "
-                "another --workspace or delete raw/ and raw_truth/"
+                f"stays) than this study asks for (seed {s.seed}, {s.stays} stays"
+                f"{_config_differences(doc.get('config'), synth_cfg.model_dump(mode='json'))}); "
+                "use another --workspace or delete raw/ and raw_truth/"
             )
         self.emit("synth", 0, s.stays, f"simulating {s.stays} ICU stays")
         generate_world(
@@ -733,6 +756,7 @@ class Study:
         return folder
 
 
+@holds_lock("workspace", "workspace")  # one writer per workspace; its workers lock only runs
 def run_study(
     workspace: str | Path,
     cfg: StudyConfig,

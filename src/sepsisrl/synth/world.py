@@ -39,6 +39,7 @@ from sepsisrl.synth.cohort import ChunkResult, simulate_chunk, subset_chunk
 from sepsisrl.synth.config import SynthConfig, load_synth_config
 from sepsisrl.synth.csvgz import BackgroundWriter, GzipCsvFile
 from sepsisrl.synth.population import Attendings, sample_attendings
+from sepsisrl.workspace import remove_partials
 
 #: Rows of one chunk's ids are offset by this much so ids are unique across chunks.
 CHUNK_ID_STRIDE = 50_000_000
@@ -175,6 +176,9 @@ def generate_world(
         )
     _check_destination(out, overwrite, "output folder")
     _check_destination(truth, overwrite, "truth folder")
+    # temporaries of killed earlier runs (their process has ended) go first
+    remove_partials(out.parent, (out.name,))
+    remove_partials(truth.parent, (truth.name,))
     started = time.perf_counter()
     tag = f"partial-{os.getpid()}"
     tmp_out = out.parent / f".{out.name}.{tag}"

@@ -5,6 +5,7 @@
 --   The weight of a per-minute rate is the row's patientweight when in [{{weight_lo}}, {{weight_hi}}] kg;
 --   without one, the stay's weight recorded at or before the row's start when
 --   actions.treatment.missing_weight is stay_weight ({{use_stay_weight}}), else none (no dose).
+--   A patientweight that is missing, 0 or NaN (not recorded) takes the stay's weight either way.
 -- NE-equivalent = agent rate x factor (norepinephrine 1, epinephrine 1, phenylephrine 0.1,
 -- dopamine 0.01, vasopressin 2.5 per units/min). Concurrent agents are summed later.
 -- IV fluid: amount in mL (L x 1000) over [starttime, endtime); prorated by overlap later.
@@ -17,6 +18,7 @@ WITH rows AS (
         stay_id, starttime, endtime, itemid, amount, lower(trim(amountuom)) AS amountuom,
         rate, lower(trim(rateuom)) AS rateuom,
         CASE WHEN patientweight BETWEEN {{weight_lo}} AND {{weight_hi}} THEN patientweight END AS row_weight,
+        coalesce(patientweight, 0) = 0 OR isnan(patientweight) AS weight_unrecorded,
         lower(trim(coalesce(ordercomponenttypedescription, ''))) = 'mixed solution'
             OR (lower(trim(rateuom)) = 'ml/hour' AND rate IS NOT NULL AND rate <= {{kvo_rate}})
             AS carrier
@@ -26,8 +28,10 @@ WITH rows AS (
     SELECT r.*,
         coalesce(
             r.row_weight,
-            CASE WHEN {{use_stay_weight}} AND w.charted_time <= r.starttime THEN w.charted_kg END,
-            CASE WHEN {{use_stay_weight}} AND w.infusion_time <= r.starttime THEN w.infusion_kg END
+            CASE WHEN ({{use_stay_weight}} OR r.weight_unrecorded) AND w.charted_time <= r.starttime
+                 THEN w.charted_kg END,
+            CASE WHEN ({{use_stay_weight}} OR r.weight_unrecorded) AND w.infusion_time <= r.starttime
+                 THEN w.infusion_kg END
         ) AS weight
     FROM rows r
     LEFT JOIN {{stay_weights}} w USING (stay_id)
@@ -60,6 +64,7 @@ SELECT
     a.agent IS NULL AND r.itemid NOT IN {{dobutamine}} AND {{exclude_carriers}} AND r.carrier
         AS carrier_fluid,
     r.row_weight IS NULL AND r.weight IS NOT NULL AS stay_weight_used,
+    r.weight_unrecorded,
     (a.agent IS NOT NULL OR r.itemid IN {{dobutamine}}) AND r.rate IS NOT NULL
         AND coalesce(r.rateuom, '<null>') NOT IN ('mcg/kg/min', 'units/min', 'mcg/min', 'mg/kg/min', 'mg/min', 'mcg/kg/hour', 'units/hour')
         AS unknown_rate_unit,
