@@ -184,6 +184,117 @@ def test_no_admission_left_after_the_checks_is_refused_naming_the_file(tiny, tmp
     assert str(err.value).startswith("hosp/admissions.csv.gz: no row is left after the integrity")
 
 
+# ---- rows that end before they start
+
+
+def test_inputevents_ending_before_they_start_are_refused_then_dropped_with_a_warning(
+    tiny, tmp_path, capsys
+):
+    root = variant(
+        tiny, tmp_path / "raw", "icu/inputevents",
+        "UPDATE t SET starttime = endtime, endtime = starttime WHERE rowid IN "
+        "(SELECT rowid FROM t WHERE endtime > starttime ORDER BY rowid LIMIT 3)",
+    )  # fmt: skip
+    with pytest.raises(IntegrityError) as err:
+        ingest(root, tmp_path / "refused")
+    msg = str(err.value)
+    assert msg.startswith("icu/inputevents.csv.gz: 3 row(s) with endtime before starttime (e.g. ")
+    assert "stay_id=" in msg and "integrity.reversed_intervals: drop" in msg
+    audit = ingest(root, tmp_path / "dropped", **{"integrity.reversed_intervals": "drop"})
+    assert audit["integrity"]["reversed_intervals_dropped"]["inputevents"] == 3
+    assert "warning: icu/inputevents.csv.gz: dropped 3 row(s) with a reversed interval" in (
+        capsys.readouterr().err
+    )
+    clean = ingest(tiny, tmp_path / "clean")
+    assert clean["integrity"]["reversed_intervals_dropped"]["inputevents"] == 0
+    assert (
+        rows(tmp_path / "dropped" / "inputs.parquet")
+        == rows(tmp_path / "clean" / "inputs.parquet") - 3
+    )
+
+
+def test_a_stay_ending_before_it_starts_is_refused_naming_stay_and_times(tiny, tmp_path, capsys):
+    root = variant(
+        tiny, tmp_path / "raw", "icu/icustays",
+        "UPDATE t SET outtime = strftime(intime::TIMESTAMP - INTERVAL 60 DAY, '%Y-%m-%d %H:%M:%S') "
+        "WHERE stay_id = (SELECT min(stay_id) FROM t)",
+    )  # fmt: skip
+    with pytest.raises(IntegrityError) as err:
+        ingest(root, tmp_path / "refused")
+    msg = str(err.value)
+    assert msg.startswith("icu/icustays.csv.gz: 1 row(s) with outtime before intime (e.g. stay_id=")
+    assert "intime=" in msg and "integrity.reversed_intervals: drop" in msg
+    audit = ingest(root, tmp_path / "dropped", **{"integrity.reversed_intervals": "drop"})
+    assert audit["integrity"]["reversed_intervals_dropped"]["icustays"] == 1
+    assert rows(tmp_path / "dropped" / "icustays.parquet") == 39
+    assert "warning: icu/icustays.csv.gz: dropped 1 row(s)" in capsys.readouterr().err
+
+
+def test_an_admission_ending_before_it_starts_is_refused_then_dropped_with_its_stays(
+    tiny, tmp_path
+):
+    root = variant(
+        tiny, tmp_path / "raw", "hosp/admissions",
+        "UPDATE t SET dischtime = strftime(admittime::TIMESTAMP - INTERVAL 1 DAY, "
+        "'%Y-%m-%d %H:%M:%S') WHERE hadm_id = (SELECT min(hadm_id) FROM t)",
+    )  # fmt: skip
+    with pytest.raises(
+        IntegrityError, match=r"^hosp/admissions.csv.gz: 1 row\(s\) with dischtime "
+    ):
+        ingest(root, tmp_path / "refused")
+    audit = ingest(root, tmp_path / "dropped", **{"integrity.reversed_intervals": "drop"})
+    dropped = audit["integrity"]["reversed_intervals_dropped"]
+    assert dropped["admissions"] == 1 and dropped["stays_of_reversed_admissions"] >= 1
+    assert (
+        rows(tmp_path / "dropped" / "icustays.parquet")
+        == 40 - dropped["stays_of_reversed_admissions"]
+    )
+    assert audit["integrity"]["orphans_dropped"]["stays_without_admission"] == 0
+
+
+# ---- units of chartevents / labevents
+
+
+def test_a_lab_in_another_unit_is_refused_naming_item_and_units_then_dropped(
+    tiny, tmp_path, capsys
+):
+    root = variant(
+        tiny, tmp_path / "raw", "hosp/labevents",
+        "UPDATE t SET valueuom = 'mg/dL' WHERE rowid IN "
+        "(SELECT rowid FROM t WHERE itemid = '50813' ORDER BY rowid LIMIT 4)",
+    )  # fmt: skip
+    with pytest.raises(IntegrityError) as err:
+        ingest(root, tmp_path / "refused")
+    msg = str(err.value)
+    assert msg.startswith("hosp/labevents.csv.gz: 4 row(s) of configured items carry another unit")
+    assert "lactate (itemid 50813) 'mg/dL' x4 (expected 'mmol/L')" in msg
+    assert "integrity.unit_mismatches: drop" in msg
+    audit = ingest(root, tmp_path / "dropped", **{"integrity.unit_mismatches": "drop"})
+    assert audit["integrity"]["unit_mismatch_rows_dropped"]["labevents"] == 4
+    assert "warning: hosp/labevents.csv.gz: dropped 4 row(s)" in capsys.readouterr().err
+    clean = ingest(tiny, tmp_path / "clean")
+    assert clean["integrity"]["unit_mismatch_rows_dropped"] == {"chartevents": 0, "labevents": 0}
+    assert (
+        rows(tmp_path / "dropped" / "labs.parquet") == rows(tmp_path / "clean" / "labs.parquet") - 4
+    )
+
+
+def test_a_chart_unit_differing_only_in_case_and_spaces_is_the_expected_unit(tiny, tmp_path):
+    root = variant(
+        tiny, tmp_path / "raw", "icu/chartevents",
+        "UPDATE t SET valueuom = ' BPM ' WHERE itemid = '220045'",
+        "UPDATE t SET valueuom = 'kPa' "
+        "WHERE rowid = (SELECT min(rowid) FROM t WHERE itemid = '220339')",
+    )  # fmt: skip
+    with pytest.raises(IntegrityError, match=r"1 row\(s\) .* peep \(itemid 220339\) 'kPa' x1"):
+        ingest(root, tmp_path / "refused")
+
+
+def test_expected_units_must_name_item_concepts():
+    with pytest.raises(ConfigError, match=r"integrity.expected_units: \['lactat'\] are not"):
+        load_build_config(overrides={"integrity.expected_units.lactat": "mmol/L"})
+
+
 def test_header_only_admissions_is_refused_naming_the_file(tiny, tmp_path):
     root = variant(tiny, tmp_path / "raw", "hosp/admissions", "DELETE FROM t")
     with pytest.raises(CoverageError, match=r"hosp/admissions.csv.gz has a header but no data"):
@@ -321,6 +432,16 @@ def test_patientweight_0_takes_the_charted_weight(tmp_path):
     assert audit["integrity"]["rate_per_minute_patientweight_missing_or_0_with_stay_weight"] == 2
 
 
+def test_infusion_rows_without_duration_are_counted_as_dropped(tmp_path):
+    t = IngestTables()
+    s = t.stay()
+    t.infusion(s, 1, 2, NOREPINEPHRINE, rate=0.1, rateuom="mcg/kg/min")
+    t.infusion(s, 3, 3, NOREPINEPHRINE, rate=0.1, rateuom="mcg/kg/min")  # zero length
+    built = build_measurements(t, tmp_path)
+    assert len(built.rows("measurements", "infusions")) == 1
+    assert built.measurements_audit["integrity"]["infusion_rows_without_duration_dropped"] == 1
+
+
 def test_plausible_max_needs_one_limit_per_agent():
     limits = dict(load_build_config().integrity.plausible_max)
     limits["dopamin"] = limits.pop("dopamine")
@@ -347,7 +468,8 @@ def test_empty_cohort_says_which_link_of_the_sepsis_chain_is_empty(tiny, tmp_pat
 
 def test_editing_a_middle_byte_keeping_the_size_reruns_ingest(tiny, tmp_path):
     root = variant(tiny, tmp_path / "raw", "icu/icustays", fmt="csv")
-    cfg = load_build_config()
+    # the edited digit may be an intime's year: a stay ending before it starts, dropped here
+    cfg = load_build_config(overrides={"integrity.reversed_intervals": "drop"})
     ws = tmp_path / "ws"
     before = open_source(root).fingerprint()
     build(root, ws, cfg, stop_after="ingest")

@@ -246,3 +246,162 @@ def test_background_build_is_interrupted_and_leaves_no_partial(tiny_world: Path,
     assert "Traceback" not in err
     assert not list(ws.glob(".*.partial-*"))
     assert not (ws / "build_summary.json").exists()
+
+
+# ------------------------------------------------- damaged checkpoints, full disks, study records
+def test_resume_falls_back_past_a_truncated_checkpoint_with_a_note(replay, tmp_path, monkeypatch):
+    from sepsisrl import locks
+    from sepsisrl.rl.checkpoint import CheckpointError, latest_checkpoint
+    from sepsisrl.rl.trainer import train
+
+    run = tmp_path / "run"
+    train(replay, fast_config(algo="bc", steps=100, checkpoint_every=20), run, stop_after=45)
+    ckpts = run / "checkpoints"
+    newest = ckpts / "step_00000040" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    notes: list[str] = []
+    monkeypatch.setattr(locks, "NOTE", notes.append)
+    assert latest_checkpoint(run) == ckpts / "step_00000020"
+    assert len(notes) == 1 and f"{newest} is truncated or damaged" in notes[0]
+    assert "resuming from the previous intact checkpoint step_00000020" in notes[0]
+    # none intact: refused, naming the newest checkpoint's damaged file
+    (ckpts / "step_00000020" / "optim.safetensors").write_bytes(b"\x00\x01")
+    with pytest.raises(CheckpointError) as refused:
+        latest_checkpoint(run)
+    assert str(refused.value).startswith(f"{newest} is truncated or damaged")
+    assert "older one(s) are damaged too" in str(refused.value)
+    assert "--overwrite" in str(refused.value)
+
+
+def test_resume_goes_on_from_the_intact_checkpoint(replay: Path, tmp_path: Path):
+    """The command line: exit 0, the note on stderr, resumed from the step before."""
+    from sepsisrl.rl.trainer import train
+
+    run = tmp_path / "run"
+    train(replay, fast_config(algo="bc", steps=60, checkpoint_every=20), run, stop_after=45)
+    newest = run / "checkpoints" / "step_00000040" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    proc = subprocess.run(
+        cli("train", "--replay", replay, "--algo", "bc", "--steps", "60", *FAST_CLI,
+            "--set", "log_every=20", "--set", "checkpoint_every=20", "--out", run,
+            "--resume", "-q"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: checkpoint {newest.parent} cannot be resumed from" in words(proc.stderr)
+    assert json.loads(proc.stdout)["resumed_from"] == 20
+    assert (run / "final" / "policy.safetensors").is_file()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path: Path, monkeypatch):
+    import torch
+    from safetensors import SafetensorError
+
+    from sepsisrl.rl import checkpoint
+
+    def full(tensors, path, *args, **kwargs) -> None:
+        Path(path).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    folder = tmp_path / "run" / "checkpoints" / "step_00000100"
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters())
+    with pytest.raises(OSError) as stopped:
+        checkpoint.save_checkpoint(folder, {"q": net}, {"q": opt}, {}, {"step": 100})
+    assert stopped.value.errno == errno.EFBIG
+    assert stopped.value.filename == str(folder / "model.safetensors")
+    assert not list(folder.parent.iterdir())  # no temporary folder, no half checkpoint
+    message = cli_module._os_error_message(stopped.value)
+    assert message.startswith(f"{folder / 'model.safetensors'}: file too large")
+    assert "run the same train command with --resume" in message
+
+
+def test_a_full_disk_in_the_build_names_the_output_not_an_input(tiny_world: Path):
+    import duckdb
+
+    from sepsisrl.mimic.source import open_source, read_error
+
+    out = "/data/ws/.ingest.partial-123/chart.parquet"
+    exc = duckdb.IOException(
+        'IO Error: Async write failed for range [offset=264115, size=285]: {"exception_type":'
+        f'"IO","exception_message":"Could not write file \\"{out}\\": File too large",'
+        '"errno":"27"}'
+    )
+    full = read_error(exc, open_source(tiny_world), "chartevents")
+    assert isinstance(full, OSError) and full.errno == errno.EFBIG
+    message = cli_module._os_error_message(full)
+    assert message.startswith("/data/ws/ingest/chart.parquet: file too large")
+    assert "cannot be read" not in message and "chartevents" not in message
+    assert cli_module._duckdb_message(exc) == message
+    no_space = duckdb.IOException(f'Could not write file "{out}": No space left on device')
+    assert cli_module._duckdb_message(no_space).startswith(
+        "/data/ws/ingest/chart.parquet: no space left on the device"
+    )
+
+
+def test_a_failed_csv_write_names_the_file_as_it_will_be_known(tmp_path: Path):
+    import pyarrow as pa
+
+    from sepsisrl.synth.csvgz import BackgroundWriter, GzipCsvFile
+
+    class FullDisk:
+        def write(self, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    (tmp_path / ".raw.partial-123" / "icu").mkdir(parents=True)
+    f = GzipCsvFile(tmp_path / ".raw.partial-123" / "icu" / "chartevents.csv.gz", ["a"], 1)
+    f._fh.close()
+    f._fh = FullDisk()
+    writer = BackgroundWriter({"chartevents": f})
+    writer.submit("chartevents", pa.table({"a": [1, 2]}))
+    with pytest.raises(OSError) as stopped:
+        writer.close()
+    assert stopped.value.errno == errno.ENOSPC
+    assert stopped.value.filename == str(tmp_path / "raw" / "icu" / "chartevents.csv.gz")
+
+
+def test_synth_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path: Path):
+    out = tmp_path / "full_out"
+    shell = 'ulimit -f 40; trap "" XFSZ; exec "$@"'
+    proc = subprocess.run(
+        ["bash", "-c", shell, "_", *cli("synth", "--out", out, "--stays", "60", "-q")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    err = words(proc.stderr)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert f"error: {tmp_path}/full_out" in err and "file too large" in err, err
+    assert ".partial-" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_study_records_the_final_evaluation_folder_not_its_temporary(tmp_path, monkeypatch):
+    from sepsisrl.ope import behaviour, evaluate
+    from sepsisrl.study import pipeline
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "policy.safetensors").write_bytes(b"weights")
+    (run / "final_evaluation.json").write_text(json.dumps([{"at": "t0", "out": "/earlier"}]))
+
+    def fake_evaluate(policy, replay_dir, out_dir, kind, final, cfg, behaviour):
+        """What evaluate does with a final evaluation of a run: metrics and the run's record."""
+        (Path(out_dir) / "metrics.json").write_text("{}\n")
+        record = Path(policy) / "final_evaluation.json"
+        history = json.loads(record.read_text())
+        history.append({"at": "t1", "out": str(Path(out_dir).absolute())})
+        record.write_text(json.dumps(history, indent=2) + "\n")
+
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(behaviour.BehaviourModel, "load", staticmethod(lambda path: None))
+    out = tmp_path / "eval" / "iql-test"
+    spec = {"spec": str(run), "kind": "run", "replay": str(tmp_path / "replay"), "out": str(out),
+            "final": True, "key": "k", "behaviour": str(tmp_path / "b"),
+            "cfg": {"fqe": {}, "gates": {}}}  # fmt: skip
+    assert pipeline._ensure_eval(spec) is True
+    history = read_json(run / "final_evaluation.json")
+    assert [e["out"] for e in history] == ["/earlier", str(out.absolute())]
+    assert (out / "metrics.json").is_file() and not list(out.parent.glob(".*partial*"))

@@ -207,3 +207,102 @@ def test_the_wrapper_imports_only_torch_safetensors_and_the_standard_library():
     import sys
 
     assert roots - set(sys.stdlib_module_names) <= {"torch", "safetensors"}, roots
+
+
+# -- a damaged or inconsistent model repository is refused naming the file --------------------
+
+
+def bundle_copy(bundle: Path, dest: Path) -> Path:
+    import shutil
+
+    return shutil.copytree(bundle, dest)
+
+
+def test_a_truncated_safetensors_file_is_refused_naming_it(bundle: Path, tmp_path: Path):
+    folder = bundle_copy(bundle, tmp_path / "b")
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: not a readable safetensors file - truncated or damaged",
+    ):
+        load_policy(folder)
+
+
+def test_a_config_that_is_not_json_is_refused_naming_it(bundle: Path, tmp_path: Path):
+    folder = bundle_copy(bundle, tmp_path / "b")
+    (folder / "config.json").write_text('{"state_dim": 4,')
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON \(Expecting"):
+        load_policy(folder)
+    (folder / "config.json").write_text("[4, 25]")
+    with pytest.raises(ValueError, match=r"config\.json must hold a JSON object, found list"):
+        load_policy(folder)
+
+
+def test_hidden_sizes_that_disagree_with_the_weights_are_refused(bundle: Path, tmp_path: Path):
+    folder = bundle_copy(bundle, tmp_path / "b")
+    (folder / "config.json").write_text(json.dumps({**CONFIG, "hidden_sizes": [8, 8]}))
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: tensor 'net\.0\.weight' has shape \[16, 4\] but the network "
+        r"of .*config\.json \(state_dim 4, hidden_sizes \[8, 8\], n_actions 25\) expects \[8, 4\]",
+    ):
+        load_policy(folder)
+
+
+def test_extra_or_missing_tensors_are_refused_by_name(bundle: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    folder = bundle_copy(bundle, tmp_path / "b")
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({**tensors, "net.9.weight": tensors["net.0.weight"].clone()},
+              str(folder / "model.safetensors"))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: unexpected tensor\(s\) \['net\.9\.weight'\] for"
+    ):
+        load_policy(folder)
+    del tensors["net.2.bias"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: missing tensor\(s\) \['net\.2\.bias'\] for"
+    ):
+        load_policy(folder)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("std", 0.0, r"std must be a finite number > 0 .*found 0\.0"),
+        ("std", -1.0, r"std must be a finite number > 0"),
+        ("std", None, r"std must be a finite number > 0 .*found None"),
+        ("mean", float("nan"), r"mean must be a finite number, found nan"),
+        ("clip_low", 400.0, r"clip_low 400\.0 is above clip_high 300\.0"),
+        ("transform", "log", r"transform must be 'identity' or 'log1p', found 'log'"),
+    ],
+)
+def test_unusable_normalization_statistics_are_refused_at_load(
+    bundle: Path, tmp_path: Path, key: str, value, message: str
+):
+    folder = bundle_copy(bundle, tmp_path / "b")
+    stats = json.loads(json.dumps(STATS))
+    stats["heart_rate"][key] = value
+    (folder / "config.json").write_text(json.dumps({**CONFIG, "normalization": stats}))
+    with pytest.raises(
+        ValueError, match=r"config\.json: normalization of feature 'heart_rate': " + message
+    ):
+        load_policy(folder)
+
+
+def test_evaluate_refuses_a_truncated_bundle_as_a_value_error(bundle: Path, tmp_path: Path):
+    from sepsisrl.ope.evaluate import BundlePolicy
+
+    folder = bundle_copy(bundle, tmp_path / "b")
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:64])
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        BundlePolicy(folder, NAMES)
+    (folder / "config.json").write_text(json.dumps({**CONFIG, "hidden_sizes": [8, 8]}))
+    bundle_copy(bundle, tmp_path / "orig")
+    path.write_bytes((tmp_path / "orig" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"tensor 'net\.0\.weight' has shape \[16, 4\] but"):
+        BundlePolicy(folder, NAMES)

@@ -249,3 +249,51 @@ def test_two_trainings_into_one_run_folder_never_both_succeed_on_mixed_output(
     assert [x["step"] for x in lines] == list(range(10, 3001, 10))
     assert (run / "final" / "policy.safetensors").is_file()
     assert not lock_path(run).exists()
+
+
+def test_a_resume_removes_the_checkpoint_temporaries_of_a_killed_training(tmp_path: Path):
+    from sepsisrl.rl.checkpoint import latest_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    dead = ckpts / f".step_00000200.partial-{dead_pid()}"
+    live = ckpts / f".step_00000300.partial-{os.getppid()}"  # a running process's: kept
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path / "run") is None
+    assert not dead.exists() and live.is_dir()
+
+
+def test_a_second_truth_command_waits_for_the_population_and_reuses_it(tmp_path, monkeypatch):
+    """The shared population cache: while another process writes a population, a second
+    command waits for its lock, then finds it finished and simulates nothing."""
+    import threading
+    from types import SimpleNamespace
+
+    from sepsisrl.synth.config import load_synth_config
+    from sepsisrl.truth import world
+
+    simulated: list[int] = []
+    monkeypatch.setattr(world, "_simulate_into", lambda *args: simulated.append(1))
+    folder = tmp_path / "truth" / "populations" / "abc"
+    holder = hold(folder)
+
+    def finish() -> None:  # the first command completes its population, then ends
+        folder.mkdir(parents=True)
+        (folder / "population.json").write_text("{}\n")
+        release(holder)
+
+    ctx = SimpleNamespace(synth_cfg=load_synth_config(), world_seed=0)
+    timer = threading.Timer(0.5, finish)
+    started = time.monotonic()
+    timer.start()
+    try:
+        pop = world.simulate_population(ctx, 1, 10, folder)
+    finally:
+        timer.join()
+    assert time.monotonic() - started >= 0.4
+    assert pop.folder == folder and simulated == []
+    # with nobody holding it, a missing population is simulated (under its lock)
+    other = folder.with_name("def")
+    world.simulate_population(ctx, 1, 10, other)
+    assert simulated == [1] and not lock_path(other).exists()

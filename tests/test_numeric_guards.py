@@ -376,3 +376,238 @@ def test_a_malformed_recorded_range_is_a_replay_error(replay: Path, bad):
         ReplayError, match=r"state_bounds: the range of 'f03' must be \[low, high\]"
     ):
         load_split(replay, "train")
+
+
+# -- 3. the replay's actions, rewards, meta and files are checked as they load --------------------
+
+
+def retype(folder: Path, column: str, values: list | np.ndarray, kind) -> None:
+    """Replace a train column by ``values`` of Arrow type ``kind`` (a doctored replay)."""
+    import pyarrow as pa
+
+    table = read_split(folder)
+    i = table.schema.get_field_index(column)
+    write_split(folder, table.set_column(i, pa.field(column, kind), pa.array(values, kind)))
+
+
+def test_fractional_actions_are_refused_naming_file_column_row(replay: Path):
+    import pyarrow as pa
+
+    actions = read_split(replay)["action"].to_numpy().astype(np.float64)
+    retype(replay, "action", actions + 0.5, pa.float64())
+    with pytest.raises(
+        ReplayError,
+        match=r"replay_train\.parquet: column 'action' holds \d+ non-integer value\(s\), e\.g\. "
+        r"row 0 \(stay_id \d+, step 0\) = \d\.5; expected integer action ids 0\.\.2",
+    ):
+        load_split(replay, "train")
+
+
+def test_whole_float_actions_load_as_the_same_ids(replay: Path):
+    import pyarrow as pa
+
+    before = load_split(replay, "train")
+    retype(replay, "action", read_split(replay)["action"].to_numpy().astype(np.float64),
+           pa.float64())  # fmt: skip
+    after = load_split(replay, "train")
+    assert torch.equal(before.actions, after.actions) and after.actions.dtype == torch.int64
+    assert after.fingerprint == before.fingerprint
+
+
+def test_text_actions_are_refused_naming_the_column_and_type(replay: Path):
+    import pyarrow as pa
+
+    actions = read_split(replay)["action"].to_pylist()
+    retype(replay, "action", [f"a{v}" for v in actions], pa.string())
+    with pytest.raises(
+        ReplayError,
+        match=r"replay_train\.parquet: column 'action' must hold integer action ids 0\.\.2, "
+        r"found type string \(row 0 = 'a\d'\)",
+    ):
+        load_split(replay, "train")
+
+
+def test_missing_actions_are_refused_naming_the_row(replay: Path):
+    import pyarrow as pa
+
+    actions = read_split(replay)["action"].to_pylist()
+    actions[4] = None
+    retype(replay, "action", actions, pa.int16())
+    with pytest.raises(
+        ReplayError, match=r"column 'action' has 1 missing value\(s\), e\.g\. row 4"
+    ):
+        load_split(replay, "train")
+
+
+def test_an_action_outside_the_set_names_meta_n_actions_and_the_row(replay: Path):
+    table = read_split(replay)
+    actions = table["action"].to_numpy().copy()
+    actions[6] = 7
+    write_split(replay, set_column(table, "action", actions))
+    with pytest.raises(
+        ReplayError,
+        match=r"actions outside 0\.\.2 \(meta\.json n_actions 3\): column 'action' has 1 such "
+        r"value\(s\), e\.g\. row 6 .* = 7$",
+    ):
+        load_split(replay, "train")
+
+
+@pytest.mark.parametrize("value", [1e30, -16.0])
+def test_a_reward_beyond_the_attainable_range_is_refused(replay: Path, value: float):
+    table = read_split(replay)
+    rewards = table["reward"].to_numpy().copy()
+    rewards[5] = value
+    write_split(replay, set_column(table, "reward", rewards))
+    with pytest.raises(
+        ReplayError,
+        match=r"replay_train\.parquet: column 'reward' has 1 value\(s\) beyond the attainable "
+        r"reward, e\.g\. row 5 \(stay_id \d+, step \d+\) = -?1[e6].*expected \|reward\| <= 15\.6 "
+        r"\(meta\.json reward: max \|terminal\| 15 \+ shaping 0\.6\)",
+    ):
+        load_split(replay, "train")
+
+
+def test_the_reward_bound_comes_from_the_meta_reward_spec(replay: Path):
+    meta = read_meta(replay)
+    meta["reward"].update(
+        {"map_deficit_weight": 0.1, "map_target": 65.0, "lactate_clearance_weight": 0.0}
+    )
+    write_meta(replay, meta)
+    assert load_meta(replay).reward_bound()[0] == pytest.approx(15.0 + 0.6 + 6.5)
+    table = read_split(replay)
+    rewards = table["reward"].to_numpy().copy()
+    rewards[5] = 21.0  # attainable with a MAP deficit term
+    write_split(replay, set_column(table, "reward", rewards))
+    assert load_split(replay, "train").rewards[5].item() == 21.0
+    del meta["reward"]["terminal_died"]  # no terminal rewards recorded: finite check only
+    write_meta(replay, meta)
+    assert load_meta(replay).reward_bound() is None
+
+
+def test_a_non_finite_reward_names_the_row(replay: Path):
+    table = read_split(replay)
+    rewards = table["reward"].to_numpy().copy()
+    rewards[2] = np.nan
+    write_split(replay, set_column(table, "reward", rewards))
+    with pytest.raises(ReplayError, match=r"column 'reward' contains NaN, inf or nulls: 1 value"):
+        load_split(replay, "train")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("n_actions", 0), ("n_actions", 2.5), ("n_actions", True), ("state_dim", 0),
+     ("state_dim", "7")],
+)  # fmt: skip
+def test_meta_counts_must_be_positive_integers(replay: Path, key: str, value):
+    meta = read_meta(replay)
+    meta[key] = value
+    write_meta(replay, meta)
+    with pytest.raises(
+        ReplayError, match=rf"meta\.json: {key} must be an integer >= 1 .*, found {value!r}"
+    ):
+        load_meta(replay)
+
+
+def test_meta_feature_names_must_be_unique_strings(replay: Path):
+    meta = read_meta(replay)
+    meta["feature_names"][1] = meta["feature_names"][0]
+    write_meta(replay, meta)
+    with pytest.raises(ReplayError, match=r"meta\.json: feature_names lists \['f00'\] more than"):
+        load_meta(replay)
+    (replay / "meta.json").write_text('{"schema_version": "1",')
+    with pytest.raises(ReplayError, match=r"meta\.json: not valid JSON"):
+        load_meta(replay)
+
+
+def test_a_truncated_parquet_file_is_refused_naming_it(replay: Path):
+    path = replay / "replay_train.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(
+        ReplayError,
+        match=r"replay_train\.parquet: not a readable Parquet file - truncated or damaged .*"
+        r"rebuild the replay",
+    ):
+        load_split(replay, "train")
+
+
+def test_evaluating_a_run_on_other_features_lists_them(trained, tmp_path: Path):
+    import shutil
+
+    folder, run = trained
+    other = shutil.copytree(folder, tmp_path / "ws" / "replay" / "sofa_shaped")
+    meta = read_meta(other)
+    meta["feature_names"][2] = "renamed"
+    write_meta(other, meta)
+    for split in ("train", "validation", "test"):
+        table = read_split(other, split)
+        write_split(other, table.rename_columns(
+            [("s_renamed" if c == "s_f02" else c) for c in table.column_names]), split)  # fmt: skip
+    with pytest.raises(
+        evaluate_module.EvaluationError,
+        match=r"trained on other features than .*meta\.json provides: missing from the replay "
+        r"\['f02'\]; not known to the policy \['renamed'\]",
+    ):
+        evaluate(run, other, tmp_path / "eval", kind="run", cfg=FAST_EVAL)
+    assert not (tmp_path / "eval").exists()
+
+
+# -- 4. damaged or mismatched weight files of a run are refused naming the file ------------------
+
+
+def test_a_truncated_final_policy_is_refused_by_evaluate_and_export(trained, tmp_path: Path):
+    import shutil
+
+    from sepsisrl.rl.checkpoint import TensorFileError
+
+    _folder, run = trained
+    bad = shutil.copytree(run, tmp_path / "runs" / "cut")
+    path = bad / "final" / "policy.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    message = r"final/policy\.safetensors: not a readable safetensors file - truncated or damaged"
+    with pytest.raises(TensorFileError, match=message):
+        TrainedPolicy(bad)
+    with pytest.raises(TensorFileError, match=message):
+        export_run(bad, tmp_path / "bundle", evaluations=[])
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_run_weights_that_do_not_fit_its_config_are_refused(trained, tmp_path: Path):
+    import shutil
+
+    from sepsisrl.rl.checkpoint import TensorFileError
+
+    _folder, run = trained
+    bad = shutil.copytree(run, tmp_path / "runs" / "wide")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["config"]["hidden_sizes"] = [16, 16]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(
+        TensorFileError,
+        match=r"policy\.safetensors: tensor 'net\.0\.weight' has shape \[32, 7\] but the "
+        r"network of .*config\.json \(state_dim 7, hidden_sizes \[16, 16\], n_actions 3\) "
+        r"expects \[16, 7\]",
+    ):
+        TrainedPolicy(bad)
+
+
+def test_a_truncated_or_mismatched_checkpoint_is_refused_naming_it(tmp_path: Path):
+    from sepsisrl.rl.checkpoint import TensorFileError, load_checkpoint, save_checkpoint
+
+    algo = trainer_module.make_algorithm(fast_config(), STATE_DIM, N_ACTIONS, 0.99, "cpu")
+    folder = tmp_path / "checkpoints" / "step_00000040"
+    save_checkpoint(folder, algo.modules(), algo.optimizers(), {}, {"step": 40})
+    other = trainer_module.make_algorithm(
+        fast_config(hidden_sizes=[16, 16]), STATE_DIM, N_ACTIONS, 0.99, "cpu"
+    )
+    with pytest.raises(TensorFileError, match=r"step_00000040/model\.safetensors: tensor '\w+\."
+                       r"[\w.]+' has shape \[.*\] but the '\w+' network of the run's config\.json "
+                       r"expects"):  # fmt: skip
+        load_checkpoint(folder, other.modules(), other.optimizers())
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(
+        TensorFileError,
+        match=r"step_00000040/model\.safetensors: not a readable safetensors file - truncated "
+        r"or damaged .*; delete the checkpoint folder",
+    ):
+        load_checkpoint(folder, algo.modules(), algo.optimizers())

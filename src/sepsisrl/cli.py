@@ -93,7 +93,9 @@ def _main(
     locks.WAIT = wait
     if ctx.invoked_subcommand:
         locks.COMMAND = f"sepsisrl {ctx.invoked_subcommand}"
-    locks.NOTE = lambda message: err.print(f"note: {escape(message)}", highlight=False)
+    locks.NOTE = lambda message: err.print(
+        f"note: {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 #: What an interrupted command leaves and how to go on (exit status 130).
@@ -916,6 +918,11 @@ _OS_FIXES = {
         "no space left on the device",
         "free disk space (or choose a folder on a larger disk), then run the same command again",
     ),
+    errno.EFBIG: (
+        "file too large: the disk is full or a file-size limit (ulimit -f) was reached",
+        "free disk space (or choose a folder on a larger disk, or raise the file-size limit), "
+        "then run the same command again",
+    ),
     errno.EDQUOT: (
         "disk quota exceeded",
         "free space within your quota (or choose another disk), then run the same command again",
@@ -930,6 +937,10 @@ _OS_FIXES = {
 
 
 def _os_error_message(exc: OSError) -> str:
+    from sepsisrl.workspace import no_space_error
+
+    if exc.errno is None and (full := no_space_error(exc)) is not None:
+        exc = full  # Arrow's errors give the errno only in their text
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     what, fix = _OS_FIXES.get(exc.errno or -1, (exc.strerror or str(exc), "check the path"))
     if exc.errno == errno.EEXIST and paths and Path(paths[0]).is_file():
@@ -941,10 +952,15 @@ def _os_error_message(exc: OSError) -> str:
                 what = f"{found} is a file, not a folder"
                 break
     where = " -> ".join(str(p) for p in paths) if paths else "(no path given)"
-    return f"{where}: {what}; {fix}"
+    return f"{where}: {what}; {getattr(exc, 'hint', None) or fix}"
 
 
 def _duckdb_message(exc: Exception) -> str:
+    from sepsisrl.workspace import no_space_error
+
+    full = no_space_error(exc)
+    if full is not None:  # a write of the output failed: name that file, not an input
+        return _os_error_message(full)
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
     if name == "OutOfMemoryException":

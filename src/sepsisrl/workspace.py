@@ -11,9 +11,11 @@ place - so an interrupted stage never looks complete, and the next run redoes it
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import sys
@@ -127,6 +129,63 @@ def remove_partials(folder: Path, names: tuple[str, ...] | None = None) -> list[
                 p.unlink()
         removed.append(p)
     return removed
+
+
+#: Error text of a write that the disk or a file-size limit stopped (OSError, Arrow, DuckDB,
+#: safetensors): the wording of each library, or the errno it quotes.
+_NO_SPACE_TEXT = (
+    (errno.EFBIG, re.compile(r"file too large|\b(?:errno|os error)\W{0,3}27\b", re.I)),
+    (errno.ENOSPC, re.compile(r"no space left|\b(?:errno|os error)\W{0,3}28\b", re.I)),
+    (errno.EDQUOT, re.compile(r"quota exceeded|\b(?:errno|os error)\W{0,3}122\b", re.I)),
+)
+_WRITE_TARGET = re.compile(r'Could not write (?:to )?file \\?"(?P<path>[^"\\]+)\\?"', re.I)
+_PARTIAL_PART = re.compile(r"^\.(?P<name>.+)\.(?:partial|tmp)-\d+$")
+
+
+def no_space_errno(exc: BaseException | str) -> int | None:
+    """EFBIG, ENOSPC or EDQUOT when ``exc`` (an exception or its text) reports a write stopped
+    by a full disk, a quota or a file-size limit; else None."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
+        return code
+    text = str(exc)
+    return next((c for c, pattern in _NO_SPACE_TEXT if pattern.search(text)), None)
+
+
+def final_path(path: str | Path) -> Path:
+    """``path`` with every temporary part (``.<name>.partial-<pid>``, ``.<name>.tmp-<pid>``)
+    replaced by the name it will be renamed to: the file as the user will know it."""
+    parts = [(m["name"] if (m := _PARTIAL_PART.match(p)) else p) for p in Path(path).parts]
+    return Path(*parts) if parts else Path(path)
+
+
+def no_space_error(exc: BaseException, path: str | Path | None = None) -> OSError | None:
+    """An ``OSError`` (errno, strerror, file) for a write that a full disk or a file-size limit
+    stopped, naming the file as it will be known (not its temporary name): the file the error
+    text names (DuckDB's "Could not write file"), else ``path``. None for any other error."""
+    code = no_space_errno(exc)
+    if code is None:
+        return None
+    named = _WRITE_TARGET.search(str(exc))
+    target = named["path"] if named else getattr(exc, "filename", None) or path
+    return OSError(code, os.strerror(code), str(final_path(target)) if target else None)
+
+
+@contextlib.contextmanager
+def naming_output(path: str | Path, hint: str | None = None) -> Iterator[None]:
+    """Re-raise a write that a full disk or a file-size limit stopped as an ``OSError`` that
+    names ``path`` (as it will be known, without its temporary part) when the error itself
+    names no file, as Arrow's and safetensors' errors do. ``hint``: what to do instead of the
+    generic advice (the command line prints it)."""
+    try:
+        yield
+    except Exception as exc:
+        full = no_space_error(exc, path)
+        if full is None:
+            raise
+        if hint:
+            full.hint = hint  # type: ignore[attr-defined]
+        raise full from exc
 
 
 class JSONFileError(json.JSONDecodeError):

@@ -92,6 +92,9 @@ class IntegrityConfig(StrictModel):
     orphans: Refuse
     unparseable_times: Refuse
     implausible_doses: Refuse
+    reversed_intervals: Refuse
+    unit_mismatches: Refuse
+    expected_units: dict[str, str]
     plausible_max: dict[str, float]
 
     @model_validator(mode="after")
@@ -341,6 +344,12 @@ class BuildConfig(StrictModel):
             raise ValueError(
                 "integrity.plausible_max needs one limit per vasopressor, dobutamine and "
                 f"iv_fluid: missing {sorted(wanted - limits)}, unknown {sorted(limits - wanted)}"
+            )
+        unknown = sorted(set(self.integrity.expected_units) - set(self.items))
+        if unknown:
+            raise ValueError(
+                f"integrity.expected_units: {unknown} are not concepts of items: (each key names "
+                "the items: concept whose chartevents / labevents valueuom it states)"
             )
         unknown = sorted(set(self.labs.by_patient) - LAB_MEASUREMENT_CONCEPTS)
         if unknown:

@@ -18,9 +18,11 @@ kept per table and per item id (``item_rows``) and names the raw tables without 
 Integrity (``integrity:``, :class:`RawTables`): each raw table's rows that the build reads are
 loaded once into a temporary table, counting exact duplicate rows; then the keys of
 ``icustays``, ``admissions`` and ``patients`` must be unique, every stay must have its admission
-and patient, and every time must parse. A finding stops the build (:class:`IntegrityError`,
+and patient, every time must parse, and no inputevents row, ICU stay or admission may end
+before it starts (``integrity.reversed_intervals``). A finding stops the build (:class:`IntegrityError`,
 naming the file, column, an example and the setting that relaxes it) or, where the setting says
-``drop``, is dropped and counted under ``integrity`` in ``audit.json``. A DuckDB error while
+``drop``, is dropped and counted under ``integrity`` in ``audit.json`` (a dropped reversed
+interval also prints a warning on stderr). A DuckDB error while
 reading a raw file (damaged gzip, text that is not UTF-8, text in a numeric column) becomes a
 one-line :class:`~sepsisrl.mimic.source.SourceFormatError`.
 """
@@ -28,6 +30,7 @@ one-line :class:`~sepsisrl.mimic.source.SourceFormatError`.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,20 @@ _EXAMPLE_COLUMNS = (
 )  # fmt: skip
 
 _AUDIT = "(counted under integrity in ingest/audit.json)"
+
+#: Start and end of each row that must not end before it starts (``integrity.reversed_intervals``).
+INTERVALS = {
+    "inputevents": ("starttime", "endtime"),
+    "icustays": ("intime", "outtime"),
+    "admissions": ("admittime", "dischtime"),
+}
+
+#: Columns that identify a row in a reversed-interval example, per table.
+_INTERVAL_EXAMPLE = {
+    "inputevents": ("stay_id", "itemid"),
+    "icustays": ("stay_id", "hadm_id"),
+    "admissions": ("hadm_id", "subject_id"),
+}
 
 
 def ids(cfg: BuildConfig, *concepts: str) -> list[int]:
@@ -183,6 +200,9 @@ class RawTables:
             "duplicate_key_rows_dropped": {},
             "orphans_dropped": {},
             "unparseable_times": {},
+            "reversed_intervals_dropped": {},
+            "unit_mismatch_rows_dropped": {},
+            "unit_mismatches": [],
         }
 
     def file(self, table: str) -> str:
@@ -223,6 +243,10 @@ class RawTables:
             )
         self.audit["exact_duplicate_rows_dropped"][table] = extra
         self.times(table)
+        if table == "inputevents":
+            self.intervals(["inputevents"])
+        if table in ("chartevents", "labevents"):
+            self.units(table)
 
     def drop(self, table: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS raw_{table}")
@@ -270,6 +294,128 @@ class RawTables:
                 + ". Fix: write the times as YYYY-MM-DD HH:MM:SS, or set "
                 f"integrity.unparseable_times: drop to take them as missing {_AUDIT}"
             )
+
+    def _reversed(self, table: str) -> tuple[int, str, str] | None:
+        """Rows of ``table`` whose end (``INTERVALS``) is before its start: the count, the
+        condition and an example; None when the table lacks either column."""
+        start, end = INTERVALS[table]
+        if not (self.src.has_column(table, start) and self.src.has_column(table, end)):
+            return None
+        cond = f"TRY_CAST({end} AS TIMESTAMP) < TRY_CAST({start} AS TIMESTAMP)"
+        n = self.con.execute(
+            f"SELECT coalesce(sum(_copies), 0) FROM raw_{table} WHERE {cond}"
+        ).fetchone()[0]
+        if not n:
+            return 0, cond, ""
+        cols = [c for c in _INTERVAL_EXAMPLE[table] if self.src.has_column(table, c)]
+        cols += [start, end]
+        row = self.con.execute(
+            f"SELECT {', '.join(cols)} FROM raw_{table} WHERE {cond} "
+            f"ORDER BY {', '.join(cols)} LIMIT 1"
+        ).fetchone()
+        example = ", ".join(f"{c}={v}" for c, v in zip(cols, row, strict=True))
+        return int(n), cond, example
+
+    def intervals(self, tables: list[str]) -> None:
+        """Rows that end before they start (``INTERVALS``): refused naming the file, the
+        columns and an example, or (``integrity.reversed_intervals: drop``) dropped with a
+        warning on stderr and counted; the stays of a dropped admission go with it."""
+        found = {t: r for t in tables if (r := self._reversed(t)) is not None}
+        problems = [
+            f"{self.file(t)}: {n} row(s) with {INTERVALS[t][1]} before {INTERVALS[t][0]} "
+            f"(e.g. {example})"
+            for t, (n, _, example) in found.items()
+            if n
+        ]
+        if problems and self.rules.reversed_intervals == "refuse":
+            what = "treatment" if tables == ["inputevents"] else "an ICU stay or admission"
+            raise IntegrityError(
+                "; ".join(problems)
+                + f": a row that ends before it starts is a charting error or swapped columns, "
+                f"not {what}. Fix the rows, or set integrity.reversed_intervals: drop to leave "
+                f"them out of the build {_AUDIT}"
+            )
+        for t, (n, cond, _) in found.items():
+            self.audit["reversed_intervals_dropped"][t] = n
+            if not n:
+                continue
+            if t == "admissions" and "icustays" in self.loaded:
+                stays = self.con.execute(
+                    f"SELECT count(*) FROM raw_icustays WHERE hadm_id IN "
+                    f"(SELECT hadm_id FROM raw_admissions WHERE {cond})"
+                ).fetchone()[0]
+                self.con.execute(
+                    f"DELETE FROM raw_icustays WHERE hadm_id IN "
+                    f"(SELECT hadm_id FROM raw_admissions WHERE {cond})"
+                )
+                self.audit["reversed_intervals_dropped"]["stays_of_reversed_admissions"] = int(
+                    stays
+                )
+            self.con.execute(f"DELETE FROM raw_{t} WHERE {cond}")
+            start, end = INTERVALS[t]
+            print(
+                f"warning: {self.file(t)}: dropped {n} row(s) with a reversed interval ({end} "
+                f"before {start}; integrity.reversed_intervals: drop) {_AUDIT}",
+                file=sys.stderr,
+            )
+
+    def units(self, table: str) -> None:
+        """Rows of a concept in ``integrity.expected_units`` whose ``valueuom`` is another unit
+        (compared ignoring case and spaces; an empty unit is not checked): refused, or dropped
+        with a warning and counted per item and unit."""
+        expected = [
+            (i, concept, unit)
+            for concept, unit in sorted(self.rules.expected_units.items())
+            for i in self.cfg.items[concept]
+        ]
+        if not expected or not self.src.has_column(table, "valueuom"):
+            return
+        values = ", ".join(
+            f"({int(i)}, '{c}', '{u.replace(chr(39), chr(39) * 2)}')" for i, c, u in expected
+        )
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE expected_units AS SELECT * FROM "
+            f"(VALUES {values}) t(itemid, concept, unit)"
+        )
+        uom = "CAST(r.valueuom AS VARCHAR)"
+        cond = (
+            f"{uom} IS NOT NULL AND trim({uom}) <> '' AND lower(replace({uom}, ' ', '')) <> "
+            "lower(replace(e.unit, ' ', ''))"
+        )
+        join = f"raw_{table} r JOIN expected_units e ON TRY_CAST(r.itemid AS BIGINT) = e.itemid"
+        found = self.con.execute(
+            f"SELECT e.concept, e.itemid, {uom}, e.unit, sum(r._copies) AS n FROM {join} "
+            f"WHERE {cond} GROUP BY ALL ORDER BY n DESC, 1, 2, 3"
+        ).fetchall()
+        n = sum(int(r[4]) for r in found)
+        self.audit["unit_mismatch_rows_dropped"][table] = n
+        self.audit["unit_mismatches"] += [
+            {"table": table, "concept": c, "itemid": i, "valueuom": u, "expected": e, "rows": k}
+            for c, i, u, e, k in found
+        ]
+        if not n:
+            return
+        listing = "; ".join(
+            f"{c} (itemid {i}) {u!r} x{k} (expected {e!r})" for c, i, u, e, k in found[:5]
+        )
+        if len(found) > 5:
+            listing += f"; and {len(found) - 5} more"
+        if self.rules.unit_mismatches == "refuse":
+            raise IntegrityError(
+                f"{self.file(table)}: {n} row(s) of configured items carry another unit in "
+                f"valueuom than integrity.expected_units states: {listing}. Their values are on "
+                "another scale. Convert them, correct integrity.expected_units.<concept> if the "
+                "unit is right, or set integrity.unit_mismatches: drop to leave those rows out "
+                f"{_AUDIT}"
+            )
+        self.con.execute(
+            f"DELETE FROM raw_{table} WHERE rowid IN (SELECT r.rowid FROM {join} WHERE {cond})"
+        )
+        print(
+            f"warning: {self.file(table)}: dropped {n} row(s) whose valueuom is not the unit of "
+            f"integrity.expected_units: {listing} (integrity.unit_mismatches: drop) {_AUDIT}",
+            file=sys.stderr,
+        )
 
     def keys(self) -> None:
         """``PRIMARY_KEYS`` unique and present."""
@@ -438,6 +584,7 @@ def _ingest(
             rel(table)
         reading[0] = None
         raw.keys()
+        raw.intervals(["icustays", "admissions"])
         raw.references()
         raw.not_empty()
     copy(

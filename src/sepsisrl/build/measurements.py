@@ -175,6 +175,16 @@ def run_measurements(
             "source.fail_on_unknown_fluid_unit: false to drop them (they are then listed in "
             "measurements/audit.json)."
         )
+    # rows the infusions SQL leaves out for having no duration (a reversed interval stops the
+    # build at ingest, integrity.reversed_intervals)
+    no_duration = (
+        con.execute(
+            """SELECT count(*) FROM inputs
+               WHERE starttime IS NULL OR endtime IS NULL OR endtime <= starttime"""
+        ).fetchone()[0]
+        if sink.audited
+        else 0
+    )
     # doses outside [0, integrity.plausible_max] (a rollout's simulated rows skip the check)
     implausible = implausible_doses(con, cfg) if sink.audited else []
     dropped_implausible = "true"
@@ -228,6 +238,7 @@ def run_measurements(
             "unknown_rate_unit_rows": sum(n for _, _, n in unknown),
             "unknown_fluid_unit_rows": sum(n for _, n in unknown_fluid),
             "implausible_dose_rows_dropped": {d["agent"]: d["rows"] for d in implausible},
+            "infusion_rows_without_duration_dropped": no_duration,
             "rate_per_minute_patientweight_missing_or_0": unrecorded,
             "rate_per_minute_patientweight_missing_or_0_with_stay_weight": unrecorded_dosed,
         },

@@ -175,11 +175,20 @@ _TYPE_WORDS = {
 }  # fmt: skip
 
 
-def read_error(exc: duckdb.Error, src: MimicSource, table: str | None = None) -> SourceFormatError:
+def read_error(
+    exc: duckdb.Error, src: MimicSource, table: str | None = None
+) -> SourceFormatError | OSError:
     """One line for a DuckDB error raised while reading a raw table: the file (relative to the
     source folder), and the line, column and value when DuckDB gives them, and the fix.
 
-    ``table``: the table being read, used when the message names no file of the source."""
+    ``table``: the table being read, used when the message names no file of the source. A
+    write of the output that a full disk or a file-size limit stopped is no reading error: it
+    comes back as an ``OSError`` naming the output file."""
+    from sepsisrl.workspace import no_space_error
+
+    full = no_space_error(exc)
+    if full is not None:
+        return full
     msg = str(exc)
     t = next((t for t in src.tables.values() if str(t.path) in msg), None)
     if t is None and table in src.tables:

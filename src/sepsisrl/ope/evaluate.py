@@ -121,11 +121,14 @@ class BundlePolicy(TrainedPolicy):
     """An exported model repository: model.safetensors (actor) + config.json."""
 
     def __init__(self, bundle: str | Path, feature_names: list[str]) -> None:
+        from sepsisrl.rl.checkpoint import check_tensors
         from sepsisrl.rl.networks import MLP
         from sepsisrl.rl.policies import finite_tensors
 
         folder = Path(bundle)
         cfg = json.loads((folder / "config.json").read_text())
+        if not isinstance(cfg, dict):
+            raise EvaluationError(f"{folder / 'config.json'}: expected a JSON object")
         self.name = f"bundle:{folder.name}"
         self.algo = cfg.get("model_type", "iql")
         self.state_dim, self.n_actions = int(cfg["state_dim"]), int(cfg["n_actions"])
@@ -136,8 +139,20 @@ class BundlePolicy(TrainedPolicy):
                 f"{folder}: the model's features do not match the replay's (missing {missing[:5]})"
             )
         self.order = np.array([feature_names.index(n) for n in names])
-        self.net = MLP(self.state_dim, self.n_actions, tuple(cfg.get("hidden_sizes", [256, 256])))
-        self.net.load_state_dict(finite_tensors(folder / "model.safetensors", f"bundle {folder}"))
+        hidden = tuple(cfg.get("hidden_sizes", [256, 256]))
+        self.net = MLP(self.state_dim, self.n_actions, hidden)
+        weights = folder / "model.safetensors"
+        tensors = finite_tensors(
+            weights, f"bundle {folder}", "re-export or re-download the model repository"
+        )
+        check_tensors(
+            self.net,
+            tensors,
+            weights,
+            f"the network of {folder / 'config.json'} (state_dim {self.state_dim}, "
+            f"hidden_sizes {list(hidden)}, n_actions {self.n_actions})",
+        )
+        self.net.load_state_dict(tensors)
         self.net.eval()
         self.behaviour = None
         self.device = "cpu"
@@ -220,12 +235,36 @@ def make_policy(spec: str | Path, kind: str, meta: ReplayMeta, behaviour: Behavi
         raise EvaluationError(f"unknown policy kind {kind!r}; expected named|run|bundle|object")
     policy = TrainedPolicy(spec)
     run_cfg = json.loads((Path(spec) / "config.json").read_text())
-    if run_cfg["replay"]["feature_names"] != meta.feature_names:
-        raise EvaluationError(f"{spec}: trained on other features than {meta.path} provides")
+    trained = list(run_cfg["replay"]["feature_names"])
+    if trained != meta.feature_names:
+        raise EvaluationError(
+            f"{spec}: trained on other features than {meta.path / 'meta.json'} provides: "
+            f"{_feature_difference(trained, meta.feature_names)}"
+        )
     return policy
 
 
 # ---------------------------------------------------------------------------- helpers
+def _feature_difference(trained: list[str], given: list[str]) -> str:
+    """What differs between the features a policy was trained on and a replay's, in words."""
+    missing = [n for n in trained if n not in given]
+    extra = [n for n in given if n not in trained]
+    parts = []
+    if missing:
+        parts.append(f"missing from the replay {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        parts.append(f"not known to the policy {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    if not parts:
+        j = next((i for i, (a, b) in enumerate(zip(trained, given, strict=False)) if a != b), None)
+        parts.append(
+            f"{len(trained)} trained features vs {len(given)} in the replay"
+            if j is None
+            else f"same names in another order (position {j}: trained {trained[j]!r}, "
+            f"replay {given[j]!r})"
+        )
+    return "; ".join(parts)
+
+
 def _fqe_data(data: Transitions, rows: np.ndarray, pi_all: np.ndarray) -> dict[str, torch.Tensor]:
     idx = torch.from_numpy(np.flatnonzero(rows))
     nxt = data.next_index[idx]

@@ -268,9 +268,16 @@ class IQLPolicy(nn.Module):
 
 def _state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as exc:
+            raise ValueError(
+                f"{path}: not a readable safetensors file - truncated or damaged ({exc}); "
+                "download or export the model repository again"
+            ) from None
     refused = (
         f"{path}: refused: not a plain tensor file (only tensors are loaded, never pickled "
         "Python objects); use model.safetensors - safetensors is the format"
@@ -303,8 +310,18 @@ def load_policy(path_or_dir: str | os.PathLike = ".") -> IQLPolicy:
     config: dict = {}
     cfg_path = os.path.join(folder, "config.json")
     if os.path.isfile(cfg_path):
-        with open(cfg_path, encoding="utf-8") as fh:
-            config = json.load(fh)
+        try:
+            with open(cfg_path, encoding="utf-8") as fh:
+                config = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{cfg_path}: not valid JSON ({exc}); download or export the model repository again"
+            ) from None
+        if not isinstance(config, dict):
+            raise ValueError(
+                f"{cfg_path}: config.json must hold a JSON object, found {type(config).__name__}"
+            )
+        _check_normalization(cfg_path, config)
     state = _state_dict(path)
     weights = sorted(
         (k for k in state if k.startswith("net.") and k.endswith(".weight")),
@@ -324,6 +341,66 @@ def load_policy(path_or_dir: str | os.PathLike = ".") -> IQLPolicy:
             "refusing to load it"
         )
     policy = IQLPolicy(state_dim, n_actions, hidden, config)
+    _check_fit(policy, state, path, cfg_path, hidden)
     policy.load_state_dict(state)
     policy.eval()
     return policy
+
+
+def _check_fit(policy: IQLPolicy, state: Mapping, path: str, cfg_path: str, hidden) -> None:
+    """Every tensor the network needs, none it does not, each of the right shape."""
+    expected = policy.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    net = (
+        f"the network of {cfg_path} (state_dim {policy.state_dim}, hidden_sizes "
+        f"{list(hidden)}, n_actions {policy.n_actions})"
+    )
+    if missing or extra:
+        what = []
+        if missing:
+            what.append(f"missing tensor(s) {missing[:5]}")
+        if extra:
+            what.append(f"unexpected tensor(s) {extra[:5]}")
+        raise ValueError(f"{path}: {' and '.join(what)} for {net}")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{path}: tensor {key!r} has shape {list(state[key].shape)} but {net} "
+                f"expects {list(value.shape)}"
+            )
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_normalization(cfg_path: str, config: Mapping) -> None:
+    """Per-feature statistics that ``normalize`` can use: finite mean, median and clip bounds
+    (clip_low <= clip_high), a finite std > 0, transform identity or log1p."""
+    stats = config.get("normalization")
+    if stats is None:
+        return
+    if not isinstance(stats, Mapping):
+        raise ValueError(f"{cfg_path}: normalization must be an object of per-feature statistics")
+    for name, s in stats.items():
+        where = f"{cfg_path}: normalization of feature {name!r}"
+        if not isinstance(s, Mapping):
+            raise ValueError(f"{where} must be an object, found {s!r}")
+        for key in ("mean", "median", "clip_low", "clip_high"):
+            if not _real(s.get(key)):
+                raise ValueError(f"{where}: {key} must be a finite number, found {s.get(key)!r}")
+        std = s.get("std")
+        if not _real(std) or std <= 0:
+            raise ValueError(
+                f"{where}: std must be a finite number > 0 (values are divided by it), "
+                f"found {std!r}"
+            )
+        if s["clip_low"] > s["clip_high"]:
+            raise ValueError(
+                f"{where}: clip_low {s['clip_low']!r} is above clip_high {s['clip_high']!r}"
+            )
+        if s.get("transform") not in (None, "identity", "log1p"):
+            raise ValueError(
+                f"{where}: transform must be 'identity' or 'log1p', found {s.get('transform')!r}"
+            )

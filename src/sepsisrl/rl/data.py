@@ -24,10 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 SUPPORTED_SCHEMA = {"1"}
+
+#: The largest SOFA score (0..24): a SOFA-delta shaping term is at most 24 * |weight|.
+SOFA_MAX = 24.0
+#: Denominator floor of the lactate-clearance term (``build/replay.py``) and a lactate value
+#: beyond any measurement (mmol/L), for a replay whose build statistics are not at hand.
+LACTATE_FLOOR = 1e-6
+LACTATE_MAX = 1000.0
 
 #: Slack of the state range check, relative to the bound (at least this much in z units):
 #: covers float32 rounding of a value that lies exactly on a clip bound.
@@ -101,6 +109,35 @@ class ReplayMeta:
         high = np.array([float(rng[n][1]) if n in rng else np.inf for n in names])
         return low, high, source
 
+    def reward_bound(self) -> tuple[float, str] | None:
+        """The largest |reward| the meta's reward spec can produce, and how it was derived:
+        the larger terminal plus every shaping term at its extreme (SOFA delta <= 24 points,
+        MAP deficit <= map_target, lactate clearance <= max lactate / 1e-6). None when the
+        meta records no terminal rewards (an external dataset): then rewards are only
+        checked to be finite."""
+        spec = self.raw.get("reward")
+        if not isinstance(spec, dict):
+            return None
+
+        def num(key: str, default: float | None = None) -> float | None:
+            v = spec.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return None
+            return float(v)
+
+        t_surv, t_died = num("terminal_survived"), num("terminal_died")
+        w_sofa, w_lac = num("sofa_delta_weight", 0.0), num("lactate_clearance_weight", 0.0)
+        w_map, target = num("map_deficit_weight", 0.0), num("map_target", 0.0)
+        if None in (t_surv, t_died, w_sofa, w_lac, w_map, target):
+            return None
+        terminal = max(abs(t_surv), abs(t_died))
+        shaping = abs(w_sofa) * SOFA_MAX + abs(w_map) * abs(target)
+        if w_lac:
+            shaping += abs(w_lac) * max(1.0, LACTATE_MAX / LACTATE_FLOOR)
+        return terminal + shaping, (
+            f"meta.json reward: max |terminal| {terminal:g} + shaping {shaping:g}"
+        )
+
     @property
     def variant(self) -> str:
         return str(self.raw.get("reward", {}).get("variant", "unknown"))
@@ -120,16 +157,34 @@ def load_meta(replay_dir: str | Path) -> ReplayMeta:
             f"{folder}: no meta.json (expected a replay folder such as "
             "workspace/replay/sofa_shaped)"
         )
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReplayError(f"{path}: not valid JSON ({exc}); rebuild the replay") from None
     version = str(raw.get("schema_version"))
     if version not in SUPPORTED_SCHEMA:
         raise ReplayError(
             f"{path}: schema_version {version!r} is not supported "
             f"(expected one of {sorted(SUPPORTED_SCHEMA)})"
         )
+    if not isinstance(raw, dict):
+        raise ReplayError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     for key in ("state_dim", "n_actions", "feature_names"):
         if key not in raw:
             raise ReplayError(f"{path}: missing {key!r}")
+    for key, what in (("n_actions", "the number of discrete actions"),
+                      ("state_dim", "the number of state features")):  # fmt: skip
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ReplayError(f"{path}: {key} must be an integer >= 1 ({what}), found {value!r}")
+    names = raw["feature_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ReplayError(
+            f"{path}: feature_names must be a list of non-empty strings, found {names!r:.80}"
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ReplayError(f"{path}: feature_names lists {dupes[:5]} more than once")
     if len(raw["feature_names"]) != int(raw["state_dim"]):
         raise ReplayError(
             f"{path}: {len(raw['feature_names'])} feature_names but state_dim {raw['state_dim']}"
@@ -200,7 +255,13 @@ def load_split(
     path = Path(replay_dir) / f"replay_{split}.parquet"
     if not path.is_file():
         raise ReplayError(f"{path} not found")
-    cols = pq.read_schema(path).names
+    try:
+        cols = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise ReplayError(
+            f"{path}: not a readable Parquet file - truncated or damaged ({exc}); "
+            "rebuild the replay"
+        ) from None
     state_cols = [f"s_{n}" for n in meta.feature_names]
     missing = [
         c
@@ -212,9 +273,15 @@ def load_split(
             f"{path}: missing column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}"
         )
     extra = ["subject_id"] if "subject_id" in cols else []
-    table = pq.read_table(
-        path, columns=["stay_id", "step", "action", "done", reward_column, *extra, *state_cols]
-    )
+    try:
+        table = pq.read_table(
+            path, columns=["stay_id", "step", "action", "done", reward_column, *extra, *state_cols]
+        )
+    except (pa.ArrowException, OSError) as exc:
+        raise ReplayError(
+            f"{path}: not a readable Parquet file - truncated or damaged ({exc}); "
+            "rebuild the replay"
+        ) from None
     stay = table["stay_id"].to_numpy()
     step = table["step"].to_numpy().astype(np.int64)
     order = np.lexsort((step, stay))
@@ -226,18 +293,14 @@ def load_split(
     _check_steps(path, stay, step, last)
     if not (done == last).all():
         raise ReplayError(f"{path}: done must be true exactly on each episode's last row")
-    actions = table["action"].to_numpy().astype(np.int64)
-    if len(actions) and (actions.min() < 0 or actions.max() >= meta.n_actions):
-        raise ReplayError(f"{path}: actions outside 0..{meta.n_actions - 1}")
+    actions = _actions(path, table["action"], stay, step, meta.n_actions)
     states = (
         np.column_stack([table[c].to_numpy().astype(np.float32) for c in state_cols])
         if len(stay)
         else np.zeros((0, meta.state_dim), np.float32)
     )
     _check_states(path, split, states, state_cols, stay, step, meta.state_bounds())
-    rewards = table[reward_column].to_numpy(zero_copy_only=False).astype(np.float32)
-    if not np.isfinite(rewards).all():
-        raise ReplayError(f"{path}: column {reward_column!r} contains NaN, inf or nulls")
+    rewards = _rewards(path, table[reward_column], reward_column, stay, step, meta)
     next_index = np.where(done, np.arange(len(stay)), np.arange(len(stay)) + 1)
     h = hashlib.sha256()
     for arr in (stay, step, actions, rewards, states):
@@ -253,6 +316,92 @@ def load_split(
         subject_id=table["subject_id"].to_numpy() if extra else stay,
         fingerprint=h.hexdigest(),
     )
+
+
+def _where(stay: np.ndarray, step: np.ndarray, i: int) -> str:
+    return f"row {i} (stay_id {stay[i]}, step {int(step[i])})"
+
+
+def _actions(
+    path: Path, column: pa.ChunkedArray, stay: np.ndarray, step: np.ndarray, n_actions: int
+) -> np.ndarray:
+    """The ``action`` column as int64 ids in 0..n_actions-1, refusing text, nulls, fractions
+    and ids outside the action set (naming the file, column, an example row and value)."""
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        example = column.slice(0, 1).to_pylist()
+        raise ReplayError(
+            f"{path}: column 'action' must hold integer action ids 0..{n_actions - 1}, found "
+            f"type {kind}{f' (row 0 = {example[0]!r})' if example else ''}; rebuild the replay"
+        )
+    if column.null_count:
+        i = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ReplayError(
+            f"{path}: column 'action' has {column.null_count} missing value(s), e.g. "
+            f"{_where(stay, step, i)}; expected integer action ids 0..{n_actions - 1}"
+        )
+    values = column.to_numpy()
+    if pa.types.is_floating(kind):
+        whole = np.isfinite(values) & (values == np.round(values))
+        if not whole.all():
+            bad = np.flatnonzero(~whole)
+            i = int(bad[0])
+            raise ReplayError(
+                f"{path}: column 'action' holds {len(bad)} non-integer value(s), e.g. "
+                f"{_where(stay, step, i)} = {values[i].item()!r}; expected integer action ids "
+                f"0..{n_actions - 1} - the replay was altered or not written by this build"
+            )
+    inside = (values >= 0) & (values < n_actions)
+    if not inside.all():
+        bad = np.flatnonzero(~inside)
+        i = int(bad[0])
+        raise ReplayError(
+            f"{path}: actions outside 0..{n_actions - 1} (meta.json n_actions {n_actions}): "
+            f"column 'action' has {len(bad)} such value(s), e.g. {_where(stay, step, i)} = "
+            f"{values[i].item()!r}"
+        )
+    return values.astype(np.int64)
+
+
+def _rewards(
+    path: Path,
+    column: pa.ChunkedArray,
+    name: str,
+    stay: np.ndarray,
+    step: np.ndarray,
+    meta: ReplayMeta,
+) -> np.ndarray:
+    """The reward column as float32, refusing nulls, NaN, inf and values beyond what the
+    meta's reward spec can produce (``ReplayMeta.reward_bound``)."""
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        raise ReplayError(
+            f"{path}: column {name!r} must hold numbers, found type {column.type}; "
+            "rebuild the replay"
+        )
+    rewards = column.to_numpy(zero_copy_only=False).astype(np.float32)
+    finite = np.isfinite(rewards)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        i = int(bad[0])
+        raise ReplayError(
+            f"{path}: column {name!r} contains NaN, inf or nulls: {len(bad)} value(s), e.g. "
+            f"{_where(stay, step, i)} = {rewards[i]}"
+        )
+    bound = meta.reward_bound()
+    if bound is None or not len(rewards):
+        return rewards
+    limit, source = bound
+    outside = np.abs(rewards.astype(np.float64)) > limit * (1 + BOUNDS_TOLERANCE) + 1e-6
+    if outside.any():
+        bad = np.flatnonzero(outside)
+        i = int(bad[0])
+        raise ReplayError(
+            f"{path}: column {name!r} has {len(bad)} value(s) beyond the attainable reward, "
+            f"e.g. {_where(stay, step, i)} = {float(rewards[i]):.6g}; expected |reward| <= "
+            f"{limit:.6g} ({source}); the replay was altered or not written by this build - "
+            "rebuild it"
+        )
+    return rewards
 
 
 def _check_steps(path: Path, stay: np.ndarray, step: np.ndarray, last: np.ndarray) -> None:

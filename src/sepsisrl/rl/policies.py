@@ -22,9 +22,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from sepsisrl.rl.checkpoint import first_nonfinite
+from sepsisrl.rl.checkpoint import check_tensors, first_nonfinite, read_tensors
 from sepsisrl.rl.networks import MLP
 
 
@@ -95,9 +94,12 @@ class NonFiniteWeightsError(ValueError):
     """A weights file holds NaN or inf: nothing may be evaluated or exported from it."""
 
 
-def finite_tensors(path: Path, owner: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, refusing one that holds NaN or inf."""
-    tensors = load_file(str(path))
+def finite_tensors(
+    path: Path, owner: str | Path | None = None, advice: str = "retrain the run"
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refusing one that is truncated or damaged
+    (``TensorFileError``) or holds NaN or inf (``NonFiniteWeightsError``)."""
+    tensors = read_tensors(path, advice)
     bad = first_nonfinite(tensors)
     if bad is not None:
         what = f"run {owner}" if owner is not None else str(path)
@@ -105,6 +107,15 @@ def finite_tensors(path: Path, owner: str | Path | None = None) -> dict[str, tor
             f"{what}: tensor {bad!r} of {path} holds NaN or inf values (the training diverged); "
             "refusing to use it - retrain the run"
         )
+    return tensors
+
+
+def _fitting(
+    module: torch.nn.Module, path: Path, owner: str | Path, network: str
+) -> dict[str, torch.Tensor]:
+    """The finite tensors of ``path``, checked to fit ``module`` (names and shapes)."""
+    tensors = finite_tensors(path, owner)
+    check_tensors(module, tensors, path, network)
     return tensors
 
 
@@ -122,13 +133,19 @@ class TrainedPolicy(_Deterministic):
         dims = cfg["replay"]
         self.state_dim, self.n_actions = int(dims["state_dim"]), int(dims["n_actions"])
         hidden = tuple(cfg["config"]["hidden_sizes"])
+        network = (
+            f"the network of {run / 'config.json'} (state_dim {self.state_dim}, hidden_sizes "
+            f"{list(hidden)}, n_actions {self.n_actions})"
+        )
         self.net = MLP(self.state_dim, self.n_actions, hidden).to(device)
-        self.net.load_state_dict(finite_tensors(final / "policy.safetensors", run))
+        self.net.load_state_dict(_fitting(self.net, final / "policy.safetensors", run, network))
         self.net.eval()
         self.behaviour = None
         if self.algo == "bcq":
             self.behaviour = MLP(self.state_dim, self.n_actions, hidden).to(device)
-            self.behaviour.load_state_dict(finite_tensors(final / "behaviour.safetensors", run))
+            self.behaviour.load_state_dict(
+                _fitting(self.behaviour, final / "behaviour.safetensors", run, network)
+            )
             self.threshold = float(cfg["config"]["bcq"]["threshold"])
         self.device = device
 

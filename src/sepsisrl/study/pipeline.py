@@ -127,7 +127,27 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
             behaviour=BehaviourModel.load(Path(spec["behaviour"])),
         )  # fmt: skip
         write_json(tmp / "study.json", {"key": key})
+        if spec["final"] and spec["kind"] == "run":
+            _record_final_folder(Path(spec["spec"]), tmp, out)
     return True
+
+
+def _record_final_folder(run: Path, tmp: Path, out: Path) -> None:
+    """The run's ``final_evaluation.json`` names the folder the evaluation was written to; the
+    study evaluates into a temporary folder renamed to ``out``: record ``out``."""
+    record = run / "final_evaluation.json"
+    if not record.is_file():
+        return
+    history = read_json(record)
+    written, final = str(tmp.absolute()), str(out.absolute())
+    if isinstance(history, list) and any(
+        isinstance(e, dict) and e.get("out") == written for e in history
+    ):
+        write_json(
+            record,
+            [{**e, "out": final} if isinstance(e, dict) and e.get("out") == written else e
+             for e in history],
+        )  # fmt: skip
 
 
 def _config_differences(was: Any, now: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from sepsisrl.workspace import naming_output
+
 # Placeholders for characters that must be quoted; Arrow's "none" quoting style refuses them,
 # and its "needed" style quotes every string. The placeholders never occur in generated text.
 _QUOTE, _COMMA = "\x1e", "\x1f"
@@ -61,18 +63,21 @@ class GzipCsvFile:
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._z = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container, mtime 0
         self.rows = 0
-        self._fh.write(self._z.compress((",".join(columns) + "\n").encode()))
+        with naming_output(path):  # a full disk names the file (a write error names none)
+            self._fh.write(self._z.compress((",".join(columns) + "\n").encode()))
 
     def write(self, table: pa.Table, slice_rows: int = 200_000) -> None:
         # format and compress in slices: memory stays bounded whatever the table size
-        for start in range(0, table.num_rows, slice_rows):
-            part = table.slice(start, slice_rows)
-            self._fh.write(self._z.compress(table_to_csv_bytes(part)))
+        with naming_output(self.path):
+            for start in range(0, table.num_rows, slice_rows):
+                part = table.slice(start, slice_rows)
+                self._fh.write(self._z.compress(table_to_csv_bytes(part)))
         self.rows += table.num_rows
 
     def close(self) -> None:
-        self._fh.write(self._z.flush())
-        self._fh.close()
+        with naming_output(self.path):
+            self._fh.write(self._z.flush())
+            self._fh.close()
 
 
 class BackgroundWriter:
@@ -126,5 +131,7 @@ class BackgroundWriter:
                 f._fh.close()
 
     def _raise_if_failed(self) -> None:
+        if isinstance(self._error, OSError):  # a full disk, a read-only folder: as it is
+            raise self._error
         if self._error is not None:
             raise RuntimeError(f"writing the MIMIC tables failed: {self._error}") from self._error

@@ -39,7 +39,7 @@ from sepsisrl.synth.cohort import ChunkResult, simulate_chunk, subset_chunk
 from sepsisrl.synth.config import SynthConfig, load_synth_config
 from sepsisrl.synth.csvgz import BackgroundWriter, GzipCsvFile
 from sepsisrl.synth.population import Attendings, sample_attendings
-from sepsisrl.workspace import remove_partials
+from sepsisrl.workspace import naming_output, remove_partials
 
 #: Rows of one chunk's ids are offset by this much so ids are unique across chunks.
 CHUNK_ID_STRIDE = 50_000_000
@@ -222,23 +222,28 @@ def generate_world(
             for name, table in rows.items():
                 writer.submit(name, table)
             st = tables.truth_stays(chunk)
-            stay_writer = stay_writer or pq.ParquetWriter(tmp_truth / "stays.parquet", st.schema)
-            stay_writer.write_table(st)
+            with naming_output(tmp_truth / "stays.parquet"):
+                stay_writer = stay_writer or pq.ParquetWriter(
+                    tmp_truth / "stays.parquet", st.schema
+                )
+                stay_writer.write_table(st)
             if hourly_truth:
                 ht = tables.truth_hourly(chunk)
-                hourly_writer = hourly_writer or pq.ParquetWriter(
-                    tmp_truth / "hourly.parquet", ht.schema, compression="zstd"
-                )
-                hourly_writer.write_table(ht)
+                with naming_output(tmp_truth / "hourly.parquet"):
+                    hourly_writer = hourly_writer or pq.ParquetWriter(
+                        tmp_truth / "hourly.parquet", ht.schema, compression="zstd"
+                    )
+                    hourly_writer.write_table(ht)
             summary.n_stays += chunk.stays.n
             summary.n_subjects += rows["patients"].num_rows
             chunk_index += 1
             if progress is not None:
                 progress(summary.n_stays, n_stays)
         writer.close()
-        for w in (stay_writer, hourly_writer):
+        for w, name in ((stay_writer, "stays.parquet"), (hourly_writer, "hourly.parquet")):
             if w is not None:
-                w.close()
+                with naming_output(tmp_truth / name):
+                    w.close()
         summary.rows = {name: f.rows for name, f in files.items()}
         summary.seconds = time.perf_counter() - started
         world = {
@@ -272,7 +277,8 @@ def generate_world(
                 "of the Sepsis-3 onset",
             },
         }
-        (tmp_truth / "world.json").write_text(json.dumps(world, indent=2) + "\n")
+        with naming_output(tmp_truth / "world.json"):
+            (tmp_truth / "world.json").write_text(json.dumps(world, indent=2) + "\n")
         latch.check()
         for tmp, final in ((tmp_truth, truth), (tmp_out, out)):
             if final.exists():

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from sepsisrl.build.config import BuildConfig
 from sepsisrl.build.conventions import complete_resolved_config
 from sepsisrl.build.state import FrozenStatistics
+from sepsisrl.locks import clean_temporaries, folder_lock
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.synth import catalog
 from sepsisrl.synth.cohort import ChunkResult, simulate_chunk
@@ -258,8 +259,6 @@ def simulate_population(
     progress=None,
 ) -> Population:
     """Simulate, chart and build (to episodes) ``n_patients`` patients; cached in ``folder``."""
-    from sepsisrl.build.pipeline import build
-
     cfg = hourly_config(ctx.synth_cfg)
     attendings = sample_attendings(ctx.synth_cfg, ctx.world_seed)
     pop = Population(
@@ -277,6 +276,19 @@ def simulate_population(
         return pop
     if n_patients < 1:
         raise TruthError(f"--patients must be at least 1, got {n_patients}")
+    # a shared cache: a second command simulating the same population waits, then reuses it
+    with folder_lock(pop.folder, "truth population", wait=True):
+        if done.is_file():
+            return pop
+        clean_temporaries(pop.folder)
+        _simulate_into(ctx, pop, seed, n_patients, progress)
+    return pop
+
+
+def _simulate_into(ctx: TruthContext, pop: Population, seed, n_patients: int, progress) -> None:
+    """Write the population folder (``simulate_population`` holds its lock)."""
+    from sepsisrl.build.pipeline import build
+
     with atomic_folder(pop.folder) as tmp:
         tables = simulate_tables(pop, progress)
         write_tables(tmp / "raw", tables)
@@ -298,7 +310,6 @@ def simulate_population(
         )
     # the build recorded the temporary folder as its source root; nothing reads it afterwards
     shutil.rmtree(pop.folder / "ws" / ".duckdb_tmp", ignore_errors=True)
-    return pop
 
 
 def simulate_tables(
