@@ -6,6 +6,9 @@ Without --bundle, a model repository of the card's shape (62 -> [256, 256] -> 25
 with random weights. Reported: single-state ``select_action`` latency (list input; p50 as the
 median of 5 rounds of 2,000 calls, the best round, p99 over all calls), a bare three-layer
 reference timed in interleaved rounds (this VM's timings drift with host load), and throughput of ``policy(tensor)`` + argmax on 100,000 states.
+Also the peak memory of one plain ``policy(x)`` call on 1,000,000 states (no
+``inference_mode`` by the caller: the wrapper must not track gradients; issue 14), measured
+in a fresh process as the growth of its peak resident memory.
 Targets (issue 6): p50 <= 100 microseconds; >= 300k states/second.
 """
 
@@ -21,6 +24,18 @@ from pathlib import Path
 import torch
 
 ROUNDS = 5
+#: a child process: peak RSS growth of one policy(x) call on 1e6 states, in MB
+_PEAK_CHILD = """
+import resource, sys, torch
+from pathlib import Path
+from sepsisrl.release.modeling_iql import load_policy
+policy = load_policy(Path(sys.argv[1]))
+x = torch.randn(1_000_000, policy.state_dim, generator=torch.Generator().manual_seed(0))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y = policy(x)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(round((after - before) / 1024, 1), bool(y.requires_grad))
+"""
 
 
 def make_bundle(folder: Path) -> None:
@@ -55,6 +70,14 @@ def main() -> None:
             folder = Path(tmp)
             make_bundle(folder)
         policy = load_policy(folder)
+        import subprocess
+        import sys
+
+        child = subprocess.run(
+            [sys.executable, "-c", _PEAK_CHILD, str(folder)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        peak_mb, grad = child.stdout.split()
     state = [0.1] * policy.state_dim
     # same-run reference: the bare three matrix products on a prepared tensor (no validation,
     # no conversion) - the floor a single-state call can approach on this machine right now.
@@ -107,6 +130,10 @@ def main() -> None:
     print(
         f"batch throughput: {rate:,.0f} states/s (100,000 states, median of 5; threads={torch.get_num_threads()})"
     )
+    print(
+        f"policy(x) on 1,000,000 states: peak memory growth {float(peak_mb):,.0f} MB "
+        f"(result tracks gradients: {grad})"
+    )
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "inference.json").write_text(
@@ -118,6 +145,7 @@ def main() -> None:
                 "round_p50s_us": wrapper_rounds,
                 "bare_reference_p50_us": ref_p50,
                 "states_per_second": rate,
+                "peak_mb_policy_1e6_states": float(peak_mb),
             },
             indent=2,
         )

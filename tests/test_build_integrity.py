@@ -418,18 +418,18 @@ def test_implausible_norepinephrine_is_refused_naming_the_row_then_dropped(tmp_p
     }
 
 
-def test_patientweight_0_takes_the_charted_weight(tmp_path):
+def test_patientweight_0_takes_the_charted_weight_and_a_missing_one_follows_the_setting(tmp_path):
     t = IngestTables()
     s = t.stay()
     t.chart(s, 0.5, WEIGHT_KG, 50.0)
     t.infusion(s, 1, 2, PHENYLEPHRINE, rate=100.0, rateuom="mcg/min", weight=0.0)
     t.infusion(s, 2, 3, PHENYLEPHRINE, rate=100.0, rateuom="mcg/min", weight=None)
-    built = build_measurements(t, tmp_path)
+    built = build_measurements(t, tmp_path)  # default missing_weight: drop
     doses = [r["agent_rate"] for r in built.rows("measurements", "infusions")]
-    assert doses == pytest.approx([2.0, 2.0])  # 100 mcg/min / 50 kg
+    assert doses == pytest.approx([2.0])  # the 0 row: 100 mcg/min / 50 kg; the NULL row: none
     audit = built.measurements_audit
-    assert audit["rate_per_minute_without_weight"] == 0
-    assert audit["integrity"]["rate_per_minute_patientweight_missing_or_0_with_stay_weight"] == 2
+    assert audit["rate_per_minute_without_weight"] == 1
+    assert audit["integrity"]["rate_per_minute_patientweight_0_or_nan_with_stay_weight"] == 1
 
 
 def test_infusion_rows_without_duration_are_counted_as_dropped(tmp_path):

@@ -5,7 +5,8 @@
 --   The weight of a per-minute rate is the row's patientweight when in [{{weight_lo}}, {{weight_hi}}] kg;
 --   without one, the stay's weight recorded at or before the row's start when
 --   actions.treatment.missing_weight is stay_weight ({{use_stay_weight}}), else none (no dose).
---   A patientweight that is missing, 0 or NaN (not recorded) takes the stay's weight either way.
+--   A patientweight of 0 or NaN (a placeholder, not a weight) takes the stay's weight either way;
+--   a missing (NULL) one follows the setting.
 -- NE-equivalent = agent rate x factor (norepinephrine 1, epinephrine 1, phenylephrine 0.1,
 -- dopamine 0.01, vasopressin 2.5 per units/min). Concurrent agents are summed later.
 -- IV fluid: amount in mL (L x 1000) over [starttime, endtime); prorated by overlap later.
@@ -18,7 +19,7 @@ WITH rows AS (
         stay_id, starttime, endtime, itemid, amount, lower(trim(amountuom)) AS amountuom,
         rate, lower(trim(rateuom)) AS rateuom,
         CASE WHEN patientweight BETWEEN {{weight_lo}} AND {{weight_hi}} THEN patientweight END AS row_weight,
-        coalesce(patientweight, 0) = 0 OR isnan(patientweight) AS weight_unrecorded,
+        coalesce(patientweight = 0 OR isnan(patientweight), false) AS weight_unrecorded,
         lower(trim(coalesce(ordercomponenttypedescription, ''))) = 'mixed solution'
             OR (lower(trim(rateuom)) = 'ml/hour' AND rate IS NOT NULL AND rate <= {{kvo_rate}})
             AS carrier
