@@ -52,7 +52,7 @@ def write_split(
 
 
 def make_workspace(root: Path, train_transitions: int, test_episodes: int) -> Path:
-    from sepsisrl.build.config import load_build_config
+    from sepsisrl.dataset.config import load_build_config
 
     cfg = load_build_config()
     names = cfg.feature_names

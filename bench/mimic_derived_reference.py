@@ -42,7 +42,7 @@ from pathlib import Path
 
 import duckdb
 
-from sepsisrl.build.config import load_build_config
+from sepsisrl.dataset.config import load_build_config
 
 URINE_ITEMS = (226559, 226560, 226561, 226584, 226563, 226564, 226565, 226567, 226557, 226558,
                227488, 227489)  # fmt: skip

@@ -133,7 +133,7 @@ def _shares(con: duckdb.DuckDBPyConnection, expr: str, source: str) -> dict[str,
 # ----------------------------------------------------------------------------- statistics
 def collect(root: Path) -> dict[str, float | None]:
     """Every statistic of the MIMIC tree at ``root``, as a flat ``{metric: value}`` mapping."""
-    from sepsisrl.build.config import load_build_config
+    from sepsisrl.dataset.config import load_build_config
 
     cfg = load_build_config()
     con, has_chart = _open(root)

@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepsisrl.build.config import BuildConfig, load_build_config
-from sepsisrl.build.measurements import run_measurements
-from sepsisrl.build.sepsis import run_sepsis
+from sepsisrl.dataset.config import BuildConfig, load_build_config
+from sepsisrl.dataset.measurements import run_measurements
+from sepsisrl.dataset.sepsis import run_sepsis
 
 #: intime of every fixture stay (on the hour, so SOFA hour h starts at T0 + h hours)
 T0 = datetime(2150, 3, 1, 8, 0)

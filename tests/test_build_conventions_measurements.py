@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sepsisrl.build.config import BuildConfig, load_build_config
-from sepsisrl.build.conventions import REGISTRY
-from sepsisrl.build.leakage import audit_workspace
-from sepsisrl.build.pipeline import build
-from sepsisrl.build.state import compute_states
+from sepsisrl.dataset.config import BuildConfig, load_build_config
+from sepsisrl.dataset.conventions import REGISTRY
+from sepsisrl.dataset.leakage import audit_workspace
+from sepsisrl.dataset.pipeline import build
+from sepsisrl.dataset.state import compute_states
 from tests.conftest import small_config
 
 from .build_fixtures import (

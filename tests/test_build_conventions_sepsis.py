@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sepsisrl.build.cohort import run_cohort
-from sepsisrl.build.config import BuildConfig, load_build_config
-from sepsisrl.build.conventions import REGISTRY, profile_overrides
-from sepsisrl.build.replay import compute_rewards, sofa_at_decision_times
 from sepsisrl.config import ConfigError
+from sepsisrl.dataset.cohort import run_cohort
+from sepsisrl.dataset.config import BuildConfig, load_build_config
+from sepsisrl.dataset.conventions import REGISTRY, profile_overrides
+from sepsisrl.dataset.replay import compute_rewards, sofa_at_decision_times
 
 from .build_fixtures import (
     MAP_ARTERIAL,

@@ -14,13 +14,13 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from sepsisrl.build.actions import NoDosesError
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.coverage import CoverageError
-from sepsisrl.build.ingest import IntegrityError, run_ingest
-from sepsisrl.build.measurements import ImplausibleDoseError, UnitError
-from sepsisrl.build.pipeline import build
 from sepsisrl.config import ConfigError
+from sepsisrl.dataset.actions import NoDosesError
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.coverage import CoverageError
+from sepsisrl.dataset.ingest import IntegrityError, run_ingest
+from sepsisrl.dataset.measurements import ImplausibleDoseError, UnitError
+from sepsisrl.dataset.pipeline import build
 from sepsisrl.mimic.source import SourceFormatError, open_source
 from sepsisrl.synth.world import generate_world
 

@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from sepsisrl.build.actions import DoseBins, rows_sha256
-from sepsisrl.build.leakage import LeakageError, audit_workspace, run_leakage_audit
-from sepsisrl.build.preprocessing import StatePreprocessor
+from sepsisrl.dataset.actions import DoseBins, rows_sha256
+from sepsisrl.dataset.leakage import LeakageError, audit_workspace, run_leakage_audit
+from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.workspace import read_json
 
 CHECKS = (

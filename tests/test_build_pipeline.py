@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sepsisrl import __version__
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.pipeline import STAGES, build
-from sepsisrl.build.validate import validate_sepsis
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.pipeline import STAGES, build
+from sepsisrl.dataset.validate import validate_sepsis
 from sepsisrl.mimic.source import open_source
 from sepsisrl.workspace import read_json
 

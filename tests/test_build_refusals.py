@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.coverage import CoverageError
-from sepsisrl.build.pipeline import STAGES, build
 from sepsisrl.config import ConfigError
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.coverage import CoverageError
+from sepsisrl.dataset.pipeline import STAGES, build
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.release.bundle import build_warnings as card_warnings
 from sepsisrl.release.bundle import model_card, warning_lines

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.conventions import REGISTRY
-from sepsisrl.build.sepsis import SOFA_COMPONENTS
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.conventions import REGISTRY
+from sepsisrl.dataset.sepsis import SOFA_COMPONENTS
 
 from .build_fixtures import (
     BILIRUBIN,

@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.ingest import antibiotic_filter
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.ingest import antibiotic_filter
 
 from .build_fixtures import PLATELETS, T0, IngestTables, Stay, at, build_sepsis
 

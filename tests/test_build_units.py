@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.measurements import UnitError
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.measurements import UnitError
 
 from .build_fixtures import (
     DOBUTAMINE,

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from sepsisrl.build.pipeline import build
+from sepsisrl.dataset.pipeline import build
 from sepsisrl.mimic.schema import TABLES
 
 #: Columns of the v3.1 layout that a v2.2-era export may lack (provider and caregiver ids).

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.conventions import (
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.conventions import (
     REGISTRY,
     differences,
     markdown_table,
@@ -58,13 +58,13 @@ def test_an_unknown_profile_is_refused():
 
 def test_docs_carry_the_registry_table():
     assert markdown_table() in DOCS.read_text(), (
-        "docs/build.md is out of date: paste sepsisrl.build.conventions.markdown_table()"
+        "docs/build.md is out of date: paste sepsisrl.dataset.conventions.markdown_table()"
     )
 
 
 def test_a_workspace_built_before_the_switches_completes_with_the_legacy_conventions():
-    from sepsisrl.build.config import BuildConfig
-    from sepsisrl.build.conventions import complete_resolved_config
+    from sepsisrl.dataset.config import BuildConfig
+    from sepsisrl.dataset.conventions import complete_resolved_config
 
     doc = load_build_config(overrides={"split.seed": 11}).model_dump(mode="json")
     for c in REGISTRY:  # an old build_config.json: none of the switches, no state section

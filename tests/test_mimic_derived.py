@@ -27,7 +27,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from sepsisrl.build.mimic_derived import (
+from sepsisrl.dataset.mimic_derived import (
     TABLES,
     DerivedTableError,
     compare_with_mimic_derived,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sepsisrl.build.preprocessing import StatePreprocessor
+from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.ope import evaluate as evaluate_module
 from sepsisrl.ope.behaviour import BehaviourConfig
 from sepsisrl.ope.evaluate import EvalConfig, evaluate

@@ -71,8 +71,8 @@ def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
     (schemas of study/selection.json and study/final.json). Returns the workspace."""
     import torch
 
-    from sepsisrl.build.config import load_build_config
-    from sepsisrl.build.pipeline import build
+    from sepsisrl.dataset.config import load_build_config
+    from sepsisrl.dataset.pipeline import build
     from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
     from sepsisrl.ope.fqe import FQEConfig

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sepsisrl.build.config import RUNNING_TREATMENT_FEATURES, load_build_config
-from sepsisrl.build.pipeline import build
-from sepsisrl.build.state import compute_states
 from sepsisrl.config import ConfigError
+from sepsisrl.dataset.config import RUNNING_TREATMENT_FEATURES, load_build_config
+from sepsisrl.dataset.pipeline import build
+from sepsisrl.dataset.state import compute_states
 from sepsisrl.truth.policies import Recorder
 from sepsisrl.truth.rollout import rollout_population
 from sepsisrl.truth.world import TruthContext, generate_hourly_world
@@ -308,7 +308,7 @@ def test_online_states_equal_the_variant_builds_row_for_row(variant_world):
 
 def test_statistics_of_another_layout_are_refused(variant_world):
     root, _ = variant_world
-    from sepsisrl.build.state import FrozenStatistics
+    from sepsisrl.dataset.state import FrozenStatistics
 
     with pytest.raises(ValueError, match="another build"):
         FrozenStatistics.load(root / "ws_card", load_build_config(overrides=RT))

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sepsisrl.build.config import load_build_config
-from sepsisrl.build.pipeline import build
+from sepsisrl.dataset.config import load_build_config
+from sepsisrl.dataset.pipeline import build
 from sepsisrl.truth.harness import clinician_reference, compute_truth, population_for
 from sepsisrl.truth.policies import (
     Constant,

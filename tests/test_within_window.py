@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sepsisrl.build.actions import within_window
+from sepsisrl.dataset.actions import within_window
 
 
 def test_share_of_windows_whose_vasopressor_bin_differs_from_the_first_hour():

@@ -305,10 +305,10 @@ is current. A raw table \
 without data rows, or a core feature (MAP, heart rate, GCS, ...) without a value in nearly \
 every decision window, stops the build unless --allow-missing names its table.
     """
-    from sepsisrl.build.config import load_build_config
-    from sepsisrl.build.leakage import LeakageError
-    from sepsisrl.build.measurements import UnitError
-    from sepsisrl.build.pipeline import build as run_build
+    from sepsisrl.dataset.config import load_build_config
+    from sepsisrl.dataset.leakage import LeakageError
+    from sepsisrl.dataset.measurements import UnitError
+    from sepsisrl.dataset.pipeline import build as run_build
     from sepsisrl.mimic.source import SourceError
 
     def report(stage: str, status: str) -> None:
@@ -318,7 +318,7 @@ every decision window, stops the build unless --allow-missing names its table.
     try:
         overrides = _parse_overrides(set_ or [])
         if conventions is not None:
-            from sepsisrl.build.conventions import profile_overrides
+            from sepsisrl.dataset.conventions import profile_overrides
 
             overrides = {**profile_overrides(conventions), **overrides}
         cfg = load_build_config(config, overrides)
@@ -710,8 +710,8 @@ this produces is clinical decision support.
     """
     import signal
 
-    from sepsisrl.build.leakage import LeakageError
-    from sepsisrl.build.measurements import UnitError
+    from sepsisrl.dataset.leakage import LeakageError
+    from sepsisrl.dataset.measurements import UnitError
     from sepsisrl.interrupts import InterruptLatch
     from sepsisrl.mimic.source import SourceError
     from sepsisrl.release.bundle import ExportError
@@ -838,7 +838,7 @@ reported as "not provided".
     if truth is not None:
         if out is not None or config is not None or overrides:
             raise UserError("--out, --config and --set apply to --mimic-derived only")
-        from sepsisrl.build.validate import validate_sepsis
+        from sepsisrl.dataset.validate import validate_sepsis
 
         for path, what in (
             (workspace / "sepsis" / "onset.parquet", "a built workspace"),
@@ -851,7 +851,7 @@ reported as "not provided".
 
     from rich.table import Table
 
-    from sepsisrl.build.mimic_derived import (
+    from sepsisrl.dataset.mimic_derived import (
         DerivedTableError,
         agreement_rows,
         compare_with_mimic_derived,

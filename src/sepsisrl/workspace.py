@@ -35,7 +35,7 @@ _CODE_FINGERPRINT: str | None = None
 
 #: What the build stages execute: a change here invalidates cached stages; a change elsewhere
 #: (training, evaluation, report, CLI) does not.
-BUILD_CODE = ("build", "mimic", "workspace.py", "config.py", "__init__.py")
+BUILD_CODE = ("dataset", "mimic", "workspace.py", "config.py", "__init__.py")
 
 
 def code_fingerprint() -> str:

@@ -72,7 +72,7 @@ def _gzip_to(csv_path: Path, out: Path) -> None:
 
 def configured_item_ids() -> list[int]:
     """Every item id of the packaged build configuration (items and vasopressors)."""
-    from sepsisrl.build.config import load_build_config
+    from sepsisrl.dataset.config import load_build_config
 
     cfg = load_build_config()
     ids = {i for v in cfg.items.values() for i in v} | {v.itemid for v in cfg.vasopressors.values()}

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from sepsisrl import __version__
-from sepsisrl.build.preprocessing import StatePreprocessor
+from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
 from sepsisrl.ope.fqe import FQE, FQEConfig, return_bounds
 from sepsisrl.ope.importance import (

@@ -94,7 +94,7 @@ class ReplayMeta:
             path = (self.path.parent.parent / ref) if isinstance(ref, str) else None
             if path is None or not path.is_file():
                 return None
-            from sepsisrl.build.preprocessing import StatePreprocessor
+            from sepsisrl.dataset.preprocessing import StatePreprocessor
 
             try:
                 prep = StatePreprocessor.from_json(json.loads(path.read_text()))

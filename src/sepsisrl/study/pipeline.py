@@ -288,7 +288,7 @@ class Study:
         self.phases: dict[str, dict[str, Any]] = {}
         self.train_code = package_fingerprint("rl")
         self.eval_code = package_fingerprint("rl", "ope")
-        self.truth_code = package_fingerprint("rl", "ope", "truth", "build", "synth")
+        self.truth_code = package_fingerprint("rl", "ope", "truth", "dataset", "synth")
         self.pool: WorkerPool | None = None
         self._replay_key: str | None = None
         self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
@@ -379,8 +379,8 @@ class Study:
 
     # -- phases
     def data(self, source: Path | None) -> Path:
-        from sepsisrl.build.config import load_build_config
-        from sepsisrl.build.pipeline import build
+        from sepsisrl.dataset.config import load_build_config
+        from sepsisrl.dataset.pipeline import build
 
         started = time.perf_counter()
         if source is None:

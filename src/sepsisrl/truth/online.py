@@ -16,17 +16,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect, run_ingest
-from sepsisrl.build.measurements import run_measurements
-from sepsisrl.build.state import (
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect, run_ingest
+from sepsisrl.dataset.measurements import run_measurements
+from sepsisrl.dataset.state import (
     FrozenStatistics,
     States,
     compute_states,
     cumulative_before,
     step_treatment,
 )
-from sepsisrl.build.tables import MemoryTables
+from sepsisrl.dataset.tables import MemoryTables
 from sepsisrl.mimic.schema import TABLES
 
 _KEY = {
@@ -34,7 +34,7 @@ _KEY = {
     "inputevents": "stay_id",
     "outputevents": "stay_id",
     "icustays": "stay_id",
-    # the patient's labs: build/sql/lab_measurements.sql attributes them to the stay (by
+    # the patient's labs: dataset/sql/lab_measurements.sql attributes them to the stay (by
     # admission or patient, labs.attribution) at their labs.time, as in the build
     "labevents": "subject_id",
     "patients": "subject_id",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sepsisrl.build.preprocessing import StatePreprocessor
+from sepsisrl.dataset.preprocessing import StatePreprocessor
 
 SPEC_HELP = "clinician | no_treatment | random | constant:K | rule:map_lactate"
 NAMED = ("clinician", "no_treatment", "random")

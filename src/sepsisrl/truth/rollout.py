@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sepsisrl.build.cohort import cohort_sql
-from sepsisrl.build.ingest import run_ingest
-from sepsisrl.build.state import flag_matrix, model_input
+from sepsisrl.dataset.cohort import cohort_sql
+from sepsisrl.dataset.ingest import run_ingest
+from sepsisrl.dataset.state import flag_matrix, model_input
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.mimic.source import open_source
 from sepsisrl.synth import tables

@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.conventions import complete_resolved_config
-from sepsisrl.build.state import FrozenStatistics
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.conventions import complete_resolved_config
+from sepsisrl.dataset.state import FrozenStatistics
 from sepsisrl.locks import clean_temporaries, folder_lock
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.synth import catalog
@@ -287,7 +287,7 @@ def simulate_population(
 
 def _simulate_into(ctx: TruthContext, pop: Population, seed, n_patients: int, progress) -> None:
     """Write the population folder (``simulate_population`` holds its lock)."""
-    from sepsisrl.build.pipeline import build
+    from sepsisrl.dataset.pipeline import build
 
     with atomic_folder(pop.folder) as tmp:
         tables = simulate_tables(pop, progress)

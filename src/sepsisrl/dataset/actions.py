@@ -3,7 +3,7 @@
 Per step, the treatment in the action window [tau_k, tau_k + 4 h): vasopressor dose
 (NE-equivalent mcg/kg/min, concurrent agents summed, time-weighted) and IV-fluid volume (mL,
 prorated). What counts as treatment is decided in the measurements stage
-(``actions.treatment``, build/sql/infusions.sql): by default fluid that only carries a drug or
+(``actions.treatment``, dataset/sql/infusions.sql): by default fluid that only carries a drug or
 keeps a vein open is not resuscitation fluid. Bin 0 = no treatment; bins 1-4 = quartiles (Q25, Q50, Q75) of the non-zero doses of
 train-split steps. ``action = 5 * vaso_bin + fluid_bin``. Edges are persisted, never refit.
 
@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect, fetch_arrow
-from sepsisrl.build.sqlfiles import render
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect, fetch_arrow
+from sepsisrl.dataset.sqlfiles import render
 from sepsisrl.mimic.source import SourceError
 from sepsisrl.workspace import read_json, write_json
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import duckdb
 
-from sepsisrl.build import ingest
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.coverage import measurement_counts
-from sepsisrl.build.ingest import connect
-from sepsisrl.build.sqlfiles import Raw, render
-from sepsisrl.build.tables import PLAIN, ZSTD, TableSink, as_sink
+from sepsisrl.dataset import ingest
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.coverage import measurement_counts
+from sepsisrl.dataset.ingest import connect
+from sepsisrl.dataset.sqlfiles import Raw, render
+from sepsisrl.dataset.tables import PLAIN, ZSTD, TableSink, as_sink
 
 
 class UnitError(ValueError):

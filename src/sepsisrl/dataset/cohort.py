@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect
-from sepsisrl.build.sqlfiles import Raw, render
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect
+from sepsisrl.dataset.sqlfiles import Raw, render
 
 RULES = (
     "1_not_adult",

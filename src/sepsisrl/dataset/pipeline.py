@@ -22,19 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from sepsisrl import __version__
-from sepsisrl.build.actions import run_actions
-from sepsisrl.build.cohort import run_cohort
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.conventions import differences, profile_of
-from sepsisrl.build.coverage import CoverageError, check_core_features, check_source_tables
-from sepsisrl.build.episodes import run_episodes
-from sepsisrl.build.features import run_features
-from sepsisrl.build.ingest import run_ingest
-from sepsisrl.build.leakage import run_leakage_audit
-from sepsisrl.build.measurements import run_measurements
-from sepsisrl.build.replay import run_replay
-from sepsisrl.build.sepsis import run_sepsis
-from sepsisrl.build.splits import run_splits
+from sepsisrl.dataset.actions import run_actions
+from sepsisrl.dataset.cohort import run_cohort
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.conventions import differences, profile_of
+from sepsisrl.dataset.coverage import CoverageError, check_core_features, check_source_tables
+from sepsisrl.dataset.episodes import run_episodes
+from sepsisrl.dataset.features import run_features
+from sepsisrl.dataset.ingest import run_ingest
+from sepsisrl.dataset.leakage import run_leakage_audit
+from sepsisrl.dataset.measurements import run_measurements
+from sepsisrl.dataset.replay import run_replay
+from sepsisrl.dataset.sepsis import run_sepsis
+from sepsisrl.dataset.splits import run_splits
 from sepsisrl.mimic.source import FINGERPRINT_METHOD, MimicSource, open_source
 from sepsisrl.workspace import StageResult, Workspace, read_json, write_json
 
@@ -173,7 +173,7 @@ def build(
                     "sepsis",
                     "integrity",
                 ),
-                # what counts as treatment (build/sql/infusions.sql)
+                # what counts as treatment (dataset/sql/infusions.sql)
                 "treatment": cfg.actions.treatment.model_dump(mode="json"),
             },
             lambda out: run_measurements(p("ingest"), cfg, out),

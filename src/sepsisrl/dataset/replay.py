@@ -28,12 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sepsisrl import __version__
-from sepsisrl.build.actions import action_labels
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect, fetch_arrow
-from sepsisrl.build.preprocessing import StatePreprocessor
-from sepsisrl.build.splits import SPLITS
-from sepsisrl.build.state import model_input, model_input_range
+from sepsisrl.dataset.actions import action_labels
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect, fetch_arrow
+from sepsisrl.dataset.preprocessing import StatePreprocessor
+from sepsisrl.dataset.splits import SPLITS
+from sepsisrl.dataset.state import model_input, model_input_range
 from sepsisrl.workspace import read_json, write_json
 
 REPLAY_SCHEMA_VERSION = "1"
@@ -48,7 +48,7 @@ def sofa_at_decision_times(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(total SOFA, state SOFA) of the last SOFA hour ending at or before each step's tau (0
     before the first hour). State SOFA: the total with the cardiovascular component replaced
-    by its blood-pressure level (``sofa_cardiovascular_map``, build/sql/sofa.sql)."""
+    by its blood-pressure level (``sofa_cardiovascular_map``, dataset/sql/sofa.sql)."""
     con = connect(cfg)
     con.register("steps", steps.select(["stay_id", "step", "tau"]))
     got = fetch_arrow(

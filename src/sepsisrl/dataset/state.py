@@ -38,11 +38,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sepsisrl.build.actions import DoseBins, cumulative_before, step_treatment
-from sepsisrl.build.config import BuildConfig, FeatureSpec
-from sepsisrl.build.ingest import fetch_arrow
-from sepsisrl.build.preprocessing import StatePreprocessor
-from sepsisrl.build.sqlfiles import render
+from sepsisrl.dataset.actions import DoseBins, cumulative_before, step_treatment
+from sepsisrl.dataset.config import BuildConfig, FeatureSpec
+from sepsisrl.dataset.ingest import fetch_arrow
+from sepsisrl.dataset.preprocessing import StatePreprocessor
+from sepsisrl.dataset.sqlfiles import render
 
 __all__ = [
     "FrozenStatistics",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.sqlfiles import Raw, render
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.sqlfiles import Raw, render
 
 #: FiO2 of a PaO2/FiO2 ratio, per sofa.fio2 (columns of the ``gases`` step of sofa.sql)
 FIO2 = {"blood_gas_first": "coalesce(g.fio2_bg, g.fio2_chart)", "chart": "g.fio2_chart"}

@@ -26,11 +26,11 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from sepsisrl.build.actions import DoseBins, rows_sha256
-from sepsisrl.build.config import LAB_MEASUREMENT_CONCEPTS, BuildConfig
-from sepsisrl.build.measurements import GAS_TIME
-from sepsisrl.build.preprocessing import StatePreprocessor
-from sepsisrl.build.splits import SPLITS
+from sepsisrl.dataset.actions import DoseBins, rows_sha256
+from sepsisrl.dataset.config import LAB_MEASUREMENT_CONCEPTS, BuildConfig
+from sepsisrl.dataset.measurements import GAS_TIME
+from sepsisrl.dataset.preprocessing import StatePreprocessor
+from sepsisrl.dataset.splits import SPLITS
 from sepsisrl.workspace import read_json, write_json
 
 OUTCOME_TOKENS = (

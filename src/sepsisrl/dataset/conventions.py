@@ -230,8 +230,8 @@ def complete_resolved_config(doc: dict[str, Any]) -> dict[str, Any]:
     with the earlier convention, so a missing switch takes its ``legacy`` value; any other
     missing key (a section added since, e.g. ``state``) takes the packaged default.
     """
-    from sepsisrl.build.config import load_build_config
     from sepsisrl.config import deep_merge
+    from sepsisrl.dataset.config import load_build_config
 
     packaged = load_build_config().model_dump(mode="json")
     for c in REGISTRY:

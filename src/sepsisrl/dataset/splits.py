@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepsisrl.build.config import BuildConfig
+from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.workspace import write_json
 
 SPLITS = ("train", "validation", "test")

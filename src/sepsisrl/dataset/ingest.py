@@ -37,8 +37,8 @@ from typing import Any
 
 import duckdb
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.tables import ZSTD, TableSink, as_sink
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.tables import ZSTD, TableSink, as_sink
 from sepsisrl.mimic.source import MimicSource, SourceError, read_error
 
 CHART_CONCEPTS = (

@@ -39,8 +39,8 @@ from typing import Any
 import duckdb
 from pydantic import Field
 
-from sepsisrl.build.sepsis import SOFA_COMPONENTS as SOFA_PARTS
 from sepsisrl.config import StrictModel, load_config
+from sepsisrl.dataset.sepsis import SOFA_COMPONENTS as SOFA_PARTS
 
 
 class MimicDerivedConfig(StrictModel):

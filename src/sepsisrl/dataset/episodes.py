@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect
 
 
 def run_episodes(cohort_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:

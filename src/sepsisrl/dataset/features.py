@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sepsisrl.build.actions import rows_sha256
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect
-from sepsisrl.build.state import compute_states, state_columns
+from sepsisrl.dataset.actions import rows_sha256
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect
+from sepsisrl.dataset.state import compute_states, state_columns
 from sepsisrl.workspace import write_json
 
 #: Static patient attributes (exempt from the leakage audit's time check). Weight is not:

@@ -38,7 +38,7 @@ def _literal(value: Any) -> str:
 
 
 def render(name: str, **params: Any) -> str:
-    text = (resources.files("sepsisrl.build") / "sql" / f"{name}.sql").read_text()
+    text = (resources.files("sepsisrl.dataset") / "sql" / f"{name}.sql").read_text()
     missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(params))
     if missing:
         raise KeyError(f"{name}.sql needs parameters {missing}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from sepsisrl.build.config import BuildConfig
+from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.mimic.source import OPTIONAL_TABLES, MimicSource, SourceError
 

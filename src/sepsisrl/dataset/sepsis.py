@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sepsisrl.build.config import BuildConfig
-from sepsisrl.build.ingest import connect
-from sepsisrl.build.sofa import render_sofa
-from sepsisrl.build.sqlfiles import Raw, render
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import connect
+from sepsisrl.dataset.sofa import render_sofa
+from sepsisrl.dataset.sqlfiles import Raw, render
 
 SOFA_COMPONENTS = ("respiration", "coagulation", "liver", "cardiovascular", "cns", "renal")
 
