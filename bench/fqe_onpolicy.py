@@ -56,7 +56,8 @@ def main() -> None:
 
 def report(replay: Path, label: str) -> None:
     from sepsisrl.ope.behaviour import BehaviourModel
-    from sepsisrl.ope.evaluate import EVAL_REWARD, EvalConfig, _fqe_data
+    from sepsisrl.ope.estimators import fqe_data
+    from sepsisrl.ope.evaluate import EVAL_REWARD, EvalConfig
     from sepsisrl.ope.fqe import FQE, FQEConfig
     from sepsisrl.ope.importance import EpisodeIndex, discounted_returns
     from sepsisrl.rl.data import load_meta, load_split
@@ -79,7 +80,7 @@ def report(replay: Path, label: str) -> None:
         t = time.perf_counter()
         fqe = FQE(meta.state_dim, meta.n_actions, meta.gamma, FQEConfig(basis=basis))
         pi = behaviour.probabilities(tr.states.numpy())
-        fqe.fit(_fqe_data(tr, np.ones(len(tr), dtype=bool), pi), tr.subject_id, longest)
+        fqe.fit(fqe_data(tr, np.ones(len(tr), dtype=bool), pi), tr.subject_id, longest)
         seconds = time.perf_counter() - t
         for point in ("members' mean", "fit on every train patient"):
             row = {"basis": basis, "point": point, "fit_seconds": round(seconds, 1)}

@@ -170,7 +170,7 @@ def held_log(ctx, pop, probabilities, workdir: Path, seed: int):
 
 
 def write_replay(log: dict, template: Path, out: Path, seed: int) -> None:
-    """A replay folder (contracts.md) of the held log, split by patient 70/15/15."""
+    """A replay folder (docs/contracts.md) of the held log, split by patient 70/15/15."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

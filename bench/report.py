@@ -3,11 +3,11 @@
 Usage:  python bench/report.py --workspace WS
 
 Writes WS/report/ (index.html, report.md, figures/), prints the seconds and the HTML size, then
-opens WS/report/index.html in headless Chromium (chromium, chromium-browser or google-chrome on
-PATH; Debian: `apt-get install -y chromium`): the dumped DOM must contain the title and every
-<img> of the page (all embedded PNGs), and a 1280x4000 screenshot (WS/report/screenshot.png)
-must be non-trivial (> 10 kB). Exits non-zero with a message when no browser is found or a
-check fails.
+opens WS/report/index.html in headless Chromium (``tests/browser.py``: chromium,
+chromium-browser or google-chrome on PATH; Debian: `apt-get install -y chromium`): the dumped
+DOM must contain the title and every <img> of the page (all embedded PNGs), and a 1280x4000
+screenshot (WS/report/screenshot.png) must be non-trivial (> 10 kB). Exits non-zero with a
+message when no browser is found or a check fails.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from sepsisrl.study.report import (
-    TITLE,
+from sepsisrl.study.report import TITLE, write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.browser
+from tests.browser import (
+    BROWSERS,
     BrowserError,
     find_browser,
     inspect_html,
     render_in_browser,
-    write_report,
 )
 
 MIN_SCREENSHOT_BYTES = 10_000
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     if find_browser() is None:
-        print("FAIL: no headless browser on PATH (chromium, chromium-browser, google-chrome); "
+        print(f"FAIL: no headless browser on PATH ({', '.join(BROWSERS)}); "
               "install one, e.g. `apt-get install -y chromium`", file=sys.stderr)  # fmt: skip
         return 2
     try:

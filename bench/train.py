@@ -163,13 +163,19 @@ def card_batches():
     return (S, act, rew, done), batches
 
 
+def card_iql():
+    """The trainer's IQL (``rl.registry``) with configs/train.yaml's settings, card-shaped."""
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.trainer import make_algorithm
+
+    return make_algorithm(load_train_config(overrides={"hidden_sizes": [H, H]}), D, A, 0.99)
+
+
 def solo(steps: int) -> None:
     """One process, one thread, ``steps`` IQL updates: prints its rate as a JSON line."""
     torch.set_num_threads(1)
-    from sepsisrl.rl.iql import IQL, IQLConfig
-
     _, batches = card_batches()
-    algo = IQL(D, A, 0.99, IQLConfig())
+    algo = card_iql()
     for i in range(20):
         algo.update(*batches(i))
     t0 = time.perf_counter()
@@ -223,14 +229,12 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sepsisrl.rl.iql import IQL, IQLConfig
-
     (S, act, rew, done), batches = card_batches()
 
-    candidates = {"sepsisrl": IQL(D, A, 0.99, IQLConfig()).update}
+    candidates = {"sepsisrl": card_iql().update}
     compile_seconds = None
     if args.compile:
-        compiled = IQL(D, A, 0.99, IQLConfig())
+        compiled = card_iql()
         compiled.compile_step()
         t0 = time.perf_counter()
         compiled.compute_gradients(*batches(0))

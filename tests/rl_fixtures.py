@@ -1,4 +1,4 @@
-"""Tiny replay datasets that follow the replay contract (``contracts.md``, ``replay/<variant>/``).
+"""Tiny replay datasets that follow the replay contract (docs/contracts.md, ``replay/<variant>/``).
 
 :func:`write_replay` writes ``meta.json`` and ``replay_{train,validation,test}.parquet`` for
 any ``state_dim`` and ``n_actions``: one row per decision step, sorted by (stay_id, step), the

@@ -1,4 +1,4 @@
-"""The measurement conventions (build/conventions.py: gcs, ventilation, labs; the sofa switches
+"""The measurement conventions (dataset/conventions.py: gcs, ventilation, labs; the sofa switches
 are in tests/test_build_sofa.py): each at mimic-code's value (the packaged default) and at the
 legacy value, through the real stages on hand-made ingest tables (tests/build_fixtures.py);
 the urine irrigant fix; lab availability at storetime (labs.time) in the state, the leakage
@@ -51,7 +51,7 @@ from .build_fixtures import (
 LACTATE = 50813
 ETT = "No Response-ETT"
 
-#: the legacy values of the measurement and SOFA conventions (build/conventions.py)
+#: the legacy values of the measurement and SOFA conventions (dataset/conventions.py)
 LEGACY = {
     c.key: c.legacy
     for c in REGISTRY

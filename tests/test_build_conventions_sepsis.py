@@ -1,4 +1,4 @@
-"""The Sepsis-3, cohort, treatment and reward conventions (build/conventions.py): each switch at
+"""The Sepsis-3, cohort, treatment and reward conventions (dataset/conventions.py): each switch at
 mimic-code's value (the packaged default) and at the legacy value, through the real stages on
 hand-made ingest tables (tests/build_fixtures.py).
 

@@ -1,5 +1,5 @@
-"""Raw-table integrity before any clinical logic (``integrity:``, build/ingest.py), unit and
-dose plausibility of the infusions (build/measurements.py), readable errors for damaged files,
+"""Raw-table integrity before any clinical logic (``integrity:``, dataset/ingest.py), unit and
+dose plausibility of the infusions (dataset/measurements.py), readable errors for damaged files,
 the message for an empty cohort, and the content fingerprint of the source."""
 
 from __future__ import annotations

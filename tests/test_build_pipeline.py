@@ -1,5 +1,5 @@
 """``sepsisrl build`` end to end on the small synthetic world: the workspace and replay contract
-(``contracts.md``), stage caching, and agreement with the world's ground truth."""
+(docs/contracts.md), stage caching, and agreement with the world's ground truth."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from sepsisrl.workspace import read_json
 VARIANTS = ("sparse", "sofa_shaped", "sofa_state_shaped", "full_shaped")
 SPLITS = ("train", "validation", "test")
 
-#: files that contracts.md lists for the stages ``sepsisrl build`` writes
+#: files that docs/contracts.md lists for the stages ``sepsisrl build`` writes
 CONTRACT_FILES = (
     "cohort/cohort.parquet",
     "cohort/excluded.parquet",

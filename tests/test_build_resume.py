@@ -33,12 +33,17 @@ def build_command(source: Path, workspace: Path) -> list[str]:
 
 
 def wait_for_partial(ws: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Path:
-    """The first ``.<stage>.partial-<pid>`` folder of a stage after ``ingest``."""
+    """The first ``.<stage>.partial-<pid>`` folder of a stage after ``ingest``, returned with
+    ``proc`` stopped (SIGSTOP) while that folder is still there: the stage cannot finish
+    between the sighting and whatever signal the caller sends next."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         partials = [p for p in ws.glob(".*.partial-*") if not p.name.startswith(".ingest.")]
         if partials:
-            return partials[0]
+            proc.send_signal(signal.SIGSTOP)
+            if partials[0].is_dir():
+                return partials[0]
+            proc.send_signal(signal.SIGCONT)  # that stage finished meanwhile: catch the next
         if proc.poll() is not None:
             pytest.fail(f"the build ended before a stage after ingest was seen running: {proc}")
         time.sleep(0.002)

@@ -1,4 +1,4 @@
-"""Hourly SOFA (clinical_spec.md section 3) on hand-computed cases, through the real SQL.
+"""Hourly SOFA (docs/clinical.md, "Sepsis-3") on hand-computed cases, through the real SQL.
 
 Every case is one ICU stay admitted at T0 (on the hour) whose only data is the value under test,
 charted in hour 2 (``[T0 + 2 h, T0 + 3 h)``); the other five components have no data, so they
@@ -53,7 +53,7 @@ WHEN = HOUR + 0.5  # the charttime (hours after intime) of the value under test
 
 AddRows = Callable[[IngestTables, Stay], None]
 
-#: the legacy values of the measurement and SOFA conventions (build/conventions.py)
+#: the legacy values of the measurement and SOFA conventions (dataset/conventions.py)
 LEGACY = {
     c.key: c.legacy
     for c in REGISTRY

@@ -1,4 +1,4 @@
-"""Suspicion of infection (clinical_spec.md section 3): the antibiotic filter of the ingest stage
+"""Suspicion of infection (docs/clinical.md, "Sepsis-3"): the antibiotic filter of the ingest stage
 and the culture / antibiotic pairing rules of sql/suspicion_of_infection.sql, through the real
 stages on hand-made ingest tables.
 

@@ -1,4 +1,4 @@
-"""Unit conversions of the measurements stage (clinical_spec.md sections 5 and 6), run through
+"""Unit conversions of the measurements stage (docs/clinical.md, "State" and "Actions"), run through
 the real SQL on hand-made ingest tables."""
 
 from __future__ import annotations

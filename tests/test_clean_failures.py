@@ -228,10 +228,15 @@ def test_background_build_is_interrupted_and_leaves_no_partial(tiny_world: Path,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not list(ws.glob(".*.partial-*")):
+        while True:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            partials = list(ws.glob(".*.partial-*"))
+            if partials:
+                proc.send_signal(signal.SIGSTOP)  # hold it inside the stage while signalled
+                if partials[0].is_dir():
+                    break
+                proc.send_signal(signal.SIGCONT)  # that stage finished meanwhile: the next one
             time.sleep(0.002)
-        proc.send_signal(signal.SIGSTOP)  # hold it inside the stage while the signal is sent
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=120)
@@ -397,6 +402,8 @@ def test_the_study_records_the_final_evaluation_folder_not_its_temporary(tmp_pat
 
     monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
     monkeypatch.setattr(behaviour.BehaviourModel, "load", staticmethod(lambda path: None))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "behaviour.safetensors").write_bytes(b"behaviour weights")  # part of the key
     out = tmp_path / "eval" / "iql-test"
     spec = {"spec": str(run), "kind": "run", "replay": str(tmp_path / "replay"), "out": str(out),
             "final": True, "key": "k", "behaviour": str(tmp_path / "b"),

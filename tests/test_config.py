@@ -53,3 +53,18 @@ def test_load_config_rejects_non_mapping(tmp_path: Path):
     f.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(SynthConfig, "synth", f)
+
+
+def test_errors_name_the_dotted_key_and_the_value_found():
+    with pytest.raises(ConfigError) as info:
+        load_synth_config(overrides={"population.age_sd": "old", "population.age_mena": 1})
+    text = str(info.value)
+    assert "population.age_sd: Input should be a valid number" in text and "(found 'old')" in text
+    assert "population.age_mena: unknown setting (misspelt?)" in text
+
+
+def test_flatten_dotted_turns_sections_into_dotted_keys():
+    from sepsisrl.config import flatten_dotted
+
+    nested = {"a": {"b": 1, "c": {"d": [2]}}, "e.f": 3, "g": {}}
+    assert flatten_dotted(nested) == {"a.b": 1, "a.c.d": [2], "e.f": 3, "g": {}}

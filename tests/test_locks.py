@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,8 +31,52 @@ with locks.folder_lock(sys.argv[1], "workspace"):
 """
 
 
+#: ``sepsisrl`` itself, telling on stdout (once) that it found its folder busy and waits: the
+#: test then knows the wait has begun instead of sleeping "long enough" for it to begin.
+WAITER = """
+import fcntl
+import sys
+
+from sepsisrl import cli, locks
+
+
+class Flock:
+    told = False
+
+    def __getattr__(self, name):
+        return getattr(fcntl, name)
+
+    def flock(self, fd, op):
+        try:
+            fcntl.flock(fd, op)
+        except BlockingIOError:
+            if not self.told:
+                self.told = True
+                print("waiting", flush=True)
+            raise
+
+
+locks.fcntl = Flock()
+sys.argv = ["sepsisrl", *sys.argv[1:]]
+cli.main()
+"""
+
+
 def cli(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "sepsisrl.cli", *map(str, args)]
+
+
+def first_line(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The first line ``proc`` prints ("" if it ends first); fails after ``timeout`` seconds."""
+    assert proc.stdout is not None
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not line:
+        proc.kill()
+        pytest.fail(f"no line from {proc.args} within {timeout} s")
+    return line[0].strip()
 
 
 def hold(folder: Path) -> subprocess.Popen:
@@ -40,7 +85,7 @@ def hold(folder: Path) -> subprocess.Popen:
         [sys.executable, "-c", HOLDER, str(folder)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    assert first_line(proc) == "held"
     return proc
 
 
@@ -182,10 +227,12 @@ def test_build_into_a_workspace_in_use_is_refused_then_waits_with_wait(tmp_path:
         assert f"workspace {ws} is in use by `sepsisrl build` (pid {holder.pid}" in err
         assert "Traceback" not in proc.stderr
         waiting = subprocess.Popen(
-            cli("--wait", "export", "--run", tmp_path / "norun", "--out", ws),
+            [sys.executable, "-c", WAITER, "--wait", "export", "--run", str(tmp_path / "norun"),
+             "--out", str(ws)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(3)
+        # returns once the waiter has met the held lock (or ended: then the line is missing)
+        assert first_line(waiting) == "waiting", waiting.communicate()
         assert waiting.poll() is None, waiting.communicate()
     finally:
         release(holder)
@@ -236,6 +283,7 @@ def test_two_trainings_into_one_run_folder_never_both_succeed_on_mixed_output(
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.005)
         first.send_signal(signal.SIGSTOP)
+        assert lock_path(run).is_file(), "the first training ended before it was held still"
         second = subprocess.run(cli("train", *args), capture_output=True, text=True, timeout=120)
     finally:
         first.send_signal(signal.SIGCONT)

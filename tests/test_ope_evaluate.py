@@ -1,5 +1,5 @@
 """`evaluate`: one code path for every policy, nothing fitted on the evaluated split,
-test split only with --final (recorded), artifacts per contracts.md."""
+test split only with --final (recorded), artifacts per docs/contracts.md."""
 
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ def _fit(episodes, probs, **cfg):
     return fqe, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["advance", "mixed"])
 def test_fqe_is_within_5_percent_of_the_exact_value(target):
     probs = np.zeros((N_POS, N_ACTIONS))
@@ -98,6 +99,7 @@ def test_return_bounds_of_terminal_and_dense_rewards():
     assert (lo, hi) == (-15.0 * 1.75, 15.0 * 1.75)
 
 
+@pytest.mark.slow
 def test_full_fit_is_within_5_percent_and_centres_the_ci():
     """The linear FQE's fit on every train patient (the point estimate) recovers the exact value;
     the CI keeps the members' spread, shifted to be centred on it."""

@@ -1,4 +1,4 @@
-"""Importance sampling on hand-computed examples (evaluation.md definitions)."""
+"""Importance sampling on hand-computed examples (docs/evaluation.md definitions)."""
 
 from __future__ import annotations
 

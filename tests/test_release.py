@@ -246,6 +246,7 @@ def test_export_refuses_incomplete_or_actorless_runs(exported, tmp_path):
         export_run(cql, tmp_path / "o2")
 
 
+@pytest.mark.slow
 def test_the_wrapper_runs_in_a_fresh_venv_with_only_torch_and_safetensors(exported, tmp_path):
     *_, bundle, _ = exported
     venv = tmp_path / "venv"

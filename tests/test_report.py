@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import os
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,13 @@ import pytest
 from sepsisrl.study.report import (
     SECTIONS,
     WARNING,
-    BrowserError,
     ReportError,
-    find_browser,
-    inspect_html,
-    render_in_browser,
+    build_blocks,
+    load_study,
+    section,
     write_report,
 )
+from tests.browser import BrowserError, find_browser, inspect_html, render_in_browser, scan
 
 GATES = {"evaluable": True, "low_support_max": 0.05, "severe_flags_max": 0}
 SELECTED = "iql_sofa_shaped_conservative_safe"
@@ -155,50 +154,8 @@ def study(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # ------------------------------------------------------------------------- helpers
-class _Page(HTMLParser):
-    """Images, external references and tables (by id) of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.imgs: list[str] = []
-        self.external: list[tuple[str, str]] = []
-        self.tags: list[str] = []
-        self.tables: dict[str, list[list[str]]] = {}
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self.tags.append(tag)
-        for k in ("src", "href"):
-            if (a.get(k) or "").startswith(("http://", "https://", "//")):
-                self.external.append((tag, a[k]))
-        if tag == "img":
-            self.imgs.append(a.get("src") or "")
-        if tag == "table":
-            self._table = a.get("id")
-            self.tables[self._table] = []
-        if tag == "tr" and self._table:
-            self.tables[self._table].append([])
-        if tag in ("td", "th"):
-            self._cell = []
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None and self._table:
-            self.tables[self._table][-1].append("".join(self._cell))
-            self._cell = None
-        if tag == "table":
-            self._table = None
-
-
-def _page(report: Path) -> _Page:
-    p = _Page()
-    p.feed((report / "index.html").read_text(encoding="utf-8"))
-    return p
+def _page(report: Path):
+    return scan((report / "index.html").read_text(encoding="utf-8"))
 
 
 def _read(ws: Path, rel: str) -> dict:
@@ -228,8 +185,8 @@ def test_report_files_exist(study):
 def test_html_is_self_contained(study):
     _, report = study
     page = _page(report)
-    assert len(page.imgs) >= 10
-    for src in page.imgs:
+    assert len(page.images) >= 10
+    for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG
     assert page.external == []
@@ -254,10 +211,52 @@ def test_every_section_heading_is_present_in_order(study):
     md = (report / "report.md").read_text(encoding="utf-8")
     page = (report / "index.html").read_text(encoding="utf-8")
     assert md.startswith("# sepsisrl study report\n")
-    positions = [md.index(f"\n## {s}\n") for s in SECTIONS]
+    positions = [md.index(f"\n## {s.title}\n") for s in SECTIONS]
     assert positions == sorted(positions)
     for s in SECTIONS:
-        assert f">{s}</h2>" in page.replace("&amp;", "&")
+        assert f">{s.title}</h2>" in page.replace("&amp;", "&")
+    assert len({s.name for s in SECTIONS}) == len(SECTIONS) == 14
+
+
+def test_a_section_is_built_by_its_name(study):
+    ws, _ = study
+    st = load_study(ws)
+    blocks = build_blocks(st, ("actions", "truth"))
+    titles = [b.text for b in blocks if getattr(b, "level", None) == 2]
+    assert titles == [section("actions").title, section("truth").title]
+    assert any(getattr(b, "key", None) == "actions_logged" for b in blocks)
+    notes = [b.text for b in section("truth").build(st) if getattr(b, "kind", None) == "note"]
+    assert notes == ["No truth: the truth phase was disabled (truth.enabled: false)."]
+    with pytest.raises(KeyError, match="no report section 'action'; known: study, cohort"):
+        section("action")
+
+
+def test_the_action_grid_comes_from_the_replay_meta(study, tmp_path):
+    """The logged-action heatmap and its text follow the replay's grid, not a fixed 5 x 5."""
+    ws, _ = study
+    st = load_study(ws)
+    grid = st.action_grid()
+    meta = st.replay_meta()
+    assert (len(grid.vaso), len(grid.fluid)) == (5, 5) and grid.labels == meta["action_labels"]
+    text = [b.text for b in section("actions").build(st) if getattr(b, "kind", None) == "p"]
+    assert text[0] == "Action = 5 × vasopressor bin + IV fluid bin (25 actions)."
+    # a 2 x 3 grid (an external dataset's): the same section reads it from the meta
+    small = {"n_actions": 6, "action_labels": [f"{v}×{f}" for v in ("v0", "v1")
+                                               for f in ("f0", "f1", "f2")]}  # fmt: skip
+    st.replay_meta().update(small)  # the study's JSON is read once: patch the cached copy
+    counts = {lab: i + 1 for i, lab in enumerate(small["action_labels"])}
+    st.json("actions/audit.json")["action_counts"] = counts
+    blocks = section("actions").build(st)
+    assert blocks[0].text == "Action = 3 × vasopressor bin + IV fluid bin (6 actions)."
+    assert any(getattr(b, "key", None) == "actions_logged" for b in blocks)
+    stats = next(b for b in blocks if getattr(b, "key", None) == "action-stats")
+    assert stats.rows[0] == ("Logged decisions", "21")
+    st.replay_meta()["n_actions"] = 25  # labels and n_actions disagree: an error naming both
+    with pytest.raises(ReportError, match=r"meta\.json 'action_labels' \(6\) and 'n_actions'"):
+        st.action_grid()
+    del st.replay_meta()["action_labels"]
+    with pytest.raises(ReportError, match=r"meta\.json has no 'action_labels'"):
+        st.action_grid()
 
 
 def test_cohort_flow_numbers_equal_the_audit(study):
@@ -414,21 +413,33 @@ def test_rewriting_is_deterministic_and_atomic(study):
     assert os.listdir(report / "figures")
 
 
-def test_renders_in_a_headless_browser_or_is_structurally_sound(study, tmp_path):
+def test_renders_in_a_headless_browser(study, tmp_path):
+    """The page as a reader sees it: a real Chromium builds its DOM (title, warning, every
+    embedded PNG) and a screenshot. No browser is a failure: .ci/run installs Chromium."""
     _, report = study
     html_path = report / "index.html"
     structure = inspect_html(html_path.read_text(encoding="utf-8"))
     assert structure["self_contained"] and structure["warning"]
     assert structure["embedded_png_images"] == structure["images"] >= 10
-    if find_browser() is None:  # no browser here: the structural checks above must hold, and
-        with pytest.raises(BrowserError, match="no headless browser"):  # it says why clearly
-            render_in_browser(html_path, None)
-        return
+    if find_browser() is None:
+        pytest.fail(
+            "no headless browser on PATH (chromium, chromium-browser or google-chrome): this test "
+            "renders the report in one; install it (Debian: `apt-get install -y chromium`, as "
+            ".ci/run does)"
+        )
     shot = tmp_path / "shot.png"
     res = render_in_browser(html_path, shot)
     assert res["title_in_dom"] and res["warning_in_dom"]
     assert res["images_in_dom"] == res["embedded_png_in_dom"] == structure["images"]
     assert shot.read_bytes()[:8] == PNG and res["screenshot_bytes"] > 10_000
+
+
+def test_without_a_browser_the_driver_says_how_to_get_one(study, monkeypatch, tmp_path):
+    _, report = study
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no browser on PATH
+    assert find_browser() is None
+    with pytest.raises(BrowserError, match=r"no headless browser on PATH .*apt-get install"):
+        render_in_browser(report / "index.html")
 
 
 def test_other_output_folder(study, tmp_path):

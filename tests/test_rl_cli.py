@@ -54,6 +54,7 @@ def metric_lines(run: Path) -> list[dict]:
     return [{k: v for k, v in line.items() if k != "steps_per_second"} for line in lines]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: Path, tmp_path):
     replay = workspace / "replay" / "sofa_shaped"
     steps = 300

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sepsisrl.rl.iql import IQL, IQLConfig
+from sepsisrl.rl.config import load_train_config
+from sepsisrl.rl.iql import IQL
 from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer
+from sepsisrl.rl.registry import Common
 
 D, A, B = 9, 5, 64
 
@@ -33,7 +35,8 @@ def grads(algo: IQL) -> dict[str, torch.Tensor]:
 )
 def test_iql_explicit_gradients_equal_autograd_on_every_network(temperature, reward_scale):
     torch.manual_seed(0)
-    algo = IQL(D, A, 0.99, IQLConfig(temperature=temperature, hidden=(32, 32)))
+    cfg = load_train_config(overrides={"iql.temperature": temperature}).iql
+    algo = IQL(Common(D, A, 0.99, (32, 32), 10.0), cfg)
     for seed in range(3):  # a few steps, so that targets, V and Q differ from their init
         s = batch(seed, reward_scale)
         algo.optimizer.zero_grad()

@@ -160,6 +160,7 @@ def test_the_behaviour_policy_is_clearly_suboptimal():
     assert v_cautious[0] < 0.5 * v_star[0]
 
 
+@pytest.mark.slow
 def test_iql_reaches_95_percent_of_the_optimal_value_and_beats_bc(chain_replay, tmp_path):
     hidden = (64, 64)
     common = {"hidden_sizes": list(hidden), "log_every": 500, "checkpoint_every": 500}

@@ -3,6 +3,7 @@ fallback, one final test evaluation after the selection, export, report, caching
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -503,16 +504,27 @@ def test_sigterm_stops_the_cli_and_a_rerun_resumes_to_the_same_selection(study, 
     ]
     cmd = [sys.executable, "-m", "sepsisrl.cli", "run", "--source", str(source),
            "--workspace", str(ws), "--workers", "2", *sets]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(ws.glob("eval/*-validation/metrics.json"))) < 1:
-        time.sleep(0.2)
-    assert list(ws.glob("eval/*-validation/metrics.json")), "the sweep did not start"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "run the same command again to resume" in err
-    assert _workers_alive() == [], "worker processes outlived the interrupted run"
+    # its own process group: the workers it starts join it, so "no worker outlived the run" is
+    # a question about this run's processes only, whatever else runs on the host
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(ws.glob("eval/*-validation/metrics.json")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        assert list(ws.glob("eval/*-validation/metrics.json")), "the sweep did not start"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "run the same command again to resume" in err
+        # the run's leader has exited and been reaped: any process left in its group is a worker
+        assert not _group_alive(proc.pid), "worker processes outlived the interrupted run"
+    finally:
+        if proc.poll() is None or _group_alive(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
     assert not (ws / "study" / "selection.json").exists()
     done_before = len(list(ws.glob("eval/*-validation/metrics.json")))
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -525,23 +537,15 @@ def test_sigterm_stops_the_cli_and_a_rerun_resumes_to_the_same_selection(study, 
     assert same == (ws0 / "study" / "selection.json").read_bytes()
 
 
-def _workers_alive() -> list[int]:
-    """PIDs of running study workers (Linux /proc; elsewhere via ps)."""
-    import subprocess
-
-    if Path("/proc").is_dir():
-        pids = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    cmd = (d / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"sepsisrl.study.worker" in cmd:
-                    pids.append(int(d.name))
-        return pids
-    ps = subprocess.run(["ps", "-Ao", "pid,command"], capture_output=True, text=True).stdout
-    return [int(ln.split()[0]) for ln in ps.splitlines() if "sepsisrl.study.worker" in ln]
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` still exists (signal 0 probes only)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member owned by someone else: it exists
+        return True
+    return True
 
 
 def test_cli_report_rewrites_the_report_and_names_missing_artifacts(study, tmp_path):

@@ -80,11 +80,15 @@ def test_interrupted_generation_leaves_no_partial_output(tmp_path: Path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(tmp_path.glob(".world.partial-*")):
-        time.sleep(0.1)
-    assert any(tmp_path.glob(".world.partial-*")), "generation did not start"
-    time.sleep(1.0)
+    # the truth sidecar's stays file is opened once the first of several chunks is simulated: the
+    # generation is then past its set-up and well before its end
+    first_chunk = ".world_truth.partial-*/stays.parquet"
+    deadline = time.monotonic() + 180
+    while not any(tmp_path.glob(first_chunk)):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no chunk was generated within 180 s"
+        time.sleep(0.05)
+    assert any(tmp_path.glob(".world.partial-*"))
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=180)  # generous: a loaded 2-core machine finishes the current chunk first
     assert proc.returncode != 0, proc.stderr.read().decode() if proc.stderr else ""
@@ -100,9 +104,12 @@ def test_an_interrupt_swallowed_mid_chunk_is_honoured_at_the_next_safe_point():
         latch.check()  # nothing pending
         try:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until the handler runs (and raises)
+                time.sleep(0.01)
         except KeyboardInterrupt:
             pass  # swallowed, as "Exception ignored in ..." would
+        assert latch.hit, "SIGINT was not delivered within 60 s"
         with pytest.raises(KeyboardInterrupt):
             latch.check()
     assert signal.getsignal(signal.SIGINT) is before

@@ -36,7 +36,7 @@ def test_90_day_mortality_among_septic_stays_is_20_to_37_percent(big_world):
     scores the GCS of neurological function (sedation is not organ failure), the septic group
     no longer holds sedated patients with little other dysfunction, and its 90-day mortality
     on this world is 0.363 (consensus Sepsis-3) and 0.358 (mimic-code's): above the design's
-    upper end, a known calibration gap of the world (docs/synthetic_world.md, "Known gaps").
+    upper end, a known calibration gap of the world (docs/synthetic_world.md, "Known gap").
     The bound here is 0.37 so that any further drift fails; it is not the design target."""
     truth = pq.read_table(big_world.truth_dir / "stays.parquet")
     septic = truth["sepsis3_consensus_in_icu_window"].to_numpy()

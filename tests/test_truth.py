@@ -131,6 +131,7 @@ def ctx_of(own_world):
     return own_world[2]
 
 
+@pytest.mark.slow
 def test_clinicians_truth_agrees_with_the_replay_cohort(built, tmp_path):
     """Fresh patients of the same world configuration, under the clinicians: their true
     90-day mortality agrees with the replay cohort's observed mortality within sampling error."""

@@ -1,17 +1,19 @@
 """A study's workspace: one folder per stage, written atomically, skipped when unchanged.
 
 Every stage is a pure function of (its inputs, its config) -> its folder. Before running, the
-stage's *key* is computed: a sha256 over the stage name, the package version, the relevant
-config and the keys of the stages it reads (the ingest stage uses a fingerprint of the raw
-files). If ``<stage>/stage.json`` holds the same key the stage is skipped. Otherwise it runs
-into ``.<stage>.partial-<pid>/``, writes ``stage.json`` last, and the folder is renamed into
-place - so an interrupted stage never looks complete, and the next run redoes it.
+stage's *key* is computed: a sha256 over the stage name, the package version, the build's code
+(:func:`code_fingerprint`), the relevant config and the keys of the stages it reads (the ingest
+stage uses a fingerprint of the raw files). If ``<stage>/stage.json`` holds the same key the
+stage is skipped. Otherwise it runs into ``.<stage>.partial-<pid>/``, writes ``stage.json``
+last, and the folder is renamed into place - so an interrupted stage never looks complete, and
+the next run redoes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -30,29 +32,123 @@ from sepsisrl import __version__
 STAGE_FILE = "stage.json"
 
 
-_CODE_FINGERPRINT: str | None = None
+#: The cached units and what produces them: entry modules (relative to ``sepsisrl``) and the
+#: packaged configs (``configs/<name>.yaml``) they read. A unit's code is every ``sepsisrl``
+#: module its entry modules import, directly or not (imports inside functions and the module
+#: names of registries included), with the data files (SQL, YAML) of those modules' package
+#: folders; :func:`code_fingerprint` hashes exactly that, so an edit there invalidates the
+#: unit and an edit elsewhere (report, CLI) does not. The one table of coverage: every cache
+#: key of the project takes its code from here.
+UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "build": (("dataset.pipeline",), ("pipeline",)),  # sepsisrl build (every stage)
+    "train": (("rl.trainer",), ("train",)),  # a training run
+    "evaluate": (("ope.evaluate",), ("evaluate",)),  # an evaluation, the behaviour model
+    "truth": (
+        ("truth.harness", "truth.policies", "truth.world"),
+        ("pipeline", "synth", "evaluate"),
+    ),
+}
+
+_SKIP_SUFFIXES = (".pyc", ".pyo")
 
 
-#: What the build stages execute: a change here invalidates cached stages; a change elsewhere
-#: (training, evaluation, report, CLI) does not.
-BUILD_CODE = ("dataset", "mimic", "workspace.py", "config.py", "__init__.py")
+def _module_file(pkg: Path, name: str) -> Path | None:
+    path = pkg.joinpath(*name.split(".")) if name else pkg
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
 
 
-def code_fingerprint() -> str:
-    """sha256 of the build's own source (.py, .sql under ``BUILD_CODE``)."""
-    global _CODE_FINGERPRINT
-    if _CODE_FINGERPRINT is None:
-        h = hashlib.sha256()
-        pkg = Path(__file__).resolve().parent
-        for part in BUILD_CODE:
-            root = pkg / part
-            files = [root] if root.is_file() else sorted(root.rglob("*"))
-            for f in files:
-                if f.suffix in (".py", ".sql") and "__pycache__" not in f.parts:
-                    h.update(str(f.relative_to(pkg)).encode())
-                    h.update(f.read_bytes())
-        _CODE_FINGERPRINT = h.hexdigest()
-    return _CODE_FINGERPRINT
+def _imported(pkg: Path, file: Path, name: str) -> set[str]:
+    """``sepsisrl`` modules (names relative to it) that ``file`` imports anywhere: import
+    statements, and strings naming a module (``"sepsisrl.rl.iql"``: a registry's entries)."""
+    import ast
+
+    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                base = ".".join(["sepsisrl", *parts[: len(parts) - node.level + 1]])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            targets = [module] + [f"{module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            targets = [node.value]
+        else:
+            continue
+        for target in targets:
+            if target == "sepsisrl" or target.startswith("sepsisrl."):
+                rel = target.removeprefix("sepsisrl").removeprefix(".")
+                if _module_file(pkg, rel) is not None:
+                    out.add(rel)
+    return out
+
+
+def unit_files(unit: str) -> list[Path]:
+    """The files a unit's code fingerprint covers (see :data:`UNITS`), sorted."""
+    from sepsisrl.config import packaged_config_path
+
+    if unit not in UNITS:
+        raise KeyError(f"unknown unit {unit!r}; known: {', '.join(UNITS)}")
+    configs = [Path(packaged_config_path(c)) for c in UNITS[unit][1]]
+    return [*_code_files(unit), *configs]
+
+
+@functools.cache
+def _code_files(unit: str) -> tuple[Path, ...]:
+    pkg = Path(__file__).resolve().parent
+    seen: set[str] = set()
+    todo = [""]
+    for entry in UNITS[unit][0]:  # a module and the packages above it (their __init__ runs)
+        parts = entry.split(".")
+        todo += [".".join(parts[: i + 1]) for i in range(len(parts))]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        file = _module_file(pkg, name)
+        if file is not None:
+            todo += sorted(_imported(pkg, file, name) - seen)
+    files = {f for f in (_module_file(pkg, n) for n in seen) if f is not None}
+    for name in seen - {""}:  # the data files (SQL, YAML, ...) of the covered sub-packages
+        folder = pkg.joinpath(*name.split("."))
+        if not (folder / "__init__.py").is_file():
+            continue
+        for f in folder.rglob("*"):
+            if f.suffix in (".py", *_SKIP_SUFFIXES) or "__pycache__" in f.parts or not f.is_file():
+                continue
+            if next(p for p in f.parents if (p / "__init__.py").is_file()) == folder:
+                files.add(f)
+    return tuple(sorted(files, key=lambda f: _rel(pkg, f)))
+
+
+def _rel(pkg: Path, f: Path) -> str:
+    try:
+        return str(f.resolve().relative_to(pkg))
+    except ValueError:
+        return str(f)
+
+
+def code_fingerprint(unit: str) -> str:
+    """sha256 of what produces ``unit``: the package version and the content of
+    :func:`unit_files` (names and bytes). Every code key of a cache comes from here."""
+    pkg = Path(__file__).resolve().parent
+    files = unit_files(unit)
+    if not all(f.is_file() for f in files):  # the sources moved since the list was made
+        _code_files.cache_clear()
+        files = unit_files(unit)
+    h = hashlib.sha256(f"sepsisrl {__version__}\n".encode())
+    for f in files:
+        h.update(_rel(pkg, f).encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def peak_rss_mb() -> float:
@@ -81,8 +177,8 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)  # inside: an interrupt right after the mkdir removes it too
         yield tmp
         if final.exists():
             shutil.rmtree(final)
@@ -221,7 +317,7 @@ class StageResult:
 
 
 class Workspace:
-    """Folders of one study (see ``contracts.md`` for the layout)."""
+    """Folders of one study (docs/contracts.md, "Workspace layout")."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
@@ -252,7 +348,12 @@ class Workspace:
     ) -> StageResult:
         """Run ``build(tmp_dir)`` unless ``stage`` is current for ``key_material``."""
         key = stable_hash(
-            {"stage": stage, "version": __version__, "code": code_fingerprint(), **key_material}
+            {
+                "stage": stage,
+                "version": __version__,
+                "code": code_fingerprint("build"),
+                **key_material,
+            }
         )
         final = self.path(stage)
         if not force and self.stage_key(stage) == key:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect, fetch_arrow
-from sepsisrl.dataset.sqlfiles import render
+from sepsisrl.dataset.sqlfiles import parquet_view, render
 from sepsisrl.mimic.source import SourceError
 from sepsisrl.workspace import read_json, write_json
 
@@ -193,12 +193,8 @@ def run_actions(
     episodes_dir: Path, meas_dir: Path, splits_dir: Path, cfg: BuildConfig, out: Path
 ) -> dict[str, Any]:
     con = connect(cfg, out.parent)
-    con.execute(
-        f"CREATE VIEW steps AS SELECT * FROM read_parquet('{episodes_dir / 'steps.parquet'}')"
-    )
-    con.execute(
-        f"CREATE VIEW infusions AS SELECT * FROM read_parquet('{meas_dir / 'infusions.parquet'}')"
-    )
+    parquet_view(con, "steps", episodes_dir / "steps.parquet")
+    parquet_view(con, "infusions", meas_dir / "infusions.parquet")
     table = step_treatment(con, cfg)
     con.close()
     manifest = pq.read_table(splits_dir / "manifest.parquet")

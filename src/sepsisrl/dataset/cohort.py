@@ -1,4 +1,4 @@
-"""Cohort stage: rules 1-5 of clinical_spec.md section 2, with counts per rule.
+"""Cohort stage: rules 1-5 of docs/clinical.md, "Cohort", with counts per rule.
 
 Output (``cohort/``): cohort.parquet (one qualifying ICU stay per patient, with onset and
 90-day outcome), excluded.parquet (stay_id, first failed rule) and audit.json.
@@ -11,7 +11,7 @@ from typing import Any
 
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect
-from sepsisrl.dataset.sqlfiles import Raw, render
+from sepsisrl.dataset.sqlfiles import Raw, copy_to, parquet_view, render
 
 RULES = (
     "1_not_adult",
@@ -52,21 +52,21 @@ def cohort_sql(cfg: BuildConfig) -> str:
 def run_cohort(ingest_dir: Path, sepsis_dir: Path, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     con = connect(cfg, out.parent)
     for name in ("icustays", "patients", "admissions"):
-        con.execute(
-            f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{ingest_dir / name}.parquet')"
-        )
-    con.execute(
-        f"CREATE VIEW onset AS SELECT * FROM read_parquet('{sepsis_dir / 'onset.parquet'}')"
-    )
+        parquet_view(con, name, ingest_dir / f"{name}.parquet")
+    parquet_view(con, "onset", sepsis_dir / "onset.parquet")
     c = cfg.cohort
     con.execute(f"CREATE TABLE ruled AS {cohort_sql(cfg)}")
-    con.execute(
-        f"COPY (SELECT * EXCLUDE (failed_rule, stay_rank) FROM ruled WHERE failed_rule IS NULL ORDER BY stay_id) "
-        f"TO '{out / 'cohort.parquet'}' (FORMAT parquet)"
+    copy_to(
+        con,
+        "SELECT * EXCLUDE (failed_rule, stay_rank) FROM ruled WHERE failed_rule IS NULL "
+        "ORDER BY stay_id",
+        out / "cohort.parquet",
     )
-    con.execute(
-        f"COPY (SELECT stay_id, subject_id, failed_rule FROM ruled WHERE failed_rule IS NOT NULL ORDER BY stay_id) "
-        f"TO '{out / 'excluded.parquet'}' (FORMAT parquet)"
+    copy_to(
+        con,
+        "SELECT stay_id, subject_id, failed_rule FROM ruled WHERE failed_rule IS NOT NULL "
+        "ORDER BY stay_id",
+        out / "excluded.parquet",
     )
     counts = dict(
         con.execute(

@@ -9,9 +9,7 @@ from pydantic import Field, model_validator
 
 from sepsisrl.config import StrictModel, load_config
 
-N_BASE_FEATURES = 37
-
-#: The features a ``running_treatment`` state adds (computed in ``build/state.py``).
+#: The features a ``running_treatment`` state adds (computed in ``dataset/state.py``).
 RUNNING_TREATMENT_FEATURES = (
     "vaso_rate_nor_equiv_at_tau",
     "iv_fluid_4h_before_tau",
@@ -37,7 +35,7 @@ class EngineConfig(StrictModel):
 
 
 class CoreFeaturesConfig(StrictModel):
-    """State features a build refuses to go without (``build/coverage.py``)."""
+    """State features a build refuses to go without (``dataset/coverage.py``)."""
 
     max_unavailable_share: float = Field(gt=0, le=1)
     tables: dict[str, list[str]]
@@ -84,8 +82,8 @@ PLAUSIBLE_OTHER = {"dobutamine": "mcg/kg/min", "iv_fluid": "mL per inputevents r
 
 
 class IntegrityConfig(StrictModel):
-    """Checks of the raw tables before any clinical logic (``build/ingest.py``,
-    ``build/measurements.py``); each finding is counted in the stage's ``audit.json``."""
+    """Checks of the raw tables before any clinical logic (``dataset/ingest.py``,
+    ``dataset/measurements.py``); each finding is counted in the stage's ``audit.json``."""
 
     exact_duplicates: Literal["drop", "refuse"]
     duplicate_keys: Refuse
@@ -276,7 +274,7 @@ class ActionConfig(StrictModel):
     treatment: TreatmentConfig
 
 
-#: The reward variants ``build/replay.py`` writes.
+#: The reward variants ``dataset/replay.py`` writes.
 RewardVariant = Literal["sparse", "sofa_shaped", "sofa_state_shaped", "full_shaped"]
 
 
@@ -415,16 +413,6 @@ class BuildConfig(StrictModel):
         base = [f.name for f in feats]
         flags = [f"{f.name}_missing" for f in feats if f.flag]
         return base + flags
-
-
-def with_card_state(doc: dict[str, Any]) -> dict[str, Any]:
-    """A resolved configuration (``build_config.json``) written before state variants existed
-    has no ``state`` section: its state is the card layout (packaged ``state`` section, variant
-    ``card``)."""
-    if "state" in doc:
-        return doc
-    packaged = load_build_config().state.model_dump(mode="json")
-    return {**doc, "state": {**packaged, "variant": "card"}}
 
 
 def load_build_config(

@@ -31,7 +31,7 @@ class Convention:
 
 #: Every convention switch. Append an entry when a definition gains a switch.
 REGISTRY: tuple[Convention, ...] = (
-    # measurements and SOFA (build/measurements.py, sql/gcs.sql, sql/ventilation.sql,
+    # measurements and SOFA (dataset/measurements.py, sql/gcs.sql, sql/ventilation.sql,
     # sql/lab_measurements.sql, sql/sofa.sql)
     Convention(
         "gcs.intubated",

@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 
 from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.sqlfiles import Raw, execute
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.mimic.source import OPTIONAL_TABLES, MimicSource, SourceError
 
@@ -98,7 +99,6 @@ def core_feature_shares(features_dir: Path, names: list[str]) -> dict[str, dict[
     """Per feature: the share of decision windows where it is unavailable (not observed in
     that window nor in an earlier window of the episode) and where it is not observed in the
     window itself, from ``features/state_raw.parquet``'s ``obs_<feature>`` columns."""
-    path = str(features_dir / "state_raw.parquet").replace("'", "''")
     cols = ", ".join(
         f'max("obs_{n}"::INTEGER) OVER (PARTITION BY stay_id ORDER BY step '
         f'ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS "seen_{n}", "obs_{n}"'
@@ -110,7 +110,8 @@ def core_feature_shares(features_dir: Path, names: list[str]) -> dict[str, dict[
     con = duckdb.connect()
     try:
         row = con.execute(
-            f"SELECT count(*), {aggs} FROM (SELECT {cols} FROM read_parquet('{path}'))"
+            f"SELECT count(*), {aggs} FROM (SELECT {cols} FROM read_parquet($path))",
+            {"path": str(features_dir / "state_raw.parquet")},
         ).fetchone()
     finally:
         con.close()
@@ -197,28 +198,14 @@ def measurement_counts(
     the source itself (the ``outputs`` view, GU irrigant in counted negative): a dropped half
     of an irrigant in/out pair shows there."""
     agents = ", ".join(f"({v.itemid}, '{name}')" for name, v in cfg.vasopressors.items())
-    vaso = con.execute(
-        f"""WITH a AS (SELECT * FROM (VALUES {agents}) t(itemid, agent)),
-                 r AS (SELECT agent, count(*) AS n FROM inputs JOIN a USING (itemid) GROUP BY 1),
-                 d AS (SELECT agent, count(*) AS n FROM {infusions}
-                       WHERE agent_rate IS NOT NULL AND agent_rate >= 0 GROUP BY 1)
-            SELECT a.agent, coalesce(r.n, 0), coalesce(d.n, 0)
-            FROM a LEFT JOIN r USING (agent) LEFT JOIN d USING (agent) ORDER BY a.agent"""
+    vaso = execute(
+        con, "coverage_vasopressor_rows", agents=Raw(agents), infusions=Raw(infusions)
     ).fetchall()
-    negative_ids = ", ".join(str(int(i)) for i in cfg.items["urine_negative"]) or "NULL"
-    neg, neg_src_only, neg_src = con.execute(
-        f"""WITH src AS (
-                SELECT stay_id, date_trunc('hour', charttime) AS hour,
-                       sum(CASE WHEN itemid IN ({negative_ids}) THEN -value ELSE value END) AS ml
-                FROM outputs WHERE value IS NOT NULL AND charttime IS NOT NULL GROUP BY 1, 2
-            ), built AS (
-                SELECT stay_id, date_trunc('hour', charttime) AS hour, sum(value) AS ml
-                FROM {urine} GROUP BY 1, 2
-            )
-            SELECT count(*) FILTER (WHERE b.ml < 0),
-                   count(*) FILTER (WHERE b.ml < 0 AND coalesce(s.ml, 0) >= 0),
-                   (SELECT count(*) FROM src WHERE ml < 0)
-            FROM built b LEFT JOIN src s USING (stay_id, hour)"""
+    neg, neg_src_only, neg_src = execute(
+        con,
+        "coverage_urine_hours",
+        negative_ids=[int(i) for i in cfg.items["urine_negative"]],
+        urine=Raw(urine),
     ).fetchone()
     return {
         "vasopressor_rows": {a: {"read": r, "dosed": d} for a, r, d in vaso},

@@ -1,8 +1,8 @@
-"""Features stage: the 62-dimensional state at every decision time (clinical_spec.md section 5).
+"""Features stage: the 62-dimensional state at every decision time (docs/clinical.md, "State").
 
 (That is the default ``state.variant: card``; ``running_treatment`` replaces
 ``hours_since_onset`` by the treatment running at tau and a causal ICU clock, see
-``build/state.py`` and docs/build.md.)
+``dataset/state.py`` and docs/build.md.)
 
 For step k with decision time tau_k, each measured feature aggregates the valid values charted
 in [tau_k - 4 h, tau_k) (last / min / max / sum), is clipped, forward-filled from earlier
@@ -28,12 +28,9 @@ import pyarrow.parquet as pq
 from sepsisrl.dataset.actions import rows_sha256
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect
+from sepsisrl.dataset.sqlfiles import parquet_view
 from sepsisrl.dataset.state import compute_states, state_columns
 from sepsisrl.workspace import write_json
-
-#: Static patient attributes (exempt from the leakage audit's time check). Weight is not:
-#: it enters the state only once charted (see build/state.py).
-STATIC = ("age_years",)
 
 
 def run_features(
@@ -46,16 +43,9 @@ def run_features(
     out: Path,
 ) -> dict[str, Any]:
     con = connect(cfg, out.parent)
-    con.execute(
-        f"CREATE VIEW episodes AS SELECT * FROM read_parquet('{episodes_dir / 'episodes.parquet'}')"
-    )
-    con.execute(
-        f"CREATE VIEW measurements AS SELECT * FROM read_parquet('{meas_dir / 'measurements.parquet'}')"
-    )
-    con.execute(f"CREATE VIEW urine AS SELECT * FROM read_parquet('{meas_dir / 'urine.parquet'}')")
-    con.execute(
-        f"CREATE VIEW infusions AS SELECT * FROM read_parquet('{meas_dir / 'infusions.parquet'}')"
-    )
+    parquet_view(con, "episodes", episodes_dir / "episodes.parquet")
+    for name in ("measurements", "urine", "infusions"):
+        parquet_view(con, name, meas_dir / f"{name}.parquet")
     steps = pq.read_table(episodes_dir / "steps.parquet").sort_by(
         [("stay_id", "ascending"), ("step", "ascending")]
     )

@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 
 from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.sqlfiles import Raw, identifier, render
 from sepsisrl.dataset.tables import ZSTD, TableSink, as_sink
 from sepsisrl.mimic.source import MimicSource, SourceError, read_error
 
@@ -117,11 +118,6 @@ def sql_str_list(values: list[str]) -> str:
     return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
 
 
-def ts(col: str) -> str:
-    """Parse a MIMIC time column (timestamp or date text) to TIMESTAMP."""
-    return f"TRY_CAST({col} AS TIMESTAMP)"
-
-
 def connect(cfg: BuildConfig, workdir: Path | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     if cfg.engine.threads:
@@ -134,9 +130,9 @@ def connect(cfg: BuildConfig, workdir: Path | None = None) -> duckdb.DuckDBPyCon
     return con
 
 
-def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str):
-    """Run ``sql`` and return a pyarrow Table."""
-    return con.sql(sql).to_arrow_table()
+def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None):
+    """Run ``sql`` (``$name`` bound from ``params``) and return a pyarrow Table."""
+    return con.sql(sql, params=params).to_arrow_table()
 
 
 def check_item_ids(
@@ -420,12 +416,9 @@ class RawTables:
     def keys(self) -> None:
         """``PRIMARY_KEYS`` unique and present."""
         for table, key in PRIMARY_KEYS.items():
+            hole = {"table": Raw(identifier(f"raw_{table}")), "key": Raw(identifier(key))}
             n_keys, n_rows, n_null, example = self.con.execute(
-                f"""SELECT count(*) FILTER (WHERE {key} IS NOT NULL),
-                           coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE {key} IS NULL), 0),
-                           min({key})
-                    FROM (SELECT {key}, count(*) AS n FROM raw_{table} GROUP BY 1)
-                    WHERE n > 1 OR {key} IS NULL"""
+                render("integrity_duplicate_keys", **hole)
             ).fetchone()
             if n_rows and self.rules.duplicate_keys == "refuse":
                 parts = []
@@ -443,10 +436,7 @@ class RawTables:
                     f"rows out of the build {_AUDIT}"
                 )
             if n_rows:
-                self.con.execute(
-                    f"""DELETE FROM raw_{table} WHERE {key} IS NULL OR {key} IN (
-                            SELECT {key} FROM raw_{table} GROUP BY 1 HAVING count(*) > 1)"""
-                )
+                self.con.execute(render("integrity_drop_duplicate_keys", **hole))
             self.audit["duplicate_key_rows_dropped"][table] = int(n_rows)
 
     def references(self) -> None:
@@ -518,7 +508,7 @@ def run_ingest(
     con: duckdb.DuckDBPyConnection | None = None,
     check_integrity: bool | None = None,
 ) -> dict[str, Any]:
-    """``out``: the stage folder, or in-memory tables (``build/tables.py``) with ``con``, an
+    """``out``: the stage folder, or in-memory tables (``dataset/tables.py``) with ``con``, an
     open connection left open. ``check_dictionaries=False`` is for a rollout's rows, whose
     world the build checked; the integrity checks (``check_integrity``, by default as
     ``check_dictionaries``) are skipped there too: a simulator's rows are not raw data."""
@@ -552,7 +542,7 @@ def _ingest(
     if check_dictionaries:
         reading[0] = "d_items"
         info["dictionaries"] = check_item_ids(con, src, cfg)
-    if sink.audited:  # allowed by source.allow_missing (build/coverage.py), else refused
+    if sink.audited:  # allowed by source.allow_missing (dataset/coverage.py), else refused
         info["empty_source_tables"] = src.empty_tables()
     rows: dict[str, int] = {}
     seconds: dict[str, float] = {}
@@ -587,93 +577,47 @@ def _ingest(
         raw.intervals(["icustays", "admissions"])
         raw.references()
         raw.not_empty()
-    copy(
-        "icustays",
-        f"SELECT subject_id, hadm_id, stay_id, {ts('intime')} AS intime, {ts('outtime')} AS outtime "
-        f"FROM {rel('icustays')} ORDER BY stay_id",
-        "icustays",
-    )
-    copy(
-        "patients",
-        f"SELECT subject_id, gender, anchor_age, CAST(anchor_year AS BIGINT) AS anchor_year, "
-        f"CAST({ts('dod')} AS DATE) AS dod "
-        f"FROM {rel('patients')} ORDER BY subject_id",
-        "patients",
-    )
-    copy(
-        "admissions",
-        f"SELECT subject_id, hadm_id, {ts('admittime')} AS admittime, {ts('dischtime')} AS dischtime, "
-        f"{ts('deathtime')} AS deathtime FROM {rel('admissions')} ORDER BY hadm_id",
-        "admissions",
-    )
+    copy("icustays", render("ingest_icustays", source=Raw(rel("icustays"))), "icustays")
+    copy("patients", render("ingest_patients", source=Raw(rel("patients"))), "patients")
+    copy("admissions", render("ingest_admissions", source=Raw(rel("admissions"))), "admissions")
     if raw is not None:
         for table in PRIMARY_KEYS:
             raw.drop(table)
-    chart_ids = ids(cfg, *CHART_CONCEPTS)
-    text_ids = ids(cfg, *CHART_TEXT_CONCEPTS)
-    chart_where = f"itemid IN {sql_list(chart_ids)} AND stay_id IS NOT NULL"
-    copy(
-        "chart",
-        f"SELECT stay_id, {ts('charttime')} AS charttime, CAST(itemid AS INTEGER) AS itemid, "
-        f"CAST(valuenum AS DOUBLE) AS valuenum, "
-        f"CASE WHEN itemid IN {sql_list(text_ids)} THEN value END AS value "
-        f"FROM {rel('chartevents', chart_where)} WHERE {chart_where} "
-        f"ORDER BY stay_id, charttime, itemid, valuenum, value",
-        "chartevents",
+    chart_where = f"itemid IN {sql_list(ids(cfg, *CHART_CONCEPTS))} AND stay_id IS NOT NULL"
+    chart_sql = render(
+        "ingest_chart",
+        source=Raw(rel("chartevents", chart_where)),
+        where=Raw(chart_where),
+        text_items=Raw(sql_list(ids(cfg, *CHART_TEXT_CONCEPTS))),
     )
-    lab_ids = ids(cfg, *LAB_CONCEPTS)
-    spec_ids = cfg.items["specimen_type"]
-    lab_where = f"itemid IN {sql_list(lab_ids)}"
-    copy(
-        "labs",
-        f"SELECT subject_id, hadm_id, specimen_id, {ts('charttime')} AS charttime, "
-        f"{ts('storetime')} AS storetime, CAST(itemid AS INTEGER) AS itemid, "
-        f"CAST(valuenum AS DOUBLE) AS valuenum, "
-        f"CASE WHEN itemid IN {sql_list(spec_ids)} THEN value END AS value "
-        f"FROM {rel('labevents', lab_where)} WHERE {lab_where} "
-        f"ORDER BY subject_id, charttime, itemid, specimen_id, valuenum, value",
-        "labevents",
+    copy("chart", chart_sql, "chartevents")
+    lab_where = f"itemid IN {sql_list(ids(cfg, *LAB_CONCEPTS))}"
+    lab_sql = render(
+        "ingest_labs",
+        source=Raw(rel("labevents", lab_where)),
+        where=Raw(lab_where),
+        specimen_items=Raw(sql_list(cfg.items["specimen_type"])),
     )
+    copy("labs", lab_sql, "labevents")
     vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
     input_ids = sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine")))
     input_where = f"itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL"
-    copy(
-        "inputs",
-        f"SELECT stay_id, {ts('starttime')} AS starttime, {ts('endtime')} AS endtime, "
-        f"CAST(itemid AS INTEGER) AS itemid, CAST(amount AS DOUBLE) AS amount, amountuom, "
-        f"CAST(rate AS DOUBLE) AS rate, rateuom, CAST(patientweight AS DOUBLE) AS patientweight, "
-        f"ordercomponenttypedescription "
-        f"FROM {rel('inputevents', input_where)} "
-        f"WHERE {input_where} "
-        f"ORDER BY stay_id, starttime, endtime, itemid, rate, amount, rateuom, amountuom, patientweight, "
-        f"ordercomponenttypedescription",
-        "inputevents",
+    input_sql = render(
+        "ingest_inputs", source=Raw(rel("inputevents", input_where)), where=Raw(input_where)
     )
+    copy("inputs", input_sql, "inputevents")
     output_where = f"itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL"
-    copy(
-        "outputs",
-        f"SELECT stay_id, {ts('charttime')} AS charttime, CAST(itemid AS INTEGER) AS itemid, "
-        f"CAST(value AS DOUBLE) AS value FROM {rel('outputevents', output_where)} "
-        f"WHERE {output_where} "
-        f"ORDER BY stay_id, charttime, itemid, value",
-        "outputevents",
+    output_sql = render(
+        "ingest_outputs", source=Raw(rel("outputevents", output_where)), where=Raw(output_where)
     )
-    copy(
-        "antibiotics",
-        f"SELECT subject_id, hadm_id, {ts('starttime')} AS starttime, drug, route "
-        f"FROM {rel('prescriptions', antibiotic_filter(cfg))} "
-        f"WHERE {antibiotic_filter(cfg)} AND {ts('starttime')} IS NOT NULL "
-        f"ORDER BY subject_id, starttime, hadm_id, drug, route",
-        "prescriptions",
+    copy("outputs", output_sql, "outputevents")
+    abx_where = antibiotic_filter(cfg)
+    abx_sql = render(
+        "ingest_antibiotics", source=Raw(rel("prescriptions", abx_where)), where=Raw(abx_where)
     )
-    copy(
-        "cultures",
-        f"SELECT subject_id, min(hadm_id) AS hadm_id, micro_specimen_id, "
-        f"min({ts('charttime')}) AS charttime, CAST(min({ts('chartdate')}) AS DATE) AS chartdate "
-        f"FROM {rel('microbiologyevents')} GROUP BY subject_id, micro_specimen_id "
-        f"ORDER BY subject_id, micro_specimen_id",
-        "microbiologyevents",
-    )
+    copy("antibiotics", abx_sql, "prescriptions")
+    cultures_sql = render("ingest_cultures", source=Raw(rel("microbiologyevents")))
+    copy("cultures", cultures_sql, "microbiologyevents")
     reading[0] = None
     info["rows_kept"] = rows
     if sink.audited:  # rows per item id: a configured id never found is visible in the audit

@@ -31,6 +31,7 @@ from sepsisrl.dataset.config import LAB_MEASUREMENT_CONCEPTS, BuildConfig
 from sepsisrl.dataset.measurements import GAS_TIME
 from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.dataset.splits import SPLITS
+from sepsisrl.dataset.sqlfiles import Raw, execute, identifier
 from sepsisrl.workspace import read_json, write_json
 
 OUTCOME_TOKENS = (
@@ -59,11 +60,27 @@ def audit_workspace(
     ws: Path, cfg: BuildConfig, variants: list[str] | None = None
 ) -> dict[str, Any]:
     """Run every check on a built workspace; returns the report (does not raise)."""
-    results: list[dict[str, Any]] = []
     manifest = pq.read_table(ws / "splits" / "manifest.parquet")
     variants = variants or list(cfg.rewards.variants)
+    state = pq.read_table(ws / "features" / "state_raw.parquet")
+    acts = pq.read_table(ws / "actions" / "step_actions.parquet")
+    train_stays = set(
+        manifest.filter(manifest["split"].to_numpy(zero_copy_only=False) == "train")[
+            "stay_id"
+        ].to_pylist()
+    )
+    results = [
+        _patient_in_one_split(ws, manifest, variants),
+        _fitted_on_train_only(ws, cfg, state, acts, train_stays),
+        _no_outcome_features(ws, variants),
+        _causal_states(ws, cfg, state, acts),
+        _aligned_transitions(ws, cfg, state, variants),
+    ]
+    return {"passed": all(x["passed"] for x in results), "checks": results}
 
-    # 1. patient in one split
+
+def _patient_in_one_split(ws: Path, manifest: Any, variants: list[str]) -> dict[str, Any]:
+    """Check 1: no subject_id in two splits, in the manifest and in every replay file."""
     subj_split: dict[int, set[str]] = {}
     for v in variants:
         for split in SPLITS:
@@ -75,25 +92,22 @@ def audit_workspace(
     ):
         subj_split.setdefault(s, set()).add(sp)
     multi = sorted(s for s, sp in subj_split.items() if len(sp) > 1)
-    results.append(
-        _check(
-            "patient_in_one_split",
-            not multi,
-            "every patient is in exactly one split"
-            if not multi
-            else f"{len(multi)} patient(s) in more than one split, e.g. subject_id {multi[:5]}",
-        )
+    return _check(
+        "patient_in_one_split",
+        not multi,
+        "every patient is in exactly one split"
+        if not multi
+        else f"{len(multi)} patient(s) in more than one split, e.g. subject_id {multi[:5]}",
     )
 
-    # 2. fitted quantities use train rows only
-    state = pq.read_table(ws / "features" / "state_raw.parquet")
+
+def _fitted_on_train_only(
+    ws: Path, cfg: BuildConfig, state: Any, acts: Any, train_stays: set[int]
+) -> dict[str, Any]:
+    """Check 2: imputation medians, normalisation and action bins carry the fingerprint of
+    exactly the train rows, and refitting them from those rows reproduces them."""
     stay = state["stay_id"].to_numpy()
     step = state["step"].to_numpy().astype(np.int64)
-    train_stays = set(
-        manifest.filter(manifest["split"].to_numpy(zero_copy_only=False) == "train")[
-            "stay_id"
-        ].to_pylist()
-    )
     train = np.array([s in train_stays for s in stay.tolist()])
     expected_sha = rows_sha256(stay[train], step[train])
     prep_doc = read_json(ws / "features" / "preprocessing.json")
@@ -125,23 +139,23 @@ def audit_workspace(
                 problems.append(
                     f"imputation median of {f.name} differs from the median of observed train values"
                 )
-    acts = pq.read_table(ws / "actions" / "step_actions.parquet")
     a_train = np.array([s in train_stays for s in acts["stay_id"].to_numpy().tolist()])
     for key, col in (("vasopressor", "vaso_ne_rate"), ("iv_fluid", "fluid_ml")):
         refit_bins = DoseBins(len(bins_doc[key]["edges"]) + 2).fit(acts[col].to_numpy()[a_train])
         if not np.allclose(refit_bins.edges, bins_doc[key]["edges"], rtol=1e-9):
             problems.append(f"{key} bin edges differ from a train-only refit")
-    results.append(
-        _check(
-            "fitted_on_train_only",
-            not problems,
-            "medians, normalisation and action bins reproduce from train rows only"
-            if not problems
-            else "; ".join(problems),
-        )
+    return _check(
+        "fitted_on_train_only",
+        not problems,
+        "medians, normalisation and action bins reproduce from train rows only"
+        if not problems
+        else "; ".join(problems),
     )
 
-    # 3. no outcome-derived state features
+
+def _no_outcome_features(ws: Path, variants: list[str]) -> dict[str, Any]:
+    """Check 3: no state feature (meta.json and the replay's ``s_`` columns) is named like an
+    outcome (death, discharge, reward, length of stay ...)."""
     meta_names: set[str] = set()
     for v in variants:
         meta = read_json(ws / "replay" / v / "meta.json")
@@ -149,17 +163,21 @@ def audit_workspace(
         cols = pq.read_schema(ws / "replay" / v / "replay_train.parquet").names
         meta_names.update(c[2:] for c in cols if c.startswith("s_"))
     leaky = sorted(n for n in meta_names if _outcome_like(n))
-    results.append(
-        _check(
-            "no_outcome_features",
-            not leaky,
-            "no state feature is derived from the outcome"
-            if not leaky
-            else f"outcome-derived feature(s) in the state: {leaky}",
-        )
+    return _check(
+        "no_outcome_features",
+        not leaky,
+        "no state feature is derived from the outcome"
+        if not leaky
+        else f"outcome-derived feature(s) in the state: {leaky}",
     )
 
-    # 4. causal states
+
+def _causal_states(ws: Path, cfg: BuildConfig, state: Any, acts: Any) -> dict[str, Any]:
+    """Check 4: every state's data was charted before its decision time, cumulative doses
+    exclude the current action window, the running_treatment features read the previous step,
+    and each observed lab feature has a lab usable in its window (``_lab_time_problems``)."""
+    stay = state["stay_id"].to_numpy()
+    step = state["step"].to_numpy().astype(np.int64)
     tau = state["tau"].cast("int64").to_numpy()
     src = state["max_source_time"].cast("int64").to_numpy(zero_copy_only=False)
     has_src = state["max_source_time"].is_valid().to_numpy(zero_copy_only=False)
@@ -187,22 +205,24 @@ def audit_workspace(
     if "prev_vaso_bin" in state.column_names:  # state variant running_treatment
         problems += _running_treatment_problems(s_sorted, a, first, cfg)
     problems += _lab_time_problems(ws, cfg)
-    results.append(
-        _check(
-            "causal_states",
-            not problems,
-            "every state uses only data charted before its decision time; cumulative doses exclude "
-            "the current action"
-            if not problems
-            else "; ".join(problems),
-        )
+    return _check(
+        "causal_states",
+        not problems,
+        "every state uses only data charted before its decision time; cumulative doses exclude "
+        "the current action"
+        if not problems
+        else "; ".join(problems),
     )
 
-    # 5. aligned transitions and rewards
+
+def _aligned_transitions(
+    ws: Path, cfg: BuildConfig, state: Any, variants: list[str]
+) -> dict[str, Any]:
+    """Check 5: in every replay file, each episode's rows are steps 0..n-1 in order, ``done``
+    only on the last, terminal rewards match the recorded outcome and shaped rewards match
+    the next state (``_transition_problems``)."""
     cohort = pq.read_table(ws / "cohort" / "cohort.parquet", columns=["stay_id", "died_90d"])
     died_of = dict(zip(cohort["stay_id"].to_pylist(), cohort["died_90d"].to_pylist(), strict=True))
-    problems = []
-    r = cfg.rewards
     raw_of = {
         (int(a), int(b)): (lac, mp)
         for a, b, lac, mp in zip(
@@ -213,66 +233,77 @@ def audit_workspace(
             strict=True,
         )
     }
+    problems: list[str] = []
     for v in variants:
         meta = read_json(ws / "replay" / v / "meta.json")
-        w_sofa = meta["reward"]["sofa_delta_weight"]
-        w_lac = meta["reward"]["lactate_clearance_weight"]
-        w_map = meta["reward"]["map_deficit_weight"]
         for split in SPLITS:
             t = pq.read_table(ws / "replay" / v / f"replay_{split}.parquet")
-            if t.num_rows == 0:
-                continue
-            s = t["stay_id"].to_numpy()
-            k = t["step"].to_numpy().astype(np.int64)
-            done = t["done"].to_numpy(zero_copy_only=False)
-            rew = t["reward"].to_numpy().astype(np.float64)
-            # the SOFA column the variant's shaping uses (sofa_state_shaped: sofa_state)
-            sofa = t[meta["reward"].get("sofa_column", "sofa")].to_numpy().astype(np.float64)
-            start = np.ones(len(s), dtype=bool)
-            start[1:] = s[1:] != s[:-1]
-            end = np.ones(len(s), dtype=bool)
-            end[:-1] = s[1:] != s[:-1]
-            where = f"{v}/replay_{split}"
-            if len(np.unique(s[start])) != int(start.sum()):
-                problems.append(f"{where}: an episode's rows are not contiguous")
-            expected_k = np.arange(len(s)) - np.maximum.accumulate(
-                np.where(start, np.arange(len(s)), 0)
-            )
-            if not (k == expected_k).all():
-                problems.append(f"{where}: steps are not 0..n-1 in order within episodes")
-            if not (done == end).all():
-                problems.append(f"{where}: done is not set exactly on each episode's last step")
-            died = np.array([bool(died_of.get(x, False)) for x in s.tolist()])
-            terminal = np.where(died, r.terminal_died, r.terminal_survived)
-            if not np.allclose(t["reward_eval"].to_numpy(), np.where(end, terminal, 0.0)):
-                problems.append(
-                    f"{where}: terminal rewards do not match the recorded 90-day outcomes"
+            if t.num_rows:
+                problems += _transition_problems(
+                    t, meta["reward"], f"{v}/replay_{split}", died_of, raw_of, cfg
                 )
-            nxt = np.minimum(np.arange(len(s)) + 1, len(s) - 1)
-            shaping = w_sofa * (sofa[nxt] - sofa)
-            if w_lac or w_map:
-                raw = np.array(
-                    [raw_of[(int(a), int(b))] for a, b in zip(s.tolist(), k.tolist(), strict=True)]
-                )
-                lac, mp = raw[:, 0], raw[:, 1]
-                shaping = shaping + w_lac * (lac - lac[nxt]) / np.maximum(lac, 1e-6)
-                shaping = shaping - w_map * np.maximum(0.0, meta["reward"]["map_target"] - mp[nxt])
-            expected = np.where(end, terminal, shaping)
-            if not np.allclose(rew, expected, atol=1e-5):
-                bad = int(np.flatnonzero(~np.isclose(rew, expected, atol=1e-5))[0])
-                problems.append(
-                    f"{where}: reward is not aligned with the next state (first at stay {s[bad]} step {k[bad]})"
-                )
-    results.append(
-        _check(
-            "aligned_transitions",
-            not problems,
-            "steps, done flags and rewards are aligned with next states and outcomes"
-            if not problems
-            else "; ".join(problems[:5]),
-        )
+    return _check(
+        "aligned_transitions",
+        not problems,
+        "steps, done flags and rewards are aligned with next states and outcomes"
+        if not problems
+        else "; ".join(problems[:5]),
     )
-    return {"passed": all(x["passed"] for x in results), "checks": results}
+
+
+def _transition_problems(
+    t: Any,
+    reward: dict[str, Any],
+    where: str,
+    died_of: dict[int, Any],
+    raw_of: dict[tuple[int, int], tuple[float, float]],
+    cfg: BuildConfig,
+) -> list[str]:
+    """The alignment problems of one replay file ``t`` (rows sorted by stay and step) whose
+    meta.json ``reward`` section gives the shaping weights."""
+    r = cfg.rewards
+    w_sofa = reward["sofa_delta_weight"]
+    w_lac = reward["lactate_clearance_weight"]
+    w_map = reward["map_deficit_weight"]
+    problems = []
+    s = t["stay_id"].to_numpy()
+    k = t["step"].to_numpy().astype(np.int64)
+    done = t["done"].to_numpy(zero_copy_only=False)
+    rew = t["reward"].to_numpy().astype(np.float64)
+    # the SOFA column the variant's shaping uses (sofa_state_shaped: sofa_state)
+    sofa = t[reward.get("sofa_column", "sofa")].to_numpy().astype(np.float64)
+    start = np.ones(len(s), dtype=bool)
+    start[1:] = s[1:] != s[:-1]
+    end = np.ones(len(s), dtype=bool)
+    end[:-1] = s[1:] != s[:-1]
+    if len(np.unique(s[start])) != int(start.sum()):
+        problems.append(f"{where}: an episode's rows are not contiguous")
+    expected_k = np.arange(len(s)) - np.maximum.accumulate(np.where(start, np.arange(len(s)), 0))
+    if not (k == expected_k).all():
+        problems.append(f"{where}: steps are not 0..n-1 in order within episodes")
+    if not (done == end).all():
+        problems.append(f"{where}: done is not set exactly on each episode's last step")
+    died = np.array([bool(died_of.get(x, False)) for x in s.tolist()])
+    terminal = np.where(died, r.terminal_died, r.terminal_survived)
+    if not np.allclose(t["reward_eval"].to_numpy(), np.where(end, terminal, 0.0)):
+        problems.append(f"{where}: terminal rewards do not match the recorded 90-day outcomes")
+    nxt = np.minimum(np.arange(len(s)) + 1, len(s) - 1)
+    shaping = w_sofa * (sofa[nxt] - sofa)
+    if w_lac or w_map:
+        raw = np.array(
+            [raw_of[(int(a), int(b))] for a, b in zip(s.tolist(), k.tolist(), strict=True)]
+        )
+        lac, mp = raw[:, 0], raw[:, 1]
+        shaping = shaping + w_lac * (lac - lac[nxt]) / np.maximum(lac, 1e-6)
+        shaping = shaping - w_map * np.maximum(0.0, reward["map_target"] - mp[nxt])
+    expected = np.where(end, terminal, shaping)
+    if not np.allclose(rew, expected, atol=1e-5):
+        bad = int(np.flatnonzero(~np.isclose(rew, expected, atol=1e-5))[0])
+        problems.append(
+            f"{where}: reward is not aligned with the next state (first at stay {s[bad]} "
+            f"step {k[bad]})"
+        )
+    return problems
 
 
 def _running_treatment_problems(
@@ -319,45 +350,27 @@ def _lab_time_problems(ws: Path, cfg: BuildConfig) -> list[str]:
         return []
     when = cfg.labs.time
     items = ", ".join(
-        f"({int(i)}, '{n}')" for n in [*names, "fio2_bg"] for i in cfg.items.get(n, [])
+        f"({int(i)}, '{identifier(n)}')" for n in [*names, "fio2_bg"] for i in cfg.items.get(n, [])
     )
     by_patient = set(cfg.labs.by_patient) if cfg.labs.attribution == "hadm_id" else set(names)
-    patient = ", ".join(f"'{n}'" for n in sorted(by_patient)) or "'<none>'"
     observed = " UNION ALL ".join(
-        f"SELECT stay_id, step, tau, '{n}' AS concept FROM read_parquet('{state_path}') "
-        f"WHERE obs_{n}"
+        f"SELECT stay_id, step, tau, '{n}' AS concept FROM read_parquet($state) "
+        f"WHERE obs_{identifier(n)}"
         for n in names
     )
-    step = int(cfg.episodes.step_hours)
-    gas_time = GAS_TIME if when == "storetime" else "t"
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")
-        bad, example = con.execute(
-            f"""WITH item AS (SELECT * FROM (VALUES {items}) t(itemid, concept)),
-                raw AS (
-                    SELECT l.subject_id, l.hadm_id, l.specimen_id, i.concept,
-                           l.{when} AS t
-                    FROM read_parquet('{labs}') l JOIN item i USING (itemid)
-                    WHERE l.valuenum IS NOT NULL AND l.{when} IS NOT NULL
-                ), usable AS (
-                    SELECT subject_id, hadm_id, concept, {gas_time} AS t FROM raw
-                ), attributed AS (
-                    SELECT s.stay_id, u.concept, u.t
-                    FROM usable u JOIN read_parquet('{icu}') s ON u.hadm_id = s.hadm_id
-                    WHERE u.concept NOT IN ({patient})
-                    UNION ALL
-                    SELECT s.stay_id, u.concept, u.t
-                    FROM usable u JOIN read_parquet('{icu}') s ON u.subject_id = s.subject_id
-                    WHERE u.concept IN ({patient})
-                ), obs AS ({observed}),
-                latest AS (  -- the latest lab usable before each decision time
-                    SELECT o.stay_id, o.step, o.tau, a.t
-                    FROM obs o ASOF LEFT JOIN attributed a
-                      ON o.stay_id = a.stay_id AND o.concept = a.concept AND o.tau > a.t
-                )
-                SELECT count(*), min([stay_id, step]) FROM latest
-                WHERE t IS NULL OR t < tau - INTERVAL {step} HOUR"""
+        bad, example = execute(
+            con,
+            "leakage_lab_time",
+            bind={"labs": labs, "icustays": icu, "state": state_path},
+            items=Raw(items),
+            when=Raw(when),
+            gas_time=Raw(GAS_TIME if when == "storetime" else "t"),
+            patient=sorted(by_patient) or ["<none>"],
+            observed=Raw(observed),
+            step=int(cfg.episodes.step_hours),
         ).fetchone()
     finally:
         con.close()

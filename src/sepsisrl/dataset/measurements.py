@@ -58,108 +58,136 @@ def run_measurements(
     out: Path | TableSink,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> dict[str, Any]:
-    """``ingest_dir`` / ``out``: stage folders, or in-memory tables (``build/tables.py``) with
+    """``ingest_dir`` / ``out``: stage folders, or in-memory tables (``dataset/tables.py``) with
     ``con``, an open connection left open (its temporary tables are replaced)."""
     source, sink = as_sink(ingest_dir), as_sink(out)
     own = con is None
     con = con or connect(cfg, Path(out).parent)
     _views(con, source, ["chart", "labs", "inputs", "outputs", "icustays"])
+    counts = _write_measurements(con, sink, cfg)
+    lo, hi = valid_ranges(cfg).get("weight_kg", (20.0, 400.0))
+    sink.write(
+        con,
+        "weights",
+        render(
+            "weights", measurements=Raw(sink.relation("measurements")), weight_lo=lo, weight_hi=hi
+        ),
+        PLAIN,
+    )
+    infusion = _write_infusions(con, sink, cfg, lo, hi)
+    urine_rows = _write_urine(con, sink, cfg)
+    sink.write(con, "ventilation", f"{render_ventilation(cfg)} ORDER BY stay_id, starttime", PLAIN)
+    # vasopressor rows without a dose, negative urine hours (tests/test_demo.py)
+    checks = (
+        measurement_counts(con, sink.relation("infusions"), sink.relation("urine"), cfg)
+        if sink.audited
+        else {}
+    )
+    if own:
+        con.close()
+    return {
+        **checks,
+        "concepts": {c: {"rows": n, "dropped_out_of_range": d} for c, n, d in counts},
+        **infusion,
+        "urine_rows": urine_rows,
+        "labs": {"attribution": cfg.labs.attribution, "time": cfg.labs.time},
+    }
+
+
+def _write_measurements(
+    con: duckdb.DuckDBPyConnection, sink: TableSink, cfg: BuildConfig
+) -> list[tuple[str, int, int]]:
+    """Write ``measurements``: chart, GCS and lab values in the spec's units, inside their
+    validity ranges. Returns (concept, rows, dropped out of range) when the sink is audited."""
     p = item_params(cfg)
     text_items = sorted(
         {i for c in ingest.CHART_TEXT_CONCEPTS for i in p[c]}  # text, never a number
     )
     chart_sql = render("chart_measurements", **p, text_items=text_items)
-    gcs_sql = render_gcs(cfg)
-    lab_sql = render_labs(cfg)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE raw_measurements AS "
-        + " UNION ALL ".join(f"SELECT * FROM (\n{q}\n)" for q in (chart_sql, gcs_sql, lab_sql))
+        + " UNION ALL ".join(
+            f"SELECT * FROM (\n{q}\n)" for q in (chart_sql, render_gcs(cfg), render_labs(cfg))
+        )
     )
-    ranges = valid_ranges(cfg)
-    values = ", ".join(f"('{k}', {lo}, {hi})" for k, (lo, hi) in ranges.items())
+    values = ", ".join(f"('{k}', {lo}, {hi})" for k, (lo, hi) in valid_ranges(cfg).items())
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE ranges AS SELECT * FROM (VALUES {values}) t(concept, lo, hi)"
     )
-    counts = (
-        []
-        if not sink.audited
-        else con.execute(
-            """SELECT m.concept, count(*) AS n,
-                  count(*) FILTER (WHERE r.concept IS NOT NULL AND (m.value < r.lo OR m.value > r.hi)) AS dropped
-           FROM raw_measurements m LEFT JOIN ranges r USING (concept)
-           GROUP BY m.concept ORDER BY m.concept"""
-        ).fetchall()
-    )
-    sink.write(
-        con,
-        "measurements",
-        """SELECT m.stay_id, m.charttime, m.concept, m.arterial, m.value
-           FROM raw_measurements m LEFT JOIN ranges r USING (concept)
-           WHERE r.concept IS NULL OR (m.value >= r.lo AND m.value <= r.hi)
-           ORDER BY m.stay_id, m.concept, m.charttime, m.arterial, m.value""",
-        ZSTD,
-    )
-    # first weight per stay: charted weight, else the weight recorded with an infusion. The
-    # state uses each candidate only from the time it was recorded (build/state.py).
-    lo, hi = ranges.get("weight_kg", (20.0, 400.0))
-    sink.write(
-        con,
-        "weights",
-        f"""WITH charted AS (
-                  SELECT stay_id, arg_min(value, [epoch(charttime), value]) AS weight_kg,
-                         min(charttime) AS weight_time
-                  FROM {sink.relation("measurements")}
-                  WHERE concept = 'weight_kg' GROUP BY stay_id
-              ), infused AS (
-                  SELECT stay_id, arg_min(patientweight, [epoch(starttime), patientweight]) AS weight_kg,
-                         min(starttime) AS weight_time
-                  FROM inputs WHERE patientweight BETWEEN {lo} AND {hi} GROUP BY stay_id
-              )
-              SELECT i.stay_id, coalesce(c.weight_kg, f.weight_kg) AS weight_kg,
-                     CASE WHEN c.weight_kg IS NOT NULL THEN 'chartevents'
-                          WHEN f.weight_kg IS NOT NULL THEN 'inputevents' END AS weight_source,
-                     c.weight_kg AS charted_kg, c.weight_time AS charted_time,
-                     f.weight_kg AS infusion_kg, f.weight_time AS infusion_time
-              FROM icustays i LEFT JOIN charted c USING (stay_id) LEFT JOIN infused f USING (stay_id)
-              ORDER BY i.stay_id""",
-        PLAIN,
-    )
-    # infusions
+    counts = con.execute(render("measurement_range_counts")).fetchall() if sink.audited else []
+    sink.write(con, "measurements", render("measurements_in_range"), ZSTD)
+    return counts
+
+
+def _write_infusions(
+    con: duckdb.DuckDBPyConnection, sink: TableSink, cfg: BuildConfig, lo: float, hi: float
+) -> dict[str, Any]:
+    """Write ``infusions`` (vasopressor rates and IV-fluid volumes per inputevents row; a
+    per-minute rate's weight in [lo, hi] kg). Refuses unknown units and implausible doses as
+    ``source`` / ``integrity`` say; returns the audit's unit and integrity counts."""
     agents = ", ".join(
         f"({v.itemid}, '{name}', {v.factor})" for name, v in cfg.vasopressors.items()
     )
+    treatment = cfg.actions.treatment
     con.execute(
         "CREATE OR REPLACE TEMP TABLE infusions AS "
         + render(
             "infusions",
             agents=Raw(agents),
-            dobutamine=p["dobutamine"],
+            dobutamine=item_params(cfg)["dobutamine"],
             weight_lo=float(lo),
             weight_hi=float(hi),
-            use_stay_weight=cfg.actions.treatment.missing_weight == "stay_weight",
+            use_stay_weight=treatment.missing_weight == "stay_weight",
             stay_weights=Raw(sink.relation("weights")),
-            exclude_carriers=cfg.actions.treatment.carrier_fluids == "exclude",
-            kvo_rate=float(cfg.actions.treatment.kvo_max_rate_ml_per_hour),
+            exclude_carriers=treatment.carrier_fluids == "exclude",
+            kvo_rate=float(treatment.kvo_max_rate_ml_per_hour),
         )
     )
-    unknown = con.execute(
-        """SELECT agent, coalesce(rateuom, '<null>'), count(*) FROM infusions
-           WHERE unknown_rate_unit GROUP BY 1, 2 ORDER BY 3 DESC"""
-    ).fetchall()
-    unknown_fluid = con.execute(
-        """SELECT coalesce(amountuom, '<null>'), count(*) FROM infusions
-           WHERE unknown_fluid_unit GROUP BY 1 ORDER BY 2 DESC"""
-    ).fetchall()
+    unknown = con.execute(render("infusion_unknown_rate_units")).fetchall()
+    unknown_fluid = con.execute(render("infusion_unknown_fluid_units")).fetchall()
     no_weight, stay_weight_used, carriers, unrecorded, unrecorded_dosed = con.execute(
-        """SELECT count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NULL),
-                  count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND agent_rate IS NOT NULL
-                                   AND stay_weight_used),
-                  count(*) FILTER (WHERE carrier_fluid),
-                  count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND weight_unrecorded),
-                  count(*) FILTER (WHERE rateuom IN ('mcg/min', 'mg/min') AND weight_unrecorded
-                                   AND agent_rate IS NOT NULL)
-           FROM infusions"""
+        render("infusion_weight_counts")
     ).fetchone()
+    _refuse_unknown_units(unknown, unknown_fluid, cfg)
+    # rows the infusions SQL leaves out for having no duration (a reversed interval stops the
+    # build at ingest, integrity.reversed_intervals)
+    no_duration = (
+        con.execute(render("infusions_without_duration")).fetchone()[0] if sink.audited else 0
+    )
+    # doses outside [0, integrity.plausible_max] (a rollout's simulated rows skip the check)
+    implausible = implausible_doses(con, cfg) if sink.audited else []
+    if implausible and cfg.integrity.implausible_doses == "refuse":
+        raise ImplausibleDoseError(
+            "inputevents: doses outside the plausible range [0, integrity.plausible_max] "
+            "(a charting or unit error, not a dose): "
+            + "; ".join(f"{d['agent']} x{d['rows']} (e.g. {d['example']})" for d in implausible)
+            + ". Fix the rows, raise integrity.plausible_max.<agent> if the doses are real, or "
+            "set integrity.implausible_doses: drop to leave those rows out (counted under "
+            "integrity in measurements/audit.json)."
+        )
+    keep = Raw(f"NOT ({IMPLAUSIBLE})" if implausible else "true")
+    sink.write(con, "infusions", render("infusions_dosed", keep=keep), ZSTD)
+    return {
+        "unknown_rate_units": [{"agent": a, "rateuom": u, "rows": n} for a, u, n in unknown],
+        "unknown_fluid_units": [{"amountuom": u, "rows": n} for u, n in unknown_fluid],
+        "rate_per_minute_without_weight": no_weight,
+        "rate_per_minute_with_stay_weight": stay_weight_used,
+        "integrity": {
+            "unknown_rate_unit_rows": sum(n for _, _, n in unknown),
+            "unknown_fluid_unit_rows": sum(n for _, n in unknown_fluid),
+            "implausible_dose_rows_dropped": {d["agent"]: d["rows"] for d in implausible},
+            "infusion_rows_without_duration_dropped": no_duration,
+            "rate_per_minute_patientweight_0_or_nan": unrecorded,
+            "rate_per_minute_patientweight_0_or_nan_with_stay_weight": unrecorded_dosed,
+        },
+        "carrier_fluid_rows_excluded": carriers,
+    }
+
+
+def _refuse_unknown_units(
+    unknown: list[tuple[str, str, int]], unknown_fluid: list[tuple[str, int]], cfg: BuildConfig
+) -> None:
+    """Raise :class:`UnitError` for unconvertible units unless ``source`` allows dropping them."""
     if unknown and cfg.source.fail_on_unknown_rate_unit:
         listing = "; ".join(f"{a}: {u!r} x{n}" for a, u, n in unknown)
         raise UnitError(
@@ -175,77 +203,17 @@ def run_measurements(
             "source.fail_on_unknown_fluid_unit: false to drop them (they are then listed in "
             "measurements/audit.json)."
         )
-    # rows the infusions SQL leaves out for having no duration (a reversed interval stops the
-    # build at ingest, integrity.reversed_intervals)
-    no_duration = (
-        con.execute(
-            """SELECT count(*) FROM inputs
-               WHERE starttime IS NULL OR endtime IS NULL OR endtime <= starttime"""
-        ).fetchone()[0]
-        if sink.audited
-        else 0
-    )
-    # doses outside [0, integrity.plausible_max] (a rollout's simulated rows skip the check)
-    implausible = implausible_doses(con, cfg) if sink.audited else []
-    dropped_implausible = "true"
-    if implausible and cfg.integrity.implausible_doses == "refuse":
-        raise ImplausibleDoseError(
-            "inputevents: doses outside the plausible range [0, integrity.plausible_max] "
-            "(a charting or unit error, not a dose): "
-            + "; ".join(f"{d['agent']} x{d['rows']} (e.g. {d['example']})" for d in implausible)
-            + ". Fix the rows, raise integrity.plausible_max.<agent> if the doses are real, or "
-            "set integrity.implausible_doses: drop to leave those rows out (counted under "
-            "integrity in measurements/audit.json)."
-        )
-    if implausible:
-        dropped_implausible = f"NOT ({IMPLAUSIBLE})"
-    sink.write(
-        con,
-        "infusions",
-        f"""SELECT stay_id, starttime, endtime, itemid, agent, factor, agent_rate,
-                  agent_rate * factor AS ne_rate, fluid_ml
-           FROM infusions i
-           WHERE ((agent_rate IS NOT NULL AND agent_rate >= 0) OR fluid_ml IS NOT NULL)
-             AND {dropped_implausible}
-           ORDER BY stay_id, starttime, endtime, itemid, agent_rate, fluid_ml""",
-        ZSTD,
-    )
-    # urine: net volume per charttime (irrigant in/out netted), validity range on the net
+
+
+def _write_urine(con: duckdb.DuckDBPyConnection, sink: TableSink, cfg: BuildConfig) -> dict:
+    """Write ``urine``: net volume per charttime (irrigant in/out netted), the validity range
+    applied to the net; returns the urine audit when the sink is audited."""
+    negative = item_params(cfg)["urine_negative"]
     urine_spec = next((f for f in cfg.features if f.name == "urine_output_4h"), None)
     max_ml = urine_spec.valid[1] if urine_spec and urine_spec.valid else 2000
-    urine_sql = render("urine", urine_negative=p["urine_negative"], max_ml=float(max_ml))
+    urine_sql = render("urine", urine_negative=negative, max_ml=float(max_ml))
     sink.write(con, "urine", f"{urine_sql} ORDER BY stay_id, charttime", ZSTD)
-    urine_rows = (
-        urine_audit(con, sink.relation("urine"), p["urine_negative"]) if sink.audited else {}
-    )
-    sink.write(con, "ventilation", f"{render_ventilation(cfg)} ORDER BY stay_id, starttime", PLAIN)
-    # vasopressor rows without a dose, negative urine hours (tests/test_demo.py)
-    checks = (
-        measurement_counts(con, sink.relation("infusions"), sink.relation("urine"), cfg)
-        if sink.audited
-        else {}
-    )
-    if own:
-        con.close()
-    return {
-        **checks,
-        "concepts": {c: {"rows": n, "dropped_out_of_range": d} for c, n, d in counts},
-        "unknown_rate_units": [{"agent": a, "rateuom": u, "rows": n} for a, u, n in unknown],
-        "unknown_fluid_units": [{"amountuom": u, "rows": n} for u, n in unknown_fluid],
-        "rate_per_minute_without_weight": no_weight,
-        "rate_per_minute_with_stay_weight": stay_weight_used,
-        "integrity": {
-            "unknown_rate_unit_rows": sum(n for _, _, n in unknown),
-            "unknown_fluid_unit_rows": sum(n for _, n in unknown_fluid),
-            "implausible_dose_rows_dropped": {d["agent"]: d["rows"] for d in implausible},
-            "infusion_rows_without_duration_dropped": no_duration,
-            "rate_per_minute_patientweight_0_or_nan": unrecorded,
-            "rate_per_minute_patientweight_0_or_nan_with_stay_weight": unrecorded_dosed,
-        },
-        "carrier_fluid_rows_excluded": carriers,
-        "urine_rows": urine_rows,
-        "labs": {"attribution": cfg.labs.attribution, "time": cfg.labs.time},
-    }
+    return urine_audit(con, sink.relation("urine"), negative) if sink.audited else {}
 
 
 #: An ``infusions`` row (alias ``i``) whose dose is outside [0, its agent's limit] (``lim``).
@@ -264,15 +232,7 @@ def implausible_doses(con: duckdb.DuckDBPyConnection, cfg: BuildConfig) -> list[
         "CREATE OR REPLACE TEMP TABLE plausible_max AS SELECT * FROM "
         f"(VALUES {limits}) t(agent, lim)"
     )
-    rows = con.execute(
-        f"""SELECT i.agent, count(*), any_value(p.lim),
-                   arg_min([i.stay_id::VARCHAR, i.starttime::VARCHAR,
-                            coalesce(i.agent_rate, i.fluid_ml)::VARCHAR, i.rateuom, i.amountuom],
-                           [i.stay_id::VARCHAR, i.starttime::VARCHAR])
-            FROM infusions i JOIN plausible_max p USING (agent)
-            WHERE {IMPLAUSIBLE}
-            GROUP BY 1 ORDER BY 1"""
-    ).fetchall()
+    rows = con.execute(render("implausible_doses", implausible=Raw(IMPLAUSIBLE))).fetchall()
     out = []
     for agent, n, lim, (stay, start, dose, rateuom, amountuom) in rows:
         unit = LIMIT_UNITS.get(agent, "mcg/kg/min")
@@ -374,18 +334,9 @@ def render_ventilation(cfg: BuildConfig) -> str:
 def urine_audit(con: duckdb.DuckDBPyConnection, urine: str, negative: list[int]) -> dict[str, int]:
     """Rows read, charttimes kept, and what was dropped: negative charted rows, and charttimes
     whose net volume (irrigant in counted negative) is outside the validity range."""
-    neg = ", ".join(str(int(i)) for i in negative) or "NULL"
-    read, negative_rows, times = con.execute(
-        """SELECT count(*), count(*) FILTER (WHERE value < 0),
-                   count(DISTINCT (stay_id, charttime))
-                     FILTER (WHERE value >= 0 AND charttime IS NOT NULL)
-            FROM outputs WHERE value IS NOT NULL"""
-    ).fetchone()
+    read, negative_rows, times = con.execute(render("urine_read_counts")).fetchone()
     kept, irrigant = con.execute(
-        f"""SELECT count(*), count(*) FILTER (WHERE EXISTS (
-                       SELECT 1 FROM outputs o WHERE o.stay_id = u.stay_id
-                         AND o.charttime = u.charttime AND o.itemid IN ({neg})))
-            FROM {urine} u"""
+        render("urine_kept_counts", negative=[int(i) for i in negative], urine=Raw(urine))
     ).fetchone()
     return {
         "read": read,

@@ -41,6 +41,7 @@ from pydantic import Field
 
 from sepsisrl.config import StrictModel, load_config
 from sepsisrl.dataset.sepsis import SOFA_COMPONENTS as SOFA_PARTS
+from sepsisrl.dataset.sqlfiles import Raw, quote_path, render
 
 
 class MimicDerivedConfig(StrictModel):
@@ -126,11 +127,6 @@ WORKSPACE_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _lit(value: str | Path) -> str:
-    """A SQL string literal."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _view(name: str) -> str:
     """The temp view of a workspace file (``sepsis/onset`` -> ``ws_onset``)."""
     return "ws_" + name.split("/")[1]
@@ -157,7 +153,7 @@ def locate(
         )
     if src.is_file():
         try:
-            con.execute(f"ATTACH {_lit(src)} AS mimic_derived_src (READ_ONLY)")
+            con.execute(f"ATTACH {quote_path(src)} AS mimic_derived_src (READ_ONLY)")
         except duckdb.Error as exc:
             raise DerivedTableError(
                 f"{src}: not a DuckDB database this DuckDB ({duckdb.__version__}) can open "
@@ -194,10 +190,10 @@ def locate(
         if path is None:
             continue
         relation = (
-            f"read_parquet({_lit(path)})"
+            f"read_parquet({quote_path(path)})"
             if path.suffix == ".parquet"
             # all text, then cast column by column (a clear error names a bad column)
-            else f"read_csv({_lit(path)}, header = true, all_varchar = true)"
+            else f"read_csv({quote_path(path)}, header = true, all_varchar = true)"
         )
         out[table] = Located(table, str(path), relation)
     return out
@@ -252,7 +248,9 @@ def workspace_views(con: duckdb.DuckDBPyConnection, ws: Path, tables: list[str])
             )
         found = [
             r[0]
-            for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_lit(path)})").fetchall()
+            for r in con.execute(
+                "DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(path)}
+            ).fetchall()
         ]
         missing = [c for c in WORKSPACE_COLUMNS[name] if c not in found]
         if missing:
@@ -261,16 +259,11 @@ def workspace_views(con: duckdb.DuckDBPyConnection, ws: Path, tables: list[str])
                 f"found {found}. Rebuild the workspace with this version of sepsisrl"
             )
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {_view(name)} AS SELECT * FROM read_parquet({_lit(path)})"
+            f"CREATE OR REPLACE TEMP VIEW {_view(name)} AS SELECT * FROM read_parquet({quote_path(path)})"
         )
 
 
 # --- comparisons: each fills the temp table dis_<table> and returns its figures -------------
-
-
-def _hours(a: str, b: str) -> str:
-    """``b - a`` in hours."""
-    return f"(epoch({b}) - epoch({a})) / 3600.0"
 
 
 def _figures(con: duckdb.DuckDBPyConnection, exprs: dict[str, str]) -> dict[str, Any]:
@@ -296,39 +289,7 @@ def _count(condition: str) -> str:
 
 def compare_suspicion(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> dict[str, Any]:
     tol = cfg.time_tolerance_hours
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE cmp AS
-        WITH subjects AS (SELECT DISTINCT subject_id FROM ws_icustays),
-        m AS (
-            SELECT subject_id, antibiotic_time,
-                   bool_or(coalesce(suspected_infection, 0) = 1) AS suspected,
-                   min(suspected_infection_time) AS si_time,
-                   min(culture_time) AS culture_time
-            FROM mc_suspicion_of_infection
-            WHERE antibiotic_time IS NOT NULL AND subject_id IN (SELECT subject_id FROM subjects)
-            GROUP BY 1, 2
-        ), b AS (
-            SELECT a.subject_id, a.starttime AS antibiotic_time,
-                   count(s.si_time) > 0 AS suspected,
-                   min(s.si_time) AS si_time, min(s.culture_time) AS culture_time
-            FROM (SELECT DISTINCT subject_id, starttime FROM ws_antibiotics
-                  WHERE starttime IS NOT NULL
-                    AND subject_id IN (SELECT subject_id FROM subjects)) a
-            LEFT JOIN ws_suspicion s ON s.subject_id = a.subject_id AND s.abx_time = a.starttime
-            GROUP BY 1, 2
-        )
-        SELECT coalesce(m.subject_id, b.subject_id) AS subject_id,
-               coalesce(m.antibiotic_time, b.antibiotic_time) AS antibiotic_time,
-               m.subject_id IS NOT NULL AS in_mimic_code,
-               b.subject_id IS NOT NULL AS in_sepsisrl,
-               m.suspected AS mimic_code_suspected, b.suspected AS sepsisrl_suspected,
-               m.si_time AS mimic_code_si_time, b.si_time AS sepsisrl_si_time,
-               {_hours("m.si_time", "b.si_time")} AS si_time_diff_hours,
-               m.culture_time AS mimic_code_culture_time, b.culture_time AS sepsisrl_culture_time,
-               {_hours("m.culture_time", "b.culture_time")} AS culture_time_diff_hours
-        FROM m FULL OUTER JOIN b
-          ON m.subject_id = b.subject_id AND m.antibiotic_time = b.antibiotic_time"""
-    )
+    con.execute(render("mimic_derived_suspicion"))
     both = "in_mimic_code AND in_sepsisrl"
     susp = f"{both} AND mimic_code_suspected AND sepsisrl_suspected"
     si_same = f"abs(coalesce(si_time_diff_hours, 1e9)) <= {tol}"
@@ -374,47 +335,7 @@ def compare_ne_dose(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> 
     mimic-code's dose (the highest of its rows covering the segment) is compared with the sum
     of the build's NE-equivalent rates of the vasopressor rows running through it."""
     tol = cfg.dose_tolerance
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE cmp AS
-        WITH m AS (
-            SELECT stay_id, starttime, endtime, norepinephrine_equivalent_dose AS dose
-            FROM mc_norepinephrine_equivalent_dose
-            WHERE endtime > starttime AND stay_id IN (SELECT stay_id FROM ws_icustays)
-        ), b AS (
-            SELECT stay_id, starttime, endtime, ne_rate AS dose
-            FROM ws_infusions
-            WHERE factor > 0 AND ne_rate IS NOT NULL AND endtime > starttime
-              AND stay_id IN (SELECT stay_id FROM ws_icustays)
-        ), points AS (
-            SELECT stay_id, starttime AS t FROM m UNION SELECT stay_id, endtime FROM m
-            UNION SELECT stay_id, starttime FROM b UNION SELECT stay_id, endtime FROM b
-        ), seg AS (
-            SELECT * FROM (
-                SELECT stay_id, t AS starttime,
-                       lead(t) OVER (PARTITION BY stay_id ORDER BY t) AS endtime
-                FROM points
-            ) WHERE endtime IS NOT NULL
-        ), ms AS (
-            SELECT s.stay_id, s.starttime, max(m.dose) AS dose, count(*) AS n_rows
-            FROM seg s JOIN m
-              ON m.stay_id = s.stay_id AND m.starttime <= s.starttime AND m.endtime >= s.endtime
-            GROUP BY 1, 2
-        ), bs AS (
-            SELECT s.stay_id, s.starttime, sum(b.dose) AS dose
-            FROM seg s JOIN b
-              ON b.stay_id = s.stay_id AND b.starttime <= s.starttime AND b.endtime >= s.endtime
-            GROUP BY 1, 2
-        )
-        SELECT s.stay_id, s.starttime, s.endtime,
-               (epoch(s.endtime) - epoch(s.starttime)) / 3600.0 AS hours,
-               ms.dose AS mimic_code_dose, bs.dose AS sepsisrl_dose,
-               coalesce(bs.dose, 0) - coalesce(ms.dose, 0) AS diff,
-               coalesce(ms.n_rows, 0) AS mimic_code_rows
-        FROM seg s
-        LEFT JOIN ms ON ms.stay_id = s.stay_id AND ms.starttime = s.starttime
-        LEFT JOIN bs ON bs.stay_id = s.stay_id AND bs.starttime = s.starttime
-        WHERE ms.stay_id IS NOT NULL OR bs.stay_id IS NOT NULL"""
-    )
+    con.execute(render("mimic_derived_ne_dose"))
     ok = f"abs(diff) <= {tol}"
     figures = _figures(
         con,
@@ -448,22 +369,7 @@ def compare_ne_dose(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> 
 
 def compare_urine(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> dict[str, Any]:
     tol = cfg.urine_tolerance_ml
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE cmp AS
-        WITH m AS (
-            SELECT stay_id, charttime, sum(urineoutput) AS ml FROM mc_urine_output
-            WHERE stay_id IN (SELECT stay_id FROM ws_icustays) GROUP BY 1, 2
-        ), b AS (
-            SELECT stay_id, charttime, sum(value) AS ml FROM ws_urine
-            WHERE stay_id IN (SELECT stay_id FROM ws_icustays) GROUP BY 1, 2
-        )
-        SELECT coalesce(m.stay_id, b.stay_id) AS stay_id,
-               coalesce(m.charttime, b.charttime) AS charttime,
-               m.stay_id IS NOT NULL AS in_mimic_code, b.stay_id IS NOT NULL AS in_sepsisrl,
-               m.ml AS mimic_code_ml, b.ml AS sepsisrl_ml, b.ml - m.ml AS diff_ml,
-               coalesce(abs(b.ml - m.ml) <= {tol}, m.ml IS NULL AND b.ml IS NULL) AS same
-        FROM m FULL OUTER JOIN b ON m.stay_id = b.stay_id AND m.charttime = b.charttime"""
-    )
+    con.execute(render("mimic_derived_urine", tol=tol))
     both = "in_mimic_code AND in_sepsisrl"
     figures = _figures(
         con,
@@ -494,19 +400,13 @@ def compare_sofa(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> dic
     pairs = ", ".join(f"m.{c} AS mimic_code_{c}, b.{c} AS sepsisrl_{c}" for c in parts)
     differs = ", ".join(f"CASE WHEN m.{c} IS DISTINCT FROM b.{c} THEN '{c}' END" for c in parts)
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE cmp AS
-        WITH m AS (
-            SELECT stay_id, hr, endtime, {m_cols} FROM mc_sofa
-            WHERE hr >= 0 AND stay_id IN (SELECT stay_id FROM ws_icustays)
-        ), b AS (
-            SELECT stay_id, hr, endtime, {b_cols} FROM ws_sofa_hourly WHERE hr >= 0
+        render(
+            "mimic_derived_sofa",
+            m_cols=Raw(m_cols),
+            b_cols=Raw(b_cols),
+            pairs=Raw(pairs),
+            differs=Raw(differs),
         )
-        SELECT coalesce(m.stay_id, b.stay_id) AS stay_id,
-               coalesce(m.endtime, b.endtime) AS endtime,
-               m.stay_id IS NOT NULL AS in_mimic_code, b.stay_id IS NOT NULL AS in_sepsisrl,
-               m.hr AS mimic_code_hr, b.hr AS sepsisrl_hr, {pairs},
-               concat_ws(',', {differs}) AS differing
-        FROM m FULL OUTER JOIN b ON m.stay_id = b.stay_id AND m.endtime = b.endtime"""
     )
     both = "in_mimic_code AND in_sepsisrl"
     n_both = _count(both)
@@ -539,30 +439,7 @@ def compare_sofa(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> dic
 
 def compare_sepsis3(con: duckdb.DuckDBPyConnection, cfg: MimicDerivedConfig) -> dict[str, Any]:
     tol = cfg.time_tolerance_hours
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE cmp AS
-        WITH m AS (
-            SELECT stay_id,
-                   arg_min(suspected_infection_time, [epoch(suspected_infection_time), epoch(sofa_time)]) AS si_time,
-                   arg_min(sofa_time, [epoch(suspected_infection_time), epoch(sofa_time)]) AS sofa_time
-            FROM mc_sepsis3
-            WHERE coalesce(sepsis3, false) AND stay_id IN (SELECT stay_id FROM ws_icustays)
-            GROUP BY stay_id
-        ), b AS (
-            SELECT o.stay_id, o.si_time, o.sofa_time, o.onset_time, i.intime, i.outtime
-            FROM ws_onset o JOIN ws_icustays i USING (stay_id)
-        )
-        SELECT coalesce(m.stay_id, b.stay_id) AS stay_id,
-               m.stay_id IS NOT NULL AS in_mimic_code, b.stay_id IS NOT NULL AS in_sepsisrl,
-               m.si_time AS mimic_code_si_time, b.si_time AS sepsisrl_si_time,
-               m.sofa_time AS mimic_code_sofa_time, b.sofa_time AS sepsisrl_sofa_time,
-               least(m.si_time, m.sofa_time) AS mimic_code_onset, b.onset_time AS sepsisrl_onset,
-               {_hours("m.si_time", "b.si_time")} AS si_time_diff_hours,
-               {_hours("m.sofa_time", "b.sofa_time")} AS sofa_time_diff_hours,
-               {_hours("least(m.si_time, m.sofa_time)", "b.onset_time")} AS onset_diff_hours,
-               b.onset_time < b.intime AS sepsisrl_onset_before_intime
-        FROM m FULL OUTER JOIN b ON m.stay_id = b.stay_id"""
-    )
+    con.execute(render("mimic_derived_sepsis3"))
     both = "in_mimic_code AND in_sepsisrl"
     n_both = _count(both)
 
@@ -680,7 +557,7 @@ def compare_with_mimic_derived(
             files = []
             for ext, options in (("parquet", "FORMAT parquet"), ("csv", "FORMAT csv, HEADER")):
                 path = out_dir / f"{table}_disagreements.{ext}"
-                con.execute(f"COPY dis TO {_lit(path)} ({options})")
+                con.execute(f"COPY dis TO $path ({options})", {"path": str(path)})
                 files.append(str(path))
             report["tables"][table] = {
                 "status": "compared",

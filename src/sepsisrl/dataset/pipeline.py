@@ -1,4 +1,4 @@
-"""``sepsisrl build``: run the stages of ``contracts.md`` in order, each cached and atomic.
+"""``sepsisrl build``: run the stages of docs/contracts.md in order, each cached and atomic.
 
     ingest -> measurements -> sepsis -> cohort -> episodes -> splits -> actions -> features
            -> replay -> audit (leakage)
@@ -9,7 +9,7 @@ a fingerprint of the raw files), so changing a reward weight re-runs only ``repl
 compares them with the expected ranges for full MIMIC-IV.
 
 A raw table without data rows stops the build before the first stage, a core feature without
-a value in nearly every decision window after ``features`` (``build/coverage.py``), unless
+a value in nearly every decision window after ``features`` (``dataset/coverage.py``), unless
 ``source.allow_missing`` lists the table; the summary's ``warnings`` then say what is missing.
 """
 
@@ -56,7 +56,7 @@ class BuildSummary:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-#: ``source`` keys that decide only whether a build is refused (build/coverage.py): no
+#: ``source`` keys that decide only whether a build is refused (dataset/coverage.py): no
 #: stage's output depends on them, so they are left out of the cache keys.
 COVERAGE_KEYS = ("allow_missing", "core_features")
 
@@ -252,6 +252,21 @@ def build(
         summary.seconds = time.perf_counter() - started
         return summary
     summary.seconds = time.perf_counter() - started
+    summary.report = _summary_report(cfg, src, source_info, p, warnings, summary)
+    write_json(ws.root / "build_summary.json", summary.report)
+    return summary
+
+
+def _summary_report(
+    cfg: BuildConfig,
+    src: MimicSource,
+    source_info: dict[str, Any],
+    p: Callable[[str], Path],
+    warnings: list[dict[str, Any]],
+    summary: BuildSummary,
+) -> dict[str, Any]:
+    """``build_summary.json``: source, counts against the reference counts, conventions,
+    warnings and the stages' times (``p``: a stage's folder)."""
     cohort_audit = read_json(p("cohort") / "audit.json")
     episodes_audit = read_json(p("episodes") / "audit.json")
     counts = {
@@ -260,7 +275,7 @@ def build(
         "rl_episodes": episodes_audit["episodes"],
     }
     resolved = cfg.model_dump(mode="json")
-    summary.report = {
+    return {
         "created_by": f"sepsisrl {__version__}",
         "source": source_info,
         "counts": {
@@ -281,5 +296,3 @@ def build(
         },
         "seconds": round(summary.seconds, 2),
     }
-    write_json(ws.root / "build_summary.json", summary.report)
-    return summary

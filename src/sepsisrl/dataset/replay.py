@@ -1,6 +1,6 @@
-"""Rewards and replay stage: one replay dataset per reward variant (``contracts.md``).
+"""Rewards and replay stage: one replay dataset per reward variant (docs/contracts.md).
 
-Rewards (clinical_spec.md section 7), with SOFA(tau) = total SOFA of the last full hour ending
+Rewards (docs/clinical.md, "Rewards"), with SOFA(tau) = total SOFA of the last full hour ending
 at or before tau (only data charted before the decision time):
   sparse             terminal only: +15 alive / -15 dead 90 days after onset, on the last step
   sofa_shaped        + w_sofa * (SOFA(tau_{k+1}) - SOFA(tau_k)) on every step with a next state
@@ -33,6 +33,7 @@ from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect, fetch_arrow
 from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.dataset.splits import SPLITS
+from sepsisrl.dataset.sqlfiles import render
 from sepsisrl.dataset.state import model_input, model_input_range
 from sepsisrl.workspace import read_json, write_json
 
@@ -51,18 +52,7 @@ def sofa_at_decision_times(
     by its blood-pressure level (``sofa_cardiovascular_map``, dataset/sql/sofa.sql)."""
     con = connect(cfg)
     con.register("steps", steps.select(["stay_id", "step", "tau"]))
-    got = fetch_arrow(
-        con,
-        f"""SELECT s.stay_id, s.step, h.sofa,
-                   h.sofa - h.sofa_cardiovascular + h.sofa_cardiovascular_map AS sofa_state
-            FROM steps s
-            ASOF LEFT JOIN (
-                SELECT stay_id, endtime, sofa, sofa_cardiovascular, sofa_cardiovascular_map
-                FROM read_parquet('{sofa_path}')
-            ) h
-              ON s.stay_id = h.stay_id AND s.tau >= h.endtime
-            ORDER BY s.stay_id, s.step""",
-    )
+    got = fetch_arrow(con, render("sofa_at_decision_times"), {"sofa_hourly": str(sofa_path)})
     con.close()
     return tuple(  # type: ignore[return-value]
         np.nan_to_num(got[c].to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)

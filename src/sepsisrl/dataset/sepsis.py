@@ -12,7 +12,7 @@ from typing import Any
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect
 from sepsisrl.dataset.sofa import render_sofa
-from sepsisrl.dataset.sqlfiles import Raw, render
+from sepsisrl.dataset.sqlfiles import Raw, copy_to, parquet_view, render
 
 SOFA_COMPONENTS = ("respiration", "coagulation", "liver", "cardiovascular", "cns", "renal")
 
@@ -42,7 +42,7 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         ("urine", meas_dir),
         ("ventilation", meas_dir),
     ):
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder / name}.parquet')")
+        parquet_view(con, name, folder / f"{name}.parquet")
     s = cfg.sepsis
     si_sql = render(
         "suspicion_of_infection",
@@ -52,15 +52,19 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         order_key=Raw(CULTURE_ORDER[s.date_only_culture]),
     )
     con.execute(f"CREATE TABLE suspicion AS {si_sql}")
-    con.execute(
-        f"COPY (SELECT * FROM suspicion ORDER BY subject_id, si_time, abx_time, hadm_id, culture_time) TO '{out / 'suspicion.parquet'}' (FORMAT parquet)"
+    copy_to(
+        con,
+        "SELECT * FROM suspicion ORDER BY subject_id, si_time, abx_time, hadm_id, culture_time",
+        out / "suspicion.parquet",
     )
-    sofa_sql = render_sofa(cfg)  # conventions: cfg.sofa (build/sofa.py)
+    sofa_sql = render_sofa(cfg)  # conventions: cfg.sofa (dataset/sofa.py)
     total = " + ".join(f"sofa_{c}" for c in SOFA_COMPONENTS)
     con.execute(f"CREATE TABLE sofa_hourly AS SELECT *, {total} AS sofa FROM (\n{sofa_sql}\n)")
-    con.execute(
-        f"COPY (SELECT * FROM sofa_hourly ORDER BY stay_id, hr) TO '{out / 'sofa_hourly.parquet'}' "
-        "(FORMAT parquet, COMPRESSION zstd)"
+    copy_to(
+        con,
+        "SELECT * FROM sofa_hourly ORDER BY stay_id, hr",
+        out / "sofa_hourly.parquet",
+        "FORMAT parquet, COMPRESSION zstd",
     )
     onset_expr = Raw("least(si_time, sofa_time)" if s.onset == "min" else "si_time")
     onset_sql = render(
@@ -74,24 +78,9 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
         pre_icu_hours=s.onset_sofa_hours_before_intime,
     )
     con.execute(f"CREATE TABLE onset AS {onset_sql}")
-    con.execute(
-        f"COPY (SELECT * FROM onset ORDER BY stay_id) TO '{out / 'onset.parquet'}' (FORMAT parquet)"
-    )
+    copy_to(con, "SELECT * FROM onset ORDER BY stay_id", out / "onset.parquet")
     # stays the definition could not be evaluated on, with the reason
-    con.execute(
-        f"""COPY (
-              SELECT i.stay_id,
-                     CASE WHEN i.intime IS NULL OR i.outtime IS NULL THEN 'missing intime or outtime'
-                          WHEN i.outtime <= i.intime THEN 'outtime not after intime'
-                          WHEN NOT EXISTS (SELECT 1 FROM measurements m WHERE m.stay_id = i.stay_id)
-                              THEN 'no charted measurements'
-                     END AS reason
-              FROM icustays i
-              WHERE i.intime IS NULL OR i.outtime IS NULL OR i.outtime <= i.intime
-                 OR NOT EXISTS (SELECT 1 FROM measurements m WHERE m.stay_id = i.stay_id)
-              ORDER BY i.stay_id
-            ) TO '{out / "unusable.parquet"}' (FORMAT parquet)"""
-    )
+    copy_to(con, render("unusable_stays"), out / "unusable.parquet")
     n_stays = con.execute("SELECT count(*) FROM icustays").fetchone()[0]
     missing = con.execute(
         "SELECT "
@@ -116,7 +105,7 @@ def run_sepsis(ingest_dir: Path, meas_dir: Path, cfg: BuildConfig, out: Path) ->
             c: round(float(v or 0.0), 4) for c, v in zip(SOFA_COMPONENTS, missing, strict=True)
         },
         "unusable_stays": con.execute(
-            f"SELECT count(*) FROM read_parquet('{out / 'unusable.parquet'}')"
+            "SELECT count(*) FROM read_parquet($path)", {"path": str(out / "unusable.parquet")}
         ).fetchone()[0],
         "definition": {
             "suspicion": f"culture then antibiotic within {s.culture_before_antibiotic_hours} h, or "

@@ -156,6 +156,9 @@ def compute_states(
     cum_iv_fluid_ml_before, cum_vaso_dose_before; ``vaso_bin``, ``fluid_bin`` of the step's
     own action window for ``running_treatment``). With ``frozen`` the build's statistics are
     applied; otherwise they are fitted on the rows where ``train`` is true.
+
+    Steps, in order: measured window features, urine, cumulative treatment, age and weight,
+    P/F ratio, the variant's features, imputation (fit or frozen), shock index, z-scores.
     """
     if frozen is None and train is None:
         raise ValueError("compute_states needs either frozen statistics or a train mask")
@@ -166,30 +169,8 @@ def compute_states(
     stay = steps["stay_id"].to_numpy()
     step = steps["step"].to_numpy().astype(np.int64)
     tau = steps["tau"].cast(pa.int64()).to_numpy()  # microseconds
-    n = len(stay)
-    stays, first_row = np.unique(stay, return_index=True)
-    first = np.zeros(n, dtype=bool)
-    first[first_row] = True
-
-    def rows_of(stay_ids: np.ndarray, step_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(stays) == 0:
-            return np.zeros(len(stay_ids), dtype=np.int64), np.zeros(len(stay_ids), dtype=bool)
-        pos = np.searchsorted(stays, stay_ids)
-        ok = (pos < len(stays)) & (stays[np.minimum(pos, len(stays) - 1)] == stay_ids)
-        row = first_row[np.minimum(pos, len(stays) - 1)] + step_ids
-        n_steps = np.diff(np.append(first_row, n))[np.minimum(pos, len(stays) - 1)]
-        ok &= (step_ids >= 0) & (step_ids < n_steps)
-        return row, ok
-
-    w_stay = windows["stay_id"].to_numpy()
-    w_concept = windows["concept"].to_numpy(zero_copy_only=False)
-    w_step = windows["step"].to_numpy().astype(np.int64)
-    w_time = windows["last_time"].cast(pa.int64()).to_numpy()
-    agg_cols = {
-        "last": windows["last_value"].to_numpy(zero_copy_only=False).astype(np.float64),
-        "min": windows["min_value"].to_numpy(zero_copy_only=False).astype(np.float64),
-        "max": windows["max_value"].to_numpy(zero_copy_only=False).astype(np.float64),
-    }
+    rows = _Rows(stay)
+    n, first = rows.n, rows.first
     state_specs = cfg.state_features
     names = [f.name for f in state_specs]
     specs: dict[str, FeatureSpec] = {
@@ -203,117 +184,31 @@ def compute_states(
         lo, hi = specs[name].clip
         return np.clip(x, lo, hi)
 
-    def window_value(
-        concept: str, agg: str
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        sel = w_concept == concept
-        win = np.full(n, np.nan)
-        win_t = np.full(n, NAT, dtype=np.int64)
-        carry = np.full(n, np.nan)
-        carry_t = np.full(n, NAT, dtype=np.int64)
-        in_window = sel & (w_step >= 0)
-        row, ok = rows_of(w_stay[in_window], w_step[in_window])
-        win[row[ok]] = agg_cols[agg][in_window][ok]
-        win_t[row[ok]] = w_time[in_window][ok]
-        pre = sel & (w_step < 0)
-        row, ok = rows_of(w_stay[pre], np.zeros(int(pre.sum()), dtype=np.int64))
-        carry[row[ok]] = agg_cols["last"][pre][ok]
-        carry_t[row[ok]] = w_time[pre][ok]
-        return win, win_t, carry, carry_t
-
-    for f in (f for f in cfg.features if f.agg in ("last", "min", "max")):
-        win, win_t, carry, carry_t = window_value(f.name, f.agg)
-        observed[f.name] = ~np.isnan(win)
-        filled, filled_t = forward_fill(
-            clip(f.name, win), win_t, first, clip(f.name, carry), carry_t
-        )
-        values[f.name] = filled
-        source_time = np.maximum(source_time, filled_t)
-
-    # urine output: sum over the window; no forward fill (a 4 h total), imputed 0
-    u_row, u_ok = rows_of(urine["stay_id"].to_numpy(), urine["step"].to_numpy().astype(np.int64))
-    u_val = np.full(n, np.nan)
-    u_val[u_row[u_ok]] = urine["total"].to_numpy()[u_ok]
-    u_t = np.full(n, NAT, dtype=np.int64)
-    u_t[u_row[u_ok]] = urine["last_time"].cast(pa.int64()).to_numpy()[u_ok]
-    source_time = np.maximum(source_time, u_t)
-    observed["urine_output_4h"] = ~np.isnan(u_val)
-    values["urine_output_4h"] = clip("urine_output_4h", u_val)
-
-    # cumulative treatment before tau (from the action windows of earlier steps)
-    a_row, a_ok = rows_of(
-        cumulative["stay_id"].to_numpy(), cumulative["step"].to_numpy().astype(np.int64)
-    )
-    for name, col in (
-        ("cum_iv_fluid_ml", "cum_iv_fluid_ml_before"),
-        ("cum_vasopressor_dose_nor_equiv", "cum_vaso_dose_before"),
+    win = _Windows(windows, rows)
+    for v, o, t in (
+        _measured_features(win, cfg, clip, first),
+        _urine_feature(urine, rows, clip),
     ):
-        v = np.zeros(n)
-        v[a_row[a_ok]] = cumulative[col].to_numpy()[a_ok]
-        values[name] = clip(name, v)
-
-    # age (known at admission) and weight (from the time it was first charted)
-    age_tab, weight_tab = static["age"], static["weights"]
-    age = _lookup(age_tab, "stay_id", "age", stay)
-    onset = _lookup(age_tab, "stay_id", "onset_time", stay, as_int=True)
-    charted = _lookup(weight_tab, "stay_id", "charted_kg", stay)
-    charted_t = _lookup(weight_tab, "stay_id", "charted_time", stay, as_int=True)
-    infused = _lookup(weight_tab, "stay_id", "infusion_kg", stay)
-    infused_t = _lookup(weight_tab, "stay_id", "infusion_time", stay, as_int=True)
-    use_charted = ~np.isnan(charted) & (charted_t != NAT) & (charted_t < tau)
-    use_infused = ~use_charted & ~np.isnan(infused) & (infused_t != NAT) & (infused_t < tau)
-    weight = np.where(use_charted, charted, np.where(use_infused, infused, np.nan))
-    weight_t = np.where(use_charted, charted_t, np.where(use_infused, infused_t, NAT))
-    source_time = np.maximum(source_time, weight_t)
-    for name, v in (("age_years", age), ("weight_kg", weight)):
-        lo, hi = specs[name].valid or (-np.inf, np.inf)
-        v = np.where((v >= lo) & (v <= hi), v, np.nan)
-        observed[name] = ~np.isnan(v)
-        values[name] = clip(name, v)
-
-    # derived
-    pao2_w, _, _, _ = window_value("pao2", "last")
-    fio2_w, _, _, _ = window_value("fio2_vent", "last")
-    pf = pao2_w / fio2_w
-    lo, hi = specs["pf_ratio"].valid
-    pf = np.where((pf >= lo) & (pf <= hi), pf, np.nan)
-    observed["pf_ratio"] = ~np.isnan(pf)
-    pf, _ = forward_fill(
-        clip("pf_ratio", pf),
-        np.zeros(n, dtype=np.int64),
-        first,
-        np.full(n, np.nan),
-        np.zeros(n, dtype=np.int64),
-    )
-    values["pf_ratio"] = pf
+        values.update(v)
+        observed.update(o)
+        source_time = np.maximum(source_time, t)
+    values.update(_cumulative_features(cumulative, rows, clip))
+    onset = _lookup(static["age"], "stay_id", "onset_time", stay, as_int=True)
+    v, o, t = _age_and_weight(static, stay, tau, specs, clip)
+    values.update(v)
+    observed.update(o)
+    source_time = np.maximum(source_time, t)
+    values["pf_ratio"], observed["pf_ratio"] = _pf_ratio(win, specs, clip, first)
     if "hours_since_onset" in names:
         values["hours_since_onset"] = clip("hours_since_onset", (tau - onset) / 3.6e9)
     if cfg.state.variant == "running_treatment":
-        running, running_t = _running_treatment(con, steps, static, cumulative, cfg, rows_of)
+        running, running_t = _running_treatment(con, steps, static, cumulative, cfg, rows)
         for name, v in running.items():
             values[name] = clip(name, v)
         source_time = np.maximum(source_time, running_t)
 
-    if frozen is None:
-        prep = StatePreprocessor(names, {f.name: f.clip for f in state_specs}, cfg.state_log1p)
-        # at observed rows the (forward-filled) value is the window's own observation
-        train_observed: dict[str, np.ndarray] = {}
-        for f in state_specs:
-            if f.impute in ("ff", "med") and f.name in observed:
-                rows = train & observed[f.name]
-                if f.impute == "med":  # static: one value per train stay, when first known
-                    rows = rows & _first_true_per_stay(stay, observed[f.name])
-                train_observed[f.name] = values[f.name][rows]
-        prep.fit_medians(train_observed, cfg.normal_values)
-    else:
-        prep = frozen
-    for f in state_specs:
-        if f.impute in ("ff", "med"):
-            v = values.get(f.name)
-            if v is not None:
-                values[f.name] = np.where(np.isnan(v), prep.median[f.name], v)
-        elif f.impute == "zero" and f.name in values:
-            values[f.name] = np.nan_to_num(values[f.name], nan=0.0)
+    prep = frozen if frozen is not None else _fit_medians(stay, values, observed, train, cfg)
+    _impute(values, prep, state_specs)
     # shock index from the completed heart rate and systolic pressure
     si = values["heart_rate"] / np.maximum(values["sbp"], 1e-6)
     lo, hi = specs["shock_index"].valid
@@ -330,6 +225,202 @@ def compute_states(
     if frozen is None:
         prep.fit_scaler(np.column_stack([values[nm] for nm in names])[train])
     return States(stay, step, values, observed, source_time, prep, names)
+
+
+class _Rows:
+    """Positions of (stay, step) pairs among the rows of ``steps`` (sorted by stay and step)."""
+
+    def __init__(self, stay: np.ndarray) -> None:
+        self.n = len(stay)
+        self.stays, self.first_row = np.unique(stay, return_index=True)
+        self.first = np.zeros(self.n, dtype=bool)  # each episode's first row
+        self.first[self.first_row] = True
+
+    def __call__(self, stay_ids: np.ndarray, step_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, ok): the row of each pair, and whether that stay and step exist."""
+        stays, first_row, n = self.stays, self.first_row, self.n
+        if len(stays) == 0:
+            return np.zeros(len(stay_ids), dtype=np.int64), np.zeros(len(stay_ids), dtype=bool)
+        pos = np.searchsorted(stays, stay_ids)
+        ok = (pos < len(stays)) & (stays[np.minimum(pos, len(stays) - 1)] == stay_ids)
+        row = first_row[np.minimum(pos, len(stays) - 1)] + step_ids
+        n_steps = np.diff(np.append(first_row, n))[np.minimum(pos, len(stays) - 1)]
+        ok &= (step_ids >= 0) & (step_ids < n_steps)
+        return row, ok
+
+
+class _Windows:
+    """The per-window aggregates of ``feature_windows.sql`` (one row per stay, step and
+    concept; step < 0: the last value before the episode's first window)."""
+
+    def __init__(self, windows: pa.Table, rows: _Rows) -> None:
+        self.rows = rows
+        self.stay = windows["stay_id"].to_numpy()
+        self.concept = windows["concept"].to_numpy(zero_copy_only=False)
+        self.step = windows["step"].to_numpy().astype(np.int64)
+        self.time = windows["last_time"].cast(pa.int64()).to_numpy()
+        self.agg = {
+            "last": windows["last_value"].to_numpy(zero_copy_only=False).astype(np.float64),
+            "min": windows["min_value"].to_numpy(zero_copy_only=False).astype(np.float64),
+            "max": windows["max_value"].to_numpy(zero_copy_only=False).astype(np.float64),
+        }
+
+    def value(
+        self, concept: str, agg: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: the window's ``agg`` of ``concept`` and its time, and the carry-in (the
+        last value before the episode) and its time; NaN / NAT where none."""
+        n, rows = self.rows.n, self.rows
+        sel = self.concept == concept
+        win = np.full(n, np.nan)
+        win_t = np.full(n, NAT, dtype=np.int64)
+        carry = np.full(n, np.nan)
+        carry_t = np.full(n, NAT, dtype=np.int64)
+        in_window = sel & (self.step >= 0)
+        row, ok = rows(self.stay[in_window], self.step[in_window])
+        win[row[ok]] = self.agg[agg][in_window][ok]
+        win_t[row[ok]] = self.time[in_window][ok]
+        pre = sel & (self.step < 0)
+        row, ok = rows(self.stay[pre], np.zeros(int(pre.sum()), dtype=np.int64))
+        carry[row[ok]] = self.agg["last"][pre][ok]
+        carry_t[row[ok]] = self.time[pre][ok]
+        return win, win_t, carry, carry_t
+
+
+_Part = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
+
+
+def _measured_features(win: _Windows, cfg: BuildConfig, clip: Any, first: np.ndarray) -> _Part:
+    """Features aggregated over the window (last / min / max): clipped, forward-filled from
+    earlier windows of the stay, else the carry-in; (values, observed, latest source time)."""
+    values: dict[str, np.ndarray] = {}
+    observed: dict[str, np.ndarray] = {}
+    source_time = np.full(win.rows.n, NAT, dtype=np.int64)
+    for f in (f for f in cfg.features if f.agg in ("last", "min", "max")):
+        w, w_t, carry, carry_t = win.value(f.name, f.agg)
+        observed[f.name] = ~np.isnan(w)
+        filled, filled_t = forward_fill(clip(f.name, w), w_t, first, clip(f.name, carry), carry_t)
+        values[f.name] = filled
+        source_time = np.maximum(source_time, filled_t)
+    return values, observed, source_time
+
+
+def _urine_feature(urine: pa.Table, rows: _Rows, clip: Any) -> _Part:
+    """Urine output: the window's sum (no forward fill: a 4 h total; imputed 0 later)."""
+    n = rows.n
+    u_row, u_ok = rows(urine["stay_id"].to_numpy(), urine["step"].to_numpy().astype(np.int64))
+    u_val = np.full(n, np.nan)
+    u_val[u_row[u_ok]] = urine["total"].to_numpy()[u_ok]
+    u_t = np.full(n, NAT, dtype=np.int64)
+    u_t[u_row[u_ok]] = urine["last_time"].cast(pa.int64()).to_numpy()[u_ok]
+    name = "urine_output_4h"
+    return {name: clip(name, u_val)}, {name: ~np.isnan(u_val)}, u_t
+
+
+def _cumulative_features(cumulative: pa.Table, rows: _Rows, clip: Any) -> dict[str, np.ndarray]:
+    """Cumulative IV fluid and vasopressor dose before tau (action windows of earlier steps)."""
+    a_row, a_ok = rows(
+        cumulative["stay_id"].to_numpy(), cumulative["step"].to_numpy().astype(np.int64)
+    )
+    values = {}
+    for name, col in (
+        ("cum_iv_fluid_ml", "cum_iv_fluid_ml_before"),
+        ("cum_vasopressor_dose_nor_equiv", "cum_vaso_dose_before"),
+    ):
+        v = np.zeros(rows.n)
+        v[a_row[a_ok]] = cumulative[col].to_numpy()[a_ok]
+        values[name] = clip(name, v)
+    return values
+
+
+def _age_and_weight(
+    static: dict[str, pa.Table],
+    stay: np.ndarray,
+    tau: np.ndarray,
+    specs: dict[str, FeatureSpec],
+    clip: Any,
+) -> _Part:
+    """Age (known at admission) and weight: the charted weight from the time it was charted,
+    before that the weight recorded with an infusion (once recorded); outside the valid
+    range a value is missing."""
+    age_tab, weight_tab = static["age"], static["weights"]
+    age = _lookup(age_tab, "stay_id", "age", stay)
+    charted = _lookup(weight_tab, "stay_id", "charted_kg", stay)
+    charted_t = _lookup(weight_tab, "stay_id", "charted_time", stay, as_int=True)
+    infused = _lookup(weight_tab, "stay_id", "infusion_kg", stay)
+    infused_t = _lookup(weight_tab, "stay_id", "infusion_time", stay, as_int=True)
+    use_charted = ~np.isnan(charted) & (charted_t != NAT) & (charted_t < tau)
+    use_infused = ~use_charted & ~np.isnan(infused) & (infused_t != NAT) & (infused_t < tau)
+    weight = np.where(use_charted, charted, np.where(use_infused, infused, np.nan))
+    weight_t = np.where(use_charted, charted_t, np.where(use_infused, infused_t, NAT))
+    values: dict[str, np.ndarray] = {}
+    observed: dict[str, np.ndarray] = {}
+    for name, v in (("age_years", age), ("weight_kg", weight)):
+        lo, hi = specs[name].valid or (-np.inf, np.inf)
+        v = np.where((v >= lo) & (v <= hi), v, np.nan)
+        observed[name] = ~np.isnan(v)
+        values[name] = clip(name, v)
+    return values, observed, weight_t
+
+
+def _pf_ratio(
+    win: _Windows, specs: dict[str, FeatureSpec], clip: Any, first: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(value, observed) of the P/F ratio: the window's last PaO2 over its last ventilator
+    FiO2, inside the valid range, forward-filled within the episode (no carry-in)."""
+    n = win.rows.n
+    pao2_w, _, _, _ = win.value("pao2", "last")
+    fio2_w, _, _, _ = win.value("fio2_vent", "last")
+    pf = pao2_w / fio2_w
+    lo, hi = specs["pf_ratio"].valid
+    pf = np.where((pf >= lo) & (pf <= hi), pf, np.nan)
+    observed = ~np.isnan(pf)
+    pf, _ = forward_fill(
+        clip("pf_ratio", pf),
+        np.zeros(n, dtype=np.int64),
+        first,
+        np.full(n, np.nan),
+        np.zeros(n, dtype=np.int64),
+    )
+    return pf, observed
+
+
+def _fit_medians(
+    stay: np.ndarray,
+    values: dict[str, np.ndarray],
+    observed: dict[str, np.ndarray],
+    train: np.ndarray | None,
+    cfg: BuildConfig,
+) -> StatePreprocessor:
+    """A preprocessor with the imputation medians of the observed train values (a static
+    feature: one value per train stay, when first known)."""
+    state_specs = cfg.state_features
+    prep = StatePreprocessor(
+        [f.name for f in state_specs], {f.name: f.clip for f in state_specs}, cfg.state_log1p
+    )
+    # at observed rows the (forward-filled) value is the window's own observation
+    train_observed: dict[str, np.ndarray] = {}
+    for f in state_specs:
+        if f.impute in ("ff", "med") and f.name in observed:
+            rows = train & observed[f.name]
+            if f.impute == "med":  # static: one value per train stay, when first known
+                rows = rows & _first_true_per_stay(stay, observed[f.name])
+            train_observed[f.name] = values[f.name][rows]
+    prep.fit_medians(train_observed, cfg.normal_values)
+    return prep
+
+
+def _impute(
+    values: dict[str, np.ndarray], prep: StatePreprocessor, state_specs: list[FeatureSpec]
+) -> None:
+    """Fill missing values in place: the median (``ff``, ``med``) or zero (``zero``)."""
+    for f in state_specs:
+        if f.impute in ("ff", "med"):
+            v = values.get(f.name)
+            if v is not None:
+                values[f.name] = np.where(np.isnan(v), prep.median[f.name], v)
+        elif f.impute == "zero" and f.name in values:
+            values[f.name] = np.nan_to_num(values[f.name], nan=0.0)
 
 
 def _running_treatment(

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import duckdb
 
+from sepsisrl.dataset.sqlfiles import copy_to, identifier, quote_path
+
 ZSTD = "FORMAT parquet, COMPRESSION zstd"
 PLAIN = "FORMAT parquet"
 
@@ -28,10 +30,10 @@ class ParquetFolder:
         return self.folder / f"{name}.parquet"
 
     def write(self, con: duckdb.DuckDBPyConnection, name: str, query: str, options: str) -> None:
-        con.execute(f"COPY ({query}) TO '{self.path(name)}' ({options})")
+        copy_to(con, query, self.path(name), options)
 
     def relation(self, name: str) -> str:
-        return f"read_parquet('{self.path(name)}')"
+        return f"read_parquet({quote_path(self.path(name))})"
 
 
 class MemoryTables:
@@ -44,7 +46,7 @@ class MemoryTables:
         self.prefix = prefix
 
     def write(self, con: duckdb.DuckDBPyConnection, name: str, query: str, options: str) -> None:
-        con.execute(f"CREATE OR REPLACE TABLE {self.prefix}_{name} AS {query}")
+        con.execute(f"CREATE OR REPLACE TABLE {identifier(self.relation(name))} AS {query}")
 
     def relation(self, name: str) -> str:
         return f"{self.prefix}_{name}"

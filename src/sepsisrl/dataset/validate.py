@@ -11,33 +11,23 @@ from typing import Any
 
 import duckdb
 
+from sepsisrl.dataset.sqlfiles import execute
+
 
 def validate_sepsis(
     workspace: str | Path, truth_dir: str | Path, window_hours: float = 6.0
 ) -> dict[str, Any]:
     ws, truth = Path(workspace), Path(truth_dir)
     con = duckdb.connect()
-    row = con.execute(
-        f"""
-        WITH t AS (
-            SELECT stay_id, sepsis3_in_icu_window AS truth, sepsis_onset_time AS truth_onset
-            FROM read_parquet('{truth / "stays.parquet"}')
-        ), p AS (
-            SELECT i.stay_id, o.onset_time,
-                   coalesce(o.onset_time >= i.intime - INTERVAL {window_hours} HOUR
-                            AND o.onset_time <= i.outtime, false) AS predicted
-            FROM read_parquet('{ws / "ingest" / "icustays.parquet"}') i
-            LEFT JOIN read_parquet('{ws / "sepsis" / "onset.parquet"}') o USING (stay_id)
-        )
-        SELECT
-            count(*) FILTER (WHERE truth AND predicted),
-            count(*) FILTER (WHERE truth AND NOT predicted),
-            count(*) FILTER (WHERE NOT truth AND predicted),
-            count(*) FILTER (WHERE NOT truth AND NOT predicted),
-            median(abs(epoch(onset_time - truth_onset)) / 3600.0) FILTER (WHERE truth AND predicted),
-            quantile_cont(abs(epoch(onset_time - truth_onset)) / 3600.0, 0.9) FILTER (WHERE truth AND predicted)
-        FROM t JOIN p USING (stay_id)
-        """
+    row = execute(
+        con,
+        "validate_sepsis",
+        bind={
+            "truth_stays": truth / "stays.parquet",
+            "icustays": ws / "ingest" / "icustays.parquet",
+            "onset": ws / "sepsis" / "onset.parquet",
+        },
+        window_hours=window_hours,
     ).fetchone()
     con.close()
     tp, fn, fp, tn, median_err, p90_err = row

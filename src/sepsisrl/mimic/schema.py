@@ -140,6 +140,3 @@ TABLES: dict[str, TableSchema] = {
         ),
     ]
 }
-
-#: Tables the pipeline needs, in the order they are written and checked.
-REQUIRED_TABLES: tuple[str, ...] = tuple(TABLES)

@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sepsisrl.dataset.sqlfiles import quote_path
 from sepsisrl.mimic.schema import TABLES
 
 #: Columns the pipeline reads, per table (other columns may be absent or extra).
@@ -74,15 +75,15 @@ class SourceTable:
 
     def relation(self) -> str:
         """A DuckDB table expression reading this file with stable column types."""
-        path = str(self.path).replace("'", "''")
+        path = quote_path(self.path)
         if self.fmt == "parquet":
-            return f"read_parquet('{path}')"
+            return f"read_parquet({path})"
         logical = dict(TABLES[self.name].columns)
         cols = ", ".join(
             f"'{c}': '{_DUCK_TYPES.get(logical.get(c, 'str'), 'VARCHAR')}'" for c in self.columns
         )
         return (
-            f"read_csv('{path}', header=true, delim=',', quote='\"', escape='\"', "
+            f"read_csv({path}, header=true, delim=',', quote='\"', escape='\"', "
             f"columns={{{cols}}}, nullstr='', auto_detect=false)"
         )
 
@@ -251,7 +252,7 @@ def _csv_header(path: Path) -> list[str]:
 
 def _parquet_columns(path: Path) -> list[str]:
     con = duckdb.connect()
-    rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+    rows = con.execute("DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(path)}).fetchall()
     return [r[0].lower() for r in rows]
 
 

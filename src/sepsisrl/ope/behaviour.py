@@ -2,7 +2,7 @@
 
 Two candidates are fitted on the train split by minibatch Adam with early stopping on the
 validation log-loss: multinomial logistic regression and a small MLP. The one with the lower
-validation log-loss is kept (evaluation.md). Probabilities get a floor (default 1e-3, then
+validation log-loss is kept (docs/evaluation.md). Probabilities get a floor (default 1e-3, then
 renormalised) so importance ratios stay finite. Reported on validation: accuracy, log-loss and
 the expected calibration error (top-label confidence, 15 equal-width bins).
 
@@ -24,19 +24,23 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from sepsisrl.config import yaml_defaults
 from sepsisrl.rl.networks import MLP
 
 
 @dataclass(frozen=True)
+@yaml_defaults("evaluate", "behaviour")
 class BehaviourConfig:
-    floor: float = 1e-3
-    mlp_hidden: tuple[int, ...] = (128, 128)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    max_epochs: int = 40
-    patience: int = 3
-    seed: int = 0
+    """Behaviour-model settings; defaults: ``configs/evaluate.yaml`` (``behaviour``)."""
+
+    floor: float
+    mlp_hidden: tuple[int, ...]
+    lr: float
+    weight_decay: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    seed: int
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -1,11 +1,11 @@
-"""Evaluate any policy on a replay dataset (evaluation.md): the same code for every policy.
+"""Evaluate any policy on a replay dataset (docs/evaluation.md): the same code for every policy.
 
 Policies: a training run folder, an exported model repository (``--bundle``), or a named
 policy (``clinician``, ``no_treatment``, ``random``, ``constant:K``, ``rule:NAME``). The evaluated
 split is validation, or test with ``final=True`` (recorded in the run folder). Nothing is fitted
 on the evaluated split:
 
-  behaviour model   fit on train, chosen by validation log-loss (evaluation.md)
+  behaviour model   fit on train, chosen by validation log-loss (docs/evaluation.md)
   FQE               finite-horizon, clipped, a bootstrap ensemble fit on train patient
                     resamples; each member stops on its out-of-bag train patients (ope.fqe)
 
@@ -26,8 +26,12 @@ Its estimate and CI are projected onto the attainable return range, like the FQE
 (``wdr.raw`` keeps the unprojected values, ``wdr.clipped_to_attainable_range`` says if they
 differed).
 
-Output folder: metrics.json, behaviour/ (the fitted behaviour model), figures/*.png (5x5 action
-heatmaps), cases.csv (per-decision review table).
+The estimators are objects registered in ``ope.estimators`` (fitted in order, each with its
+gate); ``evaluate`` composes them. Action bins (agreement, safety rules, heatmaps) follow the
+replay's action grid (``ReplayMeta.action_grid``, from its ``action_labels``).
+
+Output folder: metrics.json, behaviour/ (the fitted behaviour model), figures/*.png (action
+heatmaps, vasopressor x fluid bins), cases.csv (per-decision review table).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import csv
 import datetime as dt
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +48,22 @@ import numpy as np
 import torch
 
 from sepsisrl import __version__
+from sepsisrl.config import yaml_defaults
 from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
-from sepsisrl.ope.fqe import FQE, FQEConfig, return_bounds
-from sepsisrl.ope.importance import (
-    EpisodeIndex,
-    cumulative_weights,
-    discounted_returns,
-    ensemble_mean_ci,
-    ess,
-    per_decision_ess,
-    per_decision_wis,
-    soften,
-    step_matrix,
-    step_ratios,
-    trajectory_weights,
-    wdr_with_ci,
-    wis_with_ci,
+from sepsisrl.ope.estimators import (
+    Estimator,
+    EvalData,
+    estimator_classes,
+    finite,
+    fit_estimators,
+    gate_reasons,
+    gated,
 )
-from sepsisrl.ope.safety import REQUIRED_FEATURES, bins, safety_flags, subgroups
-from sepsisrl.rl.data import ReplayMeta, Transitions, load_meta, load_split
+from sepsisrl.ope.fqe import FQEConfig
+from sepsisrl.ope.safety import REQUIRED_FEATURES, safety_flags, subgroups
+from sepsisrl.rl.actions import ActionGrid
+from sepsisrl.rl.data import ReplayMeta, load_meta, load_split
 from sepsisrl.rl.policies import (
     ClinicianPolicy,
     NoTreatmentPolicy,
@@ -72,7 +72,6 @@ from sepsisrl.rl.policies import (
     _Deterministic,
 )
 
-NAMED_POLICIES = ("clinician", "no_treatment", "random")
 EVAL_REWARD = "reward_eval"
 
 
@@ -81,32 +80,37 @@ class EvaluationError(ValueError):
 
 
 @dataclass(frozen=True)
+@yaml_defaults("evaluate", "gates")
 class GateConfig:
-    """Overlap and fit gates: an estimate that fails them is not evaluable (written as null)."""
+    """Overlap and fit gates: an estimate that fails them is not evaluable (written as null).
+    Defaults and their meaning: ``configs/evaluate.yaml`` (``gates``)."""
 
-    support_min: float = 0.95  # model gate: support mass of the evaluated policy
-    fqe_out_of_range_max: float = 0.05  # model gate: share of raw FQE state values (every
-    #   state of the split, every fit) out of range; and no fit's unclipped estimate may be
-    fqe_range_margin: float = 0.05  # ... by more than this share of the range's width
-    is_ess_min: float = 10.0  # IS gate: trajectory ESS (unsoftened unless configured)
-    is_nonzero_min: float = 0.05  # IS gate: share of episodes with non-zero weight
+    support_min: float
+    fqe_out_of_range_max: float
+    fqe_range_margin: float
+    is_ess_min: float
+    is_nonzero_min: float
 
 
-HEADLINE_ESTIMATORS = ("fqe", "wdr", "wis")
+#: The estimators that may be the headline (``EvalConfig.headline``): every registered one.
+HEADLINE_ESTIMATORS = tuple(estimator_classes())
 
 
 @dataclass(frozen=True)
+@yaml_defaults("evaluate")
 class EvalConfig:
-    bootstrap_resamples: int = 2000
-    bootstrap_seed: int = 0
-    support_eps: float = 0.01
-    softening_eps: float = 0.0
-    ratio_clip: float | None = None
-    seed: int = 0
-    headline: str = "fqe"  # the estimator the OPE panel validates best (bench/ope_panel.py)
-    gates: GateConfig = field(default_factory=GateConfig)
-    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
-    fqe: FQEConfig = field(default_factory=FQEConfig)
+    """Evaluation settings; defaults and their meaning: ``configs/evaluate.yaml``."""
+
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    support_eps: float
+    softening_eps: float
+    ratio_clip: float | None
+    seed: int
+    headline: str
+    gates: GateConfig
+    behaviour: BehaviourConfig
+    fqe: FQEConfig
 
     def __post_init__(self) -> None:
         if self.headline not in HEADLINE_ESTIMATORS:
@@ -154,11 +158,12 @@ class BundlePolicy(TrainedPolicy):
         )
         self.net.load_state_dict(tensors)
         self.net.eval()
-        self.behaviour = None
         self.device = "cpu"
 
     def logits(self, states: np.ndarray) -> np.ndarray:
-        return super().logits(np.asarray(states)[:, self.order])
+        x = np.asarray(np.asarray(states)[:, self.order], dtype=np.float32)
+        with torch.no_grad():
+            return self.net(torch.as_tensor(x, device=self.device)).cpu().numpy()
 
 
 class ConstantPolicy(_Deterministic):
@@ -265,19 +270,6 @@ def _feature_difference(trained: list[str], given: list[str]) -> str:
     return "; ".join(parts)
 
 
-def _fqe_data(data: Transitions, rows: np.ndarray, pi_all: np.ndarray) -> dict[str, torch.Tensor]:
-    idx = torch.from_numpy(np.flatnonzero(rows))
-    nxt = data.next_index[idx]
-    return {
-        "s": data.states[idx],
-        "a": data.actions[idx],
-        "r": data.rewards[idx],
-        "s_next": data.states[nxt],
-        "done": data.dones[idx],
-        "pi_next": torch.from_numpy(pi_all[nxt.numpy()].astype(np.float32)),
-    }
-
-
 def raw_states(meta: ReplayMeta, states: np.ndarray) -> dict[str, np.ndarray] | None:
     """Un-normalised feature values (for safety rules and subgroups), if the build's
     preprocessing statistics are available next to the replay."""
@@ -294,17 +286,14 @@ def raw_states(meta: ReplayMeta, states: np.ndarray) -> dict[str, np.ndarray] | 
     return out if all(k in out for k in REQUIRED_FEATURES) else None
 
 
-def _heatmaps(clin: np.ndarray, pol: np.ndarray, folder: Path) -> dict[str, str]:
+def _heatmaps(clin: np.ndarray, pol: np.ndarray, grid: ActionGrid, folder: Path) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def grid(actions: np.ndarray) -> np.ndarray:
-        return np.bincount(actions, minlength=25).reshape(5, 5) / max(len(actions), 1)
-
     folder.mkdir(parents=True, exist_ok=True)
-    grids = {"clinician": grid(clin), "policy": grid(pol)}
+    grids = {"clinician": grid.shares(clin), "policy": grid.shares(pol)}
     grids["difference"] = grids["policy"] - grids["clinician"]
     files = {}
     for name, g in grids.items():
@@ -337,6 +326,19 @@ def _heatmaps(clin: np.ndarray, pol: np.ndarray, folder: Path) -> dict[str, str]
 
 
 # ---------------------------------------------------------------------------- evaluation
+class _Clock:
+    """Seconds per phase of an evaluation (``timings_seconds``); a repeated name adds up."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def evaluate(
     policy: str | Path,
     replay_dir: str | Path,
@@ -352,26 +354,24 @@ def evaluate(
     model repository, ``"named"`` a SPEC of the shared grammar (``clinician``, ``constant:K``,
     ...), ``"object"`` a Python object with ``name``, ``act(states)`` and
     ``action_probabilities(states)`` (the ``rl.policies.Policy`` protocol).
+
+    The phases: load the splits and the policy; fit (or reuse) the behaviour model on train;
+    fit every registered estimator (``ope.estimators``) and apply the overlap gates; compare
+    the policy's greedy actions with the clinicians' (agreement, support, safety, subgroups);
+    write figures, ``cases.csv`` and ``metrics.json``.
     """
     cfg = cfg or EvalConfig()
-    timings: dict[str, float] = {}
-    clock = [time.perf_counter()]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        timings[name] = round(now - clock[0], 3)
-        clock[0] = now
-
+    clock = _Clock()
     replay_dir, out = Path(replay_dir), Path(out_dir)
     meta = load_meta(replay_dir)
     split = "test" if final else "validation"
     train = load_split(replay_dir, "train", EVAL_REWARD, meta)
     val = load_split(replay_dir, "validation", EVAL_REWARD, meta)
-    data = load_split(replay_dir, "test", EVAL_REWARD, meta) if final else val
+    split_data = load_split(replay_dir, "test", EVAL_REWARD, meta) if final else val
     # a run or bundle is loaded (and its weights checked for NaN/inf) before anything is written
     pol = make_policy(policy, kind, meta, None) if kind in ("run", "bundle", "object") else None
     out.mkdir(parents=True, exist_ok=True)
-    lap("load")
+    clock.lap("load")
 
     # behaviour policy: fit on train, chosen on validation (or reused if already fitted)
     if (
@@ -383,164 +383,107 @@ def evaluate(
             meta.n_actions, cfg.behaviour, train.fingerprint,
         )  # fmt: skip
     behaviour.save(out / "behaviour")
-    lap("behaviour_model")
+    clock.lap("behaviour_model")
     if pol is None:
         pol = make_policy(policy, kind, meta, behaviour)
 
-    states = data.states.numpy()
-    actions = data.actions.numpy()
-    rewards = data.rewards.numpy()
-    b_all = behaviour.probabilities(states)
-    pi_all = pol.action_probabilities(states)
-    greedy = pol.act(states) if kind != "named" or policy != "clinician" else actions.copy()
-    idx = EpisodeIndex.from_rows(data.stay_id, data.step)
-    rows = np.arange(len(actions))
-    pi_eval = soften(pi_all, cfg.softening_eps)
-    rho = step_ratios(pi_eval[rows, actions], b_all[rows, actions], cfg.ratio_clip)
-    w = trajectory_weights(rho, idx)
-    w_et = cumulative_weights(rho, idx)
-    g = discounted_returns(rewards, idx, meta.gamma)
-    wis_ci = wis_with_ci(w, g, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    pdwis = per_decision_wis(rho, rewards, idx, meta.gamma)
-    softened = {}
-    for eps in (0.05, 0.1, 0.2):  # secondary estimates; the headline uses cfg.softening_eps
-        rho_e = step_ratios(
-            soften(pi_all, eps)[rows, actions], b_all[rows, actions], cfg.ratio_clip
-        )
-        w_e = trajectory_weights(rho_e, idx)
-        ci_e = wis_with_ci(w_e, g, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-        softened[str(eps)] = {"wis": _finite(ci_e.estimate), "ci_low": _finite(ci_e.low),
-                              "ci_high": _finite(ci_e.high), "ess": ess(w_e)}  # fmt: skip
-    supported = b_all >= cfg.support_eps
-    support_mass = (pi_all * supported).sum(1)
-    overlap = {
-        "ess": ess(w),
-        "nonzero_weight_share": float((w > 0).mean()) if len(w) else 0.0,
-        "ess_per_decision": [round(float(x), 3) for x in per_decision_ess(w_et)],
-        "support_mass": float(support_mass.mean()),
-    }
-    is_reasons = []
-    if overlap["ess"] < cfg.gates.is_ess_min:
-        is_reasons.append(f"trajectory ESS {overlap['ess']:.2f} < {cfg.gates.is_ess_min}")
-    if overlap["nonzero_weight_share"] < cfg.gates.is_nonzero_min:
-        is_reasons.append(
-            f"{overlap['nonzero_weight_share']:.1%} of episodes have non-zero weight "
-            f"(< {cfg.gates.is_nonzero_min:.0%})"
-        )
-    lap("importance_sampling")
-
-    # FQE: a bootstrap ensemble fit on train patients only (out-of-bag patients stop each fit)
-    train_idx = EpisodeIndex.from_rows(train.stay_id, train.step)
-    longest = int(train_idx.t.max()) + 1 if len(train) else 1
-    lo, hi = return_bounds(train.rewards.numpy(), train.dones.numpy(), meta.gamma, longest)
-    pi_train = pol.action_probabilities(train.states.numpy())
-    fqe = FQE(meta.state_dim, meta.n_actions, meta.gamma, cfg.fqe, bounds=(lo, hi))
-    fqe_fit = fqe.fit(
-        _fqe_data(train, np.ones(len(train), dtype=bool), pi_train), train.subject_id, longest
-    )
-    q_all = fqe.q_values(data.states)  # (K, N, A), clipped to [lo, hi]
-    v_all = np.einsum("kna,na->kn", q_all, pi_all)
-    init = data.initial_mask()
-    v0 = v_all[:, init]
-    # the range gate looks at the raw (unclipped) values of every fit at EVERY state of the
-    # split, not only the initial ones: a run-away FQE leaves the range almost everywhere,
-    # while a single unusual initial state among ~100 is extrapolation, not divergence
-    raw_v = np.einsum("kna,na->kn", fqe.q_values(data.states, raw=True), pi_all)
-    # the fit on every train patient (linear FQE): the point estimate; the members: its spread
-    q_full = fqe.full_q_values(data.states)
-    if q_full is not None:
-        v_full = np.einsum("na,na->n", q_full, pi_all)
-        raw_full = np.einsum("na,na->n", fqe.full_q_values(data.states, raw=True), pi_all)
-        raw_v = np.vstack([raw_v, raw_full[None]])
-    margin = cfg.gates.fqe_range_margin * (hi - lo)
-    # NaN or inf (a diverged fit) counts as out of range: a comparison with NaN is never true
-    out_of_range = float(
-        np.mean(~np.isfinite(raw_v) | (raw_v < lo - margin) | (raw_v > hi + margin))
-    )
-    raw_estimates = raw_v[:, init].mean(1)  # every fit's unclipped estimate
-    estimate_out = bool(
-        np.any(
-            ~np.isfinite(raw_estimates)
-            | (raw_estimates < lo - margin)
-            | (raw_estimates > hi + margin)
-        )
-    )
-    fqe_ci = ensemble_mean_ci(v0, cfg.bootstrap_resamples, cfg.bootstrap_seed,
-                              point=None if q_full is None else v_full[init])  # fmt: skip
-    # WDR: TD errors of every member along the logged episodes, weights of the policy as evaluated
-    next_rows = data.next_index.numpy()
-    dones = data.dones.numpy()
-    q_taken = q_all[:, rows, actions]
-    delta = rewards + meta.gamma * (1.0 - dones) * v_all[:, next_rows] - q_taken  # (K, N)
-    delta_et = np.stack([step_matrix(d, idx) for d in delta])
-    point = None
-    if q_full is not None:
-        d_full = rewards + meta.gamma * (1.0 - dones) * v_full[next_rows] - q_full[rows, actions]
-        point = (step_matrix(d_full, idx), v_full[init])
-    wdr_raw = wdr_with_ci(w_et, delta_et, v0, meta.gamma, cfg.bootstrap_resamples,
-                          cfg.bootstrap_seed, point=point)  # fmt: skip
-    # The true value lies in the attainable range, so projecting the estimate and its CI
-    # onto it never moves them away from the truth (the importance-weighted corrections of
-    # WDR are not a convex combination of returns and can leave it); the raw values are kept.
-    wdr_ci = replace(
-        wdr_raw,
-        estimate=float(np.clip(wdr_raw.estimate, lo, hi)),
-        low=float(np.clip(wdr_raw.low, lo, hi)),
-        high=float(np.clip(wdr_raw.high, lo, hi)),
-    )
-    model_reasons = []
-    if not fqe_fit.converged:
-        model_reasons.append(
-            f"FQE did not converge ({fqe_fit.capped_iterations} of {fqe_fit.horizon} "
-            f"iterations reached max_steps; horizon {fqe_fit.horizon}, longest episode {longest})"
-        )
-    if out_of_range > cfg.gates.fqe_out_of_range_max:
-        model_reasons.append(
-            f"{out_of_range:.1%} of raw FQE state values leave the attainable range "
-            f"[{lo:g}, {hi:g}]"
-        )
-    if estimate_out:
-        model_reasons.append(
-            f"an unclipped FQE estimate leaves the attainable range [{lo:g}, {hi:g}]: "
-            f"{', '.join(f'{x:.2f}' for x in raw_estimates)}"
-        )
-    # not a configurable gate: an FQE figure that is not finite or leaves the range of the
-    # terminal rewards is never a number that could be printed or win a comparison
-    t_lo, t_hi = _terminal_range(meta, lo, hi)
-    fqe_numbers = {"estimate": fqe_ci.estimate, "CI low": fqe_ci.low, "CI high": fqe_ci.high}
-    bad_fqe = [
-        f"{k} {v:g}" for k, v in fqe_numbers.items() if not np.isfinite(v) or not t_lo <= v <= t_hi
-    ]
-    if bad_fqe:
-        model_reasons.append(
-            f"FQE diverged: {', '.join(bad_fqe)} is not finite or outside the attainable return "
-            f"range [{t_lo:g}, {t_hi:g}]"
-        )
-    if overlap["support_mass"] < cfg.gates.support_min:
-        model_reasons.append(
-            f"support mass {overlap['support_mass']:.3f} < {cfg.gates.support_min} (the policy "
-            f"chooses actions the clinicians take with probability < {cfg.support_eps})"
-        )
+    states = split_data.states.numpy()
+    data = EvalData(meta, cfg, train, split_data, pol, behaviour.probabilities(states),
+                    pol.action_probabilities(states))  # fmt: skip
+    clinician = kind == "named" and policy == "clinician"
+    greedy = data.actions.copy() if clinician else pol.act(states)
+    fitted = fit_estimators(data, clock.lap)
+    reasons = gate_reasons(data, fitted)
+    ok = {gate: not r for gate, r in reasons.items()}
     evaluable = {
-        "model": not model_reasons,
-        "importance_sampling": not is_reasons,
-        "model_reasons": model_reasons,
-        "importance_sampling_reasons": is_reasons,
+        "model": ok["model"],
+        "importance_sampling": ok["importance_sampling"],
+        "model_reasons": reasons["model"],
+        "importance_sampling_reasons": reasons["importance_sampling"],
     }
-    lap("fqe_wdr")
+    clock.lap("fqe_wdr")
 
-    # agreement, support, safety, subgroups
+    grid = meta.action_grid or ActionGrid(1, meta.n_actions)  # no grid: one axis of actions
+    decisions = _decisions(data, greedy, grid, _extra_column(replay_dir, split, "sofa"))
+    clock.lap("agreement_support_safety_subgroups")
+    figures = _heatmaps(data.actions, greedy, grid, out / "figures")
+    _write_cases(out / "cases.csv", data, greedy, decisions.low_support)
+    clock.lap("figures_and_cases")
+
+    doc = {
+        "schema_version": "1",
+        "policy": {
+            "spec": pol.name if kind == "object" else str(policy),
+            "kind": kind,
+            "name": pol.name,
+        },
+        "split": split,
+        "final": final,
+        "episodes": data.idx.n_episodes,
+        "decisions": len(data.actions),
+        "metrics": _metrics(data, fitted, ok, decisions),
+        "behaviour_model": _behaviour_summary(behaviour),
+        "headline_estimator": cfg.headline,
+        "evaluable": evaluable,
+        "overlap": data.overlap,
+        "estimates_ungated": {
+            name: {
+                "estimate": finite(est.ci.estimate),
+                "ci_low": finite(est.ci.low),
+                "ci_high": finite(est.ci.high),
+                "evaluable": ok[est.gate],
+            }
+            for name, est in fitted.items()
+        },
+        **{e.section: e.details(ok[e.gate]) for e in fitted.values() if e.section is not None},
+        "safety": decisions.safety,
+        "subgroups": decisions.subgroups,
+        "figures": figures,
+        "timings_seconds": clock.timings,
+        "gamma": meta.gamma,
+        "reward": "evaluation reward: terminal +-15 only (reward_eval)",
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "replay": {
+            "path": str(replay_dir.absolute()),
+            "variant": meta.variant,
+            "source": meta.raw.get("source"),
+        },
+        "created_by": f"sepsisrl {__version__}",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if final and kind == "run":
+        _record_final(Path(policy), replay_dir, out, doc["created_at"])
+    return doc
+
+
+@dataclass
+class _Decisions:
+    """The policy's greedy actions against the clinicians' logged ones on the split."""
+
+    agreement: float  # same action
+    adjacent: float  # within one bin on both axes
+    low_support: np.ndarray  # per decision: the clinicians take the action with prob < eps
+    safety: dict[str, Any]
+    subgroups: dict[str, Any]
+
+
+def _decisions(
+    data: EvalData, greedy: np.ndarray, grid: ActionGrid, sofa: np.ndarray | None
+) -> _Decisions:
+    """Agreement, support, severe safety flags and decision-time subgroups (ope.safety)."""
+    actions = data.actions
     exact = greedy == actions
-    gv, gf = bins(greedy)
-    cv, cf = bins(actions)
+    gv, gf = grid.bins(greedy)
+    cv, cf = grid.bins(actions)
     adjacent = (np.abs(gv - cv) <= 1) & (np.abs(gf - cf) <= 1)
-    low_support = ~supported[rows, greedy]
-    raw = raw_states(meta, states)
+    low_support = ~data.supported[data.rows, greedy]
+    raw = raw_states(data.meta, data.states)
     safety: dict[str, Any] = {"available": raw is not None}
-    groups_out: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
     if raw is not None:
-        pol_flags = safety_flags(raw, greedy)
-        clin_flags = safety_flags(raw, actions)
+        pol_flags = safety_flags(raw, greedy, grid)
+        clin_flags = safety_flags(raw, actions, grid)
         safety.update({
             "rules": {n: {"policy": int(pol_flags[n].sum()), "clinicians": int(clin_flags[n].sum())} for n in pol_flags},
             "policy_total": int(sum(v.sum() for v in pol_flags.values())),
@@ -548,11 +491,10 @@ def evaluate(
         })  # fmt: skip
         any_pol = np.any(np.column_stack(list(pol_flags.values())), axis=1)
         any_clin = np.any(np.column_stack(list(clin_flags.values())), axis=1)
-        sofa = _extra_column(replay_dir, split, "sofa")
         for name, m in subgroups(raw, sofa).items():
             if not m.any():
                 continue
-            groups_out[name] = {
+            groups[name] = {
                 "decisions": int(m.sum()),
                 "clinician_agreement": float(exact[m].mean()),
                 "low_support_action_rate": float(low_support[m].mean()),
@@ -563,191 +505,62 @@ def evaluate(
                 "policy_mean_fluid_bin": float(gf[m].mean()),
                 "clinician_mean_fluid_bin": float(cf[m].mean()),
             }
-    lap("agreement_support_safety_subgroups")
-    figures = _heatmaps(actions, greedy, out / "figures")
-    with open(out / "cases.csv", "w", newline="") as fh:
+    return _Decisions(float(exact.mean()), float(adjacent.mean()), low_support, safety, groups)
+
+
+def _metrics(
+    data: EvalData, fitted: dict[str, Estimator], ok: dict[str, bool], decisions: _Decisions
+) -> dict[str, Any]:
+    """``metrics.json`` ``metrics``: every estimator's entries (gated), the headline, then the
+    overlap, agreement and safety figures."""
+    head = fitted[data.cfg.headline]
+    head_ok = ok[head.gate]
+    metrics: dict[str, Any] = {}
+    for est in fitted.values():
+        metrics.update(est.metrics(ok[est.gate]))
+    return {
+        **metrics,
+        "headline_mean": gated(head.ci.estimate, head_ok),
+        "headline_ci_low": gated(head.ci.low, head_ok),
+        "headline_ci_high": gated(head.ci.high, head_ok),
+        "ess": data.overlap["ess"],
+        "nonzero_weight_share": data.overlap["nonzero_weight_share"],
+        "clinician_agreement": decisions.agreement,
+        "adjacent_agreement": decisions.adjacent,
+        "support_mass": float(data.support_mass.mean()),
+        "low_support_action_rate": float(decisions.low_support.mean()),
+        "severe_safety_flags": decisions.safety.get("policy_total"),
+        "clinician_safety_flags": decisions.safety.get("clinicians_total"),
+        "observed_return_mean": float(data.returns.mean()),
+    }
+
+
+def _behaviour_summary(behaviour: BehaviourModel) -> dict[str, Any]:
+    keys = ("kind", "validation_accuracy", "validation_log_loss", "validation_ece", "candidates")
+    return {k: behaviour.info[k] for k in keys} | {
+        "validation_no_treatment_auc": behaviour.info.get("validation_no_treatment_auc")
+    }
+
+
+def _write_cases(path: Path, data: EvalData, greedy: np.ndarray, low_support: np.ndarray) -> None:
+    """The per-decision review table."""
+    actions, b_all = data.actions, data.b_all
+    with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(
-            [
-                "stay_id",
-                "step",
-                "clinician_action",
-                "policy_action",
-                "behaviour_prob_of_policy_action",
-                "low_support",
-            ]
-        )
-        for r in rows:
-            writer.writerow([int(data.stay_id[r]), int(data.step[r]), int(actions[r]), int(greedy[r]),
-                             f"{b_all[r, greedy[r]]:.5f}", int(low_support[r])])  # fmt: skip
-    lap("figures_and_cases")
-
-    model_ok, is_ok = evaluable["model"], evaluable["importance_sampling"]
-
-    def gated(x: float, ok: bool) -> float | None:
-        return _finite(x) if ok else None
-
-    estimates = {
-        "fqe": (fqe_ci.estimate, fqe_ci.low, fqe_ci.high, model_ok),
-        "wdr": (wdr_ci.estimate, wdr_ci.low, wdr_ci.high, model_ok),
-        "wis": (wis_ci.estimate, wis_ci.low, wis_ci.high, is_ok),
-    }
-    head = estimates[cfg.headline]
-    metrics = {
-        "fqe_mean": gated(fqe_ci.estimate, model_ok),
-        "fqe_ci_low": gated(fqe_ci.low, model_ok),
-        "fqe_ci_high": gated(fqe_ci.high, model_ok),
-        "wdr_mean": gated(wdr_ci.estimate, model_ok),
-        "wdr_ci_low": gated(wdr_ci.low, model_ok),
-        "wdr_ci_high": gated(wdr_ci.high, model_ok),
-        "wis_mean": gated(wis_ci.estimate, is_ok),
-        "wis_ci_low": gated(wis_ci.low, is_ok),
-        "wis_ci_high": gated(wis_ci.high, is_ok),
-        "wis_per_decision": gated(pdwis, is_ok),
-        "headline_mean": gated(head[0], head[3]),
-        "headline_ci_low": gated(head[1], head[3]),
-        "headline_ci_high": gated(head[2], head[3]),
-        "ess": overlap["ess"],
-        "nonzero_weight_share": overlap["nonzero_weight_share"],
-        "clinician_agreement": float(exact.mean()),
-        "adjacent_agreement": float(adjacent.mean()),
-        "support_mass": float(support_mass.mean()),
-        "low_support_action_rate": float(low_support.mean()),
-        "severe_safety_flags": safety.get("policy_total"),
-        "clinician_safety_flags": safety.get("clinicians_total"),
-        "observed_return_mean": float(g.mean()),
-    }
-    doc = {
-        "schema_version": "1",
-        "policy": {
-            "spec": pol.name if kind == "object" else str(policy),
-            "kind": kind,
-            "name": pol.name,
-        },
-        "split": split,
-        "final": final,
-        "episodes": idx.n_episodes,
-        "decisions": len(actions),
-        "metrics": metrics,
-        "behaviour_model": {
-            k: behaviour.info[k]
-            for k in (
-                "kind",
-                "validation_accuracy",
-                "validation_log_loss",
-                "validation_ece",
-                "candidates",
-            )
-        }
-        | {"validation_no_treatment_auc": behaviour.info.get("validation_no_treatment_auc")},
-        "headline_estimator": cfg.headline,
-        "evaluable": evaluable,
-        "overlap": overlap,
-        "estimates_ungated": {
-            name: {
-                "estimate": _finite(e[0]),
-                "ci_low": _finite(e[1]),
-                "ci_high": _finite(e[2]),
-                "evaluable": e[3],
-            }
-            for name, e in estimates.items()
-        },
-        "fqe": {
-            **fqe_fit.to_json(),
-            "attainable_range": [lo, hi],
-            "raw_out_of_range_share": out_of_range,
-            "raw_out_of_range_measured_on": "every state of the split, every fit",
-            "raw_estimates": [float(x) for x in raw_estimates],
-            "member_values": [float(x) for x in v0.mean(1)],
-            "basis": cfg.fqe.basis if cfg.fqe.model == "linear" else None,
-            "point_estimate": "fit on every train patient"
-            if q_full is not None
-            else "ensemble mean",
-            "bootstrap": fqe_ci.to_json(),
-            "fit_on": "train (bootstrap resamples of train patients; out-of-bag patients choose "
-            "each iteration's penalty"
-            + (
-                "; the point estimate refits every train patient with the members' median penalty)"
-                if q_full is not None
-                else ")"
-            ),
-        },
-        "wdr": {
-            "bootstrap": wdr_ci.to_json(),
-            "raw": wdr_raw.to_json(),
-            "clipped_to_attainable_range": bool(
-                not lo <= wdr_raw.estimate <= hi
-                or not lo <= wdr_raw.low <= hi
-                or not lo <= wdr_raw.high <= hi
-            ),
-            "weighted_share": _weighted_share(w_et),
-            "control_variate": "FQE fit on every train patient (the estimate); the ensemble "
-            "(each bootstrap resample draws one member) for the CI",
-        },
-        "importance_sampling": {
-            "evaluable": is_ok,
-            "softening_eps": cfg.softening_eps,
-            "ratio_clip": cfg.ratio_clip,
-            "bootstrap": wis_ci.to_json(),
-            "weights_max": float(w.max()),
-            "zero_weight_episodes": int((w == 0).sum()),
-            "note": None
-            if w.sum() > 0
-            else "every episode has zero weight: the policy disagrees with "
-            "the logged action somewhere in each episode; trajectory-wise WIS is undefined "
-            "without softening (see wis_softened)",
-            "wis_softened": softened,
-        },
-        "safety": safety,
-        "subgroups": groups_out,
-        "figures": figures,
-        "timings_seconds": timings,
-        "gamma": meta.gamma,
-        "reward": "evaluation reward: terminal +-15 only (reward_eval)",
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-        "replay": {
-            "path": str(replay_dir.absolute()),
-            "variant": meta.variant,
-            "source": meta.raw.get("source"),
-        },
-        "created_by": f"sepsisrl {__version__}",
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
-    if final and kind == "run":
-        record = Path(policy) / "final_evaluation.json"
-        history = json.loads(record.read_text()) if record.is_file() else []
-        history.append(
-            {
-                "at": doc["created_at"],
-                "replay": str(replay_dir.absolute()),
-                "out": str(out.absolute()),
-            }
-        )
-        record.write_text(json.dumps(history, indent=2) + "\n")
-    return doc
+        writer.writerow(["stay_id", "step", "clinician_action", "policy_action",
+                         "behaviour_prob_of_policy_action", "low_support"])  # fmt: skip
+        for r in data.rows:
+            writer.writerow([int(data.data.stay_id[r]), int(data.data.step[r]), int(actions[r]),
+                             int(greedy[r]), f"{b_all[r, greedy[r]]:.5f}",
+                             int(low_support[r])])  # fmt: skip
 
 
-def _terminal_range(meta: ReplayMeta, lo: float, hi: float) -> tuple[float, float]:
-    """[-T, +T] with T the largest terminal reward of the replay meta (the evaluation reward is
-    terminal only, so no return leaves it); the attainable range when the meta has none."""
-    reward = meta.raw.get("reward") or {}
-    terms = [reward.get("terminal_survived"), reward.get("terminal_died")]
-    terms = [abs(float(t)) for t in terms if isinstance(t, (int, float)) and np.isfinite(t)]
-    if not terms:
-        return lo, hi
-    return -max(terms), max(terms)
-
-
-def _weighted_share(w_et: np.ndarray) -> float:
-    """Share of (episode, position) cells whose cumulative weight is non-zero: how much of
-    the WDR is importance-weighted correction rather than the FQE alone."""
-    return float((w_et > 0).mean()) if w_et.size else 0.0
-
-
-def _finite(x: float) -> float | None:
-    """JSON has no NaN: undefined estimates are written as null."""
-    return float(x) if np.isfinite(x) else None
+def _record_final(run: Path, replay_dir: Path, out: Path, at: str) -> None:
+    """A final (test-split) evaluation of a run is recorded in its ``final_evaluation.json``."""
+    record = run / "final_evaluation.json"
+    history = json.loads(record.read_text()) if record.is_file() else []
+    history.append({"at": at, "replay": str(replay_dir.absolute()), "out": str(out.absolute())})
+    record.write_text(json.dumps(history, indent=2) + "\n")
 
 
 def _extra_column(replay_dir: Path, split: str, column: str) -> np.ndarray | None:

@@ -52,38 +52,40 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
+from sepsisrl.config import yaml_defaults
 from sepsisrl.rl.networks import Ensemble, NetworkOptimizer
 
 
 @dataclass(frozen=True)
+@yaml_defaults("evaluate", "fqe")
 class FQEConfig:
-    model: str = "linear"  # linear (closed-form ridge) | mlp
-    ridge: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # linear: per-action penalties tried
-    ridge_shared: float = 1e-4  # linear: penalty of the shared weights
-    basis: str = "hinge"  # shared basis: hinge = [1, s, max(0, s_j - train quartile)] | linear
-    hidden: tuple[int, ...] = (128, 128)
-    lr: float = 1e-3
-    batch_size: int = 512
-    members: int = 5  # bootstrap ensemble (refits on patient resamples)
-    max_iterations: int = 100  # horizon cap: H = min(longest train episode, max_iterations)
-    max_steps: int = 1500  # gradient steps per iteration at most
-    min_steps: int = 100  # ... and at least
-    eval_every: int = 50  # held-out regression error checked every ... steps
-    patience: int = 3  # stop after this many checks without improvement ...
-    tolerance: float = 0.0  # ... of more than this (relative)
-    averaging: float = 0.02  # parameter averaging rate within an iteration (EMA, less SGD noise)
-    holdout_rows: int = 4096  # held-out transitions per member for the stopping rule
-    holdout_fraction: float = 0.15  # with one member: held-out share of train patients
-    grad_clip: float = 10.0
-    seed: int = 0
-    # linear: also fit on every train patient once; the point estimate comes from this fit and
-    # the members only give its uncertainty (a member sees ~63 % of the patients, and its
-    # small-sample bias would otherwise move the estimate; docs/evaluate.md)
-    full_fit: bool = True
+    """FQE settings; defaults and their meaning: ``configs/evaluate.yaml`` (``fqe``)."""
+
+    model: Literal["linear", "mlp"]
+    ridge: tuple[float, ...]
+    ridge_shared: float
+    basis: Literal["hinge", "linear"]
+    hidden: tuple[int, ...]
+    lr: float
+    batch_size: int
+    members: int
+    max_iterations: int
+    max_steps: int
+    min_steps: int
+    eval_every: int
+    patience: int
+    tolerance: float
+    averaging: float
+    holdout_rows: int
+    holdout_fraction: float
+    grad_clip: float
+    seed: int
+    full_fit: bool
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Importance-sampling estimators (evaluation.md): WIS, per-decision WIS, ESS, bootstrap CIs.
+"""Importance-sampling estimators (docs/evaluation.md): WIS, per-decision WIS, ESS, bootstrap CIs.
 
 Notation: episode i has steps t = 0..T_i-1 (t is the position in the episode), evaluation
 rewards r_t, behaviour probabilities b(a_t|s_t) and target probabilities pi(a_t|s_t).

@@ -1,4 +1,4 @@
-"""Severe safety flags and decision-time subgroups (evaluation.md).
+"""Severe safety flags and decision-time subgroups (docs/evaluation.md, "Agreement, support").
 
 Each rule is a recommendation a clinical reviewer would call dangerous, judged on the raw
 (un-normalised) state at decision time and the recommended action's bins. Rules are counted
@@ -22,24 +22,23 @@ from collections.abc import Callable
 
 import numpy as np
 
-N_VASO = N_FLUID = 5
-
-
-def bins(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return actions // N_FLUID, actions % N_FLUID
-
+from sepsisrl.rl.actions import ActionGrid
 
 Raw = dict[str, np.ndarray]
 
-SAFETY_RULES: dict[str, Callable[[Raw, np.ndarray, np.ndarray], np.ndarray]] = {
-    "vasopressor_max_with_high_map": lambda x, v, f: (
-        (v == N_VASO - 1) & (x["map"] >= 80) & (x["cum_vasopressor_dose_nor_equiv"] <= 0)
+#: rule(raw state, vasopressor bin, fluid bin, grid) -> flagged decisions; the top bins are the
+#: replay's own (``ActionGrid`` from its meta).
+SAFETY_RULES: dict[str, Callable[[Raw, np.ndarray, np.ndarray, ActionGrid], np.ndarray]] = {
+    "vasopressor_max_with_high_map": lambda x, v, f, g: (
+        (v == g.n_vaso - 1) & (x["map"] >= 80) & (x["cum_vasopressor_dose_nor_equiv"] <= 0)
     ),
-    "fluid_max_with_severe_hypoxaemia": lambda x, v, f: (f == N_FLUID - 1) & (x["pf_ratio"] < 100),
-    "fluid_max_with_large_balance": lambda x, v, f: (
-        (f == N_FLUID - 1) & (x["cum_iv_fluid_ml"] > 10_000)
+    "fluid_max_with_severe_hypoxaemia": lambda x, v, f, g: (
+        (f == g.n_fluid - 1) & (x["pf_ratio"] < 100)
     ),
-    "no_treatment_in_shock": lambda x, v, f: (
+    "fluid_max_with_large_balance": lambda x, v, f, g: (
+        (f == g.n_fluid - 1) & (x["cum_iv_fluid_ml"] > 10_000)
+    ),
+    "no_treatment_in_shock": lambda x, v, f, g: (
         (v == 0) & (f == 0) & (x["map"] < 60) & (x["lactate"] > 4)
     ),
 }
@@ -49,9 +48,9 @@ REQUIRED_FEATURES = (
 )  # fmt: skip
 
 
-def safety_flags(raw: Raw, actions: np.ndarray) -> dict[str, np.ndarray]:
-    v, f = bins(actions)
-    return {name: rule(raw, v, f) for name, rule in SAFETY_RULES.items()}
+def safety_flags(raw: Raw, actions: np.ndarray, grid: ActionGrid) -> dict[str, np.ndarray]:
+    v, f = grid.bins(actions)
+    return {name: rule(raw, v, f, grid) for name, rule in SAFETY_RULES.items()}
 
 
 def subgroups(raw: Raw, sofa: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Write a Hugging Face model repository from a training run (``sepsisrl export``).
 
-Files (``contracts.md``): model.safetensors (the actor: ``net.0/2/4.*``), config.json (input
+Files (docs/contracts.md): model.safetensors (the actor: ``net.0/2/4.*``), config.json (input
 order, normalisation statistics, action bins and labels, training config and seed, dataset
 fingerprint, package version, measured metrics), modeling_iql.py (standalone wrapper),
 requirements.txt, LICENSE.md and README.md (the model card, rendered from measured metrics
@@ -21,9 +21,10 @@ from safetensors.torch import save_file
 from sepsisrl import __version__
 from sepsisrl.ope.summary import CARD_ROWS, summarize
 from sepsisrl.rl.policies import NonFiniteWeightsError, finite_tensors
+from sepsisrl.rl.registry import exportable_algorithms
 from sepsisrl.workspace import atomic_folder
 
-EXPORTABLE = ("iql", "bc")
+EXPORTABLE = exportable_algorithms()  # ("iql", "bc"): the algorithms with an actor network
 
 
 class ExportError(ValueError):

@@ -10,7 +10,7 @@ Depends only on torch, safetensors and the Python standard library.
     policy = load_policy(".")                      # or "model.safetensors", or a folder path
     state = policy.normalize({"heart_rate": 112, "map": 58, ...})   # raw values by name
     action = policy.select_action(state)           # int in 0..n_actions-1
-    print(action, decode_action(action))           # (vaso_bin, fluid_bin, label)
+    print(action, policy.decode_action(action))    # (vaso_bin, fluid_bin, label)
     probs = policy.action_probabilities(state)     # list of n_actions floats
     logits = policy(torch.zeros(8, policy.state_dim))  # (batch, n_actions), no autograd
 
@@ -36,11 +36,18 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["PUBLISHED_FEATURE_NAMES", "IQLPolicy", "decode_action", "load_policy"]
+__all__ = [
+    "PUBLISHED_ACTION_LABELS", "PUBLISHED_FEATURE_NAMES", "IQLPolicy", "action_grid",
+    "decode_action", "load_policy",
+]  # fmt: skip
 
-_N_FLUID = 5
-_VASO = ["no_vaso", "vaso_Q1", "vaso_Q2", "vaso_Q3", "vaso_Q4"]
-_FLUID = ["no_fluid", "fluid_Q1", "fluid_Q2", "fluid_Q3", "fluid_Q4"]
+#: The 25 actions of the published model (5 vasopressor x 5 IV-fluid bins, id = 5 * vaso +
+#: fluid): used when config.json has no action_labels (the earlier published checkpoint).
+PUBLISHED_ACTION_LABELS = [
+    f"{v}×{f}"
+    for v in ["no_vaso", "vaso_Q1", "vaso_Q2", "vaso_Q3", "vaso_Q4"]
+    for f in ["no_fluid", "fluid_Q1", "fluid_Q2", "fluid_Q3", "fluid_Q4"]
+]
 
 #: The 62 state features of the published model, in alphabetical order (the input order the
 #: earlier checkpoint was trained with; used when config.json has no feature_names).
@@ -62,20 +69,44 @@ PUBLISHED_FEATURE_NAMES = sorted(
 )  # fmt: skip
 
 
-def decode_action(action_id: int, n_fluid_bins: int = _N_FLUID) -> tuple[int, int, str]:
-    """Action id -> (vasopressor bin, IV-fluid bin, label), with id = 5 * vaso + fluid."""
+def action_grid(action_labels: Sequence[str]) -> tuple[int, int]:
+    """(vasopressor bins, IV-fluid bins) of a model's ``action_labels`` (``"<vaso>×<fluid>"``
+    per action id, vasopressor-major); a ValueError when they do not form such a grid."""
+    parts = [x.split("×") for x in action_labels if isinstance(x, str)]
+    if not parts or len(parts) != len(action_labels) or any(len(p) != 2 for p in parts):
+        raise ValueError(
+            f"action_labels must be one '<vaso>×<fluid>' label per action, got "
+            f"{list(action_labels)[:3]}"
+        )
+    vaso = list(dict.fromkeys(v for v, _ in parts))
+    fluid = list(dict.fromkeys(f for _, f in parts))
+    if [f"{v}×{f}" for v in vaso for f in fluid] != list(action_labels):
+        raise ValueError(
+            f"action_labels do not form a {len(vaso)} x {len(fluid)} grid in vasopressor-major "
+            "order"
+        )
+    return len(vaso), len(fluid)
+
+
+def decode_action(
+    action_id: int, action_labels: Sequence[str] | None = None
+) -> tuple[int, int, str]:
+    """Action id -> (vasopressor bin, IV-fluid bin, label), with id = n_fluid * vaso + fluid.
+
+    ``action_labels``: the model's (``config.json``, or ``policy.decode_action``); by default
+    the published model's 5 x 5 grid (``PUBLISHED_ACTION_LABELS``)."""
+    labels = list(PUBLISHED_ACTION_LABELS if action_labels is None else action_labels)
+    _, n_fluid = action_grid(labels)
     try:
         if isinstance(action_id, bool):
             raise TypeError
         action_id = operator.index(action_id)  # ints and integer array scalars, not floats
     except TypeError:
         raise ValueError(f"action id must be an integer, got {type(action_id).__name__}") from None
-    if not 0 <= action_id < n_fluid_bins * len(_VASO):
-        raise ValueError(
-            f"action id must be in 0..{n_fluid_bins * len(_VASO) - 1}, got {action_id}"
-        )
-    vaso, fluid = divmod(action_id, n_fluid_bins)
-    return vaso, fluid, f"{_VASO[vaso]}×{_FLUID[fluid]}"
+    if not 0 <= action_id < len(labels):
+        raise ValueError(f"action id must be in 0..{len(labels) - 1}, got {action_id}")
+    vaso, fluid = divmod(action_id, n_fluid)
+    return vaso, fluid, labels[action_id]
 
 
 class IQLPolicy(nn.Module):
@@ -104,6 +135,23 @@ class IQLPolicy(nn.Module):
             raise ValueError(
                 f"config lists {len(self.feature_names)} feature names but the network takes {state_dim} inputs"
             )
+        labels = self.config.get("action_labels")
+        if labels is None and n_actions == len(PUBLISHED_ACTION_LABELS):
+            labels = PUBLISHED_ACTION_LABELS  # the earlier published checkpoint
+        if labels is not None and len(labels) != n_actions:
+            raise ValueError(
+                f"config lists {len(labels)} action labels but the network has {n_actions} actions"
+            )
+        #: One label per action id, "<vaso>×<fluid>" (None: config.json names no grid).
+        self.action_labels = None if labels is None else list(labels)
+
+    def decode_action(self, action_id: int) -> tuple[int, int, str]:
+        """Action id -> (vasopressor bin, IV-fluid bin, label) on this model's action grid."""
+        if self.action_labels is None:
+            raise ValueError(
+                "this model's config.json has no action_labels: its action grid is unknown"
+            )
+        return decode_action(action_id, self.action_labels)
 
     # ------------------------------------------------------------------ inference
     _CHUNK = 4096  # rows per block: keeps the hidden activations in cache for large batches

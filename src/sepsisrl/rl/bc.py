@@ -5,35 +5,28 @@ L = -E[ log pi(a | s) ]
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from sepsisrl.config import StrictModel
 from sepsisrl.rl.networks import MLP, NetworkOptimizer
+from sepsisrl.rl.registry import AlgorithmSpec, Common
 
 
-@dataclass(frozen=True)
-class BCConfig:
-    lr: float = 1e-4
-    grad_clip: float = 10.0
-    hidden: tuple[int, ...] = (256, 256)
+class BCConfig(StrictModel):
+    """The ``bc`` section of ``configs/train.yaml`` (defaults there)."""
+
+    lr: float = Field(gt=0)
 
 
 class BC:
     name = "bc"
 
-    def __init__(
-        self,
-        state_dim: int,
-        n_actions: int,
-        gamma: float,
-        cfg: BCConfig,
-        device: str | torch.device = "cpu",
-    ) -> None:
+    def __init__(self, common: Common, cfg: BCConfig) -> None:
         self.cfg = cfg
-        self.actor = MLP(state_dim, n_actions, cfg.hidden).to(device)
-        self.optimizer = NetworkOptimizer({"actor": (self.actor, cfg.lr)}, cfg.grad_clip)
+        self.actor = MLP(common.state_dim, common.n_actions, common.hidden).to(common.device)
+        self.optimizer = NetworkOptimizer({"actor": (self.actor, cfg.lr)}, common.grad_clip)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor}
@@ -52,3 +45,8 @@ class BC:
         self.optimizer.step()
         accuracy = (logits.detach().argmax(1) == a).float().mean()
         return {"actor_loss": loss.detach(), "accuracy": accuracy}
+
+
+ALGORITHM = AlgorithmSpec(
+    name="bc", config=BCConfig, implementation=BC, policy_module="actor", exportable=True
+)

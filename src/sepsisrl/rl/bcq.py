@@ -12,42 +12,47 @@ relative probability G(a|s) / max_b G(b|s) exceeds ``threshold``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from sepsisrl.config import StrictModel
 from sepsisrl.rl.networks import MLP, NetworkOptimizer, flatten_parameters, polyak_update
+from sepsisrl.rl.registry import AlgorithmSpec, Common
 
 
-@dataclass(frozen=True)
-class BCQConfig:
-    lr: float = 3e-4
-    threshold: float = 0.3
-    polyak: float = 0.005
-    grad_clip: float = 10.0
-    hidden: tuple[int, ...] = (256, 256)
+class BCQConfig(StrictModel):
+    """The ``bcq`` section of ``configs/train.yaml`` (defaults there)."""
+
+    lr: float = Field(gt=0)
+    threshold: float = Field(ge=0, le=1)
+    polyak: float = Field(gt=0, le=1)
+
+
+def constrained_logits(
+    q_values: torch.Tensor, behaviour_logits: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """Q with the actions outside allowed(s) at -inf: the policy's logits (argmax = action)."""
+    prob = F.softmax(behaviour_logits, dim=1)
+    allowed = prob / prob.max(dim=1, keepdim=True).values > threshold
+    return q_values.masked_fill(~allowed, float("-inf"))
 
 
 class BCQ:
     name = "bcq"
 
-    def __init__(
-        self,
-        state_dim: int,
-        n_actions: int,
-        gamma: float,
-        cfg: BCQConfig,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.cfg, self.gamma = cfg, gamma
-        self.q = MLP(state_dim, n_actions, cfg.hidden).to(device)
-        self.behaviour = MLP(state_dim, n_actions, cfg.hidden).to(device)
-        self.q_target = MLP(state_dim, n_actions, cfg.hidden).to(device)
+    def __init__(self, common: Common, cfg: BCQConfig) -> None:
+        self.cfg, self.gamma = cfg, common.gamma
+        d, n, hidden, device = common.state_dim, common.n_actions, common.hidden, common.device
+        self.q = MLP(d, n, hidden).to(device)
+        self.behaviour = MLP(d, n, hidden).to(device)
+        self.q_target = MLP(d, n, hidden).to(device)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
         self.optimizer = NetworkOptimizer(
-            {"q": (self.q, cfg.lr), "behaviour": (self.behaviour, cfg.lr)}, cfg.grad_clip
+            {"q": (self.q, cfg.lr), "behaviour": (self.behaviour, cfg.lr)}, common.grad_clip
         )
         self._target_flat = flatten_parameters(self.q_target)
 
@@ -57,12 +62,8 @@ class BCQ:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": self.optimizer.adam}
 
-    def allowed(self, states: torch.Tensor) -> torch.Tensor:
-        prob = F.softmax(self.behaviour(states), dim=1)
-        return prob / prob.max(dim=1, keepdim=True).values > self.cfg.threshold
-
     def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return self.q(states).masked_fill(~self.allowed(states), float("-inf"))
+        return _logits(self.modules(), self.cfg, states)
 
     def update(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -80,3 +81,15 @@ class BCQ:
             "bc_loss": bc_loss.detach(),
             "q_mean": q.detach().mean(),
         }
+
+
+def _logits(networks: Mapping[str, torch.nn.Module], cfg: BCQConfig, states: torch.Tensor):
+    """Greedy logits from the Q network and the behaviour model (training and a trained run)."""
+    return constrained_logits(networks["q"](states), networks["behaviour"](states), cfg.threshold)
+
+
+ALGORITHM = AlgorithmSpec(
+    name="bcq", config=BCQConfig, implementation=BCQ, policy_module="q",
+    exports=("behaviour",),  # the behaviour model gates BCQ's greedy action
+    logits=_logits,
+)  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from sepsisrl.config import (
     ConfigError,
@@ -16,36 +16,13 @@ from sepsisrl.config import (
     packaged_config_path,
     validate_config,
 )
+from sepsisrl.rl.registry import algorithm, algorithms
 
 
-class IQLSection(StrictModel):
-    actor_lr: float = Field(gt=0)
-    critic_lr: float = Field(gt=0)
-    value_lr: float = Field(gt=0)
-    expectile: float = Field(gt=0, lt=1)
-    temperature: float = Field(ge=0)
-    weight_cap: float = Field(gt=0)
-    polyak: float = Field(gt=0, le=1)
+class TrainSettings(StrictModel):
+    """The settings every algorithm shares; ``TrainConfig`` adds one section per algorithm."""
 
-
-class CQLSection(StrictModel):
-    lr: float = Field(gt=0)
-    alpha: float = Field(ge=0)
-    polyak: float = Field(gt=0, le=1)
-
-
-class BCQSection(StrictModel):
-    lr: float = Field(gt=0)
-    threshold: float = Field(ge=0, le=1)
-    polyak: float = Field(gt=0, le=1)
-
-
-class BCSection(StrictModel):
-    lr: float = Field(gt=0)
-
-
-class TrainConfig(StrictModel):
-    algo: Literal["iql", "cql", "bcq", "bc"]
+    algo: str
     seed: int
     epochs: int = Field(gt=0)
     steps: int | None = Field(default=None, gt=0)
@@ -59,22 +36,41 @@ class TrainConfig(StrictModel):
     log_every: int = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
     keep_checkpoints: int = Field(ge=1)
-    iql: IQLSection
-    cql: CQLSection
-    bcq: BCQSection
-    bc: BCSection
-    preset: str | None = None
 
     @model_validator(mode="after")
-    def _multiples(self) -> TrainConfig:
-        if self.compile and self.algo != "iql":
-            raise ValueError(f"compile is available for iql only, not {self.algo}")
+    def _multiples(self) -> TrainSettings:
+        if self.compile and not algorithm(self.algo).compile:
+            able = [name for name, spec in algorithms().items() if spec.compile]
+            raise ValueError(f"compile is available for {', '.join(able)} only, not {self.algo}")
         if self.checkpoint_every % self.log_every:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of "
                 f"log_every ({self.log_every})"
             )
         return self
+
+
+def _train_config() -> type[TrainSettings]:
+    """``TrainConfig``: the shared settings, one section per registered algorithm (named after
+    it, typed by its ``config``; ``configs/train.yaml`` holds the defaults, and a section that
+    file lacks takes its class's defaults), then ``preset``."""
+    specs = algorithms()
+    sections: dict[str, Any] = {
+        name: (spec.config, Field(default_factory=spec.config)) for name, spec in specs.items()
+    }
+    return create_model(
+        "TrainConfig",
+        __base__=TrainSettings,
+        __module__=__name__,
+        algo=(Literal[tuple(specs)], ...),
+        **sections,
+        preset=(str | None, None),
+    )
+
+
+#: The resolved training configuration (``load_train_config``): ``TrainSettings`` fields, a
+#: section per algorithm (``iql``, ``cql``, ``bcq``, ``bc``), ``preset``.
+TrainConfig = _train_config()
 
 
 def load_train_config(
@@ -95,7 +91,3 @@ def load_train_config(
         sources.append(f"preset {preset}")
     data = merge_user_file(data, path, sources)
     return validate_config(TrainConfig, data, overrides, sources, "training configuration")
-
-
-def available_presets() -> list[str]:
-    return sorted(yaml.safe_load(packaged_config_path("train").read_text()).get("presets", {}))

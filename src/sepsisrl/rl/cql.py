@@ -11,40 +11,34 @@ policy is greedy in Q.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from sepsisrl.config import StrictModel
 from sepsisrl.rl.networks import MLP, NetworkOptimizer, flatten_parameters, polyak_update
+from sepsisrl.rl.registry import AlgorithmSpec, Common
 
 
-@dataclass(frozen=True)
-class CQLConfig:
-    lr: float = 3e-4
-    alpha: float = 1.0
-    polyak: float = 0.005
-    grad_clip: float = 10.0
-    hidden: tuple[int, ...] = (256, 256)
+class CQLConfig(StrictModel):
+    """The ``cql`` section of ``configs/train.yaml`` (defaults there)."""
+
+    lr: float = Field(gt=0)
+    alpha: float = Field(ge=0)
+    polyak: float = Field(gt=0, le=1)
 
 
 class CQL:
     name = "cql"
 
-    def __init__(
-        self,
-        state_dim: int,
-        n_actions: int,
-        gamma: float,
-        cfg: CQLConfig,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.cfg, self.gamma = cfg, gamma
-        self.q = MLP(state_dim, n_actions, cfg.hidden).to(device)
-        self.q_target = MLP(state_dim, n_actions, cfg.hidden).to(device)
+    def __init__(self, common: Common, cfg: CQLConfig) -> None:
+        self.cfg, self.gamma = cfg, common.gamma
+        d, n, hidden, device = common.state_dim, common.n_actions, common.hidden, common.device
+        self.q = MLP(d, n, hidden).to(device)
+        self.q_target = MLP(d, n, hidden).to(device)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
-        self.optimizer = NetworkOptimizer({"q": (self.q, cfg.lr)}, cfg.grad_clip)
+        self.optimizer = NetworkOptimizer({"q": (self.q, cfg.lr)}, common.grad_clip)
         self._target_flat = flatten_parameters(self.q_target)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -74,3 +68,6 @@ class CQL:
             "cql_loss": conservative.detach(),
             "q_mean": q.detach().mean(),
         }
+
+
+ALGORITHM = AlgorithmSpec(name="cql", config=CQLConfig, implementation=CQL, policy_module="q")

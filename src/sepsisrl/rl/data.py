@@ -1,4 +1,4 @@
-"""Replay datasets as tensors (any dataset that follows the replay contract of contracts.md).
+"""Replay datasets as tensors (any dataset that follows the replay contract of docs/contracts.md).
 
 The replay files hold one row per decision step, sorted by (stay_id, step). The next state of
 a non-final row is the state of the following row; it is not stored twice - ``next_index``
@@ -28,11 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from sepsisrl.rl.actions import ActionGrid, grid_of_meta
+
 SUPPORTED_SCHEMA = {"1"}
 
 #: The largest SOFA score (0..24): a SOFA-delta shaping term is at most 24 * |weight|.
 SOFA_MAX = 24.0
-#: Denominator floor of the lactate-clearance term (``build/replay.py``) and a lactate value
+#: Denominator floor of the lactate-clearance term (``dataset/replay.py``) and a lactate value
 #: beyond any measurement (mmol/L), for a replay whose build statistics are not at hand.
 LACTATE_FLOOR = 1e-6
 LACTATE_MAX = 1000.0
@@ -66,6 +68,12 @@ class ReplayMeta:
     @property
     def gamma(self) -> float:
         return float(self.raw.get("gamma", 0.99))
+
+    @property
+    def action_grid(self) -> ActionGrid | None:
+        """The vasopressor x IV-fluid grid its ``action_labels`` spell (``rl.actions``); None
+        when they are plain action names (an external dataset)."""
+        return grid_of_meta(self.raw, str(self.path / "meta.json"))
 
     def state_bounds(self) -> tuple[np.ndarray, np.ndarray, str] | None:
         """(low, high, where from) of every state column in feature order (+-inf: unbounded),

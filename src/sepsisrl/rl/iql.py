@@ -25,25 +25,25 @@ both give the same gradient for every parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from sepsisrl.config import StrictModel
 from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer, flatten_parameters, polyak_update
+from sepsisrl.rl.registry import AlgorithmSpec, Common
 
 
-@dataclass(frozen=True)
-class IQLConfig:
-    actor_lr: float = 1e-4
-    critic_lr: float = 3e-4
-    value_lr: float = 3e-4
-    expectile: float = 0.7  # tau
-    temperature: float = 3.0  # beta (inverse temperature of the advantage weights)
-    weight_cap: float = 100.0
-    polyak: float = 0.005
-    grad_clip: float = 10.0
-    hidden: tuple[int, ...] = (256, 256)
+class IQLConfig(StrictModel):
+    """The ``iql`` section of ``configs/train.yaml`` (defaults there)."""
+
+    actor_lr: float = Field(gt=0)
+    critic_lr: float = Field(gt=0)
+    value_lr: float = Field(gt=0)
+    expectile: float = Field(gt=0, lt=1)  # tau
+    temperature: float = Field(ge=0)  # beta (inverse temperature of the advantage weights)
+    weight_cap: float = Field(gt=0)
+    polyak: float = Field(gt=0, le=1)
 
 
 def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
@@ -55,28 +55,22 @@ def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
 class IQL:
     name = "iql"
 
-    def __init__(
-        self,
-        state_dim: int,
-        n_actions: int,
-        gamma: float,
-        cfg: IQLConfig,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.cfg, self.gamma = cfg, gamma
-        self.critic = Ensemble(2, state_dim, n_actions, cfg.hidden).to(device)  # Q1, Q2
-        self.critic_target = Ensemble(2, state_dim, n_actions, cfg.hidden).to(device)
+    def __init__(self, common: Common, cfg: IQLConfig) -> None:
+        self.cfg, self.gamma = cfg, common.gamma
+        d, n, hidden, device = common.state_dim, common.n_actions, common.hidden, common.device
+        self.critic = Ensemble(2, d, n, hidden).to(device)  # Q1, Q2
+        self.critic_target = Ensemble(2, d, n, hidden).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.value = MLP(state_dim, 1, cfg.hidden).to(device)
-        self.actor = MLP(state_dim, n_actions, cfg.hidden).to(device)
+        self.value = MLP(d, 1, hidden).to(device)
+        self.actor = MLP(d, n, hidden).to(device)
         self.optimizer = NetworkOptimizer(
             {
                 "critic": (self.critic, cfg.critic_lr),
                 "value": (self.value, cfg.value_lr),
                 "actor": (self.actor, cfg.actor_lr),
             },
-            max_norm=cfg.grad_clip,
+            max_norm=common.grad_clip,
         )
         self._target_flat = flatten_parameters(self.critic_target)
 
@@ -189,3 +183,9 @@ class IQL:
             "advantage_std": advantage.std(),
             "capped_weight_fraction": (weight >= cfg.weight_cap).float().mean(),
         }
+
+
+ALGORITHM = AlgorithmSpec(
+    name="iql", config=IQLConfig, implementation=IQL, policy_module="actor", exportable=True,
+    compile=True,
+)  # fmt: skip

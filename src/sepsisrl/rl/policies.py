@@ -3,7 +3,8 @@
 A policy maps normalised states (N, state_dim) to action probabilities (N, n_actions);
 ``act`` is its greedy action. Deterministic policies put probability 1 on one action.
 
-- ``TrainedPolicy``     a run folder's final network (IQL/BC actor, CQL Q, BCQ constrained Q)
+- ``TrainedPolicy``     a run folder's final networks, acting as its algorithm says
+                        (``rl.registry``: IQL/BC actor, CQL Q, BCQ constrained Q)
 - ``NoTreatmentPolicy`` always action 0 (no vasopressor, no fluid)
 - ``RandomPolicy``      uniform over actions
 - ``ClinicianPolicy``   the clinicians' behaviour, from a behaviour model's probabilities
@@ -25,6 +26,7 @@ import torch
 
 from sepsisrl.rl.checkpoint import check_tensors, first_nonfinite, read_tensors
 from sepsisrl.rl.networks import MLP
+from sepsisrl.rl.registry import algorithm
 
 
 class Policy(Protocol):
@@ -137,27 +139,23 @@ class TrainedPolicy(_Deterministic):
             f"the network of {run / 'config.json'} (state_dim {self.state_dim}, hidden_sizes "
             f"{list(hidden)}, n_actions {self.n_actions})"
         )
-        self.net = MLP(self.state_dim, self.n_actions, hidden).to(device)
-        self.net.load_state_dict(_fitting(self.net, final / "policy.safetensors", run, network))
-        self.net.eval()
-        self.behaviour = None
-        if self.algo == "bcq":
-            self.behaviour = MLP(self.state_dim, self.n_actions, hidden).to(device)
-            self.behaviour.load_state_dict(
-                _fitting(self.behaviour, final / "behaviour.safetensors", run, network)
-            )
-            self.threshold = float(cfg["config"]["bcq"]["threshold"])
+        # the networks the algorithm acts with (rl.registry): the policy network, then the
+        # other exported ones (BCQ's behaviour model), each an MLP of the run's shape
+        self.spec = algorithm(self.algo)
+        self.section = self.spec.config.model_validate(cfg["config"][self.algo])
+        files = {self.spec.policy_module: "policy", **{n: n for n in self.spec.exports}}
+        self.networks: dict[str, torch.nn.Module] = {}
+        for module, file in files.items():
+            net = MLP(self.state_dim, self.n_actions, hidden).to(device)
+            net.load_state_dict(_fitting(net, final / f"{file}.safetensors", run, network))
+            self.networks[module] = net.eval()
+        self.net = self.networks[self.spec.policy_module]
         self.device = device
 
     def logits(self, states: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             x = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
-            out = self.net(x)
-            if self.behaviour is not None:
-                prob = torch.softmax(self.behaviour(x), dim=1)
-                allowed = prob / prob.max(dim=1, keepdim=True).values > self.threshold
-                out = out.masked_fill(~allowed, float("-inf"))
-            return out.cpu().numpy()
+            return self.spec.greedy_logits(self.networks, self.section, x).cpu().numpy()
 
     def act(self, states: np.ndarray) -> np.ndarray:
         return self.logits(states).argmax(1)

@@ -6,7 +6,7 @@ order (one permutation of the train split per epoch). A checkpoint stores the ne
 optimisers, that generator's state and the position in the current permutation, so a resumed
 run continues to exactly the weights of an uninterrupted one.
 
-Run folder (``contracts.md``)::
+Run folder (docs/contracts.md, "Training run")::
 
     RUN/config.json                     resolved config, replay fingerprint, versions
     RUN/metrics.jsonl                   one line per ``log_every`` steps
@@ -33,8 +33,6 @@ from safetensors.torch import save_file
 
 from sepsisrl import __version__
 from sepsisrl.locks import holds_lock
-from sepsisrl.rl.bc import BC, BCConfig
-from sepsisrl.rl.bcq import BCQ, BCQConfig
 from sepsisrl.rl.checkpoint import (
     first_nonfinite,
     latest_checkpoint,
@@ -43,12 +41,8 @@ from sepsisrl.rl.checkpoint import (
     save_checkpoint,
 )
 from sepsisrl.rl.config import TrainConfig
-from sepsisrl.rl.cql import CQL, CQLConfig
 from sepsisrl.rl.data import Transitions, load_meta, load_split
-from sepsisrl.rl.iql import IQL, IQLConfig
-
-#: The network a trained algorithm acts with (exported as the policy).
-POLICY_MODULE = {"iql": "actor", "bc": "actor", "cql": "q", "bcq": "q"}
+from sepsisrl.rl.registry import Algorithm, Common, algorithm
 
 
 class RunExistsError(FileExistsError):
@@ -65,31 +59,10 @@ def make_algorithm(
     n_actions: int,
     gamma: float,
     device: str | torch.device = "cpu",
-):
-    """The configured algorithm, its networks built on ``device``."""
-    hidden = tuple(cfg.hidden_sizes)
-    clip = cfg.grad_clip
-    if cfg.algo == "iql":
-        c = cfg.iql
-        algo_cfg = IQLConfig(
-            actor_lr=c.actor_lr, critic_lr=c.critic_lr, value_lr=c.value_lr, expectile=c.expectile,
-            temperature=c.temperature, weight_cap=c.weight_cap, polyak=c.polyak, grad_clip=clip,
-            hidden=hidden,
-        )  # fmt: skip
-        return IQL(state_dim, n_actions, gamma, algo_cfg, device)
-    if cfg.algo == "cql":
-        c = cfg.cql
-        cql_cfg = CQLConfig(lr=c.lr, alpha=c.alpha, polyak=c.polyak, grad_clip=clip, hidden=hidden)
-        return CQL(state_dim, n_actions, gamma, cql_cfg, device)
-    if cfg.algo == "bcq":
-        c = cfg.bcq
-        bcq_cfg = BCQConfig(
-            lr=c.lr, threshold=c.threshold, polyak=c.polyak, grad_clip=clip, hidden=hidden
-        )
-        return BCQ(state_dim, n_actions, gamma, bcq_cfg, device)
-    return BC(
-        state_dim, n_actions, gamma, BCConfig(lr=cfg.bc.lr, grad_clip=clip, hidden=hidden), device
-    )
+) -> Algorithm:
+    """The configured algorithm (``rl.registry``), its networks built on ``device``."""
+    common = Common(state_dim, n_actions, gamma, tuple(cfg.hidden_sizes), cfg.grad_clip, device)
+    return algorithm(cfg.algo).create(common, getattr(cfg, cfg.algo))
 
 
 @dataclass
@@ -183,7 +156,7 @@ def train(
             "train_fingerprint": data.fingerprint,
             "source": meta.raw.get("source"),
         },
-        "policy_module": POLICY_MODULE[cfg.algo],
+        "policy_module": algorithm(cfg.algo).policy_module,
         "created_by": f"sepsisrl {__version__}",
         "torch": torch.__version__,
         "device": str(device),
@@ -316,10 +289,11 @@ def _write_final(run: Path, algo, cfg: TrainConfig, total: int, last: dict[str, 
     tmp.mkdir()
     modules = algo.modules()
     save_file(module_tensors(modules), str(tmp / "model.safetensors"))
-    policy = POLICY_MODULE[cfg.algo]
+    spec = algorithm(cfg.algo)
+    policy = spec.policy_module
     save_file(_tensors(modules[policy]), str(tmp / "policy.safetensors"))
-    if cfg.algo == "bcq":  # the behaviour model gates BCQ's greedy action
-        save_file(_tensors(modules["behaviour"]), str(tmp / "behaviour.safetensors"))
+    for name in spec.exports:  # other networks the greedy policy needs (BCQ's behaviour model)
+        save_file(_tensors(modules[name]), str(tmp / f"{name}.safetensors"))
     (tmp / "state.json").write_text(
         json.dumps({"step": total, "final_metrics": last, "policy_module": policy}, indent=2) + "\n"
     )
@@ -371,7 +345,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
     ]
     path.write_text("".join(ln + "\n" for ln in lines))
-
-
-def load_run_config(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "config.json").read_text())

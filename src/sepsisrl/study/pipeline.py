@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,15 @@ import numpy as np
 from sepsisrl import __version__
 from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
-from sepsisrl.study.config import StudyConfig
-from sepsisrl.workspace import atomic_folder, read_json, remove_partials, stable_hash, write_json
+from sepsisrl.study.config import StudyConfig, baseline_fixed, baseline_grid
+from sepsisrl.workspace import (
+    atomic_folder,
+    code_fingerprint,
+    read_json,
+    remove_partials,
+    stable_hash,
+    write_json,
+)
 
 #: on_event(phase, done, total, message)
 Events = Callable[[str, int, int, str], None]
@@ -64,17 +71,6 @@ class StudyResult:
     phases: dict[str, dict[str, Any]]
 
 
-def package_fingerprint(*subpackages: str) -> str:
-    """sha256 of the sources of some sub-packages (a change there invalidates their units)."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256(__version__.encode())
-    for sub in subpackages:
-        for f in sorted((root / sub).rglob("*.py")):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -82,7 +78,7 @@ def _file_sha(path: Path) -> str:
 # ---------------------------------------------------------------- units (run in worker processes)
 def _ensure_run(spec: dict[str, Any]) -> bool:
     """Train unless complete with the same key; resume an interrupted run. True if trained."""
-    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.config import TrainConfig
     from sepsisrl.rl.trainer import train
 
     run = Path(spec["run_dir"])
@@ -90,7 +86,7 @@ def _ensure_run(spec: dict[str, Any]) -> bool:
     same = marker.is_file() and read_json(marker).get("key") == spec["key"]
     if same and (run / "final" / "policy.safetensors").is_file():
         return False
-    cfg = load_train_config(overrides=spec["overrides"])
+    cfg = TrainConfig.model_validate(spec["config"])
     resume = same and any((run / "checkpoints").glob("step_*"))
     if not resume and run.exists():
         shutil.rmtree(run)
@@ -101,26 +97,21 @@ def _ensure_run(spec: dict[str, Any]) -> bool:
 
 def _ensure_eval(spec: dict[str, Any]) -> bool:
     """Evaluate unless ``out`` holds an evaluation with the same key. True if evaluated."""
+    from sepsisrl.config import validate_dataclass
     from sepsisrl.ope.behaviour import BehaviourModel
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
-    from sepsisrl.ope.fqe import FQEConfig
 
     out = Path(spec["out"])
     policy_id = spec["spec"]
     if spec["kind"] == "run":
         policy_id = _file_sha(Path(spec["spec"]) / "final" / "policy.safetensors")
-    key = stable_hash({"base": spec["key"], "policy": policy_id})
+    # the behaviour model is an input too: a refit one (new code, config) redoes the evaluation
+    behaviour_id = _file_sha(Path(spec["behaviour"]) / "behaviour.safetensors")
+    key = stable_hash({"base": spec["key"], "policy": policy_id, "behaviour": behaviour_id})
     marker = out / "study.json"
     if (out / "metrics.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
         return False
-    from sepsisrl.ope.evaluate import GateConfig
-
-    ev = dict(spec["cfg"])
-    fqe = dict(ev.pop("fqe"))
-    gates = dict(ev.pop("gates", {}))
-    if "hidden" in fqe:
-        fqe["hidden"] = tuple(fqe["hidden"])
-    cfg = EvalConfig(**ev, gates=GateConfig(**gates), fqe=FQEConfig(**fqe))
+    cfg = validate_dataclass(EvalConfig, spec["cfg"], "evaluation")  # resolved, as keyed
     with atomic_folder(out) as tmp:
         evaluate(
             spec["spec"], spec["replay"], tmp, kind=spec["kind"], final=spec["final"], cfg=cfg,
@@ -286,9 +277,9 @@ class Study:
         self.cfg = cfg
         self.emit = on_event or (lambda *a: None)
         self.phases: dict[str, dict[str, Any]] = {}
-        self.train_code = package_fingerprint("rl")
-        self.eval_code = package_fingerprint("rl", "ope")
-        self.truth_code = package_fingerprint("rl", "ope", "truth", "dataset", "synth")
+        self.train_code = code_fingerprint("train")
+        self.eval_code = code_fingerprint("evaluate")
+        self.truth_code = code_fingerprint("truth")
         self.pool: WorkerPool | None = None
         self._replay_key: str | None = None
         self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
@@ -307,19 +298,21 @@ class Study:
         return self._replay_key
 
     def train_unit(self, name: str, reward: str, seed: int, overrides: dict[str, Any]):
+        """A training run's folder and job. Its key covers the fully resolved TrainConfig
+        (configs/train.yaml with every override), the replay and the training code; a run
+        whose ``study.json`` holds another key is stale and trained again."""
         run = self.ws / "runs" / f"{name}_seed{seed}"
-        full = {**self.cfg.train, **overrides, "seed": seed, "threads": self.cfg.threads_per_worker}
-        full.setdefault("preset", name)
-        key = stable_hash({"overrides": full, "replay": self.replay_key(), "reward": reward,
+        full = self.cfg.run_overrides(name, seed, overrides)
+        config = self.cfg.train_config(full, f"run {run.name}").model_dump(mode="json")
+        key = stable_hash({"config": config, "replay": self.replay_key(), "reward": reward,
                            "code": self.train_code})  # fmt: skip
         return run, {"replay": str(self.replay_dir(reward)), "overrides": full,
-                     "run_dir": str(run), "key": key}  # fmt: skip
+                     "config": config, "run_dir": str(run), "key": key}  # fmt: skip
 
     def eval_unit(self, spec: str, kind: str, reward: str, out_name: str, final: bool):
-        ev = self.cfg.evaluation
-        cfg = {"bootstrap_resamples": ev.bootstrap_resamples, "bootstrap_seed": ev.bootstrap_seed,
-               "seed": ev.bootstrap_seed, "headline": self.cfg.selection.estimator,
-               "gates": dict(ev.gates), "fqe": dict(ev.fqe)}  # fmt: skip
+        """An evaluation's folder and job; its key covers the fully resolved EvalConfig
+        (configs/evaluate.yaml with the study's settings) and the evaluation code."""
+        cfg = json.loads(json.dumps(asdict(self.cfg.eval_config())))
         out = self.ws / "eval" / out_name
         key = stable_hash({"cfg": cfg, "replay": self.replay_key(), "reward": reward,
                            "final": final, "code": self.eval_code})  # fmt: skip
@@ -379,7 +372,6 @@ class Study:
 
     # -- phases
     def data(self, source: Path | None) -> Path:
-        from sepsisrl.dataset.config import load_build_config
         from sepsisrl.dataset.pipeline import build
 
         started = time.perf_counter()
@@ -389,7 +381,7 @@ class Study:
         summary = build(
             source,
             self.ws,
-            load_build_config(None, dict(self.cfg.build)),
+            self.cfg.build_config(),
             on_stage=lambda stage, status: self.emit("build", 0, 1, f"{stage} {status}"),
         )
         self.emit("build", 1, 1, "done")
@@ -429,7 +421,7 @@ class Study:
     def behaviour(self) -> None:
         import torch
 
-        from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
+        from sepsisrl.ope.behaviour import BehaviourModel
         from sepsisrl.ope.evaluate import EVAL_REWARD
         from sepsisrl.rl.data import load_meta, load_split
 
@@ -438,9 +430,16 @@ class Study:
         meta = load_meta(replay)
         tr = load_split(replay, "train", EVAL_REWARD, meta)
         folder = self.ws / "study" / "behaviour"
-        if (folder / "behaviour.json").is_file():
+        cfg = self.cfg.eval_config().behaviour
+        # the model's key: its resolved config, the train data, the thread count and the code
+        key = stable_hash({"config": json.loads(json.dumps(asdict(cfg))),
+                           "train": tr.fingerprint, "threads": self.cfg.threads_per_worker,
+                           "code": self.eval_code})  # fmt: skip
+        marker = folder / "study.json"
+        if (folder / "behaviour.json").is_file() and marker.is_file():
             info = read_json(folder / "behaviour.json")
-            if info.get("fitted_on", {}).get("fingerprint") == tr.fingerprint:
+            if (info.get("fitted_on", {}).get("fingerprint") == tr.fingerprint
+                    and read_json(marker).get("key") == key):  # fmt: skip
                 self.emit("behaviour", 1, 1, "cached")
                 self.phases["behaviour"] = {"seconds": 0.0, "cached": True}
                 return
@@ -453,12 +452,13 @@ class Study:
         try:
             model = BehaviourModel.fit(
                 tr.states.numpy(), tr.actions.numpy(), va.states.numpy(), va.actions.numpy(),
-                meta.n_actions, BehaviourConfig(), tr.fingerprint,
+                meta.n_actions, cfg, tr.fingerprint,
             )  # fmt: skip
         finally:
             torch.set_num_threads(previous)
         with atomic_folder(folder) as tmp:
             model.save(tmp)
+            write_json(tmp / "study.json", {"key": key})
         self.emit("behaviour", 1, 1, f"{model.kind}, validation log-loss "
                   f"{model.info['validation_log_loss']:.3f}")  # fmt: skip
         self.phases["behaviour"] = {"seconds": round(time.perf_counter() - started, 1),
@@ -467,11 +467,9 @@ class Study:
     def sweep_jobs(self, cands: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
         jobs = []
         for c in cands:
-            hp = c["hyperparameters"]
-            iql = {f"iql.{k}": v for k, v in hp.items()}
             for seed in seeds:
                 run, tspec = self.train_unit(c["name"], c["reward"], seed,
-                                             {"algo": self.cfg.sweep.algo, **iql})  # fmt: skip
+                                             self.cfg.sweep_overrides(c))  # fmt: skip
                 _, espec = self.eval_unit(
                     str(run), "run", c["reward"], f"{run.name}-validation", final=False
                 )
@@ -598,17 +596,12 @@ class Study:
         """Every trained baseline's ``grid`` trained (stage-1 seed) and evaluated on VALIDATION,
         then chosen by the selection rule itself (same estimator, lower bound and gates) - the
         baselines get the tuning the IQL candidates get. Reads no test data."""
-        import itertools
-
         jobs, grids = [], {}
         seed = self.cfg.sweep.stage1_seed
         for name, spec in self.cfg.baselines.trained.items():
-            fixed = {k: v for k, v in spec.items() if k != "grid"}
-            grid = spec.get("grid") or {}
-            keys = sorted(grid)
+            fixed = baseline_fixed(spec)
             points = []
-            for values in itertools.product(*(grid[k] for k in keys)):
-                point = dict(zip(keys, values, strict=True))
+            for point in baseline_grid(spec):
                 label = "_".join(f"{k.split('.')[-1]}{v:g}" for k, v in point.items())
                 unit = f"{fixed['algo']}_{reward}" + (f"_{label}" if label else "")
                 run, tspec = self.train_unit(unit, reward, seed, {**fixed, **point,

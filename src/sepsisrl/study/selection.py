@@ -12,7 +12,7 @@ Rule (``configs/study.yaml`` -> ``selection``; written into ``study/selection.js
 3. A candidate's metrics are the means over its seeds (undefined if any seed's is). Gates:
    evaluable (a defined score), low-support rate <= low_support_max, severe flags <=
    severe_flags_max (a count, or ``clinicians``: no more than the clinicians' own actions raise
-   on the same validation states - the reference level of evaluation.md).
+   on the same validation states - the reference level of docs/evaluation.md).
 4. Ranking: candidates passing every gate first, by score (higher first), ties by support mass.
    Then the others, safety first: those passing the severe-flag gate, else fewer mean severe
    flags; then passing the low-support gate; then evaluable; then score.

@@ -214,14 +214,6 @@ def simulate_chunk(
     return ChunkResult(subjects, stays, sim, timeline, truth, sofa)
 
 
-def ordinal_plan(chunk: ChunkResult) -> list[Stays]:
-    """The stays of ``chunk`` per ordinal, in simulation order (for ``simulate_chunk(plan=)``)."""
-    out = []
-    for ordinal in range(int(chunk.stays.ordinal.max()) + 1 if chunk.stays.n else 0):
-        out.append(chunk.stays.take(np.flatnonzero(chunk.stays.ordinal == ordinal)))
-    return out
-
-
 def antibiotic_reorder(
     cfg: SynthConfig, rng: np.random.Generator, stays: Stays, sim: SimulationResult
 ) -> np.ndarray:

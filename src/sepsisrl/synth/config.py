@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
 from sepsisrl.config import StrictModel, load_config
+
+#: a probability or a fraction of rows, stays or draws
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Range(StrictModel):
@@ -156,6 +159,126 @@ class CliniciansConfig(StrictModel):
         return self
 
 
+# ------------------------------------------------------------ charting habits by table
+class OnTheHour(StrictModel):
+    """Share of chartevents rows charted exactly on the hour (the rest at minute 1-59)."""
+
+    vitals: Fraction
+    nibp_beside_arterial_line: Fraction
+    gcs: Fraction
+    respiratory: Fraction
+
+
+class ArterialLine(StrictModel):
+    """P(arterial line) = ``arterial_line_fraction`` x (base + sick x [shock or ventilated]),
+    capped at ``max_probability``."""
+
+    base: float = Field(ge=0)
+    sick: float = Field(ge=0)
+    max_probability: Fraction
+
+
+class ChartEventsHabits(StrictModel):
+    """How often the items of ``chartevents`` are charted, beyond the calibrated rates."""
+
+    on_the_hour: OnTheHour
+    arterial_line: ArterialLine
+    rr_per_vitals: Fraction
+    rr_total_per_ventilated_hour: Fraction
+    spo2_per_vitals: Fraction
+    temperature_when_due: Fraction
+    temperature_extra_per_hour: Fraction
+    temperature_other_unit: Fraction
+    gcs_when_due: Fraction
+    gcs_verbal_missing: Fraction
+    respiratory_when_due: Fraction
+    fio2_unventilated_on_oxygen: Fraction
+    peep_total_per_peep: Fraction
+    nasal_cannula_on_oxygen: Fraction
+    daily_weight_when_due: Fraction
+    warning_flag: Fraction
+    impossible_low_fraction: Fraction
+
+
+class MorningDraw(StrictModel):
+    icu: Fraction
+    ward: Fraction
+
+
+class PanelPerDraw(StrictModel):
+    """Panels drawn with the basic metabolic panel of a routine draw."""
+
+    cbc: Fraction
+    lft: Fraction
+    coag: Fraction
+    lytes: Fraction
+
+
+class LabEventsHabits(StrictModel):
+    """When labs are drawn and which results a draw reports."""
+
+    morning_draw: MorningDraw
+    extra_draw_per_h_stable: Fraction
+    blood_gas_per_h_unstable: Fraction
+    blood_gas_at_admission: Fraction
+    lactate_only_per_h_unstable: Fraction
+    lactate_at_admission_without_gas: Fraction
+    panel_per_draw: PanelPerDraw
+    venous_when_unventilated: Fraction
+    blood_gas_extras_fraction: Fraction
+    wbc_alternative_item_fraction: Fraction
+    impossible_negative_fraction: Fraction
+
+
+class InputEventsHabits(StrictModel):
+    albumin_25_fraction: Fraction
+    propofol_per_ventilated_hour: Fraction
+    transfusion_haemoglobin_below: float = Field(gt=0)
+    transfusion_per_h_low_haemoglobin: Fraction
+
+
+class OutputEventsHabits(StrictModel):
+    void_without_foley: Fraction
+    other_output_per_hour: Fraction
+
+
+class PrescriptionsHabits(StrictModel):
+    first_topical_fraction: Fraction
+    other_topical_fraction: list[Fraction] = Field(min_length=3, max_length=3)
+    admission_order_fraction: Fraction
+
+
+class PositiveCulture(StrictModel):
+    blood: Fraction
+    other: Fraction
+
+
+class MicrobiologyHabits(StrictModel):
+    second_blood_set: Fraction
+    urine_not_sputum: Fraction
+    positive_culture: PositiveCulture
+    susceptible: Fraction
+
+
+class StreamOffsets(StrictModel):
+    """Per-stay habits are drawn from their own random streams, seeded with the chunk's id
+    base plus these offsets, so that charting hour by hour draws the same habits in every
+    call. Distinct values keep the streams apart."""
+
+    chart_habits: int = Field(ge=0)
+    infusion_change_minute: int = Field(ge=0)
+    phenylephrine_unit: int = Field(ge=0)
+    urine_route: int = Field(ge=0)
+    drip_diluent: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> StreamOffsets:
+        values = list(self.model_dump().values())
+        if len(set(values)) != len(values):
+            raise ValueError(f"charting.stream_offsets must be distinct, got {self.model_dump()}")
+        return self
+
+
 class ChartingConfig(StrictModel):
     vitals_per_hour: float = Field(ge=0, le=1)
     arterial_line_fraction: float = Field(ge=0, le=1)
@@ -206,6 +329,14 @@ class ChartingConfig(StrictModel):
     impossible_value_rate: float = Field(ge=0, le=1)
     duplicate_row_rate: float = Field(ge=0, le=1)
     null_value_rate: float = Field(ge=0, le=1)
+    # charting habits by table (structure rather than calibration), and the habit streams
+    chartevents: ChartEventsHabits
+    labevents: LabEventsHabits
+    inputevents: InputEventsHabits
+    outputevents: OutputEventsHabits
+    prescriptions: PrescriptionsHabits
+    microbiology: MicrobiologyHabits
+    stream_offsets: StreamOffsets
 
     @model_validator(mode="after")
     def _keys(self) -> ChartingConfig:

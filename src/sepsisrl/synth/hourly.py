@@ -29,7 +29,6 @@ from sepsisrl.synth.simulator import SimulationResult, Simulator
 from sepsisrl.synth.world import chunk_context, stay_tables
 
 CHARTED_TABLES = ("chartevents", "labevents", "inputevents", "outputevents")
-STATIC_TABLES = ("patients", "admissions", "icustays", "prescriptions", "microbiologyevents")
 #: row-id namespace: chunk, ordinal and hour each get their own block of ids
 _CHUNK_IDS = 10**13
 _ORDINAL_IDS = 10**11

@@ -18,7 +18,7 @@ SECONDS_PER_DAY = 86400
 
 #: Vasopressor agents a stay's attending may use first line, in a fixed order.
 FIRST_LINE_AGENTS: tuple[str, ...] = ("norepinephrine", "phenylephrine", "dopamine", "epinephrine")
-#: Dose of each agent that equals 1 mcg/kg/min of norepinephrine (clinical_spec.md section 6).
+#: Dose of each agent that equals 1 mcg/kg/min of norepinephrine (docs/clinical.md, "Actions").
 AGENT_NE_FACTOR: dict[str, float] = {
     "norepinephrine": 1.0,
     "phenylephrine": 0.1,

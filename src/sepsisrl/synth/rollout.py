@@ -19,7 +19,7 @@ the episode's last step).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -68,7 +68,6 @@ class DecisionBatch:
     tables: dict[str, pa.Table]  # MIMIC rows charted before decision_time, these stays only
     static: dict[str, pa.Table]  # patients, admissions, icustays rows of these stays
     doses: RolloutDoses
-    _privileged: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.stay_id)
@@ -293,7 +292,6 @@ def rollout(
             batch = _decision_batch(
                 idx, stays, admit, h, since[idx] // step_hours, charted, static_stub, doses
             )
-            batch._privileged = {"stay_index": idx}
             actions = np.asarray(policy(batch), dtype=np.int64).reshape(-1)
             if actions.shape != (len(idx),):
                 raise ValueError(f"policy returned {actions.shape} actions for {len(idx)} patients")

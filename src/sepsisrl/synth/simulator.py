@@ -35,7 +35,6 @@ import numpy as np
 
 from sepsisrl.synth.config import SynthConfig
 from sepsisrl.synth.population import (
-    AGENT_NE_FACTOR,
     FIRST_LINE_AGENTS,
     VASOPRESSIN_NE_FACTOR,
     Attendings,
@@ -80,6 +79,21 @@ class SimulationResult:
     infection_cleared_h: np.ndarray
     residual_organ: np.ndarray  # organ dysfunction score at ICU discharge
     residual_infection: np.ndarray
+
+
+@dataclass
+class _HourNoise:
+    """One hour's random numbers (drawn whatever the treatment: common random numbers)."""
+
+    phys: np.ndarray  # standard normals (n, _N_PHYS_NORMALS): urine, infection, lactate, AR
+    death: np.ndarray  # uniform: death in this hour against the hazard
+    death_time: np.ndarray  # uniform: time of death within the hour
+    clin_normals: np.ndarray  # (n, _N_CLIN_NORMALS): perception noise of the clinicians
+    clin_uniforms: np.ndarray  # (n, _N_CLIN_UNIFORMS): clinicians' choices; the last, discharge
+
+    @property
+    def discharge(self) -> np.ndarray:
+        return self.clin_uniforms[:, 25]
 
 
 class Simulator:
@@ -285,16 +299,27 @@ class Simulator:
     def _clinicians(
         self, obs: dict[str, np.ndarray], z: np.ndarray, u: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """The treating team's decisions for this hour (vectorised over stays)."""
-        c, st, h = self.c, self.stays, self.h
-        n = self.n
-        in_icu = h >= self.intime_h
+        """The treating team's decisions for this hour (vectorised over stays): what they see
+        (``z``: perception noise), then boluses, maintenance fluid and vasoactive drugs
+        (``u``: the uniforms of their choices, columns 0-4, 5-8 and 9-14)."""
+        c = self.c
+        in_icu = self.h >= self.intime_h
         map_seen = obs["map"] + c.map_perception_sd * z[:, 0]
         lac_seen = obs["lactate"] * (1.0 + 0.08 * z[:, 1])
         vol_seen = self.volume + c.volume_perception_sd * z[:, 2]
-        uo_per_kg = self.urine_last / st.weight_kg
+        return {
+            **self._boluses(map_seen, lac_seen, vol_seen, u),
+            **self._maintenance_fluid(in_icu, u),
+            **self._vasoactive_drugs(obs, map_seen, lac_seen, in_icu, u),
+        }
 
-        # --- fluid boluses
+    def _boluses(
+        self, map_seen: np.ndarray, lac_seen: np.ndarray, vol_seen: np.ndarray, u: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Fluid boluses: given for low MAP, high lactate, low urine output or a dry look,
+        held back by a positive balance beyond the attending's tolerance."""
+        c, st, h = self.c, self.stays, self.h
+        uo_per_kg = self.urine_last / st.weight_kg
         score = (
             c.bolus_map_weight * np.maximum(0.0, 65.0 - map_seen) / 10.0
             + c.bolus_lactate_weight * np.maximum(0.0, lac_seen - 2.0) / 2.0
@@ -311,10 +336,16 @@ class Simulator:
         bolus_ml = np.where(
             bolus_type == BOLUS_FLUIDS.index("albumin_5"), np.minimum(bolus_ml, 500.0), bolus_ml
         )
-        bolus_minute = np.floor(u[:, 3] * 50.0)
-        bolus_duration = np.where(u[:, 4] < 0.5, 30.0, 60.0)
+        return {
+            "bolus_ml": np.where(bolus, bolus_ml, 0.0),
+            "bolus_type": bolus_type,
+            "bolus_minute": np.floor(u[:, 3] * 50.0),
+            "bolus_duration_min": np.where(u[:, 4] < 0.5, 30.0, 60.0),
+        }
 
-        # --- maintenance fluid: starts at ICU admission for some, toggles rarely
+    def _maintenance_fluid(self, in_icu: np.ndarray, u: np.ndarray) -> dict[str, np.ndarray]:
+        """Maintenance fluid: starts at ICU admission for some, toggles rarely."""
+        c, h = self.c, self.h
         start_icu = in_icu & (h - 1 < self.intime_h)
         maint_on = np.where(
             start_icu,
@@ -331,8 +362,19 @@ class Simulator:
             self.maint_type,
             np.floor(u[:, 8] * len(MAINTENANCE_FLUIDS)).astype(np.int64),
         )
+        return {"maint_rate": maint_rate, "maint_type": maint_type}
 
-        # --- vasopressors (ICU only), titrated to a MAP target
+    def _vasoactive_drugs(
+        self,
+        obs: dict[str, np.ndarray],
+        map_seen: np.ndarray,
+        lac_seen: np.ndarray,
+        in_icu: np.ndarray,
+        u: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Vasopressors (ICU only) titrated to a MAP target, vasopressin and epinephrine added
+        at high doses, dobutamine for a failing heart."""
+        c = self.c
         on = self.vaso_eq > 0
         start = (
             ~on
@@ -377,19 +419,7 @@ class Simulator:
         vp[no_icu] = 0.0
         epi[no_icu] = 0.0
         dob[no_icu] = 0.0
-        del n
-        return {
-            "bolus_ml": np.where(bolus, bolus_ml, 0.0),
-            "bolus_type": bolus_type,
-            "bolus_minute": bolus_minute,
-            "bolus_duration_min": bolus_duration,
-            "maint_rate": maint_rate,
-            "maint_type": maint_type,
-            "vaso_eq": vaso,
-            "vasopressin": vp,
-            "epi_add": epi,
-            "dobutamine": dob,
-        }
+        return {"vaso_eq": vaso, "vasopressin": vp, "epi_add": epi, "dobutamine": dob}
 
     def _infection_management(
         self, obs: dict[str, np.ndarray], z: np.ndarray, u: np.ndarray
@@ -461,35 +491,67 @@ class Simulator:
 
     # ------------------------------------------------------------------ one hour
     def step(self) -> None:
-        """Advance every active stay by one hour."""
-        n, h, p, st = self.n, self.h, self.p, self.stays
-        zp = self.rng_phys.standard_normal((n, _N_PHYS_NORMALS))
-        u_death = self.rng_phys.random(n)
-        u_death_time = self.rng_phys.random(n)
-        zc = self.rng_clin.standard_normal((n, _N_CLIN_NORMALS))
-        uc = self.rng_clin.random((n, _N_CLIN_UNIFORMS))
+        """Advance every active stay by one hour (the five stages of the module docstring)."""
+        noise = self._draw_noise()
         act = self.active
-        in_icu = h >= self.intime_h
+        in_icu = self.h >= self.intime_h
+        self._start_infections(act)
+        dec = self._decide(noise, in_icu)
+        total_eq = self._apply_treatment(dec)
+        obs = self._observables()  # the hour's effective treatment uses the new doses
+        perf = obs["perfusion"]
+        urine = self._advance_fluids(dec, perf, noise.phys, in_icu)
+        excess_vaso = np.maximum(total_eq - self.p.high_vaso_threshold, 0.0)
+        overload = np.maximum(self.balance_l - self.stays.fluid_tolerance_l, 0.0)
+        self._advance_infection(noise.phys)
+        self._advance_organs(perf, excess_vaso, overload, noise.phys)
+        self._advance_noise(noise.phys)
+        organ = self.organ_score(perf)
+        hazard = self._hazard(organ, excess_vaso, overload)
+        dies = act & in_icu & (noise.death < -np.expm1(-hazard))
+        self._record(act, obs, dec, in_icu, urine, total_eq, organ, hazard)
+        self._end_stays(act, in_icu, dies, noise.death_time, noise.discharge, perf, organ)
+        self.h += 1
 
-        # infection onset
-        start_inf = (st.infection_h == h) & act
+    def _draw_noise(self) -> _HourNoise:
+        """The hour's random numbers, in fixed shapes whatever happens (common random numbers)."""
+        n = self.n
+        phys = self.rng_phys.standard_normal((n, _N_PHYS_NORMALS))
+        death = self.rng_phys.random(n)
+        death_time = self.rng_phys.random(n)
+        clin_normals = self.rng_clin.standard_normal((n, _N_CLIN_NORMALS))
+        clin_uniforms = self.rng_clin.random((n, _N_CLIN_UNIFORMS))
+        return _HourNoise(phys, death, death_time, clin_normals, clin_uniforms)
+
+    def _start_infections(self, act: np.ndarray) -> None:
+        st = self.stays
+        start_inf = (st.infection_h == self.h) & act
         self.infection = np.where(start_inf, st.infection_severity, self.infection)
 
+    def _decide(self, noise: _HourNoise, in_icu: np.ndarray) -> dict[str, np.ndarray]:
+        """Ventilation, infection work-ups and the hour's treatment (clinicians or policy)."""
+        zc, uc = noise.clin_normals, noise.clin_uniforms
         self._ventilation(self._observables(), uc[:, 23:25])
         obs = self._observables()
         self._infection_management(obs, zc, uc[:, 15:23])
         dec = self._clinicians(obs, zc, uc[:, :15])
+        self._external_control(dec, in_icu)
+        return dec
 
-        # external control of fluids and vasopressors
+    def _external_control(self, dec: dict[str, np.ndarray], in_icu: np.ndarray) -> None:
+        """Fluids and vasopressors of the stays an external policy controls (in place)."""
         ext = self.override & in_icu
-        if ext.any():
-            dec["vaso_eq"] = np.where(ext, self.override_vaso_eq, dec["vaso_eq"])
-            for key in ("vasopressin", "epi_add", "dobutamine", "bolus_ml"):
-                dec[key] = np.where(ext, 0.0, dec[key])
-            dec["maint_rate"] = np.where(ext, self.override_fluid_ml_h, dec["maint_rate"])
-            dec["maint_type"] = np.where(
-                ext, MAINTENANCE_FLUIDS.index("nacl_09"), dec["maint_type"]
-            )
+        if not ext.any():
+            return
+        dec["vaso_eq"] = np.where(ext, self.override_vaso_eq, dec["vaso_eq"])
+        for key in ("vasopressin", "epi_add", "dobutamine", "bolus_ml"):
+            dec[key] = np.where(ext, 0.0, dec[key])
+        dec["maint_rate"] = np.where(ext, self.override_fluid_ml_h, dec["maint_rate"])
+        dec["maint_type"] = np.where(ext, MAINTENANCE_FLUIDS.index("nacl_09"), dec["maint_type"])
+
+    def _apply_treatment(self, dec: dict[str, np.ndarray]) -> np.ndarray:
+        """Set the hour's doses; returns the total vasopressor dose (NE-equivalent)."""
+        h = self.h
         self.vaso_eq = dec["vaso_eq"]
         self.vasopressin = dec["vasopressin"]
         self.epi_add = dec["epi_add"]
@@ -499,10 +561,14 @@ class Simulator:
         self.bolus_last_h = np.where(dec["bolus_ml"] > 0, float(h), self.bolus_last_h)
         total_eq = self.total_vaso_eq()
         self.last_vaso_h = np.where(total_eq > 0, float(h), self.last_vaso_h)
-        # the hour's effective treatment uses the new doses
-        obs = self._observables()
+        return total_eq
 
-        # ---- advance latent state by one hour
+    # ------------------------------------------------------------------ latent state
+    def _advance_fluids(
+        self, dec: dict[str, np.ndarray], perf: np.ndarray, z: np.ndarray, in_icu: np.ndarray
+    ) -> np.ndarray:
+        """Intravascular volume, urine and fluid balance over the hour; returns urine (mL)."""
+        p, st = self.p, self.stays
         fluid_l = (dec["bolus_ml"] + dec["maint_rate"]) / 1000.0
         colloid = (dec["bolus_type"] >= BOLUS_FLUIDS.index("albumin_5")) & (dec["bolus_ml"] > 0)
         expansion = np.where(colloid, 1.6, 1.0)
@@ -515,34 +581,43 @@ class Simulator:
         )
         refill = 0.004 * np.maximum(1.0 - self.volume, 0.0) * (inf < 0.1)
         self.volume = np.clip(self.volume + gain - leak - 0.002 - excretion + refill, 0.35, 1.6)
-        perf = obs["perfusion"]
-        deficit = 1.0 - perf
         urine = (
             st.weight_kg
             * 1.0
             * perf
             * (1.0 - self.kidney) ** 2
             * np.clip(self.volume, 0.5, 1.4)
-            * np.exp(0.25 * zp[:, 0])
+            * np.exp(0.25 * z[:, 0])
         )
         urine = np.maximum(urine, 0.0)
         self.balance_l = self.balance_l + fluid_l - urine / 1000.0 - 0.035
-        excess_vaso = np.maximum(total_eq - p.high_vaso_threshold, 0.0)
-        overload = np.maximum(self.balance_l - st.fluid_tolerance_l, 0.0)
+        self.urine_last = urine
+        self.fluid_icu_l = np.where(in_icu, self.fluid_icu_l + fluid_l, self.fluid_icu_l)
+        return urine
 
+    def _advance_infection(self, z: np.ndarray) -> None:
+        """Growth of the infection, killing by antibiotics (weak until escalation if resistant)."""
+        st, h = self.stays, self.h
         abx_on = ((h >= self.antibiotic_h + 1.0) & (h < self.antibiotic_stop_h)).any(axis=1)
         kill = np.where(abx_on, st.antibiotic_kill, 0.0)
         weak = st.resistant & ~(h >= self.escalation_h).any(axis=1)
         kill = np.where(weak, 0.25 * kill, kill)
         growth = st.infection_growth * self.infection * (1.0 - self.infection / 1.5)
         self.infection = np.clip(
-            self.infection + growth - kill * self.infection + 0.01 * self.infection * zp[:, 1],
+            self.infection + growth - kill * self.infection + 0.01 * self.infection * z[:, 1],
             0.0,
             2.0,
         )
         cleared = (self.infection > 0) & (self.infection < 0.01) & abx_on
         self.cleared_h = np.where(cleared & np.isnan(self.cleared_h), float(h), self.cleared_h)
         self.infection = np.where(cleared, 0.0, self.infection)
+
+    def _advance_organs(
+        self, perf: np.ndarray, excess_vaso: np.ndarray, overload: np.ndarray, z: np.ndarray
+    ) -> None:
+        """Vascular tone, lactate, organ injury and recovery, and the labs that follow them."""
+        p, st = self.p, self.stays
+        deficit = 1.0 - perf
         inf = np.minimum(self.infection, 1.5)
         quiet = inf < 0.3
         self.tone_loss += (np.minimum(inf, 1.3) - self.tone_loss) / p.tone_time_constant_h
@@ -555,7 +630,7 @@ class Simulator:
             * (self.lactate - 0.9)
             * (1.0 - 0.6 * self.liver)
             * (0.3 + 0.7 * perf)
-            + 0.05 * zp[:, 2],
+            + 0.05 * z[:, 2],
             0.4,
             25.0,
         )
@@ -609,14 +684,19 @@ class Simulator:
         self.bun += (st.bun_base * (1.0 + 2.5 * self.kidney) - self.bun) / 24.0
         self.bilirubin += (st.bilirubin_base + 9.0 * self.liver**1.3 - self.bilirubin) / 24.0
         self.platelets += (st.platelets_base * (1.0 - 0.85 * self.coag) - self.platelets) / 18.0
-        self.map_ar = 0.8 * self.map_ar + 0.6 * p.map_noise_sd * zp[:, 3]
-        self.hr_ar = 0.8 * self.hr_ar + 0.6 * 5.0 * zp[:, 4]
-        self.temp_ar = 0.9 * self.temp_ar + 0.44 * 0.25 * zp[:, 5]
-        self.urine_last = urine
-        self.fluid_icu_l = np.where(in_icu, self.fluid_icu_l + fluid_l, self.fluid_icu_l)
 
-        organ = self.organ_score(perf)
-        hazard = np.exp(
+    def _advance_noise(self, z: np.ndarray) -> None:
+        """Autocorrelated hour-to-hour variation of MAP, heart rate and temperature."""
+        self.map_ar = 0.8 * self.map_ar + 0.6 * self.p.map_noise_sd * z[:, 3]
+        self.hr_ar = 0.8 * self.hr_ar + 0.6 * 5.0 * z[:, 4]
+        self.temp_ar = 0.9 * self.temp_ar + 0.44 * 0.25 * z[:, 5]
+
+    def _hazard(
+        self, organ: np.ndarray, excess_vaso: np.ndarray, overload: np.ndarray
+    ) -> np.ndarray:
+        """Hourly death hazard in the ICU."""
+        p, st = self.p, self.stays
+        return np.exp(
             p.hazard_intercept
             + p.hazard_organ * organ
             + p.hazard_lactate * np.minimum(self.lactate, 15.0)
@@ -625,11 +705,23 @@ class Simulator:
             + p.hazard_age_per_year * (st.age - 65.0)
             + p.hazard_comorbidity * st.comorbidity
         )
-        dies = act & in_icu & (u_death < -np.expm1(-hazard))
 
+    # ------------------------------------------------------------------ record and outcome
+    def _record(
+        self,
+        act: np.ndarray,
+        obs: dict[str, np.ndarray],
+        dec: dict[str, np.ndarray],
+        in_icu: np.ndarray,
+        urine: np.ndarray,
+        total_eq: np.ndarray,
+        organ: np.ndarray,
+        hazard: np.ndarray,
+    ) -> None:
+        """Append the hour's row of every active stay (float64 stored as float32)."""
         rec_row = {
             "stay": np.flatnonzero(act).astype(np.int32),
-            "h": np.full(int(act.sum()), h, dtype=np.int32),
+            "h": np.full(int(act.sum()), self.h, dtype=np.int32),
         }
         row = dict(obs)
         row.update(dec)
@@ -658,7 +750,18 @@ class Simulator:
             rec_row[key] = arr[act]
         self._records.append(rec_row)
 
-        # ---- death and discharge
+    def _end_stays(
+        self,
+        act: np.ndarray,
+        in_icu: np.ndarray,
+        dies: np.ndarray,
+        u_death_time: np.ndarray,
+        u_discharge: np.ndarray,
+        perf: np.ndarray,
+        organ: np.ndarray,
+    ) -> None:
+        """Deaths, and discharge of stable patients past their planned length of stay."""
+        h, st = self.h, self.stays
         death_time = h + np.clip(u_death_time, 0.02, 0.98)
         self.death_h = np.where(dies, death_time, self.death_h)
         self.alive &= ~dies
@@ -678,7 +781,7 @@ class Simulator:
             act
             & self.alive
             & (
-                ((los >= st.planned_los_h) & stable & (uc[:, 25] < 0.5))
+                ((los >= st.planned_los_h) & stable & (u_discharge < 0.5))
                 | (los >= self.cfg.population.max_icu_los_h)
             )
         )
@@ -689,7 +792,6 @@ class Simulator:
         self.residual_organ = np.where(ends, organ, self.residual_organ)
         self.residual_infection = np.where(ends, self.infection, self.residual_infection)
         self.active = act & ~ends
-        self.h += 1
 
     def organ_score(self, perfusion: np.ndarray) -> np.ndarray:
         """Weighted organ dysfunction (0 = none) that drives the death hazard."""
@@ -733,9 +835,3 @@ class Simulator:
             residual_organ=self.residual_organ.copy(),
             residual_infection=self.residual_infection.copy(),
         )
-
-
-def first_line_agent_dose(vaso_eq: np.ndarray, first_line: np.ndarray) -> np.ndarray:
-    """Convert an NE-equivalent dose into the first-line agent's own mcg/kg/min."""
-    factors = np.array([AGENT_NE_FACTOR[a] for a in FIRST_LINE_AGENTS])
-    return vaso_eq / factors[first_line]

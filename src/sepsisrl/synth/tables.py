@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from sepsisrl.synth.charting import (
+from sepsisrl.synth.charting.common import (
     MISSING_TIME,
-    _float_array,
-    _int_array,
-    _table,
-    _time_array,
+    arrow_table,
+    float_array,
+    int_array,
+    time_array,
 )
 from sepsisrl.synth.cohort import ChunkResult
 from sepsisrl.synth.population import FIRST_LINE_AGENTS, SECONDS_PER_DAY, SECONDS_PER_HOUR
@@ -43,13 +43,13 @@ def patients(chunk: ChunkResult, rng: np.random.Generator) -> pa.Table:
     dod = pa.array(dod_days, pa.date32(), mask=d < 0)
     gender = np.where(subj.female[pos], "F", "M").astype(object)
     gender[subj.gender_missing[pos]] = None
-    return _table(
+    return arrow_table(
         "patients",
         {
-            "subject_id": _int_array(subj.subject_id[pos]),
+            "subject_id": int_array(subj.subject_id[pos]),
             "gender": pa.array(gender.tolist(), pa.string()),
-            "anchor_age": _int_array(subj.anchor_age[pos]),
-            "anchor_year": _int_array(subj.anchor_year[pos]),
+            "anchor_age": int_array(subj.anchor_age[pos]),
+            "anchor_year": int_array(subj.anchor_year[pos]),
             "anchor_year_group": pa.array([_YEAR_GROUPS[i] for i in rng.integers(0, 5, len(pos))]),
             "dod": dod,
         },
@@ -105,14 +105,14 @@ def admissions(chunk: ChunkResult, rng: np.random.Generator, providers: list[str
             "UNKNOWN",
         ]
     )[rng.choice(6, n, p=[0.65, 0.12, 0.05, 0.04, 0.07, 0.07])]
-    tab = _table(
+    tab = arrow_table(
         "admissions",
         {
-            "subject_id": _int_array(st.subject_id),
-            "hadm_id": _int_array(st.hadm_id),
-            "admittime": _time_array(st.admit_time),
-            "dischtime": _time_array(tl.dischtime),
-            "deathtime": _time_array(np.where(died, tl.deathtime, MISSING_TIME)),
+            "subject_id": int_array(st.subject_id),
+            "hadm_id": int_array(st.hadm_id),
+            "admittime": time_array(st.admit_time),
+            "dischtime": time_array(tl.dischtime),
+            "deathtime": time_array(np.where(died, tl.deathtime, MISSING_TIME)),
             "admission_type": pa.array(adm_type.tolist()),
             "admit_provider_id": pa.array([providers[a] for a in st.attending.tolist()]),
             "admission_location": pa.array(adm_loc.tolist()),
@@ -121,9 +121,9 @@ def admissions(chunk: ChunkResult, rng: np.random.Generator, providers: list[str
             "language": pa.array(["English"] * n),
             "marital_status": pa.array(marital.tolist(), pa.string()),
             "race": pa.array(race.tolist()),
-            "edregtime": _time_array(edreg),
-            "edouttime": _time_array(edout),
-            "hospital_expire_flag": _int_array(died.astype(np.int64)),
+            "edregtime": time_array(edreg),
+            "edouttime": time_array(edout),
+            "hospital_expire_flag": int_array(died.astype(np.int64)),
         },
     )
     return tab.take(pa.array(order))
@@ -140,17 +140,17 @@ def icustays(chunk: ChunkResult, rng: np.random.Generator) -> pa.Table:
         np.array(_CAREUNITS)[rng.choice(len(_CAREUNITS), n, p=_CAREUNIT_P)],
     )
     los = np.round((tl.outtime - tl.intime) / SECONDS_PER_DAY, 4)
-    tab = _table(
+    tab = arrow_table(
         "icustays",
         {
-            "subject_id": _int_array(st.subject_id),
-            "hadm_id": _int_array(st.hadm_id),
-            "stay_id": _int_array(st.stay_id),
+            "subject_id": int_array(st.subject_id),
+            "hadm_id": int_array(st.hadm_id),
+            "stay_id": int_array(st.stay_id),
             "first_careunit": pa.array(unit.tolist()),
             "last_careunit": pa.array(last.tolist()),
-            "intime": _time_array(tl.intime),
-            "outtime": _time_array(tl.outtime),
-            "los": _float_array(los),
+            "intime": time_array(tl.intime),
+            "outtime": time_array(tl.outtime),
+            "los": float_array(los),
         },
     )
     return tab.take(pa.array(order))

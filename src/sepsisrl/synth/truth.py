@@ -1,6 +1,6 @@
 """Ground truth of the synthetic world: true SOFA, suspicion of infection and Sepsis-3 onset.
 
-The truth applies the Sepsis-3 definition of ``clinical_spec.md`` (section 3) to the
+The truth applies the Sepsis-3 definition of docs/clinical.md ("Sepsis-3") to the
 simulator's noise-free hourly values - what a perfect record would contain - so the pipeline's
 own Sepsis-3, computed from the noisy, gappy tables, can be validated against it.
 

@@ -154,6 +154,24 @@ def _check_destination(path: Path, overwrite: bool, what: str) -> None:
         )
 
 
+#: How the sidecar's truth is defined (written into ``world.json``).
+_CONVENTIONS = {
+    "times": "sidecar times are the world's de-identified clock, like the MIMIC tables",
+    "sofa": "true SOFA per hour: lab components every hour, bedside components in the "
+    "ICU only; each component worst in the trailing 24 h; while ventilated, the GCS of "
+    "neurological function without sedation",
+    "suspected_infection": "culture then antibiotic within 72 h, or antibiotic then "
+    "culture within 24 h, the antibiotic started during the ICU stay (the ICU "
+    "re-order of a course running at admission included); time = earlier event "
+    "of the pair",
+    "sepsis_onset": "first ICU hour with SOFA >= 2 whose end lies in [SI - 48 h, "
+    "SI + 24 h]; onset = min(SI, that hour's end); earliest over all qualifying SIs",
+    "sepsis3_in_icu_window": "onset inside [intime - 6 h, outtime]",
+    "died_90d_after_onset": "death (in hospital or after discharge) within 90 days "
+    "of the Sepsis-3 onset",
+}
+
+
 def generate_world(
     out_dir: str | Path,
     n_stays: int,
@@ -170,34 +188,16 @@ def generate_world(
     cfg = cfg or load_synth_config()
     out = Path(out_dir).absolute()
     truth = Path(truth_dir).absolute() if truth_dir else default_truth_dir(out)
-    if truth == out or out in truth.parents or truth in out.parents:
-        raise ValueError(
-            f"the truth sidecar ({truth}) must be next to, not inside, the MIMIC tree ({out})"
-        )
-    _check_destination(out, overwrite, "output folder")
-    _check_destination(truth, overwrite, "truth folder")
-    # temporaries of killed earlier runs (their process has ended) go first
-    remove_partials(out.parent, (out.name,))
-    remove_partials(truth.parent, (truth.name,))
+    tmp_out, tmp_truth = _temporary_folders(out, truth, overwrite)
     started = time.perf_counter()
-    tag = f"partial-{os.getpid()}"
-    tmp_out = out.parent / f".{out.name}.{tag}"
-    tmp_truth = truth.parent / f".{truth.name}.{tag}"
-    for d in (tmp_out, tmp_truth):
-        if d.exists():
-            shutil.rmtree(d)
-    (tmp_out / "hosp").mkdir(parents=True)
-    (tmp_out / "icu").mkdir(parents=True)
-    tmp_truth.mkdir(parents=True)
-
-    level = cfg.output.gzip_level
     files = {
-        name: GzipCsvFile(tmp_out / f"{schema.relpath}.csv.gz", schema.column_names, level)
+        name: GzipCsvFile(
+            tmp_out / f"{schema.relpath}.csv.gz", schema.column_names, cfg.output.gzip_level
+        )
         for name, schema in TABLES.items()
     }
     writer = BackgroundWriter(files)
-    stay_writer: pq.ParquetWriter | None = None
-    hourly_writer: pq.ParquetWriter | None = None
+    sidecar = _TruthWriters(tmp_truth, hourly_truth)
     summary = WorldSummary(out, truth, seed, 0, 0)
     latch = InterruptLatch().__enter__()
     try:
@@ -205,78 +205,27 @@ def generate_world(
         writer.submit("d_labitems", catalog.d_labitems_table())
         attendings = sample_attendings(cfg, seed)
         chunk_index = 0
-        first_subject = 0
         while summary.n_stays < n_stays:
             latch.check()
+            first_subject = chunk_index * cfg.output.chunk_subjects
             chunk = simulate_chunk(
                 cfg, seed, chunk_index, attendings, first_subject, cfg.output.chunk_subjects
             )
-            first_subject += cfg.output.chunk_subjects
-            room = n_stays - summary.n_stays
-            if chunk.stays.n > room:
-                order = np.lexsort((chunk.stays.ordinal, chunk.stays.subject_pos))
-                keep = np.zeros(chunk.stays.n, dtype=bool)
-                keep[order[:room]] = True
-                chunk = subset_chunk(chunk, keep)
+            chunk = _first_stays(chunk, n_stays - summary.n_stays)
             rows = chart_chunk(cfg, chunk, seed, chunk_index, attendings)
             for name, table in rows.items():
                 writer.submit(name, table)
-            st = tables.truth_stays(chunk)
-            with naming_output(tmp_truth / "stays.parquet"):
-                stay_writer = stay_writer or pq.ParquetWriter(
-                    tmp_truth / "stays.parquet", st.schema
-                )
-                stay_writer.write_table(st)
-            if hourly_truth:
-                ht = tables.truth_hourly(chunk)
-                with naming_output(tmp_truth / "hourly.parquet"):
-                    hourly_writer = hourly_writer or pq.ParquetWriter(
-                        tmp_truth / "hourly.parquet", ht.schema, compression="zstd"
-                    )
-                    hourly_writer.write_table(ht)
+            sidecar.write(chunk)
             summary.n_stays += chunk.stays.n
             summary.n_subjects += rows["patients"].num_rows
             chunk_index += 1
             if progress is not None:
                 progress(summary.n_stays, n_stays)
         writer.close()
-        for w, name in ((stay_writer, "stays.parquet"), (hourly_writer, "hourly.parquet")):
-            if w is not None:
-                with naming_output(tmp_truth / name):
-                    w.close()
+        sidecar.close()
         summary.rows = {name: f.rows for name, f in files.items()}
         summary.seconds = time.perf_counter() - started
-        world = {
-            "schema_version": "1",
-            "created_by": f"sepsisrl {__version__}",
-            "kind": "synthetic",
-            "layout": "MIMIC-IV v3.1",
-            "seed": seed,
-            "n_stays": summary.n_stays,
-            "n_subjects": summary.n_subjects,
-            "config_sha256": config_hash(cfg),
-            "config": cfg.model_dump(mode="json"),
-            "rows": summary.rows,
-            "files": {
-                f"{schema.relpath}.csv.gz": _sha256(tmp_out / f"{schema.relpath}.csv.gz")
-                for schema in TABLES.values()
-            },
-            "conventions": {
-                "times": "sidecar times are the world's de-identified clock, like the MIMIC tables",
-                "sofa": "true SOFA per hour: lab components every hour, bedside components in the "
-                "ICU only; each component worst in the trailing 24 h; while ventilated, the GCS of "
-                "neurological function without sedation",
-                "suspected_infection": "culture then antibiotic within 72 h, or antibiotic then "
-                "culture within 24 h, the antibiotic started during the ICU stay (the ICU "
-                "re-order of a course running at admission included); time = earlier event "
-                "of the pair",
-                "sepsis_onset": "first ICU hour with SOFA >= 2 whose end lies in [SI - 48 h, "
-                "SI + 24 h]; onset = min(SI, that hour's end); earliest over all qualifying SIs",
-                "sepsis3_in_icu_window": "onset inside [intime - 6 h, outtime]",
-                "died_90d_after_onset": "death (in hospital or after discharge) within 90 days "
-                "of the Sepsis-3 onset",
-            },
-        }
+        world = _world_document(cfg, summary, tmp_out)
         with naming_output(tmp_truth / "world.json"):
             (tmp_truth / "world.json").write_text(json.dumps(world, indent=2) + "\n")
         latch.check()
@@ -286,13 +235,96 @@ def generate_world(
             os.replace(tmp, final)
     except BaseException:
         writer.abort()
-        for w in (stay_writer, hourly_writer):
-            if w is not None:
-                with contextlib.suppress(Exception):
-                    w.close()
+        sidecar.abort()
         for d in (tmp_out, tmp_truth):
             shutil.rmtree(d, ignore_errors=True)
         raise
     finally:
         latch.__exit__(None, None, None)
     return summary
+
+
+def _temporary_folders(out: Path, truth: Path, overwrite: bool) -> tuple[Path, Path]:
+    """Check the destinations and create empty temporary folders next to them (the trees are
+    built there and renamed into place when complete)."""
+    if truth == out or out in truth.parents or truth in out.parents:
+        raise ValueError(
+            f"the truth sidecar ({truth}) must be next to, not inside, the MIMIC tree ({out})"
+        )
+    _check_destination(out, overwrite, "output folder")
+    _check_destination(truth, overwrite, "truth folder")
+    # temporaries of killed earlier runs (their process has ended) go first
+    remove_partials(out.parent, (out.name,))
+    remove_partials(truth.parent, (truth.name,))
+    tag = f"partial-{os.getpid()}"
+    tmp_out = out.parent / f".{out.name}.{tag}"
+    tmp_truth = truth.parent / f".{truth.name}.{tag}"
+    for d in (tmp_out, tmp_truth):
+        if d.exists():
+            shutil.rmtree(d)
+    (tmp_out / "hosp").mkdir(parents=True)
+    (tmp_out / "icu").mkdir(parents=True)
+    tmp_truth.mkdir(parents=True)
+    return tmp_out, tmp_truth
+
+
+def _first_stays(chunk: ChunkResult, room: int) -> ChunkResult:
+    """The chunk, or its first ``room`` stays (by subject, then stay) when it has more."""
+    if chunk.stays.n <= room:
+        return chunk
+    order = np.lexsort((chunk.stays.ordinal, chunk.stays.subject_pos))
+    keep = np.zeros(chunk.stays.n, dtype=bool)
+    keep[order[:room]] = True
+    return subset_chunk(chunk, keep)
+
+
+class _TruthWriters:
+    """The sidecar's Parquet files, written chunk by chunk: ``stays`` and (optional)
+    ``hourly``."""
+
+    def __init__(self, folder: Path, hourly: bool) -> None:
+        self.folder, self.hourly = folder, hourly
+        self._writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(self, chunk: ChunkResult) -> None:
+        self._write("stays.parquet", tables.truth_stays(chunk), {})
+        if self.hourly:
+            self._write("hourly.parquet", tables.truth_hourly(chunk), {"compression": "zstd"})
+
+    def _write(self, name: str, table: pa.Table, options: dict) -> None:
+        path = self.folder / name
+        with naming_output(path):
+            if name not in self._writers:
+                self._writers[name] = pq.ParquetWriter(path, table.schema, **options)
+            self._writers[name].write_table(table)
+
+    def close(self) -> None:
+        for name, w in self._writers.items():
+            with naming_output(self.folder / name):
+                w.close()
+
+    def abort(self) -> None:
+        for w in self._writers.values():
+            with contextlib.suppress(Exception):
+                w.close()
+
+
+def _world_document(cfg: SynthConfig, summary: WorldSummary, tmp_out: Path) -> dict:
+    """``world.json``: seed, configuration, counts, file checksums and conventions."""
+    return {
+        "schema_version": "1",
+        "created_by": f"sepsisrl {__version__}",
+        "kind": "synthetic",
+        "layout": "MIMIC-IV v3.1",
+        "seed": summary.seed,
+        "n_stays": summary.n_stays,
+        "n_subjects": summary.n_subjects,
+        "config_sha256": config_hash(cfg),
+        "config": cfg.model_dump(mode="json"),
+        "rows": summary.rows,
+        "files": {
+            f"{schema.relpath}.csv.gz": _sha256(tmp_out / f"{schema.relpath}.csv.gz")
+            for schema in TABLES.values()
+        },
+        "conventions": _CONVENTIONS,
+    }

@@ -2,7 +2,7 @@
 
 At a decision time the due stays' MIMIC rows charted so far go through exactly the build's
 stages and SQL files: ``run_ingest`` (same column selection and casts), ``run_measurements``
-(units, validity, GCS, urine, infusions, weights) and ``build/state.py`` (windows, forward
+(units, validity, GCS, urine, infusions, weights) and ``dataset/state.py`` (windows, forward
 fill, cumulative doses, imputation and z-scores with the build's train statistics). Nothing
 of the build's is refit and no feature has a second implementation.
 """

@@ -135,7 +135,7 @@ class MapLactate(WorldPolicy):
 class Network(WorldPolicy):
     """A trained run or an exported bundle (greedy action of its network)."""
 
-    def __init__(self, policy, name: str, defer_all: bool = False) -> None:
+    def __init__(self, policy, name: str) -> None:
         self.policy = policy
         self.name = name
 

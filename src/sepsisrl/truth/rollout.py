@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from sepsisrl.dataset.cohort import cohort_sql
 from sepsisrl.dataset.ingest import run_ingest
+from sepsisrl.dataset.sqlfiles import Raw, parquet_view, render
 from sepsisrl.dataset.state import flag_matrix, model_input
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.mimic.source import open_source
@@ -429,16 +430,11 @@ def _outcomes(
     run_ingest(src, ctx.build_cfg, ingest, check_dictionaries=False)
     con = duckdb.connect()
     for name in ("icustays", "patients", "admissions"):
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{ingest / name}.parquet')")
-    con.execute(
-        f"CREATE VIEW onset AS SELECT * FROM read_parquet('{pop.ws / 'sepsis' / 'onset.parquet'}')"
-    )
+        parquet_view(con, name, ingest / f"{name}.parquet")
+    parquet_view(con, "onset", pop.ws / "sepsis" / "onset.parquet")
     sql = cohort_sql(ctx.build_cfg)
     con.register("wanted", cohort.select(["stay_id"]))
-    got = con.sql(
-        f"""SELECT r.stay_id, r.died_90d, r.outtime, r.death_time
-            FROM ({sql}) r JOIN wanted USING (stay_id) ORDER BY r.stay_id"""
-    ).to_arrow_table()
+    got = con.sql(render("cohort_outcomes", cohort=Raw(sql))).to_arrow_table()
     con.close()
     if got.num_rows != cohort.num_rows:
         raise RuntimeError(

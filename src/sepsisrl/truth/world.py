@@ -140,16 +140,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _package_sha(*subpackages: str) -> str:
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for sub in subpackages:
-        for f in sorted((root / sub).rglob("*.py")):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 @dataclass
 class Population:
     """Fresh patients simulated under the clinicians, charted, and built to episodes."""
@@ -245,8 +235,8 @@ def population_key(ctx: TruthContext, seed: int | tuple[int, ...], n_patients: i
             "seed": list(seed) if isinstance(seed, tuple) else seed,
             "patients": n_patients,
             "build": ctx.fingerprints["build_config_sha256"],
-            "code": code_fingerprint(),  # the build's code
-            "simulator": _package_sha("synth", "truth"),  # the world's and the harness's code
+            "code": code_fingerprint("build"),  # the build's code
+            "simulator": code_fingerprint("truth"),  # the world's and the harness's code
         }
     )[:16]
 

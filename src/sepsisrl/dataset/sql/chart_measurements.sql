@@ -1,4 +1,4 @@
--- Bedside measurements from chartevents, in the units of clinical_spec.md section 5.
+-- Bedside measurements from chartevents, in the units of docs/clinical.md, "State".
 --   temperature: Fahrenheit items -> Celsius, (F - 32) * 5/9
 --   fio2_vent:   charted in percent (values > 1) -> fraction; values <= 1 taken as a fraction
 --   weight_kg:   pounds -> kg (x 0.45359237)

@@ -1,4 +1,4 @@
--- Study cohort (clinical_spec.md section 2): the unit is an ICU stay, one episode per patient.
+-- Study cohort (docs/clinical.md, "Cohort"): the unit is an ICU stay, one episode per patient.
 -- Rules in order; each excluded stay records the first rule it fails.
 --   1 adult: age >= {{min_age}} (and <= max age when set)
 --   2 demographics present: age and gender not null

@@ -1,5 +1,5 @@
--- Per decision step, the measurements of the window [tau - {{step}} h, tau) (clinical_spec.md
--- section 4-5): the last value (invasive pressures preferred when both kinds were charted in
+-- Per decision step, the measurements of the window [tau - {{step}} h, tau) (docs/clinical.md,
+-- "State"): the last value (invasive pressures preferred when both kinds were charted in
 -- the window; equal times: the larger value), the minimum, the maximum and the count. Step s of an episode has the window
 -- [tau0 + (s-1) * {{step}} h, tau0 + s * {{step}} h). Data charted before the first window
 -- become one "carry" row (step -1: the last value) for forward filling. Nothing at or after

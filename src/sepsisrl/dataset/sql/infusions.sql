@@ -1,4 +1,4 @@
--- Vasopressor and IV-fluid infusions in common units (clinical_spec.md section 6).
+-- Vasopressor and IV-fluid infusions in common units (docs/clinical.md, "Actions").
 -- Vasopressor rate -> mcg/kg/min of the agent (vasopressin: units/min), from `rateuom`:
 --   mcg/kg/min as is; mcg/min / patient weight; mg/kg/min x 1000; mg/min x 1000 / weight;
 --   mcg/kg/hour / 60; units/hour / 60; units/min as is. Any other unit is an error in the audit.

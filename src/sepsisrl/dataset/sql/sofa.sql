@@ -148,7 +148,7 @@ WITH stays AS (
              WHEN map < 70 THEN 1
              WHEN map IS NOT NULL THEN 0 END AS cardio_h,
         -- the blood-pressure level alone (no dose levels): the state-defined part of the
-        -- cardiovascular component, for the sofa_state_shaped reward (build/replay.py)
+        -- cardiovascular component, for the sofa_state_shaped reward (dataset/replay.py)
         CASE WHEN map < 70 THEN 1 WHEN map IS NOT NULL THEN 0 END AS cardio_map_h,
         CASE WHEN creatinine >= 5 THEN 4 WHEN creatinine >= 3.5 THEN 3 WHEN creatinine >= 2 THEN 2
              WHEN creatinine >= 1.2 THEN 1 WHEN creatinine IS NOT NULL THEN 0 END AS renal_cr_h,

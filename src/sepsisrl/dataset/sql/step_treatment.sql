@@ -1,4 +1,4 @@
--- Treatment given in each action window [tau, tau + {{step}} h) (clinical_spec.md section 6).
+-- Treatment given in each action window [tau, tau + {{step}} h) (docs/clinical.md, "Actions").
 --   vasopressor: NE-equivalent mcg/kg/min, summed across concurrent agents and time-weighted
 --                over the window: sum(rate_i * overlap_i) / window length
 --   IV fluid:    mL, each row's amount prorated by the overlap of [starttime, endtime) with

@@ -1,0 +1,243 @@
+"""The final evaluation on the test split: every policy's estimates, the selected policy's
+action heatmaps and subgroups, and the model card's table with the release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sepsisrl.study.report import figures
+from sepsisrl.study.report.blocks import (
+    Block,
+    Bullets,
+    Figure,
+    Text,
+    card_value,
+    ci,
+    estimates,
+    fmt,
+    fmt_est,
+    table,
+)
+from sepsisrl.study.report.data import Study
+from sepsisrl.study.report.sections.selection import sort_candidates
+
+TEST_SPLIT_INTRO = (
+    "Every estimate is of the policy exactly as exported (no softening). An estimate that fails "
+    "the evaluation's gates is not evaluable and is not shown as a number: FQE and WDR need a "
+    "converged fit in the attainable range and supported actions (support mass >= the gate); "
+    "WIS needs overlap (trajectory ESS and a share of episodes with non-zero weight)."
+)
+TEST_HEADER = [
+    "Policy",
+    "Evaluation",
+    "FQE [95% CI]",
+    "WDR [95% CI]",
+    "WIS [95% CI]",
+    "Not evaluable because",
+    "ESS",
+    "Clinician agreement",
+    "Support mass",
+    "Low-support rate",
+    "Severe flags",
+    "Observed return",
+]
+SUBGROUP_COLS = (
+    ("decisions", "Decisions"),
+    ("clinician_agreement", "Clinician agreement"),
+    ("low_support_action_rate", "Low-support rate"),
+    ("policy_safety_flags", "Policy flags"),
+    ("clinician_safety_flags", "Clinician flags"),
+    ("policy_mean_vaso_bin", "Policy mean vaso bin"),
+    ("clinician_mean_vaso_bin", "Clinician mean vaso bin"),
+    ("policy_mean_fluid_bin", "Policy mean fluid bin"),
+    ("clinician_mean_fluid_bin", "Clinician mean fluid bin"),
+)
+
+
+def not_evaluable_note(doc: dict[str, Any], family: str) -> str:
+    """Why an evaluation's estimates of ``family`` (model | importance_sampling) are null."""
+    ev = doc.get("evaluable", {})
+    if ev.get(family, True):
+        return ""
+    reasons = ev.get(f"{family}_reasons") or []
+    what = "by FQE/WDR" if family == "model" else "by importance sampling"
+    return f"not evaluable {what}: " + "; ".join(reasons)
+
+
+def wis_estimate(doc: dict[str, Any]) -> tuple[list[Any], str]:
+    """[mean, low, high] of WIS and, when it failed the overlap gate, why it is undefined."""
+    m = doc["metrics"]
+    if m.get("wis_mean") is not None:
+        return [m.get("wis_mean"), m.get("wis_ci_low"), m.get("wis_ci_high")], ""
+    return [None, None, None], not_evaluable_note(doc, "importance_sampling") or "undefined"
+
+
+def _estimate(m: dict[str, Any], key: str) -> list[Any]:
+    """[mean, low, high] of an estimator's metrics (``fqe``, ``wdr``)."""
+    return [m.get(f"{key}_mean"), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")]
+
+
+def final_policies(st: Study) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, evaluation, metrics.json) of each selected seed, then of each baseline."""
+    sel = st.final["selected"]
+    seeds = sel.get("seeds") or [None] * len(sel["evals"])
+    out = [
+        (f"{sel['name']} (seed {s})", e, st.metrics(e))
+        for s, e in zip(seeds, sel["evals"], strict=True)
+    ]
+    out += [
+        (f"{b['name']} ({b.get('kind', '')})", b["eval"], st.metrics(b["eval"]))
+        for b in st.final.get("baselines", [])
+    ]
+    return out
+
+
+# ----------------------------------------------------------------------- test split
+def final_estimates(st: Study) -> list[Block]:
+    rows, fqe, wdr, wis, labels = [], [], [], [], []
+    for label, ev, doc in final_policies(st):
+        m = doc["metrics"]
+        w, note = wis_estimate(doc)
+        fqe.append(_estimate(m, "fqe"))
+        wdr.append(_estimate(m, "wdr"))
+        wis.append(w)
+        labels.append(label)
+        notes = [x for x in (not_evaluable_note(doc, "model"), note) if x]
+        rows.append([
+            label, ev, ci(*fqe[-1]), ci(*wdr[-1]), ci(*w),
+            " | ".join(notes) or "evaluable by every estimator",
+            fmt(m.get("ess")), fmt(m.get("clinician_agreement")), fmt(m.get("support_mass")),
+            fmt(m.get("low_support_action_rate")), fmt(m.get("severe_safety_flags")),
+            fmt(m.get("observed_return_mean")),
+        ])  # fmt: skip
+    fig = figures.forest(
+        [
+            ("FQE (95% CI)", estimates(fqe)),
+            ("WDR (95% CI)", estimates(wdr)),
+            ("WIS (95% CI)", estimates(wis)),
+        ],
+        labels,
+        "Test split: every policy (estimates that fail the evaluation's gates are not shown)",
+    )
+    return [
+        Text(f"Split: {st.final.get('split', 'undefined')}. {TEST_SPLIT_INTRO}"),
+        table("test-estimates", TEST_HEADER, rows),
+        *_baseline_tuning(st),
+        Figure("test_forest", fig, "Test split point estimates with bootstrap 95% CIs."),
+        *_validation_fqe(st),
+    ]
+
+
+def _baseline_tuning(st: Study) -> list[Block]:
+    """How each trained baseline was chosen (its validation grid, the selection rule)."""
+    rows = []
+    for b in st.final.get("baselines", []):
+        t = b.get("tuning")
+        if not t:
+            continue
+        for g in t.get("grid", []):
+            hyper = ", ".join(f"{k}={v:g}" for k, v in g.get("hyperparameters", {}).items())
+            rows.append([b["name"], g["name"], hyper or "defaults", fmt_est(g.get("estimate")),
+                         fmt_est(g.get("score")), fmt(g.get("rank")),
+                         "CHOSEN" if g["name"] == t["chosen"] else ""])  # fmt: skip
+    if not rows:
+        return []
+    reasons = [f"{b['name']}: {b['tuning']['reason']}" for b in st.final["baselines"]
+               if b.get("tuning")]  # fmt: skip
+    header = ["Baseline", "Grid point", "Hyperparameters", st.estimator.upper(),
+              "Score (CI low)", "Rank", "Chosen"]  # fmt: skip
+    return [
+        Text(
+            "Trained baselines get the tuning the IQL candidates get: every grid point of "
+            "configs/study.yaml (baselines.trained.*.grid) is trained and scored on the "
+            "validation split by the selection rule (same estimator, lower bound and gates)."
+        ),
+        Bullets(tuple(reasons)),
+        table("baseline-tuning", header, rows, "Baseline tuning on the validation split."),
+    ]
+
+
+def _validation_fqe(st: Study) -> list[Block]:
+    rows, est, labels = [], [], []
+    for c in sort_candidates(st.candidates):
+        for r in c.get("seeds", []):
+            est.append(_estimate(st.metrics(r["eval"])["metrics"], "fqe"))
+            labels.append(f"{c['name']} s{r.get('seed')}")
+            rows.append([c["name"], fmt(r.get("seed")), r["eval"], ci(*est[-1])])
+    if not rows:
+        return []
+    fig = figures.forest(
+        [("FQE (95% CI)", estimates(est))], labels, "Validation FQE of every candidate seed"
+    )
+    return [
+        table(
+            "validation-fqe",
+            ["Candidate", "Seed", "Evaluation", "FQE [95% CI]"],
+            rows,
+            "Validation split FQE of every candidate seed.",
+        ),
+        Figure("validation_fqe", fig, "Validation FQE with bootstrap 95% CIs."),
+    ]
+
+
+# ------------------------------------------------------------- the selected policy
+def action_heatmaps(st: Study) -> list[Block]:
+    """The selected policy's action heatmaps, as its test evaluation drew them."""
+    ev = st.report_eval()
+    out: list[Block] = [Text(f"Evaluation: {ev}.")]
+    for name, file in st.metrics(ev).get("figures", {}).items():
+        png = st.bytes(f"{ev}/figures/{file}")
+        out.append(Figure(f"selected_{Path(file).stem}", png, f"{name} ({ev}/figures/{file})"))
+    return out
+
+
+def subgroup_safety(st: Study) -> list[Block]:
+    ev = st.report_eval()
+    doc = st.metrics(ev)
+    groups, safety = doc.get("subgroups", {}), doc.get("safety", {})
+    rows = [[name, *(fmt(g.get(k)) for k, _ in SUBGROUP_COLS)] for name, g in groups.items()]
+    out: list[Block] = [
+        Text(f"Evaluation: {ev}."),
+        table("subgroups", ["Subgroup", *(h for _, h in SUBGROUP_COLS)], rows),
+    ]
+    if not safety.get("available"):
+        return [*out, Text("Safety rules unavailable (no raw features for this data).", "note")]
+    rules = [
+        [r, fmt(v.get("policy")), fmt(v.get("clinicians"))]
+        for r, v in safety.get("rules", {}).items()
+    ]
+    rules.append(["total", fmt(safety.get("policy_total")), fmt(safety.get("clinicians_total"))])
+    out.append(table("safety", ["Safety rule", "Policy", "Clinicians"], rules))
+    return out
+
+
+# ---------------------------------------------------------------------- final table
+def final_table(st: Study) -> list[Block]:
+    """The model card's table (``ope.summary``: mean ± sd over the selected seeds)."""
+    from sepsisrl.ope.summary import CARD_ROWS, summarize
+
+    evals = st.final["selected"]["evals"]
+    summary = summarize([st.ws / e for e in evals])
+    rows = [
+        [label, card_value(summary["metrics"][k])]
+        for k, label in CARD_ROWS
+        if k in summary["metrics"]
+    ]
+    return [
+        Text(
+            f"{st.selected_name}, split {summary['split']}, mean ± sd over "
+            f"{len(evals)} seed evaluation(s): {', '.join(evals)}."
+        ),
+        table("final-card", ["Metric", "Value"], rows),
+        *_release(st),
+    ]
+
+
+def _release(st: Study) -> list[Block]:
+    rel = st.final.get("release")
+    files = st.release_files()
+    if files is None:
+        return [Text(f"Release folder {rel or '(none recorded)'} is missing.", "note")]
+    rows = [[name, fmt(size)] for name, size in files]
+    return [Text(f"Release folder: {rel}."), table("release", ["File", "Bytes"], rows)]

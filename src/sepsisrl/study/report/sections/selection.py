@@ -1,0 +1,203 @@
+"""Model selection on the validation split: the rule, every candidate, the finalists' seeds,
+and validation FQE against support."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from sepsisrl.study.report import figures
+from sepsisrl.study.report.blocks import (
+    Block,
+    Bullets,
+    Figure,
+    Text,
+    fmt,
+    fmt_est,
+    table,
+    to_float,
+)
+from sepsisrl.study.report.data import Study
+
+
+def role(st: Study, c: dict[str, Any]) -> str:
+    if c["name"] == st.selected_name:
+        return "SELECTED"
+    return "finalist" if c in st.finalists() else ""
+
+
+def sort_candidates(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finalists (stage 2) first, then by rank (as study/selection.json orders them)."""
+    return sorted(
+        cands,
+        key=lambda c: (
+            -(c.get("stage") or 1),
+            c.get("rank") is None,
+            c.get("rank") or 0,
+            c["name"],
+        ),
+    )
+
+
+# ------------------------------------------------------------------ model selection
+def model_selection(st: Study) -> list[Block]:
+    rule = st.selection.get("rule", {})
+    gates = [f"{k} = {json.dumps(v)}" for k, v in rule.get("gates", {}).items()]
+    return [
+        Text(f"Rule: {rule.get('description', 'undefined')}"),
+        Bullets(
+            (
+                f"Score: {rule.get('score', 'undefined')} (the policy exactly as exported; "
+                "no softening)",
+                f"Gates: {'; '.join(gates) or 'none'}",
+                f"Finalists: {fmt(rule.get('finalists'))} "
+                f"({', '.join(st.selection.get('finalists', [])) or 'none'})",
+                f"Fallback: {rule.get('fallback', 'undefined')}",
+            )
+        ),
+        _candidates_table(st),
+        _selected_table(st),
+        _hyperparameters_table(st),
+    ]
+
+
+def _gates_text(c: dict[str, Any]) -> str:
+    gates = c.get("gates", {})
+    failed = [g for g, ok in gates.items() if not ok]
+    if not failed:
+        return f"yes ({len(gates)}/{len(gates)})"
+    return f"no (fails {', '.join(failed)})"
+
+
+def _candidates_table(st: Study) -> Block:
+    est = st.estimator.upper()
+    header = [
+        "Candidate",
+        "Role",
+        "Reward",
+        "LR regime",
+        "IQL setting",
+        "Seeds",
+        "FQE",
+        est,
+        f"Score ({est} 95% CI low)",
+        "ESS",
+        "Support mass",
+        "Low-support rate",
+        "Severe flags",
+        "Gates passed",
+        "Stage",
+        "Rank",
+    ]
+    rows = [
+        [
+            c["name"],
+            role(st, c),
+            c.get("reward", ""),
+            c.get("lr_regime", ""),
+            c.get("iql_setting", ""),
+            fmt(len(c.get("seeds", []))),
+            fmt_est(c.get("fqe_mean")),
+            fmt_est(c.get("estimate")),
+            fmt_est(c.get("score")),
+            fmt(c.get("ess")),
+            fmt(c.get("support_mass")),
+            fmt(c.get("low_support_action_rate")),
+            fmt(c.get("severe_safety_flags")),
+            _gates_text(c),
+            fmt(c.get("stage")),
+            fmt(c.get("rank")),
+        ]
+        for c in sort_candidates(st.candidates)
+    ]
+    return table("candidates", header, rows, "All candidates, validation split (means over seeds).")
+
+
+def _selected_table(st: Study) -> Block:
+    sel = st.selection["selected"]
+    vs = sel.get("versus_clinicians", {})
+    chosen = [
+        ["Selected", sel["name"]],
+        ["Exported seed", fmt(sel.get("seed"))],
+        ["Run", sel.get("run", "")],
+        ["Fallback used", fmt(bool(sel.get("fallback")))],
+        ["Reason", sel.get("reason", "")],
+        ["Against the clinicians (validation)", vs.get("verdict", "not recorded")],
+        ["Clinicians: estimate vs their observed mean return (validation; on-policy check)",
+         f"{fmt_est(vs.get('clinician_estimate'))} vs "
+         f"{fmt_est(vs.get('clinician_observed_return'))}"],
+    ]  # fmt: skip
+    return table("selected", ["Item", "Value"], chosen)
+
+
+def _hyperparameters_table(st: Study) -> Block:
+    chosen = [c for c in st.candidates if c["name"] == st.selected_name]
+    hyper = chosen[0].get("hyperparameters", {}) if chosen else {}
+    return table(
+        "selected-hyperparameters",
+        ["Hyperparameter of the selected candidate", "Value"],
+        [[k, fmt(v)] for k, v in hyper.items()],
+    )
+
+
+# ------------------------------------------------------------------- seed variance
+def seed_variance(st: Study) -> list[Block]:
+    fins = st.finalists()
+    rows = [
+        [
+            c["name"],
+            fmt(r.get("seed")),
+            fmt_est(r.get("score")),
+            fmt_est(r.get("fqe_mean")),
+            fmt_est(r.get("estimate")),
+            fmt(r.get("ess")),
+        ]
+        for c in fins
+        for r in c.get("seeds", [])
+    ]
+    if not rows:
+        return [Text("No finalists were recorded in study/selection.json.", "note")]
+    header = ["Finalist", "Seed", f"Score ({st.estimator.upper()} CI low)", "FQE",
+              st.estimator.upper(), "ESS"]  # fmt: skip
+    panels = [
+        (f"validation {key}", [_seed_values(c, key) for c in fins]) for key in ("fqe_mean", "score")
+    ]
+    fig = figures.seed_strips([c["name"] for c in fins], panels)
+    return [
+        table("seed-variance", header, rows),
+        Figure(
+            "seed_variance",
+            fig,
+            "Per-seed validation FQE and score of each finalist (dots: seeds; bar: mean).",
+        ),
+    ]
+
+
+def _seed_values(c: dict[str, Any], key: str) -> np.ndarray:
+    return np.array([to_float(r.get(key)) for r in c.get("seeds", [])])
+
+
+# ------------------------------------------------------------------ FQE vs support
+def fqe_versus_support(st: Study) -> list[Block]:
+    cands = st.candidates
+    x = np.array([to_float(c.get("support_mass")) for c in cands])
+    y = np.array([to_float(c.get("fqe_mean")) for c in cands])
+    sel = np.array([c["name"] == st.selected_name for c in cands], dtype=bool)
+    not_plotted = int((~(np.isfinite(x) & np.isfinite(y))).sum())
+    rows = [
+        [c["name"], fmt(c.get("support_mass")), fmt(c.get("fqe_mean")), role(st, c)]
+        for c in sort_candidates(cands)
+    ]
+    out: list[Block] = [
+        Figure(
+            "fqe_vs_support",
+            figures.support_scatter(x, y, sel),
+            "Validation FQE against support mass; selected policy starred.",
+        ),
+        table("fqe-support", ["Candidate", "Support mass", "FQE mean", "Role"], rows),
+    ]
+    if not_plotted:
+        out.append(Text(f"{not_plotted} candidate(s) not plotted: undefined value.", "note"))
+    return out

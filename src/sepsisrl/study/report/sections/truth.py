@@ -1,0 +1,177 @@
+"""Estimates versus truth (a synthetic world only): how well each offline estimator agreed
+with the true value of the policies (``study/truth.json``, ``sepsisrl truth``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sepsisrl.study.report import figures
+from sepsisrl.study.report.blocks import Block, Bullets, Figure, Text, ci, fmt, pct, table
+from sepsisrl.study.report.data import Study
+
+#: Agreement an estimator must reach with the truth to be trusted (issue 12's acceptance).
+TRUST = {"spearman": 0.8, "mae": 1.5, "coverage": 0.8}
+TRUTH_ESTIMATORS = (("fqe", "FQE"), ("wdr", "WDR"), ("wis", "WIS"),
+                    ("wis_per_decision", "per-decision WIS"),
+                    ("wis_softened_0.1", "WIS softened 0.1"))  # fmt: skip
+#: (split, key of study/truth.json, which policies it holds)
+TRUTH_SPLITS = (("validation", "validation_vs_truth", "candidate runs"),
+                ("test", "test_vs_truth", "selected seeds and baselines"))  # fmt: skip
+AGREEMENT_HEADER = ["Estimator (split)", "Policies", "Spearman", "Kendall", "MAE", "CI coverage",
+                    "Top-1 regret", "Not evaluable"]  # fmt: skip
+POLICIES_HEADER = ["Policy", "Role", "True value", "True 90-day mortality", "FQE (validation)",
+                   "WDR (validation)", "FQE (test)", "WDR (test)", "WIS (test)"]  # fmt: skip
+
+
+def estimates_versus_truth(st: Study) -> list[Block]:
+    doc = st.optional_json("study/truth.json")
+    if doc is None:
+        why = (
+            "the study's source is real MIMIC-IV tables: a policy's true outcome is unknown"
+            if st.source().get("kind") != "synthetic"
+            else "the truth phase was disabled (truth.enabled: false)"
+        )
+        return [Text(f"No truth: {why}.", "note")]
+    rows, verdicts = _agreement(doc)
+    verdicts += _selection_verdicts(st, doc)
+    return [
+        _intro(doc),
+        table(
+            "truth-agreement",
+            AGREEMENT_HEADER,
+            rows,
+            "Rank correlation, mean absolute error (return units), share of 95 % CIs containing "
+            "the truth, and true value lost by taking the estimator's top-ranked policy.",
+        ),
+        Bullets(tuple(verdicts)),
+        Figure(
+            "truth-scatter",
+            _scatter(doc["policies"]),
+            "Offline estimate against the true value per policy (dashed: estimate = truth); "
+            "vertical lines are 95 % CIs.",
+        ),
+        table("truth-policies", POLICIES_HEADER, _policy_rows(doc["policies"])),
+    ]
+
+
+def _intro(doc: dict[str, Any]) -> Block:
+    pop, clin = doc["population"], doc["clinicians"]
+    clin_mort = ci(clin["mortality_90d"]["mean"], *clin["mortality_90d"]["ci95"])
+    clin_value = ci(clin["value"]["mean"], *clin["value"]["ci95"])
+    return Text(
+        f"On a synthetic world the true outcome of each policy is measured with `sepsisrl truth`: "
+        f"{pop['patients']} fresh patients of the same world ({pop['episodes']} cohort episodes, "
+        f"never the study's patients) are simulated again with the policy deciding. The "
+        f"clinicians' true 90-day mortality is {clin_mort} "
+        f"and their true value {clin_value}. This section "
+        "was computed after the selection and the final test; neither reads it."
+    )  # fmt: skip
+
+
+# ------------------------------------------------------- agreement with the truth
+def _agreement(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
+    """One row per (split, estimator) that study/truth.json scored, and a verdict for the
+    headline estimators (FQE, WIS) wherever at least 3 policies were compared."""
+    rows, verdicts = [], []
+    for split, key, what in TRUTH_SPLITS:
+        for est, label in TRUTH_ESTIMATORS:
+            d = doc[key].get(est)
+            if not d:
+                continue
+            rows.append([f"{label} ({split}, {what})", str(d["policies"]), fmt(d["spearman"], 2),
+                         fmt(d["kendall"], 2), fmt(d["mae"], 2), fmt(d["coverage"], 2),
+                         fmt(d["top1_regret"], 2), str(len(d["not_evaluable"]))])  # fmt: skip
+            if est not in ("fqe", "wis") or d["policies"] < 3:
+                continue
+            bad = _untrusted(d)
+            if bad:
+                verdicts.append(f"{label} on the {what} ({split}) DISAGREES with the truth: "
+                                + "; ".join(bad) + ".")  # fmt: skip
+            else:
+                verdicts.append(f"{label} on the {what} ({split}) agrees with the truth.")
+    return rows, verdicts
+
+
+def _untrusted(d: dict[str, Any]) -> list[str]:
+    """Where an estimator's agreement with the truth falls short of :data:`TRUST`."""
+    bad = []
+    if d["spearman"] is None or d["spearman"] < TRUST["spearman"]:
+        bad.append(f"Spearman {fmt(d['spearman'], 2)} < {TRUST['spearman']}")
+    if d["mae"] is not None and d["mae"] > TRUST["mae"]:
+        bad.append(f"mean absolute error {fmt(d['mae'], 2)} > {TRUST['mae']}")
+    if d["coverage"] is not None and d["coverage"] < TRUST["coverage"]:
+        bad.append(f"CI coverage {fmt(d['coverage'], 2)} < {TRUST['coverage']}")
+    return bad
+
+
+# ------------------------------------------------------------ the selection's verdicts
+def _selection_verdicts(st: Study, doc: dict[str, Any]) -> list[str]:
+    """The selection's regret in truth and, when recorded, its verdict against the
+    clinicians checked against the truth."""
+    clin, sel_doc = doc["clinicians"], doc["selection"]
+    verdicts = [
+        f"Selection: {sel_doc['selected']} has true value "
+        f"{fmt(sel_doc['selected_true_value'], 2)} "
+        f"(mean over its seeds); the best candidate in truth is {sel_doc['best_candidate']} "
+        f"({fmt(sel_doc['best_true_value'], 2)}); regret {fmt(sel_doc['regret'], 2)} return "
+        f"units. The exported run {sel_doc['exported_run']} has true 90-day mortality "
+        f"{pct(sel_doc['exported_true_mortality_90d'])} against the clinicians' "
+        f"{pct(clin['mortality_90d']['mean'])}."
+    ]  # fmt: skip
+    exported = next((p for p in doc["policies"] if p["name"] == sel_doc["exported_run"]), None)
+    line = clinician_verdict_against_truth(
+        st.selection.get("selected", {}).get("versus_clinicians"), exported
+    )
+    return [*verdicts, line] if line else verdicts
+
+
+def clinician_verdict_against_truth(
+    vs: dict[str, Any] | None, exported: dict[str, Any] | None
+) -> str | None:
+    """The selection's verdict against the clinicians checked against the truth: credibly
+    better in truth = the paired 95 % CI of the exported run's value minus the clinicians'
+    lies above 0."""
+    if not vs or vs.get("credibly_better") is None or exported is None:
+        return None
+    diff = exported["difference_from_clinicians"]["value"]
+    agrees = vs["credibly_better"] == (diff["ci95"][0] > 0)
+    return (
+        f"Verdict against the clinicians (validation, {vs['estimator'].upper()}): "
+        f"{'credibly better' if vs['credibly_better'] else 'not credibly better'}; in truth the "
+        f"exported run's value differs from the clinicians' by {ci(diff['mean'], *diff['ci95'])}"
+        f" (paired): the verdict {'agrees with' if agrees else 'DISAGREES with'} the truth."
+    )
+
+
+# ------------------------------------------------------------------ every policy
+def _scatter(policies: list[dict[str, Any]]) -> bytes:
+    """FQE and WDR estimate against the true value: circles = validation, squares = test."""
+    rows = [(split, p) for p in policies for split in ("validation", "test")
+            if p.get(f"{split}_estimates")]  # fmt: skip
+    panels = []
+    for est, label in TRUTH_ESTIMATORS[:2]:
+        points = []
+        for split, p in rows:
+            e = p.get(f"{split}_estimates", {}).get(est)
+            if not e or e[0] is None:
+                continue
+            points.append(figures.TruthPoint(
+                p["true_value"], e[0], e[1], e[2], "o" if split == "validation" else "s",
+                figures.RED if p["role"] == "baseline" else figures.BLUE,
+            ))  # fmt: skip
+        panels.append((label, points))
+    title = "circles = candidates (validation), squares = test; red = baselines"
+    return figures.truth_scatter(panels, [p["true_value"] for _, p in rows], title)
+
+
+def _estimate_cell(p: dict[str, Any], split: str, est: str) -> str:
+    e = p.get(f"{split}_estimates", {}).get(est)
+    return "" if not e else ci(e[0], e[1], e[2]) if e[1] is not None else fmt(e[0], 2)
+
+
+def _policy_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
+    return [[p["name"], p["role"], ci(p["true_value"], *p["true_value_ci95"]),
+             pct(p["true_mortality_90d"]), _estimate_cell(p, "validation", "fqe"),
+             _estimate_cell(p, "validation", "wdr"), _estimate_cell(p, "test", "fqe"),
+             _estimate_cell(p, "test", "wdr"), _estimate_cell(p, "test", "wis")]
+            for p in policies]  # fmt: skip
