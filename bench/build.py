@@ -52,8 +52,8 @@ INGEST_TABLE = {
 
 
 def build_one(world: Path, workspace: Path) -> dict:
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
 
     if workspace.exists():
         shutil.rmtree(workspace)

@@ -40,8 +40,8 @@ def main() -> None:
     if args.replay is not None:
         report(args.replay, f"replay {args.replay}")
         return
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
     from sepsisrl.synth.config import load_synth_config
     from sepsisrl.synth.world import generate_world
 

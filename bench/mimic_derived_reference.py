@@ -16,7 +16,7 @@ THIS IS AN APPROXIMATION, NOT mimic-code. Where it departs from mimic-code:
   item 220045); without a heart rate this uses ``icustays.intime`` / ``outtime`` instead;
 - antibiotics: mimic-code's exclusions (drug_type BASE; eye, ear and topical routes; creams,
   gels, ophthalmic ointments, desensitisation) are applied, but the list of antibiotic names
-  is the project's (``sepsis.antibiotic_patterns`` in configs/pipeline.yaml), not mimic-code's;
+  is the project's (``sepsis.antibiotic_patterns`` in configs/build.yaml), not mimic-code's;
 - SOFA respiration: PaO2 / FiO2 of arterial gases (specimen 'ART.') with the gas's own FiO2
   (lab 50816) or else the last charted FiO2 (223835) of the 4 h before; ventilation status
   is not derived (mimic-code's ``ventilation`` concept needs chartevents), so every ratio

@@ -123,8 +123,8 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
                 state_variant: str = "card"):  # fmt: skip
     """The panel's world, build, trained runs and policy list (deterministic on CPU):
     ``(workspace, replay, {name: run}, [(name, spec, kind)])``."""
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
     from sepsisrl.rl.config import load_train_config
     from sepsisrl.rl.policies import SupportEdgePolicy, TrainedPolicy, softmax_of
     from sepsisrl.rl.trainer import train

@@ -79,8 +79,8 @@ def main() -> None:
 
     import torch
 
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
     from sepsisrl.synth.config import load_synth_config
     from sepsisrl.synth.world import generate_world
 

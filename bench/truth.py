@@ -39,8 +39,8 @@ def main() -> None:
 
     import torch
 
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
     from sepsisrl.rl.config import load_train_config
     from sepsisrl.rl.trainer import train
     from sepsisrl.synth.world import generate_world

@@ -26,7 +26,7 @@ T0 = datetime(2150, 3, 1, 8, 0)
 
 TS = pa.timestamp("us")
 
-# MIMIC-IV item ids used by the fixtures (configs/pipeline.yaml)
+# MIMIC-IV item ids used by the fixtures (configs/build.yaml)
 HEART_RATE = 220045
 MAP_ARTERIAL = 220052
 TEMPERATURE_C = 223762

@@ -44,8 +44,8 @@ def built(small_world: WorldSummary, tmp_path_factory: pytest.TempPathFactory):
     Returns (workspace path, BuildConfig, BuildSummary). Tests must not modify it: copy the
     workspace first (``shutil.copytree``) to inject faults.
     """
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
 
     cfg = load_build_config()
     ws = tmp_path_factory.mktemp("workspace") / "ws"

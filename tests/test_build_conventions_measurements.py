@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sepsisrl.dataset.builder import build
 from sepsisrl.dataset.config import BuildConfig, load_build_config
 from sepsisrl.dataset.conventions import REGISTRY
 from sepsisrl.dataset.leakage import audit_workspace
-from sepsisrl.dataset.pipeline import build
 from sepsisrl.dataset.state import compute_states
 from tests.conftest import small_config
 

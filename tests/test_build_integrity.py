@@ -16,11 +16,11 @@ import pytest
 
 from sepsisrl.config import ConfigError
 from sepsisrl.dataset.actions import NoDosesError
+from sepsisrl.dataset.builder import build
 from sepsisrl.dataset.config import load_build_config
 from sepsisrl.dataset.coverage import CoverageError
 from sepsisrl.dataset.ingest import IntegrityError, run_ingest
 from sepsisrl.dataset.measurements import ImplausibleDoseError, UnitError
-from sepsisrl.dataset.pipeline import build
 from sepsisrl.mimic.source import SourceFormatError, open_source
 from sepsisrl.synth.world import generate_world
 

@@ -14,9 +14,9 @@ import duckdb
 import pytest
 
 from sepsisrl.config import ConfigError
+from sepsisrl.dataset.builder import STAGES, build
 from sepsisrl.dataset.config import load_build_config
 from sepsisrl.dataset.coverage import CoverageError
-from sepsisrl.dataset.pipeline import STAGES, build
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.release.bundle import build_warnings as card_warnings
 from sepsisrl.release.bundle import model_card, warning_lines

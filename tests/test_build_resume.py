@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sepsisrl.dataset.pipeline import STAGES
+from sepsisrl.dataset.builder import STAGES
 from sepsisrl.workspace import Workspace, read_json
 
 #: run reports, not stage outputs: they hold timings and which stages were skipped

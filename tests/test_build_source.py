@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from sepsisrl.dataset.builder import STAGES, build
 from sepsisrl.dataset.config import load_build_config
-from sepsisrl.dataset.pipeline import STAGES, build
 from sepsisrl.mimic.source import SourceError, open_source
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 
-from sepsisrl.dataset.pipeline import build
+from sepsisrl.dataset.builder import build
 from sepsisrl.mimic.schema import TABLES
 
 #: Columns of the v3.1 layout that a v2.2-era export may lack (provider and caregiver ids).
@@ -43,6 +44,7 @@ def make_v22_copy(src: Path, dst: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_v22_layout_builds_the_same_dataset_and_is_labelled_v22(small_world, built, tmp_path):
     ws, cfg, _ = built
     raw = tmp_path / "mimic22"

@@ -385,7 +385,7 @@ def test_synth_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path: Path):
 
 def test_the_study_records_the_final_evaluation_folder_not_its_temporary(tmp_path, monkeypatch):
     from sepsisrl.ope import behaviour, evaluate
-    from sepsisrl.study import pipeline
+    from sepsisrl.study import runner
 
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
@@ -408,7 +408,7 @@ def test_the_study_records_the_final_evaluation_folder_not_its_temporary(tmp_pat
     spec = {"spec": str(run), "kind": "run", "replay": str(tmp_path / "replay"), "out": str(out),
             "final": True, "key": "k", "behaviour": str(tmp_path / "b"),
             "cfg": {"fqe": {}, "gates": {}}}  # fmt: skip
-    assert pipeline._ensure_eval(spec) is True
+    assert runner._ensure_eval(spec) is True
     history = read_json(run / "final_evaluation.json")
     assert [e["out"] for e in history] == ["/earlier", str(out.absolute())]
     assert (out / "metrics.json").is_file() and not list(out.parent.glob(".*partial*"))

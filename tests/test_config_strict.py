@@ -166,7 +166,7 @@ def patched_train_yaml(tmp_path, monkeypatch):
 
 
 def _train_unit(ws: Path):
-    from sepsisrl.study.pipeline import Study
+    from sepsisrl.study.runner import Study
 
     cfg = load_study_config("quick")
     study = Study(ws, cfg, None)
@@ -185,7 +185,7 @@ def test_editing_configs_train_yaml_invalidates_the_runs(tmp_path, patched_train
         (Path(run) / "final" / "policy.safetensors").write_bytes(b"weights")
 
     monkeypatch.setattr(trainer, "train", fake_train)
-    from sepsisrl.study.pipeline import _ensure_run
+    from sepsisrl.study.runner import _ensure_run
 
     run, spec = _train_unit(tmp_path)
     assert spec["config"]["batch_size"] == 256
@@ -206,7 +206,7 @@ def test_editing_configs_train_yaml_invalidates_the_runs(tmp_path, patched_train
 def test_the_evaluation_key_covers_the_resolved_config_and_configs_evaluate_yaml(
     tmp_path, monkeypatch
 ):
-    from sepsisrl.study.pipeline import Study
+    from sepsisrl.study.runner import Study
 
     def key(cfg):
         study = Study(tmp_path, cfg, None)
@@ -237,10 +237,10 @@ def test_one_fingerprint_function_covers_each_units_code_and_yaml():
     train, evaluate, build, truth = rel("train"), rel("evaluate"), rel("build"), rel("truth")
     assert {"rl/trainer.py", "rl/iql.py", "configs/train.yaml", "__init__.py"} <= train
     assert {"ope/evaluate.py", "ope/fqe.py", "configs/evaluate.yaml"} <= evaluate
-    assert {"dataset/pipeline.py", "dataset/sql/sofa.sql", "configs/pipeline.yaml"} <= build
-    assert {"truth/harness.py", "synth/simulator.py", "dataset/pipeline.py"} <= truth
+    assert {"dataset/builder.py", "dataset/sql/sofa.sql", "configs/build.yaml"} <= build
+    assert {"truth/harness.py", "synth/simulator.py", "dataset/builder.py"} <= truth
     for files in (train, evaluate, build, truth):  # the report, the CLI and the study do not
-        assert not {"cli.py", "study/report.py", "study/pipeline.py", "configs/study.yaml"} & files
+        assert not {"cli.py", "study/report.py", "study/runner.py", "configs/study.yaml"} & files
     assert "configs/train.yaml" not in evaluate | build
     assert len({code_fingerprint(u) for u in UNITS}) == len(UNITS)
     with pytest.raises(KeyError, match="unknown unit"):

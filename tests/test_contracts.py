@@ -77,7 +77,7 @@ def test_the_model_repository_config_round_trips(artifacts):
 
 
 def _study_records(artifacts, tmp_path: Path) -> tuple[Path, Path]:
-    """selection.json and final.json assembled as ``study/pipeline.py`` assembles them, from the
+    """selection.json and final.json assembled as ``study/runner.py`` assembles them, from the
     selection rule's own functions and the fixture's evaluations (a study is too slow here)."""
     from sepsisrl.study import selection as sel
     from sepsisrl.study.config import load_study_config
@@ -197,3 +197,246 @@ def test_a_broken_replay_meta_names_the_file_and_the_key(tmp_path):
         c.ReplayMeta.load(path)
     with pytest.raises(c.ContractError, match="no such file"):
         c.ReplayMeta.load(tmp_path / "absent.json")
+
+
+# ------------------------------------------- readers and writers go through the contracts
+def _report_workspace(artifacts, tmp_path: Path) -> Path:
+    """A study workspace the report can read: the build's audits and replay, the fixture's run
+    and evaluations (``bc`` stands in with the same files) and the records of
+    :func:`_study_records`."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for top in ("cohort", "episodes", "splits", "features", "actions", "replay"):
+        (ws / top).symlink_to(artifacts["ws"] / top)
+    (ws / "runs").mkdir()
+    (ws / "eval").mkdir()
+    for name in ("iql", "bc"):
+        (ws / "runs" / name).symlink_to(artifacts["run"])
+    for name, target in (("iql", "iql"), ("clinician", "clinician"), ("bc", "iql")):
+        (ws / "eval" / name).symlink_to(artifacts["root"] / "eval" / target)
+    _study_records(artifacts, ws)
+    return ws
+
+
+def test_a_renamed_metric_key_fails_every_reader_naming_the_file_and_the_key(artifacts, tmp_path):
+    """A metrics.json whose ``wis_mean`` was renamed is an error in the report, the summary,
+    the model card, the selection and the truth comparison, never a blank or 'undefined'."""
+    import shutil
+
+    from sepsisrl.ope.summary import summarize
+    from sepsisrl.release.bundle import gated_summary
+    from sepsisrl.study import selection as sel
+    from sepsisrl.study.config import load_study_config
+    from sepsisrl.study.report import ReportError, write_report
+    from sepsisrl.study.runner import Study
+    from sepsisrl.truth.compare import estimates_of
+
+    ws = _report_workspace(artifacts, tmp_path)
+    assert (write_report(ws, tmp_path / "good") / "index.html").is_file()  # intact: renders
+    broken = ws / "eval" / "iql"
+    broken.unlink()
+    shutil.copytree(artifacts["root"] / "eval" / "iql", broken)
+    doc = json.loads((broken / "metrics.json").read_text())
+    doc["metrics"]["wis_meen"] = doc["metrics"].pop("wis_mean")
+    (broken / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+    missing = "missing required key 'metrics.wis_mean'"
+    study = Study(ws, load_study_config("quick"), None)
+    cand = {"name": "probe", "seeds": [{"seed": 42, "run": "runs/iql", "eval": "eval/iql"}]}
+    file_readers = {
+        "report": lambda: write_report(ws, tmp_path / "bad"),
+        "summary": lambda: summarize([broken]),
+        "model card": lambda: gated_summary([broken]),
+        "study selection": lambda: study.collect([cand]),
+    }
+    for who, read in file_readers.items():
+        with pytest.raises(c.ContractError) as err:
+            read()
+        assert str(broken / "metrics.json") in str(err.value) and missing in str(err.value), who
+    with pytest.raises(ReportError, match="wis_mean"):  # the report's own error type too
+        write_report(ws, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    for read in (lambda: sel.selection_metrics(doc, "wdr"), lambda: estimates_of(doc)):
+        with pytest.raises(c.ContractError, match=r"metrics\.json.*missing required key"):
+            read()
+
+
+def test_evaluate_writes_metrics_json_through_the_contract(artifacts, tmp_path, monkeypatch):
+    """A writer that drifts from the contract (here: ``wis_mean`` left out) fails loudly and
+    leaves no metrics.json behind."""
+    from sepsisrl.ope.behaviour import BehaviourModel
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+    from sepsisrl.ope.fqe import FQEConfig
+
+    parse = c.EvaluationMetrics.parse.__func__
+    seen: list[Path] = []
+
+    def drifted(cls, doc, source):
+        seen.append(Path(source))
+        metrics = {k: v for k, v in doc["metrics"].items() if k != "wis_mean"}
+        return parse(cls, {**doc, "metrics": metrics}, source)
+
+    monkeypatch.setattr(c.EvaluationMetrics, "parse", classmethod(drifted))
+    fqe = FQEConfig(hidden=(32, 32), members=2, max_steps=40, min_steps=20, eval_every=20)
+    out = tmp_path / "eval"
+    behaviour = BehaviourModel.load(artifacts["root"] / "eval" / "iql" / "behaviour")
+    with pytest.raises(c.ContractError, match=r"missing required key 'metrics\.wis_mean'"):
+        evaluate("clinician", artifacts["replay"], out, kind="named",
+                 cfg=EvalConfig(bootstrap_resamples=100, fqe=fqe), behaviour=behaviour)  # fmt: skip
+    assert seen == [out / "metrics.json"] and not (out / "metrics.json").exists()
+
+
+def test_the_study_records_are_written_through_their_contracts(artifacts, tmp_path):
+    """``study/runner.py`` writes selection.json and final.json with ``write_record``: the
+    same bytes as before for a good record, an error naming the key and no file for a
+    drifted one."""
+    from sepsisrl.study.runner import write_record
+
+    sel_path, final_path = _study_records(artifacts, tmp_path)
+    (tmp_path / "again").mkdir()
+    for model, path, key in ((c.Selection, sel_path, "finalists_passing_stage1"),
+                             (c.FinalRecord, final_path, "selection_sha256")):  # fmt: skip
+        doc = json.loads(path.read_text())
+        out = tmp_path / "again" / path.name
+        write_record(model, out, doc)
+        assert out.read_bytes() == path.read_bytes()  # the format of workspace.write_json
+        out.unlink()
+        renamed = {(k + "_x" if k == key else k): v for k, v in doc.items()}
+        with pytest.raises(c.ContractError, match=f"missing required key '{key}'"):
+            write_record(model, out, renamed)
+        assert not out.exists() and not list(out.parent.glob(".*tmp-*"))
+
+
+# ------------------------------- the replay meta and the model config, read and written typed
+def test_a_replay_meta_missing_a_required_key_fails_load_meta_train_and_evaluate(tmp_path):
+    """``load_meta`` (and through it ``train`` and ``evaluate``) refuses a meta.json without a
+    required key or with a misspelt one, naming the file and the key: nothing is defaulted
+    (a missing ``gamma`` was once read as 0.99)."""
+    from sepsisrl.ope.evaluate import evaluate
+    from sepsisrl.rl.config import load_train_config
+    from sepsisrl.rl.data import ReplayError, load_meta
+    from sepsisrl.rl.trainer import train
+
+    folder = write_replay(tmp_path / "r", n_episodes=6, state_dim=4, n_actions=3, seed=0)
+    path = folder / "meta.json"
+    good = json.loads(path.read_text())
+    assert load_meta(folder).doc == c.ReplayMeta.parse(good, path)
+    cfg = load_train_config(overrides={"steps": 2, "batch_size": 4, "hidden_sizes": [8]})
+    for doc, message in (
+        ({k: v for k, v in good.items() if k != "gamma"}, "missing required key 'gamma'"),
+        ({**good, "reward": {"terminal_died": -15.0}}, "missing required key 'reward.variant'"),
+        ({k: v for k, v in good.items() if k != "feature_names"},
+         "missing required key 'feature_names'"),
+        ({**good, "gama": 0.9}, "unexpected key 'gama'"),
+    ):  # fmt: skip
+        path.write_text(json.dumps(doc))
+        readers = {
+            "load_meta": lambda: load_meta(folder),
+            "train": lambda: train(folder, cfg, tmp_path / "run"),
+            "evaluate": lambda: evaluate("random", folder, tmp_path / "eval", kind="named"),
+        }
+        for who, read in readers.items():
+            with pytest.raises(ReplayError) as err:
+                read()
+            assert isinstance(err.value, c.ContractError), who
+            assert str(path) in str(err.value) and message in str(err.value), who
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+
+def test_the_replay_writer_goes_through_the_contract(built, tmp_path, monkeypatch):
+    """``dataset/replay.py`` writes meta.json through ``contracts.ReplayMeta``: a writer that
+    drifts from the contract (here: an extra key in ``state_bounds``) fails at once, naming
+    the key, and writes no meta.json."""
+    from sepsisrl.dataset import replay as replay_module
+
+    ws, cfg, _ = built
+    original = replay_module.model_input_range
+
+    def drifted(prep, build_cfg):
+        return {**original(prep, build_cfg), "note": "not in the contract"}
+
+    monkeypatch.setattr(replay_module, "model_input_range", drifted)
+    source = json.loads((ws / "replay" / "sparse" / "meta.json").read_text())["source"]
+    out = tmp_path / "replay"
+    with pytest.raises(c.ContractError, match=r"unexpected key 'state_bounds\.note'"):
+        replay_module.run_replay(ws / "features", ws / "actions", ws / "cohort", ws / "sepsis",
+                                 cfg, source, out)  # fmt: skip
+    assert not list(out.glob("*/meta.json")) and not list(out.glob("*/.meta.json.tmp-*"))
+
+
+def test_the_bundle_writer_goes_through_the_contract(artifacts, tmp_path, monkeypatch):
+    """``release/bundle.py`` writes config.json through ``contracts.ModelConfig``: a drifted
+    writer (here: an extra normalisation statistic) fails before the folder exists."""
+    from sepsisrl.release import bundle as bundle_module
+
+    original = bundle_module._normalization
+
+    def drifted(ws, names):
+        return {n: {**s, "scale": 1.0} for n, s in original(ws, names).items()}
+
+    monkeypatch.setattr(bundle_module, "_normalization", drifted)
+    out = tmp_path / "bundle"
+    with pytest.raises(c.ContractError) as err:
+        bundle_module.export_run(artifacts["run"], out)
+    assert str(out / "config.json") in str(err.value)
+    assert "unexpected key 'normalization." in str(err.value) and ".scale'" in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".bundle.partial-*"))
+
+
+def test_a_model_config_missing_a_required_key_fails_the_bundle_policy(artifacts, tmp_path):
+    """``BundlePolicy`` (``evaluate --bundle``, ``sepsisrl truth --bundle``) reads config.json
+    through the contract: an exported config without a required key is an error naming the
+    file and the key; the earlier published checkpoint's layout (no ``package``, no
+    ``feature_names``, keys of its own) is read as a ``CheckpointConfig``."""
+    import shutil
+
+    from sepsisrl.ope.evaluate import BundlePolicy, EvaluationError
+    from sepsisrl.rl.data import load_meta
+
+    names = load_meta(artifacts["replay"]).feature_names
+    bundle = tmp_path / "bundle"
+    shutil.copytree(artifacts["bundle"], bundle)
+    path = bundle / "config.json"
+    good = json.loads(path.read_text())
+    assert BundlePolicy(bundle, names).state_dim == good["state_dim"]
+    for doc, message in (
+        ({k: v for k, v in good.items() if k != "hidden_sizes"},
+         "missing required key 'hidden_sizes'"),
+        ({**good, "hiden_sizes": [32, 32]}, "unexpected key 'hiden_sizes'"),
+        ({k: v for k, v in good.items() if k not in ("package", "n_actions")},
+         "missing required key 'n_actions'"),
+    ):  # fmt: skip
+        path.write_text(json.dumps(doc))
+        with pytest.raises(EvaluationError) as err:
+            BundlePolicy(bundle, names)
+        assert str(path) in str(err.value) and message in str(err.value)
+    published = {k: good[k] for k in ("state_dim", "n_actions", "hidden_sizes")}
+    path.write_text(json.dumps({**published, "epochs": 200, "reward": "sofa_shaped"}))
+    cfg = c.load_model_config(path)
+    assert isinstance(cfg, c.CheckpointConfig) and cfg.feature_names is None
+    assert cfg.model_type == "iql"
+    policy = BundlePolicy(bundle, sorted(names))  # inputs in alphabetical order
+    assert policy.order.tolist() == list(range(len(names)))
+
+
+def test_an_estimator_added_through_the_registry_may_add_its_own_keys_and_nothing_else(artifacts):
+    """A registered estimator writes ``<name>_mean/_ci_low/_ci_high`` and a section named as it
+    (docs/evaluate.md "Adding an estimator"); a stray or incomplete key is still refused."""
+    path = artifacts["root"] / "eval" / "iql" / "metrics.json"
+    doc = json.loads(path.read_text())
+    doc["metrics"].update(toy_mean=0.5, toy_ci_low=0.25, toy_ci_high=None)
+    doc["toy"] = {"fit_on": "train"}
+    m = c.EvaluationMetrics.parse(doc, path)
+    assert m.metrics.estimators() == ["toy"] and m.to_dict()["toy"] == {"fit_on": "train"}
+    partial = copy.deepcopy(doc)
+    del partial["metrics"]["toy_ci_high"]
+    with pytest.raises(c.ContractError, match=r"unexpected key 'metrics\.toy_mean' \(estimator "
+                       r"'toy' reports it but not \['toy_ci_high'\]\)"):  # fmt: skip
+        c.EvaluationMetrics.parse(partial, path)
+    stray = copy.deepcopy(doc)
+    stray["other"] = {}
+    with pytest.raises(c.ContractError, match=r"unexpected key 'other' \(not part of the contract"):
+        c.EvaluationMetrics.parse(stray, path)
+    text = copy.deepcopy(doc)
+    text["metrics"]["toy_mean"] = "0.5"
+    with pytest.raises(c.ContractError, match=r"metrics"):
+        c.EvaluationMetrics.parse(text, path)

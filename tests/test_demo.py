@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from sepsisrl.dataset.builder import build
 from sepsisrl.dataset.config import load_build_config
 from sepsisrl.dataset.coverage import CoverageError
 from sepsisrl.dataset.ingest import CHART_CONCEPTS, LAB_CONCEPTS, OUTPUT_CONCEPTS
-from sepsisrl.dataset.pipeline import build
 
 DEMO = Path(__file__).resolve().parent / "data" / "mimic-iv-demo"
 

@@ -13,7 +13,7 @@ Markdown reference (``docs/clinical.md, "Cohort"`` or ``docs/clinical.md ("Cohor
 start a heading of that file, or be one of its bold labels (``**Known gap**``).
 
 The clinical definitions (docs/clinical.md) also carry the feature table of
-``configs/pipeline.yaml``: a test keeps the two equal.
+``configs/build.yaml``: a test keeps the two equal.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def fast_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return {c["id"]: c for c in doc["cases"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", FAST)
 def test_fast_fault_case_passes(fast_results: dict[str, dict], case_id: str) -> None:
     res = fast_results[case_id]

@@ -265,6 +265,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_run_folder_never_both_succeed_on_mixed_output(
     replay: Path, tmp_path: Path
 ):

@@ -9,6 +9,7 @@ coverage falls to about 0.80 (400 episodes) - 0.84 (1,000 episodes).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sepsisrl.ope.importance import (
     EpisodeIndex,
@@ -49,6 +50,7 @@ def wis_ci_of_dataset(seed: int, n_episodes: int) -> tuple[float, float, float]:
     return ci.estimate, ci.low, ci.high
 
 
+@pytest.mark.slow
 def test_wis_bootstrap_ci_covers_the_exact_value_in_at_least_90_percent_of_datasets():
     truth = exact_value()
     results = [wis_ci_of_dataset(seed, 400) for seed in range(100)]

@@ -257,3 +257,18 @@ def test_a_policy_object_is_evaluated_like_its_run(setup, tmp_path):
     with pytest.raises(EvaluationError, match="unknown policy kind 'model'"):
         evaluate(runs["iql1"], replay, tmp_path / "bad2", kind="model", cfg=FAST)
     assert not (tmp_path / "bad2" / "metrics.json").exists()
+
+
+def test_an_empty_split_is_refused_naming_it_and_nothing_is_written(tmp_path):
+    from sepsisrl.ope.evaluate import EvaluationError
+
+    from .rl_fixtures import read_split, write_replay, write_split
+
+    replay = write_replay(tmp_path / "replay", n_episodes=12, state_dim=5, n_actions=4, seed=0)
+    write_split(replay, read_split(replay, "validation").slice(0, 0), "validation")
+    out = tmp_path / "eval"
+    with pytest.raises(
+        EvaluationError, match=r"replay_validation\.parquet: the validation split has no rows"
+    ):
+        evaluate("clinician", replay, out, kind="named", cfg=FAST)
+    assert not out.exists()

@@ -72,6 +72,7 @@ def test_fqe_is_within_5_percent_of_the_exact_value(target):
     assert len(result.iterations) == result.horizon
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["linear", "mlp"])
 def test_fqe_never_leaves_the_attainable_range_on_an_unsupported_policy(model):
     """Data that never take "gamble" (a3); the evaluated policy gambles everywhere. Its Q values

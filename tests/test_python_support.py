@@ -21,7 +21,7 @@ def test_the_import_check_tells_torch_modules_from_broken_ones():
     imported = re.search(r"^imported \d+ modules: (.*)$", proc.stdout, re.M)
     assert imported is not None, proc.stdout
     names = imported.group(1).split(", ")
-    assert "sepsisrl.synth.world" in names and "sepsisrl.dataset.pipeline" in names
+    assert "sepsisrl.synth.world" in names and "sepsisrl.dataset.builder" in names
     # torch is blocked even though it is installed here: a torch module is listed, not imported
     assert "sepsisrl.rl.iql" not in names
     assert re.search(r"^  sepsisrl\.rl\.iql \(torch imported by sepsisrl/rl/iql\.py:\d+\)$",

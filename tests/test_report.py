@@ -52,7 +52,8 @@ def _seed_row(ws: Path, seed: int, run: str, ev: str) -> dict:
 
 def _candidate(name: str, rows: list[dict], stage: int, rank: int) -> dict:
     keys = ("estimate", "ci_low", "ci_high", "fqe_mean", "ess", "support_mass",
-            "low_support_action_rate", "severe_safety_flags", "score")  # fmt: skip
+            "low_support_action_rate", "severe_safety_flags", "clinician_safety_flags",
+            "score")  # fmt: skip
     agg = {k: (None if any(r[k] is None for r in rows) else sum(r[k] for r in rows) / len(rows))
            for k in keys}  # fmt: skip
     gates = {"evaluable": agg["score"] is not None,
@@ -62,7 +63,7 @@ def _candidate(name: str, rows: list[dict], stage: int, rank: int) -> dict:
             "iql_setting": name.split("_")[-1],
             "hyperparameters": {"actor_lr": 5e-05, "expectile": 0.6, "temperature": 2.0},
             "seeds": rows, **agg, "gates": gates, "passed": all(gates.values()),
-            "stage": stage, "rank": rank}  # fmt: skip
+            "rank": rank, "stage1_rank": rank, "stage": stage}  # fmt: skip
 
 
 def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
@@ -70,8 +71,8 @@ def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
     (schemas of study/selection.json and study/final.json). Returns the workspace."""
     import torch
 
+    from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
-    from sepsisrl.dataset.pipeline import build
     from sepsisrl.ope.behaviour import BehaviourConfig, BehaviourModel
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
     from sepsisrl.ope.fqe import FQEConfig
@@ -124,19 +125,30 @@ def make_study_workspace(root: Path, n_stays: int = 400) -> Path:
         _candidate(SELECTED, [rows[(SELECTED, 1)], rows[(SELECTED, 2)]], stage=2, rank=1),
         _candidate(OTHER, [rows[(OTHER, 1)]], stage=1, rank=2),
     ]
+    from sepsisrl.study.selection import versus_clinicians
+
+    # the fixture has no clinician evaluation on validation: the verdict is undefined
+    no_clinicians = {"estimate": None, "ci_low": None, "ci_high": None, "observed_return": None}
     selection = {
         "schema_version": "1", "profile": "tiny-test", "split": "validation",
         "rule": {"description": "validation only; score then gates (test fixture)",
                  "estimator": "wdr", "score": "wdr_ci_low",
-                 "gates": GATES, "finalists": 1, "fallback": "fewest failed gates, then score"},
+                 "gates": GATES, "finalists": 1, "fallback": "fewest failed gates, then score",
+                 "versus_clinicians": "a verdict, not a gate (fixture)"},
         "candidates": cands, "finalists": [SELECTED],
+        "finalists_passing_stage1": int(cands[0]["passed"]),
         "selected": {"name": SELECTED, "seed": 1, "run": runs[(SELECTED, 1)],
-                     "fallback": not cands[0]["passed"], "reason": "best score (fixture)"},
+                     "fallback": not cands[0]["passed"],
+                     "failed_gates": [g for g, ok in cands[0]["gates"].items() if not ok],
+                     "reason": "best score (fixture)",
+                     "versus_clinicians": versus_clinicians(cands[0], no_clinicians, "wdr",
+                                                            "eval/clinician-validation")},
     }  # fmt: skip
     final = {
         "schema_version": "1", "split": "test",
         "selected": {"name": SELECTED, "seeds": [1, 2],
-                     "runs": [runs[(SELECTED, 1)], runs[(SELECTED, 2)]], "evals": test},
+                     "runs": [runs[(SELECTED, 1)], runs[(SELECTED, 2)]], "evals": test,
+                     "exported_seed": 1},
         "baselines": baselines, "release": f"release/sepsisrl-{SELECTED}",
     }  # fmt: skip
     (ws / "study").mkdir()
@@ -237,13 +249,14 @@ def test_the_action_grid_comes_from_the_replay_meta(study, tmp_path):
     st = load_study(ws)
     grid = st.action_grid()
     meta = st.replay_meta()
-    assert (len(grid.vaso), len(grid.fluid)) == (5, 5) and grid.labels == meta["action_labels"]
+    assert (len(grid.vaso), len(grid.fluid)) == (5, 5) and grid.labels == meta.action_labels
     text = [b.text for b in section("actions").build(st) if getattr(b, "kind", None) == "p"]
     assert text[0] == "Action = 5 × vasopressor bin + IV fluid bin (25 actions)."
     # a 2 x 3 grid (an external dataset's): the same section reads it from the meta
     small = {"n_actions": 6, "action_labels": [f"{v}×{f}" for v in ("v0", "v1")
                                                for f in ("f0", "f1", "f2")]}  # fmt: skip
-    st.replay_meta().update(small)  # the study's JSON is read once: patch the cached copy
+    for key, value in small.items():  # the study's meta is read once: patch the cached copy
+        setattr(st.replay_meta(), key, value)
     counts = {lab: i + 1 for i, lab in enumerate(small["action_labels"])}
     st.json("actions/audit.json")["action_counts"] = counts
     blocks = section("actions").build(st)
@@ -251,10 +264,10 @@ def test_the_action_grid_comes_from_the_replay_meta(study, tmp_path):
     assert any(getattr(b, "key", None) == "actions_logged" for b in blocks)
     stats = next(b for b in blocks if getattr(b, "key", None) == "action-stats")
     assert stats.rows[0] == ("Logged decisions", "21")
-    st.replay_meta()["n_actions"] = 25  # labels and n_actions disagree: an error naming both
+    st.replay_meta().n_actions = 25  # labels and n_actions disagree: an error naming both
     with pytest.raises(ReportError, match=r"meta\.json 'action_labels' \(6\) and 'n_actions'"):
         st.action_grid()
-    del st.replay_meta()["action_labels"]
+    st.replay_meta().action_labels = None
     with pytest.raises(ReportError, match=r"meta\.json has no 'action_labels'"):
         st.action_grid()
 
@@ -398,7 +411,7 @@ def test_schema_error_names_the_file_and_key(study, tmp_path):
     final = _read(ws, "study/final.json")
     del final["baselines"]
     (shadow / "study" / "final.json").write_text(json.dumps(final))
-    with pytest.raises(ReportError, match=r"study/final\.json has no 'baselines'"):
+    with pytest.raises(ReportError, match=r"study/final\.json.*missing required key 'baselines'"):
         write_report(shadow)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sepsisrl.config import ConfigError
+from sepsisrl.contracts import ReplayMeta
 from sepsisrl.dataset.actions import action_labels
 from sepsisrl.ope.estimators import GATES, Estimator, estimator_classes
 from sepsisrl.ope.evaluate import HEADLINE_ESTIMATORS
@@ -52,18 +53,28 @@ def test_estimators_are_registered_objects_with_a_known_gate():
         assert cls.gate in GATES
 
 
+def _meta(labels: list[str] | None, n_actions: int) -> ReplayMeta:
+    """A replay meta (the contract's model) with these labels and the other keys minimal."""
+    doc = {"schema_version": "1", "state_dim": 1, "n_actions": n_actions, "feature_names": ["x"],
+           "reward": {"variant": "sparse"}, "gamma": 0.99}  # fmt: skip
+    if labels is not None:
+        doc["action_labels"] = labels
+    return ReplayMeta.parse(doc, "test")
+
+
 def test_the_action_grid_is_read_from_the_replay_meta():
     labels = action_labels(3, 4)
-    grid = grid_of_meta({"action_labels": labels, "n_actions": 12})
+    grid = grid_of_meta(_meta(labels, 12))
     assert grid == ActionGrid(3, 4)
     v, f = grid.bins(np.array([0, 5, 11]))
     assert v.tolist() == [0, 1, 2] and f.tolist() == [0, 1, 3]
     shares = grid.shares(np.array([0, 11, 11, 3]))
     assert shares.shape == (3, 4) and shares[2, 3] == 0.5 and shares[0, 3] == 0.25
     # plain action names (an external dataset): no grid
-    assert grid_of_meta({"action_labels": ["a0", "a1", "a2"], "n_actions": 3}) is None
+    assert grid_of_meta(_meta(["a0", "a1", "a2"], 3)) is None
+    assert grid_of_meta(_meta(None, 3)) is None  # no labels at all
     with pytest.raises(ValueError, match="3 x 4 grid but n_actions is 13"):
-        grid_of_meta({"action_labels": labels, "n_actions": 13}, "x/meta.json")
+        grid_of_meta(_meta(labels, 13), "x/meta.json")
     with pytest.raises(ValueError, match="do not form a 2 x 2 grid"):
         ActionGrid.from_labels(["a×x", "a×y", "b×y", "b×x"])
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sepsisrl.config import ConfigError
+from sepsisrl.dataset.builder import build
 from sepsisrl.dataset.config import RUNNING_TREATMENT_FEATURES, load_build_config
-from sepsisrl.dataset.pipeline import build
 from sepsisrl.dataset.state import compute_states
 from sepsisrl.truth.policies import Recorder
 from sepsisrl.truth.rollout import rollout_population

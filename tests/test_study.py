@@ -174,11 +174,14 @@ def test_the_exported_seed_has_the_best_validation_score():
 
 
 def test_selection_metrics_read_the_configured_estimator_and_refuse_unknown_ones():
-    doc = {
-        "metrics": {"fqe_mean": 1.0, "fqe_ci_low": 0.5, "fqe_ci_high": 1.5, "wdr_mean": None,
-                    "wdr_ci_low": None, "wdr_ci_high": None, "ess": 0.0, "support_mass": 0.9,
-                    "low_support_action_rate": 0.1, "severe_safety_flags": 0},
-    }  # fmt: skip
+    from sepsisrl.contracts import EvaluationMetrics, HeadlineMetrics
+
+    table = {name: None for name in HeadlineMetrics.model_fields}
+    table.update({"fqe_mean": 1.0, "fqe_ci_low": 0.5, "fqe_ci_high": 1.5, "ess": 0.0,
+                  "support_mass": 0.9, "low_support_action_rate": 0.1,
+                  "severe_safety_flags": 0})  # fmt: skip
+    # only the headline table matters to the selection: the rest of the file is not built here
+    doc = EvaluationMetrics.model_construct(metrics=HeadlineMetrics.model_construct(**table))
     assert sel.selection_metrics(doc, "fqe")["ci_low"] == 0.5
     assert sel.selection_metrics(doc, "wdr")["ci_low"] is None  # gated: not evaluable
     with pytest.raises(ValueError, match=r"selection\.estimator='magic'"):
@@ -202,7 +205,7 @@ def study(small_world, tmp_path_factory):
     """A whole study on the 900-stay world with a reduced grid; records every split read."""
     import sepsisrl.ope.evaluate as ev_mod
     import sepsisrl.rl.trainer as tr_mod
-    from sepsisrl.study.pipeline import run_study
+    from sepsisrl.study.runner import run_study
 
     ws = tmp_path_factory.mktemp("study") / "ws"
     reads: list[tuple[str, bool]] = []
@@ -240,6 +243,7 @@ def _read(path: Path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_stage_one_and_two_use_validation_only(study):
     ws, _cfg, _result, reads, _, _ = study
     doc = _read(ws / "study" / "selection.json")
@@ -276,6 +280,7 @@ def test_stage_one_and_two_use_validation_only(study):
     assert test_reads and all(test_reads)
 
 
+@pytest.mark.slow
 def test_one_final_test_evaluation_of_the_selected_policy_and_the_baselines(study):
     ws, _, _result, _, _, _ = study
     final = _read(ws / "study" / "final.json")
@@ -294,6 +299,7 @@ def test_one_final_test_evaluation_of_the_selected_policy_and_the_baselines(stud
         assert len(_read(ws / run / "final_evaluation.json")) == 1
 
 
+@pytest.mark.slow
 def test_trained_baselines_are_tuned_on_validation_by_the_selection_rule(study):
     ws, *_ = study
     final = _read(ws / "study" / "final.json")
@@ -315,6 +321,7 @@ def test_trained_baselines_are_tuned_on_validation_by_the_selection_rule(study):
     assert tuning["reason"] in md
 
 
+@pytest.mark.slow
 def test_the_release_and_the_report(study):
     ws, _, result, _, events, _ = study
     final = _read(ws / "study" / "final.json")
@@ -336,6 +343,7 @@ def test_the_release_and_the_report(study):
     assert _read(ws / "study" / "run.json")["selected"] == selected
 
 
+@pytest.mark.slow
 def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     ws, _, _, _, events, _ = study
     doc = _read(ws / "study" / "truth.json")
@@ -364,9 +372,10 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     assert "## Estimates versus truth" in md and "Top-1 regret" in md
 
 
+@pytest.mark.slow
 def test_selection_is_byte_identical_without_the_truth(study, tmp_path):
     """The truth runs after the selection; a study without it selects the same bytes."""
-    from sepsisrl.study.pipeline import run_study
+    from sepsisrl.study.runner import run_study
 
     ws, _, _, _, _, source = study
     copy = tmp_path / "ws"
@@ -384,8 +393,9 @@ def test_selection_is_byte_identical_without_the_truth(study, tmp_path):
         copy / "study" / "final.json")["release"] / "README.md").read_text()  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study):
-    from sepsisrl.study.pipeline import run_study
+    from sepsisrl.study.runner import run_study
 
     ws, cfg, result, _, _, source = study
     before = (ws / "study" / "selection.json").read_bytes()
@@ -406,9 +416,10 @@ def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study):
     assert (ws / "study" / "selection.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_workers(study, tmp_path):
     """The same unit run in this process and in a worker process gives identical bytes."""
-    from sepsisrl.study.pipeline import Study, WorkerPool, execute_unit
+    from sepsisrl.study.runner import Study, WorkerPool, execute_unit
 
     ws, cfg, _, _, _, _ = study
     st = Study(ws, cfg, None)
@@ -437,8 +448,9 @@ def test_results_do_not_depend_on_the_number_of_workers(study, tmp_path):
     assert ma == mb
 
 
+@pytest.mark.slow
 def test_a_failing_unit_is_reported_with_its_name(study, tmp_path):
-    from sepsisrl.study.pipeline import StudyError, WorkerPool
+    from sepsisrl.study.runner import StudyError, WorkerPool
 
     ws, *_ = study
     pool = WorkerPool(1, tmp_path / "workers.log")
@@ -487,6 +499,7 @@ def test_readme_main_job_is_the_quick_study_and_ci_runs_its_test_command():
     assert ci[-1] == test_cmd
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_cli_and_a_rerun_resumes_to_the_same_selection(study, tmp_path):
     """Interrupt `sepsisrl run` mid-sweep (2 workers): exit 130, no worker left, no temporary
     folder kept; the rerun resumes and selects exactly what an uninterrupted run selected."""
@@ -548,6 +561,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_cli_report_rewrites_the_report_and_names_missing_artifacts(study, tmp_path):
     import subprocess
     import sys

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sepsisrl.dataset.builder import build
 from sepsisrl.dataset.config import load_build_config
-from sepsisrl.dataset.pipeline import build
 from sepsisrl.truth.harness import clinician_reference, compute_truth, population_for
 from sepsisrl.truth.policies import (
     Constant,
@@ -103,6 +103,7 @@ def test_deferring_rollout_reproduces_the_replay_outcomes(own_world, recorded):
     np.testing.assert_allclose(ep["return_eval"].to_numpy(), ref["return_eval"].to_numpy())
 
 
+@pytest.mark.slow
 def test_identical_policies_identical_outcomes_and_same_patients(own_world):
     root, pop, _ = own_world
     a = rollout_population(ctx_of(own_world), pop, Constant(0, "a"), root / "wa")
@@ -223,6 +224,7 @@ def test_cli_refuses_a_run_trained_on_another_build(own_world, built, tmp_path):
         world_policy("clinician", run, None, [], 25, 0)
 
 
+@pytest.mark.slow
 def test_truth_of_a_trained_run_end_to_end(own_world, tmp_path):
     from sepsisrl.rl.config import load_train_config
     from sepsisrl.rl.trainer import train

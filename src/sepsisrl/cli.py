@@ -6,6 +6,7 @@ RESEARCH ONLY - nothing this tool produces is clinical decision support.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import json
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sepsisrl import __version__, locks
 from sepsisrl.config import ConfigError
-from sepsisrl.workspace import atomic_folder, remove_partials, write_json
+from sepsisrl.workspace import atomic_folder, remove_partials
 
 RESEARCH_ONLY = (
     "RESEARCH ONLY: sepsisrl and every policy it produces are research artifacts for "
@@ -64,6 +65,18 @@ def _version(value: bool) -> None:
 
 
 #: ``--debug`` / SEPSISRL_DEBUG=1: print the traceback of every error.
+#: The policy options of ``evaluate`` and ``truth`` (exactly one of them is given).
+RunOption = Annotated[Path | None, typer.Option("--run", help="A training run folder.")]
+BundleOption = Annotated[
+    Path | None, typer.Option("--bundle", help="An exported model repository.")
+]
+PolicyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--policy", help="clinician | no_treatment | random | constant:K | rule:map_lactate"
+    ),
+]
+
 _OPTIONS = {"debug": False}
 
 
@@ -264,7 +277,7 @@ def build(
     ],
     workspace: Annotated[Path, typer.Option("--workspace", help="Study workspace to build into.")],
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML file overriding configs/pipeline.yaml.")
+        Path | None, typer.Option("--config", help="YAML file overriding configs/build.yaml.")
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -305,10 +318,10 @@ is current. A raw table \
 without data rows, or a core feature (MAP, heart rate, GCS, ...) without a value in nearly \
 every decision window, stops the build unless --allow-missing names its table.
     """
+    from sepsisrl.dataset.builder import build as run_build
     from sepsisrl.dataset.config import load_build_config
     from sepsisrl.dataset.leakage import LeakageError
     from sepsisrl.dataset.measurements import UnitError
-    from sepsisrl.dataset.pipeline import build as run_build
     from sepsisrl.mimic.source import SourceError
 
     def report(stage: str, status: str) -> None:
@@ -450,16 +463,9 @@ def evaluate(
     replay: Annotated[
         Path, typer.Option("--replay", help="Replay folder (e.g. workspace/replay/sofa_shaped).")
     ],
-    run: Annotated[Path | None, typer.Option("--run", help="A training run folder.")] = None,
-    bundle: Annotated[
-        Path | None, typer.Option("--bundle", help="An exported model repository.")
-    ] = None,
-    policy: Annotated[
-        str | None,
-        typer.Option(
-            "--policy", help="clinician | no_treatment | random | constant:K | rule:map_lactate"
-        ),
-    ] = None,
+    run: RunOption = None,
+    bundle: BundleOption = None,
+    policy: PolicyOption = None,
     final: Annotated[
         bool,
         typer.Option(
@@ -471,23 +477,41 @@ def evaluate(
         typer.Option("--out", help="Output folder (default: <workspace>/eval/<name>-<split>)."),
     ] = None,
     resamples: Annotated[
-        int, typer.Option("--resamples", min=100, help="Patient bootstrap resamples.")
-    ] = 2000,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap and model-fitting seed.")] = 0,
+        int | None,
+        typer.Option(
+            "--resamples",
+            min=100,
+            help="Patient bootstrap resamples (default: configs/evaluate.yaml "
+            "bootstrap_resamples).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Bootstrap and model-fitting seed (default: configs/evaluate.yaml bootstrap_seed "
+            "and seed).",
+        ),
+    ] = None,
 ) -> None:
     """Off-policy evaluation and safety review of one policy (validation split; test with --final).
 
     Behaviour model fit on train (chosen by validation log-loss), WIS / per-decision WIS / ESS \
 with patient-bootstrap CIs, FQE fitted on train, clinician agreement, support, severe safety \
-flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
+flags, subgroups and action heatmaps (vasopressor x fluid bins). RESEARCH ONLY.
     """
-    from sepsisrl.ope.evaluate import EvalConfig, EvaluationError
+    from sepsisrl.ope.evaluate import EvalConfig, EvaluationError, record_final_folder
     from sepsisrl.ope.evaluate import evaluate as run_eval
     from sepsisrl.rl.data import ReplayError
 
     chosen = [x for x in (run, bundle, policy) if x is not None]
     if len(chosen) != 1:
         raise UserError("give exactly one of --run, --bundle or --policy")
+    cfg = EvalConfig()  # configs/evaluate.yaml
+    if resamples is not None:
+        cfg = dataclasses.replace(cfg, bootstrap_resamples=resamples)
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, bootstrap_seed=seed, seed=seed)
     kind = "run" if run is not None else ("bundle" if bundle is not None else "named")
     spec = chosen[0]
     name = Path(spec).name if kind != "named" else str(spec).replace(":", "-")
@@ -508,10 +532,10 @@ flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
                 tmp,
                 kind=kind,
                 final=final,
-                cfg=EvalConfig(bootstrap_resamples=resamples, bootstrap_seed=seed, seed=seed),
+                cfg=cfg,
             )
             if final and run is not None:
-                _record_final_out(run, tmp, out)
+                record_final_folder(run, tmp, out)
     except (EvaluationError, ReplayError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(
@@ -519,33 +543,14 @@ flags, subgroups and 5x5 action heatmaps. RESEARCH ONLY.
     )
 
 
-def _record_final_out(run: Path, tmp: Path, out: Path) -> None:
-    """The run's final_evaluation.json names the evaluation folder, not its temporary one."""
-    record = run / "final_evaluation.json"
-    if not record.is_file():
-        return
-    history = json.loads(record.read_text())
-    for entry in history:
-        if entry.get("out") == str(tmp.absolute()):
-            entry["out"] = str(out.absolute())
-    write_json(record, history)
-
-
 @command()
 def truth(
     workspace: Annotated[
         Path, typer.Option("--workspace", help="A workspace built from a synthetic world.")
     ],
-    run: Annotated[Path | None, typer.Option("--run", help="A training run folder.")] = None,
-    bundle: Annotated[
-        Path | None, typer.Option("--bundle", help="An exported model repository.")
-    ] = None,
-    policy: Annotated[
-        str | None,
-        typer.Option(
-            "--policy", help="clinician | no_treatment | random | constant:K | rule:map_lactate"
-        ),
-    ] = None,
+    run: RunOption = None,
+    bundle: BundleOption = None,
+    policy: PolicyOption = None,
     patients: Annotated[
         int, typer.Option("--patients", min=1, help="Fresh patients to simulate.")
     ] = 2000,
@@ -716,8 +721,8 @@ this produces is clinical decision support.
     from sepsisrl.mimic.source import SourceError
     from sepsisrl.release.bundle import ExportError
     from sepsisrl.study.config import load_study_config
-    from sepsisrl.study.pipeline import StudyError, run_study
     from sepsisrl.study.report import ReportError
+    from sepsisrl.study.runner import StudyError, run_study
 
     overrides = _parse_overrides(set_ or [])
     if workers is not None:

@@ -7,8 +7,8 @@ model                             file                         written by
 ================================  ===========================  ==================================
 :class:`ReplayMeta`               ``replay/<variant>/meta.json``  ``dataset/replay.py``
 :class:`EvaluationMetrics`        ``eval/<name>/metrics.json``    ``ope/evaluate.py``
-:class:`Selection`                ``study/selection.json``        ``study/pipeline.py`` (select)
-:class:`FinalRecord`              ``study/final.json``            ``study/pipeline.py`` (final)
+:class:`Selection`                ``study/selection.json``        ``study/runner.py`` (select)
+:class:`FinalRecord`              ``study/final.json``            ``study/runner.py`` (final)
 :class:`ModelConfig`              ``release/<name>/config.json``  ``release/bundle.py``
 ================================  ===========================  ==================================
 
@@ -25,12 +25,18 @@ and the dotted key; ``model.write(path)`` writes it atomically (temporary file +
 the exact format of the writer the model stands for (``model.to_json()`` gives the text).
 Sections whose content belongs to another layer (the resolved evaluation and training
 configurations, the training hyper-parameters, the truth record) are JSON objects here.
+
+A model repository that ``sepsisrl export`` did not write (the earlier published checkpoint)
+has a ``config.json`` of its own layout: :func:`load_model_config` reads it as a
+:class:`CheckpointConfig` (only what running the policy needs) and every other one as a
+:class:`ModelConfig`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -42,7 +48,9 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 def _number(value: Any) -> Any:
@@ -73,6 +81,14 @@ JsonObject = dict[str, Any]
 M = TypeVar("M", bound="Artifact")
 
 
+def _unexpected(key: str, why: str) -> PydanticCustomError:
+    """An unknown key refused by a section that accepts some extra keys (named in messages as
+    ``section.key``)."""
+    return PydanticCustomError(
+        "unexpected_key", "unexpected key {key}: {why}", {"key": key, "why": why}
+    )
+
+
 class ContractError(ValueError):
     """An artifact does not follow its contract (the message names the file and the key)."""
 
@@ -90,12 +106,25 @@ def _describe(err: dict[str, Any]) -> str:
         return f"missing required key {key!r}"
     if kind == "extra_forbidden":
         return f"unexpected key {key!r} (not part of the contract; misspelt?)"
+    if kind == "unexpected_key":  # an unknown key that a section's own validator refused
+        inner = ".".join(p for p in (key if err["loc"] else "", err["ctx"]["key"]) if p)
+        return f"unexpected key {inner!r} ({err['ctx']['why']})"
     found = err.get("input")
     shown = repr(found)
     if len(shown) > 60:
         shown = shown[:57] + "..."
     msg = err["msg"].removeprefix("Value error, ")
     return f"key {key!r}: {msg} (found {type(found).__name__} {shown})"
+
+
+def _read_document(path: Path, expected: str) -> Any:
+    """The parsed JSON of ``path``; a ContractError naming it when it is absent or not JSON."""
+    if not path.is_file():
+        raise ContractError(f"{path}: no such file (expected {expected})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ContractError(f"{path}: not valid JSON ({exc})") from None
 
 
 class Artifact(Strict):
@@ -123,14 +152,7 @@ class Artifact(Strict):
 
     @classmethod
     def load(cls: type[M], path: str | Path) -> M:
-        path = Path(path)
-        if not path.is_file():
-            raise ContractError(f"{path}: no such file (expected {cls.FILE})")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ContractError(f"{path}: not valid JSON ({exc})") from None
-        return cls.parse(doc, path)
+        return cls.parse(_read_document(Path(path), cls.FILE), path)
 
     def to_dict(self) -> dict[str, Any]:
         """The document as the writer builds it (keys in contract order; absent optional keys
@@ -250,6 +272,35 @@ class HeadlineMetrics(Strict):
     severe_safety_flags: StrictInt | None
     clinician_safety_flags: StrictInt | None
     observed_return_mean: Real
+
+    # an estimator added through the registry (ope/estimators.py) reports its own
+    # ``<name>_mean``, ``<name>_ci_low`` and ``<name>_ci_high``; no other key is accepted
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _estimator_entries(self) -> HeadlineMetrics:
+        extra = self.model_extra or {}
+        for key, value in extra.items():
+            match = ESTIMATOR_KEY.fullmatch(key)
+            if match is None:
+                raise _unexpected(key, "not part of the contract, nor an estimator's <name>_mean, "
+                                  "_ci_low and _ci_high; misspelt?")  # fmt: skip
+            if value is not None:
+                _number(value)
+            name = match[1]
+            missing = [f"{name}_{s}" for s in ESTIMATOR_SUFFIXES if f"{name}_{s}" not in extra]
+            if missing:
+                raise _unexpected(key, f"estimator {name!r} reports it but not {missing}")
+        return self
+
+    def estimators(self) -> list[str]:
+        """The estimators the table reports beyond the built-in ones (in writing order)."""
+        return [k.removesuffix("_mean") for k in self.model_extra or {} if k.endswith("_mean")]
+
+
+#: ``<estimator>_<statistic>`` of the headline table
+ESTIMATOR_SUFFIXES = ("mean", "ci_low", "ci_high")
+ESTIMATOR_KEY = re.compile(r"([a-z][a-z0-9_]*)_(mean|ci_low|ci_high)")
 
 
 class BehaviourSummary(Strict):
@@ -403,6 +454,20 @@ class EvaluationMetrics(Artifact):
     replay: ReplayRef
     created_by: StrictStr
     created_at: StrictStr
+
+    # a registered estimator may add a section of its own, named as it (``<name>``), beside
+    # its entries of ``metrics``; any other unknown key is an error
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _estimator_sections(self) -> EvaluationMetrics:
+        added = set(self.metrics.estimators())
+        for key, value in (self.model_extra or {}).items():
+            if key not in added:
+                raise _unexpected(key, "not part of the contract; misspelt?")
+            if not isinstance(value, dict):
+                raise _unexpected(key, "an estimator's section must be a JSON object")
+        return self
 
 
 # ---------------------------------------------------------------------- study selection.json
@@ -654,7 +719,34 @@ class ModelConfig(Artifact):
     research_only: StrictBool
 
 
-#: Every artifact model, by the file it describes.
-ARTIFACTS: dict[str, type[Artifact]] = {
-    m.FILE: m for m in (ReplayMeta, EvaluationMetrics, Selection, FinalRecord, ModelConfig)
-}
+class CheckpointConfig(Artifact):
+    """The ``config.json`` of a model repository that ``sepsisrl export`` did not write: the
+    earlier published checkpoint (``state_dim``, ``n_actions``, ``hidden_sizes`` and training
+    metadata of its own, no ``feature_names``, no ``action_labels``) or a hand-made minimal one.
+
+    Only what running the policy needs is read; other keys are ignored (their layout is not
+    ours). The defaults are the published checkpoint's: an IQL actor with hidden sizes
+    [256, 256]; no ``feature_names`` means inputs in alphabetical feature order (the order that
+    checkpoint was trained with, ``modeling_iql.PUBLISHED_FEATURE_NAMES``).
+    """
+
+    FILE: ClassVar[str] = "release/<name>/config.json (not written by sepsisrl export)"
+
+    model_config = ConfigDict(strict=True, extra="ignore", protected_namespaces=())
+
+    model_type: StrictStr = "iql"
+    state_dim: StrictInt
+    n_actions: StrictInt
+    hidden_sizes: list[StrictInt] = [256, 256]
+    feature_names: list[StrictStr] | None = None
+
+
+def load_model_config(path: str | Path) -> ModelConfig | CheckpointConfig:
+    """A model repository's ``config.json``: one written by ``sepsisrl export`` (it names the
+    ``package``) must follow :class:`ModelConfig` in full (a missing or misspelt key is an
+    error); any other is read as a :class:`CheckpointConfig` (the earlier published checkpoint,
+    whose layout predates the contract)."""
+    doc = _read_document(Path(path), ModelConfig.FILE)
+    if isinstance(doc, dict) and "package" not in doc:
+        return CheckpointConfig.parse(doc, path)
+    return ModelConfig.parse(doc, path)

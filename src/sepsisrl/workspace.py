@@ -40,12 +40,12 @@ STAGE_FILE = "stage.json"
 #: unit and an edit elsewhere (report, CLI) does not. The one table of coverage: every cache
 #: key of the project takes its code from here.
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "build": (("dataset.pipeline",), ("pipeline",)),  # sepsisrl build (every stage)
+    "build": (("dataset.builder",), ("build",)),  # sepsisrl build (every stage)
     "train": (("rl.trainer",), ("train",)),  # a training run
     "evaluate": (("ope.evaluate",), ("evaluate",)),  # an evaluation, the behaviour model
     "truth": (
         ("truth.harness", "truth.policies", "truth.world"),
-        ("pipeline", "synth", "evaluate"),
+        ("build", "synth", "evaluate"),
     ),
 }
 

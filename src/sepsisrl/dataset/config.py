@@ -1,4 +1,4 @@
-"""Typed configuration of ``sepsisrl build`` (defaults: ``configs/pipeline.yaml``)."""
+"""Typed configuration of ``sepsisrl build`` (defaults: ``configs/build.yaml``)."""
 
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ class RunningTreatmentConfig(StrictModel):
         if sorted(names) != sorted(RUNNING_TREATMENT_FEATURES):
             raise ValueError(
                 f"features must be exactly {list(RUNNING_TREATMENT_FEATURES)} (each computed by "
-                f"build/state.py), got {names}"
+                f"dataset/state.py), got {names}"
             )
         for f in self.features:
             if f.agg != "derived" or f.impute != "none" or f.flag or f.valid is not None:
@@ -418,4 +418,4 @@ class BuildConfig(StrictModel):
 def load_build_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> BuildConfig:
-    return load_config(BuildConfig, "pipeline", path, overrides)
+    return load_config(BuildConfig, "build", path, overrides)

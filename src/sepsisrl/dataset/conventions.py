@@ -2,7 +2,7 @@
 
 MIMIC-IV users compare every derived table with MIT-LCP mimic-code's concepts
 (``mimic-iv/concepts/``). The build follows them by default (the ``mimic-code`` profile: the
-packaged ``configs/pipeline.yaml``); each point where a defensible alternative exists is one
+packaged ``configs/build.yaml``); each point where a defensible alternative exists is one
 config switch, registered here with mimic-code's value and the alternative. The ``legacy``
 profile restores the definitions of sepsisrl before the conventions were aligned.
 
@@ -22,7 +22,7 @@ PROFILES = ("mimic-code", "legacy")
 
 @dataclass(frozen=True)
 class Convention:
-    key: str  # dotted path in configs/pipeline.yaml
+    key: str  # dotted path in configs/build.yaml
     what: str  # the clinical question, in a few words
     mimic_code: Any  # mimic-code's convention (the default)
     legacy: Any  # sepsisrl's earlier convention (the ``legacy`` profile)

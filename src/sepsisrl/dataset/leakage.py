@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
+from sepsisrl.contracts import ReplayMeta, RewardSpec
 from sepsisrl.dataset.actions import DoseBins, rows_sha256
 from sepsisrl.dataset.config import LAB_MEASUREMENT_CONCEPTS, BuildConfig
 from sepsisrl.dataset.measurements import GAS_TIME
@@ -158,8 +159,8 @@ def _no_outcome_features(ws: Path, variants: list[str]) -> dict[str, Any]:
     outcome (death, discharge, reward, length of stay ...)."""
     meta_names: set[str] = set()
     for v in variants:
-        meta = read_json(ws / "replay" / v / "meta.json")
-        meta_names.update(meta["feature_names"])
+        meta = ReplayMeta.load(ws / "replay" / v / "meta.json")
+        meta_names.update(meta.feature_names)
         cols = pq.read_schema(ws / "replay" / v / "replay_train.parquet").names
         meta_names.update(c[2:] for c in cols if c.startswith("s_"))
     leaky = sorted(n for n in meta_names if _outcome_like(n))
@@ -235,12 +236,12 @@ def _aligned_transitions(
     }
     problems: list[str] = []
     for v in variants:
-        meta = read_json(ws / "replay" / v / "meta.json")
+        meta = ReplayMeta.load(ws / "replay" / v / "meta.json")
         for split in SPLITS:
             t = pq.read_table(ws / "replay" / v / f"replay_{split}.parquet")
             if t.num_rows:
                 problems += _transition_problems(
-                    t, meta["reward"], f"{v}/replay_{split}", died_of, raw_of, cfg
+                    t, meta.reward, f"{v}/replay_{split}", died_of, raw_of, cfg
                 )
     return _check(
         "aligned_transitions",
@@ -251,9 +252,20 @@ def _aligned_transitions(
     )
 
 
+def _recorded(reward: RewardSpec, key: str, where: str) -> float:
+    """A shaping weight of the meta's ``reward`` section: optional in the replay contract (an
+    external dataset may leave it out), always recorded by ``sepsisrl build``."""
+    value = getattr(reward, key)
+    if value is None:
+        raise ValueError(
+            f"{where}: its meta.json reward section has no {key!r} (sepsisrl build records it)"
+        )
+    return value
+
+
 def _transition_problems(
     t: Any,
-    reward: dict[str, Any],
+    reward: RewardSpec,
     where: str,
     died_of: dict[int, Any],
     raw_of: dict[tuple[int, int], tuple[float, float]],
@@ -262,16 +274,18 @@ def _transition_problems(
     """The alignment problems of one replay file ``t`` (rows sorted by stay and step) whose
     meta.json ``reward`` section gives the shaping weights."""
     r = cfg.rewards
-    w_sofa = reward["sofa_delta_weight"]
-    w_lac = reward["lactate_clearance_weight"]
-    w_map = reward["map_deficit_weight"]
+    w_sofa = _recorded(reward, "sofa_delta_weight", where)
+    w_lac = _recorded(reward, "lactate_clearance_weight", where)
+    w_map = _recorded(reward, "map_deficit_weight", where)
     problems = []
     s = t["stay_id"].to_numpy()
     k = t["step"].to_numpy().astype(np.int64)
     done = t["done"].to_numpy(zero_copy_only=False)
     rew = t["reward"].to_numpy().astype(np.float64)
     # the SOFA column the variant's shaping uses (sofa_state_shaped: sofa_state)
-    sofa = t[reward.get("sofa_column", "sofa")].to_numpy().astype(np.float64)
+    # replays built before ``sofa_column`` was recorded shape with ``sofa``
+    sofa_column = "sofa" if reward.sofa_column is None else reward.sofa_column
+    sofa = t[sofa_column].to_numpy().astype(np.float64)
     start = np.ones(len(s), dtype=bool)
     start[1:] = s[1:] != s[:-1]
     end = np.ones(len(s), dtype=bool)
@@ -295,7 +309,8 @@ def _transition_problems(
         )
         lac, mp = raw[:, 0], raw[:, 1]
         shaping = shaping + w_lac * (lac - lac[nxt]) / np.maximum(lac, 1e-6)
-        shaping = shaping - w_map * np.maximum(0.0, reward["map_target"] - mp[nxt])
+        target = _recorded(reward, "map_target", where)
+        shaping = shaping - w_map * np.maximum(0.0, target - mp[nxt])
     expected = np.where(end, terminal, shaping)
     if not np.allclose(rew, expected, atol=1e-5):
         bad = int(np.flatnonzero(~np.isclose(rew, expected, atol=1e-5))[0])

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sepsisrl import __version__
+from sepsisrl.contracts import ReplayMeta
 from sepsisrl.dataset.actions import action_labels
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect, fetch_arrow
@@ -35,7 +36,7 @@ from sepsisrl.dataset.preprocessing import StatePreprocessor
 from sepsisrl.dataset.splits import SPLITS
 from sepsisrl.dataset.sqlfiles import render
 from sepsisrl.dataset.state import model_input, model_input_range
-from sepsisrl.workspace import read_json, write_json
+from sepsisrl.workspace import read_json
 
 REPLAY_SCHEMA_VERSION = "1"
 
@@ -236,7 +237,9 @@ def run_replay(
             "action_bins": "actions/bins.json",
             "created_by": f"sepsisrl {__version__}",
         }
-        write_json(folder / "meta.json", meta)
+        # checked against the replay contract before it is written: a writer that drifts
+        # from contracts.ReplayMeta (a renamed, missing or ill-typed key) fails here, loudly
+        ReplayMeta.parse(meta, folder / "meta.json").write(folder / "meta.json")
     return {
         "variants": list(cfg.rewards.variants),
         "splits": counts,

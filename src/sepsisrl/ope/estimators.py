@@ -469,10 +469,11 @@ def fit_estimators(
 # ---------------------------------------------------------------------------- helpers
 def terminal_range(meta: ReplayMeta, lo: float, hi: float) -> tuple[float, float]:
     """[-T, +T] with T the largest terminal reward of the replay meta (the evaluation reward is
-    terminal only, so no return leaves it); the attainable range when the meta has none."""
-    reward = meta.raw.get("reward") or {}
-    terms = [reward.get("terminal_survived"), reward.get("terminal_died")]
-    terms = [abs(float(t)) for t in terms if isinstance(t, (int, float)) and np.isfinite(t)]
+    terminal only, so no return leaves it); the attainable range when the meta has none (an
+    external dataset's reward spec may name only its variant)."""
+    reward = meta.doc.reward
+    terms = [reward.terminal_survived, reward.terminal_died]
+    terms = [abs(float(t)) for t in terms if t is not None and np.isfinite(t)]
     if not terms:
         return lo, hi
     return -max(terms), max(terms)

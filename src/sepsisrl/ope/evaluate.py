@@ -122,28 +122,36 @@ class EvalConfig:
 
 # ---------------------------------------------------------------------------- policies
 class BundlePolicy(TrainedPolicy):
-    """An exported model repository: model.safetensors (actor) + config.json."""
+    """An exported model repository: model.safetensors (actor) + config.json.
+
+    The config is read through the contract (``contracts.load_model_config``): one written by
+    ``sepsisrl export`` must follow ``ModelConfig`` in full; the earlier published checkpoint's
+    is a ``CheckpointConfig`` (IQL, hidden sizes [256, 256] unless it says otherwise)."""
 
     def __init__(self, bundle: str | Path, feature_names: list[str]) -> None:
+        from sepsisrl.contracts import ContractError, load_model_config
         from sepsisrl.rl.checkpoint import check_tensors
         from sepsisrl.rl.networks import MLP
         from sepsisrl.rl.policies import finite_tensors
 
         folder = Path(bundle)
-        cfg = json.loads((folder / "config.json").read_text())
-        if not isinstance(cfg, dict):
-            raise EvaluationError(f"{folder / 'config.json'}: expected a JSON object")
+        try:
+            cfg = load_model_config(folder / "config.json")
+        except ContractError as exc:
+            raise EvaluationError(str(exc)) from None
         self.name = f"bundle:{folder.name}"
-        self.algo = cfg.get("model_type", "iql")
-        self.state_dim, self.n_actions = int(cfg["state_dim"]), int(cfg["n_actions"])
-        names = cfg.get("feature_names") or sorted(feature_names)
+        self.algo = cfg.model_type
+        self.state_dim, self.n_actions = cfg.state_dim, cfg.n_actions
+        names = cfg.feature_names
+        if names is None:  # the earlier published checkpoint: inputs in alphabetical order
+            names = sorted(feature_names)
         missing = [n for n in names if n not in feature_names]
         if missing or len(names) != self.state_dim:
             raise EvaluationError(
                 f"{folder}: the model's features do not match the replay's (missing {missing[:5]})"
             )
         self.order = np.array([feature_names.index(n) for n in names])
-        hidden = tuple(cfg.get("hidden_sizes", [256, 256]))
+        hidden = tuple(cfg.hidden_sizes)
         self.net = MLP(self.state_dim, self.n_actions, hidden)
         weights = folder / "model.safetensors"
         tensors = finite_tensors(
@@ -185,12 +193,11 @@ class StateRulePolicy(_Deterministic):
     def __init__(self, name: str, meta: ReplayMeta) -> None:
         from sepsisrl.truth.policies import map_lactate_actions
 
-        ref = meta.raw.get("preprocessing")
-        path = (meta.path.parent.parent / ref) if ref else None
+        path = meta.preprocessing
         if path is None or not path.is_file():
             raise EvaluationError(
                 f"rule:{name} needs the build's preprocessing statistics next to {meta.path} "
-                f"({ref or 'features/preprocessing.json'} not found)"
+                f"({meta.doc.preprocessing or 'features/preprocessing.json'} not found)"
             )
         self.prep = StatePreprocessor.from_json(json.loads(path.read_text()))
         self.names = meta.feature_names
@@ -273,8 +280,7 @@ def _feature_difference(trained: list[str], given: list[str]) -> str:
 def raw_states(meta: ReplayMeta, states: np.ndarray) -> dict[str, np.ndarray] | None:
     """Un-normalised feature values (for safety rules and subgroups), if the build's
     preprocessing statistics are available next to the replay."""
-    ref = meta.raw.get("preprocessing")
-    path = (meta.path.parent.parent / ref) if ref else None
+    path = meta.preprocessing
     if path is None or not path.is_file():
         return None
     prep = StatePreprocessor.from_json(json.loads(path.read_text()))
@@ -368,6 +374,13 @@ def evaluate(
     train = load_split(replay_dir, "train", EVAL_REWARD, meta)
     val = load_split(replay_dir, "validation", EVAL_REWARD, meta)
     split_data = load_split(replay_dir, "test", EVAL_REWARD, meta) if final else val
+    for name, data in (("train", train), ("validation", val), (split, split_data)):
+        if len(data) == 0:  # the behaviour model, FQE and every bootstrap need patients
+            raise EvaluationError(
+                f"{replay_dir / f'replay_{name}.parquet'}: the {name} split has no rows; the "
+                "evaluation fits on train, chooses on validation and evaluates the "
+                f"{split} split, so each needs episodes (rebuild the replay with more stays)"
+            )
     # a run or bundle is loaded (and its weights checked for NaN/inf) before anything is written
     pol = make_policy(policy, kind, meta, None) if kind in ("run", "bundle", "object") else None
     out.mkdir(parents=True, exist_ok=True)
@@ -446,12 +459,15 @@ def evaluate(
         "replay": {
             "path": str(replay_dir.absolute()),
             "variant": meta.variant,
-            "source": meta.raw.get("source"),
+            "source": meta.source(),
         },
         "created_by": f"sepsisrl {__version__}",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+    from sepsisrl.contracts import EvaluationMetrics  # the contract of metrics.json
+
+    # checked against the contract before it is written: a drifted writer fails here, loudly
+    EvaluationMetrics.parse(doc, out / "metrics.json").write(out / "metrics.json")
     if final and kind == "run":
         _record_final(Path(policy), replay_dir, out, doc["created_at"])
     return doc
@@ -570,3 +586,18 @@ def _extra_column(replay_dir: Path, split: str, column: str) -> np.ndarray | Non
     if column not in pq.read_schema(path).names:
         return None
     return pq.read_table(path, columns=[column])[column].to_numpy()
+
+
+def record_final_folder(run: Path, tmp: Path, out: Path) -> None:
+    """The run's ``final_evaluation.json`` names the folder the evaluation was written to; a
+    caller that evaluates into a temporary folder (``atomic_folder``) renamed to ``out``
+    (``sepsisrl evaluate --final``, the study) records ``out`` instead."""
+    from sepsisrl.workspace import write_json
+
+    record = run / "final_evaluation.json"
+    if not record.is_file():
+        return
+    history = json.loads(record.read_text())
+    written, final = str(tmp.absolute()), str(out.absolute())
+    if any(e.get("out") == written for e in history):
+        write_json(record, [{**e, "out": final} if e.get("out") == written else e for e in history])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sepsisrl.contracts import EvaluationMetrics
 
 #: (metric key, row label) in the order of the published model card's table.
 CARD_ROWS = (
@@ -26,14 +27,16 @@ CARD_ROWS = (
 
 
 def summarize(eval_dirs: list[str | Path]) -> dict[str, Any]:
-    docs = [json.loads((Path(d) / "metrics.json").read_text()) for d in eval_dirs]
-    splits = {d["split"] for d in docs}
+    """Mean and standard deviation over evaluations of every ``metrics.json`` ``metrics`` key
+    (each file checked against its contract: a missing key is an error naming file and key)."""
+    docs = [EvaluationMetrics.load(Path(d) / "metrics.json") for d in eval_dirs]
+    splits = {d.split for d in docs}
     if len(splits) != 1:
         raise ValueError(f"evaluations mix splits {sorted(splits)}; summarise one split at a time")
-    keys = list(docs[0]["metrics"])
+    tables = [d.metrics.model_dump() for d in docs]
     rows = {}
-    for key in keys:
-        vals = [d["metrics"].get(key) for d in docs]
+    for key in tables[0]:
+        vals = [t[key] for t in tables]
         finite = np.array([v for v in vals if v is not None], dtype=np.float64)
         rows[key] = {
             "mean": float(finite.mean()) if len(finite) else None,
@@ -44,15 +47,13 @@ def summarize(eval_dirs: list[str | Path]) -> dict[str, Any]:
             "undefined": len(vals) - len(finite),
         }
     return {"split": splits.pop(), "evaluations": [str(d) for d in eval_dirs],
-            "policies": [d["policy"]["name"] for d in docs], "metrics": rows}  # fmt: skip
+            "policies": [d.policy.name for d in docs], "metrics": rows}  # fmt: skip
 
 
 def card_table(summary: dict[str, Any]) -> str:
     lines = ["| Metric | Mean | SD | n |", "|---|---|---|---|"]
-    for key, label in CARD_ROWS:
-        r = summary["metrics"].get(key)
-        if r is None:
-            continue
+    for key, label in CARD_ROWS:  # every card row is a metrics.json key: summarize has it
+        r = summary["metrics"][key]
         mean = "undefined" if r["mean"] is None else f"{r['mean']:.4f}"
         sd = "" if r["std"] is None else f"{r['std']:.4f}"
         lines.append(f"| {label} | {mean} | {sd} | {r['n']} |")

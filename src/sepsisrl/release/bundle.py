@@ -19,7 +19,9 @@ from typing import Any
 from safetensors.torch import save_file
 
 from sepsisrl import __version__
+from sepsisrl.contracts import EvaluationMetrics, ModelConfig
 from sepsisrl.ope.summary import CARD_ROWS, summarize
+from sepsisrl.rl.actions import ActionGrid
 from sepsisrl.rl.policies import NonFiniteWeightsError, finite_tensors
 from sepsisrl.rl.registry import exportable_algorithms
 from sepsisrl.workspace import atomic_folder
@@ -75,7 +77,8 @@ def gated_summary(evals: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
     (never averaged into a number), and per metric key the reason shown where it is
     undefined."""
     summary = summarize(evals)
-    docs = [json.loads((Path(e) / "metrics.json").read_text()) for e in evals]
+    # checked against the metrics.json contract (a missing key names the file and the key)
+    docs = [EvaluationMetrics.load(Path(e) / "metrics.json").to_dict() for e in evals]
     model = [_model_reasons(d) for d in docs]
     imp = [_is_reasons(d) for d in docs]
     rows = summary["metrics"]
@@ -387,6 +390,19 @@ research only, provided that this notice is kept with every copy.
 REQUIREMENTS = "torch>=2.2\nsafetensors>=0.4\n"
 
 
+def _action_space(replay: dict[str, Any]) -> str:
+    """The run's action space in words: its vasopressor x fluid grid (from the replay's
+    ``action_labels``), or only the count where the labels name no grid (an external replay:
+    ``action_labels`` is optional in the replay contract)."""
+    labels = replay.get("action_labels")
+    if labels:
+        try:
+            return ActionGrid.from_labels(labels).describe()
+        except ValueError:
+            pass
+    return f"{replay['n_actions']} actions (the replay's action_labels name no vasopressor x fluid grid)"
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -434,7 +450,7 @@ def export_run(
         "activation": "relu",
         "feature_names": names,
         "normalization": _normalization(ws, names),
-        "action_space": "5 vasopressor bins x 5 IV-fluid bins, action = 5 * vaso_bin + fluid_bin",
+        "action_space": _action_space(replay),
         "action_labels": replay.get("action_labels"),
         "action_bins": None if bins is None else {"vasopressor": bins["vasopressor"], "iv_fluid": bins["iv_fluid"]},
         "training": {
@@ -468,9 +484,12 @@ def export_run(
         "truth": truth_doc,
         "research_only": True,
     }  # fmt: skip
+    # checked against the contract before anything is written: a writer that drifts from
+    # contracts.ModelConfig (a renamed, missing or ill-typed key) fails here, loudly
+    model_config = ModelConfig.parse(config, out / "config.json")
     with atomic_folder(out) as tmp:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        model_config.write(tmp / "config.json")
         wrapper = resources.files("sepsisrl.release") / "modeling_iql.py"
         (tmp / "modeling_iql.py").write_text(wrapper.read_text())
         (tmp / "requirements.txt").write_text(REQUIREMENTS)

@@ -2,7 +2,7 @@
 
 An action id is ``n_fluid * vaso_bin + fluid_bin`` (vasopressor first, then fluid). The build
 writes one label per action to the replay meta (``action_labels``, ``"<vaso>×<fluid>"`` in id
-order, from ``actions.vaso_bins`` and ``actions.fluid_bins`` of ``configs/pipeline.yaml``); the
+order, from ``actions.vaso_bins`` and ``actions.fluid_bins`` of ``configs/build.yaml``); the
 grid is read back from those labels, so it follows whatever the build was configured with.
 Torch-free: the report and the evaluation use it too.
 """
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sepsisrl.contracts import ReplayMeta
 
 #: Separator of the two bin names in an action label (``dataset.actions.action_labels``).
 LABEL_SEPARATOR = "×"
@@ -36,6 +39,13 @@ class ActionGrid:
         """Share of ``actions`` in each cell, shape (n_vaso, n_fluid) (rows: vasopressor bin)."""
         counts = np.bincount(actions, minlength=self.n_actions)
         return counts.reshape(self.n_vaso, self.n_fluid) / max(len(actions), 1)
+
+    def describe(self) -> str:
+        """The grid in words (the ``action_space`` of a model repository's config.json)."""
+        return (
+            f"{self.n_vaso} vasopressor bins x {self.n_fluid} IV-fluid bins, "
+            f"action = {self.n_fluid} * vaso_bin + fluid_bin"
+        )
 
     @classmethod
     def from_labels(cls, labels: Sequence[str], where: str = "action_labels") -> ActionGrid:
@@ -61,18 +71,20 @@ class ActionGrid:
         return grid
 
 
-def grid_of_meta(meta: dict[str, Any], where: str = "meta.json") -> ActionGrid | None:
-    """The action grid of a replay meta (``action_labels``), or None when its labels do not
-    describe a vasopressor x fluid grid (an external dataset with plain action names); a grid
-    whose size differs from ``n_actions`` is an error naming ``where``."""
-    labels = meta.get("action_labels")
+def grid_of_meta(meta: ReplayMeta, where: str = "meta.json") -> ActionGrid | None:
+    """The action grid of a replay meta (``action_labels``), or None when it has no labels or
+    its labels do not describe a vasopressor x fluid grid (an external dataset: ``action_labels``
+    is optional in the replay contract, and plain action names are allowed); a grid whose size
+    differs from ``n_actions`` is an error naming ``where``."""
+    if meta.action_labels is None:  # an external dataset that names no actions
+        return None
     try:
-        grid = ActionGrid.from_labels(labels or [], f"{where} action_labels")
+        grid = ActionGrid.from_labels(meta.action_labels, f"{where} action_labels")
     except ValueError:
         return None
-    if grid.n_actions != int(meta["n_actions"]):
+    if grid.n_actions != meta.n_actions:
         raise ValueError(
             f"{where}: action_labels form a {grid.n_vaso} x {grid.n_fluid} grid but n_actions "
-            f"is {meta['n_actions']}"
+            f"is {meta.n_actions}"
         )
     return grid

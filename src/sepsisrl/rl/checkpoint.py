@@ -10,8 +10,6 @@ Folders are written to a temporary name and renamed, so a checkpoint is complete
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -148,13 +146,9 @@ def save_checkpoint(
     """Write the checkpoint ``folder`` atomically. A full disk (or a file-size limit) ends in an
     ``OSError`` naming the file; the temporary folder is removed and the earlier checkpoints
     stay, so the run can be resumed once there is space."""
-    from sepsisrl.workspace import naming_output
+    from sepsisrl.workspace import atomic_folder, naming_output
 
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:
         with naming_output(tmp / "model.safetensors", RESUME_HINT):
             save_file(module_tensors(modules), str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = optimizer_payload(optimizers)
@@ -167,12 +161,6 @@ def save_checkpoint(
             (tmp / STATE_FILE).write_text(
                 json.dumps({**state, "optimizers": opt_meta}, indent=2) + "\n"
             )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 #: What to do after a checkpoint could not be written for lack of space.

@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from sepsisrl import contracts
+from sepsisrl.contracts import ContractError
 from sepsisrl.rl.actions import ActionGrid, grid_of_meta
 
 SUPPORTED_SCHEMA = {"1"}
@@ -44,62 +46,71 @@ LACTATE_MAX = 1000.0
 BOUNDS_TOLERANCE = 1e-5
 
 
-class ReplayError(ValueError):
-    """The replay folder does not follow the replay contract."""
+class ReplayError(ContractError):
+    """The replay folder does not follow the replay contract (docs/contracts.md)."""
 
 
 @dataclass
 class ReplayMeta:
+    """A replay folder and its checked ``meta.json`` (``doc``: the contract's
+    :class:`sepsisrl.contracts.ReplayMeta`), with what derives from it."""
+
     path: Path
-    raw: dict[str, Any]
+    doc: contracts.ReplayMeta
 
     @property
     def state_dim(self) -> int:
-        return int(self.raw["state_dim"])
+        return self.doc.state_dim
 
     @property
     def n_actions(self) -> int:
-        return int(self.raw["n_actions"])
+        return self.doc.n_actions
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.raw["feature_names"])
+        return list(self.doc.feature_names)
 
     @property
     def gamma(self) -> float:
-        return float(self.raw.get("gamma", 0.99))
+        return float(self.doc.gamma)
 
     @property
     def action_grid(self) -> ActionGrid | None:
         """The vasopressor x IV-fluid grid its ``action_labels`` spell (``rl.actions``); None
-        when they are plain action names (an external dataset)."""
-        return grid_of_meta(self.raw, str(self.path / "meta.json"))
+        when they are plain action names or absent (an external dataset)."""
+        return grid_of_meta(self.doc, str(self.path / "meta.json"))
+
+    @property
+    def preprocessing(self) -> Path | None:
+        """The build's ``features/preprocessing.json`` the meta names (relative to the
+        workspace); None for a replay that names none (an external dataset)."""
+        ref = self.doc.preprocessing
+        return None if ref is None else self.path.parent.parent / ref
+
+    def source(self) -> dict[str, Any] | None:
+        """The meta's ``source`` section as written (None: an external dataset names none)."""
+        src = self.doc.source
+        return None if src is None else src.model_dump(mode="python", exclude_unset=True)
 
     def state_bounds(self) -> tuple[np.ndarray, np.ndarray, str] | None:
         """(low, high, where from) of every state column in feature order (+-inf: unbounded),
         or None when neither the meta nor the build's preprocessing statistics record one."""
         names = self.feature_names
-        recorded = self.raw.get("state_bounds")
-        if isinstance(recorded, dict) and isinstance(recorded.get("features"), dict):
-            feats = recorded["features"]
+        recorded = self.doc.state_bounds
+        if recorded is not None:
+            feats = recorded.features
             rng = {n: feats[n] for n in names if n in feats}
             source = f"{self.path / 'meta.json'} state_bounds"
             for n, v in rng.items():
                 if not (
-                    isinstance(v, list)
-                    and len(v) == 2
-                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-                    and not math.isnan(v[0])
-                    and not math.isnan(v[1])
-                    and v[0] <= v[1]
+                    len(v) == 2 and not math.isnan(v[0]) and not math.isnan(v[1]) and v[0] <= v[1]
                 ):
                     raise ReplayError(
                         f"{source}: the range of {n!r} must be [low, high] with low <= high, "
                         f"found {v!r}"
                     )
-        else:
-            ref = self.raw.get("preprocessing")
-            path = (self.path.parent.parent / ref) if isinstance(ref, str) else None
+        else:  # written before state_bounds existed, or an external dataset
+            path = self.preprocessing
             if path is None or not path.is_file():
                 return None
             from sepsisrl.dataset.preprocessing import StatePreprocessor
@@ -121,15 +132,15 @@ class ReplayMeta:
         """The largest |reward| the meta's reward spec can produce, and how it was derived:
         the larger terminal plus every shaping term at its extreme (SOFA delta <= 24 points,
         MAP deficit <= map_target, lactate clearance <= max lactate / 1e-6). None when the
-        meta records no terminal rewards (an external dataset): then rewards are only
-        checked to be finite."""
-        spec = self.raw.get("reward")
-        if not isinstance(spec, dict):
-            return None
+        meta records no terminal rewards (an external dataset, whose reward spec may name only
+        its ``variant``): then rewards are only checked to be finite. A shaping term the spec
+        does not name is absent (weight 0); one it gives as null or non-finite leaves the
+        reward unbounded (None)."""
+        spec = self.doc.reward
 
-        def num(key: str, default: float | None = None) -> float | None:
-            v = spec.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        def num(key: str, absent: float | None = None) -> float | None:
+            v = getattr(spec, key) if key in spec.model_fields_set else absent
+            if v is None or not math.isfinite(v):
                 return None
             return float(v)
 
@@ -148,16 +159,20 @@ class ReplayMeta:
 
     @property
     def variant(self) -> str:
-        return str(self.raw.get("reward", {}).get("variant", "unknown"))
+        return self.doc.reward.variant
 
     @property
     def state_variant(self) -> str:
-        """The build's state layout (``state.variant``; replays written before it was
-        recorded have the card layout)."""
-        return str(self.raw.get("state_variant", "card"))
+        """The build's state layout (``state.variant``); a replay written before it was
+        recorded, or an external one, has the card layout."""
+        return "card" if self.doc.state_variant is None else self.doc.state_variant
 
 
 def load_meta(replay_dir: str | Path) -> ReplayMeta:
+    """Read and check ``<replay_dir>/meta.json``: the replay contract (``contracts.ReplayMeta``:
+    a missing, misspelt or ill-typed key is an error naming it) and what a type cannot say
+    (a supported ``schema_version``, counts >= 1, ``gamma`` in (0, 1], one unique name per
+    state column). Every problem is a :class:`ReplayError` naming the file."""
     folder = Path(replay_dir)
     path = folder / "meta.json"
     if not path.is_file():
@@ -169,45 +184,51 @@ def load_meta(replay_dir: str | Path) -> ReplayMeta:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReplayError(f"{path}: not valid JSON ({exc}); rebuild the replay") from None
-    version = str(raw.get("schema_version"))
-    if version not in SUPPORTED_SCHEMA:
-        raise ReplayError(
-            f"{path}: schema_version {version!r} is not supported "
-            f"(expected one of {sorted(SUPPORTED_SCHEMA)})"
-        )
     if not isinstance(raw, dict):
         raise ReplayError(f"{path}: expected a JSON object, found {type(raw).__name__}")
-    for key in ("state_dim", "n_actions", "feature_names"):
-        if key not in raw:
-            raise ReplayError(f"{path}: missing {key!r}")
+    # the checks with a message of their own come first (on the keys that are there); the
+    # contract then refuses what is missing, misspelt or of another type
+    if "schema_version" in raw and str(raw["schema_version"]) not in SUPPORTED_SCHEMA:
+        raise ReplayError(
+            f"{path}: schema_version {str(raw['schema_version'])!r} is not supported "
+            f"(expected one of {sorted(SUPPORTED_SCHEMA)})"
+        )
     for key, what in (("n_actions", "the number of discrete actions"),
                       ("state_dim", "the number of state features")):  # fmt: skip
+        if key not in raw:
+            continue
         value = raw[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ReplayError(f"{path}: {key} must be an integer >= 1 ({what}), found {value!r}")
-    names = raw["feature_names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise ReplayError(
-            f"{path}: feature_names must be a list of non-empty strings, found {names!r:.80}"
-        )
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    if "feature_names" in raw:
+        names = raw["feature_names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ReplayError(
+                f"{path}: feature_names must be a list of non-empty strings, found {names!r:.80}"
+            )
+    if "gamma" in raw:
+        gamma = raw["gamma"]
+        if (
+            isinstance(gamma, bool)
+            or not isinstance(gamma, (int, float))
+            or not (0.0 < float(gamma) <= 1.0)
+        ):
+            raise ReplayError(
+                f"{path}: gamma must be a number in (0, 1] (the discount of the returns), "
+                f"found {gamma!r}"
+            )
+    try:
+        doc = contracts.ReplayMeta.parse(raw, path)
+    except ContractError as exc:
+        raise ReplayError(str(exc)) from None
+    dupes = sorted({n for n in doc.feature_names if doc.feature_names.count(n) > 1})
     if dupes:
         raise ReplayError(f"{path}: feature_names lists {dupes[:5]} more than once")
-    if len(raw["feature_names"]) != int(raw["state_dim"]):
+    if len(doc.feature_names) != doc.state_dim:
         raise ReplayError(
-            f"{path}: {len(raw['feature_names'])} feature_names but state_dim {raw['state_dim']}"
+            f"{path}: {len(doc.feature_names)} feature_names but state_dim {doc.state_dim}"
         )
-    gamma = raw.get("gamma", 0.99)
-    if (
-        isinstance(gamma, bool)
-        or not isinstance(gamma, (int, float))
-        or not (0.0 < float(gamma) <= 1.0)
-    ):
-        raise ReplayError(
-            f"{path}: gamma must be a number in (0, 1] (the discount of the returns), "
-            f"found {gamma!r}"
-        )
-    return ReplayMeta(folder, raw)
+    return ReplayMeta(folder, doc)
 
 
 @dataclass

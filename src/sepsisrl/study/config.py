@@ -1,7 +1,7 @@
 """Typed configuration of ``sepsisrl run`` (defaults and profiles: ``configs/study.yaml``).
 
 Three sections are overrides of another configuration: ``train`` (of ``configs/train.yaml``,
-applied to every sweep and baseline run), ``build`` (of ``configs/pipeline.yaml``) and
+applied to every sweep and baseline run), ``build`` (of ``configs/build.yaml``) and
 ``evaluation.gates`` / ``evaluation.fqe`` (of ``configs/evaluate.yaml``). They are kept as the
 overrides the user wrote (``plan.json`` records them so), and validated at load against the
 model they override: each is merged onto the packaged defaults and validated, as are the
@@ -150,7 +150,7 @@ class TruthSection(StrictModel):
 class StudyConfig(StrictModel):
     profile: str
     synth: SynthSection
-    build: dict[str, Any]  # dotted overrides of configs/pipeline.yaml (BuildConfig)
+    build: dict[str, Any]  # dotted overrides of configs/build.yaml (BuildConfig)
     workers: int = Field(ge=0)
     threads_per_worker: int = Field(ge=1)
     train: dict[str, Any]  # overrides of configs/train.yaml (TrainConfig) for every run
@@ -212,10 +212,10 @@ class StudyConfig(StrictModel):
         return _resolve(TrainConfig, "train", flatten_dotted(overrides), what)
 
     def build_config(self) -> BuildConfig:
-        """configs/pipeline.yaml with the study's ``build`` overrides."""
+        """configs/build.yaml with the study's ``build`` overrides."""
         from sepsisrl.dataset.config import BuildConfig
 
-        return _resolve(BuildConfig, "pipeline", flatten_dotted(self.build), "build")
+        return _resolve(BuildConfig, "build", flatten_dotted(self.build), "build")
 
     def eval_config(self) -> EvalConfig:
         """configs/evaluate.yaml with the study's ``evaluation`` settings; the headline is the

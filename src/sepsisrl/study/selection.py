@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sepsisrl.contracts import EvaluationMetrics
 from sepsisrl.study.config import SelectionSection, StudyConfig
 
 SELECTION_KEYS = (
@@ -67,9 +68,12 @@ def candidates(cfg: StudyConfig) -> list[dict[str, Any]]:
     return out
 
 
-def selection_metrics(doc: dict[str, Any], estimator: str) -> dict[str, Any]:
-    """The selection inputs of one evaluation document (``metrics.json``)."""
-    m = doc["metrics"]
+def selection_metrics(doc: EvaluationMetrics | dict[str, Any], estimator: str) -> dict[str, Any]:
+    """The selection inputs of one evaluation (``metrics.json``, loaded through its contract;
+    a plain document is checked against the contract first)."""
+    if not isinstance(doc, EvaluationMetrics):
+        doc = EvaluationMetrics.parse(doc, "metrics.json")
+    m = doc.metrics.model_dump()
     if f"{estimator}_ci_low" not in m:
         raise ValueError(
             f"selection.estimator={estimator!r} is not reported by the evaluation "
@@ -79,12 +83,12 @@ def selection_metrics(doc: dict[str, Any], estimator: str) -> dict[str, Any]:
         "estimate": m[f"{estimator}_mean"],
         "ci_low": m[f"{estimator}_ci_low"],
         "ci_high": m[f"{estimator}_ci_high"],
-        "fqe_mean": m.get("fqe_mean"),
+        "fqe_mean": m["fqe_mean"],
         "ess": m["ess"],
         "support_mass": m["support_mass"],
         "low_support_action_rate": m["low_support_action_rate"],
         "severe_safety_flags": m["severe_safety_flags"],
-        "clinician_safety_flags": m.get("clinician_safety_flags"),
+        "clinician_safety_flags": m["clinician_safety_flags"],
     }
 
 

@@ -1,6 +1,6 @@
 """A study worker: reads one JSON job per line on stdin, answers one JSON line on stdout.
 
-Started by :class:`sepsisrl.study.pipeline.WorkerPool`; not meant to be run by hand.
+Started by :class:`sepsisrl.study.runner.WorkerPool`; not meant to be run by hand.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import traceback
 def main() -> None:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # anything printed by the work goes to the log, not the protocol
-    from sepsisrl.study.pipeline import execute_unit
+    from sepsisrl.study.runner import execute_unit
 
     for line in sys.stdin:
         if not line.strip():

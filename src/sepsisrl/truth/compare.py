@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from sepsisrl.contracts import EvaluationMetrics
+
 #: estimator -> (metric, CI low, CI high) keys of metrics.json (None: no CI)
 ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
     "fqe": ("fqe_mean", "fqe_ci_low", "fqe_ci_high"),
@@ -32,20 +34,30 @@ ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
-def estimates_of(evaluation: dict[str, Any]) -> dict[str, tuple[float | None, ...]]:
-    """(estimate, CI low, CI high) of every estimator in an evaluation's ``metrics.json``."""
-    m = dict(evaluation["metrics"])
-    soft = evaluation.get("importance_sampling", {}).get("wis_softened", {}).get("0.1")
-    if soft:
-        m["wis_softened_0.1"] = soft.get("wis")
-        m["wis_softened_0.1_low"] = soft.get("ci_low")
-        m["wis_softened_0.1_high"] = soft.get("ci_high")
+def estimates_of(
+    evaluation: EvaluationMetrics | dict[str, Any],
+) -> dict[str, tuple[float | None, ...]]:
+    """(estimate, CI low, CI high) of every estimator in an evaluation's ``metrics.json`` (a
+    loaded :class:`~sepsisrl.contracts.EvaluationMetrics`, or the document ``evaluate``
+    returned, checked against that contract)."""
+    if not isinstance(evaluation, EvaluationMetrics):
+        evaluation = EvaluationMetrics.parse(evaluation, "evaluation document (metrics.json)")
+    m: dict[str, Any] = evaluation.metrics.model_dump()
+    # the softening is a setting: an evaluation run with other eps has no 0.1 entry
+    soft = evaluation.importance_sampling.wis_softened.get("0.1")
+    if soft is not None:
+        m["wis_softened_0.1"] = soft.wis
+        m["wis_softened_0.1_low"] = soft.ci_low
+        m["wis_softened_0.1_high"] = soft.ci_high
     out = {}
     for name, (key, lo, hi) in ESTIMATORS.items():
+        if key not in m:  # only the optional softened entry can be absent
+            out[name] = (None, None, None)
+            continue
         out[name] = (
-            _num(m.get(key)),
-            _num(m.get(lo)) if lo else None,
-            _num(m.get(hi)) if hi else None,
+            _num(m[key]),
+            _num(m[lo]) if lo else None,
+            _num(m[hi]) if hi else None,
         )
     return out
 

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sepsisrl.contracts import ContractError, ReplayMeta
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.conventions import complete_resolved_config
 from sepsisrl.dataset.state import FrozenStatistics
@@ -105,7 +106,16 @@ class TruthContext:
         metas = sorted((ws / "replay").glob("*/meta.json"))
         if not metas:
             raise TruthError(f"{ws} has no replay dataset (replay/*/meta.json)")
-        meta = read_json(metas[0])
+        try:
+            meta = ReplayMeta.load(metas[0])
+        except ContractError as exc:
+            raise TruthError(str(exc)) from None
+        terminal = (meta.reward.terminal_survived, meta.reward.terminal_died)
+        if None in terminal:  # optional in the replay contract, always written by a build
+            raise TruthError(
+                f"{metas[0]}: its reward section has no terminal_survived/terminal_died "
+                "(not written by sepsisrl build?)"
+            )
         stats = FrozenStatistics.load(ws, build_cfg)
         prep_sha = _sha256(ws / "features" / "preprocessing.json")
         bins_sha = _sha256(ws / "actions" / "bins.json")
@@ -116,10 +126,10 @@ class TruthContext:
             world_seed=int(world["seed"]),
             world=world,
             stats=stats,
-            feature_names=list(meta["feature_names"]),
-            gamma=float(meta["gamma"]),
-            terminal_survived=float(meta["reward"]["terminal_survived"]),
-            terminal_died=float(meta["reward"]["terminal_died"]),
+            feature_names=list(meta.feature_names),
+            gamma=float(meta.gamma),
+            terminal_survived=float(terminal[0]),
+            terminal_died=float(terminal[1]),
             fingerprints={
                 "world_config_sha256": world["config_sha256"],
                 "world_seed": str(world["seed"]),
@@ -277,7 +287,7 @@ def simulate_population(
 
 def _simulate_into(ctx: TruthContext, pop: Population, seed, n_patients: int, progress) -> None:
     """Write the population folder (``simulate_population`` holds its lock)."""
-    from sepsisrl.dataset.pipeline import build
+    from sepsisrl.dataset.builder import build
 
     with atomic_folder(pop.folder) as tmp:
         tables = simulate_tables(pop, progress)

@@ -1,5 +1,5 @@
 -- Glasgow Coma Scale total = eye + verbal + motor, one value per time any of the three
--- components ({{gcs_items}}) was charted for the stay (configs/pipeline.yaml `gcs`).
+-- components ({{gcs_items}}) was charted for the stay (configs/build.yaml `gcs`).
 --   intubated verbal ('{{intubated_text}}'): with `intubated: gcs_normal` the total of that time
 --     is 15, and so is the total of the next time when it charts no verbal response and
 --     carries from it (the GCS before sedation assumed normal, as mimic-code); otherwise the

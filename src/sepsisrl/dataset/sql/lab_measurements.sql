@@ -1,4 +1,4 @@
--- Laboratory values attributed to ICU stays (configs/pipeline.yaml `labs`).
+-- Laboratory values attributed to ICU stays (configs/build.yaml `labs`).
 --   time: a lab is placed at {{lab_time}} (charttime: drawn; storetime: resulted). Under
 --     storetime the PaO2 and the FiO2 of one blood gas specimen take the later of their times,
 --     so that the ratio pairs them.

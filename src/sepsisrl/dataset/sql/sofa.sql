@@ -2,7 +2,7 @@
 -- et al., JAMA 2016). Hours run from intime - {{hours_before}} h (labs drawn before ICU
 -- admission count) to outtime; hour `hr` covers [starttime, endtime). Each component is the
 -- worst value in the trailing 24 h (this hour and the 23 before); a component without data in
--- that window scores 0 and is flagged as missing. Conventions: configs/pipeline.yaml `sofa`.
+-- that window scores 0 and is flagged as missing. Conventions: configs/build.yaml `sofa`.
 --   respiration: PaO2/FiO2 of each PaO2 ({{pao2_filter}}); FiO2 = {{fio2_expr}} (fio2_bg: the
 --     blood gas's own FiO2, fio2_chart: the last FiO2 charted in the 4 h before the gas);
 --     3-4 need the gas to fall in a ventilation period (ventilation.parquet)

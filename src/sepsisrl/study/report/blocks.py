@@ -101,8 +101,8 @@ def estimates(rows: list[list[Any]]) -> np.ndarray:
 
 def card_value(row: dict[str, Any]) -> str:
     """'mean ± sd (n=k)' of a summarize() row, 4 decimals; undefined seeds are counted."""
-    undefined = f"; {row['undefined']} undefined" if row.get("undefined") else ""
-    if row.get("mean") is None:
-        return f"undefined (n={row.get('n', 0)}{undefined})"
-    sd = "" if row.get("std") is None else f" ± {row['std']:.4f}"
+    undefined = f"; {row['undefined']} undefined" if row["undefined"] else ""
+    if row["mean"] is None:
+        return f"undefined (n={row['n']}{undefined})"
+    sd = "" if row["std"] is None else f" ± {row['std']:.4f}"
     return f"{row['mean']:.4f}{sd} (n={row['n']}{undefined})"

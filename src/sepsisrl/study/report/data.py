@@ -3,6 +3,10 @@
 :func:`load_study` checks that every artifact the report needs is on disk (see
 :func:`required_artifacts`) and returns a :class:`Study`; sections read everything else through
 its methods, so a missing or unreadable file is always a :class:`ReportError` naming it.
+
+The study records, the evaluations and the replay meta are read through their contracts
+(:mod:`sepsisrl.contracts`): a key the contract requires and the file lacks (a renamed metric,
+say) is a :class:`ReportContractError` naming the file and the key, never a blank cell.
 """
 
 from __future__ import annotations
@@ -11,10 +15,21 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.json as pajson
+
+from sepsisrl.contracts import (
+    Artifact,
+    Candidate,
+    ContractError,
+    EvaluationMetrics,
+    FinalRecord,
+    ReplayMeta,
+    ReplaySource,
+    Selection,
+)
 
 #: Artifacts every report needs (paths relative to the workspace).
 REQUIRED = (
@@ -26,16 +41,19 @@ REQUIRED = (
     "features/audit.json",
     "actions/audit.json",
 )
-#: Keys study/selection.json and study/final.json must hold (dotted paths).
-SELECTION_KEYS = ("candidates", "selected.name", "rule")
-FINAL_KEYS = ("selected.name", "selected.evals", "baselines")
 #: What separates the vasopressor and the IV fluid level in an action label (``vaso×fluid``,
 #: ``dataset/actions.py`` ``action_labels``).
 LABEL_SEPARATOR = "×"
 
+A = TypeVar("A", bound=Artifact)
+
 
 class ReportError(ValueError):
     """A study report cannot be written (a required artifact is missing or unreadable)."""
+
+
+class ReportContractError(ReportError, ContractError):
+    """An artifact the report reads does not follow its contract (names the file and key)."""
 
 
 def _missing(ws: Path, rel: str) -> ReportError:
@@ -50,6 +68,16 @@ def read_json(ws: Path, rel: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ReportError(f"study report: cannot read {rel}: {exc}") from exc
+
+
+def read_artifact(ws: Path, rel: str, model: type[A]) -> A:
+    """A contract artifact of the workspace, checked against ``model``."""
+    if not (ws / rel).is_file():
+        raise _missing(ws, rel)
+    try:
+        return model.load(ws / rel)
+    except ContractError as exc:
+        raise ReportContractError(f"study report: {exc}") from None
 
 
 def read_build_summary(ws: Path) -> dict[str, Any]:
@@ -75,9 +103,9 @@ class ActionGrid:
         return len(self.vaso) * len(self.fluid)
 
     @classmethod
-    def from_replay_meta(cls, meta: dict[str, Any], rel: str) -> ActionGrid:
+    def from_replay_meta(cls, meta: ReplayMeta, rel: str) -> ActionGrid:
         """The grid that ``action_labels`` and ``n_actions`` of a replay meta describe."""
-        labels = meta.get("action_labels")
+        labels = meta.action_labels
         if not labels:
             raise ReportError(f"study report: {rel} has no 'action_labels' (the action grid)")
         parts = [str(lab).split(LABEL_SEPARATOR) for lab in labels]
@@ -89,10 +117,10 @@ class ActionGrid:
         vaso = tuple(dict.fromkeys(p[0] for p in parts))
         fluid = tuple(dict.fromkeys(p[1] for p in parts))
         grid = cls(vaso, fluid)
-        if grid.labels != list(labels) or meta.get("n_actions") != grid.n_actions:
+        if grid.labels != list(labels) or meta.n_actions != grid.n_actions:
             raise ReportError(
                 f"study report: {rel} 'action_labels' ({len(labels)}) and 'n_actions' "
-                f"({meta.get('n_actions')}) do not form a {len(vaso)} x {len(fluid)} grid "
+                f"({meta.n_actions}) do not form a {len(vaso)} x {len(fluid)} grid "
                 "(vasopressor-major)"
             )
         return grid
@@ -103,9 +131,10 @@ class Study:
     """The workspace's study artifacts (JSON files are read once)."""
 
     ws: Path
-    selection: dict[str, Any]
-    final: dict[str, Any]
+    selection: Selection
+    final: FinalRecord
     _cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _artifacts: dict[str, Artifact] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ files
     def json(self, rel: str) -> dict[str, Any]:
@@ -140,14 +169,22 @@ class Study:
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             return pa.Table.from_pylist(rows)
 
-    def metrics(self, evaluation: str) -> dict[str, Any]:
+    def artifact(self, rel: str, model: type[A]) -> A:
+        """A contract artifact (read and checked once)."""
+        if rel not in self._artifacts:
+            self._artifacts[rel] = read_artifact(self.ws, rel, model)
+        found = self._artifacts[rel]
+        assert isinstance(found, model)
+        return found
+
+    def metrics(self, evaluation: str) -> EvaluationMetrics:
         """``<evaluation>/metrics.json`` of an evaluation folder."""
-        return self.json(f"{evaluation}/metrics.json")
+        return self.artifact(f"{evaluation}/metrics.json", EvaluationMetrics)
 
     def release_files(self) -> list[tuple[str, int]] | None:
         """(path inside the release folder, bytes) of every file of the recorded release;
         None when no release is recorded or its folder is missing."""
-        rel = self.final.get("release")
+        rel = self.final.release
         folder = self.ws / rel if rel else None
         if folder is None or not folder.is_dir():
             return None
@@ -156,25 +193,28 @@ class Study:
 
     # ----------------------------------------------------------------- records
     @property
-    def candidates(self) -> list[dict[str, Any]]:
-        return self.selection.get("candidates", [])
+    def candidates(self) -> list[Candidate]:
+        return self.selection.candidates
 
     @property
     def selected_name(self) -> str:
-        return self.selection["selected"]["name"]
+        return self.selection.selected.name
 
     @property
     def estimator(self) -> str:
-        return str(self.selection.get("rule", {}).get("estimator", "wdr"))
+        return self.selection.rule.estimator
 
-    def finalists(self) -> list[dict[str, Any]]:
-        names = set(self.selection.get("finalists", []))
-        return [c for c in self.candidates if c.get("stage") == 2 or c["name"] in names]
+    def finalists(self) -> list[Candidate]:
+        names = set(self.selection.finalists)
+        return [c for c in self.candidates if c.stage == 2 or c.name in names]
+
+    def is_finalist(self, c: Candidate) -> bool:
+        return any(f.name == c.name for f in self.finalists())
 
     def replay_meta_path(self) -> str:
         """The replay the selected candidate was trained on (its reward variant)."""
-        chosen = [c for c in self.candidates if c["name"] == self.selected_name]
-        variant = chosen[0].get("reward") if chosen else None
+        chosen = [c for c in self.candidates if c.name == self.selected_name]
+        variant = chosen[0].reward if chosen else None
         if variant:
             return f"replay/{variant}/meta.json"
         found = sorted((self.ws / "replay").glob("*/meta.json"))
@@ -182,58 +222,57 @@ class Study:
             raise ReportError("study report: missing required artifact replay/<variant>/meta.json")
         return found[0].relative_to(self.ws).as_posix()
 
-    def replay_meta(self) -> dict[str, Any]:
-        return self.json(self.replay_meta_path())
+    def replay_meta(self) -> ReplayMeta:
+        return self.artifact(self.replay_meta_path(), ReplayMeta)
 
-    def source(self) -> dict[str, Any]:
-        """The data source the replay records (kind, version)."""
-        return self.replay_meta().get("source", {})
+    def source(self) -> ReplaySource | None:
+        """The data source the replay records (kind, version; None for a replay that records
+        none, such as an external dataset's)."""
+        return self.replay_meta().source
 
     def action_grid(self) -> ActionGrid:
         return ActionGrid.from_replay_meta(self.replay_meta(), self.replay_meta_path())
 
     def report_eval(self) -> str:
         """The selected policy's test evaluation that the heatmaps and subgroups show."""
-        sel = self.final["selected"]
-        seed = sel.get("exported_seed", self.selection["selected"].get("seed"))
-        evals, seeds = sel["evals"], sel.get("seeds", [])
+        sel = self.final.selected
+        seed, evals, seeds = sel.exported_seed, sel.evals, sel.seeds
         return evals[seeds.index(seed)] if seed in seeds else evals[0]
 
 
 def load_study(workspace: str | Path) -> Study:
-    """Read and check a study workspace: the study records' keys and every required file."""
+    """Read and check a study workspace: the study records and evaluations against their
+    contracts, and that every required file is there."""
     ws = Path(workspace)
     if not ws.is_dir():
         raise ReportError(f"study report: workspace {ws} does not exist")
-    study = Study(ws, read_json(ws, "study/selection.json"), read_json(ws, "study/final.json"))
-    _require_keys(study.selection, SELECTION_KEYS, "study/selection.json")
-    _require_keys(study.final, FINAL_KEYS, "study/final.json")
-    missing = [rel for rel in required_artifacts(study) if not (ws / rel).is_file()]
+    study = Study(
+        ws,
+        read_artifact(ws, "study/selection.json", Selection),
+        read_artifact(ws, "study/final.json", FinalRecord),
+    )
+    files = required_artifacts(study)
+    missing = [rel for rel in files if not (ws / rel).is_file()]
     if missing:
         raise ReportError(
             f"study report: missing required artifact(s) in {ws}: " + ", ".join(missing)
         )
+    for rel in files:  # every evaluation is checked before a section reads it
+        if rel.endswith("/metrics.json"):
+            study.metrics(rel.removesuffix("/metrics.json"))
+    study.replay_meta()
     return study
-
-
-def _require_keys(doc: dict[str, Any], keys: tuple[str, ...], rel: str) -> None:
-    for dotted in keys:
-        node: Any = doc
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ReportError(f"study report: {rel} has no {dotted!r} (schema_version 1)")
-            node = node[part]
 
 
 def required_artifacts(study: Study) -> list[str]:
     """Every file the report reads, relative to the workspace (the release is optional)."""
     fin = study.final
-    seed_rows = [r for c in study.candidates for r in c.get("seeds", [])]
-    runs = [r["run"] for r in seed_rows if r.get("run")]
-    runs += list(fin["selected"].get("runs", []))
-    runs += [b["run"] for b in fin.get("baselines", []) if b.get("run")]
-    evals = [r["eval"] for r in seed_rows if r.get("eval")]
-    evals += list(fin["selected"]["evals"]) + [b["eval"] for b in fin.get("baselines", [])]
+    seed_rows = [r for c in study.candidates for r in c.seeds]
+    runs = [r.run for r in seed_rows]
+    runs += fin.selected.runs
+    runs += [b.run for b in fin.baselines if b.run is not None]
+    evals = [r.eval for r in seed_rows]
+    evals += fin.selected.evals + [b.eval for b in fin.baselines]
     files = [*REQUIRED, study.replay_meta_path()]
     files += [f"{r}/metrics.jsonl" for r in runs] + [f"{e}/metrics.json" for e in evals]
     return list(dict.fromkeys(files))

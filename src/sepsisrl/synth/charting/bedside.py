@@ -17,6 +17,7 @@ from sepsisrl.synth.charting.common import (
     Events,
     arrow_table,
     float_array,
+    icu_event_ids,
     int_array,
     num_to_str,
     round_to,
@@ -349,10 +350,7 @@ def _chartevents_table(ctx: ChartContext, cols: dict[str, np.ndarray]) -> pa.Tab
     return arrow_table(
         "chartevents",
         {
-            "subject_id": int_array(st.subject_id[cols["stay"]]),
-            "hadm_id": int_array(st.hadm_id[cols["stay"]]),
-            "stay_id": int_array(st.stay_id[cols["stay"]]),
-            "caregiver_id": int_array(caregiver),
+            **icu_event_ids(st, cols["stay"], caregiver),
             "charttime": time_array(cols["t"]),
             "storetime": time_array(store),
             "itemid": int_array(cols["itemid"]),

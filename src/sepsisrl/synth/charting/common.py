@@ -78,6 +78,17 @@ def num_to_str(values: pa.Array) -> pa.Array:
     return pc.cast(values, pa.string())
 
 
+def icu_event_ids(st: Stays, stay: np.ndarray, caregiver: np.ndarray) -> dict[str, pa.Array]:
+    """The leading columns of an ICU event table (``chartevents``, ``inputevents``,
+    ``outputevents``): the stay's subject, admission and stay ids, and who charted the row."""
+    return {
+        "subject_id": int_array(st.subject_id[stay]),
+        "hadm_id": int_array(st.hadm_id[stay]),
+        "stay_id": int_array(st.stay_id[stay]),
+        "caregiver_id": int_array(caregiver),
+    }
+
+
 def arrow_table(name: str, columns: dict[str, pa.Array]) -> pa.Table:
     schema = TABLES[name].arrow_schema()
     arrays = []

@@ -14,6 +14,7 @@ from sepsisrl.synth.charting.common import (
     Events,
     arrow_table,
     float_array,
+    icu_event_ids,
     int_array,
     round_to,
     stay_major,
@@ -515,10 +516,7 @@ def _inputevents_table(ctx: ChartContext, cols: dict[str, np.ndarray]) -> pa.Tab
     return arrow_table(
         "inputevents",
         {
-            "subject_id": int_array(st.subject_id[cols["stay"]]),
-            "hadm_id": int_array(st.hadm_id[cols["stay"]]),
-            "stay_id": int_array(st.stay_id[cols["stay"]]),
-            "caregiver_id": int_array(rng.integers(10000, 99999, n)),
+            **icu_event_ids(st, cols["stay"], rng.integers(10000, 99999, n)),
             "starttime": time_array(cols["start"]),
             "endtime": time_array(cols["end"]),
             "storetime": time_array(cols["start"] + rng.integers(0, 60, n) * 60),

@@ -13,6 +13,7 @@ from sepsisrl.synth.charting.common import (
     Events,
     arrow_table,
     float_array,
+    icu_event_ids,
     int_array,
     stay_major,
     str_const,
@@ -82,10 +83,7 @@ def outputevents(ctx: ChartContext, hours: np.ndarray | None = None) -> pa.Table
     return arrow_table(
         "outputevents",
         {
-            "subject_id": int_array(st.subject_id[cols["stay"]]),
-            "hadm_id": int_array(st.hadm_id[cols["stay"]]),
-            "stay_id": int_array(st.stay_id[cols["stay"]]),
-            "caregiver_id": int_array(rng.integers(10000, 99999, n)),
+            **icu_event_ids(st, cols["stay"], rng.integers(10000, 99999, n)),
             "charttime": time_array(cols["t"]),
             "storetime": time_array(cols["t"] + rng.integers(0, 60, n) * 60),
             "itemid": int_array(cols["itemid"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sepsisrl.contracts import EvaluationMetrics, HeadlineMetrics
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import (
     Block,
@@ -55,41 +56,37 @@ SUBGROUP_COLS = (
 )
 
 
-def not_evaluable_note(doc: dict[str, Any], family: str) -> str:
+def not_evaluable_note(doc: EvaluationMetrics, family: str) -> str:
     """Why an evaluation's estimates of ``family`` (model | importance_sampling) are null."""
-    ev = doc.get("evaluable", {})
-    if ev.get(family, True):
+    ev = doc.evaluable
+    if getattr(ev, family):
         return ""
-    reasons = ev.get(f"{family}_reasons") or []
+    reasons = getattr(ev, f"{family}_reasons")
     what = "by FQE/WDR" if family == "model" else "by importance sampling"
     return f"not evaluable {what}: " + "; ".join(reasons)
 
 
-def wis_estimate(doc: dict[str, Any]) -> tuple[list[Any], str]:
+def wis_estimate(doc: EvaluationMetrics) -> tuple[list[Any], str]:
     """[mean, low, high] of WIS and, when it failed the overlap gate, why it is undefined."""
-    m = doc["metrics"]
-    if m.get("wis_mean") is not None:
-        return [m.get("wis_mean"), m.get("wis_ci_low"), m.get("wis_ci_high")], ""
+    m = doc.metrics
+    if m.wis_mean is not None:
+        return [m.wis_mean, m.wis_ci_low, m.wis_ci_high], ""
     return [None, None, None], not_evaluable_note(doc, "importance_sampling") or "undefined"
 
 
-def _estimate(m: dict[str, Any], key: str) -> list[Any]:
+def _estimate(m: HeadlineMetrics, key: str) -> list[Any]:
     """[mean, low, high] of an estimator's metrics (``fqe``, ``wdr``)."""
-    return [m.get(f"{key}_mean"), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")]
+    return [getattr(m, f"{key}_mean"), getattr(m, f"{key}_ci_low"), getattr(m, f"{key}_ci_high")]
 
 
-def final_policies(st: Study) -> list[tuple[str, str, dict[str, Any]]]:
+def final_policies(st: Study) -> list[tuple[str, str, EvaluationMetrics]]:
     """(label, evaluation, metrics.json) of each selected seed, then of each baseline."""
-    sel = st.final["selected"]
-    seeds = sel.get("seeds") or [None] * len(sel["evals"])
+    sel = st.final.selected
     out = [
-        (f"{sel['name']} (seed {s})", e, st.metrics(e))
-        for s, e in zip(seeds, sel["evals"], strict=True)
+        (f"{sel.name} (seed {s})", e, st.metrics(e))
+        for s, e in zip(sel.seeds, sel.evals, strict=True)
     ]
-    out += [
-        (f"{b['name']} ({b.get('kind', '')})", b["eval"], st.metrics(b["eval"]))
-        for b in st.final.get("baselines", [])
-    ]
+    out += [(f"{b.name} ({b.kind})", b.eval, st.metrics(b.eval)) for b in st.final.baselines]
     return out
 
 
@@ -97,7 +94,7 @@ def final_policies(st: Study) -> list[tuple[str, str, dict[str, Any]]]:
 def final_estimates(st: Study) -> list[Block]:
     rows, fqe, wdr, wis, labels = [], [], [], [], []
     for label, ev, doc in final_policies(st):
-        m = doc["metrics"]
+        m = doc.metrics
         w, note = wis_estimate(doc)
         fqe.append(_estimate(m, "fqe"))
         wdr.append(_estimate(m, "wdr"))
@@ -107,9 +104,9 @@ def final_estimates(st: Study) -> list[Block]:
         rows.append([
             label, ev, ci(*fqe[-1]), ci(*wdr[-1]), ci(*w),
             " | ".join(notes) or "evaluable by every estimator",
-            fmt(m.get("ess")), fmt(m.get("clinician_agreement")), fmt(m.get("support_mass")),
-            fmt(m.get("low_support_action_rate")), fmt(m.get("severe_safety_flags")),
-            fmt(m.get("observed_return_mean")),
+            fmt(m.ess), fmt(m.clinician_agreement), fmt(m.support_mass),
+            fmt(m.low_support_action_rate), fmt(m.severe_safety_flags),
+            fmt(m.observed_return_mean),
         ])  # fmt: skip
     fig = figures.forest(
         [
@@ -121,7 +118,7 @@ def final_estimates(st: Study) -> list[Block]:
         "Test split: every policy (estimates that fail the evaluation's gates are not shown)",
     )
     return [
-        Text(f"Split: {st.final.get('split', 'undefined')}. {TEST_SPLIT_INTRO}"),
+        Text(f"Split: {st.final.split}. {TEST_SPLIT_INTRO}"),
         table("test-estimates", TEST_HEADER, rows),
         *_baseline_tuning(st),
         Figure("test_forest", fig, "Test split point estimates with bootstrap 95% CIs."),
@@ -132,19 +129,16 @@ def final_estimates(st: Study) -> list[Block]:
 def _baseline_tuning(st: Study) -> list[Block]:
     """How each trained baseline was chosen (its validation grid, the selection rule)."""
     rows = []
-    for b in st.final.get("baselines", []):
-        t = b.get("tuning")
-        if not t:
-            continue
-        for g in t.get("grid", []):
-            hyper = ", ".join(f"{k}={v:g}" for k, v in g.get("hyperparameters", {}).items())
-            rows.append([b["name"], g["name"], hyper or "defaults", fmt_est(g.get("estimate")),
-                         fmt_est(g.get("score")), fmt(g.get("rank")),
-                         "CHOSEN" if g["name"] == t["chosen"] else ""])  # fmt: skip
+    tuned = [(b.name, b.tuning) for b in st.final.baselines if b.tuning is not None]
+    for name, t in tuned:
+        for g in t.grid:
+            hyper = ", ".join(f"{k}={v:g}" for k, v in g.hyperparameters.items())
+            rows.append([name, g.name, hyper or "defaults", fmt_est(g.estimate),
+                         fmt_est(g.score), fmt(g.rank),
+                         "CHOSEN" if g.name == t.chosen else ""])  # fmt: skip
     if not rows:
         return []
-    reasons = [f"{b['name']}: {b['tuning']['reason']}" for b in st.final["baselines"]
-               if b.get("tuning")]  # fmt: skip
+    reasons = [f"{name}: {t.reason}" for name, t in tuned]
     header = ["Baseline", "Grid point", "Hyperparameters", st.estimator.upper(),
               "Score (CI low)", "Rank", "Chosen"]  # fmt: skip
     return [
@@ -161,10 +155,10 @@ def _baseline_tuning(st: Study) -> list[Block]:
 def _validation_fqe(st: Study) -> list[Block]:
     rows, est, labels = [], [], []
     for c in sort_candidates(st.candidates):
-        for r in c.get("seeds", []):
-            est.append(_estimate(st.metrics(r["eval"])["metrics"], "fqe"))
-            labels.append(f"{c['name']} s{r.get('seed')}")
-            rows.append([c["name"], fmt(r.get("seed")), r["eval"], ci(*est[-1])])
+        for r in c.seeds:
+            est.append(_estimate(st.metrics(r.eval).metrics, "fqe"))
+            labels.append(f"{c.name} s{r.seed}")
+            rows.append([c.name, fmt(r.seed), r.eval, ci(*est[-1])])
     if not rows:
         return []
     fig = figures.forest(
@@ -186,7 +180,7 @@ def action_heatmaps(st: Study) -> list[Block]:
     """The selected policy's action heatmaps, as its test evaluation drew them."""
     ev = st.report_eval()
     out: list[Block] = [Text(f"Evaluation: {ev}.")]
-    for name, file in st.metrics(ev).get("figures", {}).items():
+    for name, file in st.metrics(ev).figures.items():
         png = st.bytes(f"{ev}/figures/{file}")
         out.append(Figure(f"selected_{Path(file).stem}", png, f"{name} ({ev}/figures/{file})"))
     return out
@@ -195,19 +189,17 @@ def action_heatmaps(st: Study) -> list[Block]:
 def subgroup_safety(st: Study) -> list[Block]:
     ev = st.report_eval()
     doc = st.metrics(ev)
-    groups, safety = doc.get("subgroups", {}), doc.get("safety", {})
-    rows = [[name, *(fmt(g.get(k)) for k, _ in SUBGROUP_COLS)] for name, g in groups.items()]
+    groups, safety = doc.subgroups, doc.safety
+    rows = [[name, *(fmt(getattr(g, k)) for k, _ in SUBGROUP_COLS)] for name, g in groups.items()]
     out: list[Block] = [
         Text(f"Evaluation: {ev}."),
         table("subgroups", ["Subgroup", *(h for _, h in SUBGROUP_COLS)], rows),
     ]
-    if not safety.get("available"):
+    if not safety.available:
         return [*out, Text("Safety rules unavailable (no raw features for this data).", "note")]
-    rules = [
-        [r, fmt(v.get("policy")), fmt(v.get("clinicians"))]
-        for r, v in safety.get("rules", {}).items()
-    ]
-    rules.append(["total", fmt(safety.get("policy_total")), fmt(safety.get("clinicians_total"))])
+    found = safety.rules or {}  # an available safety report always carries its rules
+    rules = [[r, fmt(v.policy), fmt(v.clinicians)] for r, v in found.items()]
+    rules.append(["total", fmt(safety.policy_total), fmt(safety.clinicians_total)])
     out.append(table("safety", ["Safety rule", "Policy", "Clinicians"], rules))
     return out
 
@@ -217,7 +209,7 @@ def final_table(st: Study) -> list[Block]:
     """The model card's table (``ope.summary``: mean ± sd over the selected seeds)."""
     from sepsisrl.ope.summary import CARD_ROWS, summarize
 
-    evals = st.final["selected"]["evals"]
+    evals = st.final.selected.evals
     summary = summarize([st.ws / e for e in evals])
     rows = [
         [label, card_value(summary["metrics"][k])]
@@ -235,7 +227,7 @@ def final_table(st: Study) -> list[Block]:
 
 
 def _release(st: Study) -> list[Block]:
-    rel = st.final.get("release")
+    rel = st.final.release
     files = st.release_files()
     if files is None:
         return [Text(f"Release folder {rel or '(none recorded)'} is missing.", "note")]

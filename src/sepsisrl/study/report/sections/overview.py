@@ -49,13 +49,13 @@ def study(st: Study) -> list[Block]:
     rows = [
         ["Workspace", str(st.ws.resolve())],
         ["Package version", f"sepsisrl {__version__}"],
-        ["Data source kind", source.get("kind", "undefined")],
-        ["Data source version", source.get("version", "undefined")],
+        ["Data source kind", "undefined" if source is None else source.kind],
+        ["Data source version", "undefined" if source is None else source.version],
         ["Replay (reward variant)", meta_rel.rsplit("/", 1)[0]],
         ["Clinical conventions", build_conventions(st.ws)],
-        ["Profile", st.selection.get("profile", "undefined")],
-        ["Selection split", st.selection.get("split", "undefined")],
-        ["Final split", st.final.get("split", "undefined")],
+        ["Profile", st.selection.profile],
+        ["Selection split", st.selection.split],
+        ["Final split", st.final.split],
         ["Selected policy", st.selected_name],
     ]
     return [table("study", ["Item", "Value"], rows)]
@@ -64,7 +64,7 @@ def study(st: Study) -> list[Block]:
 def selection_trace(st: Study) -> str:
     """Whether the final test evaluation followed the selection now on disk (by its sha256)."""
     digest = st.sha256("study/selection.json")
-    recorded = st.final.get("selection_sha256")
+    recorded = st.final.selection_sha256
     if recorded == digest:
         return (
             "The selection used the validation split only; the test evaluations were made after "
@@ -86,9 +86,9 @@ def limitations(st: Study) -> list[Block]:
         "Support and safety flags are heuristic rules, not a clinical safety assessment.",
         selection_trace(st),
     ]
-    if source.get("kind") == "synthetic":
+    if source is not None and source.kind == "synthetic":
         items.append(
             f"The data come from the sepsisrl synthetic world (version "
-            f"{source.get('version', 'undefined')}): results say nothing about real patients."
+            f"{source.version}): results say nothing about real patients."
         )
     return [Text(WARNING, "warning"), Bullets(tuple(items))]

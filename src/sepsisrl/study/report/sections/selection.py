@@ -4,10 +4,10 @@ and validation FQE against support."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 
+from sepsisrl.contracts import Candidate
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import (
     Block,
@@ -22,39 +22,29 @@ from sepsisrl.study.report.blocks import (
 from sepsisrl.study.report.data import Study
 
 
-def role(st: Study, c: dict[str, Any]) -> str:
-    if c["name"] == st.selected_name:
+def role(st: Study, c: Candidate) -> str:
+    if c.name == st.selected_name:
         return "SELECTED"
-    return "finalist" if c in st.finalists() else ""
+    return "finalist" if st.is_finalist(c) else ""
 
 
-def sort_candidates(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sort_candidates(cands: list[Candidate]) -> list[Candidate]:
     """Finalists (stage 2) first, then by rank (as study/selection.json orders them)."""
-    return sorted(
-        cands,
-        key=lambda c: (
-            -(c.get("stage") or 1),
-            c.get("rank") is None,
-            c.get("rank") or 0,
-            c["name"],
-        ),
-    )
+    return sorted(cands, key=lambda c: (-c.stage, c.rank, c.name))
 
 
 # ------------------------------------------------------------------ model selection
 def model_selection(st: Study) -> list[Block]:
-    rule = st.selection.get("rule", {})
-    gates = [f"{k} = {json.dumps(v)}" for k, v in rule.get("gates", {}).items()]
+    rule = st.selection.rule
+    gates = [f"{k} = {json.dumps(v)}" for k, v in rule.gates.model_dump().items()]
     return [
-        Text(f"Rule: {rule.get('description', 'undefined')}"),
+        Text(f"Rule: {rule.description}"),
         Bullets(
             (
-                f"Score: {rule.get('score', 'undefined')} (the policy exactly as exported; "
-                "no softening)",
+                f"Score: {rule.score} (the policy exactly as exported; no softening)",
                 f"Gates: {'; '.join(gates) or 'none'}",
-                f"Finalists: {fmt(rule.get('finalists'))} "
-                f"({', '.join(st.selection.get('finalists', [])) or 'none'})",
-                f"Fallback: {rule.get('fallback', 'undefined')}",
+                f"Finalists: {fmt(rule.finalists)} ({', '.join(st.selection.finalists) or 'none'})",
+                f"Fallback: {rule.fallback}",
             )
         ),
         _candidates_table(st),
@@ -63,8 +53,8 @@ def model_selection(st: Study) -> list[Block]:
     ]
 
 
-def _gates_text(c: dict[str, Any]) -> str:
-    gates = c.get("gates", {})
+def _gates_text(c: Candidate) -> str:
+    gates = c.gates.model_dump()
     failed = [g for g, ok in gates.items() if not ok]
     if not failed:
         return f"yes ({len(gates)}/{len(gates)})"
@@ -93,22 +83,22 @@ def _candidates_table(st: Study) -> Block:
     ]
     rows = [
         [
-            c["name"],
+            c.name,
             role(st, c),
-            c.get("reward", ""),
-            c.get("lr_regime", ""),
-            c.get("iql_setting", ""),
-            fmt(len(c.get("seeds", []))),
-            fmt_est(c.get("fqe_mean")),
-            fmt_est(c.get("estimate")),
-            fmt_est(c.get("score")),
-            fmt(c.get("ess")),
-            fmt(c.get("support_mass")),
-            fmt(c.get("low_support_action_rate")),
-            fmt(c.get("severe_safety_flags")),
+            c.reward,
+            c.lr_regime,
+            c.iql_setting,
+            fmt(len(c.seeds)),
+            fmt_est(c.fqe_mean),
+            fmt_est(c.estimate),
+            fmt_est(c.score),
+            fmt(c.ess),
+            fmt(c.support_mass),
+            fmt(c.low_support_action_rate),
+            fmt(c.severe_safety_flags),
             _gates_text(c),
-            fmt(c.get("stage")),
-            fmt(c.get("rank")),
+            fmt(c.stage),
+            fmt(c.rank),
         ]
         for c in sort_candidates(st.candidates)
     ]
@@ -116,25 +106,24 @@ def _candidates_table(st: Study) -> Block:
 
 
 def _selected_table(st: Study) -> Block:
-    sel = st.selection["selected"]
-    vs = sel.get("versus_clinicians", {})
+    sel = st.selection.selected
+    vs = sel.versus_clinicians
     chosen = [
-        ["Selected", sel["name"]],
-        ["Exported seed", fmt(sel.get("seed"))],
-        ["Run", sel.get("run", "")],
-        ["Fallback used", fmt(bool(sel.get("fallback")))],
-        ["Reason", sel.get("reason", "")],
-        ["Against the clinicians (validation)", vs.get("verdict", "not recorded")],
+        ["Selected", sel.name],
+        ["Exported seed", fmt(sel.seed)],
+        ["Run", sel.run],
+        ["Fallback used", fmt(sel.fallback)],
+        ["Reason", sel.reason],
+        ["Against the clinicians (validation)", vs.verdict],
         ["Clinicians: estimate vs their observed mean return (validation; on-policy check)",
-         f"{fmt_est(vs.get('clinician_estimate'))} vs "
-         f"{fmt_est(vs.get('clinician_observed_return'))}"],
+         f"{fmt_est(vs.clinician_estimate)} vs {fmt_est(vs.clinician_observed_return)}"],
     ]  # fmt: skip
     return table("selected", ["Item", "Value"], chosen)
 
 
 def _hyperparameters_table(st: Study) -> Block:
-    chosen = [c for c in st.candidates if c["name"] == st.selected_name]
-    hyper = chosen[0].get("hyperparameters", {}) if chosen else {}
+    chosen = [c for c in st.candidates if c.name == st.selected_name]
+    hyper = chosen[0].hyperparameters if chosen else {}
     return table(
         "selected-hyperparameters",
         ["Hyperparameter of the selected candidate", "Value"],
@@ -147,15 +136,15 @@ def seed_variance(st: Study) -> list[Block]:
     fins = st.finalists()
     rows = [
         [
-            c["name"],
-            fmt(r.get("seed")),
-            fmt_est(r.get("score")),
-            fmt_est(r.get("fqe_mean")),
-            fmt_est(r.get("estimate")),
-            fmt(r.get("ess")),
+            c.name,
+            fmt(r.seed),
+            fmt_est(r.score),
+            fmt_est(r.fqe_mean),
+            fmt_est(r.estimate),
+            fmt(r.ess),
         ]
         for c in fins
-        for r in c.get("seeds", [])
+        for r in c.seeds
     ]
     if not rows:
         return [Text("No finalists were recorded in study/selection.json.", "note")]
@@ -164,7 +153,7 @@ def seed_variance(st: Study) -> list[Block]:
     panels = [
         (f"validation {key}", [_seed_values(c, key) for c in fins]) for key in ("fqe_mean", "score")
     ]
-    fig = figures.seed_strips([c["name"] for c in fins], panels)
+    fig = figures.seed_strips([c.name for c in fins], panels)
     return [
         table("seed-variance", header, rows),
         Figure(
@@ -175,20 +164,19 @@ def seed_variance(st: Study) -> list[Block]:
     ]
 
 
-def _seed_values(c: dict[str, Any], key: str) -> np.ndarray:
-    return np.array([to_float(r.get(key)) for r in c.get("seeds", [])])
+def _seed_values(c: Candidate, key: str) -> np.ndarray:
+    return np.array([to_float(getattr(r, key)) for r in c.seeds])
 
 
 # ------------------------------------------------------------------ FQE vs support
 def fqe_versus_support(st: Study) -> list[Block]:
     cands = st.candidates
-    x = np.array([to_float(c.get("support_mass")) for c in cands])
-    y = np.array([to_float(c.get("fqe_mean")) for c in cands])
-    sel = np.array([c["name"] == st.selected_name for c in cands], dtype=bool)
+    x = np.array([to_float(c.support_mass) for c in cands])
+    y = np.array([to_float(c.fqe_mean) for c in cands])
+    sel = np.array([c.name == st.selected_name for c in cands], dtype=bool)
     not_plotted = int((~(np.isfinite(x) & np.isfinite(y))).sum())
     rows = [
-        [c["name"], fmt(c.get("support_mass")), fmt(c.get("fqe_mean")), role(st, c)]
-        for c in sort_candidates(cands)
+        [c.name, fmt(c.support_mass), fmt(c.fqe_mean), role(st, c)] for c in sort_candidates(cands)
     ]
     out: list[Block] = [
         Figure(

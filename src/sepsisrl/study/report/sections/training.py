@@ -15,18 +15,18 @@ LOSS_ORDER = ("critic_loss", "value_loss", "actor_loss")
 def run_roles(st: Study) -> dict[str, tuple[str, str]]:
     """run path -> (role, legend label); finalists and baselines are labelled."""
     roles: dict[str, tuple[str, str]] = {}
-    sel = st.final["selected"]
-    for seed, run in zip(sel.get("seeds", []), sel.get("runs", []), strict=False):
-        roles.setdefault(run, ("finalist", f"{sel['name']} s{seed}"))
+    sel = st.final.selected
+    for seed, run in zip(sel.seeds, sel.runs, strict=False):
+        roles.setdefault(run, ("finalist", f"{sel.name} s{seed}"))
     for c in st.finalists():
-        for r in c.get("seeds", []):
-            roles.setdefault(r["run"], ("finalist", f"{c['name']} s{r['seed']}"))
-    for b in st.final.get("baselines", []):
-        if b.get("run"):
-            roles.setdefault(b["run"], ("baseline", b["name"]))
+        for r in c.seeds:
+            roles.setdefault(r.run, ("finalist", f"{c.name} s{r.seed}"))
+    for b in st.final.baselines:
+        if b.run is not None:
+            roles.setdefault(b.run, ("baseline", b.name))
     for c in st.candidates:
-        for r in c.get("seeds", []):
-            roles.setdefault(r["run"], ("candidate", ""))
+        for r in c.seeds:
+            roles.setdefault(r.run, ("candidate", ""))
     return roles
 
 

@@ -28,7 +28,7 @@ def estimates_versus_truth(st: Study) -> list[Block]:
     if doc is None:
         why = (
             "the study's source is real MIMIC-IV tables: a policy's true outcome is unknown"
-            if st.source().get("kind") != "synthetic"
+            if (src := st.source()) is None or src.kind != "synthetic"
             else "the truth phase was disabled (truth.enabled: false)"
         )
         return [Text(f"No truth: {why}.", "note")]
@@ -119,9 +119,8 @@ def _selection_verdicts(st: Study, doc: dict[str, Any]) -> list[str]:
         f"{pct(clin['mortality_90d']['mean'])}."
     ]  # fmt: skip
     exported = next((p for p in doc["policies"] if p["name"] == sel_doc["exported_run"]), None)
-    line = clinician_verdict_against_truth(
-        st.selection.get("selected", {}).get("versus_clinicians"), exported
-    )
+    vs = st.selection.selected.versus_clinicians
+    line = clinician_verdict_against_truth(vs.model_dump(), exported)
     return [*verdicts, line] if line else verdicts
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from sepsisrl import __version__
+from sepsisrl.contracts import Artifact, EvaluationMetrics, FinalRecord, Selection
 from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig, baseline_fixed, baseline_grid
@@ -75,6 +76,13 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_record(model: type[Artifact], path: Path, doc: dict[str, Any]) -> None:
+    """Write a study record through its contract (``sepsisrl.contracts``): a document that
+    drifts from it (a key renamed, left out or added) fails here, naming the key, and nothing
+    is written; a good one is written atomically in the format every reader expects."""
+    model.parse(doc, path).write(path)
+
+
 # ---------------------------------------------------------------- units (run in worker processes)
 def _ensure_run(spec: dict[str, Any]) -> bool:
     """Train unless complete with the same key; resume an interrupted run. True if trained."""
@@ -99,7 +107,7 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
     """Evaluate unless ``out`` holds an evaluation with the same key. True if evaluated."""
     from sepsisrl.config import validate_dataclass
     from sepsisrl.ope.behaviour import BehaviourModel
-    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate, record_final_folder
 
     out = Path(spec["out"])
     policy_id = spec["spec"]
@@ -119,26 +127,8 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
         )  # fmt: skip
         write_json(tmp / "study.json", {"key": key})
         if spec["final"] and spec["kind"] == "run":
-            _record_final_folder(Path(spec["spec"]), tmp, out)
+            record_final_folder(Path(spec["spec"]), tmp, out)
     return True
-
-
-def _record_final_folder(run: Path, tmp: Path, out: Path) -> None:
-    """The run's ``final_evaluation.json`` names the folder the evaluation was written to; the
-    study evaluates into a temporary folder renamed to ``out``: record ``out``."""
-    record = run / "final_evaluation.json"
-    if not record.is_file():
-        return
-    history = read_json(record)
-    written, final = str(tmp.absolute()), str(out.absolute())
-    if isinstance(history, list) and any(
-        isinstance(e, dict) and e.get("out") == written for e in history
-    ):
-        write_json(
-            record,
-            [{**e, "out": final} if isinstance(e, dict) and e.get("out") == written else e
-             for e in history],
-        )  # fmt: skip
 
 
 def _config_differences(was: Any, now: dict[str, Any]) -> str:
@@ -372,7 +362,7 @@ class Study:
 
     # -- phases
     def data(self, source: Path | None) -> Path:
-        from sepsisrl.dataset.pipeline import build
+        from sepsisrl.dataset.builder import build
 
         started = time.perf_counter()
         if source is None:
@@ -483,8 +473,8 @@ class Study:
         estimator = self.cfg.selection.estimator
         for c in cands:
             for row in c["seeds"]:
-                doc = read_json(self.ws / row["eval"] / "metrics.json")
-                if doc["split"] != "validation":
+                doc = EvaluationMetrics.load(self.ws / row["eval"] / "metrics.json")
+                if doc.split != "validation":
                     raise StudyError(f"{row['eval']}: selection may only use validation")
                 row.update(sel.selection_metrics(doc, estimator))
             sel.aggregate(c, self.cfg.selection)
@@ -525,7 +515,7 @@ class Study:
             "finalists_passing_stage1": sum(c["passed"] for c in ranked[: rule.finalists]),
             "selected": selected,
         }
-        write_json(self.ws / "study" / "selection.json", doc)
+        write_record(Selection, self.ws / "study" / "selection.json", doc)
         return doc
 
     def versus_clinicians(
@@ -539,11 +529,11 @@ class Study:
         self.run_units("clinicians (validation)", [
             {"label": "clinician", "threads": self.cfg.threads_per_worker, "eval": espec}
         ])  # fmt: skip
-        doc = read_json(out / "metrics.json")
-        if doc["split"] != "validation":
+        doc = EvaluationMetrics.load(out / "metrics.json")
+        if doc.split != "validation":
             raise StudyError(f"{self.rel(out)}: selection may only use validation")
         clin = sel.selection_metrics(doc, self.cfg.selection.estimator)
-        clin["observed_return"] = doc["metrics"].get("observed_return_mean")
+        clin["observed_return"] = doc.metrics.observed_return_mean
         return sel.versus_clinicians(
             chosen, clin, self.cfg.selection.estimator, self.rel(out)
         )  # fmt: skip
@@ -589,7 +579,7 @@ class Study:
             "baselines": baselines,
             "release": f"release/sepsisrl-{selected['name']}",
         }
-        write_json(self.ws / "study" / "final.json", doc)
+        write_record(FinalRecord, self.ws / "study" / "final.json", doc)
         return doc
 
     def tune_baselines(self, reward: str) -> dict[str, dict[str, Any]]:
@@ -701,7 +691,7 @@ class Study:
                 rel = p.get(f"{split}_eval")
                 if rel:
                     p[f"{split}_estimates"] = estimates_of(
-                        read_json(self.ws / rel / "metrics.json")
+                        EvaluationMetrics.load(self.ws / rel / "metrics.json")
                     )
         cands = [p for p in policies if p["role"] == "candidate"]
         tests = [p for p in policies if p.get("test_estimates")]

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sepsisrl import __version__
+from sepsisrl.dataset.builder import STAGES, build
 from sepsisrl.dataset.config import load_build_config
-from sepsisrl.dataset.pipeline import STAGES, build
 from sepsisrl.dataset.validate import validate_sepsis
 from sepsisrl.mimic.source import open_source
 from sepsisrl.workspace import read_json
