@@ -580,7 +580,7 @@ synthetic worlds. RESEARCH ONLY.
     try:
         ctx = TruthContext.load(workspace)
         pol = world_policy(
-            policy, run, bundle, ctx.feature_names, 25, seed, workspace=ctx.workspace
+            policy, run, bundle, ctx.feature_names, ctx.n_actions, seed, workspace=ctx.workspace
         )
     except (TruthError, PolicySpecError) as exc:
         raise _fail(exc) from exc

@@ -171,7 +171,7 @@ def _ensure_truth(spec: dict[str, Any]) -> bool:
     named = spec["kind"] == "named"
     policy = world_policy(
         spec["policy"] if named else None, None if named else spec["policy"], None,
-        ctx.feature_names, 25, spec["seed"], workspace=ctx.workspace,
+        ctx.feature_names, ctx.n_actions, spec["seed"], workspace=ctx.workspace,
     )  # fmt: skip
     compute_truth(ctx.workspace, policy, out, spec["patients"], spec["seed"], ctx=ctx,
                   population=pop)  # fmt: skip

@@ -66,6 +66,7 @@ class TruthContext:
     world: dict[str, Any]
     stats: FrozenStatistics
     feature_names: list[str]
+    n_actions: int  # the replay's action grid (meta.json), which policies act on
     gamma: float
     terminal_survived: float
     terminal_died: float
@@ -127,6 +128,7 @@ class TruthContext:
             world=world,
             stats=stats,
             feature_names=list(meta.feature_names),
+            n_actions=meta.n_actions,
             gamma=float(meta.gamma),
             terminal_survived=float(terminal[0]),
             terminal_died=float(terminal[1]),
