@@ -179,12 +179,14 @@ def test_editing_configs_train_yaml_invalidates_the_runs(tmp_path, patched_train
 
     trained: list[str] = []
 
-    def fake_train(replay, cfg, run, resume, overwrite):
-        trained.append(f"{cfg.batch_size}")
-        (Path(run) / "final").mkdir(parents=True)
-        (Path(run) / "final" / "policy.safetensors").write_bytes(b"weights")
+    def fake_train_stack(members, resume, overwrite, on_start):
+        for i, m in enumerate(members):
+            trained.append(f"{m.cfg.batch_size}")
+            (Path(m.run_dir) / "final").mkdir(parents=True)
+            (Path(m.run_dir) / "final" / "policy.safetensors").write_bytes(b"weights")
+            on_start(i, Path(m.run_dir))
 
-    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(trainer, "train_stack", fake_train_stack)
     from sepsisrl.study.runner import _ensure_run
 
     run, spec = _train_unit(tmp_path)

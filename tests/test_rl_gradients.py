@@ -7,7 +7,7 @@ import torch
 
 from sepsisrl.rl.config import load_train_config
 from sepsisrl.rl.iql import IQL
-from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer
+from sepsisrl.rl.networks import MLP, Ensemble, MemberAdam, NetworkOptimizer
 from sepsisrl.rl.registry import Common
 
 D, A, B = 9, 5, 64
@@ -134,3 +134,62 @@ def test_fqe_explicit_gradient_equals_autograd_of_its_squared_loss():
         (q - y).square().mean(1).sum().backward()
     assert _forward(fqe.q, s3)[0].shape == (3, B, A)
     torch.testing.assert_close(explicit, fqe.optimizer.flat["q"].grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_stack_of_iql_models_has_each_models_autograd_gradients():
+    """Three models with their own hyper-parameters and batches in one stack: the explicit
+    gradients equal autograd's on the summed losses (the models share no parameter)."""
+    cfgs = [
+        load_train_config(overrides=o).iql
+        for o in ({}, {"iql.expectile": 0.9, "iql.temperature": 8.0}, {"iql.weight_cap": 0.5})
+    ]
+    models = []
+    for i, cfg in enumerate(cfgs):
+        torch.manual_seed(i)
+        models.append(IQL(Common(D, A, 0.99, (32, 32), 10.0), cfg))
+    algo = IQL.stack(models)
+    for step in range(3):
+        s = tuple(
+            torch.stack(x) for x in zip(*(batch(10 * step + i) for i in range(3)), strict=True)
+        )
+        algo.optimizer.zero_grad()
+        stats = algo.compute_gradients(*s)
+        explicit = grads(algo)
+        algo.optimizer.zero_grad()
+        losses = algo.losses(*s)
+        sum(v.sum() for v in losses.values()).backward()
+        for name in ("value_loss", "critic_loss", "actor_loss"):
+            assert stats[name].shape == (3,)
+            torch.testing.assert_close(stats[name], losses[name].detach(), rtol=1e-6, atol=1e-7)
+        for name, g in grads(algo).items():
+            assert g.abs().sum() > 0, name
+            torch.testing.assert_close(explicit[name], g, rtol=1e-5, atol=1e-7, msg=name)
+        algo.optimizer.step()
+
+
+def test_member_adam_is_adam_with_per_model_clipping_and_learning_rates():
+    """Each model's rows take torch.optim.Adam's step (own learning rate, gradient clipped
+    to the global norm of that model's rows)."""
+    torch.manual_seed(3)
+    stacked = Ensemble(4, D, A, (16,))  # two models of two rows each
+    opt = MemberAdam({"q": (stacked, 2, [1e-2, 1e-3])}, max_norm=0.5)
+    reference = [stacked.rows(0, 2), stacked.rows(2, 4)]
+    ref_opts = [
+        torch.optim.Adam(m.parameters(), lr=lr)
+        for m, lr in zip(reference, [1e-2, 1e-3], strict=True)
+    ]
+    x = torch.randn(B, D)
+    for _ in range(5):
+        opt.zero_grad()
+        (stacked(x).square().mean() * 4).backward()
+        opt.step()
+        for m, o in zip(reference, ref_opts, strict=True):
+            o.zero_grad()
+            (m(x).square().mean() * 2).backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
+            o.step()
+    for i, m in enumerate(reference):
+        for mine, ref in zip(
+            stacked.rows(2 * i, 2 * i + 2).parameters(), m.parameters(), strict=True
+        ):
+            torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)

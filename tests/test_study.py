@@ -39,6 +39,7 @@ TINY = {
     },
     "truth.patients": 40,
     "workers": 1,
+    "stack": True,  # the default (auto) stacks only with bf16 or cuda; these tests use fp32
 }
 
 
@@ -67,7 +68,7 @@ def test_the_grid_is_the_cards_two_stage_protocol():
 def test_bad_profile_and_bad_values_are_clear_errors():
     from sepsisrl.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*card, quick"):
+    with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*card, card_halving, quick"):
         load_study_config("fast")
     with pytest.raises(ConfigError, match="stage2_seeds must differ"):
         load_study_config("quick", overrides={"sweep.stage2_seeds": [42]})
@@ -391,6 +392,70 @@ def test_selection_is_byte_identical_without_the_truth(study, tmp_path):
     assert again.phases["stage 1"]["trained"] == 0  # every unit was reused
     assert "Truth in the synthetic world" not in (copy / _read(
         copy / "study" / "final.json")["release"] / "README.md").read_text()  # fmt: skip
+
+
+@pytest.mark.slow
+def test_stacked_runs_give_the_weights_and_selection_of_runs_trained_alone(study, tmp_path):
+    """The study trains each stage's IQL runs as stacks (``stack: true``, one unit here); the
+    same study with every run trained alone gives the same weights and selection bytes."""
+    from sepsisrl.study.runner import run_study
+
+    ws, _, result, _, events, source = study
+    assert any("stack of 4" in e[3] for e in events if e[0] == "stage 1")
+    assert result.phases["stage 1"]["units"] == 4 and result.phases["stage 1"]["trained"] == 4
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, ignore=shutil.ignore_patterns("truth", "runs", "eval"))
+    for name in ("selection.json", "final.json", "truth.json", "run.json"):
+        (copy / "study" / name).unlink()
+    cfg = load_study_config("quick", overrides={**TINY, "truth.enabled": False, "stack": False})
+    alone = run_study(copy, cfg, source=source)
+    assert alone.phases["stage 1"]["trained"] == 4
+    doc = _read(ws / "study" / "selection.json")
+    for c in doc["candidates"]:
+        for row in c["seeds"]:
+            policy = Path(row["run"]) / "final" / "policy.safetensors"
+            assert (ws / policy).read_bytes() == (copy / policy).read_bytes(), row["run"]
+    before = (ws / "study" / "selection.json").read_bytes()
+    after = (copy / "study" / "selection.json").read_bytes()
+    assert after.replace(str(copy).encode(), str(ws).encode()) == before
+
+
+@pytest.mark.slow
+def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(study, tmp_path):
+    """sweep.halving: a rung at half the steps scores the 4 candidates on validation and keeps
+    the best 2 (the finalists); those resume from their rung checkpoint to the weights of the
+    full sweep's runs, the others are left behind with their rung's snapshot and evaluation."""
+    from sepsisrl.study.runner import run_study
+
+    ws, _, _, _, _, source = study
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, ignore=shutil.ignore_patterns("truth", "runs", "eval"))
+    for name in ("selection.json", "final.json", "truth.json", "run.json"):
+        (copy / "study" / name).unlink()
+    over = {**TINY, "truth.enabled": False, "sweep.halving": {"enabled": True, "eta": 2,
+                                                              "rungs": 2}}  # fmt: skip
+    result = run_study(copy, load_study_config("quick", overrides=over), source=source)
+    rung = result.phases["stage 1 rung 1/2 (15 steps)"]
+    assert rung["trained"] == 4 and rung["evaluated"] == 4
+    assert result.phases["stage 1"]["trained"] == 2  # only the kept ones, from step 15 on
+    doc = _read(copy / "study" / "selection.json")
+    left = [c for c in doc["candidates"] if c["stopped_at_step"] is not None]
+    kept = [c for c in doc["candidates"] if c["stopped_at_step"] is None]
+    assert len(left) == 2 and len(kept) == 2 and set(doc["finalists"]) == {c["name"] for c in kept}
+    assert all(c["stopped_at_step"] == 15 for c in left)
+    assert min(c["stage1_rank"] for c in left) > max(c["stage1_rank"] for c in kept)
+    for c in left:  # the rung's snapshot, evaluated on validation
+        (row,) = c["seeds"]
+        assert row["run"].endswith("_step15") and row["eval"].endswith("_step15-validation")
+        assert _read(copy / row["eval"] / "metrics.json")["split"] == "validation"
+        snap = _read(copy / row["run"] / "config.json")["snapshot_of"]
+        assert (
+            snap["step"] == 15 and not (copy / row["run"].rsplit("_step", 1)[0] / "final").exists()
+        )
+    for c in kept:  # paused at the rung, resumed: the same bytes as the full sweep's run
+        for row in c["seeds"]:
+            policy = Path(row["run"]) / "final" / "policy.safetensors"
+            assert (copy / policy).read_bytes() == (ws / policy).read_bytes(), row["run"]
 
 
 @pytest.mark.slow

@@ -701,6 +701,41 @@ def run(
         int | None,
         typer.Option("--workers", min=0, help="Parallel processes (0: min(2, CPU cores))."),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            metavar="[local|ray]",
+            help="Where units run: local (--workers processes, the default) or ray (a Ray "
+            "cluster; Ray is optional: pip install 'sepsisrl\\[ray]'). Same results either way.",
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --executor ray: the Ray cluster, e.g. ray://host:10001 or auto (default: "
+            "a local Ray instance).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Where runs train: cpu (default) or cuda[:N] (train.device; evaluation stays "
+            "on the CPU). The project never needs a GPU.",
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            metavar="[fp32|bf16]",
+            help="Matrix products of IQL training (train.precision): fp32 (default) or bf16 "
+            "(opt-in: about twice the speed on CPUs with AVX512-BF16/AMX and on GPUs; changes "
+            "the weights, docs/train.md).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """The whole study in one command: data, build, sweep, selection, final test, export, report.
@@ -727,6 +762,14 @@ this produces is clinical decision support.
     overrides = _parse_overrides(set_ or [])
     if workers is not None:
         overrides["workers"] = workers
+    if executor is not None:
+        overrides["executor"] = executor
+    if address is not None:
+        overrides["ray_address"] = address
+    if device is not None:
+        overrides["train.device"] = device
+    if precision is not None:
+        overrides["train.precision"] = precision
     try:
         cfg = load_study_config(profile, config, overrides)
         if source is not None and not source.is_dir():

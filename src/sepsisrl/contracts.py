@@ -521,6 +521,9 @@ class Candidate(Strict):
     passed: StrictBool
     rank: StrictInt
     stage1_rank: StrictInt
+    # successive halving (sweep.halving): the training step at which the candidate was left
+    # behind (its seed rows are that step's snapshot and evaluation); None: trained in full
+    stopped_at_step: StrictInt | None = None
 
 
 class RuleGates(Strict):

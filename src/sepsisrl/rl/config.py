@@ -33,6 +33,7 @@ class TrainSettings(StrictModel):
     device: str
     threads: int = Field(ge=0)
     compile: bool
+    precision: Literal["fp32", "bf16"]
     log_every: int = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
     keep_checkpoints: int = Field(ge=1)
@@ -42,6 +43,12 @@ class TrainSettings(StrictModel):
         if self.compile and not algorithm(self.algo).compile:
             able = [name for name, spec in algorithms().items() if spec.compile]
             raise ValueError(f"compile is available for {', '.join(able)} only, not {self.algo}")
+        if self.precision != "fp32" and not algorithm(self.algo).stackable:
+            able = [name for name, spec in algorithms().items() if spec.stackable]
+            raise ValueError(
+                f"precision {self.precision} is available for {', '.join(able)} only, not "
+                f"{self.algo}"
+            )
         if self.checkpoint_every % self.log_every:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of "

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from sepsisrl.config import StrictModel
-from sepsisrl.rl.networks import MLP, Ensemble, NetworkOptimizer, flatten_parameters, polyak_update
+from sepsisrl.rl.networks import Ensemble, MemberAdam, flatten_rows
 from sepsisrl.rl.registry import AlgorithmSpec, Common
 
 
@@ -46,35 +46,95 @@ class IQLConfig(StrictModel):
     polyak: float = Field(gt=0, le=1)
 
 
-def expectile_loss(u: torch.Tensor, tau: float) -> torch.Tensor:
-    """Asymmetric squared loss: weight tau for u >= 0 and 1 - tau for u < 0."""
-    weight = torch.where(u < 0, 1.0 - tau, tau)
-    return (weight * u.square()).mean()
-
-
 class IQL:
+    """Discrete IQL; one model, or a stack of K models trained together.
+
+    A stack (:meth:`stack`) holds K models that share an architecture, each with its own
+    hyper-parameters (``iql`` section), initial weights and batches: every network is an
+    :class:`Ensemble` whose rows are the models' networks (two critic rows per model), so each
+    layer of all K models is one batched matrix product. Nothing mixes models: model k of a
+    stack computes exactly what it computes alone (a test compares the bytes), only in one
+    pass with the others. Inputs are (K, batch, ...) (a single model also takes (batch, ...));
+    losses and statistics are (K,) (scalars for a single model given unstacked inputs).
+    """
+
     name = "iql"
 
     def __init__(self, common: Common, cfg: IQLConfig) -> None:
-        self.cfg, self.gamma = cfg, common.gamma
         d, n, hidden, device = common.state_dim, common.n_actions, common.hidden, common.device
-        self.critic = Ensemble(2, d, n, hidden).to(device)  # Q1, Q2
-        self.critic_target = Ensemble(2, d, n, hidden).to(device)
-        self.critic_target.load_state_dict(self.critic.state_dict())
+        critic = Ensemble(2, d, n, hidden).to(device)  # Q1, Q2
+        critic_target = Ensemble(2, d, n, hidden, init=False).to(device)
+        critic_target.load_state_dict(critic.state_dict())
+        value = Ensemble(1, d, 1, hidden).to(device)
+        actor = Ensemble(1, d, n, hidden).to(device)
+        self._assemble(common, [cfg], critic, critic_target, value, actor)
+
+    def _assemble(self, common, cfgs, critic, critic_target, value, actor) -> None:
+        self.common, self.cfgs, self.k = common, list(cfgs), len(cfgs)
+        self.cfg, self.gamma = cfgs[0], common.gamma
+        self.critic, self.critic_target, self.value, self.actor = (
+            critic,
+            critic_target,
+            value,
+            actor,
+        )
         self.critic_target.requires_grad_(False)
-        self.value = MLP(d, 1, hidden).to(device)
-        self.actor = MLP(d, n, hidden).to(device)
-        self.optimizer = NetworkOptimizer(
+        device = critic.weights[0].device
+
+        def column(key: str) -> torch.Tensor:
+            return torch.tensor([getattr(c, key) for c in cfgs], device=device).view(-1, 1)
+
+        self._tau, self._beta, self._cap = (
+            column("expectile"),
+            column("temperature"),
+            (column("weight_cap")),
+        )
+        # Polyak rate of each critic row (two rows per model), broadcast over its parameters
+        self._polyak = column("polyak").repeat_interleave(2, 0)
+        self._target_flat = flatten_rows(critic_target)
+        self.optimizer = MemberAdam(
             {
-                "critic": (self.critic, cfg.critic_lr),
-                "value": (self.value, cfg.value_lr),
-                "actor": (self.actor, cfg.actor_lr),
+                "critic": (critic, 2, [c.critic_lr for c in cfgs]),
+                "value": (value, 1, [c.value_lr for c in cfgs]),
+                "actor": (actor, 1, [c.actor_lr for c in cfgs]),
             },
             max_norm=common.grad_clip,
         )
-        self._target_flat = flatten_parameters(self.critic_target)
 
-    # -- what a checkpoint holds
+    @classmethod
+    def stack(cls, models: list[IQL]) -> IQL:
+        """One stacked model of ``models`` (each a single model, e.g. freshly initialised from
+        its own seed); their weights and optimiser states are copied."""
+        out = cls.__new__(cls)
+        out._assemble(
+            models[0].common, [m.cfg for m in models],
+            Ensemble.concat([m.critic for m in models]),
+            Ensemble.concat([m.critic_target for m in models]),
+            Ensemble.concat([m.value for m in models]),
+            Ensemble.concat([m.actor for m in models]),
+        )  # fmt: skip
+        for i, m in enumerate(models):
+            out.optimizer.load_state_dict(m.optimizer.state_dict(), i)
+        return out
+
+    def member(self, i: int) -> IQL:
+        """Model ``i`` of the stack as a single model (copies: weights, optimiser state)."""
+        out = IQL.__new__(IQL)
+        out._assemble(
+            self.common, [self.cfgs[i]], self.critic.rows(2 * i, 2 * i + 2),
+            self.critic_target.rows(2 * i, 2 * i + 2), self.value.rows(i, i + 1),
+            self.actor.rows(i, i + 1),
+        )  # fmt: skip
+        out.optimizer.load_state_dict(self.optimizer.state_dict(i))
+        out.set_matmul_dtype(self.critic.matmul_dtype)
+        return out
+
+    def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:
+        """Matrix products in ``dtype`` (``torch.bfloat16``: train's ``precision: bf16``)."""
+        for net in (self.critic, self.critic_target, self.value, self.actor):
+            net.matmul_dtype = dtype
+
+    # -- what a checkpoint holds (a single model)
     def modules(self) -> dict[str, torch.nn.Module]:
         return {
             "critic": self.critic,
@@ -83,33 +143,56 @@ class IQL:
             "actor": self.actor,
         }
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": self.optimizer.adam}
+    def optimizers(self) -> dict[str, MemberAdam]:
+        return {"adam": self.optimizer}
+
+    def exported(self, name: str) -> torch.nn.Module:
+        """Network ``name`` as released: the actor of a single model as a plain ``MLP``
+        (``net.0/2/4.*``, the model repository's layout)."""
+        net = self.modules()[name]
+        return net.member(0) if isinstance(net, Ensemble) and net.k == 1 else net
 
     def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return self.actor(states)
+        out = self.actor(states)
+        return out[0] if self.k == 1 and states.dim() == 2 else out
+
+    def _inputs(self, s, a, r, s_next, done):
+        """(K, batch, ...) inputs; ``single``: a single model given (batch, ...) inputs."""
+        single = s.dim() == 2
+        if single:
+            s, a, r, s_next, done = (x.unsqueeze(0) for x in (s, a, r, s_next, done))
+        return single, s, a, r, s_next, done
+
+    def _pairs(self, s: torch.Tensor) -> torch.Tensor:
+        """Each model's batch twice: the input of its two critic rows, (2K, batch, ...) (a
+        single model's: a view, which halves the memory traffic of its critic products)."""
+        return s.expand(2, *s.shape[1:]) if self.k == 1 else s.repeat_interleave(2, 0)
 
     def losses(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
         """The three losses exactly as in the module docstring, differentiable by autograd.
 
         This is the reference definition: ``compute_gradients`` (the training path) must give
-        the gradients autograd gives for ``value_loss + critic_loss + actor_loss`` here.
+        the gradients autograd gives for ``value_loss + critic_loss + actor_loss`` here
+        (summed over the models of a stack: they share no parameter).
         """
-        cfg = self.cfg
-        at_a = a.view(1, -1, 1).expand(2, -1, 1)  # index of the logged action, per critic
+        single, s, a, r, s_next, done = self._inputs(s, a, r, s_next, done)
+        k = self.k
+        at_a = self._pairs(a).unsqueeze(2)  # index of the logged action, per critic row
         with torch.no_grad():
-            q_target = self.critic_target(s).gather(2, at_a).squeeze(2).min(0).values
-            td_target = r + self.gamma * (1.0 - done) * self.value(s_next).squeeze(1)
-        v = self.value(s).squeeze(1)
-        q = self.critic(s).gather(2, at_a).squeeze(2)  # (2, batch): Q1(s, a), Q2(s, a)
-        advantage = q_target - v.detach()
-        weight = torch.exp(cfg.temperature * advantage).clamp(max=cfg.weight_cap)
-        log_prob = F.log_softmax(self.actor(s), dim=1).gather(1, a.unsqueeze(1)).squeeze(1)
-        return {
-            "value_loss": expectile_loss(q_target - v, cfg.expectile),
-            "critic_loss": (q - td_target).square().mean(dim=1).sum(),
-            "actor_loss": -(weight * log_prob).mean(),
+            q_target = self.critic_target(self._pairs(s)).gather(2, at_a).squeeze(2)
+            q_target = q_target.view(k, 2, -1).min(1).values
+            td_target = r + self.gamma * (1.0 - done) * self.value(s_next).squeeze(2)
+        v = self.value(s).squeeze(2)
+        q = self.critic(self._pairs(s)).gather(2, at_a).squeeze(2).view(k, 2, -1)
+        weight = torch.exp(self._beta * (q_target - v.detach())).clamp(max=self._cap)
+        log_prob = F.log_softmax(self.actor(s), dim=2).gather(2, a.unsqueeze(2)).squeeze(2)
+        u = q_target - v
+        out = {
+            "value_loss": (torch.where(u < 0, 1.0 - self._tau, self._tau) * u.square()).mean(1),
+            "critic_loss": (q - td_target.unsqueeze(1)).square().mean(dim=2).sum(1),
+            "actor_loss": -(weight * log_prob).mean(1),
         }
+        return {key: v[0] for key, v in out.items()} if single else out
 
     def compile_step(self) -> None:
         """Run ``compute_gradients`` through ``torch.compile`` (the trainer's ``compile``).
@@ -124,7 +207,8 @@ class IQL:
         """One gradient step on every network, then the Polyak update of the target critics."""
         stats = self.compute_gradients(s, a, r, s_next, done)
         self.optimizer.step()
-        polyak_update(self._target_flat, self.optimizer.flat["critic"], self.cfg.polyak)
+        with torch.no_grad():
+            self._target_flat.lerp_(self.optimizer.flat["critic"], self._polyak)
         return stats
 
     @torch.no_grad()
@@ -135,57 +219,64 @@ class IQL:
         and back-propagated by ``backward_cached`` (plain linear/ReLU rules). Autograd would
         compute the same numbers; doing it explicitly avoids recording a graph and
         accumulating into fresh buffers, which is a large share of a CPU step at these sizes.
+        Shapes: K models, n transitions each; critic rows 2K.
         """
-        cfg, n = self.cfg, s.shape[0]
-        at_a = a.view(1, -1, 1).expand(2, -1, 1)  # index of the logged action, per critic
+        single, s, a, r, s_next, done = self._inputs(s, a, r, s_next, done)
+        k, n = self.k, s.shape[1]
+        at_a = self._pairs(a).unsqueeze(2)  # index of the logged action, per critic row
+        s2 = self._pairs(s)
 
-        q_target, _ = self.critic_target.forward_cached(s, keep=False)
-        q_target = q_target.gather(2, at_a).squeeze(2).min(0).values
+        q_target, _ = self.critic_target.forward_cached(s2, keep=False)
+        q_target = q_target.gather(2, at_a).squeeze(2).view(k, 2, n).min(1).values
         v_next, _ = self.value.forward_cached(s_next, keep=False)
-        td_target = r + self.gamma * (1.0 - done) * v_next.squeeze(1)
+        td_target = r + self.gamma * (1.0 - done) * v_next.squeeze(2)
 
         # value: L_V = mean(w u^2), u = Qt - V(s), w = |tau - 1(u < 0)|
         #        dL_V/dV(s) = -2 w u / n
         v_out, v_acts = self.value.forward_cached(s)
-        v = v_out.squeeze(1)
+        v = v_out.squeeze(2)
         u = q_target - v
-        w_tau = torch.where(u < 0, 1.0 - cfg.expectile, cfg.expectile)
-        value_loss = (w_tau * u.square()).mean()
-        self.value.backward_cached(v_acts, (w_tau * u).mul_(-2.0 / n).unsqueeze(1))
+        w_tau = torch.where(u < 0, 1.0 - self._tau, self._tau)
+        value_loss = (w_tau * u.square()).mean(1)
+        self.value.backward_cached(v_acts, (w_tau * u).mul_(-2.0 / n).unsqueeze(2))
 
         # critics: L_Q = sum_i mean((Q_i(s, a) - y)^2), y = r + gamma (1 - d) V(s')
         #          dL_Q/dQ_i(s, a') = 2 (Q_i(s, a) - y) / n if a' = a, else 0
-        q_all, q_acts = self.critic.forward_cached(s)
-        q = q_all.gather(2, at_a).squeeze(2)
-        residual = q - td_target
-        critic_loss = residual.square().mean(dim=1).sum()
-        grad_q = torch.zeros_like(q_all).scatter_(2, at_a, residual.mul(2.0 / n).unsqueeze(2))
+        q_all, q_acts = self.critic.forward_cached(s2)
+        q = q_all.gather(2, at_a).squeeze(2)  # (2K, n)
+        residual = q.view(k, 2, n) - td_target.unsqueeze(1)
+        critic_loss = residual.square().mean(dim=2).sum(1)
+        grad_q = torch.zeros_like(q_all).scatter_(
+            2, at_a, residual.view(2 * k, n).mul(2.0 / n).unsqueeze(2)
+        )
         self.critic.backward_cached(q_acts, grad_q)
 
         # actor: L_pi = -mean(c log softmax(z)_a), c = min(exp(beta u), cap), a constant
         #        dL_pi/dz = (c / n) (softmax(z) - onehot(a))
         advantage = u
-        weight = torch.exp(cfg.temperature * advantage).clamp_(max=cfg.weight_cap)
+        weight = torch.minimum(torch.exp(self._beta * advantage), self._cap)
         logits, pi_acts = self.actor.forward_cached(s)
-        log_softmax = F.log_softmax(logits, dim=1)
-        actor_loss = -(weight * log_softmax.gather(1, a.unsqueeze(1)).squeeze(1)).mean()
-        c = (weight / n).unsqueeze(1)
-        grad_logits = log_softmax.exp().mul_(c).scatter_add_(1, a.unsqueeze(1), -c)
+        log_softmax = F.log_softmax(logits, dim=2)
+        at = a.unsqueeze(2)
+        actor_loss = -(weight * log_softmax.gather(2, at).squeeze(2)).mean(1)
+        c = (weight / n).unsqueeze(2)
+        grad_logits = log_softmax.exp().mul_(c).scatter_add_(2, at, -c)
         self.actor.backward_cached(pi_acts, grad_logits)
 
-        return {
+        stats = {
             "value_loss": value_loss,
             "critic_loss": critic_loss,
             "actor_loss": actor_loss,
-            "q_mean": q.mean(),
-            "v_mean": v.mean(),
-            "advantage_mean": advantage.mean(),
-            "advantage_std": advantage.std(),
-            "capped_weight_fraction": (weight >= cfg.weight_cap).float().mean(),
+            "q_mean": q.view(k, 2 * n).mean(1),
+            "v_mean": v.mean(1),
+            "advantage_mean": advantage.mean(1),
+            "advantage_std": advantage.std(1),
+            "capped_weight_fraction": (weight >= self._cap).float().mean(1),
         }
+        return {key: val[0] for key, val in stats.items()} if single else stats
 
 
 ALGORITHM = AlgorithmSpec(
     name="iql", config=IQLConfig, implementation=IQL, policy_module="actor", exportable=True,
-    compile=True,
+    compile=True, stackable=True,
 )  # fmt: skip

@@ -33,6 +33,17 @@ def _relu_backward_(grad: torch.Tensor, relu_out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward.grad_input(grad, relu_out, 0, grad_input=grad)
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` whose every member's product does not depend on how many members
+    there are. A product with a single column (a value head) goes to a matrix-vector BLAS
+    routine whose rounding depends on the batch (one matrix or several), so it is computed
+    as a row-wise dot product instead (the same reduction for every row, whatever the
+    batch: a stacked run then equals the same run alone)."""
+    if b.shape[2] == 1:
+        return (a * b.transpose(1, 2)).sum(2, keepdim=True)
+    return torch.bmm(a, b)
+
+
 class MLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
@@ -83,17 +94,54 @@ class Ensemble(nn.Module):
     """
 
     def __init__(
-        self, k: int, in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256)
+        self,
+        k: int,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        init: bool = True,
     ) -> None:
         super().__init__()
         dims = [in_dim, *hidden, out_dim]
         self.k = k
+        #: the dtype of the matrix products and hidden activations (``torch.bfloat16``:
+        #: reduced precision, opt-in); parameters, gradients and outputs stay float32
+        self.matmul_dtype: torch.dtype | None = None
+        self._low_weights: list[torch.Tensor] = []  # matmul_dtype weights, forward -> backward
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for d_in, d_out in itertools.pairwise(dims):
-            bound = 1.0 / math.sqrt(d_in)
-            self.weights.append(nn.Parameter(torch.empty(k, d_in, d_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(k, 1, d_out).uniform_(-bound, bound)))
+            w, b = torch.empty(k, d_in, d_out), torch.empty(k, 1, d_out)
+            if init:  # like nn.Linear: uniform +-1/sqrt(fan_in), from torch's global RNG
+                bound = 1.0 / math.sqrt(d_in)
+                w.uniform_(-bound, bound)
+                b.uniform_(-bound, bound)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(b))
+
+    @classmethod
+    def concat(cls, members: Sequence[Ensemble]) -> Ensemble:
+        """One ensemble holding ``members``' networks one after the other (copies)."""
+        first = members[0]
+        hidden = [w.shape[2] for w in first.weights][:-1]
+        out = cls(sum(m.k for m in members), first.weights[0].shape[1],
+                  first.weights[-1].shape[2], hidden, init=False)  # fmt: skip
+        out = out.to(first.weights[0].device)
+        with torch.no_grad():
+            for i in range(len(first.weights)):
+                torch.cat([m.weights[i] for m in members], out=out.weights[i].data)
+                torch.cat([m.biases[i] for m in members], out=out.biases[i].data)
+        return out
+
+    def rows(self, start: int, stop: int) -> Ensemble:
+        """Members ``start:stop`` as a new ensemble (copies)."""
+        hidden = [w.shape[2] for w in self.weights][:-1]
+        out = Ensemble(stop - start, self.weights[0].shape[1], self.weights[-1].shape[2],
+                       hidden, init=False).to(self.weights[0].device)  # fmt: skip
+        with torch.no_grad():
+            for mine, theirs in zip(self.parameters(), out.parameters(), strict=True):
+                theirs.copy_(mine[start:stop])
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_cached(x, keep=False)[0]
@@ -101,26 +149,69 @@ class Ensemble(nn.Module):
     def forward_cached(
         self, x: torch.Tensor, keep: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Output (K, batch, out) and every layer's input (for ``backward_cached``)."""
-        h = x.unsqueeze(0).expand(self.k, -1, -1)
+        """Output (K, batch, out) and every layer's input (for ``backward_cached``).
+
+        ``x`` is (batch, in), shared by every member, or (K, batch, in), one batch per member.
+        """
+        h = x.unsqueeze(0).expand(self.k, -1, -1) if x.dim() == 2 else x
+        if self.matmul_dtype is not None:
+            return self._forward_low(h, keep)
         acts, last = [h], len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.bmm(h, w).add_(b)  # not baddbmm: its broadcast bias copy is slow on CPU
+            h = _bmm(h, w).add_(b)  # not baddbmm: its broadcast bias copy is slow on CPU
             if i < last:
                 h = h.relu_()
                 if keep:
                     acts.append(h)
         return h, acts
 
+    def _forward_low(self, h: torch.Tensor, keep: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward_cached`` in ``matmul_dtype``: the input and hidden activations are held
+        in it (bias and ReLU applied in it too), the output is float32. The low-precision
+        weights are kept for ``backward_cached``."""
+        dtype = self.matmul_dtype
+        h = h.to(dtype)
+        low = [w.to(dtype) for w in self.weights]
+        acts, last = [h], len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(low, self.biases, strict=True)):
+            if i < last:
+                h = _bmm(h, w).add_(b.to(dtype)).relu_()
+                if keep:
+                    acts.append(h)
+            else:
+                h = _bmm(h, w).float().add_(b)
+        if keep:
+            self._low_weights = low
+        return h, acts
+
     def backward_cached(self, acts: list[torch.Tensor], grad_out: torch.Tensor) -> None:
         """Write dLoss/dParameter into every ``.grad`` given dLoss/dOutput (K, batch, out)."""
+        if self.matmul_dtype is not None:
+            self._backward_low(acts, grad_out)
+            return
         g = grad_out
         for i in range(len(acts) - 1, -1, -1):
             w, b = self.weights[i], self.biases[i]
-            torch.bmm(acts[i].transpose(1, 2), g, out=w.grad)
             torch.sum(g, 1, keepdim=True, out=b.grad)
+            torch.bmm(acts[i].transpose(1, 2), g, out=w.grad)
             if i > 0:
                 g = _relu_backward_(torch.bmm(g, w.transpose(1, 2)), acts[i])
+
+    def _backward_low(self, acts: list[torch.Tensor], grad_out: torch.Tensor) -> None:
+        """``backward_cached`` after ``_forward_low``: products in ``matmul_dtype``, parameter
+        gradients (and the output layer's bias gradient) accumulated into float32."""
+        low, dtype = self._low_weights, self.matmul_dtype
+        g = grad_out.to(dtype)
+        torch.sum(grad_out, 1, keepdim=True, out=self.biases[-1].grad)
+        ones = torch.ones(g.shape[0], 1, g.shape[1], dtype=dtype, device=g.device)
+        for i in range(len(acts) - 1, -1, -1):
+            w, b = self.weights[i], self.biases[i]
+            if i < len(acts) - 1:  # the batch sum as a product: float32 accumulation
+                b.grad.copy_(torch.bmm(ones, g))
+            w.grad.copy_(torch.bmm(acts[i].transpose(1, 2), g))
+            if i > 0:
+                g = _relu_backward_(_bmm(g, low[i].transpose(1, 2)), acts[i])
+        self._low_weights = []
 
     def member(self, i: int) -> MLP:
         """Member ``i`` as a plain MLP (for export and inspection)."""
@@ -231,3 +322,118 @@ class NetworkOptimizer:
             weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
             maximize=False,
         )  # fmt: skip
+
+
+def flatten_rows(ens: Ensemble) -> torch.Tensor:
+    """Re-home ``ens``'s parameters as views of one (K, P) buffer, returned: row k holds all
+    of member k's parameters, contiguous (each layer's (K, in, out) weight is a view with a
+    row stride of P). Whole-model operations (gradient norm, clipping, Adam, Polyak
+    averaging) then act on one contiguous slice per model, whatever the number of members."""
+    params = list(ens.parameters())
+    sizes = [p[0].numel() for p in params]
+    # rows of a multiple of 16 floats (64 bytes, the allocator's alignment): every row starts
+    # aligned, so a reduction over a row (the gradient norm) takes the same path in every row
+    width = -(-sum(sizes) // 16) * 16
+    flat = torch.zeros(ens.k, width, dtype=params[0].dtype, device=params[0].device)
+    offset = 0
+    with torch.no_grad():
+        for p, n in zip(params, sizes, strict=True):
+            flat[:, offset : offset + n].copy_(p.reshape(ens.k, n))
+            p.data = flat[:, offset : offset + n].view(p.shape)
+            offset += n
+    return flat
+
+
+class MemberAdam:
+    """Adam over stacked networks (``Ensemble``) whose members belong to separate models.
+
+    ``networks`` maps a name to (ensemble, rows per model, learning rate per model): IQL's
+    twin critics take two rows per model, its value and actor networks one. Each network's
+    parameters and gradients live in one (rows, P) buffer (``flatten_rows``), so a model's
+    parameters of a network are one contiguous slice: its gradient is clipped to a global
+    norm of ``max_norm`` over that slice, and the slice gets its own Adam update (its own
+    learning rate; the fused kernel of ``torch.optim.Adam(fused=True)``). A model trained in
+    a stack of K therefore takes the same steps it would take alone.
+    """
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(
+        self, networks: dict[str, tuple[Ensemble, int, Sequence[float]]], max_norm: float
+    ) -> None:
+        self.max_norm = max_norm
+        self.lrs: dict[str, list[float]] = {}
+        self.flat: dict[str, torch.Tensor] = {}
+        self.state: dict[str, dict[str, torch.Tensor | list[torch.Tensor]]] = {}
+        self._views = {}
+        for name, (ens, rows, lrs) in networks.items():
+            if ens.k != rows * len(lrs):
+                raise ValueError(f"{name}: {ens.k} rows are not {len(lrs)} models x {rows}")
+            flat = flatten_rows(ens)
+            grad = torch.zeros_like(flat)
+            offset = 0
+            for p in ens.parameters():  # autograd accumulates into these views in place
+                n = p[0].numel()
+                p.grad = grad[:, offset : offset + n].view(p.shape)
+                offset += n
+            flat.grad = grad
+            self.flat[name] = flat
+            self.lrs[name] = [float(lr) for lr in lrs]
+            st = {"exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat),
+                  "step": [torch.zeros((), device=flat.device) for _ in lrs]}  # fmt: skip
+            self.state[name] = st
+            for m in range(len(lrs)):  # model m's contiguous slices, made once
+                part = slice(m * rows, (m + 1) * rows)
+                self._views[name, m] = tuple(
+                    x[part].view(-1) for x in (flat, grad, st["exp_avg"], st["exp_avg_sq"])
+                )
+        self._cpu = all(f.device.type == "cpu" for f in self.flat.values())
+
+    def zero_grad(self) -> None:
+        for flat in self.flat.values():
+            flat.grad.zero_()
+
+    def step(self) -> None:
+        """For each model and network: clip its gradient, then one Adam step of its slice."""
+        beta1, beta2 = self.betas
+        for name, lrs in self.lrs.items():
+            steps = self.state[name]["step"]
+            for m, lr in enumerate(lrs):
+                param, grad, exp_avg, exp_avg_sq = self._views[name, m]
+                norm = torch.linalg.vector_norm(grad)
+                if not self._cpu:  # accelerators: no host synchronisation
+                    grad.mul_((self.max_norm / (norm + 1e-6)).clamp(max=1.0))
+                elif (scale := self.max_norm / (float(norm) + 1e-6)) < 1.0:
+                    grad.mul_(scale)
+                steps[m].add_(1)
+                torch._fused_adam_(
+                    [param], [grad], [exp_avg], [exp_avg_sq], [], [steps[m]], lr=lr,
+                    beta1=beta1, beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False,
+                    maximize=False,
+                )  # fmt: skip
+
+    # -- one model's state (checkpoints hold one model each)
+    def state_dict(self, model: int = 0) -> dict:
+        """Model ``model``'s Adam state in ``torch.optim.Adam.state_dict()``'s layout (one
+        parameter group and one flat parameter per network), as checkpoints store it."""
+        state, groups = {}, []
+        for index, (name, lrs) in enumerate(self.lrs.items()):
+            _, _, exp_avg, exp_avg_sq = self._views[name, model]
+            state[index] = {
+                "step": self.state[name]["step"][model].clone(),
+                "exp_avg": exp_avg.clone(),
+                "exp_avg_sq": exp_avg_sq.clone(),
+            }
+            groups.append({"name": name, "lr": lrs[model], "betas": list(self.betas),
+                           "eps": self.eps, "weight_decay": 0.0, "params": [index]})  # fmt: skip
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, doc: dict, model: int = 0) -> None:
+        """Load one model's state (``state_dict``'s layout) into model ``model``'s slices."""
+        for index, name in enumerate(self.lrs):
+            _, _, exp_avg, exp_avg_sq = self._views[name, model]
+            saved = doc["state"][index]
+            exp_avg.copy_(saved["exp_avg"])
+            exp_avg_sq.copy_(saved["exp_avg_sq"])
+            self.state[name]["step"][model].copy_(saved["step"])

@@ -15,7 +15,10 @@ Each algorithm is one module (``rl/iql.py``, ``rl/cql.py``, ...) that defines ``
                       policy network's output; the argmax is the action);
 - ``exportable``      whether ``sepsisrl export`` can publish it (a softmax actor network, the
                       model repository's ``IQLPolicy``);
-- ``compile``         whether ``compile: true`` applies (a ``compile_step()`` method).
+- ``compile``         whether ``compile: true`` applies (a ``compile_step()`` method);
+- ``stackable``       whether several runs of it train together as one stack
+                      (``rl.trainer.train_stack``): ``implementation.stack(models)``,
+                      ``member(i)``, inputs (K, batch, ...), statistics (K,).
 
 Adding an algorithm: write its module (config, implementation, ``ALGORITHM = AlgorithmSpec(...)``)
 and add its module path to :data:`REGISTERED` - one line (docs/train.md).
@@ -84,6 +87,7 @@ class AlgorithmSpec:
     logits: Logits | None = None
     exportable: bool = False
     compile: bool = False
+    stackable: bool = False
 
     def create(self, common: Common, section: BaseModel) -> Algorithm:
         """The implementation with its networks built (initialised from torch's global RNG)."""

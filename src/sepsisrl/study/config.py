@@ -54,6 +54,12 @@ class SynthSection(StrictModel):
     density: float = Field(ge=0)
 
 
+class HalvingSection(StrictModel):
+    enabled: bool
+    eta: int = Field(ge=2)
+    rungs: int = Field(ge=1)
+
+
 class SweepSection(StrictModel):
     algo: str
     rewards: list[str] = Field(min_length=1)
@@ -61,6 +67,7 @@ class SweepSection(StrictModel):
     iql_settings: dict[str, dict[str, float]] = Field(min_length=1)
     stage1_seed: int
     stage2_seeds: list[int]
+    halving: HalvingSection
 
     @model_validator(mode="after")
     def _keys(self) -> SweepSection:
@@ -153,6 +160,12 @@ class StudyConfig(StrictModel):
     build: dict[str, Any]  # dotted overrides of configs/build.yaml (BuildConfig)
     workers: int = Field(ge=0)
     threads_per_worker: int = Field(ge=1)
+    # a stage's IQL runs as stacks, one per worker (same weights as alone); auto: when they
+    # pay (bf16 or cuda; in fp32 on a CPU a run's step is already bound by its matrix products)
+    stack: bool | Literal["auto"]
+    # where the units run; never part of a cache key (results do not depend on it)
+    executor: Literal["local", "ray"]
+    ray_address: str | None  # the Ray cluster (executor ray); None: a local Ray instance
     train: dict[str, Any]  # overrides of configs/train.yaml (TrainConfig) for every run
     sweep: SweepSection
     selection: SelectionSection

@@ -23,17 +23,13 @@ threads each; the results do not depend on the number of workers.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import queue
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +41,7 @@ from sepsisrl.contracts import Artifact, EvaluationMetrics, FinalRecord, Selecti
 from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig, baseline_fixed, baseline_grid
+from sepsisrl.study.executors import LocalPool, check_executor, make_executor
 from sepsisrl.workspace import (
     atomic_folder,
     code_fingerprint,
@@ -86,21 +83,71 @@ def write_record(model: type[Artifact], path: Path, doc: dict[str, Any]) -> None
 # ---------------------------------------------------------------- units (run in worker processes)
 def _ensure_run(spec: dict[str, Any]) -> bool:
     """Train unless complete with the same key; resume an interrupted run. True if trained."""
-    from sepsisrl.rl.config import TrainConfig
-    from sepsisrl.rl.trainer import train
+    return _ensure_stack([spec]) > 0
 
+
+def _ensure_stack(specs: list[dict[str, Any]]) -> int:
+    """Train the runs of ``specs`` (``Study.train_unit`` jobs) as stacks
+    (``rl.trainer.train_stack``): those complete with the same key are skipped, interrupted
+    ones resume (runs at one checkpoint step resume together), the rest start afresh. Each
+    run's weights are those it gets alone. A spec with ``pause_at`` (a rung of successive
+    halving) trains only to that step, checkpoints there and takes a snapshot of its policy
+    into ``snapshot`` (``rl.trainer.snapshot``). Returns the number of runs trained."""
+    from sepsisrl.rl.checkpoint import latest_checkpoint
+    from sepsisrl.rl.config import TrainConfig
+    from sepsisrl.rl.trainer import StackMember, train_stack
+
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for spec in specs:
+        run = Path(spec["run_dir"])
+        marker = run / "study.json"
+        same = marker.is_file() and read_json(marker).get("key") == spec["key"]
+        if same and (run / "final" / "policy.safetensors").is_file():
+            continue
+        checkpoint = latest_checkpoint(run) if same else None
+        if checkpoint is None and run.exists():
+            shutil.rmtree(run)
+        at = int(checkpoint.name[5:]) if checkpoint is not None else -1
+        pause = spec.get("pause_at") or 0
+        if pause and at >= pause:
+            continue  # already trained to (or past) the rung
+        groups.setdefault((checkpoint.name if checkpoint else "", pause), []).append(spec)
+    for (step, pause), group in sorted(groups.items()):
+        members = [StackMember(s["replay"], TrainConfig.model_validate(s["config"]),
+                               s["run_dir"]) for s in group]  # fmt: skip
+
+        def mark(i: int, _run: Path, group=group) -> None:
+            """The key as soon as the run starts: an interrupted run resumes next time."""
+            s = group[i]
+            write_json(Path(s["run_dir"]) / "study.json",
+                       {"key": s["key"], "overrides": s["overrides"]})  # fmt: skip
+
+        train_stack(members, resume=bool(step), overwrite=False, on_start=mark,
+                    stop_after=pause or None, checkpoint_at_stop=bool(pause))  # fmt: skip
+    for spec in specs:
+        if spec.get("pause_at"):
+            _ensure_snapshot(spec)
+    return sum(len(g) for g in groups.values())
+
+
+def _ensure_snapshot(spec: dict[str, Any]) -> None:
+    """The policy of a paused run at its rung (``spec["pause_at"]``) in ``spec["snapshot"]``,
+    unless a snapshot of the same run key and step is there."""
+    from sepsisrl.rl.trainer import snapshot
+
+    out, step = Path(spec["snapshot"]), spec["pause_at"]
+    marker = {"key": spec["key"], "step": step}
+    done = (out / "final" / "policy.safetensors").is_file() and (out / "study.json").is_file()
+    if done and read_json(out / "study.json") == marker:
+        return
     run = Path(spec["run_dir"])
-    marker = run / "study.json"
-    same = marker.is_file() and read_json(marker).get("key") == spec["key"]
-    if same and (run / "final" / "policy.safetensors").is_file():
-        return False
-    cfg = TrainConfig.model_validate(spec["config"])
-    resume = same and any((run / "checkpoints").glob("step_*"))
-    if not resume and run.exists():
-        shutil.rmtree(run)
-    train(spec["replay"], cfg, run, resume=resume, overwrite=not resume)
-    write_json(marker, {"key": spec["key"], "overrides": spec["overrides"]})
-    return True
+    if not (run / "checkpoints" / f"step_{step:08d}").is_dir():
+        raise StudyError(
+            f"{run}: the checkpoint of step {step} (successive halving's rung) is gone, so its "
+            f"snapshot {out} cannot be made again; delete {run} to train it anew"
+        )
+    snapshot(run, step, out)
+    write_json(out / "study.json", marker)
 
 
 def _ensure_eval(spec: dict[str, Any]) -> bool:
@@ -190,6 +237,9 @@ def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
     try:
         trained = _ensure_run(job["train"]) if job.get("train") else None
         evaluated = _ensure_eval(job["eval"]) if job.get("eval") else None
+        if job.get("stack"):  # stacked runs, then each run's evaluation
+            trained = _ensure_stack(job["stack"])
+            evaluated = sum(_ensure_eval(spec) for spec in job["evals"])
         measured = _ensure_truth(job["truth"]) if job.get("truth") else None
     finally:
         torch.set_num_threads(previous)
@@ -198,66 +248,7 @@ def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
-class WorkerPool:
-    """Persistent worker processes (``python -m sepsisrl.study.worker``) fed JSON lines.
-
-    No pickling and no re-import of the caller's ``__main__``: a job is a JSON document, the
-    answer one JSON line. Worker stderr goes to ``log``.
-    """
-
-    def __init__(self, n: int, log: Path) -> None:
-        self.log = open(log, "a")  # noqa: SIM115 - closed in close()
-        self.procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "sepsisrl.study.worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self.log,
-                text=True,
-            )
-            for _ in range(n)
-        ]
-        self.idle: queue.Queue[subprocess.Popen] = queue.Queue()
-        for p in self.procs:
-            self.idle.put(p)
-        self.threads = ThreadPoolExecutor(n)
-
-    def _call(self, job: dict[str, Any]) -> dict[str, Any]:
-        proc = self.idle.get()
-        try:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps(job) + "\n")
-            proc.stdin.flush()
-            line = proc.stdout.readline()
-        finally:
-            self.idle.put(proc)
-        if not line:
-            raise StudyError(f"worker process exited (status {proc.poll()}); see {self.log.name}")
-        answer = json.loads(line)
-        if not answer.pop("ok"):
-            raise StudyError(f"{answer['error']} (traceback in {self.log.name})")
-        return answer
-
-    def submit(self, job: dict[str, Any]):
-        return self.threads.submit(self._call, job)
-
-    def close(self, abort: bool = False) -> None:
-        """Stop the workers: after their current job, or at once when ``abort`` (interrupt,
-        failure) - every unit is atomic or resumable, so nothing finished is lost."""
-        self.threads.shutdown(wait=False, cancel_futures=True)
-        for p in self.procs:
-            if abort and p.poll() is None:
-                p.terminate()
-            if p.stdin is not None and not p.stdin.closed:
-                with contextlib.suppress(OSError, ValueError):
-                    p.stdin.close()
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.log.close()
+WorkerPool = LocalPool  # the local executor's former name (sepsisrl.study.executors)
 
 
 # ---------------------------------------------------------------- orchestration
@@ -265,12 +256,13 @@ class Study:
     def __init__(self, workspace: Path, cfg: StudyConfig, on_event: Events | None) -> None:
         self.ws = workspace
         self.cfg = cfg
+        check_executor(cfg.executor)  # e.g. Ray missing: say so before any work
         self.emit = on_event or (lambda *a: None)
         self.phases: dict[str, dict[str, Any]] = {}
         self.train_code = code_fingerprint("train")
         self.eval_code = code_fingerprint("evaluate")
         self.truth_code = code_fingerprint("truth")
-        self.pool: WorkerPool | None = None
+        self.pool: Any = None  # the executor (sepsisrl.study.executors), started on demand
         self._replay_key: str | None = None
         self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
 
@@ -313,15 +305,16 @@ class Study:
     def run_units(self, phase: str, jobs: list[dict[str, Any]]) -> None:
         started = time.perf_counter()
         done, total = 0, len(jobs)
-        stats = {"units": total, "trained": 0, "evaluated": 0, "measured": 0}
+        units = sum(len(j["stack"]) if j.get("stack") else 1 for j in jobs)  # runs in stacks
+        stats = {"units": units, "trained": 0, "evaluated": 0, "measured": 0}
         self.emit(phase, 0, total, "starting")
 
         def record(res: dict[str, Any]) -> None:
             nonlocal done
             done += 1
-            stats["trained"] += bool(res["trained"])
-            stats["evaluated"] += bool(res["evaluated"])
-            stats["measured"] += bool(res.get("measured"))
+            stats["trained"] += int(res["trained"] or 0)  # a stack unit: how many runs
+            stats["evaluated"] += int(res["evaluated"] or 0)
+            stats["measured"] += int(res.get("measured") or 0)
             done_now = [
                 res[k] for k in ("trained", "evaluated", "measured") if res.get(k) is not None
             ]
@@ -329,16 +322,20 @@ class Study:
             note = "cached" if cached else f"{res['seconds']:.0f} s"
             self.emit(phase, done, total, f"{res['label']} ({note})")
 
-        if self.workers == 1 or total == 1:
+        if self.cfg.executor == "local" and (self.workers == 1 or total == 1):
             for job in jobs:
                 record(execute_unit(job))
         else:
             if self.pool is None:
-                self.pool = WorkerPool(self.workers, self.ws / "study" / "workers.log")
+                self.pool = make_executor(self.cfg.executor, self.workers,
+                                          self.ws / "study" / "workers.log",
+                                          self.cfg.ray_address)  # fmt: skip
             futures = {self.pool.submit(job): job for job in jobs}
             for fut in as_completed(futures):
                 try:
                     record(fut.result())
+                except StudyError as exc:  # it names the unit
+                    raise StudyError(f"{phase}: {exc}") from exc
                 except Exception as exc:
                     raise StudyError(
                         f"{phase}: unit {futures[fut]['label']} failed: {exc}"
@@ -467,7 +464,43 @@ class Study:
                                    "eval": self.rel(espec["out"])})  # fmt: skip
                 jobs.append({"label": run.name, "threads": self.cfg.threads_per_worker,
                              "train": tspec, "eval": espec})  # fmt: skip
-        return jobs
+        return self.stacked(jobs)
+
+    def stacked(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Training jobs whose runs can share a stack (``rl.trainer.stack_problems``), merged
+        into one stack unit per worker (a stack trains its runs with batched matrix products;
+        each run's weights are those it gets alone, so the cache keys do not change)."""
+        from sepsisrl.rl.config import TrainConfig
+        from sepsisrl.rl.trainer import STACK_SHARED, stack_problems
+
+        if not self.cfg.stack or not jobs:
+            return jobs
+        if self.cfg.stack == "auto":
+            first = jobs[0]["train"]["config"]
+            if first["precision"] == "fp32" and not first["device"].startswith("cuda"):
+                return jobs
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for job in jobs:
+            cfg = job["train"]["config"]
+            meta = read_json(Path(job["train"]["replay"]) / "meta.json")  # one train size
+            key = json.dumps([cfg[k] for k in (*STACK_SHARED, "steps", "epochs")]
+                             + [meta["splits"]["train"]["n_transitions"]])  # fmt: skip
+            groups.setdefault(key, []).append(job)
+        out = []
+        for group in groups.values():
+            cfgs = [TrainConfig.model_validate(j["train"]["config"]) for j in group]
+            if len(group) == 1 or stack_problems(cfgs):
+                out += group
+                continue
+            parts = min(self.workers, len(group))
+            for i in range(parts):
+                chunk = group[i::parts]  # balanced: sizes differ by at most one
+                names = ", ".join(j["label"] for j in chunk)
+                out.append({"label": f"stack of {len(chunk)} ({names})",
+                            "threads": self.cfg.threads_per_worker,
+                            "stack": [j["train"] for j in chunk],
+                            "evals": [j["eval"] for j in chunk]})  # fmt: skip
+        return out
 
     def collect(self, cands: list[dict[str, Any]]) -> None:
         estimator = self.cfg.selection.estimator
@@ -490,10 +523,14 @@ class Study:
             "candidates": [{k: c[k] for k in ("name", "reward", "lr_regime", "iql_setting",
                                               "hyperparameters")} for c in cands],
         })  # fmt: skip
-        self.run_units("stage 1", self.sweep_jobs(cands, [self.cfg.sweep.stage1_seed]))
-        self.collect(cands)
-        ranked = sel.rank(cands)
+        kept, left = self.halving(cands)
+        self.run_units("stage 1", self.sweep_jobs(kept, [self.cfg.sweep.stage1_seed]))
+        self.collect(kept)
+        ranked = sel.rank(kept)
         finalists = ranked[: rule.finalists]
+        for i, c in enumerate(left, len(ranked) + 1):  # after every fully trained candidate
+            c["rank"] = i
+        ranked += left
         for c in finalists:
             c["stage"] = 2
             c["seeds"] = c["seeds"][:1]
@@ -505,6 +542,7 @@ class Study:
         selected["versus_clinicians"] = self.versus_clinicians(finalists, selected)
         for c in cands:
             c["stage1_rank"] = stage1_ranks[c["name"]]
+            c.setdefault("stopped_at_step", None)  # successive halving: where it was left
         doc = {
             "schema_version": "1",
             "profile": self.cfg.profile,
@@ -517,6 +555,53 @@ class Study:
         }
         write_record(Selection, self.ws / "study" / "selection.json", doc)
         return doc
+
+    def halving(self, cands: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list]:
+        """Successive halving over stage 1 (``sweep.halving``), VALIDATION only: rung r of R
+        trains the candidates still in to eta^(r - R) of their steps (a checkpoint there),
+        scores each rung's policy by the selection rule and keeps the best 1/eta (at least
+        ``selection.finalists``). Returns (the candidates left for the full stage 1, those
+        left behind - best first, later rungs first - each with ``stopped_at_step`` and its
+        rung's snapshot and evaluation as its seed row). Without halving: (all, [])."""
+        h = self.cfg.sweep.halving
+        if not h.enabled or h.rungs < 2:
+            return cands, []
+        seed = self.cfg.sweep.stage1_seed
+        runs = {
+            c["name"]: self.train_unit(c["name"], c["reward"], seed, self.cfg.sweep_overrides(c))
+            for c in cands
+        }
+        first = runs[cands[0]["name"]][1]
+        meta = read_json(Path(first["replay"]) / "meta.json")
+        cfg = first["config"]
+        total = cfg["steps"] or cfg["epochs"] * (
+            meta["splits"]["train"]["n_transitions"] // cfg["batch_size"]
+        )  # fmt: skip
+        kept, left = list(cands), []
+        for r in range(1, h.rungs):
+            step = max(1, round(total * h.eta ** (r - h.rungs)))
+            jobs = []
+            for c in kept:
+                run, tspec = runs[c["name"]]
+                snap = run.with_name(f"{run.name}_step{step}")
+                _, espec = self.eval_unit(str(snap), "run", c["reward"],
+                                          f"{snap.name}-validation", final=False)  # fmt: skip
+                c["seeds"] = [{"seed": seed, "run": self.rel(snap),
+                               "eval": self.rel(espec["out"])}]  # fmt: skip
+                jobs.append({"label": snap.name, "threads": self.cfg.threads_per_worker,
+                             "train": {**tspec, "pause_at": step, "snapshot": str(snap)},
+                             "eval": espec})  # fmt: skip
+            self.run_units(f"stage 1 rung {r}/{h.rungs} ({step} steps)", self.stacked(jobs))
+            self.collect(kept)
+            ranked = sel.rank(kept)
+            keep = max(self.cfg.selection.finalists, -(-len(kept) // h.eta))
+            for c in ranked[keep:]:
+                c["stopped_at_step"] = step
+            left = ranked[keep:] + left
+            kept = ranked[:keep]
+            for c in kept:
+                c["seeds"] = []
+        return kept, left
 
     def versus_clinicians(
         self, finalists: list[dict[str, Any]], selected: dict[str, Any]

@@ -1,0 +1,139 @@
+"""The whole study (``sepsisrl run``) end to end: per-phase wall time, peak memory, throughput.
+
+Usage:  python bench/study.py [--profile card] [--stays 20000] [--workspace /tmp/study_bench]
+                              [--set KEY=VALUE ...] [--out bench/results/study.json]
+
+Runs ``sepsisrl run --profile PROFILE`` on a new synthetic world of ``--stays`` ICU stays (the
+card profile on a world of about MIMIC-IV's sepsis cohort: 20,000 stays) in ``--workspace``
+(resumable: rerunning continues an interrupted benchmark, and cached phases then show their
+cached time). Reported from the study's own record (``study/run.json``) and measured here:
+
+  phases                wall seconds of every phase (data = world + build, behaviour, stage 1,
+                        stage 2, clinicians, baseline tuning, final test, truth, export/report)
+  training              candidate-steps per second of each training phase: the steps of the
+                        runs it trained over its wall time (which includes their evaluations)
+  peak_rss_gib          the peak resident memory of the study process and all its workers
+                        together (sampled every 0.5 s from /proc)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and every descendant process (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as fh:
+                rss[int(entry)] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--profile", default="card")
+    ap.add_argument("--stays", type=int, default=20000)
+    ap.add_argument("--workspace", type=Path, default=Path("/tmp/study_bench"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/study.json"))
+    args = ap.parse_args()
+
+    import yaml
+
+    from sepsisrl.study.config import load_study_config
+    from sepsisrl.study.runner import run_study
+
+    overrides = {"synth.stays": args.stays}
+    for item in args.sets:
+        key, raw = item.split("=", 1)
+        overrides[key] = yaml.safe_load(raw)
+    cfg = load_study_config(args.profile, overrides=overrides)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss(os.getpid()))
+            stop.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    last = [""]
+
+    def on_event(phase: str, done: int, total: int, message: str) -> None:
+        line = f"{phase}: {done}/{total} {message}"
+        if done == total or phase != last[0]:
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+        last[0] = phase
+
+    started = time.perf_counter()
+    try:
+        result = run_study(args.workspace, cfg, on_event=on_event)
+    finally:
+        stop.set()
+        sampler.join()
+    seconds = time.perf_counter() - started
+    ws = result.workspace
+    plan = json.loads((ws / "study" / "selection.json").read_text())
+    steps: dict[str, int] = {}
+    for c in plan["candidates"]:
+        for row in c["seeds"]:
+            doc = json.loads((ws / row["run"] / "config.json").read_text())
+            key = "stage 1" if c["stage"] == 1 else "stage 2"
+            steps[key] = steps.get(key, 0) + doc["total_steps"]
+    training = {}
+    for phase, n in steps.items():
+        info = result.phases.get(phase, {})
+        if info.get("trained"):
+            training[phase] = {"candidate_steps": n, "seconds": info["seconds"],
+                               "candidate_steps_per_second": n / max(info["seconds"], 1e-9),
+                               "runs_trained": info["trained"]}  # fmt: skip
+    doc = {
+        "meta": {
+            "profile": args.profile,
+            "stays": args.stays,
+            "overrides": overrides,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "workers": cfg.workers,
+            "stack": cfg.stack,
+        },
+        "seconds": round(seconds, 1),
+        "phases": result.phases,
+        "training": training,
+        "peak_rss_gib": peak[0] / 2**30,
+        "selected": result.selected["name"],
+    }
+    print(f"total {seconds / 60:.1f} min, peak memory {doc['peak_rss_gib']:.2f} GiB")
+    for phase, info in result.phases.items():
+        if "seconds" in info:
+            print(f"  {phase:<24} {info['seconds']:>9.1f} s")
+    for phase, info in training.items():
+        print(f"  {phase}: {info['candidate_steps_per_second']:.1f} candidate-steps/s "
+              "(evaluations included)")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

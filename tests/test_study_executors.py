@@ -1,0 +1,204 @@
+"""Where `sepsisrl run`'s units run: the local worker pool and Ray. A worker lost mid-unit is
+retried, a unit that raised is reported once with its name, and the executor changes neither
+the results (same bytes) nor the cache (a unit finished by one is reused by the other)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+
+import pytest
+
+from sepsisrl.study.config import load_study_config
+from sepsisrl.study.executors import LocalPool, RayExecutor, make_executor, unit_resources
+from sepsisrl.study.runner import StudyError
+from sepsisrl.study.worker import EXIT_ONCE
+from tests.test_study import TINY
+
+#: a unit with nothing to do: quick, and enough to show where it ran
+EMPTY = {"label": "empty", "threads": 1}
+#: a unit whose code raises (torch refuses 0 threads)
+RAISES = {"label": "bad unit", "threads": 0}
+
+
+# ------------------------------------------------------------------- the local pool
+def test_a_local_worker_lost_mid_unit_is_replaced_and_the_unit_retried(tmp_path, monkeypatch):
+    marker = tmp_path / "exited"
+    monkeypatch.setenv(EXIT_ONCE, str(marker))  # the first unit kills its worker process
+    pool = LocalPool(1, tmp_path / "workers.log")
+    try:
+        first = pool.procs[0]
+        res = pool.submit(EMPTY).result(timeout=120)
+        assert res["label"] == "empty" and res["trained"] is None
+        assert marker.is_file() and first.poll() == 17  # it really died ...
+        assert pool.procs[0] is not first and pool.procs[0].poll() is None  # ... and was replaced
+        assert pool.submit({**EMPTY, "label": "next"}).result(timeout=60)["label"] == "next"
+    finally:
+        pool.close()
+    log = (tmp_path / "workers.log").read_text()
+    assert "exited (status 17) during unit empty; running it again on a fresh worker" in log
+
+
+def test_a_local_unit_that_raises_is_reported_once_with_its_name(tmp_path):
+    pool = LocalPool(1, tmp_path / "workers.log")
+    try:
+        worker = pool.procs[0]
+        with pytest.raises(StudyError, match=r"unit bad unit failed: RuntimeError: .*positive"):
+            pool.submit(RAISES).result(timeout=120)
+        assert pool.procs == [worker] and worker.poll() is None  # no retry, no new worker
+    finally:
+        pool.close()
+    log = (tmp_path / "workers.log").read_text()
+    assert log.count("Traceback") == 1 and "running it again" not in log
+
+
+def test_the_runner_keeps_the_pools_former_name():
+    from sepsisrl.study.runner import WorkerPool
+
+    assert WorkerPool is LocalPool
+
+
+def test_an_unknown_or_missing_executor_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    needs = r"--executor ray needs Ray: pip install 'sepsisrl\[ray\]'"
+    with pytest.raises(StudyError, match=needs):
+        make_executor("ray", 2, tmp_path / "workers.log", None)
+    with pytest.raises(StudyError, match="unknown executor 'dask'"):
+        make_executor("dask", 2, tmp_path / "workers.log", None)
+    from sepsisrl.study.runner import run_study
+
+    ray_cfg = load_study_config("quick", overrides={**TINY, "executor": "ray"})
+    with pytest.raises(StudyError, match=needs):  # before any work: no world simulated
+        run_study(tmp_path / "ws", ray_cfg)
+    assert not (tmp_path / "ws" / "raw").exists()
+    from sepsisrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="executor: Input should be 'local' or 'ray'"):
+        load_study_config("quick", overrides={"executor": "dask"})
+    assert load_study_config("quick").executor == "local"
+
+
+def test_units_declare_their_threads_and_gpu_to_ray():
+    assert unit_resources(EMPTY) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    cpu = {"threads": 2, "train": {"config": {"device": "cpu"}}, "eval": {}}
+    assert unit_resources(cpu) == {"num_cpus": 2.0, "num_gpus": 0.0}
+    gpu = {"threads": 1, "stack": [{"config": {"device": "cpu"}}, {"config": {"device": "cuda:1"}}]}
+    assert unit_resources(gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert unit_resources({"threads": 1, "train": {}, "stack": None})["num_gpus"] == 0.0
+
+
+# ------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_instance(tmp_path_factory):
+    """A local Ray instance (2 CPUs) shared by the module. Its workers inherit the test hook's
+    variable, disarmed (the marker exists); a test arms it by deleting the marker."""
+    ray = pytest.importorskip("ray")
+    marker = tmp_path_factory.mktemp("ray") / "exited"
+    marker.touch()
+    before = os.environ.get(EXIT_ONCE)
+    os.environ[EXIT_ONCE] = str(marker)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)  # fmt: skip
+    finally:
+        if before is None:
+            del os.environ[EXIT_ONCE]
+        else:
+            os.environ[EXIT_ONCE] = before
+    yield marker
+    ray.shutdown()
+
+
+def test_ray_runs_a_unit_and_reports_a_raising_one_with_its_name(ray_instance, tmp_path):
+    ex = make_executor("ray", 1, tmp_path / "workers.log", None)
+    assert isinstance(ex, RayExecutor) and not ex.started  # it uses the running instance
+    try:
+        assert ex.submit(EMPTY).result(timeout=120)["label"] == "empty"
+        with pytest.raises(StudyError, match=r"unit bad unit failed: RuntimeError: .*positive"):
+            ex.submit(RAISES).result(timeout=120)
+    finally:
+        ex.close()
+    import ray
+
+    assert ray.is_initialized()  # not ours to stop
+    log = (tmp_path / "workers.log").read_text()
+    assert "unit bad unit failed on Ray, remote traceback:" in log and "\x1b" not in log
+    assert 'in execute_unit\n    torch.set_num_threads(job["threads"])' in log
+
+
+def test_a_ray_worker_lost_mid_unit_is_retried(ray_instance, tmp_path):
+    ray_instance.unlink()  # arm the hook: the next unit kills its Ray worker process
+    ex = RayExecutor(None, tmp_path / "workers.log")
+    try:
+        assert ex.submit(EMPTY).result(timeout=180)["label"] == "empty"
+    finally:
+        ex.close()
+    assert ray_instance.is_file()  # the first attempt did die
+
+
+def test_a_ray_worker_with_other_code_is_refused(ray_instance, tmp_path):
+    ex = RayExecutor(None, tmp_path / "workers.log")
+    ex.driver = {**ex.driver, "code": "0" * 64}  # as if the driver ran another source tree
+    try:
+        with pytest.raises(StudyError, match="install the same sepsisrl on every node"):
+            ex.submit(EMPTY).result(timeout=120)
+    finally:
+        ex.close()
+
+
+#: TINY made smaller still (one trained baseline, no truth) to fit the test in CI
+SMALLER = {**TINY, "baselines.trained": {"bc": {"algo": "bc"}}, "truth.enabled": False}
+
+
+@pytest.mark.slow
+def test_ray_and_the_local_pool_give_the_same_bytes_and_share_the_cache(
+    ray_instance, small_world, tmp_path
+):
+    """A study on the local pool; its copy without the units of the candidates that stopped at
+    stage 1 run on Ray: Ray redoes them to the same bytes (same selection and final test
+    records) and reuses every other unit of the local pool; a rerun on the local pool reuses
+    the units Ray trained."""
+    from sepsisrl.study.runner import run_study
+
+    source = small_world.out_dir
+    local_cfg = load_study_config("quick", overrides={**SMALLER, "workers": 2})
+    ray_cfg = load_study_config("quick", overrides={**SMALLER, "executor": "ray"})
+    local_ws, ray_ws = tmp_path / "local", tmp_path / "ray"
+    run_study(local_ws, local_cfg, source=source)
+    shutil.copytree(local_ws, ray_ws)
+    selection = json.loads((ray_ws / "study" / "selection.json").read_text())
+    stage1 = [row for c in selection["candidates"] if c["stage"] == 1 for row in c["seeds"]]
+    assert len(stage1) == 2
+    for row in stage1:
+        shutil.rmtree(ray_ws / row["run"])
+        shutil.rmtree(ray_ws / row["eval"])
+    for record in ("selection.json", "final.json"):
+        (ray_ws / "study" / record).unlink()
+
+    ran = run_study(ray_ws, ray_cfg, source=source)
+    assert ran.phases["stage 1"]["trained"] == ran.phases["stage 1"]["evaluated"] == len(stage1)
+    for phase in ("stage 2", "final test"):  # the local pool's units, reused by Ray
+        assert ran.phases[phase]["trained"] == 0 and ran.phases[phase]["evaluated"] == 0
+    for record in ("study/selection.json", "study/final.json"):
+        assert (ray_ws / record).read_bytes() == (local_ws / record).read_bytes()
+    again = run_study(ray_ws, local_cfg, source=source)  # Ray's units, reused by the local pool
+    for phase in ("stage 1", "stage 2", "final test"):
+        assert again.phases[phase]["trained"] == 0 and again.phases[phase]["evaluated"] == 0
+
+
+def test_cli_run_takes_the_executor_and_the_ray_address(tmp_path):
+    import subprocess
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "sepsisrl.cli", "run", *args],
+                              capture_output=True, text=True)  # fmt: skip
+
+    proc = cli("--help")
+    assert "--executor" in proc.stdout and "--address" in proc.stdout
+    assert "Ray is optional" in proc.stdout and "sepsisrl[ray]" in proc.stdout
+    proc = cli("--executor", "dask", "--address", "auto", "--workspace", str(tmp_path / "ws"))
+    assert proc.returncode == 2
+    assert "executor: Input should be 'local' or 'ray' (found 'dask')" in proc.stderr
