@@ -179,7 +179,7 @@ def test_editing_configs_train_yaml_invalidates_the_runs(tmp_path, patched_train
 
     trained: list[str] = []
 
-    def fake_train_stack(members, resume, overwrite, on_start):
+    def fake_train_stack(members, resume, overwrite, on_start, **_pause):
         for i, m in enumerate(members):
             trained.append(f"{m.cfg.batch_size}")
             (Path(m.run_dir) / "final").mkdir(parents=True)
