@@ -12,6 +12,8 @@ cached time). Reported from the study's own record (``study/run.json``) and meas
                         stage 2, clinicians, baseline tuning, final test, truth, export/report)
   training              candidate-steps per second of each training phase: the steps of the
                         runs it trained over its wall time (which includes their evaluations)
+  evaluations           how many evaluations the workspace holds, their mean seconds and the
+                        sum of each part (FQE + WDR, importance sampling, figures, ...)
   peak_rss_gib          the peak resident memory of the study process and all its workers
                         together (sampled every 0.5 s from /proc)
 """
@@ -48,6 +50,28 @@ def tree_rss(root: int) -> int:
         total += rss.get(pid, 0)
         todo += children.get(pid, [])
     return total
+
+
+def training_rates(ws: Path, phases: dict, stage1_seed: int) -> dict:
+    """Candidate-steps per second of each training phase: the steps of its runs (a finalist's
+    stage-1 seed is a stage-1 run, its other seeds stage 2) over the phase's wall time."""
+    plan = json.loads((ws / "study" / "selection.json").read_text())
+    steps: dict[str, int] = {}
+    for c in plan["candidates"]:
+        for row in c["seeds"]:
+            doc = json.loads((ws / row["run"] / "config.json").read_text())
+            key = "stage 1" if row["seed"] == stage1_seed else "stage 2"
+            steps[key] = steps.get(key, 0) + doc.get("snapshot_of", {}).get(
+                "step", doc["total_steps"]
+            )  # fmt: skip
+    out = {}
+    for phase, n in steps.items():
+        info = phases.get(phase, {})
+        if info.get("trained"):
+            out[phase] = {"candidate_steps": n, "seconds": info["seconds"],
+                          "candidate_steps_per_second": n / max(info["seconds"], 1e-9),
+                          "runs_trained": info["trained"]}  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -94,20 +118,15 @@ def main() -> None:
         sampler.join()
     seconds = time.perf_counter() - started
     ws = result.workspace
-    plan = json.loads((ws / "study" / "selection.json").read_text())
-    steps: dict[str, int] = {}
-    for c in plan["candidates"]:
-        for row in c["seeds"]:
-            doc = json.loads((ws / row["run"] / "config.json").read_text())
-            key = "stage 1" if c["stage"] == 1 else "stage 2"
-            steps[key] = steps.get(key, 0) + doc["total_steps"]
-    training = {}
-    for phase, n in steps.items():
-        info = result.phases.get(phase, {})
-        if info.get("trained"):
-            training[phase] = {"candidate_steps": n, "seconds": info["seconds"],
-                               "candidate_steps_per_second": n / max(info["seconds"], 1e-9),
-                               "runs_trained": info["trained"]}  # fmt: skip
+    training = training_rates(ws, result.phases, cfg.sweep.stage1_seed)
+    # where an evaluation's time goes (each evaluation's own timings_seconds, all phases)
+    parts: dict[str, float] = {}
+    evals = sorted((ws / "eval").glob("*/metrics.json"))
+    for path in evals:
+        for part, sec in json.loads(path.read_text()).get("timings_seconds", {}).items():
+            parts[part] = parts.get(part, 0.0) + sec
+    evaluations = {"count": len(evals), "seconds_by_part": {k: round(v, 1) for k, v in parts.items()},
+                   "mean_seconds": round(sum(parts.values()) / max(len(evals), 1), 2)}  # fmt: skip
     doc = {
         "meta": {
             "profile": args.profile,
@@ -121,6 +140,7 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "phases": result.phases,
         "training": training,
+        "evaluations": evaluations,
         "peak_rss_gib": peak[0] / 2**30,
         "selected": result.selected["name"],
     }
@@ -131,6 +151,8 @@ def main() -> None:
     for phase, info in training.items():
         print(f"  {phase}: {info['candidate_steps_per_second']:.1f} candidate-steps/s "
               "(evaluations included)")  # fmt: skip
+    print(f"  {evaluations['count']} evaluations, {evaluations['mean_seconds']:.1f} s each on "
+          f"average: {evaluations['seconds_by_part']}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -125,3 +125,28 @@ def test_full_fit_is_within_5_percent_and_centres_the_ci():
     mlp, _ = _fit(simulate(np.random.default_rng(6), 300), probs, model="mlp", members=2,
                   max_steps=40, min_steps=20, eval_every=20)  # fmt: skip
     assert mlp.full_q_values(s0) is None
+
+
+def test_policies_fitted_in_one_process_share_the_setup_and_match_a_fresh_fit():
+    """The linear FQE's policy-independent work (bases, resamples, Gram matrices, Cholesky
+    factors) is made once per train split and process: a policy fitted after another one gets
+    the bytes of a fit in a fresh process."""
+    from sepsisrl.ope import fqe as fqe_module
+
+    episodes = simulate(np.random.default_rng(3), 60)
+    advance = np.zeros((N_POS, N_ACTIONS))
+    advance[:, 0] = 1.0
+    mixed = np.full((N_POS, N_ACTIONS), 1.0 / N_ACTIONS)
+    fqe_module._SETUPS.clear()
+    fresh, _ = _fit(episodes, mixed, model="linear")
+    _fit(episodes, advance, model="linear")
+    setup = fqe_module._SETUPS["setup"]
+    again, result = _fit(episodes, mixed, model="linear")
+    assert fqe_module._SETUPS["setup"] is setup  # reused, not rebuilt
+    assert (
+        again.W.tobytes() == fresh.W.tobytes() and again.W_full.tobytes() == fresh.W_full.tobytes()
+    )
+    assert result.iterations[-1]["ridge"] and result.converged
+    # another train split (fewer episodes) replaces the setup
+    _fit(episodes[:30], mixed, model="linear")
+    assert fqe_module._SETUPS["setup"] is not setup

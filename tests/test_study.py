@@ -156,6 +156,18 @@ def test_passing_candidates_rank_first_by_score_and_ties_break_on_support():
     assert sel.choose([wide, good], RULE)["name"] == "good"
 
 
+def test_a_halving_rung_stops_only_evaluable_candidates_beaten_by_keep_others():
+    a, b, c = (_cand(n, [(42, 6.0 - i, 3.0 - i, 0.0, 0)]) for i, n in enumerate("abc"))
+    early = _cand("early", [(42, None, None, 0.4, 9)])  # low support, flags: no score yet
+    unsafe = _cand("unsafe", [(42, 14.0, 14.0, 0.0, 9)])
+    ranked = sel.rank([early, c, unsafe, a, b])
+    assert [x["name"] for x in sel.rung_cut(ranked, 2)] == ["c"]
+    assert sel.rung_cut(ranked, 3) == []  # no evidence against anyone
+    # every policy still fails a gate (the quick world's first rung): nobody is stopped,
+    # where cutting the safety-first fallback order would have dropped on no score at all
+    assert sel.rung_cut(sel.rank([early, unsafe]), 1) == []
+
+
 def test_fallback_is_explicit_and_safety_first():
     many_flags = _cand("flags", [(42, 14.0, 14.0, 0.0, 9)])
     few_flags_low_support = _cand("support", [(42, 3.0, 3.0, 0.2, 1)])
@@ -198,6 +210,19 @@ def test_the_estimator_and_gate_settings_are_checked_at_load():
         load_study_config("quick", overrides={"evaluation.gates": {"suport_min": 0.9}})
     with pytest.raises(ConfigError, match="polyak"):
         load_study_config("quick", overrides={"evaluation.fqe": {"polyak": 0.05}})
+
+
+def test_the_studys_bf16_applies_to_the_iql_runs_and_the_baselines_keep_fp32():
+    # `sepsisrl run --precision bf16` on a profile with BC/CQL baselines: the sweep trains in
+    # bf16, the baselines (no bf16 path) in fp32 - not a refusal of the whole study
+    cfg = load_study_config("card", overrides={"train.precision": "bf16"})
+    c = sel.candidates(cfg)[0]
+    sweep = cfg.run_overrides(c["name"], 42, cfg.sweep_overrides(c))
+    assert cfg.train_config(sweep).precision == "bf16"
+    for name, spec in cfg.baselines.trained.items():
+        run = cfg.run_overrides(name, 42, {**spec, "preset": name})
+        run.pop("grid")
+        assert cfg.train_config(run).precision == "fp32", name
 
 
 # ------------------------------------------------------------------- end to end (small)
@@ -432,11 +457,17 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
     shutil.copytree(ws, copy, ignore=shutil.ignore_patterns("truth", "runs", "eval"))
     for name in ("selection.json", "final.json", "truth.json", "run.json"):
         (copy / "study" / name).unlink()
+    # gates open wide: every rung policy is evaluable, so the rung cuts on scores (the rule
+    # for policies that fail a gate: test_a_halving_rung_stops_only_evaluable_candidates...)
     over = {**TINY, "truth.enabled": False, "sweep.halving": {"enabled": True, "eta": 2,
-                                                              "rungs": 2}}  # fmt: skip
+                                                              "rungs": 2},
+            "selection.low_support_max": 1.0, "selection.severe_flags_max": 10**6,
+            "evaluation.gates": {"support_min": 0.0, "fqe_out_of_range_max": 1.0,
+                                 "fqe_range_margin": 1.0}}  # fmt: skip
     result = run_study(copy, load_study_config("quick", overrides=over), source=source)
     rung = result.phases["stage 1 rung 1/2 (15 steps)"]
     assert rung["trained"] == 4 and rung["evaluated"] == 4
+    assert rung["evaluable"] >= 4 and rung["stopped"] == 2
     assert result.phases["stage 1"]["trained"] == 2  # only the kept ones, from step 15 on
     doc = _read(copy / "study" / "selection.json")
     left = [c for c in doc["candidates"] if c["stopped_at_step"] is not None]
@@ -453,7 +484,7 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
             snap["step"] == 15 and not (copy / row["run"].rsplit("_step", 1)[0] / "final").exists()
         )
     for c in kept:  # paused at the rung, resumed: the same bytes as the full sweep's run
-        for row in c["seeds"]:
+        for row in [r for r in c["seeds"] if r["seed"] == 42]:  # stage 1 (stage 2: plain runs)
             policy = Path(row["run"]) / "final" / "policy.safetensors"
             assert (copy / policy).read_bytes() == (ws / policy).read_bytes(), row["run"]
 

@@ -50,6 +50,7 @@ member, a ``holdout_fraction`` of train patients is held out instead.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -286,96 +287,60 @@ class FQE:
         ps, pa = self._bases(states)
         return np.stack([self._q(ps, pa, b, self.n_actions) for b in self.W])
 
-    @staticmethod
-    def _gram(ps: np.ndarray, pa: np.ndarray, a: np.ndarray, c: np.ndarray, A: int) -> np.ndarray:
-        """Weighted Gram matrix of x_i = [ps_i, e_{a_i} (x) pa_i] in blocks."""
-        ds, da = ps.shape[1], pa.shape[1]
-        gram = np.zeros((ds + da * A, ds + da * A))
-        cps = ps * c[:, None]
-        gram[:ds, :ds] = cps.T @ ps
-        for k in range(A):
-            rows = a == k
-            blk = slice(ds + da * k, ds + da * (k + 1))
-            gram[:ds, blk] = cps[rows].T @ pa[rows]
-            gram[blk, :ds] = gram[:ds, blk].T
-            gram[blk, blk] = (pa[rows] * c[rows, None]).T @ pa[rows]
-        return gram
+    def _setup(self, train: dict[str, torch.Tensor], groups: np.ndarray) -> _LinearSetup:
+        """The policy-independent part of a linear fit (bases, member resamples, Gram matrices
+        and Cholesky factors), shared by every policy evaluated on the same train split in
+        this process: the last one is kept (``_SETUPS``), keyed by the bytes it is made of."""
+        cfg = self.cfg
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (train["s"], train["a"], train["s_next"]):
+            digest.update(np.ascontiguousarray(part.numpy()).tobytes())
+        digest.update(np.ascontiguousarray(np.asarray(groups)).tobytes())
+        key = (digest.hexdigest(), self.n_actions, repr(cfg))
+        if _SETUPS.get("key") != key:
+            _SETUPS.clear()  # one at a time: free the previous split's factors first
+            _SETUPS.update(key=key, setup=_LinearSetup(self, train, groups))
+        return _SETUPS["setup"]
 
     def _fit_linear(
         self, train: dict[str, torch.Tensor], groups: np.ndarray, result: FQEResult
     ) -> FQEResult:
         """Closed-form ridge per iteration: minimise over Q(s, a) = ps(s) . w + pa(s) . u_a
-        sum_i c_i (y_i - Q(s_i, a_i))^2 / n + ridge_shared |w|^2 + ridge |u|^2 (intercept free)."""
-        cfg, A = self.cfg, self.n_actions
-        self._fit_knots(train["s"].numpy())
-        ps, pa = self._bases(train["s"].numpy())
-        ps_next, pa_next = self._bases(train["s_next"].numpy())
-        a = train["a"].numpy()
+        sum_i c_i (y_i - Q(s_i, a_i))^2 / n + ridge_shared |w|^2 + ridge |u|^2 (intercept free).
+        Every member, penalty and the full fit are solved together per iteration."""
+        cfg = self.cfg
+        su = self._setup(train, groups)
+        self.knots = su.knots
         r = train["r"].numpy().astype(np.float64)
         cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
         pi_next = train["pi_next"].numpy().astype(np.float64)
-        n, ds, da = len(a), ps.shape[1], pa.shape[1]
-        onehot = np.zeros((n, A))
-        onehot[np.arange(n), a] = 1.0
-        fit_rows, held_rows = self._member_rows(np.asarray(groups))
-        penalties = [float(x) for x in cfg.ridge]
-
-        def factor(gram: np.ndarray, lam: float) -> torch.Tensor:
-            reg = np.r_[0.0, np.full(ds - 1, cfg.ridge_shared), np.full(da * A, lam)]
-            return torch.linalg.cholesky(torch.from_numpy(gram + np.diag(reg + 1e-10)))
-
-        def rhs(weights: np.ndarray) -> np.ndarray:
-            return np.concatenate(
-                [ps.T @ weights, ((onehot * weights[:, None]).T @ pa).reshape(-1)]
-            )
-
-        def values(beta: np.ndarray) -> np.ndarray:  # sum_a' pi(a'|s') clip(Q(s', a'))
-            q = np.clip(self._q(ps_next, pa_next, beta, A), self.lo, self.hi)
-            return (q * pi_next).sum(1)
-
-        solvers = []  # per member: weights c, held rows, one Cholesky factor per penalty
-        for m in range(cfg.members):
-            c = np.bincount(fit_rows[m], minlength=n).astype(np.float64)
-            c /= max(c.sum(), 1.0)
-            gram = self._gram(ps, pa, a, c, A)
-            solvers.append((c, held_rows[m], [factor(gram, lam) for lam in penalties]))
-        # the full fit: every train patient once; each iteration takes the penalty most of the
-        # members chose on their out-of-bag patients (it has no held-out patients of its own)
-        full_gram = self._gram(ps, pa, a, np.full(n, 1.0 / n), A) if cfg.full_fit else None
-        full_factors: dict[int, torch.Tensor] = {}
-        size = ds + da * A
-        self.W = np.zeros((cfg.members, size))
-        self.W_full = np.zeros(size) if cfg.full_fit else None
+        K, n, penalties = cfg.members, len(r), su.penalties
+        self.W = np.zeros((K, su.size))
+        self.W_full = np.zeros(su.size) if cfg.full_fit else None
         for k in range(1, result.horizon + 1):
-            chosen, held_mse = [], []
-            new_w = np.empty_like(self.W)
-            for m, (cw, h, factors) in enumerate(solvers):
-                v_next = values(self.W[m]) if k > 1 else np.zeros(n)
-                y = np.clip(r + cont * v_next, self.lo, self.hi)
-                b = torch.from_numpy(rhs(cw * y))[:, None]
-                best = (math.inf, 0, None)
-                for j, chol in enumerate(factors):
-                    beta = torch.cholesky_solve(b, chol)[:, 0].numpy()
-                    pred = self._q(ps[h], pa[h], beta, A)[np.arange(len(h)), a[h]]
-                    mse = float(np.mean((pred - y[h]) ** 2)) if len(h) else 0.0
-                    if mse < best[0]:
-                        best = (mse, j, beta)
-                new_w[m] = best[2]
-                chosen.append(penalties[best[1]])
-                held_mse.append(best[0])
-            if self.W_full is not None:
-                # targets of the full fit from its own previous iterate
-                v_full = values(self.W_full) if k > 1 else np.zeros(n)
-                y_full = np.clip(r + cont * v_full, self.lo, self.hi)
-                j = int(np.median([penalties.index(x) for x in chosen]))
-                if j not in full_factors:
-                    full_factors[j] = factor(full_gram, penalties[j])
-                b = torch.from_numpy(rhs(y_full / n))[:, None]
-                self.W_full = torch.cholesky_solve(b, full_factors[j])[:, 0].numpy()
-            self.W = new_w
+            # frozen targets: every member (and the full fit, last) from its own previous iterate
+            betas = self.W if self.W_full is None else np.vstack([self.W, self.W_full])
+            if k > 1:
+                v_next = su.next_values(betas, pi_next, self.lo, self.hi)
+            else:
+                v_next = np.zeros((len(betas), n))
+            y = np.clip(r + cont * v_next, self.lo, self.hi)  # (K [+ 1], n)
+            b = su.rhs(su.c * y[:K])  # (K, size)
+            b_all = torch.from_numpy(b)[:, None, :, None].expand(-1, len(penalties), -1, -1)
+            beta = _chol_solve(b_all, su.factors)[..., 0].numpy()  # (K, P, size)
+            held_mse = su.held_errors(beta, y[:K])  # (K, P)
+            best = held_mse.argmin(1)
+            self.W = beta[np.arange(K), best]
+            chosen = [penalties[j] for j in best]
             record = {"iteration": k, "steps": 0, "capped": False,
-                      "holdout_mse": float(np.mean(held_mse)), "ridge": chosen}  # fmt: skip
+                      "holdout_mse": float(np.mean(held_mse[np.arange(K), best])),
+                      "ridge": chosen}  # fmt: skip
             if self.W_full is not None:
+                # the full fit takes the penalty most of the members chose on their out-of-bag
+                # patients (it has no held-out patients of its own)
+                j = int(np.median(best))
+                b_full = torch.from_numpy(su.rhs(y[K:] / n))[0, :, None]
+                self.W_full = _chol_solve(b_full, su.full_factor(j))[:, 0].numpy()
                 record["ridge_full"] = penalties[j]
             result.iterations.append(record)
         return result
@@ -455,3 +420,109 @@ class FQE:
                 {"iteration": k, "steps": step, "capped": capped, "holdout_mse": best}
             )
         return result
+
+
+def _chol_solve(b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """x with L L^T x = b for lower Cholesky factors L (batched): two triangular solves, which
+    read the row-major factors in place (``torch.cholesky_solve`` copies every factor into
+    column-major order first: ~10x slower for the FQE's 1,824-wide systems)."""
+    z = torch.linalg.solve_triangular(factor, b, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, z, upper=True)
+
+
+#: the last linear-FQE setup of this process (``FQE._setup``): {"key": ..., "setup": ...}
+_SETUPS: dict[str, object] = {}
+
+
+class _LinearSetup:
+    """What a linear FQE fit needs besides the policy and the rewards: the bases of the train
+    states and next states, every member's bootstrap weights and held-out rows, one Cholesky
+    factor per member and penalty (``factors``, (K, P, size, size)) and the full fit's factors
+    (made on first use). Deterministic: the same bytes in, the same factors out."""
+
+    def __init__(self, fqe: FQE, train: dict[str, torch.Tensor], groups: np.ndarray) -> None:
+        cfg, A = fqe.cfg, fqe.n_actions
+        fqe._fit_knots(train["s"].numpy())
+        self.knots = fqe.knots
+        self.ps, self.pa = fqe._bases(train["s"].numpy())
+        self.ps_next, self.pa_next = fqe._bases(train["s_next"].numpy())
+        self.a = a = train["a"].numpy().astype(np.int64)
+        n, self.ds, self.da, self.A = len(a), self.ps.shape[1], self.pa.shape[1], A
+        self.size = self.ds + self.da * A
+        self.penalties = [float(x) for x in cfg.ridge]
+        self.ridge_shared = cfg.ridge_shared
+        # rows grouped by logged action: the per-action blocks are sums over contiguous rows
+        self.order = np.argsort(a, kind="stable")
+        self.bounds = np.searchsorted(a[self.order], np.arange(A + 1))
+        self.pa_sorted = self.pa[self.order]
+        fit_rows, held_rows = fqe._member_rows(np.asarray(groups))
+        self.c = np.stack([np.bincount(f, minlength=n).astype(np.float64) for f in fit_rows])
+        self.c /= np.maximum(self.c.sum(1, keepdims=True), 1.0)
+        self.held = held_rows
+        self.factors = torch.empty(len(self.c), len(self.penalties), self.size, self.size,
+                                   dtype=torch.float64)  # (K, P, size, size)  # fmt: skip
+        for m, c in enumerate(self.c):
+            gram = self._gram(c)
+            for j, lam in enumerate(self.penalties):
+                self._factor(gram, lam, out=self.factors[m, j])
+        self.full_gram = self._gram(np.full(n, 1.0 / n)) if cfg.full_fit else None
+        self._full: dict[int, torch.Tensor] = {}
+
+    def _gram(self, c: np.ndarray) -> np.ndarray:
+        """Weighted Gram matrix of x_i = [ps_i, e_{a_i} (x) pa_i] in blocks."""
+        ds, da = self.ds, self.da
+        gram = np.zeros((self.size, self.size))
+        cps = self.ps * c[:, None]
+        gram[:ds, :ds] = cps.T @ self.ps
+        for k in range(self.A):
+            rows = self.a == k
+            blk = slice(ds + da * k, ds + da * (k + 1))
+            gram[:ds, blk] = cps[rows].T @ self.pa[rows]
+            gram[blk, :ds] = gram[:ds, blk].T
+            gram[blk, blk] = (self.pa[rows] * c[rows, None]).T @ self.pa[rows]
+        return gram
+
+    def _factor(
+        self, gram: np.ndarray, lam: float, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        reg = np.r_[0.0, np.full(self.ds - 1, self.ridge_shared), np.full(self.da * self.A, lam)]
+        return torch.linalg.cholesky(torch.from_numpy(gram + np.diag(reg + 1e-10)), out=out)
+
+    def full_factor(self, j: int) -> torch.Tensor:
+        if j not in self._full:
+            self._full[j] = self._factor(self.full_gram, self.penalties[j])
+        return self._full[j]
+
+    def rhs(self, weights: np.ndarray) -> np.ndarray:
+        """X^T weights of every row of ``weights`` (M, n) -> (M, size)."""
+        shared = weights @ self.ps  # (M, ds)
+        w = weights[:, self.order]
+        cuts = zip(self.bounds[:-1], self.bounds[1:], strict=True)
+        per_action = [w[:, lo:hi] @ self.pa_sorted[lo:hi] for lo, hi in cuts]
+        return np.concatenate([shared, *per_action], axis=1)
+
+    def next_values(
+        self, betas: np.ndarray, pi_next: np.ndarray, lo: float, hi: float
+    ) -> np.ndarray:
+        """sum_a' pi(a'|s') clip(Q_m(s', a')) of every coefficient row m: (M, n)."""
+        ds, da, A = self.ds, self.da, self.A
+        shared = self.ps_next @ betas[:, :ds].T  # (n, M)
+        per = self.pa_next @ betas[:, ds:].reshape(len(betas), A, da).reshape(-1, da).T
+        q = per.reshape(len(shared), len(betas), A) + shared[:, :, None]
+        np.clip(q, lo, hi, out=q)
+        return np.einsum("nma,na->mn", q, pi_next)
+
+    def held_errors(self, beta: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Mean squared error on each member's held-out rows of every penalty's coefficients
+        beta (K, P, size) against the member's targets y (K, n): (K, P)."""
+        ds, da = self.ds, self.da
+        out = np.zeros(beta.shape[:2])
+        for m, h in enumerate(self.held):
+            if not len(h):
+                continue
+            u = beta[m, :, ds:].reshape(beta.shape[1], self.A, da)  # (P, A, da)
+            pred = self.ps[h] @ beta[m, :, :ds].T + np.einsum(
+                "hd,phd->hp", self.pa[h], u[:, self.a[h]]
+            )  # fmt: skip
+            out[m] = ((pred - y[m, h, None]) ** 2).mean(0)
+        return out

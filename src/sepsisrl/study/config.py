@@ -212,9 +212,19 @@ class StudyConfig(StrictModel):
     def run_overrides(self, name: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
         """The dotted overrides of configs/train.yaml of one run: the study's ``train``, then
         the run's own ``overrides``, its seed and thread count (``preset``: its name)."""
+        from sepsisrl.rl.registry import algorithms
+
         full = {**flatten_dotted(self.train), **overrides, "seed": seed,
                 "threads": self.threads_per_worker}  # fmt: skip
         full.setdefault("preset", name)
+        # the study's reduced precision / compilation are for the algorithms that have them (the
+        # IQL sweep); the other runs (baselines) keep fp32 / eager (docs/run.md). An unknown
+        # algorithm is left to the validation, which names the key
+        spec = algorithms().get(full.get("algo") or self.train_config({}).algo)
+        if spec is not None and not spec.stackable and "precision" not in overrides:
+            full.pop("precision", None)
+        if spec is not None and not spec.compile and "compile" not in overrides:
+            full.pop("compile", None)
         return full
 
     def train_config(self, overrides: dict[str, Any], what: str = "train") -> TrainConfig:

@@ -42,6 +42,7 @@ from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig, baseline_fixed, baseline_grid
 from sepsisrl.study.executors import LocalPool, check_executor, make_executor
+from sepsisrl.threads import limited_threads
 from sepsisrl.workspace import (
     atomic_folder,
     code_fingerprint,
@@ -229,20 +230,14 @@ def _ensure_truth(spec: dict[str, Any]) -> bool:
 def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
     """One unit of work: optionally train a run, then optionally evaluate a policy or measure
     its truth."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(job["threads"])
     started = time.perf_counter()
-    try:
+    with limited_threads(job["threads"]):  # torch and BLAS: the bytes do not depend on cores
         trained = _ensure_run(job["train"]) if job.get("train") else None
         evaluated = _ensure_eval(job["eval"]) if job.get("eval") else None
         if job.get("stack"):  # stacked runs, then each run's evaluation
             trained = _ensure_stack(job["stack"])
             evaluated = sum(_ensure_eval(spec) for spec in job["evals"])
         measured = _ensure_truth(job["truth"]) if job.get("truth") else None
-    finally:
-        torch.set_num_threads(previous)
     return {"label": job["label"], "trained": trained, "evaluated": evaluated,
             "measured": measured,
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
@@ -406,7 +401,6 @@ class Study:
         return raw
 
     def behaviour(self) -> None:
-        import torch
 
         from sepsisrl.ope.behaviour import BehaviourModel
         from sepsisrl.ope.evaluate import EVAL_REWARD
@@ -434,15 +428,11 @@ class Study:
         va = load_split(replay, "validation", EVAL_REWARD, meta)
         # fitted with the workers' thread count: float reductions depend on it, and the same
         # study must give the same bytes whatever the calling process's torch setting
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads_per_worker)
-        try:
+        with limited_threads(self.cfg.threads_per_worker):
             model = BehaviourModel.fit(
                 tr.states.numpy(), tr.actions.numpy(), va.states.numpy(), va.actions.numpy(),
                 meta.n_actions, cfg, tr.fingerprint,
             )  # fmt: skip
-        finally:
-            torch.set_num_threads(previous)
         with atomic_folder(folder) as tmp:
             model.save(tmp)
             write_json(tmp / "study.json", {"key": key})
@@ -591,14 +581,19 @@ class Study:
                 jobs.append({"label": snap.name, "threads": self.cfg.threads_per_worker,
                              "train": {**tspec, "pause_at": step, "snapshot": str(snap)},
                              "eval": espec})  # fmt: skip
-            self.run_units(f"stage 1 rung {r}/{h.rungs} ({step} steps)", self.stacked(jobs))
+            phase = f"stage 1 rung {r}/{h.rungs} ({step} steps)"
+            self.run_units(phase, self.stacked(jobs))
             self.collect(kept)
             ranked = sel.rank(kept)
             keep = max(self.cfg.selection.finalists, -(-len(kept) // h.eta))
-            for c in ranked[keep:]:
-                c["stopped_at_step"] = step
-            left = ranked[keep:] + left
-            kept = ranked[:keep]
+            stop = {c["name"] for c in sel.rung_cut(ranked, keep)}
+            self.phases[phase].update(evaluable=sum(c["passed"] for c in ranked),
+                                      stopped=len(stop))  # fmt: skip
+            for c in ranked:
+                if c["name"] in stop:
+                    c["stopped_at_step"] = step
+            left = [c for c in ranked if c["name"] in stop] + left
+            kept = [c for c in ranked if c["name"] not in stop]
             for c in kept:
                 c["seeds"] = []
         return kept, left

@@ -149,6 +149,17 @@ def rank(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
+def rung_cut(ranked: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """The candidates a successive-halving rung stops, from its ``rank`` order: only on
+    evidence - a candidate that passed every gate while at least ``keep`` others that passed
+    scored higher. One that does not pass the gates yet (an early policy's support or safety
+    flags) has no score to lose on and goes on training; with ``keep`` or fewer evaluable
+    candidates the rung stops nobody (docs/run.md: on the quick world every rung-1 policy
+    failed the support gate, and cutting by the safety-first fallback order dropped every
+    finalist of the full sweep)."""
+    return [c for c in ranked if c["passed"]][keep:]
+
+
 def flag_limit(rule: SelectionSection, row: dict[str, Any]) -> float:
     """The severe-flag gate: an absolute count, or the clinicians' own count on the same
     validation states (their actions are the reference level of every safety rule)."""

@@ -1,0 +1,29 @@
+"""Thread counts of a unit of work: torch's intra-op pool and NumPy's BLAS together.
+
+Float reductions depend on how many threads split them (measured: the linear FQE's estimates
+move by ~1e-13 between 1 and 2 OpenBLAS threads), and a BLAS that starts one thread per core
+in every worker process of a busy machine oversubscribes it (measured on 2 cores with 2
+workers: the FQE's matrix products ran 5-30x slower). A study therefore runs every unit with
+``threads_per_worker`` threads in both pools, in-process, in a local worker or on Ray, so its
+bytes do not depend on the machine's core count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def limited_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads and ``n`` BLAS threads; restore both after."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(previous)
