@@ -126,7 +126,8 @@ def test_ray_runs_a_unit_and_reports_a_raising_one_with_its_name(ray_instance, t
     assert ray.is_initialized()  # not ours to stop
     log = (tmp_path / "workers.log").read_text()
     assert "unit bad unit failed on Ray, remote traceback:" in log and "\x1b" not in log
-    assert 'in execute_unit\n    torch.set_num_threads(job["threads"])' in log
+    # the remote frames, down to where the bad thread count was refused
+    assert "in execute_unit\n" in log and "in limited_threads\n    torch.set_num_threads(n)" in log
 
 
 def test_a_ray_worker_lost_mid_unit_is_retried(ray_instance, tmp_path):
