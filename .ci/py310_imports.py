@@ -7,7 +7,9 @@ others would pull a multi-GB CUDA build). It
 1. compiles every source file of the package (a syntax newer than this Python fails here, in
    modules that need torch too);
 2. imports every module of the installed package with ``import torch`` made to fail: a module
-   whose import fails only because it (or a module it imports) needs torch is listed as such;
+   whose import fails only because it (or a module it imports) needs torch is listed as such,
+   and so is one that needs a package of an optional extra (``OPTIONAL``: gymnasium, d3rlpy,
+   huggingface_hub, ray - absent here, since only the base dependencies are installed);
    any other failure - a name, a module or a syntax this Python lacks, a missing dependency -
    fails the check.
 
@@ -23,6 +25,8 @@ import traceback
 from pathlib import Path
 
 BLOCKED = "torch"
+#: Top-level packages of the optional extras (pyproject.toml [project.optional-dependencies]).
+OPTIONAL = ("gymnasium", "d3rlpy", "huggingface_hub", "ray")
 
 
 class TorchBlocked(ModuleNotFoundError):
@@ -81,12 +85,17 @@ def main() -> int:
             failed.append(f"{path}: does not compile: {exc}")
 
     modules = package_modules(root, "sepsisrl")
-    imported, need_torch = [], []
+    imported, need_torch, need_extra = [], [], []
     for name in modules:
         try:
             importlib.import_module(name)
         except TorchBlocked as exc:
             need_torch.append(f"{name} (torch imported by {importer(exc, root)})")
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in OPTIONAL:
+                failed.append(f"{name}: import failed:\n{traceback.format_exc()}")
+            else:
+                need_extra.append(f"{name} ({exc.name}, imported by {importer(exc, root)})")
         except BaseException:  # every other failure is reported
             failed.append(f"{name}: import failed:\n{traceback.format_exc()}")
         else:
@@ -96,6 +105,9 @@ def main() -> int:
     print(f"imported {len(imported)} modules: {', '.join(imported)}")
     print(f"need torch (not installed for this Python): {len(need_torch)}")
     for line in need_torch:
+        print(f"  {line}")
+    print(f"need an optional extra (not installed): {len(need_extra)}")
+    for line in need_extra:
         print(f"  {line}")
     if not imported:
         failed.append("no module could be imported")

@@ -51,3 +51,19 @@ def built(small_world: WorldSummary, tmp_path_factory: pytest.TempPathFactory):
     ws = tmp_path_factory.mktemp("workspace") / "ws"
     summary = build(small_world.out_dir, ws, cfg)
     return ws, cfg, summary
+
+
+@pytest.fixture(scope="session")
+def own_world(tmp_path_factory: pytest.TempPathFactory):
+    """A small world charted hour by hour (the truth harness's layout), built, and its own
+    patients as a population: (root, population, TruthContext). Tests must not modify it."""
+    from sepsisrl.dataset.builder import build
+    from sepsisrl.dataset.config import load_build_config
+    from sepsisrl.truth.world import TruthContext, generate_hourly_world
+    from sepsisrl.workspace import write_json
+
+    root = tmp_path_factory.mktemp("truth_world")
+    pop = generate_hourly_world(root / "raw", 150, seed=5, cfg=small_config())
+    build(root / "raw", root / "ws", load_build_config())
+    write_json(root / "population.json", {"seed": 5, "note": "the world's own patients"})
+    return root, pop, TruthContext.load(root / "ws")

@@ -76,6 +76,14 @@ PolicyOption = Annotated[
         "--policy", help="clinician | no_treatment | random | constant:K | rule:map_lactate"
     ),
 ]
+D3rlpyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--d3rlpy",
+        help="A saved d3rlpy discrete-action model (.d3, algo.save); needs the d3rlpy extra "
+        "(docs/d3rlpy.md).",
+    ),
+]
 
 _OPTIONS = {"debug": False}
 
@@ -466,6 +474,7 @@ def evaluate(
     run: RunOption = None,
     bundle: BundleOption = None,
     policy: PolicyOption = None,
+    d3rlpy_model: D3rlpyOption = None,
     final: Annotated[
         bool,
         typer.Option(
@@ -500,19 +509,21 @@ def evaluate(
 with patient-bootstrap CIs, FQE fitted on train, clinician agreement, support, severe safety \
 flags, subgroups and action heatmaps (vasopressor x fluid bins). RESEARCH ONLY.
     """
+    from sepsisrl.interop.d3rlpy import D3rlpyMissingError
     from sepsisrl.ope.evaluate import EvalConfig, EvaluationError, record_final_folder
     from sepsisrl.ope.evaluate import evaluate as run_eval
     from sepsisrl.rl.data import ReplayError
 
-    chosen = [x for x in (run, bundle, policy) if x is not None]
+    chosen = [x for x in (run, bundle, d3rlpy_model, policy) if x is not None]
     if len(chosen) != 1:
-        raise UserError("give exactly one of --run, --bundle or --policy")
+        raise UserError("give exactly one of --run, --bundle, --d3rlpy or --policy")
     cfg = EvalConfig()  # configs/evaluate.yaml
     if resamples is not None:
         cfg = dataclasses.replace(cfg, bootstrap_resamples=resamples)
     if seed is not None:
         cfg = dataclasses.replace(cfg, bootstrap_seed=seed, seed=seed)
     kind = "run" if run is not None else ("bundle" if bundle is not None else "named")
+    kind = "d3rlpy" if d3rlpy_model is not None else kind
     spec = chosen[0]
     name = Path(spec).name if kind != "named" else str(spec).replace(":", "-")
     split = "test" if final else "validation"
@@ -536,7 +547,7 @@ flags, subgroups and action heatmaps (vasopressor x fluid bins). RESEARCH ONLY.
             )
             if final and run is not None:
                 record_final_folder(run, tmp, out)
-    except (EvaluationError, ReplayError, FileNotFoundError, ValueError) as exc:
+    except (EvaluationError, ReplayError, FileNotFoundError, ValueError, D3rlpyMissingError) as exc:
         raise _fail(exc) from exc
     typer.echo(
         json.dumps({"out": str(out), "split": doc["split"], "metrics": doc["metrics"]}, indent=2)
@@ -551,6 +562,7 @@ def truth(
     run: RunOption = None,
     bundle: BundleOption = None,
     policy: PolicyOption = None,
+    d3rlpy_model: D3rlpyOption = None,
     patients: Annotated[
         int, typer.Option("--patients", min=1, help="Fresh patients to simulate.")
     ] = 2000,
@@ -573,6 +585,7 @@ on that grid from states computed by the build's own state function. Writes trut
 mortality and value with 95 % CIs and the paired difference from the clinicians. Only for \
 synthetic worlds. RESEARCH ONLY.
     """
+    from sepsisrl.interop.d3rlpy import D3rlpyMissingError
     from sepsisrl.truth.harness import compute_truth
     from sepsisrl.truth.policies import PolicySpecError, world_policy
     from sepsisrl.truth.world import TruthContext, TruthError
@@ -580,9 +593,10 @@ synthetic worlds. RESEARCH ONLY.
     try:
         ctx = TruthContext.load(workspace)
         pol = world_policy(
-            policy, run, bundle, ctx.feature_names, ctx.n_actions, seed, workspace=ctx.workspace
-        )
-    except (TruthError, PolicySpecError) as exc:
+            policy, run, bundle, ctx.feature_names, ctx.n_actions, seed, workspace=ctx.workspace,
+            d3rlpy=d3rlpy_model,
+        )  # fmt: skip
+    except (TruthError, PolicySpecError, D3rlpyMissingError) as exc:
         raise _fail(exc) from exc
     name = pol.name.replace(":", "-")
     out = out or ctx.workspace / "truth" / f"{name}-s{seed}-n{patients}"
@@ -601,6 +615,60 @@ synthetic worlds. RESEARCH ONLY.
     keys = ("policy", "episodes", "mortality_90d", "value", "clinicians",
             "difference_from_clinicians")  # fmt: skip
     typer.echo(json.dumps({"out": str(out), **{k: doc[k] for k in keys}}, indent=2))
+
+
+@command()
+def reference(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", help="A workspace built from a synthetic world.")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override configs/reference.yaml, e.g. --set rounds=4."),
+    ] = None,
+    truth_patients: Annotated[
+        int,
+        typer.Option(
+            "--truth-patients",
+            min=1,
+            help="Patients of the truth measurement (the study's truth.patients, to pair with it).",
+        ),
+    ] = 2000,
+    truth_seed: Annotated[
+        int, typer.Option("--truth-seed", help="Seed of the truth population (study: truth.seed).")
+    ] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: <workspace>/reference/online_dqn)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress messages.")] = False,
+) -> None:
+    """How good could a policy be? An online agent (double DQN) trained IN the synthetic world.
+
+    Rounds of fresh patients simulated with the agent deciding (epsilon-greedy) at the \
+replay's decision times, learning after each round from every transition so far (and the \
+replay's train split); then its TRUE value on the truth population, paired with the \
+clinicians'. The study report shows it as the headroom over the clinicians. Settings: \
+configs/reference.yaml. Only for synthetic worlds. RESEARCH ONLY.
+    """
+    from sepsisrl.config import ConfigError, validate_dataclass
+    from sepsisrl.env.reference import ReferenceConfig, train_reference
+    from sepsisrl.truth.world import TruthError
+
+    try:
+        cfg = validate_dataclass(ReferenceConfig, _parse_overrides(set_ or []), "reference")
+    except ConfigError as exc:
+        raise _fail(exc) from exc
+    target = out or workspace / "reference" / "online_dqn"
+    with _writing((target, "reference folder")):
+        try:
+            summary = train_reference(
+                workspace, cfg, target, truth_patients, truth_seed,
+                progress=None if quiet else lambda m: typer.echo(m, err=True),
+            )  # fmt: skip
+        except TruthError as exc:
+            raise _fail(exc) from exc
+    typer.echo(json.dumps({"out": str(target), **summary}, indent=2))
 
 
 @command()
@@ -638,7 +706,8 @@ def export(
     push: Annotated[
         str | None,
         typer.Option(
-            "--push", help="Also upload to this Hugging Face repo id (needs huggingface_hub)."
+            "--push",
+            help='Also upload to this Hugging Face repo id (pip install "sepsisrl[hub]").',
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -655,10 +724,13 @@ modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from mea
     RESEARCH ONLY: the exported policy is not clinical decision support.
     """
     from sepsisrl.release.bundle import ExportError, export_run, push_to_hub
+    from sepsisrl.release.hub import check_card
 
     try:
         with _writing((out, "output folder")):
             folder = export_run(run, out, eval_, name, overwrite, truth=truth)
+        # the card's Hub metadata, parsed offline by huggingface_hub (a note when not installed)
+        card = check_card(folder)
         pushed = push_to_hub(folder, push) if push else None
     except (ExportError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from exc
@@ -667,6 +739,7 @@ modeling_iql.py, requirements.txt, LICENSE.md and a model card rendered from mea
             {
                 "out": str(folder),
                 "files": sorted(p.name for p in folder.iterdir()),
+                "card_metadata": card,
                 "pushed": pushed,
             },
             indent=2,

@@ -1,9 +1,9 @@
 """Evaluate any policy on a replay dataset (docs/evaluation.md): the same code for every policy.
 
-Policies: a training run folder, an exported model repository (``--bundle``), or a named
-policy (``clinician``, ``no_treatment``, ``random``, ``constant:K``, ``rule:NAME``). The evaluated
-split is validation, or test with ``final=True`` (recorded in the run folder). Nothing is fitted
-on the evaluated split:
+Policies: a training run folder, an exported model repository (``--bundle``), a saved d3rlpy
+model (``--d3rlpy``, ``interop/d3rlpy.py``), or a named policy (``clinician``, ``no_treatment``,
+``random``, ``constant:K``, ``rule:NAME``). The evaluated split is validation, or test with
+``final=True`` (recorded in the run folder). Nothing is fitted on the evaluated split:
 
   behaviour model   fit on train, chosen by validation log-loss (docs/evaluation.md)
   FQE               finite-horizon, clipped, a bootstrap ensemble fit on train patient
@@ -230,6 +230,14 @@ def make_policy(spec: str | Path, kind: str, meta: ReplayMeta, behaviour: Behavi
         return StateRulePolicy(str(arg), meta)
     if kind == "bundle":
         return BundlePolicy(spec, meta.feature_names)
+    if kind == "d3rlpy":  # a saved d3rlpy discrete-action model (sepsisrl[d3rlpy], docs/d3rlpy.md)
+        from sepsisrl.interop.d3rlpy import D3rlpyModelError, D3rlpyPolicy
+
+        where = f"{meta.path} (meta.json state_dim {meta.state_dim}, n_actions {meta.n_actions})"
+        try:
+            return D3rlpyPolicy(spec, meta.state_dim, meta.n_actions, where)
+        except D3rlpyModelError as exc:
+            raise EvaluationError(str(exc)) from None
     if kind == "object":  # a Python policy object (rl.policies.Policy protocol)
         missing = [m for m in ("act", "action_probabilities", "name") if not hasattr(spec, m)]
         if missing:
@@ -244,7 +252,9 @@ def make_policy(spec: str | Path, kind: str, meta: ReplayMeta, behaviour: Behavi
             )
         return spec
     if kind != "run":
-        raise EvaluationError(f"unknown policy kind {kind!r}; expected named|run|bundle|object")
+        raise EvaluationError(
+            f"unknown policy kind {kind!r}; expected named|run|bundle|d3rlpy|object"
+        )
     policy = TrainedPolicy(spec)
     run_cfg = json.loads((Path(spec) / "config.json").read_text())
     trained = list(run_cfg["replay"]["feature_names"])
@@ -358,7 +368,8 @@ def evaluate(
 
     ``kind`` says what ``policy`` is: ``"run"`` a training run folder, ``"bundle"`` an exported
     model repository, ``"named"`` a SPEC of the shared grammar (``clinician``, ``constant:K``,
-    ...), ``"object"`` a Python object with ``name``, ``act(states)`` and
+    ...), ``"d3rlpy"`` a saved d3rlpy discrete-action model (a ``.d3`` file; docs/d3rlpy.md),
+    ``"object"`` a Python object with ``name``, ``act(states)`` and
     ``action_probabilities(states)`` (the ``rl.policies.Policy`` protocol).
 
     The phases: load the splits and the policy; fit (or reuse) the behaviour model on train;
@@ -381,8 +392,9 @@ def evaluate(
                 "evaluation fits on train, chooses on validation and evaluates the "
                 f"{split} split, so each needs episodes (rebuild the replay with more stays)"
             )
-    # a run or bundle is loaded (and its weights checked for NaN/inf) before anything is written
-    pol = make_policy(policy, kind, meta, None) if kind in ("run", "bundle", "object") else None
+    # a run, bundle or d3rlpy model is loaded (weights checked for NaN/inf) before any writing
+    loaded = ("run", "bundle", "d3rlpy", "object")
+    pol = make_policy(policy, kind, meta, None) if kind in loaded else None
     out.mkdir(parents=True, exist_ok=True)
     clock.lap("load")
 

@@ -5,17 +5,20 @@ order, normalisation statistics, action bins and labels, training config and see
 fingerprint, package version, measured metrics), modeling_iql.py (standalone wrapper),
 requirements.txt, LICENSE.md and README.md (the model card, rendered from measured metrics
 only). Nothing patient-level is copied. The folder is built under a temporary name and renamed
-when complete.
+when complete, after the card's Hub metadata has passed huggingface_hub's own model-card parser
+when that optional package is installed (release/hub.py). ``push_to_hub`` uploads it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from safetensors.torch import save_file
 
 from sepsisrl import __version__
@@ -243,6 +246,41 @@ def warning_lines(warnings: list[str]) -> list[str]:
     ]
 
 
+def card_metadata(config: dict[str, Any], summary: dict[str, Any] | None, name: str) -> str:
+    """The card's YAML front matter (without its ``---`` lines), written by ``yaml.safe_dump``
+    so that any model or dataset name stays one quoted scalar. ``model-index`` holds one result
+    (task ``reinforcement-learning`` on the run's dataset and evaluation split) with every card
+    row that has a measured mean, at full precision (equal to ``config.json['metrics']``); a
+    model without one has no ``model-index`` (the Hub refuses a result without metrics).
+    release/hub.py checks it with huggingface_hub's model-card parser."""
+    meta: dict[str, Any] = {
+        "license": "other",
+        "license_name": "research-only",
+        "license_link": "LICENSE.md",
+        "library_name": "pytorch",
+        "tags": ["reinforcement-learning", "offline-reinforcement-learning",
+                 "implicit-q-learning", "sepsis", "research-only"],
+    }  # fmt: skip
+    m = summary["metrics"] if summary else {}
+    metrics = [
+        {"type": key, "name": label, "value": float(m[key]["mean"])}
+        for key, label in CARD_ROWS
+        if key in m and m[key]["mean"] is not None and math.isfinite(m[key]["mean"])
+    ]
+    if metrics:
+        dataset = {
+            "type": config["dataset"].get("source_kind") or "replay",
+            "name": config["dataset"].get("name"),
+            "split": summary["split"],
+        }
+        task = {"type": "reinforcement-learning",
+                "name": "Offline RL - sepsis vasopressor and IV-fluid dosing"}  # fmt: skip
+        meta["model-index"] = [
+            {"name": name, "results": [{"task": task, "dataset": dataset, "metrics": metrics}]}
+        ]
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+
+
 def model_card(
     config: dict[str, Any],
     summary: dict[str, Any] | None,
@@ -255,30 +293,11 @@ def model_card(
     n_eval = len(summary["evaluations"]) if summary else 0
     split = summary["split"] if summary else None
     metric_rows = [(key, label) for key, label in CARD_ROWS if key in m]
-    front = [
-        "---",
-        "license: other",
-        "license_name: research-only",
-        "license_link: LICENSE.md",
-        "library_name: pytorch",
-        "tags: [reinforcement-learning, offline-reinforcement-learning, implicit-q-learning, sepsis, research-only]",
-        "model-index:",
-        f"- name: {name}",
-        "  results:",
-        "  - task: {type: reinforcement-learning, name: Offline RL - sepsis vasopressor and IV-fluid dosing}",
-        f"    dataset: {{type: {config['dataset'].get('source_kind') or 'replay'}, name: {config['dataset'].get('name')}}}",
-        "    metrics:",
-    ]
-    for key, label in metric_rows:
-        value = m[key]["mean"]
-        if value is not None and math.isfinite(value):
-            front.append(f"    - {{type: {key}, name: {label}, value: {value:.4f}}}")
-    if not any(line.startswith("    - ") for line in front):
-        front.pop()  # no measured metrics: no metrics list
-    front.append("---")
     tr = config["training"]
     lines = [
-        *front,
+        "---",
+        card_metadata(config, summary, name).rstrip("\n"),
+        "---",
         "",
         f"# {name}",
         "",
@@ -495,16 +514,24 @@ def export_run(
         (tmp / "requirements.txt").write_text(REQUIREMENTS)
         (tmp / "LICENSE.md").write_text(LICENSE_TEXT)
         (tmp / "README.md").write_text(model_card(config, summary, name, why))
+        from sepsisrl.release.hub import check_card
+
+        check_card(tmp)  # huggingface_hub's model-card parser, offline, when it is installed
     return out
 
 
 def push_to_hub(folder: Path, repo_id: str) -> str:
-    """Upload with huggingface_hub when it is installed and logged in."""
+    """Create ``repo_id`` on the Hub (if needed) and upload the exported ``folder`` to it with
+    huggingface_hub; returns the commit URL. The Hub is ``HF_ENDPOINT`` (huggingface.co by
+    default; release/hub_standin.py for a local dry run) and the token that of ``hf auth login``
+    or ``HF_TOKEN``. Any failure raises :class:`ExportError` saying why, with the complete local
+    copy's path (docs/huggingface.md)."""
     try:
         from huggingface_hub import HfApi
     except ImportError as exc:
         raise ExportError(
-            "--push needs huggingface_hub: pip install huggingface_hub, then huggingface-cli login"
+            '--push needs huggingface_hub: pip install "sepsisrl[hub]" (or pip install '
+            f"huggingface_hub), then `hf auth login`; the model repository is complete at {folder}"
         ) from exc
     api = HfApi()
     try:
@@ -512,6 +539,34 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
         return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id))
     except Exception as exc:  # network, authentication, permissions: report, keep the local copy
         raise ExportError(
-            f"upload to {repo_id} failed ({type(exc).__name__}: {exc}); the model repository is "
-            f"complete at {folder} - run `huggingface-cli login` and retry, or upload it yourself"
+            f"upload to {repo_id} at {getattr(api, 'endpoint', 'the Hub')} failed "
+            f"({_upload_failure(exc)}); the model repository is complete at {folder} - "
+            f"{_upload_hint(exc)}, or upload the folder yourself"
         ) from exc
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed Hub request (``HfHubHTTPError.response``), if any."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _upload_failure(exc: BaseException) -> str:
+    """One line: the error's type and message (huggingface_hub's span several lines and end
+    with a link to a generic page about the status code, left out)."""
+    text = " ".join(re.sub(r"For more information check: \S+", "", str(exc)).split())
+    if len(text) > 400:
+        text = text[:397] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _upload_hint(exc: BaseException) -> str:
+    status = _status(exc)
+    if status in (401, 403):
+        return (
+            "check the token (`hf auth login`, or HF_TOKEN) and that it may write to that "
+            "namespace, then retry"
+        )
+    if status is None and "connect" in type(exc).__name__.lower():
+        return "check the network and HF_ENDPOINT, then retry"
+    return "retry later"

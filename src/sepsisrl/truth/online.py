@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect, run_ingest
 from sepsisrl.dataset.measurements import run_measurements
+from sepsisrl.dataset.sepsis import SOFA_COMPONENTS
+from sepsisrl.dataset.sofa import render_sofa
 from sepsisrl.dataset.state import (
     FrozenStatistics,
     States,
@@ -72,6 +74,8 @@ class OnlineStateFunction:
         # tables appear under the names the state SQL reads
         self.state_con = self.con.cursor()
         self.calls = 0
+        self._icu: pa.Table | None = None
+        self._sofa_views = False
 
     def close(self) -> None:
         self.state_con.close()
@@ -113,6 +117,7 @@ class OnlineStateFunction:
             ),
         )
         con.register("src_icustays", icu)
+        self._icu = icu
         run_ingest(self.src, self.cfg, self.ingest, check_dictionaries=False, con=con)
         run_measurements(self.ingest, self.cfg, self.meas, con=con)
 
@@ -144,6 +149,59 @@ class OnlineStateFunction:
             frozen=self.stats.prep,
         )  # fmt: skip
         return states, treatment
+
+    def sofa(self, grid: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(total SOFA, state SOFA) at every step of ``grid`` from the rows of the last call:
+        the build's hourly SOFA query (``dataset/sofa.py``) over the measurement tables the
+        call computed, read as the build's rewards read it (the last SOFA hour ending at or
+        before tau; 0 before the first hour). Call it right after ``__call__`` with its grid.
+        """
+        if self._icu is None:
+            raise RuntimeError("OnlineStateFunction.sofa: call the state function first")
+        sc = self.state_con
+        if not self._sofa_views:
+            sc.execute(
+                f"CREATE VIEW ventilation AS SELECT * FROM {self.meas.relation('ventilation')}"
+            )
+            self._sofa_views = True
+        stay = grid["stay_id"].to_numpy()
+        tau = grid["tau"].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+        # the hours end with each stay's latest decision time (SOFA(tau) reads hours ending at
+        # or before tau; later hours hold no row charted yet)
+        last = np.ones(len(stay), dtype=bool)
+        last[:-1] = stay[1:] != stay[:-1]
+        icu = self._icu.filter(pc.is_in(self._icu["stay_id"], pa.array(stay[last], pa.int64())))
+        ends = dict(zip(stay[last].tolist(), tau[last].tolist(), strict=True))
+        out_us = np.array([ends[s] for s in icu["stay_id"].to_pylist()], dtype=np.int64)
+        sc.register(
+            "icustays",
+            pa.table(
+                {
+                    "stay_id": icu["stay_id"],
+                    "intime": icu["intime"].cast(pa.timestamp("us")),
+                    "outtime": pa.array(out_us, pa.timestamp("us")),
+                }
+            ),
+        )
+        total = " + ".join(f"sofa_{c}" for c in SOFA_COMPONENTS)
+        hourly = sc.sql(
+            f"SELECT stay_id, epoch_us(endtime) AS end_us, {total} AS sofa, "
+            f"{total} - sofa_cardiovascular + sofa_cardiovascular_map AS sofa_state "
+            f"FROM ({render_sofa(self.cfg)}) ORDER BY stay_id, end_us"
+        ).to_arrow_table()
+        h_stay = hourly["stay_id"].to_numpy()
+        h_end = hourly["end_us"].to_numpy()
+        scores = [hourly[c].to_numpy().astype(np.float64) for c in ("sofa", "sofa_state")]
+        out = [np.zeros(len(stay)), np.zeros(len(stay))]
+        for s in np.unique(stay).tolist():
+            rows = np.flatnonzero(stay == s)
+            lo, hi = np.searchsorted(h_stay, [s, s + 1])
+            # the last hour with endtime <= tau (none: 0, as the build's ASOF join gives NULL)
+            j = np.searchsorted(h_end[lo:hi], tau[rows], side="right") - 1
+            for score, dest in zip(scores, out, strict=True):
+                got = score[lo:hi][np.maximum(j, 0)] if hi > lo else np.zeros(len(rows))
+                dest[rows] = np.where(j >= 0, got, 0.0)
+        return out[0], out[1]
 
 
 def _rows(tab: pa.Table, key: str, ids: dict[str, pa.Array]) -> pa.Table:

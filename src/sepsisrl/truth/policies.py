@@ -8,13 +8,15 @@ SPEC (``sepsisrl truth --policy`` and ``sepsisrl evaluate --policy``):
     constant:K         always action K (0..24; K = 5 * vaso_bin + fluid_bin)
     rule:map_lactate   a hand-written protocol on the state's raw MAP, lactate and fluids
 
-and, with their own options, a trained run (``--run RUN``) or an exported model repository
-(``--bundle DIR``). Every policy decides from the state the build defines (normalised for
+and, with their own options, a trained run (``--run RUN``), an exported model repository
+(``--bundle DIR``) or a saved d3rlpy discrete-action model (``--d3rlpy MODEL``,
+docs/d3rlpy.md). Every policy decides from the state the build defines (normalised for
 networks, raw values for the rule); the clinicians need no state.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +86,27 @@ def raw_from_normalised(
     return out
 
 
+@dataclass
+class DecisionContext:
+    """Who decides at a decision time, and the SOFA there (given to a policy that asks)."""
+
+    stay_id: np.ndarray
+    step: np.ndarray
+    sofa: np.ndarray  # SOFA(tau): the last full SOFA hour ending at or before tau
+    sofa_state: np.ndarray  # the same with the blood-pressure cardiovascular level
+
+
 class WorldPolicy:
-    """A policy acting in the world: ``decide(normalised, raw) -> action ids (-1: defer)``."""
+    """A policy acting in the world: ``decide(normalised, raw) -> action ids (-1: defer)``.
+
+    A policy with ``wants_context`` gets ``context`` (a ``DecisionContext`` in the order of
+    the states) set before each ``decide``.
+    """
 
     name = "policy"
     needs_state = True
+    wants_context = False
+    context: DecisionContext | None = None
 
     def decide(self, states: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -133,7 +151,7 @@ class MapLactate(WorldPolicy):
 
 
 class Network(WorldPolicy):
-    """A trained run or an exported bundle (greedy action of its network)."""
+    """A trained run, an exported bundle or a d3rlpy model (greedy action of its network)."""
 
     def __init__(self, policy, name: str) -> None:
         self.policy = policy
@@ -160,11 +178,15 @@ def world_policy(
     n_actions: int,
     seed: int,
     workspace: Path | None = None,
+    d3rlpy: str | Path | None = None,
 ) -> WorldPolicy:
-    """The policy named by exactly one of SPEC, a run folder or a bundle folder."""
-    given = [x for x in (spec, run, bundle) if x is not None]
+    """The policy named by exactly one of SPEC, a run folder, a bundle folder or a d3rlpy
+    model file."""
+    given = [x for x in (spec, run, bundle, d3rlpy) if x is not None]
     if len(given) != 1:
-        raise PolicySpecError("give exactly one of --policy SPEC, --run RUN, --bundle DIR")
+        raise PolicySpecError(
+            "give exactly one of --policy SPEC, --run RUN, --bundle DIR, --d3rlpy MODEL"
+        )
     if spec is not None:
         kind, arg = parse_spec(spec, n_actions)
         if kind == "clinician":
@@ -178,6 +200,9 @@ def world_policy(
         return MapLactate()
     if run is not None:
         return Network(_load_run(Path(run), feature_names, workspace), f"run:{Path(run).name}")
+    if d3rlpy is not None:
+        model = _load_d3rlpy(Path(d3rlpy), feature_names, n_actions, workspace)
+        return Network(model, model.name)
     return Network(_load_bundle(Path(bundle), feature_names), f"bundle:{Path(bundle).name}")
 
 
@@ -227,6 +252,21 @@ def _load_bundle(bundle: Path, feature_names: list[str]):
         return BundlePolicy(bundle, feature_names)
     except EvaluationError as err:
         raise PolicySpecError(f"{err}") from err
+
+
+def _load_d3rlpy(model: Path, feature_names: list[str], n_actions: int, workspace: Path | None):
+    """A d3rlpy model checked against the build's state size and action count (it carries no
+    feature names: it must have been trained on ``to_d3rlpy`` of this build's replay)."""
+    from sepsisrl.interop.d3rlpy import D3rlpyModelError, D3rlpyPolicy
+
+    where = (
+        f"the build of {workspace if workspace is not None else 'this workspace'} (state of "
+        f"{len(feature_names)} features, {n_actions} actions)"
+    )
+    try:
+        return D3rlpyPolicy(model, len(feature_names), n_actions, where)
+    except D3rlpyModelError as err:
+        raise PolicySpecError(str(err)) from err
 
 
 def _feature_diff(got: list[str], want: list[str]) -> str:

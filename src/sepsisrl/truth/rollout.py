@@ -50,7 +50,7 @@ from sepsisrl.synth.hourly import (
 from sepsisrl.synth.population import SECONDS_PER_HOUR
 from sepsisrl.synth.simulator import Simulator
 from sepsisrl.truth.online import OnlineStateFunction
-from sepsisrl.truth.policies import DEFER, WorldPolicy
+from sepsisrl.truth.policies import DEFER, DecisionContext, WorldPolicy
 from sepsisrl.truth.world import Population, TruthContext, write_tables
 
 US = 1_000_000
@@ -217,6 +217,12 @@ def rollout_population(
                 norm = model_input(st.prep, base, flags)
                 raw = np.concatenate([base, flags], axis=1)
                 raw_d = {nm: raw[:, j] for j, nm in enumerate(names)}
+                if policy.wants_context:  # the environment's rewards read SOFA at tau
+                    sofa, sofa_state = online.sofa(grid_tab)
+                    policy.context = DecisionContext(
+                        stay_id=st.stay_id[last], step=np.asarray(st.step)[last],
+                        sofa=sofa[last], sofa_state=sofa_state[last],
+                    )  # fmt: skip
                 if record_states:
                     decisions.raw.append(raw)
                     decisions.normalised.append(norm)

@@ -51,7 +51,62 @@ def estimates_versus_truth(st: Study) -> list[Block]:
             "vertical lines are 95 % CIs.",
         ),
         table("truth-policies", POLICIES_HEADER, _policy_rows(doc["policies"])),
+        *headroom(st.optional_json(REFERENCE_SUMMARY), doc),
     ]
+
+
+# ------------------------------------------------------ how good could a policy be?
+#: Written by ``sepsisrl reference`` (env/reference.py).
+REFERENCE_SUMMARY = "reference/online_dqn/summary.json"
+HEADROOM_HEADER = ["Policy", "True value", "True 90-day mortality",
+                   "Value minus clinicians' (paired)"]  # fmt: skip
+
+
+def headroom(ref: dict[str, Any] | None, doc: dict[str, Any]) -> list[Block]:
+    """The online reference agent (trained in the world itself) beside the clinicians and the
+    exported offline policy: how much better than the clinicians a policy on this state and
+    action grid can be, and how much of that the offline policy reached."""
+    if ref is None:
+        return [Text("No online reference: run `sepsisrl reference --workspace WS` to measure "
+                     "how good a policy trained in the world itself can be.", "note")]  # fmt: skip
+    pop, tp = doc["population"], ref["truth_population"]
+    if (tp["patients"], tp["seed"]) != (pop["patients"], pop["seed"]):
+        return [Text(
+            f"The online reference's truth was measured on {tp['patients']} patients (seed "
+            f"{tp['seed']}), not the study's truth population ({pop['patients']}, seed "
+            f"{pop['seed']}): rerun `sepsisrl reference --truth-patients {pop['patients']} "
+            f"--truth-seed {pop['seed']}` to compare them.", "note")]  # fmt: skip
+    clin, sel = doc["clinicians"], doc["selection"]
+    exported = next((p for p in doc["policies"] if p["name"] == sel["exported_run"]), None)
+    val, mort = ref["true_value"], ref["true_mortality_90d"]
+    rows = [["online reference (DQN in the world)", ci(val["mean"], *val["ci95"]),
+             ci(mort["mean"], *mort["ci95"]), _paired(ref["difference_from_clinicians"])],
+            ["clinicians", ci(clin["value"]["mean"], *clin["value"]["ci95"]),
+             ci(clin["mortality_90d"]["mean"], *clin["mortality_90d"]["ci95"]), ""]]  # fmt: skip
+    reached = ""
+    if exported is not None:
+        rows.append([f"exported offline policy ({exported['name']})",
+                     ci(exported["true_value"], *exported["true_value_ci95"]),
+                     ci(exported["true_mortality_90d"], *exported["true_mortality_90d_ci95"]),
+                     _paired(exported["difference_from_clinicians"])])  # fmt: skip
+        got = fmt(exported["true_value"] - clin["value"]["mean"], 2)
+        reached = f" The exported offline policy is {got} above them."
+    t = ref["training"]
+    plus = ", plus the replay's train split" if t["warm_start_replay"] else ""
+    gap = fmt(val["mean"] - clin["value"]["mean"], 2)
+    intro = (f"How good could a policy be? An agent trained in the world itself (double DQN, "
+             f"{t['rounds']} rounds, {t['patients_simulated']} simulated patients, "
+             f"{t['episodes']} episodes{plus}; `sepsisrl reference`) has a true value {gap} "
+             f"above the clinicians' on the same patients: the headroom on this world."
+             f"{reached}")  # fmt: skip
+    caption = ("True value (evaluation reward) and 90-day mortality with 95 % CIs on the "
+               "study's truth population; differences are paired patient by patient.")  # fmt: skip
+    return [Text(intro), table("truth-headroom", HEADROOM_HEADER, rows, caption)]
+
+
+def _paired(diff: dict[str, Any]) -> str:
+    v = diff["value"]
+    return ci(v["mean"], *v["ci95"])
 
 
 def _intro(doc: dict[str, Any]) -> Block:

@@ -1,0 +1,197 @@
+"""The synthetic world as a Gymnasium environment: the Gymnasium contract (env_checker), the
+same patients for the same seed, returns equal to `sepsisrl truth` on the same patients, the
+replay's rewards, the vector form and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import gymnasium
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sepsisrl.env
+from sepsisrl.env import ENV_ID, SepsisWorldEnv
+from sepsisrl.truth.harness import compute_truth
+from sepsisrl.truth.policies import MapLactate
+from sepsisrl.truth.world import TruthError
+
+
+@pytest.fixture(scope="module")
+def ws(own_world):
+    root, _, _ = own_world
+    return root / "ws"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("env_patients")
+
+
+def _rule(info) -> int:
+    raw = {k: np.array([v]) for k, v in info["state_raw"].items()}
+    return int(MapLactate().decide(None, raw)[0])
+
+
+def _episode(env, seed=None, policy=_rule):
+    obs, info = env.reset(seed=seed)
+    rows = [(obs, info)]
+    rewards = []
+    while True:
+        obs, reward, terminated, truncated, info = env.step(policy(rows[-1][1]))
+        rewards.append(reward)
+        if terminated or truncated:
+            return rows, rewards, info
+        rows.append((obs, info))
+
+
+def test_the_environment_passes_gymnasiums_checker(ws, cache):
+    env = SepsisWorldEnv(ws, cache=cache)
+    check_env(env, skip_render_check=True)
+    env.close()
+    assert env.observation_space.shape == (len(env.feature_names),)
+    assert env.action_space.n == 25
+
+
+def test_make_registers_and_same_seed_gives_the_same_patients_and_episodes(ws, cache):
+    env = gymnasium.make(ENV_ID, workspace=ws, cache=cache, reward="sofa_shaped")
+    a = _episode(env, seed=3)
+    b = _episode(env, seed=3)
+    env.close()
+    assert len(a[0]) == len(b[0]) >= 1
+    for (oa, ia), (ob, ib) in zip(a[0], b[0], strict=True):
+        np.testing.assert_array_equal(oa, ob)
+        assert ia["stay_id"] == ib["stay_id"] and ia["step"] == ib["step"]
+    assert a[1] == b[1] and a[2] == b[2]
+    assert all(env.observation_space.contains(o) for o, _ in a[0])
+
+
+def test_returns_equal_the_truth_of_the_same_policy_on_the_same_patients(ws, cache, tmp_path):
+    """The rule policy deciding through the environment and through `sepsisrl truth` on the
+    same one-patient populations: the same decisions, deaths, steps and returns."""
+    env = SepsisWorldEnv(ws, reward="sparse", cache=cache)
+    env.reset(seed=11)
+    episodes = []
+    for _ in range(2):
+        rows, rewards, last = _episode(env)
+        episodes.append((rows, rewards, last))  # the next reset draws the stream's next patient
+    env.close()
+    gamma = env.ctx.gamma
+    patients = [ep[2]["patient"] for ep in episodes]
+    assert len(set(patients)) == 2
+    for (_, rewards, last), patient in zip(episodes, patients, strict=True):
+        out = tmp_path / f"truth{patient}"
+        doc = compute_truth(
+            ws, MapLactate(), out, 1, ctx=env.ctx, population=env.population(11, patient)
+        )
+        truth = pq.read_table(out / "episodes.parquet")
+        assert truth.num_rows == 1 and doc["episodes"] == 1
+        assert truth["stay_id"][0].as_py() == last["stay_id"]
+        assert truth["steps"][0].as_py() == last["steps"] == len(rewards)
+        assert truth["died_90d"][0].as_py() == last["died_90d"]
+        assert truth["return_eval"][0].as_py() == pytest.approx(last["return_eval"], abs=1e-12)
+        # the sparse reward is the evaluation reward: its discounted return is the truth's
+        discounted = sum(r * gamma**k for k, r in enumerate(rewards))
+        assert discounted == pytest.approx(doc["value"]["mean"], abs=1e-9)
+        assert rewards[-1] == (-15.0 if last["died_90d"] else 15.0)
+
+
+def test_shaped_rewards_follow_the_replays_formula(ws, cache):
+    env = SepsisWorldEnv(ws, reward="sofa_shaped", cache=cache)
+    rows, rewards, last = _episode(env, seed=3)
+    env.close()
+    w = env.ctx.build_cfg.rewards.sofa_delta_weight
+    sofa = [info["sofa"] for _, info in rows]
+    for k in range(len(rows) - 1):
+        assert rewards[k] == pytest.approx(w * (sofa[k + 1] - sofa[k]), abs=1e-6)
+    assert rewards[-1] == (-15.0 if last["died_90d"] else 15.0)
+
+
+def test_the_vector_form_steps_patients_together_as_the_single_form_does(ws, cache):
+    envs = gymnasium.make_vec(
+        ENV_ID, num_envs=2, vectorization_mode="sync", workspace=ws, cache=cache
+    )
+    obs, _ = envs.reset(seed=21)
+    obs2, rewards, term, _, _ = envs.step(np.array([0, 12]))
+    envs.close()
+    for i, action in enumerate((0, 12)):
+        env = SepsisWorldEnv(ws, cache=cache)
+        o, _ = env.reset(seed=21 + i)
+        np.testing.assert_array_equal(obs[i], o)
+        o2, r, t, _, _ = env.step(action)
+        env.close()
+        assert rewards[i] == pytest.approx(r) and term[i] == t
+        if not t:
+            np.testing.assert_array_equal(obs2[i], o2)
+
+
+def test_refusals_are_clear_and_an_abandoned_episode_leaves_no_thread(ws, cache):
+    with pytest.raises(TruthError, match="not a replay reward variant"):
+        SepsisWorldEnv(ws, reward="survival", cache=cache)
+    env = SepsisWorldEnv(ws, cache=cache)
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(0)
+    before = threading.active_count()
+    env.reset(seed=3)
+    with pytest.raises(ValueError, match=r"0\.\.24"):
+        env.step(25)
+    env.reset(seed=3)  # abandons the running episode
+    env.close()
+    assert threading.active_count() == before
+    assert sepsisrl.env.ENV_STREAM != 0
+
+
+def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_truth(ws, tmp_path):
+    """A tiny run: every decision of the round becomes one transition (with the replay's train
+    split before them), each episode ends in exactly one terminal transition, and the greedy
+    agent's truth is measured on the truth population."""
+    from safetensors.torch import load_file
+
+    from sepsisrl.env.reference import ReferenceConfig, train_reference
+    from sepsisrl.rl.data import load_split
+
+    cfg = ReferenceConfig(rounds=1, patients_per_round=40, steps_per_round=30, batch_size=32)
+    out = tmp_path / "ref"
+    summary = train_reference(
+        ws, cfg, out, truth_patients=40, truth_seed=3, cache=tmp_path / "populations"
+    )
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 1 and rounds[0]["episodes"] > 0
+    train_rows = len(load_split(ws / "replay" / "sparse", "train"))
+    assert rounds[0]["decisions"] >= rounds[0]["episodes"]
+    assert rounds[0]["transitions"] == train_rows + rounds[0]["decisions"]
+    truth = json.loads((out / "truth" / "truth.json").read_text())
+    assert truth["policy"] == "online_dqn" and truth["decisions_deferred_to_clinicians"] == 0
+    assert summary["true_value"] == truth["value"]
+    assert summary["truth_population"] == {"patients": 40, "seed": 3, "episodes": truth["episodes"]}
+    weights = load_file(out / "model.safetensors")
+    assert weights["net.4.weight"].shape == (25, 256)
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["rounds"] == 1 and config["gradient_steps"] == 60
+
+
+def test_the_transitions_of_a_rollout_carry_the_replays_rewards(own_world, tmp_path):
+    from sepsisrl.env.reference import GreedyQ, transitions
+    from sepsisrl.rl.networks import MLP
+    from sepsisrl.truth.harness import population_for
+    from sepsisrl.truth.rollout import rollout_population
+
+    _, _, ctx = own_world
+    pop = population_for(ctx, 40, 9, cache=tmp_path / "populations")
+    torch_q = MLP(len(ctx.feature_names), 25, (8,))
+    policy = GreedyQ(torch_q, epsilon=0.5, seed=1)
+    outcome = rollout_population(ctx, pop, policy, tmp_path / "work")
+    batch = transitions(policy, outcome, "sofa_shaped", ctx)
+    ep = outcome.episodes
+    assert len(batch) == int(ep["steps"].to_numpy().sum()) == outcome.decisions.num_rows
+    assert batch.d.sum() == ep.num_rows  # one terminal transition per episode
+    terminal = batch.r[batch.d == 1]
+    assert set(np.unique(terminal)) <= {-15.0, 15.0}
+    died = ep.sort_by("stay_id")["died_90d"].to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(terminal, np.where(died, -15.0, 15.0))
+    # a non-terminal transition's next state is the next decision's state
+    first = np.flatnonzero(batch.d == 0)[0]
+    np.testing.assert_array_equal(batch.s2[first], batch.s[first + 1])
