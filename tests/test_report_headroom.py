@@ -43,8 +43,9 @@ def _reference(patients=2000, seed=0):
 def test_the_reference_is_shown_beside_the_clinicians_and_the_exported_policy():
     intro, tab = headroom(_reference(), _truth_doc())
     assert isinstance(intro, Text) and isinstance(tab, Table)
-    assert "value 1.8 above the clinicians'" in intro.text
-    assert "exported offline policy is 0.3 above them" in intro.text
+    assert "credibly better than the clinicians" in intro.text and intro.kind == "p"
+    assert "1.8 above the clinicians' true value" in intro.text
+    assert "exported offline policy: 0.3 above the clinicians' true value" in intro.text
     assert "16000 simulated patients" in intro.text
     assert [r[0] for r in tab.rows] == [
         "online reference (DQN in the world)",
@@ -60,3 +61,13 @@ def test_no_reference_or_another_population_gives_a_note_not_a_comparison():
     assert "sepsisrl reference --workspace" in note.text
     (note,) = headroom(_reference(patients=500, seed=1), _truth_doc())
     assert "--truth-patients 2000 --truth-seed 0" in note.text
+
+
+def test_a_reference_not_better_than_the_clinicians_is_flagged_not_called_headroom():
+    ref = _reference()
+    ref["true_value"] = _est(3.9, 2.6, 5.2)
+    ref["difference_from_clinicians"] = {"value": _est(-1.56, -2.44, -0.67)}
+    intro, _ = headroom(ref, _truth_doc())
+    assert intro.kind == "warning"
+    assert "NOT MEASURED" in intro.text and "credibly WORSE than the clinicians" in intro.text
+    assert "headroom on this world is unknown" in intro.text

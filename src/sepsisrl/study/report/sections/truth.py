@@ -89,19 +89,33 @@ def headroom(ref: dict[str, Any] | None, doc: dict[str, Any]) -> list[Block]:
                      ci(exported["true_value"], *exported["true_value_ci95"]),
                      ci(exported["true_mortality_90d"], *exported["true_mortality_90d_ci95"]),
                      _paired(exported["difference_from_clinicians"])])  # fmt: skip
-        got = fmt(exported["true_value"] - clin["value"]["mean"], 2)
-        reached = f" The exported offline policy is {got} above them."
+        versus = _versus(exported["true_value"] - clin["value"]["mean"])
+        reached = f" The exported offline policy: {versus}."
     t = ref["training"]
     plus = ", plus the replay's train split" if t["warm_start_replay"] else ""
-    gap = fmt(val["mean"] - clin["value"]["mean"], 2)
-    intro = (f"How good could a policy be? An agent trained in the world itself (double DQN, "
-             f"{t['rounds']} rounds, {t['patients_simulated']} simulated patients, "
-             f"{t['episodes']} episodes{plus}; `sepsisrl reference`) has a true value {gap} "
-             f"above the clinicians' on the same patients: the headroom on this world."
-             f"{reached}")  # fmt: skip
+    lo, hi = ref["difference_from_clinicians"]["value"]["ci95"]
+    trained = (f"An agent trained in the world itself (double DQN, {t['rounds']} rounds, "
+               f"{t['patients_simulated']} simulated patients, {t['episodes']} episodes{plus}; "
+               f"`sepsisrl reference`)")  # fmt: skip
+    if lo > 0:
+        intro = (f"How good could a policy be? {trained} is credibly better than the clinicians "
+                 f"on the same patients ({_versus(val['mean'] - clin['value']['mean'])}): a lower "
+                 f"bound on the headroom on this world.{reached}")  # fmt: skip
+        kind = "p"
+    else:
+        verdict = "credibly WORSE than" if hi < 0 else "not credibly better than"
+        intro = (f"How good could a policy be? NOT MEASURED: {trained} is {verdict} the "
+                 f"clinicians on the same patients (paired value difference "
+                 f"{ci(val['mean'] - clin['value']['mean'], lo, hi)}), so it bounds nothing; "
+                 f"the headroom on this world is unknown.{reached}")  # fmt: skip
+        kind = "warning"
     caption = ("True value (evaluation reward) and 90-day mortality with 95 % CIs on the "
                "study's truth population; differences are paired patient by patient.")  # fmt: skip
-    return [Text(intro), table("truth-headroom", HEADROOM_HEADER, rows, caption)]
+    return [Text(intro, kind), table("truth-headroom", HEADROOM_HEADER, rows, caption)]
+
+
+def _versus(diff: float) -> str:
+    return f"{fmt(abs(diff), 2)} {'above' if diff >= 0 else 'below'} the clinicians' true value"
 
 
 def _paired(diff: dict[str, Any]) -> str:
