@@ -123,7 +123,8 @@ def main() -> None:
                   f"WDR {_fmt(est['wdr'][0])}  (panel file: FQE "
                   f"{_fmt(ref['estimates']['fqe'][0])})  ({t_eval:.0f} s)", flush=True)  # fmt: skip
         shutil.rmtree(root / "rollout", ignore_errors=True)
-    result = compare(rows)
+    saved = panel.get("returns")  # per-episode truth: the truth's own noise (compare.truth_noise)
+    result = compare(rows, None if saved is None else {k: np.asarray(v) for k, v in saved.items()})
     print(f"\n{args.logs}-logs panel, world seed {args.world_seed} "
           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
     for est, doc in result.items():

@@ -43,17 +43,21 @@ def main() -> None:
     ap.add_argument("--truth-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--state-variant", default="card", help="card | running_treatment")
+    ap.add_argument("--threads", type=int, default=2, help="torch and BLAS threads")
     args = ap.parse_args()
 
     import torch
 
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
-    from sepsisrl.truth.compare import compare, estimates_of
+    from sepsisrl.truth.compare import compare, episode_returns, estimates_of
     from sepsisrl.truth.harness import compute_truth, population_for
     from sepsisrl.truth.policies import Network, world_policy
     from sepsisrl.truth.world import TruthContext
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
     started = time.perf_counter()
     ev_cfg = EvalConfig()  # the evaluation's defaults (the quick and card profiles use them)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +70,7 @@ def main() -> None:
         ctx = TruthContext.load(ws)
         pop = population_for(ctx, args.patients, args.truth_seed)
         print(f"population of {args.patients} patients at {time.perf_counter() - started:.0f} s")
-        rows = []
+        rows, truth_dirs = [], {}
         for name, spec, kind in panel:
             t = time.perf_counter()
             doc = evaluate(spec, replay, root / "eval" / name.replace(":", "-"), kind=kind,
@@ -83,6 +87,7 @@ def main() -> None:
             truth = compute_truth(ws, pol, root / "truth" / name.replace(":", "-"),
                                   args.patients, args.truth_seed, ctx=ctx, population=pop)  # fmt: skip
             t_truth = time.perf_counter() - t
+            truth_dirs[name] = root / "truth" / name.replace(":", "-")
             rows.append({
                 "policy": name,
                 "truth": truth["value"]["mean"],
@@ -100,7 +105,9 @@ def main() -> None:
             print(f"  {name:24s} truth {rows[-1]['truth']:7.2f}  FQE {_fmt(est['fqe'][0])}  "
                   f"WDR {_fmt(est['wdr'][0])}  WIS {_fmt(est['wis'][0])}"
                   f"  ({t_eval:.0f} s + {t_truth:.0f} s)", flush=True)  # fmt: skip
-    result = compare(rows)
+        # per-episode true returns (paired): how far the truth's own ranking can be trusted
+        returns = episode_returns(truth_dirs)
+    result = compare(rows, returns)
 
     print(f"\nOPE panel, world seed {args.world_seed}: {len(rows)} policies, "
           f"{args.patients} fresh patients for the truth ({time.perf_counter() - started:.0f} s)")  # fmt: skip
@@ -116,7 +123,10 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"world_seed": args.world_seed,
                                         "state_variant": args.state_variant, "rows": rows,
-                                        "estimators": result}, indent=2) + "\n")  # fmt: skip
+                                        "estimators": result,
+                                        "returns": None if returns is None else
+                                        {k: v.tolist() for k, v in returns.items()}},
+                                       indent=2) + "\n")  # fmt: skip
 
 
 def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,

@@ -24,6 +24,8 @@ import argparse
 import json
 import os
 import platform
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -85,6 +87,7 @@ def main() -> None:
 
     import yaml
 
+    from sepsisrl.interrupts import InterruptLatch
     from sepsisrl.study.config import load_study_config
     from sepsisrl.study.runner import run_study
 
@@ -112,7 +115,14 @@ def main() -> None:
 
     started = time.perf_counter()
     try:
-        result = run_study(args.workspace, cfg, on_event=on_event)
+        # SIGINT or SIGTERM stops the study's workers at once, as in `sepsisrl run`; rerunning
+        # with the same --workspace resumes (a background job ignores SIGINT otherwise)
+        with InterruptLatch((signal.SIGINT, signal.SIGTERM)):
+            result = run_study(args.workspace, cfg, on_event=on_event)
+    except KeyboardInterrupt:
+        print("interrupted: finished units are kept; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
     finally:
         stop.set()
         sampler.join()

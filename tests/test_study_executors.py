@@ -42,6 +42,64 @@ def test_a_local_worker_lost_mid_unit_is_replaced_and_the_unit_retried(tmp_path,
     assert "exited (status 17) during unit empty; running it again on a fresh worker" in log
 
 
+def test_a_busy_worker_exits_when_its_driver_dies_without_stopping_it(tmp_path):
+    """A driver killed outright (SIGKILL, a crash) cannot stop its workers. An idle worker sees
+    its stdin close; a busy one (here: sleeping as a long unit would train) notices that it was
+    re-parented and exits, instead of training on in the background."""
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    busy = ("from sepsisrl.study.worker import exit_with_parent; exit_with_parent(0.2); "
+            "import time; time.sleep(600)")  # fmt: skip
+    driver = (
+        "import subprocess, sys, time\n"
+        f"w = subprocess.Popen([sys.executable, '-c', {busy!r}])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid))\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the driver did not start its worker"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        time.sleep(3.0)  # let the worker import and start its watch
+        assert _proc_state(worker) not in ("Z", None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _proc_state(worker) not in ("Z", None):  # exited (or reaped by init)
+            assert time.monotonic() < deadline, "the orphaned worker is still running"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_worker_watches_its_driver_from_the_start(monkeypatch):
+    import io
+
+    from sepsisrl.study import worker
+
+    started = []
+    monkeypatch.setattr(worker, "exit_with_parent", lambda: started.append(True))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no job: the worker ends at once
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() redirects it; restored after
+    worker.main()
+    assert started == [True]
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def test_a_local_unit_that_raises_is_reported_once_with_its_name(tmp_path):
     pool = LocalPool(1, tmp_path / "workers.log")
     try:

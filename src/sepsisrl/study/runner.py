@@ -717,7 +717,7 @@ class Study:
         Runs after ``selection.json`` and ``final.json`` are written and is read by neither:
         the selection cannot depend on the truth. Writes ``study/truth.json``.
         """
-        from sepsisrl.truth.compare import compare, estimates_of, selection_regret
+        from sepsisrl.truth.compare import compare, episode_returns, estimates_of, selection_regret
         from sepsisrl.truth.harness import population_for
         from sepsisrl.truth.world import TruthContext, TruthError
 
@@ -782,6 +782,8 @@ class Study:
         selected = selection["selected"]
         exported = next(p for p in cands if p["spec"] == selected["run"])
         clinician = read_json(self.ws / policies[0]["truth"] / "truth.json")["clinicians"]
+        # per-episode true returns (paired): how far the truth's own ranking can be trusted
+        returns = episode_returns({p["name"]: self.ws / p["truth"] for p in policies})
         doc = {
             "schema_version": "1",
             "note": "computed after selection.json and final.json; neither reads it",
@@ -793,8 +795,8 @@ class Study:
             },
             "clinicians": clinician,
             "policies": policies,
-            "validation_vs_truth": compare(_rows(cands, "validation_estimates")),
-            "test_vs_truth": compare(_rows(tests, "test_estimates")),
+            "validation_vs_truth": compare(_rows(cands, "validation_estimates"), returns),
+            "test_vs_truth": compare(_rows(tests, "test_estimates"), returns),
             "selection": {
                 "selected": selected["name"],
                 "selected_true_value": config_truth[selected["name"]],

@@ -13,6 +13,14 @@ trusted on a panel of policies:
 A policy without an estimate (an evaluation gate failed: for WIS too little overlap, for FQE
 and WDR an unconverged fit or unsupported actions; see ``ope.evaluate``) is left out of that
 estimator's figures and listed in ``not_evaluable``: flagged, not ranked.
+
+The truth is itself a Monte Carlo mean over a finite population of simulated patients. When
+the per-episode returns of the policies are given (paired: the same episodes, in the same
+order), ``compare`` also says how far the truth's own ranking can be trusted
+(``truth_noise``): resampling the episodes, the Spearman correlation of the truth with its
+resampled self estimates the rank agreement that an estimator knowing every policy's exact
+expected value would reach against this truth (the ``ceiling``), and the estimator's Spearman
+against the resampled truths shows how much of its own figure is the truth's noise.
 """
 
 from __future__ import annotations
@@ -106,10 +114,18 @@ def kendall(x: np.ndarray, y: np.ndarray) -> float | None:
     return concordant_minus_discordant / den if den > 0 else None
 
 
-def compare(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def compare(
+    rows: list[dict[str, Any]],
+    returns: dict[str, np.ndarray] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """Per estimator, its agreement with the truth over ``rows``.
 
     Each row: ``{"policy": name, "truth": true value, "estimates": estimates_of(...)}``.
+    ``returns`` (optional): each policy's per-episode true returns, paired across policies
+    (same episodes, same order); with them each estimator's entry gains ``truth_noise``
+    (:func:`truth_noise`).
     """
     out: dict[str, dict[str, Any]] = {}
     for est in ESTIMATORS:
@@ -143,8 +159,64 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             first = int(np.argmax(e))
             doc["ranked_first"] = names[first]
             doc["top1_regret"] = float(t.max() - t[first])
+        if returns is not None and len(names) >= 3 and all(n in returns for n in names):
+            doc["truth_noise"] = truth_noise(
+                np.stack([np.asarray(returns[n], float) for n in names]), e, resamples, seed
+            )
         out[est] = doc
     return out
+
+
+def truth_noise(
+    returns: np.ndarray, estimates: np.ndarray | None = None, resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """How far the truth's own ranking of the policies can be trusted.
+
+    ``returns``: (policies, episodes), each policy's true return on the same episodes (the
+    truth population is shared, so the resampling is paired). The truth is the row means. The
+    episodes are resampled with replacement ``resamples`` times (seeded):
+
+    - ``ceiling``: the median Spearman correlation of the truth with a resampled truth: about
+      the rank agreement an estimator that knew every policy's exact expected value would
+      reach against this finite-population truth (``ceiling_p05``: its 5th percentile);
+    - ``spearman_p05`` / ``spearman_p95`` (with ``estimates``): the estimator's Spearman
+      against the resampled truths;
+    - ``paired_se_median``: the median over policy pairs of the standard error of a
+      difference of two true values (return units).
+    """
+    r = np.asarray(returns, float)
+    p, n = r.shape
+    truth = r.mean(1)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
+    boot = counts @ r.T / n  # (resamples, policies)
+    ceiling = _row_spearman(boot, truth)
+    doc: dict[str, Any] = {
+        "episodes": int(n),
+        "resamples": int(resamples),
+        "ceiling": float(np.nanmedian(ceiling)),
+        "ceiling_p05": float(np.nanpercentile(ceiling, 5)),
+    }
+    if estimates is not None:
+        agree = _row_spearman(boot, np.asarray(estimates, float))
+        doc["spearman_p05"] = float(np.nanpercentile(agree, 5))
+        doc["spearman_p95"] = float(np.nanpercentile(agree, 95))
+    i, j = np.triu_indices(p, 1)
+    diffs = r[i] - r[j]
+    doc["paired_se_median"] = float(np.median(diffs.std(1, ddof=1) / math.sqrt(n))) if n > 1 else None
+    return doc
+
+
+def _row_spearman(rows: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Spearman correlation of every row of ``rows`` with ``ref`` (average ranks)."""
+    ranks = np.apply_along_axis(_ranks, 1, rows)
+    ref_ranks = _ranks(ref)
+    a = ranks - ranks.mean(1, keepdims=True)
+    b = ref_ranks - ref_ranks.mean()
+    den = np.sqrt((a * a).sum(1) * (b * b).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (a @ b) / den
+    return np.where(den > 0, out, np.nan)
 
 
 def selection_regret(truth_by_policy: dict[str, float], selected: str) -> float | None:
@@ -152,3 +224,27 @@ def selection_regret(truth_by_policy: dict[str, float], selected: str) -> float 
     if selected not in truth_by_policy or not truth_by_policy:
         return None
     return float(max(truth_by_policy.values()) - truth_by_policy[selected])
+
+
+def episode_returns(truth_dirs: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Each policy's per-episode true returns from its ``sepsisrl truth`` folder
+    (``episodes.parquet``), in stay order; None unless every policy has them on the same
+    episodes (the pairing :func:`truth_noise` needs)."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    out: dict[str, np.ndarray] = {}
+    stays = None
+    for name, folder in truth_dirs.items():
+        path = Path(folder) / "episodes.parquet"
+        if not path.is_file():
+            return None
+        t = pq.read_table(path, columns=["stay_id", "return_eval"])
+        order = np.argsort(t["stay_id"].to_numpy(), kind="stable")
+        sid = t["stay_id"].to_numpy()[order]
+        if stays is None:
+            stays = sid
+        elif len(sid) != len(stays) or not np.array_equal(sid, stays):
+            return None
+        out[name] = t["return_eval"].to_numpy()[order].astype(float)
+    return out

@@ -18,7 +18,7 @@ TRUTH_ESTIMATORS = (("fqe", "FQE"), ("wdr", "WDR"), ("wis", "WIS"),
 TRUTH_SPLITS = (("validation", "validation_vs_truth", "candidate runs"),
                 ("test", "test_vs_truth", "selected seeds and baselines"))  # fmt: skip
 AGREEMENT_HEADER = ["Estimator (split)", "Policies", "Spearman", "Kendall", "MAE", "CI coverage",
-                    "Top-1 regret", "Not evaluable"]  # fmt: skip
+                    "Top-1 regret", "Not evaluable", "Truth's own Spearman (ceiling)"]  # fmt: skip
 POLICIES_HEADER = ["Policy", "Role", "True value", "True 90-day mortality", "FQE (validation)",
                    "WDR (validation)", "FQE (test)", "WDR (test)", "WIS (test)"]  # fmt: skip
 
@@ -147,18 +147,40 @@ def _agreement(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
             d = doc[key].get(est)
             if not d:
                 continue
+            noise = d.get("truth_noise")
             rows.append([f"{label} ({split}, {what})", str(d["policies"]), fmt(d["spearman"], 2),
                          fmt(d["kendall"], 2), fmt(d["mae"], 2), fmt(d["coverage"], 2),
-                         fmt(d["top1_regret"], 2), str(len(d["not_evaluable"]))])  # fmt: skip
+                         fmt(d["top1_regret"], 2), str(len(d["not_evaluable"])),
+                         _ceiling(noise)])  # fmt: skip
             if est not in ("fqe", "wis") or d["policies"] < 3:
                 continue
             bad = _untrusted(d)
             if bad:
                 verdicts.append(f"{label} on the {what} ({split}) DISAGREES with the truth: "
-                                + "; ".join(bad) + ".")  # fmt: skip
+                                + "; ".join(bad) + "." + _noise_note(noise))  # fmt: skip
             else:
-                verdicts.append(f"{label} on the {what} ({split}) agrees with the truth.")
+                verdicts.append(f"{label} on the {what} ({split}) agrees with the truth."
+                                + _noise_note(noise))  # fmt: skip
     return rows, verdicts
+
+
+def _ceiling(noise: dict[str, Any] | None) -> str:
+    if not noise:
+        return ""
+    return f"{fmt(noise['ceiling'], 2)} (5th pct. {fmt(noise['ceiling_p05'], 2)})"
+
+
+def _noise_note(noise: dict[str, Any] | None) -> str:
+    """How much of a rank correlation is the truth's own noise (``compare.truth_noise``)."""
+    if not noise:
+        return ""
+    return (f" The truth itself is a mean over {noise['episodes']} simulated episodes: resampled, "
+            f"it agrees with itself at Spearman {fmt(noise['ceiling'], 2)} (an estimator that knew "
+            f"every expected value exactly would score about that), and this estimator's "
+            f"Spearman against the resampled truths spans {fmt(noise['spearman_p05'], 2)} to "
+            f"{fmt(noise['spearman_p95'], 2)} (5th-95th percentile); a true-value difference "
+            f"between two policies has a median standard error of "
+            f"{fmt(noise['paired_se_median'], 2)} return units.")  # fmt: skip
 
 
 def _untrusted(d: dict[str, Any]) -> list[str]:

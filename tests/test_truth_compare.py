@@ -1,0 +1,114 @@
+"""truth/compare.py: estimates against the truth, and how far the truth itself can be trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sepsisrl.study.report.blocks import fmt
+from sepsisrl.study.report.sections.truth import _agreement
+from sepsisrl.truth.compare import compare, episode_returns, kendall, spearman, truth_noise
+
+
+def _row(name, truth, est, lo=None, hi=None):
+    return {"policy": name, "truth": truth, "estimates": {"fqe": (est, lo, hi)}}
+
+
+def test_compare_by_hand():
+    rows = [
+        _row("a", 1.0, 1.5, 0.0, 2.0),  # covered, error 0.5
+        _row("b", 2.0, 1.0, 0.5, 1.5),  # not covered, error 1.0
+        _row("c", 3.0, 4.0, 3.5, 5.0),  # not covered, error 1.0; ranked first
+        _row("d", 4.0, None, None, None),  # not evaluable: flagged, not ranked
+    ]
+    doc = compare(rows)["fqe"]
+    assert doc["policies"] == 3 and doc["not_evaluable"] == ["d"]
+    assert doc["mae"] == pytest.approx(2.5 / 3)
+    assert doc["coverage"] == pytest.approx(1 / 3)
+    assert doc["spearman"] == pytest.approx(0.5)  # ranks (2, 1, 3) against (1, 2, 3)
+    assert doc["kendall"] == pytest.approx(1 / 3)  # 2 concordant, 1 discordant pair
+    assert doc["ranked_first"] == "c" and doc["top1_regret"] == 0.0
+    assert "truth_noise" not in doc  # no per-episode returns given
+
+
+def test_rank_correlations_need_three_policies_and_variation():
+    assert spearman(np.array([1.0, 2.0]), np.array([1.0, 2.0])) is None
+    assert spearman(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])) is None
+    assert kendall(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+
+
+def test_well_separated_policies_give_a_ceiling_near_one():
+    rng = np.random.default_rng(0)
+    means = np.array([-5.0, 0.0, 5.0, 10.0])
+    returns = means[:, None] + rng.normal(0.0, 1.0, (4, 400))
+    doc = truth_noise(returns, estimates=means, resamples=300)
+    assert doc["episodes"] == 400 and doc["resamples"] == 300
+    assert doc["ceiling"] == pytest.approx(1.0) and doc["ceiling_p05"] == pytest.approx(1.0)
+    assert doc["spearman_p05"] == pytest.approx(1.0)
+
+
+def test_policies_whose_truth_is_noise_give_a_low_ceiling():
+    """Equal expected values: the truth's ranking is noise, so no estimator can agree with it,
+    and the ceiling says so."""
+    rng = np.random.default_rng(1)
+    returns = np.where(rng.random((6, 300)) < 0.3, -15.0, 15.0)  # same death risk for all six
+    doc = truth_noise(returns, estimates=np.arange(6.0), resamples=500)
+    assert doc["ceiling"] < 0.8
+    assert doc["spearman_p05"] < 0 < doc["spearman_p95"]
+
+
+def test_paired_standard_error_by_hand():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([1.0, 1.0, 4.0, 2.0])
+    c = a + 1.0  # differs from a by a constant: a paired SE of zero
+    doc = truth_noise(np.stack([a, b, c]), resamples=10)
+    d = np.array([a - b, a - c, b - c])
+    want = np.median(d.std(1, ddof=1) / 2.0)
+    assert doc["paired_se_median"] == pytest.approx(want)
+    assert "spearman_p05" not in doc  # no estimates given
+
+
+def test_compare_adds_truth_noise_over_the_evaluable_policies_only():
+    rng = np.random.default_rng(2)
+    means = {"a": 0.0, "b": 2.0, "c": 4.0, "d": 6.0}
+    returns = {k: m + rng.normal(0, 3.0, 200) for k, m in means.items()}
+    rows = [_row(k, float(returns[k].mean()), m) for k, m in means.items()]
+    rows[3]["estimates"]["fqe"] = (None, None, None)  # d: not evaluable
+    doc = compare(rows, returns, resamples=200)["fqe"]
+    noise = doc["truth_noise"]
+    assert noise["episodes"] == 200
+    again = truth_noise(np.stack([returns[k] for k in "abc"]), np.array([0.0, 2.0, 4.0]), 200)
+    assert noise == again  # the same three policies, the same seed: the same figures
+
+
+def _episodes(folder, stays, returns):
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"stay_id": pa.array(stays, pa.int64()),
+                             "return_eval": pa.array(returns, pa.float64())}),
+                   folder / "episodes.parquet")  # fmt: skip
+
+
+def test_episode_returns_pairs_by_stay_and_refuses_unpaired_folders(tmp_path):
+    _episodes(tmp_path / "a", [3, 1, 2], [30.0, 10.0, 20.0])
+    _episodes(tmp_path / "b", [2, 3, 1], [2.0, 3.0, 1.0])
+    got = episode_returns({"a": tmp_path / "a", "b": tmp_path / "b"})
+    assert got["a"].tolist() == [10.0, 20.0, 30.0] and got["b"].tolist() == [1.0, 2.0, 3.0]
+    _episodes(tmp_path / "c", [1, 2, 4], [0.0, 0.0, 0.0])  # another episode: not paired
+    assert episode_returns({"a": tmp_path / "a", "c": tmp_path / "c"}) is None
+    assert episode_returns({"a": tmp_path / "a", "x": tmp_path / "missing"}) is None
+
+
+def test_the_report_states_the_truths_own_ceiling():
+    rng = np.random.default_rng(3)
+    returns = {k: rng.normal(0, 5.0, 150) for k in "abcd"}  # four policies equal in truth
+    rows = [_row(k, float(v.mean()), float(i), float(i) - 1, float(i) + 1)
+            for i, (k, v) in enumerate(returns.items())]  # fmt: skip
+    doc = {"validation_vs_truth": compare(rows, returns, resamples=200), "test_vs_truth": {}}
+    table, verdicts = _agreement(doc)
+    noise = doc["validation_vs_truth"]["fqe"]["truth_noise"]
+    fqe_row = next(r for r in table if r[0].startswith("FQE"))
+    assert fqe_row[-1].startswith(fmt(noise["ceiling"], 2) + " (5th pct.")
+    fqe_verdict = next(v for v in verdicts if v.startswith("FQE"))
+    assert "150 simulated episodes" in fqe_verdict and "agrees with itself at Spearman" in fqe_verdict
