@@ -2,6 +2,7 @@
 
 Usage:  python bench/ope_panel.py --world-seed S [--stays 2000] [--patients 2000]
                                   [--train-steps 1000] [--out bench/results/ope_panel-S.json]
+                                  [--policies a,b,...] [--threads 2]
 
 A synthetic world (the quick study's default size) is generated with seed S and built. Four
 policies are trained on its ``sofa_shaped`` replay with the quick study's training length:
@@ -18,6 +19,12 @@ and one JSON line per estimator with Spearman and Kendall rank correlation, mean
 error, 95 % CI coverage and top-1 regret.
 
 ``--state-variant running_treatment`` builds the state that knows what is running (docs/build.md).
+
+With the per-episode true returns (paired, the same truth patients for every policy) the
+comparison also says how far the truth's own ranking can be trusted (``truth_noise``: the
+Spearman the truth reaches against its resampled self, the ceiling of any estimator's
+Spearman; ``truth/compare.py``); ``--policies`` restricts the panel (for example to the
+evaluable policies, to measure their truth on more patients).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--state-variant", default="card", help="card | running_treatment")
     ap.add_argument("--threads", type=int, default=2, help="torch and BLAS threads")
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated subset of the panel's policies (default: all 16), e.g. "
+                         "the evaluable ones when measuring their truth on more patients")  # fmt: skip
     args = ap.parse_args()
 
     import torch
@@ -65,6 +75,12 @@ def main() -> None:
         ws, replay, runs, panel = panel_world(
             root, args.world_seed, args.stays, args.train_steps, args.state_variant
         )
+        if args.policies:
+            wanted = args.policies.split(",")
+            unknown = sorted(set(wanted) - {name for name, _, _ in panel})
+            if unknown:
+                raise SystemExit(f"--policies: not in the panel: {', '.join(unknown)}")
+            panel = [p for p in panel if p[0] in wanted]
         print(f"world {args.world_seed}: built and {len(runs)} policies trained at "
               f"{time.perf_counter() - started:.0f} s")  # fmt: skip
         ctx = TruthContext.load(ws)

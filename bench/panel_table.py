@@ -30,15 +30,20 @@ def main() -> None:
         return "-" if x is None else f"{x:.2f}"
 
     print("| run | world seed | estimator | evaluable | Spearman | MAE | 95 % CI coverage | "
-          "top-1 regret | ranked first |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "top-1 regret | ranked first | truth's own Spearman (ceiling) | Spearman vs resampled "
+          "truth (5th-95th pct.) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, doc in docs:
         for est in wanted:
             r = doc["estimators"][est]
             total = r["policies"] + len(r["not_evaluable"])
+            noise = r.get("truth_noise")  # files written before it was measured have none
+            ceiling = "-" if not noise else f"{noise['ceiling']:.2f} ({noise['ceiling_p05']:.2f})"
+            spread = ("-" if not noise or "spearman_p05" not in noise
+                      else f"{noise['spearman_p05']:.2f} to {noise['spearman_p95']:.2f}")  # fmt: skip
             print(f"| {label} | {doc['world_seed']} | {est.upper()} | {r['policies']} of {total} | "
                   f"{num(r['spearman'])} | {num(r['mae'])} | {num(r['coverage'])} | "
-                  f"{num(r['top1_regret'])} | {r['ranked_first']} |")  # fmt: skip
+                  f"{num(r['top1_regret'])} | {r['ranked_first']} | {ceiling} | {spread} |")  # fmt: skip
     print()
     names = [r["policy"] for r in docs[0][1]["rows"]]
     print("| policy | " + " | ".join(f"{lab}: truth | {lab}: FQE" for lab, _ in docs) + " |")

@@ -377,7 +377,18 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     final = _read(ws / "study" / "final.json")
     runs = {r["run"] for c in selection["candidates"] for r in c["seeds"]}
     names = {p["name"] for p in doc["policies"]}
-    assert {Path(r).name for r in runs} | {b["name"] for b in final["baselines"]} == names
+    # every candidate run and baseline, and the interface reference (the clinicians' own
+    # behaviour-cloned actions drawn and held for 4 hours)
+    assert ({Path(r).name for r in runs} | {b["name"] for b in final["baselines"]}
+            | {"clinicians_held_4h"}) == names  # fmt: skip
+    held = next(p for p in doc["policies"] if p["name"] == "clinicians_held_4h")
+    assert held["role"] == "reference" and held["kind"] == "held_sample"
+    assert "validation_estimates" not in held and "test_estimates" not in held
+    assert set(held["difference_from_clinicians"]) >= {"value", "mortality_90d"}
+    # the truth's own noise beside each estimator's rank agreement (paired episodes)
+    noise = doc["validation_vs_truth"]["fqe"].get("truth_noise")
+    if doc["validation_vs_truth"]["fqe"]["policies"] >= 3:
+        assert noise["episodes"] == doc["population"]["episodes"]
     for p in doc["policies"]:
         truth = _read(ws / p["truth"] / "truth.json")
         assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 40
@@ -396,6 +407,7 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     assert "## Truth in the synthetic world" in card and "90-day mortality" in card
     md = (ws / "report" / "report.md").read_text()
     assert "## Estimates versus truth" in md and "Top-1 regret" in md
+    assert "What does the action interface alone cost?" in md
 
 
 @pytest.mark.slow

@@ -112,3 +112,20 @@ def test_the_report_states_the_truths_own_ceiling():
     assert fqe_row[-1].startswith(fmt(noise["ceiling"], 2) + " (5th pct.")
     fqe_verdict = next(v for v in verdicts if v.startswith("FQE"))
     assert "150 simulated episodes" in fqe_verdict and "agrees with itself at Spearman" in fqe_verdict
+
+
+def test_held_sample_draws_the_behaviour_estimate_and_is_seeded():
+    from sepsisrl.truth.policies import HeldSample
+
+    probs = np.array([[0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+
+    def prob(states):
+        return probs[states[:, 0].astype(int)]
+
+    certain = HeldSample(prob, seed=0).decide(np.zeros((50, 1)), {})
+    assert (certain == 2).all()  # a one-hot estimate is its argmax, never another action
+    states = np.ones((4000, 1))
+    a = HeldSample(prob, seed=3).decide(states, {})
+    assert set(np.unique(a)) == {0, 1} and abs((a == 0).mean() - 0.5) < 0.03
+    assert np.array_equal(a, HeldSample(prob, seed=3).decide(states, {}))  # same seed, same draws
+    assert not np.array_equal(a, HeldSample(prob, seed=4).decide(states, {}))

@@ -203,13 +203,15 @@ def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 def _ensure_truth(spec: dict[str, Any]) -> bool:
     """Measure a policy's truth unless ``out`` holds one with the same key. True if measured."""
     from sepsisrl.truth.harness import compute_truth, population_for
-    from sepsisrl.truth.policies import world_policy
+    from sepsisrl.truth.policies import held_sample, world_policy
     from sepsisrl.truth.world import TruthContext
 
     out = Path(spec["out"])
     policy_id = spec["policy"]
-    if spec["kind"] == "run":
+    if spec["kind"] in ("run", "held_sample"):
         policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
+        if spec["kind"] == "held_sample":
+            policy_id = f"held_sample:{policy_id}"
     key = stable_hash({"base": spec["key"], "policy": policy_id})
     marker = out / "study.json"
     if (out / "truth.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
@@ -217,10 +219,13 @@ def _ensure_truth(spec: dict[str, Any]) -> bool:
     ctx = TruthContext.load(spec["workspace"])
     pop = population_for(ctx, spec["patients"], spec["seed"])
     named = spec["kind"] == "named"
-    policy = world_policy(
-        spec["policy"] if named else None, None if named else spec["policy"], None,
-        ctx.feature_names, ctx.n_actions, spec["seed"], workspace=ctx.workspace,
-    )  # fmt: skip
+    if spec["kind"] == "held_sample":  # the clinicians' own actions, held for 4 hours
+        policy = held_sample(spec["policy"], ctx.feature_names, spec["seed"], ctx.workspace)
+    else:
+        policy = world_policy(
+            spec["policy"] if named else None, None if named else spec["policy"], None,
+            ctx.feature_names, ctx.n_actions, spec["seed"], workspace=ctx.workspace,
+        )  # fmt: skip
     compute_truth(ctx.workspace, policy, out, spec["patients"], spec["seed"], ctx=ctx,
                   population=pop)  # fmt: skip
     write_json(marker, {"key": key})
@@ -750,11 +755,18 @@ class Study:
                 "spec": b["run"] if b["kind"] == "run" else b["name"], "role": "baseline",
                 "test_eval": b["eval"],
             })  # fmt: skip
+        # what the action interface alone costs: the clinicians' own (behaviour-cloned)
+        # actions drawn at each 4-hour decision and held, beside the clinicians themselves
+        bc = next((b for b in final["baselines"]
+                   if b["name"] == "behaviour_cloning" and b["kind"] == "run"), None)  # fmt: skip
+        if bc is not None:
+            policies.append({"name": "clinicians_held_4h", "kind": "held_sample",
+                             "spec": bc["run"], "role": "reference"})  # fmt: skip
         jobs = []
         for p in policies:
             out = self.ws / "truth" / "study" / p["name"]
             p["truth"] = self.rel(out)
-            spec = str(self.ws / p["spec"]) if p["kind"] == "run" else p["spec"]
+            spec = str(self.ws / p["spec"]) if p["kind"] in ("run", "held_sample") else p["spec"]
             jobs.append({"label": f"{p['name']} (truth)", "threads": self.cfg.threads_per_worker,
                          "truth": {"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
                                    "out": str(out), "patients": t.patients, "seed": t.seed,

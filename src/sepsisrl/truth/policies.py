@@ -161,6 +161,35 @@ class Network(WorldPolicy):
         return np.asarray(self.policy.act(states), dtype=np.int64)
 
 
+class HeldSample(WorldPolicy):
+    """The clinicians' own decisions at the harness's resolution: at each 4-hour decision, an
+    action drawn from a behaviour estimate of the clinicians' action probabilities (a
+    behaviour-cloning run's softmax), held for the window like any policy's action.
+
+    Beside the clinicians themselves (who decide every hour, also on what the tables never
+    show) it measures what the action interface alone costs: the handicap any 4-hourly policy
+    must make up before it can match the clinicians in truth. Seeded: the same seed draws the
+    same actions for the same states in the same order."""
+
+    def __init__(self, probabilities, seed: int, name: str = "clinicians_held_4h") -> None:
+        self.prob = probabilities
+        self.rng = np.random.default_rng(seed)
+        self.name = name
+
+    def decide(self, states, raw):
+        p = np.asarray(self.prob(states), dtype=np.float64)
+        u = self.rng.random((len(p), 1))
+        return np.minimum((u > p.cumsum(1)).sum(1), p.shape[1] - 1).astype(np.int64)
+
+
+def held_sample(run: str | Path, feature_names: list[str], seed: int,
+                workspace: Path | None = None) -> HeldSample:  # fmt: skip
+    """:class:`HeldSample` of a behaviour-cloning run (checked like ``--run``)."""
+    from sepsisrl.rl.policies import softmax_of
+
+    return HeldSample(softmax_of(_load_run(Path(run), feature_names, workspace)), seed)
+
+
 class Recorder(WorldPolicy):
     """Defers to the clinicians but asks for every state (the parity check of the harness)."""
 
