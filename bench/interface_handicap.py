@@ -45,8 +45,15 @@ def main() -> None:
     ctx = TruthContext.load(args.workspace)
     policies = {  # the study's truth phase measures the first as `clinicians_held_4h`
         "bc_sampled_and_held": held_sample(args.run, ctx.feature_names, args.seed, args.workspace),
-        "bc_greedy": world_policy(None, args.run, None, ctx.feature_names, ctx.n_actions,
-                                  args.seed, workspace=args.workspace),
+        "bc_greedy": world_policy(
+            None,
+            args.run,
+            None,
+            ctx.feature_names,
+            ctx.n_actions,
+            args.seed,
+            workspace=args.workspace,
+        ),
     }
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,11 +46,10 @@ def main() -> None:
           f"{'ceil p05':>8s} {'vs resampled truth':>20s} {'paired SE':>9s}")  # fmt: skip
     out = {}
     for split, key in (("validation", "validation_estimates"), ("test", "test_estimates")):
+        # validation: the candidate runs; test: every policy evaluated on test
         rows = [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key]}
-                for p in policies if p.get(key)]  # fmt: skip
-        if split == "validation":
-            rows = [r for r, p in zip(rows, [p for p in policies if p.get(key)])
-                    if p["role"] == "candidate"]  # fmt: skip
+                for p in policies
+                if p.get(key) and (split == "test" or p["role"] == "candidate")]  # fmt: skip
         result = compare(rows, returns, args.resamples)
         out[split] = result
         for est, d in result.items():

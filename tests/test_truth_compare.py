@@ -111,7 +111,8 @@ def test_the_report_states_the_truths_own_ceiling():
     fqe_row = next(r for r in table if r[0].startswith("FQE"))
     assert fqe_row[-1].startswith(fmt(noise["ceiling"], 2) + " (5th pct.")
     fqe_verdict = next(v for v in verdicts if v.startswith("FQE"))
-    assert "150 simulated episodes" in fqe_verdict and "agrees with itself at Spearman" in fqe_verdict
+    assert "150 simulated episodes" in fqe_verdict
+    assert "agrees with itself at Spearman" in fqe_verdict
 
 
 def test_held_sample_draws_the_behaviour_estimate_and_is_seeded():

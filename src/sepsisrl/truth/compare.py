@@ -203,7 +203,8 @@ def truth_noise(
         doc["spearman_p95"] = float(np.nanpercentile(agree, 95))
     i, j = np.triu_indices(p, 1)
     diffs = r[i] - r[j]
-    doc["paired_se_median"] = float(np.median(diffs.std(1, ddof=1) / math.sqrt(n))) if n > 1 else None
+    se = diffs.std(1, ddof=1) / math.sqrt(n) if n > 1 else None
+    doc["paired_se_median"] = None if se is None else float(np.median(se))
     return doc
 
 
@@ -230,8 +231,9 @@ def episode_returns(truth_dirs: dict[str, Any]) -> dict[str, np.ndarray] | None:
     """Each policy's per-episode true returns from its ``sepsisrl truth`` folder
     (``episodes.parquet``), in stay order; None unless every policy has them on the same
     episodes (the pairing :func:`truth_noise` needs)."""
-    import pyarrow.parquet as pq
     from pathlib import Path
+
+    import pyarrow.parquet as pq
 
     out: dict[str, np.ndarray] = {}
     stays = None

@@ -84,11 +84,12 @@ def interface_handicap(doc: dict[str, Any]) -> list[Block]:
         "truth; offline estimates, learned from the clinicians' own hourly-titrated logs, "
         "cannot see it."
     )  # fmt: skip
+    held_value = ci(held["true_value"], *held["true_value_ci95"])
+    held_mort = ci(held["true_mortality_90d"], *held["true_mortality_90d_ci95"])
     rows = [["clinicians (hourly)", ci(clin["value"]["mean"], *clin["value"]["ci95"]),
              ci(clin["mortality_90d"]["mean"], *clin["mortality_90d"]["ci95"]), ""],
-            ["clinicians' actions drawn and held for 4 h",
-             ci(held["true_value"], *held["true_value_ci95"]),
-             ci(held["true_mortality_90d"], *held["true_mortality_90d_ci95"]), _paired(diff)]]  # fmt: skip
+            ["clinicians' actions drawn and held for 4 h", held_value, held_mort,
+             _paired(diff)]]  # fmt: skip
     return [Text(text, "warning" if hi < 0 else "p"),
             table("truth-interface", HEADROOM_HEADER, rows,
                   "True value and 90-day mortality with 95 % CIs on the study's truth "
