@@ -130,3 +130,21 @@ def test_held_sample_draws_the_behaviour_estimate_and_is_seeded():
     assert set(np.unique(a)) == {0, 1} and abs((a == 0).mean() - 0.5) < 0.03
     assert np.array_equal(a, HeldSample(prob, seed=3).decide(states, {}))  # same seed, same draws
     assert not np.array_equal(a, HeldSample(prob, seed=4).decide(states, {}))
+
+
+def test_the_interface_block_reports_the_paired_difference_in_points():
+    from sepsisrl.study.report.sections.truth import interface_handicap
+
+    ci95 = {"mean": 0.3, "ci95": [0.25, 0.35]}
+    held = {"name": "clinicians_held_4h", "true_value": 4.5, "true_value_ci95": [3.2, 5.8],
+            "true_mortality_90d": 0.33, "true_mortality_90d_ci95": [0.29, 0.38],
+            "difference_from_clinicians": {
+                "value": {"mean": -0.97, "ci95": [-1.85, -0.09]},
+                "mortality_90d": {"mean": 0.0363, "ci95": [0.0032, 0.0694]}}}  # fmt: skip
+    doc = {"policies": [held], "clinicians": {"value": {"mean": 5.46, "ci95": [4.2, 6.7]},
+                                              "mortality_90d": ci95}}  # fmt: skip
+    text, table = interface_handicap(doc)
+    assert table.key == "truth-interface" and len(table.rows) == 2
+    assert text.kind == "warning" and "credibly costs" in text.text
+    assert "+3.6 points [+0.3, +6.9]" in text.text
+    assert interface_handicap({"policies": [], "clinicians": doc["clinicians"]}) == []

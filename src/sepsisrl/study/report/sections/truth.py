@@ -79,7 +79,8 @@ def interface_handicap(doc: dict[str, Any]) -> list[Block]:
         "representative dose. Drawing each 4-hour decision from the clinicians' own "
         "(behaviour-cloned) action probabilities and holding it "
         f"{verdict} value against the clinicians on the same patients (paired difference "
-        f"{ci(v['mean'], lo, hi)}; 90-day mortality {ci(m['mean'], *m['ci95'])}). "
+        f"{ci(v['mean'], lo, hi)}; 90-day mortality {_points(m['mean'])} points "
+        f"[{_points(m['ci95'][0])}, {_points(m['ci95'][1])}]). "
         "An offline policy must make up this handicap before it can match the clinicians in "
         "truth; offline estimates, learned from the clinicians' own hourly-titrated logs, "
         "cannot see it."
@@ -153,6 +154,11 @@ def headroom(ref: dict[str, Any] | None, doc: dict[str, Any]) -> list[Block]:
     caption = ("True value (evaluation reward) and 90-day mortality with 95 % CIs on the "
                "study's truth population; differences are paired patient by patient.")  # fmt: skip
     return [Text(intro, kind), table("truth-headroom", HEADROOM_HEADER, rows, caption)]
+
+
+def _points(share: float) -> str:
+    """A difference of two proportions in percentage points, signed."""
+    return f"{100.0 * share:+.1f}"
 
 
 def _versus(diff: float) -> str:
