@@ -59,7 +59,12 @@ def main() -> None:
     import torch
 
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
-    from sepsisrl.truth.compare import compare, episode_returns, estimates_of
+    from sepsisrl.truth.compare import (
+        compare,
+        episode_returns,
+        estimates_of,
+        sensitivities_of,
+    )
     from sepsisrl.truth.harness import compute_truth, population_for
     from sepsisrl.truth.policies import Network, world_policy
     from sepsisrl.truth.world import TruthContext
@@ -110,6 +115,7 @@ def main() -> None:
                 "truth_ci95": truth["value"]["ci95"],
                 "true_mortality_90d": truth["mortality_90d"]["mean"],
                 "estimates": estimates_of(doc),
+                "sensitivity": sensitivities_of(doc),
                 "ess": doc["metrics"]["ess"],
                 "fqe_converged": doc["fqe"]["converged"],
                 "evaluable": doc["evaluable"],
@@ -132,6 +138,18 @@ def main() -> None:
     for r in rows:
         cells = " ".join(f"{_fmt(r['estimates'][e][0]):>16s}" for e in result)
         print(f"{r['policy']:24s} {r['truth']:7.2f} {r['true_mortality_90d']:7.3f} {cells}")
+    print()
+    for est in ("fqe", "wdr"):
+        sens = result[est].get("sensitivity")
+        if not sens:
+            continue
+        print(f"\n{est.upper()} under unobserved confounding ({sens['model']} marginal "
+              "sensitivity model): share of evaluable policies whose bounds contain the truth, "
+              "by Lambda")  # fmt: skip
+        print("  " + "  ".join(f"{lam}: {share:.2f}" for lam, share in
+                               sens["coverage_by_lambda"].items()))  # fmt: skip
+        for name, lam in sens["lambda_to_cover"].items():
+            print(f"  {name:24s} Lambda to contain the truth: {'> grid' if lam is None else lam}")
     print()
     for est, doc in result.items():
         print(json.dumps({"world_seed": args.world_seed, "estimator": est, **doc}))

@@ -118,6 +118,32 @@ def test_the_verdict_against_the_clinicians_compares_the_lower_bound_with_their_
     assert worse["clinician_observed_return"] == 3.4 and worse["clinician_ci"] == [1.0, 5.0]
     none = sel.versus_clinicians({"score": None, "estimate": None}, clin, "fqe", "eval/c")
     assert none["credibly_better"] is None and none["verdict"].startswith("undefined")
+    assert better["confounding"] is None  # no sensitivity bounds given
+
+
+def _bounds(lows):
+    return {"model": "per_decision", "estimator": "fqe", "note": "",
+            "bounds": [{"lambda": lam, "low": lo, "high": 2 * lows[0] - lo, "raw_low": lo,
+                        "raw_high": 2 * lows[0] - lo}
+                       for lam, lo in zip((1.0, 1.1, 1.2, 1.5), lows, strict=True)]}  # fmt: skip
+
+
+def test_the_verdict_says_how_much_unobserved_confounding_it_survives():
+    clin = {"estimate": 3.0, "ci_low": 1.0, "ci_high": 5.0, "observed_return": 3.4}
+    chosen = {"score": 3.2, "estimate": 4.0}
+    vs = sel.versus_clinicians(chosen, clin, "fqe", "eval/c", _bounds([4.0, 3.5, 2.9, 1.0]),
+                               "runs/x")  # fmt: skip
+    conf = vs["confounding"]
+    assert conf["holds_up_to"] == 1.1 and conf["fails_at"] == 1.2 and conf["reference"] == 3.0
+    assert conf["run"] == "runs/x" and conf["estimate"] == 4.0
+    assert "at most a factor 1.1" in conf["statement"] and "at 1.2" in conf["statement"]
+    always = sel.versus_clinicians(chosen, clin, "fqe", "eval/c", _bounds([4.0, 3.9, 3.8, 3.5]),
+                                   "runs/x")["confounding"]  # fmt: skip
+    assert always["holds_up_to"] == 1.5 and always["fails_at"] is None
+    assert "every Lambda up to 1.5" in always["statement"]
+    never = sel.versus_clinicians(chosen, clin, "fqe", "eval/c", _bounds([2.0, 1.0, 0.5, 0.0]),
+                                  "runs/x")["confounding"]  # fmt: skip
+    assert never["holds_up_to"] is None and "even without confounding" in never["statement"]
 
 
 def test_the_severe_flag_gate_can_be_the_clinicians_reference_level():
@@ -301,6 +327,13 @@ def test_stage_one_and_two_use_validation_only(study):
         assert vs["credibly_better"] == (chosen["score"] > vs["clinician_estimate"])
         assert ("NOT credibly" in vs["verdict"]) == (not vs["credibly_better"])
     assert vs["clinician_observed_return"] == clin["metrics"]["observed_return_mean"]
+    # the exported seed's sensitivity to unobserved confounding, against the same reference
+    conf = vs["confounding"]
+    if vs["credibly_better"] is None:  # no verdict, nothing to bound
+        assert conf is None
+    else:
+        assert conf["run"] == doc["selected"]["run"]
+        assert conf["reference"] == vs["clinician_estimate"]
     # the test split was read only after the selection had been written
     test_reads = [after for split, after in reads if split == "test"]
     assert test_reads and all(test_reads)
@@ -405,9 +438,25 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     # the card shows the truth beside the estimates; the report has the section
     card = (ws / final["release"] / "README.md").read_text()
     assert "## Truth in the synthetic world" in card and "90-day mortality" in card
+    released = _read(ws / final["release"] / "config.json")
+    if released["metrics"]["fqe_mean"]["mean"] is not None:  # evaluable: bounds, next to truth
+        assert "Sensitivity to unobserved confounding" in card
+        assert "FQE bounds contain the true value" in card
     md = (ws / "report" / "report.md").read_text()
     assert "## Estimates versus truth" in md and "Top-1 regret" in md
     assert "What does the action interface alone cost?" in md
+    # how much unobserved confounding the estimates need to contain the truth
+    for p in doc["policies"]:
+        if p["role"] == "candidate":
+            bounds = p["validation_sensitivity"]["fqe"]["bounds"]
+            fqe_estimate = p["validation_estimates"]["fqe"][0]  # None: not evaluable (gated)
+            assert bounds[0]["lambda"] == 1.0
+            if fqe_estimate is not None:
+                assert bounds[0]["low"] == pytest.approx(fqe_estimate)
+    if fqe["policies"]:
+        sens = fqe["sensitivity"]
+        assert sens["policies"] == fqe["policies"] == len(sens["lambda_to_cover"])
+        assert set(sens["coverage_by_lambda"]) == {f"{b['lambda']:g}" for b in bounds}
 
 
 @pytest.mark.slow

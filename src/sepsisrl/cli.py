@@ -549,9 +549,15 @@ flags, subgroups and action heatmaps (vasopressor x fluid bins). RESEARCH ONLY.
                 record_final_folder(run, tmp, out)
     except (EvaluationError, ReplayError, FileNotFoundError, ValueError, D3rlpyMissingError) as exc:
         raise _fail(exc) from exc
-    typer.echo(
-        json.dumps({"out": str(out), "split": doc["split"], "metrics": doc["metrics"]}, indent=2)
-    )
+    # the bias bounds under unobserved confounding, [Lambda, low, high] (docs/evaluate.md)
+    sensitivity = {
+        est: [[b["lambda"], round(b["low"], 3), round(b["high"], 3)] for b in sens["bounds"]]
+        for est in ("fqe", "wdr")
+        if (sens := doc[est].get("sensitivity"))
+    }
+    summary = {"out": str(out), "split": doc["split"], "metrics": doc["metrics"],
+               "sensitivity": sensitivity}  # fmt: skip
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @command()

@@ -38,11 +38,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PlainValidator,
     StrictBool,
     StrictInt,
@@ -344,6 +345,25 @@ class Bootstrap(Strict):
     seed: StrictInt
 
 
+class SensitivityBound(Strict):
+    # Lambda of the marginal sensitivity model and an estimator's bounds there (ope/sensitivity.py)
+    model_config = ConfigDict(
+        strict=True, extra="forbid", protected_namespaces=(), populate_by_name=True
+    )
+    lam: Real = Field(alias="lambda")
+    low: Real
+    high: Real
+    raw_low: Real
+    raw_high: Real
+
+
+class Sensitivity(Strict):
+    model: Literal["per_decision", "trajectory"]
+    estimator: StrictStr
+    bounds: list[SensitivityBound]
+    note: StrictStr
+
+
 class FqeReport(Strict):
     method: StrictStr
     model: StrictStr
@@ -363,6 +383,8 @@ class FqeReport(Strict):
     point_estimate: StrictStr
     bootstrap: Bootstrap
     fit_on: StrictStr
+    # absent in evaluations written before the sensitivity analysis existed; None: no full fit
+    sensitivity: Sensitivity | None = None
 
 
 class WdrReport(Strict):
@@ -371,6 +393,8 @@ class WdrReport(Strict):
     clipped_to_attainable_range: StrictBool
     weighted_share: Real
     control_variate: StrictStr
+    # absent in evaluations written before the sensitivity analysis existed
+    sensitivity: Sensitivity | None = None
 
 
 class SoftenedWis(Strict):
@@ -542,6 +566,16 @@ class SelectionRule(Strict):
     versus_clinicians: StrictStr
 
 
+class Confounding(Strict):
+    model: StrictStr
+    run: StrictStr
+    reference: Real | None
+    estimate: Real | None
+    holds_up_to: Real | None
+    fails_at: Real | None
+    statement: StrictStr
+
+
 class VersusClinicians(Strict):
     estimator: StrictStr
     split: StrictStr
@@ -553,6 +587,8 @@ class VersusClinicians(Strict):
     credibly_better: StrictBool | None
     verdict: StrictStr
     evaluation: StrictStr
+    # how much unobserved confounding the verdict survives (None: not WDR, or not recorded)
+    confounding: Confounding | None = None
 
 
 class Selected(Strict):

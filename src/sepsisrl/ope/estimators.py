@@ -49,6 +49,7 @@ from sepsisrl.ope.importance import (
     wdr_with_ci,
     wis_with_ci,
 )
+from sepsisrl.ope.sensitivity import fqe_sensitivity, wdr_sensitivity
 from sepsisrl.rl.data import ReplayMeta, Transitions
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ class EvalData:
     policy: Any  # rl.policies.Policy
     b_all: np.ndarray  # (N, A) behaviour model b(a|s) on the evaluated split
     pi_all: np.ndarray  # (N, A) the policy's pi(a|s), exactly as evaluated
+    # b(.|s) of any states (the behaviour model): the FQE's sensitivity bounds need it at the
+    # train next states; None: no sensitivity bounds for the FQE
+    behaviour: Callable[[np.ndarray], np.ndarray] | None = None
 
     @cached_property
     def states(self) -> np.ndarray:
@@ -232,6 +236,13 @@ class FittedQEvaluation(Estimator):
         )  # fmt: skip
         self.terminal_range = terminal_range(meta, lo, hi)
         self.out_of_range_max = cfg.gates.fqe_out_of_range_max
+        self.sensitivity = None
+        if data.behaviour is not None and self.q_full is not None:
+            b_next = data.behaviour(train.states.numpy()[train.next_index.numpy()])
+            self.sensitivity = fqe_sensitivity(
+                fqe, b_next, states.numpy()[init], pi_all[init], data.b_all[init],
+                cfg.sensitivity, (lo, hi),
+            )  # fmt: skip
         self.basis = cfg.fqe.basis if cfg.fqe.model == "linear" else None
         return self
 
@@ -279,6 +290,7 @@ class FittedQEvaluation(Estimator):
             "raw_estimates": [float(x) for x in self.raw_estimates],
             "member_values": [float(x) for x in self.v0.mean(1)],
             "basis": self.basis,
+            "sensitivity": self.sensitivity,
             "point_estimate": "fit on every train patient" if full else "ensemble mean",
             "bootstrap": self.ci.to_json(),
             "fit_on": "train (bootstrap resamples of train patients; out-of-bag patients choose "
@@ -331,6 +343,13 @@ class WeightedDoublyRobust(Estimator):
             high=float(np.clip(raw.high, lo, hi)),
         )
         self.weighted_share = weighted_share(data.w_et)
+        # how far unobserved confounding could move it (ope/sensitivity.py), on the point fit
+        pi_eval = soften(data.pi_all, cfg.softening_eps)
+        d_point, v_point = point if point is not None else (delta_et.mean(0), fqe.v0.mean(0))
+        self.sensitivity = wdr_sensitivity(
+            pi_eval[rows, actions], data.b_all[rows, actions], data.idx, d_point, v_point,
+            gamma, cfg.sensitivity, (lo, hi), cfg.ratio_clip,
+        )  # fmt: skip
         return self
 
     def details(self, ok: bool) -> dict[str, Any]:
@@ -342,6 +361,7 @@ class WeightedDoublyRobust(Estimator):
                 not lo <= raw.estimate <= hi or not lo <= raw.low <= hi or not lo <= raw.high <= hi
             ),
             "weighted_share": self.weighted_share,
+            "sensitivity": self.sensitivity,
             "control_variate": "FQE fit on every train patient (the estimate); the ensemble "
             "(each bootstrap resample draws one member) for the CI",
         }

@@ -62,6 +62,7 @@ from sepsisrl.ope.estimators import (
 )
 from sepsisrl.ope.fqe import FQEConfig
 from sepsisrl.ope.safety import REQUIRED_FEATURES, safety_flags, subgroups
+from sepsisrl.ope.sensitivity import SensitivityConfig
 from sepsisrl.rl.actions import ActionGrid
 from sepsisrl.rl.data import ReplayMeta, load_meta, load_split
 from sepsisrl.rl.policies import (
@@ -111,6 +112,7 @@ class EvalConfig:
     gates: GateConfig
     behaviour: BehaviourConfig
     fqe: FQEConfig
+    sensitivity: SensitivityConfig
 
     def __post_init__(self) -> None:
         if self.headline not in HEADLINE_ESTIMATORS:
@@ -414,7 +416,7 @@ def evaluate(
 
     states = split_data.states.numpy()
     data = EvalData(meta, cfg, train, split_data, pol, behaviour.probabilities(states),
-                    pol.action_probabilities(states))  # fmt: skip
+                    pol.action_probabilities(states), behaviour.probabilities)  # fmt: skip
     clinician = kind == "named" and policy == "clinician"
     greedy = data.actions.copy() if clinician else pol.act(states)
     fitted = fit_estimators(data, clock.lap)

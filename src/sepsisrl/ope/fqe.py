@@ -315,6 +315,7 @@ class FQE:
         cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
         pi_next = train["pi_next"].numpy().astype(np.float64)
         K, n, penalties = cfg.members, len(r), su.penalties
+        self._robust_inputs = (su, r, cont, pi_next, [])  # for robust_values (sensitivity)
         self.W = np.zeros((K, su.size))
         self.W_full = np.zeros(su.size) if cfg.full_fit else None
         for k in range(1, result.horizon + 1):
@@ -342,8 +343,54 @@ class FQE:
                 b_full = torch.from_numpy(su.rhs(y[K:] / n))[0, :, None]
                 self.W_full = _chol_solve(b_full, su.full_factor(j))[:, 0].numpy()
                 record["ridge_full"] = penalties[j]
+                self._robust_inputs[4].append(j)
             result.iterations.append(record)
         return result
+
+    def robust_values(
+        self,
+        b_next: np.ndarray,
+        init_states: np.ndarray,
+        pi_init: np.ndarray,
+        b_init: np.ndarray,
+        lam: float,
+        side: Literal["low", "high"],
+    ) -> np.ndarray | None:
+        """V(s0) at ``init_states`` of the full fit redone with the Bellman targets of the
+        marginal sensitivity model at ``lam`` (ope/sensitivity.py): the logged next states of an
+        (s, a) may over-represent better (``low``) or worse (``high``) outcomes than acting on s
+        alone would give. Within that model the worst (best) case reweights the outcomes
+        y = r + gamma V(s') by 1/lam.. lam in odds, which puts the upper weight on the lowest
+        (highest) 1/(1 + lam) share of outcomes and shifts Q(s, a) by
+        (1 - b(a|s)) (lam - 1/lam) E[eps 1{eps <= q}], eps the outcome minus Q(s, a); eps's
+        distribution given (s, a) is approximated by the pooled residuals of action a at that
+        iteration. ``b_next``: b(a|s') at the train next states (n, A). Linear model with the
+        full fit only (None otherwise); lam = 1 gives the full fit's values."""
+        if self.cfg.model != "linear" or self.W_full is None:
+            return None
+        su, r, cont, pi_next, full_j = self._robust_inputs
+        n, A = len(r), self.n_actions
+        c_lam = lam - 1.0 / lam
+        tau = 1.0 / (1.0 + lam)
+        beta = np.zeros(su.size)
+        tail = np.zeros(A)  # per action: E[eps 1{eps in the tail}] of the last fit
+        for k, j in enumerate(full_j, start=1):
+            if k > 1:
+                q_next = self._q(su.ps_next, su.pa_next, beta, A)
+                q_next += (1.0 - b_next) * (c_lam * tail)[None, :]
+                np.clip(q_next, self.lo, self.hi, out=q_next)
+                v_next = np.einsum("na,na->n", q_next, pi_next)
+            else:
+                v_next = np.zeros(n)
+            y = np.clip(r + cont * v_next, self.lo, self.hi)
+            rhs = torch.from_numpy(su.rhs(y[None] / n))[0, :, None]
+            beta = _chol_solve(rhs, su.full_factor(j))[:, 0].numpy()
+            if c_lam > 0:
+                fitted = self._q(su.ps, su.pa, beta, A)[np.arange(n), su.a]
+                tail = _residual_tails(y - fitted, su.a, A, tau, side)
+        ps, pa = self._bases(init_states)
+        q = self._q(ps, pa, beta, A) + (1.0 - b_init) * (c_lam * tail)[None, :]
+        return np.einsum("na,na->n", np.clip(q, self.lo, self.hi), pi_init)
 
     def full_q_values(self, states: torch.Tensor, raw: bool = False) -> np.ndarray | None:
         """Q(s, .) of the fit on every train patient, (N, A) (None: no full fit)."""
@@ -420,6 +467,26 @@ class FQE:
                 {"iteration": k, "steps": step, "capped": capped, "holdout_mse": best}
             )
         return result
+
+
+def _residual_tails(
+    eps: np.ndarray, a: np.ndarray, n_actions: int, tau: float, side: str
+) -> np.ndarray:
+    """Per action: E[e 1{e in the lower (``low``) or upper (``high``) tau-tail}] of its rows'
+    residuals centred on their mean (0 for an action without rows)."""
+    out = np.zeros(n_actions)
+    for k in range(n_actions):
+        e = eps[a == k]
+        if not len(e):
+            continue
+        e = np.sort(e - e.mean())
+        if side == "high":
+            e = -e[::-1]
+        x = tau * len(e)
+        m = int(np.floor(x))
+        part = e[:m].sum() + (x - m) * (e[m] if m < len(e) else 0.0)
+        out[k] = part / len(e) if side == "low" else -part / len(e)
+    return out
 
 
 def _chol_solve(b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import yaml
@@ -101,6 +102,7 @@ def gated_summary(evals: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
                     None if x else d["metrics"].get(key) for d, x in zip(docs, drop, strict=True)
                 ]
                 rows[key] = _summary_row(vals)
+    summary["sensitivity"] = _sensitivity_summary(docs, model)
     why: dict[str, str] = {}
     # the most telling reason first: a diverged or unconverged fit before the other gates
     telling = [sorted(r, key=lambda x: "diverged" not in x and "converge" not in x) for r in model]
@@ -113,6 +115,57 @@ def gated_summary(evals: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
         if first_is:
             why[key] = first_is
     return summary, why
+
+
+def _sensitivity_summary(
+    docs: list[dict[str, Any]], model_reasons: list[list[str]]
+) -> dict[str, list[dict[str, float]]]:
+    """Per estimator (FQE, WDR), the mean over the evaluable evaluations of its bias bounds
+    under unobserved confounding at every Lambda (``ope/sensitivity.py``); an estimator that
+    some evaluable evaluation lacks bounds for is left out."""
+    out = {}
+    ok = [d for d, r in zip(docs, model_reasons, strict=True) if not r]
+    for est in ("fqe", "wdr"):
+        found = [(d.get(est) or {}).get("sensitivity") for d in ok]
+        if not found or any(f is None for f in found):
+            continue
+        grid = [b["lambda"] for b in found[0]["bounds"]]
+        if any([b["lambda"] for b in f["bounds"]] != grid for f in found):
+            continue
+        out[est] = [{"lambda": lam,
+                     "low": fmean(f["bounds"][j]["low"] for f in found),
+                     "high": fmean(f["bounds"][j]["high"] for f in found)}
+                    for j, lam in enumerate(grid)]  # fmt: skip
+    return out
+
+
+def sensitivity_lines(summary: dict[str, Any] | None, truth: dict[str, Any] | None) -> list[str]:
+    """The card's paragraph on unobserved confounding: the bounds at each Lambda, and on a
+    synthetic world the Lambda from which they contain the true value."""
+    sens = (summary or {}).get("sensitivity") or {}
+    if not sens:
+        return []
+    lines = [
+        "",
+        "Sensitivity to unobserved confounding (marginal sensitivity model: the odds of each "
+        "logged decision may differ from the behaviour model's by a factor Lambda; bias bounds, "
+        "mean over the evaluations, sampling error on top; docs/evaluate.md):",
+        "",
+        "| Lambda | " + " | ".join(f"{e.upper()} bounds" for e in sens) + " |",
+        "|---|" + "---|" * len(sens),
+    ]
+    grid = next(iter(sens.values()))
+    for j, row in enumerate(grid):
+        cells = [f"[{b[j]['low']:.2f}, {b[j]['high']:.2f}]" for b in sens.values()]
+        lines.append(f"| {row['lambda']:g} | " + " | ".join(cells) + " |")
+    if truth:
+        tv = truth["value"]["mean"]
+        for est, bounds in sens.items():
+            need = next((b["lambda"] for b in bounds if b["low"] <= tv <= b["high"]), None)
+            where = (f"from Lambda = {need:g}" if need is not None
+                     else "at no Lambda of the grid")  # fmt: skip
+            lines.append(f"- The {est.upper()} bounds contain the true value {tv:.2f} {where}.")
+    return lines
 
 
 def _summary_row(vals: list[Any]) -> dict[str, Any]:
@@ -361,6 +414,7 @@ def model_card(
             lines.append(f"| {label} | {_cell(key, r['mean'], why)} | {sd} | {r['n']} |")
         lines += ["", "These are offline estimates only; no prospective validation has been performed. They are not "
                   "evidence of clinical safety or efficacy."]  # fmt: skip
+        lines += sensitivity_lines(summary, config.get("truth"))
     else:
         lines.append(
             "This model has not been evaluated: no evaluation results were found for its run."

@@ -197,7 +197,9 @@ def _config_differences(was: Any, now: dict[str, Any]) -> str:
 
 
 def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    return [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key]} for p in policies]
+    split = key.removesuffix("_estimates")
+    return [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key],
+             "sensitivity": p.get(f"{split}_sensitivity")} for p in policies]  # fmt: skip
 
 
 def _ensure_truth(spec: dict[str, Any]) -> bool:
@@ -619,8 +621,14 @@ class Study:
             raise StudyError(f"{self.rel(out)}: selection may only use validation")
         clin = sel.selection_metrics(doc, self.cfg.selection.estimator)
         clin["observed_return"] = doc.metrics.observed_return_mean
+        # the exported seed's WDR bounds under unobserved confounding (ope/sensitivity.py)
+        from sepsisrl.truth.compare import sensitivities_of
+
+        row = next(r for r in chosen["seeds"] if r["run"] == selected["run"])
+        exported = EvaluationMetrics.load(self.ws / row["eval"] / "metrics.json")
+        sens = sensitivities_of(exported).get(self.cfg.selection.estimator)
         return sel.versus_clinicians(
-            chosen, clin, self.cfg.selection.estimator, self.rel(out)
+            chosen, clin, self.cfg.selection.estimator, self.rel(out), sens, selected["run"]
         )  # fmt: skip
 
     def final(self, selection: dict[str, Any]) -> dict[str, Any]:
@@ -722,7 +730,13 @@ class Study:
         Runs after ``selection.json`` and ``final.json`` are written and is read by neither:
         the selection cannot depend on the truth. Writes ``study/truth.json``.
         """
-        from sepsisrl.truth.compare import compare, episode_returns, estimates_of, selection_regret
+        from sepsisrl.truth.compare import (
+            compare,
+            episode_returns,
+            estimates_of,
+            selection_regret,
+            sensitivities_of,
+        )
         from sepsisrl.truth.harness import population_for
         from sepsisrl.truth.world import TruthContext, TruthError
 
@@ -782,9 +796,9 @@ class Study:
             for split in ("validation", "test"):
                 rel = p.get(f"{split}_eval")
                 if rel:
-                    p[f"{split}_estimates"] = estimates_of(
-                        EvaluationMetrics.load(self.ws / rel / "metrics.json")
-                    )
+                    ev = EvaluationMetrics.load(self.ws / rel / "metrics.json")
+                    p[f"{split}_estimates"] = estimates_of(ev)
+                    p[f"{split}_sensitivity"] = sensitivities_of(ev)
         cands = [p for p in policies if p["role"] == "candidate"]
         tests = [p for p in policies if p.get("test_estimates")]
         by_config: dict[str, list[float]] = {}

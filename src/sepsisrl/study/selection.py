@@ -209,7 +209,12 @@ def choose(finalists: list[dict[str, Any]], rule: SelectionSection) -> dict[str,
 
 
 def versus_clinicians(
-    chosen: dict[str, Any], clinicians: dict[str, Any], estimator: str, evaluation: str
+    chosen: dict[str, Any],
+    clinicians: dict[str, Any],
+    estimator: str,
+    evaluation: str,
+    sensitivity: dict[str, Any] | None = None,
+    run: str | None = None,
 ) -> dict[str, Any]:
     """Whether the selected configuration is credibly better than the clinicians (validation):
     its score (mean over seeds of the lower CI bound) above the clinicians' point estimate."""
@@ -236,7 +241,57 @@ def versus_clinicians(
         "credibly_better": better,
         "verdict": verdict,
         "evaluation": evaluation,
+        # only for a defined verdict: a gated (not evaluable) estimate has no bounds to show
+        "confounding": (
+            confounding(sensitivity, est, run)
+            if sensitivity and run and better is not None
+            else None
+        ),
     }
+
+
+def confounding(sensitivity: dict[str, Any], reference: float | None, run: str) -> dict[str, Any]:
+    """How much unobserved confounding the exported run's advantage over the clinicians survives:
+    the largest Lambda of the grid (``ope/sensitivity.py``) at which the lower bound of its
+    validation estimate (the selection's estimator) still exceeds the clinicians' estimate (bias
+    bounds; no sampling error)."""
+    from sepsisrl.ope.sensitivity import survives_up_to
+
+    bounds = sensitivity["bounds"]
+    estimate = bounds[0]["low"]  # Lambda = 1: the point estimate (projected)
+    est = sensitivity["estimator"].upper()
+    model = sensitivity["model"]
+    what = ("the odds of each logged decision" if model == "per_decision"
+            else "the odds of the logged decisions up to each step, together,")  # fmt: skip
+    if reference is None:
+        held = {"holds_up_to": None, "fails_at": None}
+        statement = "undefined: the clinicians' estimate is not evaluable"
+    else:
+        held = survives_up_to(bounds, reference)
+        grid_max = bounds[-1]["lambda"]
+        if held["holds_up_to"] is None:
+            statement = (
+                f"the exported run's {est} point estimate {estimate:.3f} does not exceed the "
+                f"clinicians' {reference:.3f} even without confounding"
+            )
+        elif held["fails_at"] is None:
+            statement = (
+                f"the exported run's {est} stays above the clinicians' {reference:.3f} for every "
+                f"Lambda up to {grid_max:g} ({what} may differ from the behaviour model's by "
+                "that factor)"
+            )
+        else:
+            statement = (
+                f"the exported run's {est} ({estimate:.3f}) stays above the clinicians' "
+                f"{reference:.3f} only while "
+                f"{what} differ from the behaviour model's by at most a factor "
+                f"{held['holds_up_to']:g}; at {held['fails_at']:g} its lower bound "
+                "reaches them"
+            )
+    return {"model": model, "run": run, "reference": reference, "estimate": estimate,
+            "holds_up_to": held["holds_up_to"], "fails_at": held["fails_at"],
+            "statement": statement + " (bias bounds of the marginal sensitivity model; "
+            "sampling error comes on top)"}  # fmt: skip
 
 
 def rule_document(cfg: StudyConfig) -> dict[str, Any]:

@@ -114,6 +114,44 @@ def kendall(x: np.ndarray, y: np.ndarray) -> float | None:
     return concordant_minus_discordant / den if den > 0 else None
 
 
+#: the estimators whose evaluation carries bounds under unobserved confounding
+SENSITIVITY_ESTIMATORS = ("fqe", "wdr")
+
+
+def sensitivities_of(evaluation: EvaluationMetrics | dict[str, Any]) -> dict[str, Any]:
+    """The FQE's and the WDR's bounds under unobserved confounding in an evaluation
+    (``ope/sensitivity.py``; None for an evaluation written before they existed)."""
+    if not isinstance(evaluation, EvaluationMetrics):
+        evaluation = EvaluationMetrics.parse(evaluation, "evaluation document (metrics.json)")
+    out = {}
+    for est in SENSITIVITY_ESTIMATORS:
+        sens = getattr(evaluation, est).sensitivity
+        out[est] = None if sens is None else sens.model_dump(by_alias=True)
+    return out
+
+
+def sensitivity_coverage(
+    names: list[str], truth: np.ndarray, sensitivities: list[dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """How much confounding it takes for an estimator's bounds to contain the truth: per policy the
+    smallest Lambda of the grid whose bounds contain its true value (None: none does), and per
+    Lambda the share of policies whose bounds contain it."""
+    from sepsisrl.ope.sensitivity import lambda_to_cover
+
+    have = [(names[k], float(truth[k]), s["bounds"]) for k, s in enumerate(sensitivities) if s]
+    if not have:
+        return None
+    model = next(s for s in sensitivities if s)["model"]
+    lams = [b["lambda"] for b in have[0][2]]
+    need = {name: lambda_to_cover(bounds, value) for name, value, bounds in have}
+    cover = {
+        f"{lam:g}": float(np.mean([b[j]["low"] <= v <= b[j]["high"] for _, v, b in have]))
+        for j, lam in enumerate(lams)
+    }
+    return {"model": model, "policies": len(have), "lambda_to_cover": need,
+            "coverage_by_lambda": cover}  # fmt: skip
+
+
 def compare(
     rows: list[dict[str, Any]],
     returns: dict[str, np.ndarray] | None = None,
@@ -130,12 +168,13 @@ def compare(
     out: dict[str, dict[str, Any]] = {}
     for est in ESTIMATORS:
         names, truth, value, lo, hi = [], [], [], [], []
-        skipped = []
+        skipped, sens = [], []
         for r in rows:
             v, low, high = r["estimates"].get(est, (None, None, None))
             if v is None:
                 skipped.append(r["policy"])
                 continue
+            sens.append((r.get("sensitivity") or {}).get(est))
             names.append(r["policy"])
             truth.append(float(r["truth"]))
             value.append(v)
@@ -159,6 +198,9 @@ def compare(
             first = int(np.argmax(e))
             doc["ranked_first"] = names[first]
             doc["top1_regret"] = float(t.max() - t[first])
+        coverage = sensitivity_coverage(names, t, sens)
+        if coverage is not None:
+            doc["sensitivity"] = coverage
         if returns is not None and len(names) >= 3 and all(n in returns for n in names):
             doc["truth_noise"] = truth_noise(
                 np.stack([np.asarray(returns[n], float) for n in names]), e, resamples, seed

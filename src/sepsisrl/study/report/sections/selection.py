@@ -118,6 +118,9 @@ def _selected_table(st: Study) -> Block:
         ["Clinicians: estimate vs their observed mean return (validation; on-policy check)",
          f"{fmt_est(vs.clinician_estimate)} vs {fmt_est(vs.clinician_observed_return)}"],
     ]  # fmt: skip
+    if vs.confounding is not None:
+        chosen.append(["Against unobserved confounding (exported seed, validation)",
+                       vs.confounding.statement])  # fmt: skip
     return table("selected", ["Item", "Value"], chosen)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import Block, Bullets, Figure, Text, ci, fmt, pct, table
 from sepsisrl.study.report.data import Study
@@ -202,12 +204,13 @@ def _agreement(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
             if est not in ("fqe", "wis") or d["policies"] < 3:
                 continue
             bad = _untrusted(d)
+            notes = _noise_note(noise) + sensitivity_note(d.get("sensitivity"), label)
             if bad:
                 verdicts.append(f"{label} on the {what} ({split}) DISAGREES with the truth: "
-                                + "; ".join(bad) + "." + _noise_note(noise))  # fmt: skip
+                                + "; ".join(bad) + "." + notes)  # fmt: skip
             else:
                 verdicts.append(f"{label} on the {what} ({split}) agrees with the truth."
-                                + _noise_note(noise))  # fmt: skip
+                                + notes)  # fmt: skip
     return rows, verdicts
 
 
@@ -228,6 +231,23 @@ def _noise_note(noise: dict[str, Any] | None) -> str:
             f"{fmt(noise['spearman_p95'], 2)} (5th-95th percentile); a true-value difference "
             f"between two policies has a median standard error of "
             f"{fmt(noise['paired_se_median'], 2)} return units.")  # fmt: skip
+
+
+def sensitivity_note(sens: dict[str, Any] | None, label: str) -> str:
+    """How much unobserved confounding it takes for the estimator's bounds to contain the truth
+    (``compare.sensitivity_coverage``; the marginal sensitivity model of docs/evaluate.md)."""
+    if not sens:
+        return ""
+    cover = ", ".join(f"{share:.0%} at {lam}" for lam, share in sens["coverage_by_lambda"].items())
+    need = [v for v in sens["lambda_to_cover"].values() if v is not None]
+    beyond = len(sens["lambda_to_cover"]) - len(need)
+    median = f"median {float(np.median(need)):g}" if need else "none within the grid"
+    return (f" Under unobserved confounding (marginal sensitivity model Lambda: the odds of each "
+            f"logged decision may differ from the behaviour model's by that factor) the "
+            f"{label}'s bias bounds contain the true value for {cover} of the "
+            f"{sens['policies']} policies; the Lambda a policy needs is {median}"
+            + (f" ({beyond} need more than the grid's largest)" if beyond else "")
+            + ".")  # fmt: skip
 
 
 def _untrusted(d: dict[str, Any]) -> list[str]:
@@ -272,12 +292,22 @@ def clinician_verdict_against_truth(
         return None
     diff = exported["difference_from_clinicians"]["value"]
     agrees = vs["credibly_better"] == (diff["ci95"][0] > 0)
-    return (
+    line = (
         f"Verdict against the clinicians (validation, {vs['estimator'].upper()}): "
         f"{'credibly better' if vs['credibly_better'] else 'not credibly better'}; in truth the "
         f"exported run's value differs from the clinicians' by {ci(diff['mean'], *diff['ci95'])}"
         f" (paired): the verdict {'agrees with' if agrees else 'DISAGREES with'} the truth."
     )
+    conf = vs.get("confounding")
+    if conf and conf.get("holds_up_to") is not None:
+        fails = conf.get("fails_at")
+        line += (
+            f" Its sensitivity analysis: the advantage holds up to Lambda = "
+            f"{conf['holds_up_to']:g}"
+            + (f" and is gone at {fails:g}" if fails else "")
+            + " (marginal sensitivity model, docs/evaluate.md)."
+        )
+    return line
 
 
 # ------------------------------------------------------------------ every policy
