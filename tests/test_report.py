@@ -477,3 +477,13 @@ def test_the_clinician_verdict_is_checked_against_the_truth():
     undefined = {"estimator": "fqe", "credibly_better": None}
     assert clinician_verdict_against_truth(undefined, worse) is None
     assert clinician_verdict_against_truth(None, worse) is None
+    # a verdict that does not survive the required unobserved confounding claims nothing
+    fragile = {**said_better, "confounding": {"survives": False, "required": 1.1,
+                                              "holds_up_to": 1.05, "fails_at": 1.1}}  # fmt: skip
+    line = clinician_verdict_against_truth(fragile, worse)
+    assert "not robust to unobserved confounding of Lambda = 1.1" in line
+    assert "agrees with the truth" in line and "holds up to Lambda = 1.05" in line
+    assert "DISAGREES with the truth" in clinician_verdict_against_truth(fragile, better)
+    robust = {**said_better, "confounding": {"survives": True, "required": 1.1,
+                                             "holds_up_to": 1.2, "fails_at": 1.3}}  # fmt: skip
+    assert "agrees with the truth" in clinician_verdict_against_truth(robust, better)

@@ -204,3 +204,27 @@ def test_fqe_bounds_contain_the_truth_of_a_confounded_decision():
     assert low <= truth <= high
     low_half, _ = bounds(1.0 + (lam_true - 1.0) / 4)
     assert low_half > truth  # a quarter of the confounding's Lambda does not explain it
+
+
+def test_the_card_shows_the_bounds_and_where_they_reach_the_truth():
+    from sepsisrl.contracts import Sensitivity
+    from sepsisrl.release.bundle import _sensitivity_summary, sensitivity_lines
+
+    def doc(shift):
+        rows = [{"lambda": lam, "low": 3.0 - w + shift, "high": 3.0 + w + shift,
+                 "raw_low": 3.0 - w + shift, "raw_high": 3.0 + w + shift}
+                for lam, w in ((1.0, 0.0), (1.1, 1.0), (1.2, 2.0))]  # fmt: skip
+        sens = {"model": "per_decision", "estimator": "fqe", "bounds": rows, "note": ""}
+        # the contract keeps the key "lambda" both ways (an alias: a Python keyword)
+        assert Sensitivity.model_validate(sens).model_dump(by_alias=True) == sens
+        return {"fqe": {"sensitivity": sens}, "wdr": {"sensitivity": None}}
+
+    # the second evaluation failed the model gate: left out of the mean
+    summary = _sensitivity_summary([doc(0.0), doc(0.2), doc(50.0)], [[], [], ["not converged"]])
+    assert list(summary) == ["fqe"]
+    assert [b["low"] for b in summary["fqe"]] == pytest.approx([3.1, 2.1, 1.1])
+    lines = sensitivity_lines({"sensitivity": summary}, {"value": {"mean": 4.5}})
+    text = "\n".join(lines)
+    assert "| 1.1 | [2.10, 4.10] |" in text
+    assert "The FQE bounds contain the true value 4.50 from Lambda = 1.2." in text
+    assert sensitivity_lines({"sensitivity": {}}, None) == []

@@ -135,6 +135,11 @@ def test_the_verdict_says_how_much_unobserved_confounding_it_survives():
                                "runs/x")  # fmt: skip
     conf = vs["confounding"]
     assert conf["holds_up_to"] == 1.1 and conf["fails_at"] == 1.2 and conf["reference"] == 3.0
+    assert conf["required"] == 1.0 and conf["survives"] and "NOT robust" not in vs["verdict"]
+    strict = sel.versus_clinicians(chosen, clin, "fqe", "eval/c", _bounds([4.0, 3.5, 2.9, 1.0]),
+                                   "runs/x", 1.2)  # fmt: skip
+    assert strict["credibly_better"] is True and not strict["confounding"]["survives"]
+    assert "NOT robust to unobserved confounding" in strict["verdict"]
     assert conf["run"] == "runs/x" and conf["estimate"] == 4.0
     assert "at most a factor 1.1" in conf["statement"] and "at 1.2" in conf["statement"]
     always = sel.versus_clinicians(chosen, clin, "fqe", "eval/c", _bounds([4.0, 3.9, 3.8, 3.5]),
@@ -334,6 +339,8 @@ def test_stage_one_and_two_use_validation_only(study):
     else:
         assert conf["run"] == doc["selected"]["run"]
         assert conf["reference"] == vs["clinician_estimate"]
+        assert conf["required"] == load_study_config("quick").selection.confounding_lambda
+        assert ("NOT robust" in vs["verdict"]) == (vs["credibly_better"] and not conf["survives"])
     # the test split was read only after the selection had been written
     test_reads = [after for split, after in reads if split == "test"]
     assert test_reads and all(test_reads)

@@ -158,7 +158,7 @@ class Artifact(Strict):
     def to_dict(self) -> dict[str, Any]:
         """The document as the writer builds it (keys in contract order; absent optional keys
         stay absent)."""
-        return self.model_dump(mode="python", exclude_unset=True)
+        return self.model_dump(mode="python", exclude_unset=True, by_alias=True)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=self.ENSURE_ASCII) + "\n"
@@ -573,6 +573,8 @@ class Confounding(Strict):
     estimate: Real | None
     holds_up_to: Real | None
     fails_at: Real | None
+    required: Real
+    survives: StrictBool
     statement: StrictStr
 
 

@@ -101,6 +101,7 @@ class SelectionSection(StrictModel):
     low_support_max: float = Field(ge=0, le=1)
     # a number (absolute), or "clinicians": at most the clinicians' own flags on the same states
     severe_flags_max: float | Literal["clinicians"]
+    confounding_lambda: float = Field(ge=1.0)
 
     @model_validator(mode="after")
     def _flags(self) -> SelectionSection:

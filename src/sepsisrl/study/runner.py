@@ -628,7 +628,8 @@ class Study:
         exported = EvaluationMetrics.load(self.ws / row["eval"] / "metrics.json")
         sens = sensitivities_of(exported).get(self.cfg.selection.estimator)
         return sel.versus_clinicians(
-            chosen, clin, self.cfg.selection.estimator, self.rel(out), sens, selected["run"]
+            chosen, clin, self.cfg.selection.estimator, self.rel(out), sens, selected["run"],
+            self.cfg.selection.confounding_lambda,
         )  # fmt: skip
 
     def final(self, selection: dict[str, Any]) -> dict[str, Any]:

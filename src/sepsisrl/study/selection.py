@@ -215,6 +215,7 @@ def versus_clinicians(
     evaluation: str,
     sensitivity: dict[str, Any] | None = None,
     run: str | None = None,
+    required_lambda: float = 1.0,
 ) -> dict[str, Any]:
     """Whether the selected configuration is credibly better than the clinicians (validation):
     its score (mean over seeds of the lower CI bound) above the clinicians' point estimate."""
@@ -228,7 +229,7 @@ def versus_clinicians(
     else:
         verdict = (f"NOT credibly better than the clinicians by {estimator}: lower bound "
                    f"{score:.3f} <= clinicians' {est:.3f}")  # fmt: skip
-    return {
+    out = {
         "estimator": estimator,
         "split": "validation",
         "selected_score": score,
@@ -242,15 +243,22 @@ def versus_clinicians(
         "verdict": verdict,
         "evaluation": evaluation,
         # only for a defined verdict: a gated (not evaluable) estimate has no bounds to show
-        "confounding": (
-            confounding(sensitivity, est, run)
-            if sensitivity and run and better is not None
-            else None
-        ),
+        "confounding": None,
     }
+    if sensitivity and run and better is not None:
+        conf = confounding(sensitivity, est, run, required_lambda)
+        out["confounding"] = conf
+        if better and not conf["survives"]:
+            out["verdict"] += (
+                f"; but NOT robust to unobserved confounding: the advantage does not survive "
+                f"Lambda = {required_lambda:g} (selection.confounding_lambda)"
+            )
+    return out
 
 
-def confounding(sensitivity: dict[str, Any], reference: float | None, run: str) -> dict[str, Any]:
+def confounding(
+    sensitivity: dict[str, Any], reference: float | None, run: str, required: float = 1.0
+) -> dict[str, Any]:
     """How much unobserved confounding the exported run's advantage over the clinicians survives:
     the largest Lambda of the grid (``ope/sensitivity.py``) at which the lower bound of its
     validation estimate (the selection's estimator) still exceeds the clinicians' estimate (bias
@@ -288,8 +296,11 @@ def confounding(sensitivity: dict[str, Any], reference: float | None, run: str) 
                 f"{held['holds_up_to']:g}; at {held['fails_at']:g} its lower bound "
                 "reaches them"
             )
+    up_to = held["holds_up_to"]
     return {"model": model, "run": run, "reference": reference, "estimate": estimate,
-            "holds_up_to": held["holds_up_to"], "fails_at": held["fails_at"],
+            "holds_up_to": up_to, "fails_at": held["fails_at"], "required": required,
+            # between grid points nothing is known: only a Lambda of the grid counts as held
+            "survives": up_to is not None and up_to >= required,
             "statement": statement + " (bias bounds of the marginal sensitivity model; "
             "sampling error comes on top)"}  # fmt: skip
 
@@ -319,6 +330,8 @@ def rule_document(cfg: StudyConfig) -> dict[str, Any]:
         ),
         "versus_clinicians": (
             "a verdict, not a gate: credibly better when the selected score (lower CI bound) "
-            "exceeds the clinicians' estimate on the same validation split"
+            "exceeds the clinicians' estimate on the same validation split; robust when the "
+            "exported seed's estimate also stays above it under unobserved confounding of "
+            f"Lambda = {r.confounding_lambda:g} (marginal sensitivity model)"
         ),
     }

@@ -287,18 +287,26 @@ def clinician_verdict_against_truth(
 ) -> str | None:
     """The selection's verdict against the clinicians checked against the truth: credibly
     better in truth = the paired 95 % CI of the exported run's value minus the clinicians'
-    lies above 0."""
+    lies above 0. The verdict checked is the robust one where the selection recorded its
+    sensitivity: credibly better AND surviving unobserved confounding of the required Lambda."""
     if not vs or vs.get("credibly_better") is None or exported is None:
         return None
     diff = exported["difference_from_clinicians"]["value"]
-    agrees = vs["credibly_better"] == (diff["ci95"][0] > 0)
-    line = (
-        f"Verdict against the clinicians (validation, {vs['estimator'].upper()}): "
-        f"{'credibly better' if vs['credibly_better'] else 'not credibly better'}; in truth the "
-        f"exported run's value differs from the clinicians' by {ci(diff['mean'], *diff['ci95'])}"
-        f" (paired): the verdict {'agrees with' if agrees else 'DISAGREES with'} the truth."
-    )
     conf = vs.get("confounding")
+    claimed, said = vs["credibly_better"], "credibly better"
+    if not claimed:
+        said = "not credibly better"
+    elif conf is not None and not conf["survives"]:
+        claimed = False
+        said = (f"credibly better, but not robust to unobserved confounding of Lambda = "
+                f"{conf['required']:g}, so not a claim of superiority")  # fmt: skip
+    agrees = claimed == (diff["ci95"][0] > 0)
+    line = (
+        f"Verdict against the clinicians (validation, {vs['estimator'].upper()}): {said}; in "
+        f"truth the exported run's value differs from the clinicians' by "
+        f"{ci(diff['mean'], *diff['ci95'])} (paired): the verdict "
+        f"{'agrees with' if agrees else 'DISAGREES with'} the truth."
+    )
     if conf and conf.get("holds_up_to") is not None:
         fails = conf.get("fails_at")
         line += (
