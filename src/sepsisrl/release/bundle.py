@@ -160,6 +160,7 @@ def sensitivity_lines(summary: dict[str, Any] | None, truth: dict[str, Any] | No
         lines.append(f"| {row['lambda']:g} | " + " | ".join(cells) + " |")
     if truth:
         tv = truth["value"]["mean"]
+        lines.append("")
         for est, bounds in sens.items():
             need = next((b["lambda"] for b in bounds if b["low"] <= tv <= b["high"]), None)
             where = (f"from Lambda = {need:g}" if need is not None
