@@ -2,7 +2,7 @@
 
 Usage:  python bench/ope_panel.py --world-seed S [--stays 2000] [--patients 2000]
                                   [--train-steps 1000] [--out bench/results/ope_panel-S.json]
-                                  [--policies a,b,...] [--threads 2]
+                                  [--policies a,b,...] [--threads 2] [--interface held,titrated]
 
 A synthetic world (the quick study's default size) is generated with seed S and built. Four
 policies are trained on its ``sofa_shaped`` replay with the quick study's training length:
@@ -25,6 +25,11 @@ comparison also says how far the truth's own ranking can be trusted (``truth_noi
 Spearman the truth reaches against its resampled self, the ceiling of any estimator's
 Spearman; ``truth/compare.py``); ``--policies`` restricts the panel (for example to the
 evaluable policies, to measure their truth on more patients).
+
+``--interface held,titrated`` measures every policy's truth under both action interfaces of
+``sepsisrl truth`` (docs/truth.md) and compares the estimates with each: ``held`` plays each
+bin's representative dose for 4 hours, ``titrated`` lets the simulated team titrate hourly
+inside the policy's bins - the treatment a logged 4-hour action records.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--state-variant", default="card", help="card | running_treatment")
     ap.add_argument("--threads", type=int, default=2, help="torch and BLAS threads")
+    ap.add_argument("--interface", default="held",
+                    help="truth interface(s), comma-separated: held (representative doses held "
+                         "4 h), titrated (the team titrates inside the policy's bins); the "
+                         "first is the panel's headline truth")  # fmt: skip
     ap.add_argument("--policies", default=None,
                     help="comma-separated subset of the panel's policies (default: all 16), e.g. "
                          "the evaluable ones when measuring their truth on more patients")  # fmt: skip
@@ -91,7 +100,8 @@ def main() -> None:
         ctx = TruthContext.load(ws)
         pop = population_for(ctx, args.patients, args.truth_seed)
         print(f"population of {args.patients} patients at {time.perf_counter() - started:.0f} s")
-        rows, truth_dirs = [], {}
+        interfaces = args.interface.split(",")
+        rows, truth_dirs = [], {i: {} for i in interfaces}
         for name, spec, kind in panel:
             t = time.perf_counter()
             doc = evaluate(spec, replay, root / "eval" / name.replace(":", "-"), kind=kind,
@@ -105,15 +115,23 @@ def main() -> None:
                     ctx.feature_names, 25, args.truth_seed, workspace=ws,
                 )  # fmt: skip
             t = time.perf_counter()
-            truth = compute_truth(ws, pol, root / "truth" / name.replace(":", "-"),
-                                  args.patients, args.truth_seed, ctx=ctx, population=pop)  # fmt: skip
+            truths = {}
+            for itf in interfaces:
+                folder = root / "truth" / itf / name.replace(":", "-")
+                truths[itf] = compute_truth(ws, pol, folder, args.patients, args.truth_seed,
+                                            ctx=ctx, population=pop, interface=itf)  # fmt: skip
+                truth_dirs[itf][name] = folder
             t_truth = time.perf_counter() - t
-            truth_dirs[name] = root / "truth" / name.replace(":", "-")
+            truth = truths[interfaces[0]]
             rows.append({
                 "policy": name,
                 "truth": truth["value"]["mean"],
                 "truth_ci95": truth["value"]["ci95"],
                 "true_mortality_90d": truth["mortality_90d"]["mean"],
+                "by_interface": {i: {"truth": d["value"]["mean"], "truth_ci95": d["value"]["ci95"],
+                                     "true_mortality_90d": d["mortality_90d"]["mean"],
+                                     "realised_action_agreement": d["realised_action_agreement"]}
+                                 for i, d in truths.items()},
                 "estimates": estimates_of(doc),
                 "sensitivity": sensitivities_of(doc),
                 "ess": doc["metrics"]["ess"],
@@ -124,12 +142,30 @@ def main() -> None:
                 "seconds": {"evaluate": round(t_eval, 1), "truth": round(t_truth, 1)},
             })  # fmt: skip
             est = rows[-1]["estimates"]
-            print(f"  {name:24s} truth {rows[-1]['truth']:7.2f}  FQE {_fmt(est['fqe'][0])}  "
+            print(f"  {name:24s} truth " + " / ".join(f"{d['value']['mean']:.2f}"
+                                                       for d in truths.values())
+                  + f"  FQE {_fmt(est['fqe'][0])}  "
                   f"WDR {_fmt(est['wdr'][0])}  WIS {_fmt(est['wis'][0])}"
                   f"  ({t_eval:.0f} s + {t_truth:.0f} s)", flush=True)  # fmt: skip
         # per-episode true returns (paired): how far the truth's own ranking can be trusted
-        returns = episode_returns(truth_dirs)
-    result = compare(rows, returns)
+        returns = {i: episode_returns(d) for i, d in truth_dirs.items()}
+    by_interface = {}
+    for itf in interfaces:
+        these = [{**r, **{k: r["by_interface"][itf][k] for k in ("truth", "truth_ci95",
+                                                                 "true_mortality_90d")}}
+                 for r in rows]  # fmt: skip
+        by_interface[itf] = compare(these, returns[itf])
+    result = by_interface[interfaces[0]]
+    if len(interfaces) > 1:
+        print("\nAgreement with the truth of each interface (evaluable policies):")
+        for itf, res in by_interface.items():
+            for est in ("fqe", "wdr"):
+                if est in res:
+                    r = res[est]
+                    print(
+                        f"  {itf:9s} {est.upper():4s} Spearman {r.get('spearman')}  "
+                        f"MAE {r.get('mae')}  coverage {r.get('coverage')}"
+                    )
 
     print(f"\nOPE panel, world seed {args.world_seed}: {len(rows)} policies, "
           f"{args.patients} fresh patients for the truth ({time.perf_counter() - started:.0f} s)")  # fmt: skip
@@ -157,9 +193,12 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"world_seed": args.world_seed,
                                         "state_variant": args.state_variant, "rows": rows,
+                                        "interfaces": interfaces,
                                         "estimators": result,
-                                        "returns": None if returns is None else
-                                        {k: v.tolist() for k, v in returns.items()}},
+                                        "estimators_by_interface": by_interface,
+                                        "returns": _listed(returns[interfaces[0]]),
+                                        "returns_by_interface": {
+                                            i: _listed(r) for i, r in returns.items()}},
                                        indent=2) + "\n")  # fmt: skip
 
 
@@ -206,6 +245,10 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
     panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
     panel += [(n, p, "object") for n, p in edges.items()]
     return ws, replay, runs, panel
+
+
+def _listed(returns):
+    return None if returns is None else {k: v.tolist() for k, v in returns.items()}
 
 
 def _fmt(x: float | None) -> str:

@@ -38,6 +38,7 @@ SRC = Path(config_mod.__file__).resolve().parent
         ({"evaluation.fqe.wis_softening_eps": 0.15}, r"evaluation\.fqe\.wis_softening_eps"),
         ({"wis_softening_eps": 0.15}, r"wis_softening_eps: unknown setting"),
         ({"build.split.sed": 7}, r"build\.split\.sed: unknown setting"),
+        ({"truth.interface": "hourly"}, r"truth\.interface: Input should be 'held' or 'titrated'"),
         ({"build.split.seed": "x"}, r"build\.split\.seed: Input should be a valid integer"),
         ({"build": {"split": {"seed": "x"}}}, r"build\.split\.seed: Input should be"),
         ({"sweep.algo": "cql"}, r"sweep\.algo='cql': the sweep's lr_regimes .* ignore"),

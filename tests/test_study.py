@@ -413,6 +413,7 @@ def test_the_release_and_the_report(study):
 def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     ws, _, _, _, events, _ = study
     doc = _read(ws / "study" / "truth.json")
+    assert doc["interface"] == "held"  # truth.interface's default
     selection = _read(ws / "study" / "selection.json")
     final = _read(ws / "study" / "final.json")
     runs = {r["run"] for c in selection["candidates"] for r in c["seeds"]}
@@ -445,6 +446,7 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     # the card shows the truth beside the estimates; the report has the section
     card = (ws / final["release"] / "README.md").read_text()
     assert "## Truth in the synthetic world" in card and "90-day mortality" in card
+    assert "interface `held`: each action held for its 4-hour window" in card
     released = _read(ws / final["release"] / "config.json")
     if released["metrics"]["fqe_mean"]["mean"] is not None:  # evaluable: bounds, next to truth
         assert "Sensitivity to unobserved confounding" in card

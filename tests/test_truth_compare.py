@@ -147,4 +147,10 @@ def test_the_interface_block_reports_the_paired_difference_in_points():
     assert table.key == "truth-interface" and len(table.rows) == 2
     assert text.kind == "warning" and "credibly costs" in text.text
     assert "+3.6 points [+0.3, +6.9]" in text.text
+    assert "held for the window as one representative dose" in text.text
+    assert table.rows[1][0] == "clinicians' actions drawn and held for 4 h"
     assert interface_handicap({"policies": [], "clinicians": doc["clinicians"]}) == []
+    # a study measured with truth.interface: titrated says so
+    text, table = interface_handicap({**doc, "interface": "titrated"})
+    assert "titrating inside" in text.text and "representative dose" not in text.text
+    assert table.rows[1][0] == "clinicians' bins drawn every 4 h, titrated inside"

@@ -580,6 +580,15 @@ def truth(
         Path | None,
         typer.Option("--out", help="Output folder (default: <workspace>/truth/<name>-s<seed>)."),
     ] = None,
+    interface: Annotated[
+        str,
+        typer.Option(
+            "--interface",
+            help="How an action reaches the patient: 'held' (the bins' representative doses for "
+            "4 h) or 'titrated' (the simulated team titrates hourly inside the policy's bins: "
+            "what a logged 4-hour action records). See docs/truth.md.",
+        ),
+    ] = "held",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """The TRUE 90-day mortality and value of a policy in the synthetic world.
@@ -594,6 +603,7 @@ synthetic worlds. RESEARCH ONLY.
     from sepsisrl.interop.d3rlpy import D3rlpyMissingError
     from sepsisrl.truth.harness import compute_truth
     from sepsisrl.truth.policies import PolicySpecError, world_policy
+    from sepsisrl.truth.rollout import INTERFACES
     from sepsisrl.truth.world import TruthContext, TruthError
 
     try:
@@ -605,7 +615,12 @@ synthetic worlds. RESEARCH ONLY.
     except (TruthError, PolicySpecError, D3rlpyMissingError) as exc:
         raise _fail(exc) from exc
     name = pol.name.replace(":", "-")
-    out = out or ctx.workspace / "truth" / f"{name}-s{seed}-n{patients}"
+    if interface not in INTERFACES:
+        raise _fail(
+            TruthError(f"--interface: expected one of {list(INTERFACES)}, got {interface!r}")
+        )
+    suffix = "" if interface == "held" else f"-{interface}"
+    out = out or ctx.workspace / "truth" / f"{name}-s{seed}-n{patients}{suffix}"
     with _writing((out, "truth output folder")), _progress(quiet) as bar:
         tasks: dict[str, Any] = {}
 
@@ -615,11 +630,12 @@ synthetic worlds. RESEARCH ONLY.
             bar.update(tasks[phase], completed=done)
 
         try:
-            doc = compute_truth(workspace, pol, out, patients, seed, ctx=ctx, progress=progress)
+            doc = compute_truth(workspace, pol, out, patients, seed, ctx=ctx, progress=progress,
+                                interface=interface)  # fmt: skip
         except (TruthError, PolicySpecError) as exc:
             raise _fail(exc) from exc
-    keys = ("policy", "episodes", "mortality_90d", "value", "clinicians",
-            "difference_from_clinicians")  # fmt: skip
+    keys = ("policy", "interface", "episodes", "mortality_90d", "value", "clinicians",
+            "difference_from_clinicians", "realised_action_agreement")  # fmt: skip
     typer.echo(json.dumps({"out": str(out), **{k: doc[k] for k in keys}}, indent=2))
 
 

@@ -227,7 +227,15 @@ def _load_truth(path: Path, run: Path) -> dict[str, Any]:
         )
     keys = ("policy", "patients_simulated", "episodes", "mortality_90d", "value", "clinicians",
             "difference_from_clinicians", "seed", "fingerprints", "limits")  # fmt: skip
-    return {k: doc[k] for k in keys}
+    return {**{k: doc[k] for k in keys}, "interface": doc.get("interface", "held")}
+
+
+#: How the truth delivered an action (``sepsisrl truth --interface``), in the card's words.
+CARD_INTERFACE = {
+    "held": "each action held for its 4-hour window as the bins' representative doses",
+    "titrated": "each action setting the bins of its 4-hour window, inside which the simulated "
+    "team titrated every hour",
+}
 
 
 def build_warnings(ws: Path) -> list[str]:
@@ -253,7 +261,8 @@ def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[s
         f"This policy was trained on a synthetic world, where its true outcome can be measured: "
         f"{truth['patients_simulated']} fresh patients of the same world ({truth['episodes']} "
         "cohort episodes, never the training patients) were simulated with the policy deciding "
-        "at every decision time (`sepsisrl truth`).",
+        f"at every decision time (`sepsisrl truth`, interface `{truth.get('interface', 'held')}`: "
+        f"{CARD_INTERFACE[truth.get('interface', 'held')]}).",
         "",
         "| Quantity | This policy (true) | Clinicians (true) | Paired difference |",
         "|---|---|---|---|",

@@ -153,6 +153,7 @@ class TruthSection(StrictModel):
     enabled: bool
     patients: int = Field(gt=0)
     seed: int
+    interface: Literal["held", "titrated"]  # how an action reaches the patient (docs/truth.md)
 
 
 class StudyConfig(StrictModel):

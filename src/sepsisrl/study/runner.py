@@ -214,7 +214,8 @@ def _ensure_truth(spec: dict[str, Any]) -> bool:
         policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
         if spec["kind"] == "held_sample":
             policy_id = f"held_sample:{policy_id}"
-    key = stable_hash({"base": spec["key"], "policy": policy_id})
+    interface = spec.get("interface", "held")
+    key = stable_hash({"base": spec["key"], "policy": policy_id, "interface": interface})
     marker = out / "study.json"
     if (out / "truth.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
         return False
@@ -229,7 +230,7 @@ def _ensure_truth(spec: dict[str, Any]) -> bool:
             ctx.feature_names, ctx.n_actions, spec["seed"], workspace=ctx.workspace,
         )  # fmt: skip
     compute_truth(ctx.workspace, policy, out, spec["patients"], spec["seed"], ctx=ctx,
-                  population=pop)  # fmt: skip
+                  population=pop, interface=interface)  # fmt: skip
     write_json(marker, {"key": key})
     return True
 
@@ -785,7 +786,7 @@ class Study:
             jobs.append({"label": f"{p['name']} (truth)", "threads": self.cfg.threads_per_worker,
                          "truth": {"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
                                    "out": str(out), "patients": t.patients, "seed": t.seed,
-                                   "key": base}})  # fmt: skip
+                                   "key": base, "interface": t.interface}})  # fmt: skip
         self.run_units("truth", jobs)
         for p in policies:
             doc = read_json(self.ws / p["truth"] / "truth.json")
@@ -814,6 +815,7 @@ class Study:
         doc = {
             "schema_version": "1",
             "note": "computed after selection.json and final.json; neither reads it",
+            "interface": t.interface,
             "population": {
                 "patients": t.patients,
                 "seed": t.seed,

@@ -183,6 +183,14 @@ class Simulator:
         self.override = np.zeros(n, dtype=bool)
         self.override_vaso_eq = z.copy()
         self.override_fluid_ml_h = z.copy()
+        # ... or, with override_titrate, the clinicians' own hourly titration kept inside an
+        # action bin: NE-equivalent rate in [vaso_floor, vaso_ceil], fluid in [fluid_floor,
+        # fluid_ceil] mL per hour
+        self.override_titrate = np.zeros(n, dtype=bool)
+        self.titrate_vaso_floor = z.copy()
+        self.titrate_vaso_ceil = z.copy()
+        self.titrate_fluid_floor = z.copy()
+        self.titrate_fluid_ceil = z.copy()
         self._records: list[dict[str, np.ndarray]] = []
 
     # ------------------------------------------------------------------ observables
@@ -539,8 +547,15 @@ class Simulator:
         return dec
 
     def _external_control(self, dec: dict[str, np.ndarray], in_icu: np.ndarray) -> None:
-        """Fluids and vasopressors of the stays an external policy controls (in place)."""
-        ext = self.override & in_icu
+        """Fluids and vasopressors of the stays an external policy controls (in place): held
+        doses, or (``override_titrate``) the clinicians' titration kept inside the policy's bins."""
+        ctl = self.override & in_icu
+        if not ctl.any():
+            return
+        tit = ctl & self.override_titrate
+        if tit.any():
+            self._titrate_within(dec, tit)
+        ext = ctl & ~tit
         if not ext.any():
             return
         dec["vaso_eq"] = np.where(ext, self.override_vaso_eq, dec["vaso_eq"])
@@ -548,6 +563,38 @@ class Simulator:
             dec[key] = np.where(ext, 0.0, dec[key])
         dec["maint_rate"] = np.where(ext, self.override_fluid_ml_h, dec["maint_rate"])
         dec["maint_type"] = np.where(ext, MAINTENANCE_FLUIDS.index("nacl_09"), dec["maint_type"])
+
+    def _titrate_within(self, dec: dict[str, np.ndarray], m: np.ndarray) -> None:
+        """The clinicians' hour, moved into the policy's bins for the stays ``m`` (in place).
+
+        Vasopressors: the total NE-equivalent rate the team chose is clipped into
+        [titrate_vaso_floor, titrate_vaso_ceil], every agent scaled by the same factor; a team
+        that chose none starts its first-line agent at the floor. Fluids: the hour's volume
+        (boluses + maintenance) is clipped into [titrate_fluid_floor, titrate_fluid_ceil] mL,
+        scaled the same way, or run as normal saline when the team gave none. Bounding every
+        hour (not only the window's sum) keeps any 4 hours - however the build's window lies on
+        the hourly clock - inside the bins. Dobutamine stays theirs.
+        """
+        total = dec["vaso_eq"] + dec["epi_add"] + VASOPRESSIN_NE_FACTOR * dec["vasopressin"]
+        target = np.clip(total, self.titrate_vaso_floor, self.titrate_vaso_ceil)
+        scale = np.divide(target, total, out=np.zeros_like(total), where=total > 0)
+        fresh = (total <= 0) & (target > 0)
+        dec["vaso_eq"] = np.where(
+            m, np.where(fresh, target, dec["vaso_eq"] * scale), dec["vaso_eq"]
+        )
+        for key in ("vasopressin", "epi_add"):
+            dec[key] = np.where(m & ~fresh, dec[key] * scale, np.where(m, 0.0, dec[key]))
+        volume = dec["bolus_ml"] + dec["maint_rate"]
+        hour = np.clip(volume, self.titrate_fluid_floor, self.titrate_fluid_ceil)
+        f = np.divide(hour, volume, out=np.zeros_like(volume), where=volume > 0)
+        none = (volume <= 0) & (hour > 0)
+        dec["bolus_ml"] = np.where(m, dec["bolus_ml"] * f, dec["bolus_ml"])
+        dec["maint_rate"] = np.where(
+            m, np.where(none, hour, dec["maint_rate"] * f), dec["maint_rate"]
+        )
+        dec["maint_type"] = np.where(
+            m & none, MAINTENANCE_FLUIDS.index("nacl_09"), dec["maint_type"]
+        )
 
     def _apply_treatment(self, dec: dict[str, np.ndarray]) -> np.ndarray:
         """Set the hour's doses; returns the total vasopressor dose (NE-equivalent)."""

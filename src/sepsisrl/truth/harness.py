@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from sepsisrl import __version__
 from sepsisrl.truth.policies import WorldPolicy
-from sepsisrl.truth.rollout import RolloutOutcome, rollout_population, wilson
+from sepsisrl.truth.rollout import INTERFACES, RolloutOutcome, rollout_population, wilson
 from sepsisrl.truth.world import (
     Population,
     TruthContext,
@@ -39,18 +39,38 @@ from sepsisrl.workspace import atomic_folder, write_json
 
 Z95 = 1.959963984540054
 DEFAULT_PATIENTS = 2000
+INTERFACE_LIMITS = {
+    "held": [
+        "The world's clock is hourly: a decision at tau acts from the first full hour at or "
+        "after tau, for 4 hours; within them the dose is constant (clinicians titrate every "
+        "hour).",
+        "An action bin is given as one representative dose (the median logged dose inside the "
+        "bin in the build's train data): the vasopressor as the stay's first-line agent at that "
+        "norepinephrine-equivalent rate, with no vasopressin, epinephrine add-on, dobutamine or "
+        "bolus; the fluid as normal saline at a constant rate.",
+    ],
+    "titrated": [
+        "The world's clock is hourly: a decision at tau sets the bins from the first full hour "
+        "at or after tau, for 4 hours; within them the simulated team titrates every hour on what "
+        "it sees (its bedside volume assessment included), kept inside the bins.",
+        "Inside a bin means between the midpoints of the bin's median logged dose and its edges "
+        "(bin 0: none; the top bin: no ceiling): the team's vasopressor rate is clipped into that "
+        "range, every agent scaled alike (its first-line agent at the floor when it chose none); "
+        "its fluid in every hour within a quarter of the window's range (a bolus larger than "
+        "that is given in part; normal saline at the floor when it chose none).",
+    ],
+}
 LIMITS = [
-    "The world's clock is hourly: a decision at tau acts from the first full hour at or after "
-    "tau, for 4 hours; within them the dose is constant (clinicians titrate every hour).",
-    "An action bin is given as one representative dose (the median logged dose inside the bin "
-    "in the build's train data): the vasopressor as the stay's first-line agent at that "
-    "norepinephrine-equivalent rate, with no vasopressin, epinephrine add-on, dobutamine or "
-    "bolus; the fluid as normal saline at a constant rate.",
     "The cohort and each episode's decision grid are those of the patients under the "
     "clinicians (as in the replay); a policy cannot move the Sepsis-3 onset or leave the cohort.",
     "Antibiotics, ventilation and all care outside the grid stay with the simulated clinicians.",
     "The truth is the truth of this simulator, not of real patients.",
 ]
+
+
+def limits(interface: str) -> list[str]:
+    """What the truth of ``interface`` does not capture (``truth.json`` ``limits``)."""
+    return [*INTERFACE_LIMITS[interface], *LIMITS]
 
 
 def population_for(
@@ -111,6 +131,9 @@ def summarise(
     dec = result.decisions
     acts = dec["action"].to_numpy()
     own = acts[acts >= 0]
+    realised = (
+        dec["logged_action"].to_numpy()[acts >= 0] if "logged_action" in dec.column_names else None
+    )
     return {
         "policy": policy_name,
         "patients_simulated": pop.n_patients,
@@ -135,6 +158,11 @@ def summarise(
             "value": mean_ci(ret - ref_ret),
         },
         "mean_steps": float(ep["steps"].to_numpy().mean()) if n else math.nan,
+        # the share of the policy's decisions whose window, charted and built like the replay,
+        # records the action chosen (what the interface delivers, read back as the build reads)
+        "realised_action_agreement": (
+            float((realised == own).mean()) if realised is not None and len(own) else None
+        ),
         "policy_actions": {
             "mean_vaso_bin": float((own // ctx.stats.n_fluid_bins).mean()) if len(own) else None,
             "mean_fluid_bin": float((own % ctx.stats.n_fluid_bins).mean()) if len(own) else None,
@@ -157,12 +185,16 @@ def compute_truth(
     ctx: TruthContext | None = None,
     population: Population | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    interface: str = "held",
 ) -> dict[str, Any]:
-    """Write ``out/truth.json`` (and ``out/episodes.parquet``) for ``policy``."""
+    """Write ``out/truth.json`` (and ``out/episodes.parquet``) for ``policy``; ``interface``:
+    how an action reaches the patient (:data:`~sepsisrl.truth.rollout.INTERFACES`)."""
     started = time.perf_counter()
     ctx = ctx or TruthContext.load(workspace)
     if n_patients < 1:
         raise TruthError(f"--patients must be at least 1, got {n_patients}")
+    if interface not in INTERFACES:
+        raise TruthError(f"--interface must be one of {list(INTERFACES)}, got {interface!r}")
     t0 = time.perf_counter()
     pop = population or population_for(
         ctx,
@@ -182,6 +214,7 @@ def compute_truth(
             policy,
             tmp / ".work",
             progress=(lambda d, t: progress("rollout", d, t)) if progress else None,
+            interface=interface,
         )
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         rollout_seconds = time.perf_counter() - t1
@@ -196,7 +229,8 @@ def compute_truth(
             f"{hex(fresh_entropy(0, 0)[1])}, seed])",
             "fingerprints": {**ctx.fingerprints, "build": ctx.build_fingerprint()},
             "workspace": str(ctx.workspace),
-            "limits": LIMITS,
+            "interface": interface,
+            "limits": limits(interface),
             "seconds": {
                 "population": round(pop_seconds, 2),
                 "rollout": round(rollout_seconds, 2),

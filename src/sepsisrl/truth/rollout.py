@@ -54,6 +54,12 @@ from sepsisrl.truth.policies import DEFER, DecisionContext, WorldPolicy
 from sepsisrl.truth.world import Population, TruthContext, write_tables
 
 US = 1_000_000
+#: How a policy's action reaches the patient in a rollout. ``held``: the bins' representative
+#: doses, constant for the 4-hour window (the policy replaces the team's fluid and vasopressor
+#: decisions). ``titrated``: the team keeps titrating every hour on what it sees at the
+#: bedside, inside the policy's bins (:func:`bin_ranges`) - the treatment a logged 4-hour
+#: action records, and so the estimand the offline estimates of the replay identify.
+INTERFACES = ("held", "titrated")
 _ONLINE_TABLES = (
     "chartevents", "labevents", "inputevents", "outputevents", "patients", "admissions",
     "icustays",
@@ -138,8 +144,14 @@ def rollout_population(
     record_states: bool = False,
     keep_tables: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    interface: str = "held",
 ) -> RolloutOutcome:
-    """The policy's true outcome on every cohort episode of ``pop``."""
+    """The policy's true outcome on every cohort episode of ``pop`` (``interface``: how an
+    action reaches the patient, :data:`INTERFACES`)."""
+    if interface not in INTERFACES:
+        raise ValueError(
+            f"unknown truth interface {interface!r}; expected one of {list(INTERFACES)}"
+        )
     workdir = Path(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -156,6 +168,9 @@ def rollout_population(
     vaso_dose = np.asarray(ctx.stats.vaso_bins.representative, dtype=np.float64)
     fluid_dose = np.asarray(ctx.stats.fluid_bins.representative, dtype=np.float64)
     n_fluid = ctx.stats.n_fluid_bins
+    vaso_range = bin_ranges(ctx.stats.vaso_bins.edges, vaso_dose)
+    fluid_range = bin_ranges(ctx.stats.fluid_bins.edges, fluid_dose)
+    titrate = interface == "titrated"
     all_tables: dict[str, list[pa.Table]] = {}
     physiology: list[pa.Table] = []
     chunks = pop.chunks()
@@ -246,6 +261,13 @@ def rollout_population(
             sim.override[sim_idx] = ext
             sim.override_vaso_eq[sim_idx] = vaso_dose[a // n_fluid]
             sim.override_fluid_ml_h[sim_idx] = fluid_dose[a % n_fluid] / grid.step_hours
+            if titrate:
+                sim.override_titrate[sim_idx] = ext
+                v, f = a // n_fluid, a % n_fluid
+                sim.titrate_vaso_floor[sim_idx] = vaso_range[v, 0]
+                sim.titrate_vaso_ceil[sim_idx] = vaso_range[v, 1]
+                sim.titrate_fluid_floor[sim_idx] = fluid_range[f, 0] / grid.step_hours
+                sim.titrate_fluid_ceil[sim_idx] = fluid_range[f, 1] / grid.step_hours
             b["next"][pos] += 1
 
         run = run_charted(pop.cfg, entropy, pop.attendings, charters, hook)
@@ -302,6 +324,19 @@ def rollout_population(
     if not keep_tables:
         shutil.rmtree(raw_dir, ignore_errors=True)
     return result
+
+
+def bin_ranges(edges, representative) -> np.ndarray:
+    """(n_bins, 2) floor and ceiling of the dose the ``titrated`` interface allows in each bin:
+    the midpoints between the bin's median logged dose and its edges (bin 0: exactly zero; the
+    top bin: no ceiling), so that a dose kept inside lands in the bin whatever the window's
+    alignment with the hourly clock (a fluid volume is allowed per hour as 1/4 of it)."""
+    rep = np.asarray(representative, dtype=np.float64)
+    lo = np.concatenate([[0.0, 0.0], np.asarray(edges, dtype=np.float64)])
+    hi = np.concatenate([[0.0], np.asarray(edges, dtype=np.float64), [np.inf]])
+    out = np.stack([(lo + rep) / 2.0, (rep + hi) / 2.0], axis=1)
+    out[0] = 0.0
+    return out
 
 
 def _physiology(chunk, grid: _Grid) -> pa.Table:
@@ -466,4 +501,13 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     return (centre - half, centre + half)
 
 
-__all__ = ["Decisions", "RolloutOutcome", "pq", "rollout_population", "tables", "wilson"]
+__all__ = [
+    "INTERFACES",
+    "Decisions",
+    "RolloutOutcome",
+    "bin_ranges",
+    "pq",
+    "rollout_population",
+    "tables",
+    "wilson",
+]

@@ -70,6 +70,13 @@ def interface_handicap(doc: dict[str, Any]) -> list[Block]:
         return []
     clin = doc["clinicians"]
     diff = held["difference_from_clinicians"]
+    titrated = doc.get("interface", "held") == "titrated"
+    how = "its bins set for the window and the simulated team titrating inside them"
+    if not titrated:
+        how = "its action is held for the window as one representative dose"
+    drawn = "and titrating inside its bins" if titrated else "and holding it"
+    label = ("clinicians' bins drawn every 4 h, titrated inside" if titrated
+             else "clinicians' actions drawn and held for 4 h")  # fmt: skip
     v, m = diff["value"], diff["mortality_90d"]
     lo, hi = v["ci95"]
     verdict = ("credibly costs" if hi < 0 else "credibly gains" if lo > 0
@@ -77,9 +84,8 @@ def interface_handicap(doc: dict[str, Any]) -> list[Block]:
     text = (
         "What does the action interface alone cost? The simulated clinicians decide every hour, "
         "also on a bedside volume assessment the tables never show; a policy measured here "
-        "decides every 4 hours from the state and its action is held for the window as one "
-        "representative dose. Drawing each 4-hour decision from the clinicians' own "
-        "(behaviour-cloned) action probabilities and holding it "
+        f"decides every 4 hours from the state, {how}. Drawing each 4-hour decision from the "
+        f"clinicians' own (behaviour-cloned) action probabilities {drawn} "
         f"{verdict} value against the clinicians on the same patients (paired difference "
         f"{ci(v['mean'], lo, hi)}; 90-day mortality {_points(m['mean'])} points "
         f"[{_points(m['ci95'][0])}, {_points(m['ci95'][1])}]). "
@@ -91,7 +97,7 @@ def interface_handicap(doc: dict[str, Any]) -> list[Block]:
     held_mort = ci(held["true_mortality_90d"], *held["true_mortality_90d_ci95"])
     rows = [["clinicians (hourly)", ci(clin["value"]["mean"], *clin["value"]["ci95"]),
              ci(clin["mortality_90d"]["mean"], *clin["mortality_90d"]["ci95"]), ""],
-            ["clinicians' actions drawn and held for 4 h", held_value, held_mort,
+            [label, held_value, held_mort,
              _paired(diff)]]  # fmt: skip
     return [Text(text, "warning" if hi < 0 else "p"),
             table("truth-interface", HEADROOM_HEADER, rows,
@@ -181,9 +187,19 @@ def _intro(doc: dict[str, Any]) -> Block:
         f"{pop['patients']} fresh patients of the same world ({pop['episodes']} cohort episodes, "
         f"never the study's patients) are simulated again with the policy deciding. The "
         f"clinicians' true 90-day mortality is {clin_mort} "
-        f"and their true value {clin_value}. This section "
-        "was computed after the selection and the final test; neither reads it."
+        f"and their true value {clin_value}. {INTERFACE_TEXT[doc.get('interface', 'held')]} "
+        "This section was computed after the selection and the final test; neither reads it."
     )  # fmt: skip
+
+
+#: How the study's truth delivered an action (``truth.interface``, docs/truth.md).
+INTERFACE_TEXT = {
+    "held": "A policy's action is held for its 4-hour window as each bin's representative "
+    "dose (truth.interface: held).",
+    "titrated": "A policy's action sets the bins of its 4-hour window and the simulated team "
+    "titrates every hour inside them, as a logged 4-hour action records (truth.interface: "
+    "titrated).",
+}
 
 
 # ------------------------------------------------------- agreement with the truth
