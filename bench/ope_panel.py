@@ -3,6 +3,7 @@
 Usage:  python bench/ope_panel.py --world-seed S [--stays 2000] [--patients 2000]
                                   [--train-steps 1000] [--out bench/results/ope_panel-S.json]
                                   [--policies a,b,...] [--threads 2] [--interface held,titrated]
+                                  [--synth-set KEY=VALUE ...]
 
 A synthetic world (the quick study's default size) is generated with seed S and built. Four
 policies are trained on its ``sofa_shaped`` replay with the quick study's training length:
@@ -25,6 +26,9 @@ comparison also says how far the truth's own ranking can be trusted (``truth_noi
 Spearman the truth reaches against its resampled self, the ceiling of any estimator's
 Spearman; ``truth/compare.py``); ``--policies`` restricts the panel (for example to the
 evaluable policies, to measure their truth on more patients).
+
+``--synth-set KEY=VALUE`` builds a diagnostic world (e.g. ``clinicians.bolus_volume_weight=0``:
+no bedside volume assessment); its overrides are recorded in ``--out``.
 
 ``--interface held,titrated`` measures every policy's truth under both action interfaces of
 ``sepsisrl truth`` (docs/truth.md) and compares the estimates with each: ``held`` plays each
@@ -60,6 +64,9 @@ def main() -> None:
                     help="truth interface(s), comma-separated: held (representative doses held "
                          "4 h), titrated (the team titrates inside the policy's bins); the "
                          "first is the panel's headline truth")  # fmt: skip
+    ap.add_argument("--synth-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of configs/synth.yaml for a diagnostic world (repeatable), "
+                         "e.g. clinicians.bolus_volume_weight=0 (no bedside volume assessment)")  # fmt: skip
     ap.add_argument("--policies", default=None,
                     help="comma-separated subset of the panel's policies (default: all 16), e.g. "
                          "the evaluable ones when measuring their truth on more patients")  # fmt: skip
@@ -87,8 +94,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ws, replay, runs, panel = panel_world(
-            root, args.world_seed, args.stays, args.train_steps, args.state_variant
-        )
+            root, args.world_seed, args.stays, args.train_steps, args.state_variant,
+            synth_overrides=_overrides(args.synth_set),
+        )  # fmt: skip
         if args.policies:
             wanted = args.policies.split(",")
             unknown = sorted(set(wanted) - {name for name, _, _ in panel})
@@ -192,6 +200,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"world_seed": args.world_seed,
+                                        "synth_overrides": _overrides(args.synth_set),
                                         "state_variant": args.state_variant, "rows": rows,
                                         "interfaces": interfaces,
                                         "estimators": result,
@@ -203,7 +212,7 @@ def main() -> None:
 
 
 def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
-                state_variant: str = "card"):  # fmt: skip
+                state_variant: str = "card", synth_overrides: dict | None = None):  # fmt: skip
     """The panel's world, build, trained runs and policy list (deterministic on CPU):
     ``(workspace, replay, {name: run}, [(name, spec, kind)])``."""
     from sepsisrl.dataset.builder import build
@@ -214,7 +223,7 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
     from sepsisrl.synth.config import load_synth_config
     from sepsisrl.synth.world import generate_world
 
-    cfg = load_synth_config(overrides={"charting.density": 0.0})
+    cfg = load_synth_config(overrides={"charting.density": 0.0, **(synth_overrides or {})})
     generate_world(root / "raw", stays, seed=world_seed, cfg=cfg)
     build(root / "raw", root / "ws", load_build_config(overrides={"state.variant": state_variant}))
     ws = root / "ws"
@@ -245,6 +254,16 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
     panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
     panel += [(n, p, "object") for n, p in edges.items()]
     return ws, replay, runs, panel
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--synth-set {pair!r}: expected KEY=VALUE")
+        out[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
+    return out
 
 
 def _listed(returns):

@@ -61,6 +61,9 @@ def test_no_reference_or_another_population_gives_a_note_not_a_comparison():
     assert "sepsisrl reference --workspace" in note.text
     (note,) = headroom(_reference(patients=500, seed=1), _truth_doc())
     assert "--truth-patients 2000 --truth-seed 0" in note.text
+    # a study whose truth titrates inside the bins is not paired with the held reference
+    (note,) = headroom(_reference(), {**_truth_doc(), "interface": "titrated"})
+    assert note.kind == "note" and "'held' interface" in note.text and "'titrated'" in note.text
 
 
 def test_a_reference_not_better_than_the_clinicians_is_flagged_not_called_headroom():

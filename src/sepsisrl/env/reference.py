@@ -291,6 +291,7 @@ def train_reference(
                 "patients": truth_patients,
                 "seed": truth_seed,
                 "episodes": doc["episodes"],
+                "interface": doc["interface"],  # the environment's actions are held doses
             },
             "training": {
                 "rounds": cfg.rounds,

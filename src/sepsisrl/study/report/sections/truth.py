@@ -126,6 +126,12 @@ def headroom(ref: dict[str, Any] | None, doc: dict[str, Any]) -> list[Block]:
             f"{tp['seed']}), not the study's truth population ({pop['patients']}, seed "
             f"{pop['seed']}): rerun `sepsisrl reference --truth-patients {pop['patients']} "
             f"--truth-seed {pop['seed']}` to compare them.", "note")]  # fmt: skip
+    ref_itf, study_itf = tp.get("interface", "held"), doc.get("interface", "held")
+    if ref_itf != study_itf:
+        return [Text(
+            f"The online reference's truth was measured under the {ref_itf!r} interface, the "
+            f"study's under {study_itf!r} (truth.interface): their values are not comparable.",
+            "note")]  # fmt: skip
     clin, sel = doc["clinicians"], doc["selection"]
     exported = next((p for p in doc["policies"] if p["name"] == sel["exported_run"]), None)
     val, mort = ref["true_value"], ref["true_mortality_90d"]
