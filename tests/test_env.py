@@ -166,7 +166,12 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     truth = json.loads((out / "truth" / "truth.json").read_text())
     assert truth["policy"] == "online_dqn" and truth["decisions_deferred_to_clinicians"] == 0
     assert summary["true_value"] == truth["value"]
-    assert summary["truth_population"] == {"patients": 40, "seed": 3, "episodes": truth["episodes"]}
+    assert summary["truth_population"] == {
+        "patients": 40,
+        "seed": 3,
+        "episodes": truth["episodes"],
+        "interface": "held",
+    }
     weights = load_file(out / "model.safetensors")
     assert weights["net.4.weight"].shape == (25, 256)
     config = json.loads((out / "config.json").read_text())
