@@ -99,6 +99,38 @@ def test_returns_equal_the_truth_of_the_same_policy_on_the_same_patients(ws, cac
         assert rewards[-1] == (-15.0 if last["died_90d"] else 15.0)
 
 
+def test_the_titrated_interface_gives_the_truths_titrated_episode(ws, cache, tmp_path):
+    """With interface="titrated" the environment plays the same patient as `sepsisrl truth
+    --interface titrated` (the team titrating inside the chosen bins), not the held episode."""
+    policy = _rule
+    env = SepsisWorldEnv(ws, reward="sparse", cache=cache, interface="titrated")
+    assert env.interface == "titrated"
+    rows, rewards, last = _episode(env, seed=11, policy=policy)
+    env.close()
+    pop = env.population(11, last["patient"])
+    doc = compute_truth(
+        ws, MapLactate(), tmp_path / "t", 1, ctx=env.ctx, population=pop, interface="titrated"
+    )
+    truth = pq.read_table(tmp_path / "t" / "episodes.parquet")
+    assert doc["interface"] == "titrated"
+    assert truth["steps"][0].as_py() == last["steps"] == len(rewards)
+    assert truth["died_90d"][0].as_py() == last["died_90d"]
+    assert truth["return_eval"][0].as_py() == pytest.approx(last["return_eval"], abs=1e-12)
+    # the same decisions reach the patient differently: the held environment's patient
+    # differs from the titrated one in its recorded course
+    held = SepsisWorldEnv(ws, reward="sparse", cache=cache)
+    held_rows, _, _ = _episode(held, seed=11, policy=policy)
+    held.close()
+    assert held_rows[0][1]["patient"] == rows[0][1]["patient"]  # the same patient
+    np.testing.assert_array_equal(held_rows[0][0], rows[0][0])  # the same first state
+    later = min(len(rows), len(held_rows))
+    assert later > 1 and any(
+        not np.array_equal(held_rows[k][0], rows[k][0]) for k in range(1, later)
+    )
+    with pytest.raises(TruthError, match="interface 'bolus'"):
+        SepsisWorldEnv(ws, cache=cache, interface="bolus")
+
+
 def test_shaped_rewards_follow_the_replays_formula(ws, cache):
     env = SepsisWorldEnv(ws, reward="sofa_shaped", cache=cache)
     rows, rewards, last = _episode(env, seed=3)
@@ -176,6 +208,27 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     assert weights["net.4.weight"].shape == (25, 256)
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["rounds"] == 1 and config["gradient_steps"] == 60
+    assert config["settings"]["interface"] == "held"
+
+
+def test_the_online_reference_trains_and_is_measured_under_the_titrated_interface(ws, tmp_path):
+    """interface=titrated: its rounds and its truth use the titrated rollout, and the summary
+    says so (the report compares it only with a titrated study truth); a misspelt interface
+    fails at load."""
+    from sepsisrl.config import ConfigError, validate_dataclass
+    from sepsisrl.env.reference import ReferenceConfig, train_reference
+
+    cfg = ReferenceConfig(
+        rounds=1, patients_per_round=30, steps_per_round=10, batch_size=32, interface="titrated"
+    )
+    summary = train_reference(
+        ws, cfg, tmp_path / "ref", truth_patients=30, truth_seed=3, cache=tmp_path / "pop"
+    )
+    truth = json.loads((tmp_path / "ref" / "truth" / "truth.json").read_text())
+    assert truth["interface"] == "titrated" == summary["truth_population"]["interface"]
+    assert truth["realised_action_agreement"] is not None
+    with pytest.raises(ConfigError, match="interface"):
+        validate_dataclass(ReferenceConfig, {"interface": "hourly"}, "reference")
 
 
 def test_the_transitions_of_a_rollout_carry_the_replays_rewards(own_world, tmp_path):

@@ -9,7 +9,9 @@ Each round simulates ``patients_per_round`` fresh patients (a stream of their ow
 study's or a truth population's) with the agent deciding: epsilon-greedy on its Q-network, at
 the replay's decision times, through the truth harness's batched rollout (the engine of the
 Gymnasium environment, ``env/world.py``: the same states, actions and rewards, one batch of
-patients at a time instead of one patient). Every decision becomes a transition with the
+patients at a time instead of one patient), with its actions reaching the patients through
+``interface`` (``held`` or ``titrated``, as in ``sepsisrl truth --interface``) in training and
+in its truth alike. Every decision becomes a transition with the
 replay's reward (``compute_rewards``); then ``steps_per_round`` double-DQN steps learn from
 all transitions so far (and, with ``warm_start``, the replay's train split). Finally the
 greedy agent's truth is measured with ``sepsisrl truth`` on the population the study's truth
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -77,6 +79,7 @@ class ReferenceConfig:
     target_update_every: int
     huber_delta: float
     seed: int
+    interface: Literal["held", "titrated"]
 
 
 class GreedyQ(WorldPolicy):
@@ -230,7 +233,7 @@ def train_reference(
                 cache / population_key(ctx, entropy, cfg.patients_per_round),
             )  # fmt: skip
             explorer = GreedyQ(learner.q, eps, seed=cfg.seed * 1000 + rnd)
-            outcome = rollout_population(ctx, pop, explorer, tmp / ".work")
+            outcome = rollout_population(ctx, pop, explorer, tmp / ".work", interface=cfg.interface)
             shutil.rmtree(tmp / ".work", ignore_errors=True)
             new = transitions(explorer, outcome, cfg.reward, ctx) if explorer.rows else None
             if new is not None:
@@ -266,7 +269,7 @@ def train_reference(
         pop = population_for(ctx, truth_patients, truth_seed, cache=cache)
         doc = compute_truth(
             ctx.workspace, GreedyQ(learner.q), tmp / "truth", truth_patients, truth_seed,
-            ctx=ctx, population=pop,
+            ctx=ctx, population=pop, interface=cfg.interface,
         )  # fmt: skip
         (tmp / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         config = {
@@ -291,7 +294,7 @@ def train_reference(
                 "patients": truth_patients,
                 "seed": truth_seed,
                 "episodes": doc["episodes"],
-                "interface": doc["interface"],  # the environment's actions are held doses
+                "interface": doc["interface"],  # how its actions reached the patients
             },
             "training": {
                 "rounds": cfg.rounds,

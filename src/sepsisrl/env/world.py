@@ -11,7 +11,9 @@ same policy gives the same return here and in ``sepsisrl truth`` (tests/test_env
 Observation: the build's normalised state (62 values for the card state; whichever state
 variant the workspace was built with), computed at the decision time by the build's own state
 function over the rows charted so far. Actions: the replay's 25 (5 * vaso_bin + fluid_bin),
-given as the bins' representative doses. Rewards: a replay reward variant, computed as the
+given as the bins' representative doses held for 4 hours (``interface="held"``, the default) or
+as bounds the simulated team titrates inside every hour (``interface="titrated"``), as in
+``sepsisrl truth --interface``. Rewards: a replay reward variant, computed as the
 build computes it (``dataset/replay.py:compute_rewards``) with SOFA(tau) from the build's
 hourly SOFA query over the rows charted so far; the last decision of the episode carries the
 terminal +15 / -15 (alive / dead 90 days after onset). ``info`` of the last step holds the
@@ -35,7 +37,7 @@ import numpy as np
 
 from sepsisrl.dataset.replay import compute_rewards
 from sepsisrl.truth.policies import DecisionContext, WorldPolicy
-from sepsisrl.truth.rollout import RolloutOutcome, rollout_population
+from sepsisrl.truth.rollout import INTERFACES, RolloutOutcome, rollout_population
 from sepsisrl.truth.world import (
     TRUTH_STREAM,
     Population,
@@ -87,17 +89,19 @@ class _Bridge(WorldPolicy):
 class _Patient:
     """One patient's rollout, running in a thread that stops at every decision."""
 
-    def __init__(self, ctx: TruthContext, pop: Population) -> None:
+    def __init__(self, ctx: TruthContext, pop: Population, interface: str = "held") -> None:
         self.bridge = _Bridge()
         self.workdir = Path(tempfile.mkdtemp(prefix="sepsisrl-env-"))
         self.thread = threading.Thread(
-            target=self._run, args=(ctx, pop), name="sepsisrl-env", daemon=True
+            target=self._run, args=(ctx, pop, interface), name="sepsisrl-env", daemon=True
         )
         self.thread.start()
 
-    def _run(self, ctx: TruthContext, pop: Population) -> None:
+    def _run(self, ctx: TruthContext, pop: Population, interface: str) -> None:
         try:
-            out = rollout_population(ctx, pop, self.bridge, self.workdir / "rollout")
+            out = rollout_population(
+                ctx, pop, self.bridge, self.workdir / "rollout", interface=interface
+            )
         except _Abort:
             self.bridge.to_env.put(("aborted",))
         except BaseException as exc:  # reported to the caller of step/reset
@@ -131,7 +135,10 @@ class SepsisWorldEnv(gymnasium.Env):
     ``workspace``: a workspace built from a synthetic world (``sepsisrl run`` or ``synth`` +
     ``build``); ``reward``: one of the build's replay reward variants (``sparse``,
     ``sofa_shaped``, ``sofa_state_shaped``, ``full_shaped``); ``cache``: where drawn patients
-    are kept (default ``<workspace>/truth/populations``). ``reset(seed=s)`` restarts the
+    are kept (default ``<workspace>/truth/populations``); ``interface``: how an action reaches
+    the patient, as in ``sepsisrl truth --interface`` (``held``: the bins' representative doses
+    for 4 hours; ``titrated``: the team titrates hourly inside the bins, docs/truth.md).
+    ``reset(seed=s)`` restarts the
     patient stream ``s``: the same seed gives the same patients, and the same actions the
     same episodes. RESEARCH ONLY: a simulator, not patients.
     """
@@ -144,7 +151,13 @@ class SepsisWorldEnv(gymnasium.Env):
         reward: str = "sofa_shaped",
         cache: str | Path | None = None,
         max_draws: int = MAX_DRAWS,
+        interface: str = "held",
     ) -> None:
+        if interface not in INTERFACES:
+            raise TruthError(
+                f"interface {interface!r}: expected one of {list(INTERFACES)} (docs/truth.md)"
+            )
+        self.interface = interface
         self.ctx = TruthContext.load(workspace)
         variants = list(self.ctx.build_cfg.rewards.variants)
         if reward not in variants:
@@ -190,7 +203,7 @@ class SepsisWorldEnv(gymnasium.Env):
             pop = self.population(self._stream, index)
             if pop.episodes().num_rows == 0:
                 continue  # not in the cohort: no decision to make
-            self._patient = _Patient(self.ctx, pop)
+            self._patient = _Patient(self.ctx, pop, self.interface)
             msg = self._patient.next()
             if msg[0] != "decide":
                 continue
