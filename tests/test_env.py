@@ -231,6 +231,45 @@ def test_the_online_reference_trains_and_is_measured_under_the_titrated_interfac
         validate_dataclass(ReferenceConfig, {"interface": "hourly"}, "reference")
 
 
+def test_the_online_reference_can_explore_and_act_within_the_clinicians_support(ws, tmp_path):
+    """exploration=clinicians draws exploring actions from b(a|s); support_threshold=t keeps
+    the greedy action among those with b(a|s) >= t * max b(.|s), in the rounds and the truth;
+    the behaviour model travels with the agent; an out-of-range threshold fails at load."""
+    from sepsisrl.config import ConfigError, validate_dataclass
+    from sepsisrl.env.reference import GreedyQ, ReferenceConfig, train_reference
+    from sepsisrl.ope.behaviour import BehaviourModel
+    from sepsisrl.rl.data import load_split
+    from sepsisrl.rl.networks import MLP
+
+    cfg = ReferenceConfig(
+        rounds=1, patients_per_round=30, steps_per_round=10, batch_size=32,
+        exploration="clinicians", support_threshold=0.5,
+    )  # fmt: skip
+    out = tmp_path / "ref"
+    summary = train_reference(ws, cfg, out, truth_patients=30, truth_seed=3, cache=tmp_path / "p")
+    assert summary["training"]["exploration"] == "clinicians"
+    assert summary["training"]["support_threshold"] == 0.5
+    behaviour = BehaviourModel.load(out / "behaviour")
+    states = load_split(ws / "replay" / "sparse", "validation").states.numpy()
+    q = MLP(states.shape[1], 25, (16,))
+    policy = GreedyQ(q, behaviour=behaviour, support_threshold=0.5)
+    b = behaviour.raw_probabilities(states)
+    chosen = b[np.arange(len(states)), policy.greedy(states)]
+    assert (chosen >= 0.5 * b.max(1) - 1e-12).all()
+    unrestricted = GreedyQ(q).greedy(states)
+    assert (b[np.arange(len(states)), unrestricted] < 0.5 * b.max(1)).any()  # it restricts
+    # exploring draws follow b(a|s): with epsilon = 1 the actions' frequencies match it
+    explorer = GreedyQ(q, epsilon=1.0, seed=4, behaviour=behaviour, explore="clinicians")
+    many = np.repeat(states[:1], 4000, axis=0)
+    drawn = explorer.decide(many, {})
+    freq = np.bincount(drawn, minlength=25) / len(drawn)
+    np.testing.assert_allclose(freq, behaviour.probabilities(states[:1])[0], atol=0.03)
+    with pytest.raises(ConfigError, match="support_threshold"):
+        validate_dataclass(ReferenceConfig, {"support_threshold": 1.2}, "reference")
+    with pytest.raises(ValueError, match="behaviour model"):
+        GreedyQ(q, explore="clinicians")
+
+
 def test_the_transitions_of_a_rollout_carry_the_replays_rewards(own_world, tmp_path):
     from sepsisrl.env.reference import GreedyQ, transitions
     from sepsisrl.rl.networks import MLP

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from sepsisrl import __version__
 from sepsisrl.config import yaml_defaults
 from sepsisrl.dataset.replay import compute_rewards
+from sepsisrl.ope.behaviour import BehaviourModel
 from sepsisrl.rl.data import load_split
 from sepsisrl.rl.networks import MLP
 from sepsisrl.threads import limited_threads
@@ -80,28 +81,73 @@ class ReferenceConfig:
     huber_delta: float
     seed: int
     interface: Literal["held", "titrated"]
+    exploration: Literal["uniform", "clinicians"]
+    support_threshold: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.support_threshold < 1.0:
+            raise ValueError(
+                f"reference: support_threshold must be in [0, 1), got {self.support_threshold} "
+                "(0 = every action; t = only actions whose clinicians' probability is at least "
+                "t times the most likely action's)"
+            )
 
 
 class GreedyQ(WorldPolicy):
-    """The greedy action of a Q-network (epsilon > 0: uniform random with that probability),
-    recording every decision with its SOFA, lactate and MAP for the replay's rewards."""
+    """The greedy action of a Q-network, recording every decision with its SOFA, lactate and
+    MAP for the replay's rewards.
+
+    ``epsilon`` > 0: an exploring decision with that probability, a uniform random action
+    (``explore="uniform"``) or one drawn from the clinicians' behaviour model b(a|s)
+    (``explore="clinicians"``). ``support_threshold`` t > 0: the greedy action is taken among
+    the actions with b(a|s) >= t * max_a b(a|s) only (the clinicians' support at s)."""
 
     needs_state = True
     wants_context = True
 
-    def __init__(self, q: MLP, epsilon: float = 0.0, seed: int = 0, name: str = "online_dqn"):
+    def __init__(
+        self,
+        q: MLP,
+        epsilon: float = 0.0,
+        seed: int = 0,
+        name: str = "online_dqn",
+        behaviour: BehaviourModel | None = None,
+        explore: str = "uniform",
+        support_threshold: float = 0.0,
+    ) -> None:
+        if (explore == "clinicians" or support_threshold > 0) and behaviour is None:
+            raise ValueError("GreedyQ: clinicians' exploration or support needs a behaviour model")
         self.q = q
         self.epsilon = float(epsilon)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0xE951]))
         self.name = name
+        self.behaviour = behaviour
+        self.explore = explore
+        self.support_threshold = float(support_threshold)
         self.rows: list[tuple[np.ndarray, ...]] = []
 
-    def decide(self, states: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
+    def greedy(self, states: np.ndarray) -> np.ndarray:
+        """The (support-restricted) greedy action of every state."""
         with torch.inference_mode():
-            greedy = self.q(torch.as_tensor(states, dtype=torch.float32)).argmax(1).numpy()
+            q = self.q(torch.as_tensor(states, dtype=torch.float32)).numpy()
+        if self.support_threshold > 0:
+            assert self.behaviour is not None
+            b = self.behaviour.raw_probabilities(states)
+            q = np.where(b >= self.support_threshold * b.max(1, keepdims=True), q, -np.inf)
+        return q.argmax(1)
+
+    def decide(self, states: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
+        greedy = self.greedy(states)
         n = len(states)
         explore = self.rng.random(n) < self.epsilon
-        actions = np.where(explore, self.rng.integers(0, self.q_out, n), greedy).astype(np.int64)
+        if self.explore == "clinicians":
+            assert self.behaviour is not None
+            cdf = np.cumsum(self.behaviour.probabilities(states), axis=1)
+            u = self.rng.random(n)[:, None] * cdf[:, -1:]
+            other = np.minimum((u > cdf).sum(1), cdf.shape[1] - 1)
+        else:
+            other = self.rng.integers(0, self.q_out, n)
+        actions = np.where(explore, other, greedy).astype(np.int64)
         c = self.context
         if c is not None:
             self.rows.append((c.stay_id, c.step, np.asarray(states, np.float32), actions,
@@ -150,6 +196,16 @@ def transitions(policy: GreedyQ, outcome: RolloutOutcome, variant: str, ctx: Tru
     )  # fmt: skip
     nxt = np.where(done, np.arange(len(stay)), np.arange(len(stay)) + 1)
     return Batch(states, actions, reward, states[nxt], done.astype(np.float32))
+
+
+def _fit_behaviour(ws: Path, variant: str, n_actions: int) -> BehaviourModel:
+    """The clinicians' b(a|s), fitted as the evaluation fits it: train split, validation for
+    early stopping and the choice between logistic regression and the MLP."""
+    t = load_split(ws / "replay" / variant, "train")
+    v = load_split(ws / "replay" / variant, "validation")
+    return BehaviourModel.fit(
+        t.states.numpy(), t.actions.numpy(), v.states.numpy(), v.actions.numpy(), n_actions
+    )
 
 
 def _replay_batch(ws: Path, variant: str) -> Batch:
@@ -217,6 +273,14 @@ def train_reference(
     started = time.perf_counter()
     with limited_threads(1), atomic_folder(out) as tmp:
         learner = _Learner(len(ctx.feature_names), ctx.n_actions, cfg, ctx.gamma)
+        behaviour = None
+        if cfg.exploration == "clinicians" or cfg.support_threshold > 0:
+            behaviour = _fit_behaviour(ctx.workspace, cfg.reward, ctx.n_actions)
+            behaviour.save(tmp / "behaviour")
+            say(f"clinicians' behaviour model b(a|s): {behaviour.info['kind']}, validation "
+                f"accuracy {behaviour.info['validation_accuracy']:.3f}")  # fmt: skip
+        policy_args = {"behaviour": behaviour, "explore": cfg.exploration,
+                       "support_threshold": cfg.support_threshold}  # fmt: skip
         parts = [_replay_batch(ctx.workspace, cfg.reward)] if cfg.warm_start else []
         if parts:
             loss = learner.train(Batch.cat(parts), cfg.steps_per_round)
@@ -232,7 +296,7 @@ def train_reference(
                 ctx, entropy, cfg.patients_per_round,
                 cache / population_key(ctx, entropy, cfg.patients_per_round),
             )  # fmt: skip
-            explorer = GreedyQ(learner.q, eps, seed=cfg.seed * 1000 + rnd)
+            explorer = GreedyQ(learner.q, eps, seed=cfg.seed * 1000 + rnd, **policy_args)
             outcome = rollout_population(ctx, pop, explorer, tmp / ".work", interface=cfg.interface)
             shutil.rmtree(tmp / ".work", ignore_errors=True)
             new = transitions(explorer, outcome, cfg.reward, ctx) if explorer.rows else None
@@ -268,7 +332,8 @@ def train_reference(
         say(f"measuring the truth on {truth_patients} patients (seed {truth_seed})")
         pop = population_for(ctx, truth_patients, truth_seed, cache=cache)
         doc = compute_truth(
-            ctx.workspace, GreedyQ(learner.q), tmp / "truth", truth_patients, truth_seed,
+            ctx.workspace, GreedyQ(learner.q, **policy_args), tmp / "truth", truth_patients,
+            truth_seed,
             ctx=ctx, population=pop, interface=cfg.interface,
         )  # fmt: skip
         (tmp / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
@@ -303,6 +368,8 @@ def train_reference(
                 "transitions": int(sum(len(p) for p in parts)),
                 "warm_start_replay": cfg.warm_start,
                 "reward": cfg.reward,
+                "exploration": cfg.exploration,
+                "support_threshold": cfg.support_threshold,
             },
             "seconds": round(time.perf_counter() - started, 1),
         }
