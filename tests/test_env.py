@@ -185,7 +185,10 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     from sepsisrl.env.reference import ReferenceConfig, train_reference
     from sepsisrl.rl.data import load_split
 
-    cfg = ReferenceConfig(rounds=1, patients_per_round=40, steps_per_round=30, batch_size=32)
+    cfg = ReferenceConfig(
+        rounds=1, patients_per_round=40, steps_per_round=30, batch_size=32,
+        exploration="uniform", support_threshold=0.0,
+    )  # fmt: skip
     out = tmp_path / "ref"
     summary = train_reference(
         ws, cfg, out, truth_patients=40, truth_seed=3, cache=tmp_path / "populations"
