@@ -13,6 +13,10 @@ briefly on its ``sofa_shaped`` replay. Then, on ``--patients`` fresh patients:
 - truth of the trained policy: the same patients with the policy deciding from the build's
   state function at every decision time.
 
+- lockstep: the truths of ``--lockstep`` trained policies (the first one and short runs with
+  other seeds) in lockstep, sharing the state function's calls as the study's truth phase does
+  (``truth.lockstep``); the first policy's truth must be the one it has alone.
+
 Target (issue 11): the truth of one trained policy on 2,000 patients in at most 3 minutes on
 2 cores (population included, as a first call pays it).
 """
@@ -35,6 +39,7 @@ def main() -> None:
     ap.add_argument("--world-stays", type=int, default=2000)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lockstep", type=int, default=3, help="policies in lockstep (0: skip)")
     args = ap.parse_args()
 
     import torch
@@ -44,7 +49,7 @@ def main() -> None:
     from sepsisrl.rl.config import load_train_config
     from sepsisrl.rl.trainer import train
     from sepsisrl.synth.world import generate_world
-    from sepsisrl.truth.harness import compute_truth, population_for
+    from sepsisrl.truth.harness import compute_truth, compute_truths, population_for
     from sepsisrl.truth.policies import Clinicians, world_policy
     from sepsisrl.truth.rollout import rollout_population
     from sepsisrl.truth.world import TruthContext
@@ -81,6 +86,27 @@ def main() -> None:
                             population=pop)  # fmt: skip
         t_truth = time.perf_counter() - t
 
+        t_lock, same = None, None
+        if args.lockstep > 1:
+            policies = [world_policy(None, run, None, ctx.feature_names, 25, 0, workspace=ws)]
+            for k in range(1, args.lockstep):
+                other = load_train_config(
+                    overrides={"algo": "iql", "steps": args.train_steps, "seed": k}
+                )
+                r = train(ws / "replay" / "sofa_shaped", other, root / f"run{k}").run_dir
+                policies.append(world_policy(None, r, None, ctx.feature_names, 25, 0, workspace=ws))
+            t = time.perf_counter()
+            docs = compute_truths(
+                ws, [(p, root / f"lock{i}") for i, p in enumerate(policies)], args.patients,
+                args.seed, ctx=ctx, population=pop,
+            )  # fmt: skip
+            t_lock = time.perf_counter() - t
+
+            def strip(d):
+                return json.dumps({k: v for k, v in d.items() if k != "seconds"}, sort_keys=True)
+
+            same = strip(docs[0]) == strip(doc)
+
     n = args.patients
     rows = [
         ("population (clinicians, charted, built to episodes)", t_pop),
@@ -92,6 +118,11 @@ def main() -> None:
     print(f"{'phase':62s} {'seconds':>8s} {'patients/s':>11s}")
     for name, sec in rows:
         print(f"{name:62s} {sec:8.1f} {n / sec:11.1f}")
+    if t_lock is not None:
+        per = t_lock / args.lockstep
+        print(f"{f'truth of {args.lockstep} trained policies in lockstep':62s} {t_lock:8.1f}")
+        print(f"  per policy {per:.1f} s against {t_truth:.1f} s alone: {t_truth / per:.2f}x; "
+              f"the first policy's truth identical to its truth alone: {same}")  # fmt: skip
     print(
         f"\ntrue 90-day mortality: policy {doc['mortality_90d']['mean']:.3f} "
         f"{doc['mortality_90d']['ci95']}, clinicians {doc['clinicians']['mortality_90d']['mean']:.3f}"
@@ -101,6 +132,8 @@ def main() -> None:
         "population_s": round(t_pop, 2), "plain_rollout_s": round(t_plain, 2),
         "truth_s": round(t_truth, 2), "first_call_s": round(t_pop + t_truth, 2),
         "target_s": 180, "meets_target": t_pop + t_truth <= 180,
+        "lockstep": args.lockstep, "lockstep_s": round(t_lock, 2) if t_lock else None,
+        "lockstep_identical": same,
     }))  # fmt: skip
 
 

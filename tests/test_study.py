@@ -74,6 +74,8 @@ def test_bad_profile_and_bad_values_are_clear_errors():
         load_study_config("quick", overrides={"sweep.stage2_seeds": [42]})
     with pytest.raises(ConfigError, match="actor_lr"):
         load_study_config("quick", overrides={"sweep.lr_regimes": {"x": {"actor_lr": 1.0}}})
+    with pytest.raises(ConfigError, match="lockstep"):
+        load_study_config("quick", overrides={"truth.lockstep": 0})
 
 
 # ------------------------------------------------------------------- the selection rule

@@ -154,6 +154,8 @@ class TruthSection(StrictModel):
     patients: int = Field(gt=0)
     seed: int
     interface: Literal["held", "titrated"]  # how an action reaches the patient (docs/truth.md)
+    # rollouts of at most this many policies in one unit, in lockstep (truth/lockstep.py)
+    lockstep: int = Field(ge=1)
 
 
 class StudyConfig(StrictModel):

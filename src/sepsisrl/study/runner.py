@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -204,35 +205,76 @@ def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 def _ensure_truth(spec: dict[str, Any]) -> bool:
     """Measure a policy's truth unless ``out`` holds one with the same key. True if measured."""
-    from sepsisrl.truth.harness import compute_truth, population_for
+    return _ensure_truths([spec]) == 1
+
+
+def _ensure_truths(specs: list[dict[str, Any]]) -> int:
+    """Measure the truth of each policy whose ``out`` does not hold one with the same key, the
+    missing ones together in lockstep (``truth/lockstep.py``). Returns how many were measured
+    (all specs share the workspace, population and interface)."""
+    from sepsisrl.truth.harness import compute_truths, population_for
     from sepsisrl.truth.policies import held_sample, world_policy
     from sepsisrl.truth.world import TruthContext
 
-    out = Path(spec["out"])
-    policy_id = spec["policy"]
-    if spec["kind"] in ("run", "held_sample"):
-        policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
-        if spec["kind"] == "held_sample":
-            policy_id = f"held_sample:{policy_id}"
-    interface = spec.get("interface", "held")
-    key = stable_hash({"base": spec["key"], "policy": policy_id, "interface": interface})
-    marker = out / "study.json"
-    if (out / "truth.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
-        return False
-    ctx = TruthContext.load(spec["workspace"])
-    pop = population_for(ctx, spec["patients"], spec["seed"])
-    named = spec["kind"] == "named"
-    if spec["kind"] == "held_sample":  # the clinicians' own actions, held for 4 hours
-        policy = held_sample(spec["policy"], ctx.feature_names, spec["seed"], ctx.workspace)
-    else:
-        policy = world_policy(
-            spec["policy"] if named else None, None if named else spec["policy"], None,
-            ctx.feature_names, ctx.n_actions, spec["seed"], workspace=ctx.workspace,
-        )  # fmt: skip
-    compute_truth(ctx.workspace, policy, out, spec["patients"], spec["seed"], ctx=ctx,
-                  population=pop, interface=interface)  # fmt: skip
-    write_json(marker, {"key": key})
-    return True
+    todo = []
+    for spec in specs:
+        policy_id = spec["policy"]
+        if spec["kind"] in ("run", "held_sample"):
+            policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
+            if spec["kind"] == "held_sample":
+                policy_id = f"held_sample:{policy_id}"
+        interface = spec.get("interface", "held")
+        key = stable_hash({"base": spec["key"], "policy": policy_id, "interface": interface})
+        out = Path(spec["out"])
+        marker = out / "study.json"
+        if not ((out / "truth.json").is_file() and marker.is_file()
+                and read_json(marker)["key"] == key):  # fmt: skip
+            todo.append((spec, key))
+    if not todo:
+        return 0
+    first = todo[0][0]
+    if any((s["workspace"], s["patients"], s["seed"], s.get("interface", "held"))
+           != (first["workspace"], first["patients"], first["seed"],
+               first.get("interface", "held")) for s, _ in todo):  # fmt: skip
+        raise StudyError("a truth unit's policies must share workspace, patients, seed, interface")
+    ctx = TruthContext.load(first["workspace"])
+    pop = population_for(ctx, first["patients"], first["seed"])
+    jobs = []
+    for spec, _ in todo:
+        named = spec["kind"] == "named"
+        if spec["kind"] == "held_sample":  # the clinicians' own actions, held for 4 hours
+            policy = held_sample(spec["policy"], ctx.feature_names, spec["seed"], ctx.workspace)
+        else:
+            policy = world_policy(
+                spec["policy"] if named else None, None if named else spec["policy"], None,
+                ctx.feature_names, ctx.n_actions, spec["seed"], workspace=ctx.workspace,
+            )  # fmt: skip
+        jobs.append((policy, Path(spec["out"])))
+    compute_truths(ctx.workspace, jobs, first["patients"], first["seed"], ctx=ctx,
+                   population=pop, interface=first.get("interface", "held"))  # fmt: skip
+    for spec, key in todo:
+        write_json(Path(spec["out"]) / "study.json", {"key": key})
+    return len(todo)
+
+
+def truth_units(
+    specs: list[dict[str, Any]], workers: int, lockstep: int, threads: int
+) -> list[dict[str, Any]]:
+    """The truth phase's units: the policies dealt round-robin into as many groups as workers
+    (more when a group would exceed ``lockstep``), each group measured in lockstep
+    (``truth/lockstep.py``). The grouping changes the time a unit takes, never an outcome
+    (tests/test_truth_lockstep.py)."""
+    n = len(specs)
+    if n == 0:
+        return []
+    groups = max(min(max(workers, 1), n), math.ceil(n / lockstep))
+    units = []
+    for g in range(groups):
+        part = specs[g::groups]
+        names = [s["name"] for s in part]
+        label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+        units.append({"label": f"{label} (truth)", "threads": threads, "truths": part})
+    return units
 
 
 def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +288,8 @@ def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
             trained = _ensure_stack(job["stack"])
             evaluated = sum(_ensure_eval(spec) for spec in job["evals"])
         measured = _ensure_truth(job["truth"]) if job.get("truth") else None
+        if job.get("truths"):  # several policies' truths, measured in lockstep
+            measured = _ensure_truths(job["truths"])
     return {"label": job["label"], "trained": trained, "evaluated": evaluated,
             "measured": measured,
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
@@ -778,16 +822,16 @@ class Study:
         if bc is not None:
             policies.append({"name": "clinicians_held_4h", "kind": "held_sample",
                              "spec": bc["run"], "role": "reference"})  # fmt: skip
-        jobs = []
+        specs = []
         for p in policies:
             out = self.ws / "truth" / "study" / p["name"]
             p["truth"] = self.rel(out)
             spec = str(self.ws / p["spec"]) if p["kind"] in ("run", "held_sample") else p["spec"]
-            jobs.append({"label": f"{p['name']} (truth)", "threads": self.cfg.threads_per_worker,
-                         "truth": {"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
-                                   "out": str(out), "patients": t.patients, "seed": t.seed,
-                                   "key": base, "interface": t.interface}})  # fmt: skip
-        self.run_units("truth", jobs)
+            specs.append({"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
+                          "out": str(out), "patients": t.patients, "seed": t.seed, "key": base,
+                          "interface": t.interface, "name": p["name"]})  # fmt: skip
+        self.run_units("truth", truth_units(specs, self.workers, t.lockstep,
+                                            self.cfg.threads_per_worker))  # fmt: skip
         for p in policies:
             doc = read_json(self.ws / p["truth"] / "truth.json")
             p["true_value"] = doc["value"]["mean"]

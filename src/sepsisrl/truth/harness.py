@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sepsisrl import __version__
+from sepsisrl.truth.lockstep import SharedStateFunction, run_lockstep
 from sepsisrl.truth.policies import WorldPolicy
 from sepsisrl.truth.rollout import INTERFACES, RolloutOutcome, rollout_population, wilson
 from sepsisrl.truth.world import (
@@ -189,12 +191,32 @@ def compute_truth(
 ) -> dict[str, Any]:
     """Write ``out/truth.json`` (and ``out/episodes.parquet``) for ``policy``; ``interface``:
     how an action reaches the patient (:data:`~sepsisrl.truth.rollout.INTERFACES`)."""
+    return compute_truths(
+        workspace, [(policy, Path(out))], n_patients, seed, ctx, population, progress, interface
+    )[0]
+
+
+def compute_truths(
+    workspace: str | Path,
+    jobs: list[tuple[WorldPolicy, Path]],
+    n_patients: int = DEFAULT_PATIENTS,
+    seed: int = 0,
+    ctx: TruthContext | None = None,
+    population: Population | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    interface: str = "held",
+) -> list[dict[str, Any]]:
+    """:func:`compute_truth` of several ``(policy, out)`` on the same patients; with more than
+    one, the rollouts run in lockstep and share the state function's calls
+    (``truth/lockstep.py``), each outcome the one the policy has alone."""
     started = time.perf_counter()
     ctx = ctx or TruthContext.load(workspace)
     if n_patients < 1:
         raise TruthError(f"--patients must be at least 1, got {n_patients}")
     if interface not in INTERFACES:
         raise TruthError(f"--interface must be one of {list(INTERFACES)}, got {interface!r}")
+    if not jobs:
+        return []
     t0 = time.perf_counter()
     pop = population or population_for(
         ctx,
@@ -205,38 +227,71 @@ def compute_truth(
     pop_seconds = time.perf_counter() - t0
     if pop.cohort().num_rows == 0:
         raise TruthError(f"no cohort episode among the {n_patients} simulated patients")
-    out = Path(out)
-    with atomic_folder(out) as tmp:
+    docs = []
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_folder(Path(out))) for _, out in jobs]
         t1 = time.perf_counter()
-        result = rollout_population(
-            ctx,
-            pop,
-            policy,
-            tmp / ".work",
-            progress=(lambda d, t: progress("rollout", d, t)) if progress else None,
-            interface=interface,
-        )
-        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        report = (lambda d, t: progress("rollout", d, t)) if progress else None
+        if len(jobs) == 1:
+            results = [
+                rollout_population(
+                    ctx, pop, jobs[0][0], tmps[0] / ".work", progress=report, interface=interface
+                )
+            ]
+        else:
+            results = _lockstep(ctx, pop, [p for p, _ in jobs], tmps, interface)
         rollout_seconds = time.perf_counter() - t1
-        doc = summarise(ctx, pop, policy.name, result, clinician_reference(pop, ctx))
-        doc = {
-            "schema_version": "1",
-            "created_by": f"sepsisrl {__version__}",
-            **doc,
-            "seed": seed,
-            "patients_are_fresh": True,
-            "patient_stream": "disjoint from the world's (seed entropy [world seed, "
-            f"{hex(fresh_entropy(0, 0)[1])}, seed])",
-            "fingerprints": {**ctx.fingerprints, "build": ctx.build_fingerprint()},
-            "workspace": str(ctx.workspace),
-            "interface": interface,
-            "limits": limits(interface),
-            "seconds": {
-                "population": round(pop_seconds, 2),
-                "rollout": round(rollout_seconds, 2),
-                "total": round(time.perf_counter() - started, 2),
-            },
-        }
-        pq.write_table(result.episodes, tmp / "episodes.parquet")
-        write_json(tmp / "truth.json", doc)
-    return doc
+        reference = clinician_reference(pop, ctx)
+        for (policy, _), tmp, result in zip(jobs, tmps, results, strict=True):
+            shutil.rmtree(tmp / ".work", ignore_errors=True)
+            doc = summarise(ctx, pop, policy.name, result, reference)
+            doc = {
+                "schema_version": "1",
+                "created_by": f"sepsisrl {__version__}",
+                **doc,
+                "seed": seed,
+                "patients_are_fresh": True,
+                "patient_stream": "disjoint from the world's (seed entropy [world seed, "
+                f"{hex(fresh_entropy(0, 0)[1])}, seed])",
+                "fingerprints": {**ctx.fingerprints, "build": ctx.build_fingerprint()},
+                "workspace": str(ctx.workspace),
+                "interface": interface,
+                "limits": limits(interface),
+                "seconds": {
+                    "population": round(pop_seconds, 2),
+                    "rollout": round(rollout_seconds, 2),
+                    "total": round(time.perf_counter() - started, 2),
+                    # the rollout's seconds were shared by this many policies (in lockstep)
+                    "rollouts_in_lockstep": len(jobs),
+                },
+            }
+            pq.write_table(result.episodes, tmp / "episodes.parquet")
+            write_json(tmp / "truth.json", doc)
+            docs.append(doc)
+    return docs
+
+
+def _lockstep(
+    ctx: TruthContext,
+    pop: Population,
+    policies: list[WorldPolicy],
+    tmps: list[Path],
+    interface: str,
+) -> list[RolloutOutcome]:
+    shared = SharedStateFunction(ctx.build_cfg, ctx.stats, tmps[0] / ".shared", len(policies))
+
+    def target(i: int):
+        def run(client) -> RolloutOutcome:
+            return rollout_population(
+                ctx, pop, policies[i], tmps[i] / ".work", interface=interface,
+                state_function=client,
+            )  # fmt: skip
+
+        run.wants_sofa = bool(getattr(policies[i], "wants_context", False))
+        return run
+
+    try:
+        return run_lockstep([target(i) for i in range(len(policies))], shared)
+    finally:
+        shared.close()
+        shutil.rmtree(tmps[0] / ".shared", ignore_errors=True)

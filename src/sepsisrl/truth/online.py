@@ -98,15 +98,12 @@ class OnlineStateFunction:
         """
         self.calls += 1
         con = self.con
-        stays = pa.array(np.unique(grid["stay_id"].to_numpy()), pa.int64())
-        subjects = pa.array(np.unique(grid["subject_id"].to_numpy()), pa.int64())
-        icu = static["icustays"].filter(pc.is_in(static["icustays"]["stay_id"], stays))
-        hadms = icu["hadm_id"].combine_chunks()
-        ids = {"stay_id": stays, "subject_id": subjects, "hadm_id": hadms}
+        charted, static = due_rows(charted, static, grid)
         for name in ("chartevents", "labevents", "inputevents", "outputevents"):
-            con.register(f"src_{name}", _rows(charted[name], _KEY[name], ids))
+            con.register(f"src_{name}", charted[name])
         for name in ("patients", "admissions"):
-            con.register(f"src_{name}", _rows(static[name], _KEY[name], ids))
+            con.register(f"src_{name}", static[name])
+        icu = static["icustays"]
         # still in the ICU: no outtime yet, so every row charted so far belongs to the stay
         out = icu["outtime"].cast(pa.timestamp("us"))
         icu = icu.set_column(
@@ -202,6 +199,23 @@ class OnlineStateFunction:
                 got = score[lo:hi][np.maximum(j, 0)] if hi > lo else np.zeros(len(rows))
                 dest[rows] = np.where(j >= 0, got, 0.0)
         return out[0], out[1]
+
+
+def due_rows(
+    charted: dict[str, pa.Table], static: dict[str, pa.Table], grid: pa.Table
+) -> tuple[dict[str, pa.Table], dict[str, pa.Table]]:
+    """The rows of ``charted`` and ``static`` that belong to the stays of ``grid`` (their
+    patients' labs and admissions included)."""
+    stays = pa.array(np.unique(grid["stay_id"].to_numpy()), pa.int64())
+    subjects = pa.array(np.unique(grid["subject_id"].to_numpy()), pa.int64())
+    icu = static["icustays"].filter(pc.is_in(static["icustays"]["stay_id"], stays))
+    ids = {"stay_id": stays, "subject_id": subjects, "hadm_id": icu["hadm_id"].combine_chunks()}
+    rows = {k: _rows(charted[k], _KEY[k], ids) for k in _CHARTED}
+    kept = {k: _rows(static[k], _KEY[k], ids) for k in ("patients", "admissions")}
+    return rows, {**kept, "icustays": icu}
+
+
+_CHARTED = ("chartevents", "labevents", "inputevents", "outputevents")
 
 
 def _rows(tab: pa.Table, key: str, ids: dict[str, pa.Array]) -> pa.Table:

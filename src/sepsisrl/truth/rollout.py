@@ -145,9 +145,12 @@ def rollout_population(
     keep_tables: bool = False,
     progress: Callable[[int, int], None] | None = None,
     interface: str = "held",
+    state_function: Callable | None = None,
 ) -> RolloutOutcome:
     """The policy's true outcome on every cohort episode of ``pop`` (``interface``: how an
-    action reaches the patient, :data:`INTERFACES`)."""
+    action reaches the patient, :data:`INTERFACES`). ``state_function``: the build's state
+    function to call (default: one of its own; ``truth/lockstep.py`` shares one between
+    rollouts); it is closed at the end."""
     if interface not in INTERFACES:
         raise ValueError(
             f"unknown truth interface {interface!r}; expected one of {list(INTERFACES)}"
@@ -162,7 +165,7 @@ def rollout_population(
     ).sort_by("stay_id")
     grid = _Grid(pop.steps(), cohort, ctx)
     age_tab = cohort.select(["stay_id", "age", "onset_time", "intime"])
-    online = OnlineStateFunction(ctx.build_cfg, ctx.stats, workdir / "online")
+    online = state_function or OnlineStateFunction(ctx.build_cfg, ctx.stats, workdir / "online")
     decisions = Decisions()
     names = ctx.feature_names
     vaso_dose = np.asarray(ctx.stats.vaso_bins.representative, dtype=np.float64)

@@ -1,0 +1,150 @@
+"""Rollouts in lockstep (truth/lockstep.py): several policies on the same patients share the
+state function's calls, and each gets exactly the outcome it has alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sepsisrl.truth.harness import _lockstep, compute_truth, compute_truths, population_for
+from sepsisrl.truth.lockstep import ID_OFFSET, LockstepAborted, _shift
+from sepsisrl.truth.policies import Constant, MapLactate, Uniform
+from sepsisrl.truth.rollout import rollout_population
+
+
+class _SofaAware(MapLactate):
+    """The rule, reading the SOFA at tau the rollout gives a policy that asks (the
+    environment's path); records what it saw."""
+
+    wants_context = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "sofa_aware"
+        self.seen: list[np.ndarray] = []
+
+    def decide(self, states, raw):
+        self.seen.append(np.asarray(self.context.sofa).copy())
+        return super().decide(states, raw)
+
+
+class _Fails(MapLactate):
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "fails"
+        self.calls = 0
+
+    def decide(self, states, raw):
+        self.calls += 1
+        if self.calls == 3:
+            raise ValueError("deliberate failure at the third decision")
+        return super().decide(states, raw)
+
+
+def _policies():
+    return [MapLactate(), Uniform(25, 7), _SofaAware()]
+
+
+@pytest.fixture(scope="module")
+def small(own_world, tmp_path_factory):
+    """60 fresh patients of the truth world (about 20 episodes): (workspace, population,
+    context)."""
+    root, _, ctx = own_world
+    pop = population_for(ctx, 60, 1, cache=tmp_path_factory.mktemp("populations"))
+    assert pop.episodes().num_rows >= 10
+    return root / "ws", pop, ctx
+
+
+def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path):
+    _, pop, ctx = small
+    solo = _policies()
+    alone = [rollout_population(ctx, pop, p, tmp_path / f"alone{i}") for i, p in enumerate(solo)]
+    policies = _policies()
+    tmps = [tmp_path / f"lock{i}" for i in range(len(policies))]
+    for t in tmps:
+        t.mkdir()
+    lock = _lockstep(ctx, pop, policies, tmps, "held")
+    for a, b in zip(alone, lock, strict=True):
+        assert a.decisions.num_rows > 50
+        assert a.decisions.equals(b.decisions)
+        assert a.physiology.equals(b.physiology)
+        assert a.episodes.equals(b.episodes)
+    # the policies differ, so the comparison is not vacuous
+    acts = [r.decisions["action"].to_numpy() for r in alone]
+    assert not np.array_equal(acts[0], acts[1])
+    # the SOFA a policy reads at tau is the same in lockstep as alone (the rule asks for it
+    # beside a rule that does not, so the shared call computes it for one rollout only)
+    assert len(solo[2].seen) == len(policies[2].seen) > 10
+    for x, y in zip(solo[2].seen, policies[2].seen, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # every temporary folder of the shared state function is gone
+    assert not any(p.name == ".shared" for t in tmps for p in t.iterdir())
+
+
+def test_truths_in_lockstep_write_the_documents_of_truths_alone(small, tmp_path):
+    ws, pop, ctx = small
+    pair = [Constant(24, "constant_24"), Uniform(25, 3)]
+    outs = [tmp_path / "lock" / p.name for p in pair]
+    docs = compute_truths(ws, list(zip(pair, outs, strict=True)), ctx=ctx, population=pop)
+    one = compute_truth(ws, Uniform(25, 3), tmp_path / "one", ctx=ctx, population=pop)
+    assert [d["seconds"]["rollouts_in_lockstep"] for d in docs] == [2, 2]
+    assert one["seconds"]["rollouts_in_lockstep"] == 1
+
+    def strip(d):
+        return json.dumps({k: v for k, v in d.items() if k != "seconds"}, sort_keys=True)
+
+    assert strip(docs[1]) == strip(one)
+    assert strip(json.loads((outs[1] / "truth.json").read_text())) == strip(one)
+    assert pq.read_table(outs[1] / "episodes.parquet").equals(
+        pq.read_table(tmp_path / "one" / "episodes.parquet")
+    )
+    assert docs[0]["policy"] == "constant_24" and docs[0]["episodes"] == one["episodes"]
+
+
+def test_a_failing_rollout_stops_the_group_and_writes_nothing(small, tmp_path):
+    ws, pop, ctx = small
+    policies = [MapLactate(), _Fails(), Constant(3, "constant_3")]
+    outs = [tmp_path / p.name for p in policies]
+    with pytest.raises(ValueError, match="deliberate failure at the third decision"):
+        compute_truths(ws, list(zip(policies, outs, strict=True)), ctx=ctx, population=pop)
+    for out in outs:  # atomic: no truth, no half-written folder
+        assert not out.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_identifiers_move_to_a_range_of_their_own():
+    tab = pa.table({"stay_id": pa.array([30000001, None], pa.int64()),
+                    "subject_id": [10000001, 10000002], "itemid": [220045, 220045],
+                    "specimen_id": pa.array([5, None], pa.int64())})  # fmt: skip
+    got = _shift(tab, 3 * ID_OFFSET)
+    assert got["stay_id"].to_pylist() == [30000001 + 3 * ID_OFFSET, None]
+    assert got["subject_id"].to_pylist() == [10000001 + 3 * ID_OFFSET, 10000002 + 3 * ID_OFFSET]
+    assert got["itemid"].to_pylist() == [220045, 220045]  # an item is not an identifier
+    assert got["specimen_id"].to_pylist() == [5 + 3 * ID_OFFSET, None]
+    assert got.schema == tab.schema
+    with pytest.raises(TypeError, match="stay_id"):
+        _shift(pa.table({"stay_id": ["x"]}), ID_OFFSET)
+    assert issubclass(LockstepAborted, RuntimeError)
+
+
+def test_the_truth_phase_deals_policies_into_lockstep_units():
+    from sepsisrl.study.runner import truth_units
+
+    specs = [{"name": f"p{i}", "out": f"/o/p{i}"} for i in range(29)]
+    units = truth_units(specs, workers=2, lockstep=3, threads=1)
+    # at most 3 per unit, every policy exactly once, as even as the count allows
+    assert len(units) == 10
+    sizes = [len(u["truths"]) for u in units]
+    assert max(sizes) == 3 and min(sizes) == 2 and sum(sizes) == 29
+    assert sorted(s["name"] for u in units for s in u["truths"]) == sorted(s["name"] for s in specs)
+    assert units[0]["label"] == "p0 and 2 more (truth)" and units[0]["threads"] == 1
+    # few policies: one unit per worker at most, one policy alone keeps its name
+    assert [len(u["truths"]) for u in truth_units(specs[:3], 2, 8, 1)] == [2, 1]
+    assert truth_units(specs[:1], 2, 8, 1)[0]["label"] == "p0 (truth)"
+    assert truth_units([], 2, 3, 1) == []
+    # lockstep 1: every policy its own unit, as before lockstep existed
+    assert len(truth_units(specs, 2, 1, 1)) == 29
