@@ -2,6 +2,7 @@
 
 Usage:  python bench/study.py [--profile card] [--stays 20000] [--workspace /tmp/study_bench]
                               [--set KEY=VALUE ...] [--out bench/results/study.json]
+                              [--reuse-data]
 
 Runs ``sepsisrl run --profile PROFILE`` on a new synthetic world of ``--stays`` ICU stays (the
 card profile on a world of about MIMIC-IV's sepsis cohort: 20,000 stays) in ``--workspace``
@@ -16,6 +17,12 @@ cached time). Reported from the study's own record (``study/run.json``) and meas
                         sum of each part (FQE + WDR, importance sampling, figures, ...)
   peak_rss_gib          the peak resident memory of the study process and all its workers
                         together (sampled every 0.5 s from /proc)
+
+``--reuse-data`` takes the workspace's data phase as already built and times everything after
+it: for measuring on another machine (a GPU one) a workspace built here and copied without its
+raw tables (``raw/``; keep ``raw_truth/world.json``, ``build_*.json``, ``replay``, ``features``,
+``actions``, ``splits``, ``cohort``, ``episodes``, ``sepsis``). The data phase then reads 0 s
+and ``"reused": true``; quote its time from the run that built it.
 """
 
 from __future__ import annotations
@@ -54,6 +61,12 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def training_rates(ws: Path, phases: dict, stage1_seed: int) -> dict:
     """Candidate-steps per second of each training phase: the steps of its runs (a finalist's
     stage-1 seed is a stage-1 run, its other seeds stage 2) over the phase's wall time."""
@@ -83,13 +96,26 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, default=Path("/tmp/study_bench"))
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=Path("bench/results/study.json"))
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="take the workspace's data phase as built (see above)")  # fmt: skip
     args = ap.parse_args()
 
     import yaml
 
     from sepsisrl.interrupts import InterruptLatch
     from sepsisrl.study.config import load_study_config
-    from sepsisrl.study.runner import run_study
+    from sepsisrl.study.runner import Study, run_study
+
+    if args.reuse_data:
+        if not (args.workspace / "build_summary.json").is_file():
+            raise SystemExit(f"--reuse-data: {args.workspace} holds no built workspace")
+
+        def reused(self, source):
+            self.emit("build", 1, 1, f"{self.ws} reused as built (--reuse-data)")
+            self.phases["data"] = {"seconds": 0.0, "reused": True}
+            return self.ws / "raw"
+
+        Study.data = reused
 
     overrides = {"synth.stays": args.stays}
     for item in args.sets:
@@ -146,6 +172,8 @@ def main() -> None:
             "machine": platform.machine(),
             "workers": cfg.workers,
             "stack": cfg.stack,
+            "reuse_data": args.reuse_data,
+            "gpu": _gpu_name(),
         },
         "seconds": round(seconds, 1),
         "phases": result.phases,

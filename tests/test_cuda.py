@@ -1,0 +1,87 @@
+"""Training on a GPU (``--device cuda``, i.e. ``train.device: cuda``).
+
+The project never needs a GPU and CI has none: these checks run only where CUDA is available
+(``python -m pytest tests/test_cuda.py`` on a GPU machine; docs/run.md says how, and whether they
+have run on one yet).
+They hold a GPU run to what the CPU runs promise: every algorithm trains there and its
+weights load and act on a CPU; the same seed gives the same bytes; a stack's runs are the runs
+trained alone; an interrupted run resumes to the bytes of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sepsisrl.rl.policies import TrainedPolicy
+from sepsisrl.rl.trainer import StackMember, train, train_stack
+
+from .rl_fixtures import fast_config, write_replay
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (run it on a GPU machine)"
+)
+
+STATE_DIM, N_ACTIONS = 9, 4
+FILES = ("final/policy.safetensors", "final/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cuda")
+    return write_replay(root / "replay" / "sofa_shaped", 60, STATE_DIM, N_ACTIONS, seed=3)
+
+
+def gpu(**overrides):
+    return fast_config(device="cuda", steps=80, log_every=20, checkpoint_every=40, **overrides)
+
+
+def _same_files(a: Path, b: Path, names=FILES) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a.name} vs {b.name}: {name}"
+
+
+@needs_cuda
+@pytest.mark.parametrize("algo", ["iql", "bc", "cql"])
+def test_each_algorithm_trains_on_the_gpu_and_acts_on_a_cpu(replay, tmp_path, algo):
+    run = tmp_path / algo
+    result = train(replay, gpu(algo=algo, seed=1), run)
+    assert result.steps == 80
+    policy = TrainedPolicy(run)  # a CPU policy from weights trained on the GPU
+    states = np.random.default_rng(0).normal(size=(50, STATE_DIM)).astype(np.float32)
+    actions = policy.act(states)
+    assert actions.shape == (50,) and actions.min() >= 0 and actions.max() < N_ACTIONS
+    on_gpu = TrainedPolicy(run, device="cuda")
+    assert np.array_equal(on_gpu.act(states), actions)
+
+
+@needs_cuda
+def test_the_same_seed_gives_the_same_bytes_on_the_gpu(replay, tmp_path):
+    train(replay, gpu(seed=4), tmp_path / "a")
+    train(replay, gpu(seed=4), tmp_path / "b")
+    _same_files(tmp_path / "a", tmp_path / "b")
+
+
+@needs_cuda
+def test_each_run_of_a_gpu_stack_is_the_run_trained_alone(replay, tmp_path):
+    cfgs = [gpu(seed=1), gpu(seed=2, **{"iql.expectile": 0.9, "iql.temperature": 10.0})]
+    alone = [tmp_path / f"alone{i}" for i in range(2)]
+    for cfg, run in zip(cfgs, alone, strict=True):
+        train(replay, cfg, run)
+    stacked = [tmp_path / f"stacked{i}" for i in range(2)]
+    train_stack([StackMember(replay, c, d) for c, d in zip(cfgs, stacked, strict=True)])
+    for a, s in zip(alone, stacked, strict=True):
+        _same_files(a, s)
+
+
+@needs_cuda
+def test_an_interrupted_gpu_run_resumes_to_the_same_bytes(replay, tmp_path):
+    cfg = gpu(seed=5)
+    train(replay, cfg, tmp_path / "full")
+    train(replay, cfg, tmp_path / "cut", stop_after=50)  # checkpoint at 40
+    assert not (tmp_path / "cut" / "final").exists()
+    train(replay, cfg, tmp_path / "cut", resume=True)
+    _same_files(tmp_path / "full", tmp_path / "cut")
