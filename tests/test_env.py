@@ -204,6 +204,7 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     assert summary["truth_population"] == {
         "patients": 40,
         "seed": 3,
+        "chosen": "set by the caller (--truth-patients / --truth-seed)",
         "episodes": truth["episodes"],
         "interface": "held",
     }
@@ -214,21 +215,41 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     assert config["settings"]["interface"] == "held"
 
 
-def test_the_online_reference_trains_and_is_measured_under_the_titrated_interface(ws, tmp_path):
+def test_the_reference_measures_its_truth_on_the_study_population_by_default(tmp_path):
+    """Without --truth-patients / --truth-seed the reference pairs with the study: its truth
+    population is study/truth.json's, else configs/study.yaml's (before any profile)."""
+    from sepsisrl.config import read_packaged
+    from sepsisrl.env.reference import study_truth_population
+
+    base = read_packaged("study")["truth"]
+    patients, seed, origin = study_truth_population(tmp_path)
+    assert (patients, seed) == (base["patients"], base["seed"]) and "no study" in origin
+    (tmp_path / "study").mkdir()
+    doc = {"population": {"patients": 1000, "seed": 7, "episodes": 358}}
+    (tmp_path / "study" / "truth.json").write_text(json.dumps(doc))
+    patients, seed, origin = study_truth_population(tmp_path)
+    assert (patients, seed) == (1000, 7) and "truth.json" in origin
+
+
+def test_the_online_reference_trains_and_is_measured_under_the_titrated_interface(
+    ws, tmp_path, monkeypatch
+):
     """interface=titrated: its rounds and its truth use the titrated rollout, and the summary
     says so (the report compares it only with a titrated study truth); a misspelt interface
-    fails at load."""
+    fails at load. Called without a truth population, it takes the study's."""
     from sepsisrl.config import ConfigError, validate_dataclass
+    from sepsisrl.env import reference
     from sepsisrl.env.reference import ReferenceConfig, train_reference
 
+    monkeypatch.setattr(reference, "study_truth_population", lambda _ws: (30, 3, "the study's"))
     cfg = ReferenceConfig(
         rounds=1, patients_per_round=30, steps_per_round=10, batch_size=32, interface="titrated"
     )
-    summary = train_reference(
-        ws, cfg, tmp_path / "ref", truth_patients=30, truth_seed=3, cache=tmp_path / "pop"
-    )
+    summary = train_reference(ws, cfg, tmp_path / "ref", cache=tmp_path / "pop")
     truth = json.loads((tmp_path / "ref" / "truth" / "truth.json").read_text())
     assert truth["interface"] == "titrated" == summary["truth_population"]["interface"]
+    pop = summary["truth_population"]
+    assert (pop["patients"], pop["seed"], pop["chosen"]) == (30, 3, "the study's")
     assert truth["realised_action_agreement"] is not None
     with pytest.raises(ConfigError, match="interface"):
         validate_dataclass(ReferenceConfig, {"interface": "hourly"}, "reference")

@@ -151,3 +151,22 @@ def test_the_card_says_which_interface_its_truth_used():
     assert "interface `held`: each action held for its 4-hour window" in held
     titrated = "\n".join(truth_lines({**truth, "interface": "titrated"}, None))
     assert "interface `titrated`" in titrated and "titrated every hour" in titrated
+
+
+def test_the_card_says_plainly_whether_the_policy_is_truly_better_or_worse():
+    from sepsisrl.release.bundle import truth_verdict
+
+    def diff(value, mortality):
+        return {"value": {"mean": sum(value) / 2, "ci95": value},
+                "mortality_90d": {"mean": sum(mortality) / 2, "ci95": mortality}}  # fmt: skip
+
+    # the quick study's exported policy (figures of the closing note of issue 12)
+    text = truth_verdict(diff([-1.13, 0.51], [-0.020, 0.042]))
+    assert "**not distinguishable from the clinicians**" in text
+    assert "+1.1 points (95 % CI -2.0 to +4.2)" in text and "-0.31 return units" in text
+    better = truth_verdict(diff([0.28, 1.46], [-0.056, -0.011]))
+    assert "**better than the clinicians** (in value and 90-day mortality)" in better
+    worse = truth_verdict(diff([-2, -0.1], [-0.01, 0.05]))
+    assert "**worse than the clinicians** (in value)" in worse
+    mixed = truth_verdict(diff([0.1, 1.0], [0.01, 0.05]))
+    assert "better than the clinicians in value but worse in 90-day mortality" in mixed

@@ -649,16 +649,18 @@ def reference(
         typer.Option("--set", help="Override configs/reference.yaml, e.g. --set rounds=4."),
     ] = None,
     truth_patients: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--truth-patients",
             min=1,
-            help="Patients of the truth measurement (the study's truth.patients, to pair with it).",
+            help="Patients of the truth measurement (default: the study's truth population, "
+            "study/truth.json, so the report pairs them; without a study configs/study.yaml's).",
         ),
-    ] = 2000,
+    ] = None,
     truth_seed: Annotated[
-        int, typer.Option("--truth-seed", help="Seed of the truth population (study: truth.seed).")
-    ] = 0,
+        int | None,
+        typer.Option("--truth-seed", help="Seed of the truth population (default: the study's)."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Output folder (default: <workspace>/reference/online_dqn)."),

@@ -56,7 +56,7 @@ from sepsisrl.truth.world import (
     population_key,
     simulate_population,
 )
-from sepsisrl.workspace import atomic_folder, write_json
+from sepsisrl.workspace import atomic_folder, read_json, write_json
 
 #: Mixed into the seed of the agent's training patients (disjoint from every other stream).
 REFERENCE_STREAM = 0xDE0A
@@ -249,21 +249,44 @@ class _Learner:
         return float(np.mean(losses)) if losses else math.nan
 
 
+def study_truth_population(workspace: str | Path) -> tuple[int, int, str]:
+    """The truth population (patients, seed) a reference pairs with by default, and where it
+    comes from: the study's own (``study/truth.json``) when the workspace holds one, else the
+    study's defaults (configs/study.yaml ``truth``)."""
+    from sepsisrl.config import read_packaged
+
+    path = Path(workspace) / "study" / "truth.json"
+    if path.is_file():
+        pop = read_json(path)["population"]
+        return int(pop["patients"]), int(pop["seed"]), f"the study's truth population ({path})"
+    truth = read_packaged("study")["truth"]  # before any profile: the card's population
+    return int(truth["patients"]), int(truth["seed"]), "configs/study.yaml truth (no study here)"
+
+
 def train_reference(
     workspace: str | Path,
     cfg: ReferenceConfig | None = None,
     out: str | Path | None = None,
-    truth_patients: int = 2000,
-    truth_seed: int = 0,
+    truth_patients: int | None = None,
+    truth_seed: int | None = None,
     progress: Callable[[str], None] | None = None,
     cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the online reference agent in ``workspace``'s world and measure its truth.
+    ``truth_patients`` / ``truth_seed``: the truth population; each left ``None`` is the
+    study's (:func:`study_truth_population`), so the report can pair the two.
     ``cache``: where the simulated populations are kept (default
     ``<workspace>/truth/populations``, shared with ``sepsisrl truth``)."""
     cfg = cfg or ReferenceConfig()
     say = progress or (lambda _m: None)
     ctx = TruthContext.load(workspace)
+    study_patients, study_seed, origin = study_truth_population(ctx.workspace)
+    if truth_patients is None and truth_seed is None:
+        population_origin = origin
+    else:
+        population_origin = "set by the caller (--truth-patients / --truth-seed)"
+    truth_patients = study_patients if truth_patients is None else truth_patients
+    truth_seed = study_seed if truth_seed is None else truth_seed
     if cfg.reward not in ctx.build_cfg.rewards.variants:
         raise TruthError(
             f"reference: reward {cfg.reward!r} is not a replay variant of {ctx.workspace} "
@@ -358,6 +381,7 @@ def train_reference(
             "truth_population": {
                 "patients": truth_patients,
                 "seed": truth_seed,
+                "chosen": population_origin,
                 "episodes": doc["episodes"],
                 "interface": doc["interface"],  # how its actions reached the patients
             },

@@ -252,6 +252,31 @@ def _ci_text(d: dict[str, Any], digits: int = 3) -> str:
     return f"{d['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def truth_verdict(diff: dict[str, Any]) -> str:
+    """One plain sentence: is the policy truly better or worse than the clinicians? From the
+    paired 95 % CIs of its value and 90-day mortality differences (same patients): a CI of the
+    value above 0 or of the mortality below 0 is a benefit, the reverse a harm."""
+    (vlo, vhi), (mlo, mhi) = diff["value"]["ci95"], diff["mortality_90d"]["ci95"]
+    benefit = [w for w, yes in (("value", vlo > 0), ("90-day mortality", mhi < 0)) if yes]
+    harm = [w for w, yes in (("value", vhi < 0), ("90-day mortality", mlo > 0)) if yes]
+    if harm and not benefit:
+        verdict = f"**worse than the clinicians** (in {' and '.join(harm)})"
+    elif benefit and not harm:
+        verdict = f"**better than the clinicians** (in {' and '.join(benefit)})"
+    elif benefit and harm:
+        verdict = (f"**better than the clinicians in {' and '.join(benefit)} but worse in "
+                   f"{' and '.join(harm)}**")  # fmt: skip
+    else:
+        verdict = "**not distinguishable from the clinicians**"
+    m, v = diff["mortality_90d"], diff["value"]
+    return (
+        f"In truth this policy is {verdict}: paired with them on the same patients, its 90-day "
+        f"mortality differs by {100 * m['mean']:+.1f} points (95 % CI {100 * mlo:+.1f} to "
+        f"{100 * mhi:+.1f}) and its value by {v['mean']:+.2f} return units ({vlo:+.2f} to "
+        f"{vhi:+.2f})."
+    )
+
+
 def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[str]:
     """The card's "Truth in the synthetic world" section: true outcome beside the estimates."""
     m = summary["metrics"] if summary else {}
@@ -270,6 +295,8 @@ def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[s
         f"{_ci_text(truth['clinicians']['mortality_90d'])} | {_ci_text(diff['mortality_90d'])} |",
         f"| Value (return units) | {_ci_text(truth['value'], 2)} | "
         f"{_ci_text(truth['clinicians']['value'], 2)} | {_ci_text(diff['value'], 2)} |",
+        "",
+        truth_verdict(diff),
         "",
     ]
     tv = truth["value"]["mean"]
