@@ -236,6 +236,32 @@ def test_support_gate_makes_fqe_and_wdr_not_evaluable(setup, tmp_path):
     assert doc["estimates_ungated"]["fqe"]["estimate"] is not None  # kept for diagnosis
 
 
+def test_wdr_corrects_only_where_enough_episodes_keep_weight(setup, tmp_path):
+    """wdr_step_ess_min: at a position whose per-decision ESS is below it, no importance-weighted
+    correction (one or two episodes would carry it all); the FQE stands alone there."""
+    _, replay, *_ = setup
+    base = {"bootstrap_resamples": 200, "behaviour": BehaviourConfig(max_epochs=4),
+            "fqe": FQEConfig(members=2)}  # fmt: skip
+    docs = {
+        name: evaluate("random", replay, tmp_path / name, kind="named",
+                       cfg=EvalConfig(**base, **({} if thr is None else {"wdr_step_ess_min": thr})))
+        for name, thr in (("every", 0.0), ("default", None), ("none", 1e12))
+    }  # fmt: skip
+    every, default, none = docs["every"]["wdr"], docs["default"]["wdr"], docs["none"]["wdr"]
+    assert every["corrected_positions"] == every["positions"] and every["step_ess_min"] == 0
+    assert default["step_ess_min"] == 10.0  # configs/evaluate.yaml
+    # a uniformly random policy: many episodes keep weight early on, few after several steps
+    assert 0 < default["corrected_positions"] < default["positions"]
+    assert none["corrected_positions"] == 0 and none["weighted_share"] == 0
+    fqe = docs["none"]["estimates_ungated"]["fqe"]["estimate"]
+    assert docs["none"]["estimates_ungated"]["wdr"]["estimate"] == pytest.approx(fqe, abs=1e-9)
+    for name in ("every", "default"):  # the FQE itself does not depend on the setting
+        assert docs[name]["estimates_ungated"]["fqe"]["estimate"] == fqe
+    assert every["raw"]["estimate"] != default["raw"]["estimate"] != none["raw"]["estimate"]
+    with pytest.raises(ValueError, match="wdr_step_ess_min"):
+        EvalConfig(wdr_step_ess_min=-1.0)
+
+
 def test_an_unknown_headline_estimator_is_refused():
     with pytest.raises(ValueError, match="headline estimator 'magic'"):
         EvalConfig(headline="magic")

@@ -395,6 +395,10 @@ class WdrReport(Strict):
     control_variate: StrictStr
     # absent in evaluations written before the sensitivity analysis existed
     sensitivity: Sensitivity | None = None
+    # absent before corrections were limited to supported positions (wdr_step_ess_min)
+    positions: StrictInt | None = None
+    corrected_positions: StrictInt | None = None
+    step_ess_min: Real | None = None
 
 
 class SoftenedWis(Strict):

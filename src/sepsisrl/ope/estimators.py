@@ -330,7 +330,13 @@ class WeightedDoublyRobust(Estimator):
                 - fqe.q_full[rows, actions]
             )  # fmt: skip
             point = (step_matrix(d_full, data.idx), fqe.v_full[fqe.init])
-        self.raw = raw = wdr_with_ci(data.w_et, delta_et, fqe.v0, gamma, cfg.bootstrap_resamples,
+        # corrections only where enough episodes keep weight: at a position whose per-decision
+        # ESS is below wdr_step_ess_min, one or two episodes would carry the whole
+        # self-normalised correction (a single terminal residual can move the estimate by the
+        # width of the return range); there the FQE stands alone, as where no episode keeps weight
+        self.keep = keep = per_decision_ess(data.w_et) >= cfg.wdr_step_ess_min
+        w_et = data.w_et * keep
+        self.raw = raw = wdr_with_ci(w_et, delta_et, fqe.v0, gamma, cfg.bootstrap_resamples,
                                      cfg.bootstrap_seed, point=point)  # fmt: skip
         # The true value lies in the attainable range, so projecting the estimate and its CI
         # onto it never moves them away from the truth (the importance-weighted corrections of
@@ -342,12 +348,13 @@ class WeightedDoublyRobust(Estimator):
             low=float(np.clip(raw.low, lo, hi)),
             high=float(np.clip(raw.high, lo, hi)),
         )
-        self.weighted_share = weighted_share(data.w_et)
+        self.weighted_share = weighted_share(w_et)
+        self.step_ess_min = float(cfg.wdr_step_ess_min)
         # how far unobserved confounding could move it (ope/sensitivity.py), on the point fit
         pi_eval = soften(data.pi_all, cfg.softening_eps)
         d_point, v_point = point if point is not None else (delta_et.mean(0), fqe.v0.mean(0))
         self.sensitivity = wdr_sensitivity(
-            pi_eval[rows, actions], data.b_all[rows, actions], data.idx, d_point, v_point,
+            pi_eval[rows, actions], data.b_all[rows, actions], data.idx, d_point * keep, v_point,
             gamma, cfg.sensitivity, (lo, hi), cfg.ratio_clip,
         )  # fmt: skip
         return self
@@ -361,6 +368,9 @@ class WeightedDoublyRobust(Estimator):
                 not lo <= raw.estimate <= hi or not lo <= raw.low <= hi or not lo <= raw.high <= hi
             ),
             "weighted_share": self.weighted_share,
+            "positions": int(self.keep.size),
+            "corrected_positions": int(self.keep.sum()),
+            "step_ess_min": self.step_ess_min,
             "sensitivity": self.sensitivity,
             "control_variate": "FQE fit on every train patient (the estimate); the ensemble "
             "(each bootstrap resample draws one member) for the CI",

@@ -107,6 +107,7 @@ class EvalConfig:
     support_eps: float
     softening_eps: float
     ratio_clip: float | None
+    wdr_step_ess_min: float
     seed: int
     headline: str
     gates: GateConfig
@@ -115,6 +116,8 @@ class EvalConfig:
     sensitivity: SensitivityConfig
 
     def __post_init__(self) -> None:
+        if not self.wdr_step_ess_min >= 0:
+            raise ValueError(f"wdr_step_ess_min must be >= 0, got {self.wdr_step_ess_min}")
         if self.headline not in HEADLINE_ESTIMATORS:
             raise ValueError(
                 f"evaluation headline estimator {self.headline!r} is not one of "
