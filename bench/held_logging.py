@@ -28,7 +28,6 @@ the estimator, so a change to an estimator is measured in minutes, not in a full
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -37,17 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ope_panel import panel_world  # bench/ is the script's folder: the panel's own policies
+# bench/ is the script's folder: the panel's own world, policies and arguments
+from ope_panel import fmt_estimate as _fmt
+from ope_panel import panel_file_args, panel_world, truth_fields
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--world-seed", type=int, required=True)
-    ap.add_argument("--panel", type=Path, required=True, help="ope_panel.py --out file (truth)")
-    ap.add_argument("--stays", type=int, default=2000)
-    ap.add_argument("--train-steps", type=int, default=1000)
+    ap = panel_file_args(__doc__)
     ap.add_argument("--patients", type=int, default=3000, help="patients of the held log")
     ap.add_argument("--seed", type=int, default=1, help="population seed of the held log")
     ap.add_argument("--logs", choices=("held", "clinicians"), default="held")
@@ -97,6 +92,8 @@ def main() -> None:
             if name == "clinician" and args.logs == "held":
                 # the behaviour of the held log is the sampled BC policy, not the clinicians
                 continue
+            if name not in truth:  # a panel file of some of the panel's policies (--policies)
+                continue
             t = time.perf_counter()
             doc = evaluate(spec, held, root / "eval" / name.replace(":", "-"), kind=kind,
                            final=True, cfg=ev_cfg)  # fmt: skip
@@ -104,9 +101,7 @@ def main() -> None:
             ref = truth[name]
             rows.append({
                 "policy": name,
-                "truth": ref["truth"],
-                "truth_ci95": ref["truth_ci95"],
-                "true_mortality_90d": ref["true_mortality_90d"],
+                **truth_fields(ref),
                 "estimates": estimates_of(doc),
                 "panel_estimates": ref["estimates"],
                 "ess": doc["metrics"]["ess"],
@@ -138,29 +133,13 @@ def main() -> None:
                                         "estimators": result}, indent=2) + "\n")  # fmt: skip
 
 
-class SampledHeld:
-    """Draws each decision from ``probabilities(states)`` (seeded); the harness holds it."""
-
-    name = "bc_sampled_held"
-    needs_state = True
-
-    def __init__(self, probabilities, seed: int) -> None:
-        self._prob = probabilities
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x48454C44]))
-
-    def decide(self, states, raw):
-        p = np.asarray(self._prob(states), dtype=np.float64)
-        u = self.rng.random(len(p))[:, None]
-        return np.minimum((np.cumsum(p, 1) < u).sum(1), p.shape[1] - 1).astype(np.int64)
-
-
 def held_log(ctx, pop, probabilities, workdir: Path, seed: int):
     """The rollout of the sampled-and-held behaviour, with the online state of each decision."""
+    from sepsisrl.truth.policies import HeldSample
     from sepsisrl.truth.rollout import rollout_population
 
-    res = rollout_population(
-        ctx, pop, SampledHeld(probabilities, seed), workdir, record_states=True
-    )
+    behaviour = HeldSample(probabilities, seed, name="bc_sampled_held")
+    res = rollout_population(ctx, pop, behaviour, workdir, record_states=True)
     dec = res.decisions
     subject = dict(zip(pop.cohort()["stay_id"].to_pylist(),
                        pop.cohort()["subject_id"].to_pylist(), strict=True))  # fmt: skip
@@ -220,10 +199,6 @@ def write_replay(log: dict, template: Path, out: Path, seed: int) -> None:
     meta["reward"] = {**meta["reward"], "variant": "held_logging_eval"}
     meta["source"] = {**meta["source"], "kind": "synthetic-held-logging"}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _fmt(x: float | None) -> str:
-    return "undefined" if x is None else f"{x:.2f}"
 
 
 if __name__ == "__main__":

@@ -274,5 +274,26 @@ def _fmt(x: float | None) -> str:
     return "undefined" if x is None else f"{x:.2f}"
 
 
+fmt_estimate = _fmt  # for the benchmarks that re-estimate a panel file's policies
+
+
+def truth_fields(row: dict) -> dict:
+    """A panel file row's truth, for a row of a benchmark that re-estimates its policy."""
+    return {k: row[k] for k in ("truth", "truth_ci95", "true_mortality_90d")}
+
+
+def panel_file_args(description: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that rebuilds a panel file's world and policies
+    (``held_logging.py``, ``hourly_fqe.py``)."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--world-seed", type=int, required=True)
+    ap.add_argument("--panel", type=Path, required=True, help="ope_panel.py --out file (truth)")
+    ap.add_argument("--stays", type=int, default=2000)
+    ap.add_argument("--train-steps", type=int, default=1000)
+    return ap
+
+
 if __name__ == "__main__":
     main()

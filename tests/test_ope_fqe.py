@@ -150,3 +150,26 @@ def test_policies_fitted_in_one_process_share_the_setup_and_match_a_fresh_fit():
     # another train split (fewer episodes) replaces the setup
     _fit(episodes[:30], mixed, model="linear")
     assert fqe_module._SETUPS["setup"] is not setup
+
+
+def test_a_per_transition_discount_replaces_gamma_times_not_done():
+    """``cont`` (bench/hourly_fqe.py's hourly chain: 1 inside a 4-hour window, gamma at the
+    review) is the discount of each transition's next value: given as gamma (1 - done) it is
+    the default fit to the last bit, and 0 everywhere is the fit in which every row ends."""
+    episodes = simulate(np.random.default_rng(4), 60)
+    mixed = np.full((N_POS, N_ACTIONS), 1.0 / N_ACTIONS)
+    train = transitions(episodes, mixed)
+    groups = np.repeat(np.arange(len(episodes)), [len(e) for e in episodes])
+    longest = max(len(e) for e in episodes)
+    cfg = FQEConfig(members=3, seed=1, max_iterations=longest, model="linear")
+
+    def fit(data):
+        fqe = FQE(N_POS, N_ACTIONS, GAMMA, cfg, bounds=(0.0, 15.0))
+        fqe.fit(data, groups, longest)
+        return fqe.W_full.tobytes(), fqe.W.tobytes()
+
+    default = fit(train)
+    assert fit({**train, "cont": GAMMA * (1.0 - train["done"].double())}) == default
+    ended = fit({**train, "done": torch.ones_like(train["done"])})
+    assert fit({**train, "cont": torch.zeros_like(train["done"]).double()}) == ended
+    assert ended != default

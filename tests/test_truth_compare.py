@@ -31,6 +31,17 @@ def test_compare_by_hand():
     assert doc["kendall"] == pytest.approx(1 / 3)  # 2 concordant, 1 discordant pair
     assert doc["ranked_first"] == "c" and doc["top1_regret"] == 0.0
     assert "truth_noise" not in doc  # no per-episode returns given
+    assert "mae_vs_clinician" not in doc  # no clinicians in the panel
+    # with the clinicians: the error of each estimated difference from them
+    clin = [_row("clinician", 2.0, 3.0, 0.0, 5.0), *rows[:3]]  # the clinicians over-valued by 1
+    vs = compare(clin)["fqe"]
+    # differences estimated (-1.5, -2.0, 1.0) against true (-1.0, 0.0, 1.0)
+    assert vs["mae_vs_clinician"] == pytest.approx((0.5 + 2.0 + 0.0) / 3)
+    # a benchmark's own estimator (bench/hourly_fqe.py) is compared by name, alone
+    renamed = [{**r, "estimates": {"mine": r["estimates"]["fqe"]}} for r in rows]
+    mine = compare(renamed, estimators=["mine"])
+    assert list(mine) == ["mine"]
+    assert {k: mine["mine"][k] for k in doc} == doc
 
 
 def test_rank_correlations_need_three_policies_and_variation():

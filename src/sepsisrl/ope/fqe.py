@@ -312,7 +312,10 @@ class FQE:
         su = self._setup(train, groups)
         self.knots = su.knots
         r = train["r"].numpy().astype(np.float64)
-        cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
+        if "cont" in train:  # a per-transition discount (bench/hourly_fqe.py's hourly chain)
+            cont = train["cont"].numpy().astype(np.float64)
+        else:
+            cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
         pi_next = train["pi_next"].numpy().astype(np.float64)
         K, n, penalties = cfg.members, len(r), su.penalties
         self._robust_inputs = (su, r, cont, pi_next, [])  # for robust_values (sensitivity)
@@ -404,7 +407,9 @@ class FQE:
         self, train: dict[str, torch.Tensor], groups: np.ndarray, longest_episode: int
     ) -> FQEResult:
         """``train``: s, a, r, s_next, done, pi_next (the evaluated policy's probabilities at s')
-        of the train transitions; ``groups``: the patient of every row (bootstrap unit)."""
+        of the train transitions, optionally ``cont`` (linear model: each transition's discount
+        of the next value, instead of gamma (1 - done)); ``groups``: the patient of every row
+        (bootstrap unit)."""
         cfg = self.cfg
         n = len(train["a"])
         if n == 0:

@@ -8,7 +8,12 @@ trusted on a panel of policies:
 - ``mae``: mean absolute error in return units;
 - ``coverage``: share of policies whose 95 % CI contains the true value (estimators with CIs);
 - ``top1_regret``: best true value in the panel minus the true value of the policy the
-  estimator ranks first.
+  estimator ranks first;
+- ``mae_vs_clinician`` (when the clinicians are among the evaluable policies): the mean
+  absolute error of the estimated difference from the clinicians, (V_pi - V_clin) estimated
+  against true, over the other policies - the comparison a study's verdict rests on. An error
+  that every policy shares (a logged population that fared worse than the truth's, say)
+  cancels in it; one that depends on the policy (confounding) does not.
 
 A policy without an estimate (an evaluation gate failed: for WIS too little overlap, for FQE
 and WDR an unconverged fit or unsupported actions; see ``ope.evaluate``) is left out of that
@@ -40,6 +45,10 @@ ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
     "wis_per_decision": ("wis_per_decision", None, None),
     "wis_softened_0.1": ("wis_softened_0.1", "wis_softened_0.1_low", "wis_softened_0.1_high"),
 }
+
+
+#: The policy every other is compared with in ``mae_vs_clinician``.
+CLINICIAN = "clinician"
 
 
 def estimates_of(
@@ -157,16 +166,18 @@ def compare(
     returns: dict[str, np.ndarray] | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    estimators: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per estimator, its agreement with the truth over ``rows``.
 
     Each row: ``{"policy": name, "truth": true value, "estimates": estimates_of(...)}``.
     ``returns`` (optional): each policy's per-episode true returns, paired across policies
     (same episodes, same order); with them each estimator's entry gains ``truth_noise``
-    (:func:`truth_noise`).
+    (:func:`truth_noise`). ``estimators``: the names to compare (default: those of
+    ``metrics.json``, :data:`ESTIMATORS`); a benchmark's own estimator is compared by name.
     """
     out: dict[str, dict[str, Any]] = {}
-    for est in ESTIMATORS:
+    for est in estimators or ESTIMATORS:
         names, truth, value, lo, hi = [], [], [], [], []
         skipped, sens = [], []
         for r in rows:
@@ -198,6 +209,11 @@ def compare(
             first = int(np.argmax(e))
             doc["ranked_first"] = names[first]
             doc["top1_regret"] = float(t.max() - t[first])
+        if CLINICIAN in names and len(names) > 1:
+            c = names.index(CLINICIAN)
+            others = [k for k in range(len(names)) if k != c]
+            err = (e[others] - e[c]) - (t[others] - t[c])
+            doc["mae_vs_clinician"] = float(np.mean(np.abs(err)))
         coverage = sensitivity_coverage(names, t, sens)
         if coverage is not None:
             doc["sensitivity"] = coverage
