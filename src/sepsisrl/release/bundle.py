@@ -463,6 +463,12 @@ def model_card(
         "## Limitations and risks",
         "- Off-policy estimates can be biased by limited support, unobserved confounding, the cohort "
         "definition, reward design and model selection.",
+        "- Support is checked one decision at a time: a policy whose every action the clinicians "
+        "plausibly take can still follow a sequence that no logged episode follows (the most "
+        "intense plausible treatment, decision after decision), and its FQE and WDR values then "
+        "rest on extrapolation. On the project's synthetic benchmark both estimators over-valued "
+        "such an over-treating policy even in logs without confounding (docs/evaluate.md, "
+        "item 11).",
         "- The action space is discretised and ignores contraindications, timing within a step and "
         "bedside judgement.",
         "- Only the exact feature set and normalisation in `config.json` are supported.",
