@@ -2,6 +2,7 @@
 
 Usage:  python bench/held_logging.py --world-seed S --panel bench/results/ope_panel-S.json
                                      [--logs held|clinicians] [--patients 3000] [--seed 1]
+                                     [--fqe NAME[:KEY=VALUE,...] ...] [--keep-log DIR]
                                      [--out FILE]
 
 The simulated clinicians titrate every hour on what they see, so a logged 4-hour action partly
@@ -24,11 +25,22 @@ error comes from within-window titration in the data, not from the estimators.
 ``--logs clinicians`` skips the held log and re-runs the evaluation of every panel policy on the
 world's own replay with the current estimators (the truth of a panel policy does not depend on
 the estimator, so a change to an estimator is measured in minutes, not in a full panel run).
+
+``--fqe`` (repeatable) evaluates every policy once per FQE variant on the same log: a name and
+overrides of ``configs/evaluate.yaml``'s ``fqe`` section, e.g. ``--fqe default --fqe
+mlp:model=mlp`` or ``--fqe linear:basis=linear`` (the WDR, whose control variate is the FQE,
+changes with it). The first variant is the one printed first and saved at the top level of
+``--out``; every variant's rows and comparison are under ``variants``. ``--keep-log DIR`` saves
+the held log's replay (minutes to simulate at 10,000 patients) and reuses it when DIR holds one
+made with the same arguments, so that another estimator costs only its evaluations.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -46,8 +58,10 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=3000, help="patients of the held log")
     ap.add_argument("--seed", type=int, default=1, help="population seed of the held log")
     ap.add_argument("--logs", choices=("held", "clinicians"), default="held")
-    ap.add_argument("--fqe-basis", choices=("linear", "hinge"), default=None,
-                    help="the FQE's shared basis (default: the evaluation's default)")  # fmt: skip
+    ap.add_argument("--fqe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+                    help="an FQE variant (repeatable; default: the evaluation's FQE)")  # fmt: skip
+    ap.add_argument("--keep-log", type=Path, default=None, metavar="DIR",
+                    help="keep the held log's replay in DIR, or reuse it from there")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     panel = json.loads(args.panel.read_text())
@@ -57,6 +71,7 @@ def main() -> None:
 
     import torch
 
+    from sepsisrl.config import validate_dataclass
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
     from sepsisrl.ope.fqe import FQEConfig
     from sepsisrl.rl.policies import TrainedPolicy, softmax_of
@@ -66,9 +81,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     started = time.perf_counter()
-    ev_cfg = EvalConfig()
-    if args.fqe_basis:
-        ev_cfg = EvalConfig(fqe=FQEConfig(basis=args.fqe_basis))
+    variants = fqe_variants(args.fqe or ["default"])
+    configs = {name: EvalConfig(fqe=validate_dataclass(FQEConfig, over, f"--fqe {name}"))
+               for name, over in variants.items()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ws, replay, runs, jobs = panel_world(root, args.world_seed, args.stays, args.train_steps)
@@ -79,24 +94,36 @@ def main() -> None:
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
         if args.logs == "held":
             held = ws / "replay" / "held_logging"
-            log = held_log(ctx, pop, bc_prob, root / "rollout", args.seed)
-            write_replay(log, replay, held, args.seed)
+            made = {"world_seed": args.world_seed, "stays": args.stays, "patients":
+                    args.patients, "seed": args.seed, "train_steps": args.train_steps}  # fmt: skip
+            kept = args.keep_log
+            if kept is not None and (kept / "held_args.json").is_file():
+                if json.loads((kept / "held_args.json").read_text()) != made:
+                    raise SystemExit(f"--keep-log {kept}: a held log of other arguments")
+                shutil.copytree(kept, held)  # the same log, without simulating it again
+            else:
+                log = held_log(ctx, pop, bc_prob, root / "rollout", args.seed)
+                write_replay(log, replay, held, args.seed)
+                if kept is not None:
+                    shutil.copytree(held, kept)
+                    (kept / "held_args.json").write_text(json.dumps(made) + "\n")
         else:
             held = replay
         meta = json.loads((held / "meta.json").read_text())
         print(f"{args.logs} logs: {meta['splits']} at {time.perf_counter() - started:.0f} s",
               flush=True)  # fmt: skip
 
-        rows = []
-        for name, spec, kind in jobs:
+        per_variant: dict[str, list] = {v: [] for v in configs}
+        for (name, spec, kind), (variant, ev_cfg) in itertools.product(jobs, configs.items()):
             if name == "clinician" and args.logs == "held":
                 # the behaviour of the held log is the sampled BC policy, not the clinicians
                 continue
             if name not in truth:  # a panel file of some of the panel's policies (--policies)
                 continue
+            rows = per_variant[variant]
             t = time.perf_counter()
-            doc = evaluate(spec, held, root / "eval" / name.replace(":", "-"), kind=kind,
-                           final=True, cfg=ev_cfg)  # fmt: skip
+            folder = root / "eval" / f"{name.replace(':', '-')}-{variant}"
+            doc = evaluate(spec, held, folder, kind=kind, final=True, cfg=ev_cfg)
             t_eval = time.perf_counter() - t
             ref = truth[name]
             rows.append({
@@ -114,23 +141,48 @@ def main() -> None:
                 raise SystemExit(f"{name}: support mass {rows[-1]['support_mass']} differs from "
                                  f"the panel's {ref['support_mass']}: not the panel's policy "
                                  "(another build or training code)")  # fmt: skip
-            print(f"  {name:24s} truth {ref['truth']:7.2f}  FQE {_fmt(est['fqe'][0])}  "
-                  f"WDR {_fmt(est['wdr'][0])}  (panel file: FQE "
+            print(f"  {name:24s} [{variant}] truth {ref['truth']:7.2f}  FQE "
+                  f"{_fmt(est['fqe'][0])}  WDR {_fmt(est['wdr'][0])}  (panel file: FQE "
                   f"{_fmt(ref['estimates']['fqe'][0])})  ({t_eval:.0f} s)", flush=True)  # fmt: skip
         shutil.rmtree(root / "rollout", ignore_errors=True)
     saved = panel.get("returns")  # per-episode truth: the truth's own noise (compare.truth_noise)
-    result = compare(rows, None if saved is None else {k: np.asarray(v) for k, v in saved.items()})
+    noise = None if saved is None else {k: np.asarray(v) for k, v in saved.items()}
+    results = {v: compare(rows, noise) for v, rows in per_variant.items()}
     print(f"\n{args.logs}-logs panel, world seed {args.world_seed} "
           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
-    for est, doc in result.items():
-        print(json.dumps({"world_seed": args.world_seed, "logs": args.logs, "estimator": est,
-                          **doc}))  # fmt: skip
+    for variant, result in results.items():
+        for est, doc in result.items():
+            print(json.dumps({"world_seed": args.world_seed, "logs": args.logs,
+                              "fqe_variant": variant, "estimator": est, **doc}))  # fmt: skip
     if args.out:
+        first = next(iter(configs))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"world_seed": args.world_seed, "logs": args.logs,
-                                        "fqe_basis": ev_cfg.fqe.basis,
-                                        "held_log": meta["splits"], "rows": rows,
-                                        "estimators": result}, indent=2) + "\n")  # fmt: skip
+        args.out.write_text(json.dumps({
+            "world_seed": args.world_seed, "logs": args.logs, "held_log": meta["splits"],
+            "fqe_variant": first, "rows": per_variant[first], "estimators": results[first],
+            "variants": {v: {"fqe": dataclasses.asdict(configs[v].fqe), "overrides": variants[v],
+                             "rows": per_variant[v], "estimators": results[v]}
+                         for v in configs},
+        }, indent=2) + "\n")  # fmt: skip
+
+
+def fqe_variants(specs: list[str]) -> dict[str, dict]:
+    """``NAME[:KEY=VALUE,...]`` -> {NAME: {KEY: VALUE}} (values read as YAML)."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        if not name or name in out:
+            raise SystemExit(f"--fqe {spec!r}: a new, non-empty variant name is needed")
+        over = {}
+        for item in filter(None, re.split(r",(?=\w+=)", rest)):  # a list value keeps its commas
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--fqe {spec!r}: {item!r} is not KEY=VALUE")
+            over[key] = yaml.safe_load(value)
+        out[name] = over
+    return out
 
 
 def held_log(ctx, pop, probabilities, workdir: Path, seed: int):

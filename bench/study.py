@@ -16,7 +16,8 @@ cached time). Reported from the study's own record (``study/run.json``) and meas
   evaluations           how many evaluations the workspace holds, their mean seconds and the
                         sum of each part (FQE + WDR, importance sampling, figures, ...)
   peak_rss_gib          the peak resident memory of the study process and all its workers
-                        together (sampled every 0.5 s from /proc)
+                        together (sampled every 0.5 s from /proc); peak_rss_gib_by_phase: the
+                        same, per phase of the progress events (where the memory goes)
 
 ``--reuse-data`` takes the workspace's data phase as already built and times everything after
 it: for measuring on another machine (a GPU one) a workspace built here and copied without its
@@ -123,15 +124,19 @@ def main() -> None:
         overrides[key] = yaml.safe_load(raw)
     cfg = load_study_config(args.profile, overrides=overrides)
     peak, stop = [0], threading.Event()
+    by_phase: dict[str, int] = {}
+    last = [""]
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(os.getpid()))
+            rss = tree_rss(os.getpid())
+            peak[0] = max(peak[0], rss)
+            phase = last[0] or "start"
+            by_phase[phase] = max(by_phase.get(phase, 0), rss)
             stop.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    last = [""]
 
     def on_event(phase: str, done: int, total: int, message: str) -> None:
         line = f"{phase}: {done}/{total} {message}"
@@ -180,9 +185,12 @@ def main() -> None:
         "training": training,
         "evaluations": evaluations,
         "peak_rss_gib": peak[0] / 2**30,
+        "peak_rss_gib_by_phase": {k: round(v / 2**30, 2) for k, v in by_phase.items()},
         "selected": result.selected["name"],
     }
     print(f"total {seconds / 60:.1f} min, peak memory {doc['peak_rss_gib']:.2f} GiB")
+    print("  peak memory by phase (GiB): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in doc["peak_rss_gib_by_phase"].items()))  # fmt: skip
     for phase, info in result.phases.items():
         if "seconds" in info:
             print(f"  {phase:<24} {info['seconds']:>9.1f} s")

@@ -5,7 +5,10 @@ The project never needs a GPU and CI has none: these checks run only where CUDA 
 have run on one yet).
 They hold a GPU run to what the CPU runs promise: every algorithm trains there and its
 weights load and act on a CPU; the same seed gives the same bytes; a stack's runs are the runs
-trained alone; an interrupted run resumes to the bytes of an uninterrupted one.
+trained alone; an interrupted run resumes to the bytes of an uninterrupted one. Run once, on an
+NVIDIA H200 (``bench/gpu_card.sh``, docs/run.md): all pass there except the stack identity
+(``test_each_run_of_a_gpu_stack_is_the_run_trained_alone`` fails: a stack's batched products
+round differently from a run's own there), which stays asserted until it is fixed.
 """
 
 from __future__ import annotations

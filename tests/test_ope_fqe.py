@@ -173,3 +173,38 @@ def test_a_per_transition_discount_replaces_gamma_times_not_done():
     ended = fit({**train, "done": torch.ones_like(train["done"])})
     assert fit({**train, "cont": torch.zeros_like(train["done"]).double()}) == ended
     assert ended != default
+
+
+def test_pessimism_lowers_rarely_logged_actions_most_and_changes_nothing_at_zero():
+    """``pessimism`` subtracts standard errors of the fitted Q(s, a): an action the logs take
+    in about 1 % of decisions loses several times more than the most common one; the policy's
+    value only goes down; pessimism 0 is the plain fit."""
+    rng = np.random.default_rng(3)
+    episodes = [[(s, a if a != 3 or rng.random() < 0.03 else 1, r) for s, a, r in ep]
+                for ep in simulate(rng, 3000)]  # fmt: skip
+    probs = np.zeros((N_POS, N_ACTIONS))
+    probs[:, 0] = 1.0
+    states, s0 = torch.eye(N_POS), torch.from_numpy(np.eye(N_POS, dtype=np.float32)[[0]])
+    plain, _ = _fit(episodes, probs, members=2)
+    zero, _ = _fit(episodes, probs, members=2, pessimism=0.0)
+    pess, _ = _fit(episodes, probs, members=2, pessimism=2.0)
+    assert np.array_equal(zero.q_values(states), plain.q_values(states))
+    assert np.array_equal(zero.full_q_values(states), plain.full_q_values(states))
+    # raw values are the fit's own (its targets were pessimistic), the reported ones subtract
+    # the bonus of each (s, a) before clipping
+    raw, q = pess.full_q_values(states, raw=True), pess.full_q_values(states)
+    bonus = raw - q
+    inside = (q > 0.0).all(1)  # states where no action was clipped at the range's floor
+    assert inside.sum() >= N_POS // 2
+    assert np.all(bonus[inside, 3] > 5 * bonus[inside, 0]), bonus
+    assert np.all(bonus[inside, 0] > 0)
+    v_plain = float(plain.full_q_values(s0)[0, 0])
+    v_pess = float(pess.full_q_values(s0)[0, 0])
+    assert v_pess < v_plain
+
+
+def test_pessimism_needs_the_linear_model_and_a_non_negative_value():
+    with pytest.raises(ValueError, match="pessimism needs the linear model"):
+        FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(model="mlp", pessimism=1.0))
+    with pytest.raises(ValueError, match="pessimism must be >= 0"):
+        FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(pessimism=-1.0))

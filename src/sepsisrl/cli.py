@@ -829,8 +829,8 @@ def run(
             "--precision",
             metavar="[fp32|bf16]",
             help="Matrix products of IQL training (train.precision): fp32 (default) or bf16 "
-            "(opt-in: about twice the speed on CPUs with AVX512-BF16/AMX and on GPUs; changes "
-            "the weights, docs/train.md).",
+            "(opt-in: about twice the speed on CPUs with AVX512-BF16/AMX, slower on a GPU at "
+            "the card's sizes; changes the weights, docs/train.md).",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,

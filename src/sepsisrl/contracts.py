@@ -385,6 +385,8 @@ class FqeReport(Strict):
     fit_on: StrictStr
     # absent in evaluations written before the sensitivity analysis existed; None: no full fit
     sensitivity: Sensitivity | None = None
+    # absent before fqe.pessimism existed (then 0: no pessimism)
+    pessimism: Real = 0.0
 
 
 class WdrReport(Strict):

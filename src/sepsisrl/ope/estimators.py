@@ -244,6 +244,7 @@ class FittedQEvaluation(Estimator):
                 cfg.sensitivity, (lo, hi),
             )  # fmt: skip
         self.basis = cfg.fqe.basis if cfg.fqe.model == "linear" else None
+        self.pessimism = cfg.fqe.pessimism
         return self
 
     def reasons(self) -> list[str]:
@@ -290,6 +291,9 @@ class FittedQEvaluation(Estimator):
             "raw_estimates": [float(x) for x in self.raw_estimates],
             "member_values": [float(x) for x in self.v0.mean(1)],
             "basis": self.basis,
+            # standard errors of each fitted Q(s, a) subtracted (0: none); the raw values and
+            # the sensitivity bounds are those of the fit without it
+            "pessimism": self.pessimism,
             "sensitivity": self.sensitivity,
             "point_estimate": "fit on every train patient" if full else "ensemble mean",
             "bootstrap": self.ci.to_json(),

@@ -87,6 +87,7 @@ class FQEConfig:
     grad_clip: float
     seed: int
     full_fit: bool
+    pessimism: float
 
 
 @dataclass
@@ -172,6 +173,12 @@ class FQE:
             raise ValueError(f"FQE model must be 'linear' or 'mlp', got {cfg.model!r}")
         if cfg.basis not in ("linear", "hinge"):
             raise ValueError(f"FQE basis must be 'linear' or 'hinge', got {cfg.basis!r}")
+        if not cfg.pessimism >= 0:
+            raise ValueError(f"FQE pessimism must be >= 0, got {cfg.pessimism}")
+        if cfg.pessimism > 0 and cfg.model != "linear":
+            raise ValueError("FQE pessimism needs the linear model (fqe.model: linear)")
+        # pessimism after a linear fit: (sigma, each member's penalty index, the full fit's)
+        self._pess: tuple[float, np.ndarray, int | None] | None = None
         self.W: np.ndarray | None = None  # linear model: (K, coefficients)
         self.W_full: np.ndarray | None = None  # linear model, full fit: (coefficients,)
         self.knots: tuple[np.ndarray, np.ndarray] | None = None  # basis="hinge": (columns, knots)
@@ -200,7 +207,7 @@ class FQE:
     def _values(self, states: torch.Tensor, pi: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """sum_a pi(a|s) clip(Q_k(s, a)) of every member: (K, N)."""
         if self.cfg.model == "linear":
-            q = np.clip(self._linear_q(states.numpy()), self.lo, self.hi)
+            q = self.q_values(states)
             return torch.from_numpy((q * pi.numpy().astype(np.float64)[None]).sum(2))
         out = []
         for i in range(0, len(states), chunk):
@@ -211,10 +218,18 @@ class FQE:
 
     @torch.no_grad()
     def q_values(self, states: torch.Tensor, raw: bool = False, chunk: int = 65536) -> np.ndarray:
-        """Q_k(s, .) of every member, (K, N, A); clipped to the attainable range unless raw."""
+        """Q_k(s, .) of every member, (K, N, A); clipped to the attainable range unless raw.
+        With ``pessimism`` (linear model), the clipped values are lower confidence bounds
+        (``_bonus``); ``raw`` values are the fits' own, without it."""
         if self.cfg.model == "linear":
             q = self._linear_q(states.numpy())
-            return q if raw else np.clip(q, self.lo, self.hi)
+            if raw:
+                return q
+            if self._pess is not None:
+                sigma, js, _ = self._pess
+                bonus = self._bonus(states.numpy(), sigma, sorted(set(js.tolist())))
+                q -= np.stack([bonus[j] for j in js])
+            return np.clip(q, self.lo, self.hi)
         out = []
         for i in range(0, len(states), chunk):
             x = states[i : i + chunk].unsqueeze(0).expand(self.cfg.members, -1, -1)
@@ -321,11 +336,19 @@ class FQE:
         self._robust_inputs = (su, r, cont, pi_next, [])  # for robust_values (sensitivity)
         self.W = np.zeros((K, su.size))
         self.W_full = np.zeros(su.size) if cfg.full_fit else None
+        last_j, last_full = [0] * K, 0  # the penalty indices of the previous iteration's fits
         for k in range(1, result.horizon + 1):
             # frozen targets: every member (and the full fit, last) from its own previous iterate
             betas = self.W if self.W_full is None else np.vstack([self.W, self.W_full])
             if k > 1:
-                v_next = su.next_values(betas, pi_next, self.lo, self.hi)
+                minus = None
+                if cfg.pessimism > 0:  # each fit's own penalty; sigma of the last iteration
+                    sigma = math.sqrt(result.iterations[-1]["holdout_mse"])
+                    js = [*last_j, *([] if self.W_full is None else [last_full])]
+                    scale = cfg.pessimism * sigma / math.sqrt(n)
+                    lev = {j: np.sqrt(su.leverage_next(j)) for j in set(js)}
+                    minus = np.stack([scale * lev[j] for j in js])  # (M, n, A)
+                v_next = su.next_values(betas, pi_next, self.lo, self.hi, minus)
             else:
                 v_next = np.zeros((len(betas), n))
             y = np.clip(r + cont * v_next, self.lo, self.hi)  # (K [+ 1], n)
@@ -334,6 +357,7 @@ class FQE:
             beta = _chol_solve(b_all, su.factors)[..., 0].numpy()  # (K, P, size)
             held_mse = su.held_errors(beta, y[:K])  # (K, P)
             best = held_mse.argmin(1)
+            last_j = [int(j) for j in best]
             self.W = beta[np.arange(K), best]
             chosen = [penalties[j] for j in best]
             record = {"iteration": k, "steps": 0, "capped": False,
@@ -347,7 +371,11 @@ class FQE:
                 self.W_full = _chol_solve(b_full, su.full_factor(j))[:, 0].numpy()
                 record["ridge_full"] = penalties[j]
                 self._robust_inputs[4].append(j)
+                last_full = j
             result.iterations.append(record)
+        if cfg.pessimism > 0:
+            self._pess = (math.sqrt(result.iterations[-1]["holdout_mse"]), np.array(last_j),
+                          None if self.W_full is None else last_full)  # fmt: skip
         return result
 
     def robust_values(
@@ -401,7 +429,26 @@ class FQE:
             return None
         ps, pa = self._bases(states.numpy())
         q = self._q(ps, pa, self.W_full, self.n_actions)
-        return q if raw else np.clip(q, self.lo, self.hi)
+        if raw:
+            return q
+        if self._pess is not None and self._pess[2] is not None:
+            sigma, _, j = self._pess
+            q -= self._bonus(states.numpy(), sigma, [j])[j]
+        return np.clip(q, self.lo, self.hi)
+
+    def _bonus(
+        self, states: np.ndarray, sigma: float, penalties: list[int]
+    ) -> dict[int, np.ndarray]:
+        """The pessimism subtracted from Q(s, .) at ``states``, per ridge penalty index j:
+        pessimism * sigma * sqrt(x(s, a)^T (n G_j)^-1 x(s, a)), (N, A) each - ``pessimism``
+        standard errors of the fitted Q(s, a), x the regressors of (s, a), G_j the full fit's
+        penalised Gram matrix (normalised by the n train transitions), sigma the residual
+        standard deviation of the fit (from the members' held-out error)."""
+        su = _SETUPS["setup"]
+        assert isinstance(su, _LinearSetup)
+        ps, pa = self._bases(states)
+        scale = self.cfg.pessimism * sigma / math.sqrt(len(su.a))
+        return {j: scale * np.sqrt(su.leverage(ps, pa, j)) for j in penalties}
 
     def fit(
         self, train: dict[str, torch.Tensor], groups: np.ndarray, longest_episode: int
@@ -538,7 +585,11 @@ class _LinearSetup:
             for j, lam in enumerate(self.penalties):
                 self._factor(gram, lam, out=self.factors[m, j])
         self.full_gram = self._gram(np.full(n, 1.0 / n)) if cfg.full_fit else None
+        if self.full_gram is None and cfg.pessimism > 0:  # the bonus needs the full Gram
+            self.full_gram = self._gram(np.full(n, 1.0 / n))
         self._full: dict[int, torch.Tensor] = {}
+        self._inverse: dict[int, np.ndarray] = {}
+        self._lev_next: dict[int, np.ndarray] = {}
 
     def _gram(self, c: np.ndarray) -> np.ndarray:
         """Weighted Gram matrix of x_i = [ps_i, e_{a_i} (x) pa_i] in blocks."""
@@ -574,15 +625,48 @@ class _LinearSetup:
         return np.concatenate([shared, *per_action], axis=1)
 
     def next_values(
-        self, betas: np.ndarray, pi_next: np.ndarray, lo: float, hi: float
+        self,
+        betas: np.ndarray,
+        pi_next: np.ndarray,
+        lo: float,
+        hi: float,
+        minus: np.ndarray | None = None,
     ) -> np.ndarray:
-        """sum_a' pi(a'|s') clip(Q_m(s', a')) of every coefficient row m: (M, n)."""
+        """sum_a' pi(a'|s') clip(Q_m(s', a') - minus_m(s', a')) of every coefficient row m:
+        (M, n); ``minus`` (M, n, A), a pessimism bonus, or None."""
         ds, da, A = self.ds, self.da, self.A
         shared = self.ps_next @ betas[:, :ds].T  # (n, M)
         per = self.pa_next @ betas[:, ds:].reshape(len(betas), A, da).reshape(-1, da).T
         q = per.reshape(len(shared), len(betas), A) + shared[:, :, None]
+        if minus is not None:
+            q -= minus.transpose(1, 0, 2)
         np.clip(q, lo, hi, out=q)
         return np.einsum("nma,na->mn", q, pi_next)
+
+    def leverage(self, ps: np.ndarray, pa: np.ndarray, j: int, chunk: int = 4096) -> np.ndarray:
+        """x(s, a)^T G_j^-1 x(s, a) of every state (rows of ``ps``, ``pa``) and action: (N, A),
+        with G_j the full fit's penalised Gram matrix of penalty index j and x(s, a) = [ps(s),
+        e_a (x) pa(s)] (the blocks of G_j^-1 that x touches: shared, shared-action, action)."""
+        if j not in self._inverse:
+            self._inverse[j] = torch.cholesky_inverse(self.full_factor(j)).numpy()
+        m, ds, da, A = self._inverse[j], self.ds, self.da, self.A
+        own = [
+            m[ds + da * a : ds + da * (a + 1), ds + da * a : ds + da * (a + 1)] for a in range(A)
+        ]
+        out = np.empty((len(ps), A))
+        for i in range(0, len(ps), chunk):
+            s, u = ps[i : i + chunk], pa[i : i + chunk]
+            base = np.einsum("nd,nd->n", s @ m[:ds, :ds], s)
+            cross = np.einsum("nad,nd->na", (s @ m[:ds, ds:]).reshape(len(s), A, da), u)
+            diag = np.stack([np.einsum("nd,nd->n", u @ blk, u) for blk in own], 1)
+            out[i : i + chunk] = base[:, None] + 2.0 * cross + diag
+        return np.maximum(out, 0.0)
+
+    def leverage_next(self, j: int) -> np.ndarray:
+        """``leverage`` at the train next states (cached: it does not depend on the policy)."""
+        if j not in self._lev_next:
+            self._lev_next[j] = self.leverage(self.ps_next, self.pa_next, j)
+        return self._lev_next[j]
 
     def held_errors(self, beta: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Mean squared error on each member's held-out rows of every penalty's coefficients
