@@ -218,7 +218,6 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
     from sepsisrl.dataset.builder import build
     from sepsisrl.dataset.config import load_build_config
     from sepsisrl.rl.config import load_train_config
-    from sepsisrl.rl.policies import SupportEdgePolicy, TrainedPolicy, softmax_of
     from sepsisrl.rl.trainer import train
     from sepsisrl.synth.config import load_synth_config
     from sepsisrl.synth.world import generate_world
@@ -240,6 +239,13 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
             preset=preset, overrides={**over, "steps": train_steps, "seed": 42}
         )
         runs[name] = train(replay, tcfg, root / "runs" / name).run_dir
+    return ws, replay, runs, panel_policies(runs)
+
+
+def panel_policies(runs: dict[str, Path]) -> list[tuple[str, object, str]]:
+    """The panel's ``[(name, spec, kind)]`` given its four trained runs (``panel_world``)."""
+    from sepsisrl.rl.policies import SupportEdgePolicy, TrainedPolicy, softmax_of
+
     # In-support policies that differ from the clinicians in truth: the least and the most
     # intense action the clinicians plausibly take (BC probability >= 0.05). They give the
     # panel evaluable policies with a spread of true values, so that a rank correlation among
@@ -253,7 +259,7 @@ def panel_world(root: Path, world_seed: int, stays: int, train_steps: int,
              "rule:map_lactate"]  # fmt: skip
     panel = [(s, s, "named") for s in specs] + [(n, str(r), "run") for n, r in runs.items()]
     panel += [(n, p, "object") for n, p in edges.items()]
-    return ws, replay, runs, panel
+    return panel
 
 
 def _overrides(pairs: list[str]) -> dict:

@@ -39,6 +39,7 @@ ALLOWED = {
     ("src/sepsisrl/config.py", "__pydantic_config__"): "read by pydantic (the dataclass config)",
     ("src/sepsisrl/release/modeling_iql.py", "forward"): "torch.nn.Module protocol",
     ("src/sepsisrl/rl/networks.py", "forward"): "torch.nn.Module protocol",
+    ("bench/model_ope.py", "forward"): "torch.nn.Module protocol",
     ("src/sepsisrl/cli.py", "signum"): "signal handler signature",
     ("src/sepsisrl/interrupts.py", "signum"): "signal handler signature",
     ("tests/browser.py", "handle_starttag"): "html.parser.HTMLParser protocol",

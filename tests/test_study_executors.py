@@ -261,3 +261,51 @@ def test_cli_run_takes_the_executor_and_the_ray_address(tmp_path):
     proc = cli("--executor", "dask", "--address", "auto", "--workspace", str(tmp_path / "ws"))
     assert proc.returncode == 2
     assert "executor: Input should be 'local' or 'ray' (found 'dask')" in proc.stderr
+
+
+def test_recycling_the_pool_replaces_every_idle_worker_and_units_still_run(tmp_path):
+    """Each phase of a study starts on fresh workers (memory an earlier phase's units left in
+    a worker is not carried into the next phase, docs/run.md); recycling waits for the old
+    processes to end and refuses while a unit runs."""
+    pool = LocalPool(2, tmp_path / "workers.log")
+    try:
+        assert pool.submit(EMPTY).result(timeout=120)["label"] == "empty"
+        old = list(pool.procs)
+        pool.recycle()
+        assert all(p.poll() == 0 for p in old)  # ended cleanly, not killed
+        assert len(pool.procs) == 2 and not set(pool.procs) & set(old)
+        assert all(p.poll() is None for p in pool.procs)
+        labels = {pool.submit({**EMPTY, "label": f"u{i}"}).result(timeout=120)["label"]
+                  for i in range(3)}  # fmt: skip
+        assert labels == {"u0", "u1", "u2"}
+        pool.idle.get()  # as if a unit held a worker
+        with pytest.raises(RuntimeError, match="units are still running"):
+            pool.recycle()
+        assert pool.idle.qsize() == 1  # the idle worker was put back
+    finally:
+        pool.close()
+
+
+def test_with_workers_even_a_single_unit_runs_in_a_worker_not_in_the_driver(tmp_path, monkeypatch):
+    """The driver stays lean: a one-unit phase (the clinicians' validation evaluation, ...) ran
+    in the driver and left about 1.4 GB there for the rest of a card study. With workers it runs
+    in one; with ``workers: 1`` everything still runs in the driver."""
+    from sepsisrl.study import runner
+
+    def in_driver(job):
+        raise AssertionError(f"{job['label']} ran in the driver")
+
+    monkeypatch.setattr(runner, "execute_unit", in_driver)
+    (tmp_path / "study").mkdir()
+    study = runner.Study(tmp_path, load_study_config("quick", overrides={"workers": 2}), None)
+    try:
+        study.run_units("one unit", [EMPTY])
+        assert study.phases["one unit"]["units"] == 1
+        first = list(study.pool.procs)
+        study.run_units("next phase", [{**EMPTY, "label": "again"}])
+        assert not set(study.pool.procs) & set(first)  # the next phase: fresh workers
+    finally:
+        study.close()
+    alone = runner.Study(tmp_path, load_study_config("quick", overrides={"workers": 1}), None)
+    with pytest.raises(AssertionError, match="empty ran in the driver"):
+        alone.run_units("one unit", [EMPTY])

@@ -123,6 +123,36 @@ class LocalPool:
     def submit(self, job: dict[str, Any]) -> Future:
         return self.threads.submit(self._call, job)
 
+    def recycle(self) -> None:
+        """Replace every worker by a fresh process; only between phases (no unit running).
+
+        A worker's memory grows with what it ran - allocator arenas kept after training
+        stacks and evaluations - and carried it into the truth phase, whose rollouts need about
+        1.5 GB each: the card study peaked at 10.1 GiB that way (docs/run.md). A phase that
+        starts on fresh workers needs only what its own units use. Costs one interpreter
+        start per worker, overlapped with the phase's first units."""
+        with self.lock:
+            if self.closing:
+                return
+            old = [self.idle.get_nowait() for _ in range(self.idle.qsize())]
+            if len(old) != len(self.procs):
+                for p in old:
+                    self.idle.put(p)
+                raise RuntimeError("LocalPool.recycle: units are still running")
+            for p in old:
+                if p.stdin is not None and not p.stdin.closed:
+                    with contextlib.suppress(OSError, ValueError):
+                        p.stdin.close()  # an idle worker ends when its stdin closes
+            self.procs = [self._start() for _ in old]
+            for p in self.procs:
+                self.idle.put(p)
+        for p in old:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
     def close(self, abort: bool = False) -> None:
         """Stop the workers: after their current job, or at once when ``abort`` (interrupt,
         failure) - every unit is atomic or resumable, so nothing finished is lost."""
@@ -242,6 +272,9 @@ class RayExecutor:
         else:  # the worker or its node died more than RAY_MAX_RETRIES times, ...
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
         return _study_error(f"unit {label} failed: {message} (details in {self.log})")
+
+    def recycle(self) -> None:
+        """Nothing to do: Ray starts, reuses and stops its own worker processes."""
 
     def close(self, abort: bool = False) -> None:
         """Cancel the unfinished units when ``abort`` (their workers are killed; every unit is

@@ -369,14 +369,19 @@ class Study:
             note = "cached" if cached else f"{res['seconds']:.0f} s"
             self.emit(phase, done, total, f"{res['label']} ({note})")
 
-        if self.cfg.executor == "local" and (self.workers == 1 or total == 1):
+        if self.cfg.executor == "local" and self.workers == 1:
             for job in jobs:
                 record(execute_unit(job))
         else:
+            # with workers, every unit runs in one (a single unit too): the driver stays lean,
+            # and each phase starts on fresh workers, so that no phase carries the memory
+            # an earlier phase's units left behind (LocalPool.recycle, docs/run.md)
             if self.pool is None:
                 self.pool = make_executor(self.cfg.executor, self.workers,
                                           self.ws / "study" / "workers.log",
                                           self.cfg.ray_address)  # fmt: skip
+            else:
+                self.pool.recycle()
             futures = {self.pool.submit(job): job for job in jobs}
             for fut in as_completed(futures):
                 try:
