@@ -463,6 +463,24 @@ def test_other_output_folder(study, tmp_path):
     assert not list(out.parent.glob(".rep.partial-*"))
 
 
+def test_the_report_says_whether_non_inferiority_in_mortality_is_shown():
+    from sepsisrl.study.report import noninferiority_line
+
+    def diff(lo, hi):
+        return {"mortality_90d": {"mean": (lo + hi) / 2, "ci95": [lo, hi]}}
+
+    # the quick study's export on its 1,000 truth patients (docs/run.md)
+    wide = noninferiority_line(diff(-0.029, 0.034))
+    assert "differs by +0.3 points [-2.9, +3.4]" in wide
+    assert "non-inferiority within 1 point is NOT shown" in wide
+    assert "cannot rule out up to 3.4 points more" in wide
+    worse = noninferiority_line(diff(0.0002, 0.0126))
+    assert "NOT shown (it is worse)" in worse
+    shown = noninferiority_line(diff(-0.0131, -0.0005))
+    assert "non-inferiority within 1 point is shown." in shown
+    assert "NOT" not in noninferiority_line(diff(-0.02, 0.01))  # the margin itself passes
+
+
 def test_the_clinician_verdict_is_checked_against_the_truth():
     from sepsisrl.study.report import clinician_verdict_against_truth
 

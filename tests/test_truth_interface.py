@@ -164,6 +164,12 @@ def test_the_card_says_plainly_whether_the_policy_is_truly_better_or_worse():
     text = truth_verdict(diff([-1.13, 0.51], [-0.020, 0.042]))
     assert "**not distinguishable from the clinicians**" in text
     assert "+1.1 points (95 % CI -2.0 to +4.2)" in text and "-0.31 return units" in text
+    # not distinguishable is not equivalent: the CI's upper end is said, against the margin
+    assert "cannot rule out a 90-day mortality up to 4.2 points above" in text
+    assert "non-inferiority within 1 point is not shown" in text
+    narrow = truth_verdict(diff([-0.3, 0.2], [-0.012, 0.008]))
+    assert "**not distinguishable from the clinicians**" in narrow
+    assert "rule out" not in narrow  # within the margin: nothing to warn about
     better = truth_verdict(diff([0.28, 1.46], [-0.056, -0.011]))
     assert "**better than the clinicians** (in value and 90-day mortality)" in better
     worse = truth_verdict(diff([-2, -0.1], [-0.01, 0.05]))

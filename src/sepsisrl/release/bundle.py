@@ -28,6 +28,7 @@ from sepsisrl.ope.summary import CARD_ROWS, summarize
 from sepsisrl.rl.actions import ActionGrid
 from sepsisrl.rl.policies import NonFiniteWeightsError, finite_tensors
 from sepsisrl.rl.registry import exportable_algorithms
+from sepsisrl.truth.harness import NONINFERIORITY_MARGIN
 from sepsisrl.workspace import atomic_folder
 
 EXPORTABLE = exportable_algorithms()  # ("iql", "bc"): the algorithms with an actor network
@@ -269,12 +270,20 @@ def truth_verdict(diff: dict[str, Any]) -> str:
     else:
         verdict = "**not distinguishable from the clinicians**"
     m, v = diff["mortality_90d"], diff["value"]
-    return (
+    text = (
         f"In truth this policy is {verdict}: paired with them on the same patients, its 90-day "
         f"mortality differs by {100 * m['mean']:+.1f} points (95 % CI {100 * mlo:+.1f} to "
         f"{100 * mhi:+.1f}) and its value by {v['mean']:+.2f} return units ({vlo:+.2f} to "
         f"{vhi:+.2f})."
     )
+    if not benefit and not harm and mhi > NONINFERIORITY_MARGIN:
+        text += (
+            f" Not distinguishable is not equivalent: these patients cannot rule out a 90-day "
+            f"mortality up to {100 * mhi:.1f} points above the clinicians', so non-inferiority "
+            f"within {100 * NONINFERIORITY_MARGIN:g} point is not shown; more fresh patients "
+            "(`sepsisrl truth --patients`) narrow the interval."
+        )
+    return text
 
 
 def truth_lines(truth: dict[str, Any], summary: dict[str, Any] | None) -> list[str]:

@@ -41,6 +41,10 @@ from sepsisrl.workspace import atomic_folder, write_json
 
 Z95 = 1.959963984540054
 DEFAULT_PATIENTS = 2000
+#: The 90-day mortality margin (a fraction) within which a policy counts as no worse than the
+#: clinicians (the card, the report, bench/noninferiority.py): the upper end of the paired
+#: 95 % CI of its difference from theirs must not exceed it.
+NONINFERIORITY_MARGIN = 0.01
 INTERFACE_LIMITS = {
     "held": [
         "The world's clock is hourly: a decision at tau acts from the first full hour at or "

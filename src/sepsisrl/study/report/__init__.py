@@ -37,7 +37,10 @@ from sepsisrl.study.report.data import ActionGrid, ReportError, Study, load_stud
 from sepsisrl.study.report.render import render_html, render_markdown, write_files
 from sepsisrl.study.report.sections import SECTIONS, Section, build_blocks, section
 from sepsisrl.study.report.sections.overview import build_conventions, build_warnings
-from sepsisrl.study.report.sections.truth import clinician_verdict_against_truth
+from sepsisrl.study.report.sections.truth import (
+    clinician_verdict_against_truth,
+    noninferiority_line,
+)
 
 
 def write_report(workspace: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -71,6 +74,7 @@ __all__ = [
     "build_warnings",
     "clinician_verdict_against_truth",
     "load_study",
+    "noninferiority_line",
     "render_html",
     "render_markdown",
     "section",

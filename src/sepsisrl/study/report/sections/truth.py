@@ -10,6 +10,7 @@ import numpy as np
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import Block, Bullets, Figure, Text, ci, fmt, pct, table
 from sepsisrl.study.report.data import Study
+from sepsisrl.truth.harness import NONINFERIORITY_MARGIN
 
 #: Agreement an estimator must reach with the truth to be trusted (issue 12's acceptance).
 TRUST = {"spearman": 0.8, "mae": 1.5, "coverage": 0.8}
@@ -299,9 +300,32 @@ def _selection_verdicts(st: Study, doc: dict[str, Any]) -> list[str]:
         f"{pct(clin['mortality_90d']['mean'])}."
     ]  # fmt: skip
     exported = next((p for p in doc["policies"] if p["name"] == sel_doc["exported_run"]), None)
+    if exported is not None:
+        verdicts.append(noninferiority_line(exported["difference_from_clinicians"]))
     vs = st.selection.selected.versus_clinicians
     line = clinician_verdict_against_truth(vs.model_dump(), exported)
     return [*verdicts, line] if line else verdicts
+
+
+def noninferiority_line(diff: dict[str, Any]) -> str:
+    """Whether the truth shows the exported run no worse than the clinicians in 90-day
+    mortality: the upper end of the paired 95 % CI within the card's margin."""
+    m = diff["mortality_90d"]
+    lo, hi = m["ci95"]
+    shown = hi <= NONINFERIORITY_MARGIN
+    line = (
+        f"Paired with the clinicians, its 90-day mortality differs by {100 * m['mean']:+.1f} "
+        f"points [{100 * lo:+.1f}, {100 * hi:+.1f}]: non-inferiority within "
+        f"{100 * NONINFERIORITY_MARGIN:g} point is {'shown' if shown else 'NOT shown'}"
+    )
+    if shown:
+        return line + "."
+    if lo > 0:
+        return line + " (it is worse)."
+    return line + (
+        f" (these patients cannot rule out up to {100 * hi:.1f} points more; more truth patients, "
+        "truth.patients, narrow the interval)."
+    )
 
 
 def clinician_verdict_against_truth(
