@@ -26,10 +26,18 @@ STEPS = 12
 
 
 def write_split(
-    folder: Path, split: str, n_episodes: int, rng: np.random.Generator, W: np.ndarray, names
+    folder: Path,
+    split: str,
+    n_episodes: int,
+    rng: np.random.Generator,
+    W: np.ndarray,
+    names,
+    n_base: int,
 ):
     n = n_episodes * STEPS
     states = rng.standard_normal((n, len(names))).astype(np.float32)
+    # the missingness flags after the base features are 0 or 1, as the build writes them
+    states[:, n_base:] = rng.random((n, len(names) - n_base)) < 0.2
     logits = states @ W
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -68,7 +76,7 @@ def make_workspace(root: Path, train_transitions: int, test_episodes: int) -> Pa
     ):
         counts[split] = {
             "n_episodes": episodes,
-            "n_transitions": write_split(replay, split, episodes, rng, W, names),
+            "n_transitions": write_split(replay, split, episodes, rng, W, names, len(cfg.features)),
         }
     meta = {"schema_version": "1", "state_dim": len(names), "n_actions": 25, "feature_names": names,
             "action_labels": [f"a{i}" for i in range(25)], "reward": {"variant": "bench"}, "gamma": 0.99,

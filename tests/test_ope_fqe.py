@@ -208,3 +208,69 @@ def test_pessimism_needs_the_linear_model_and_a_non_negative_value():
         FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(model="mlp", pessimism=1.0))
     with pytest.raises(ValueError, match="pessimism must be >= 0"):
         FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(pessimism=-1.0))
+
+
+def _robust_reference(fqe, b_next, init_states, pi_init, b_init, lam, side):
+    """The sensitivity refit of one (Lambda, side) written plainly, one case at a time and every
+    action's Q at every state (the specification ``robust_values_many`` is checked against)."""
+    from sepsisrl.ope.fqe import _chol_solve, _residual_tails
+
+    su, r, cont, pi_next, full_j = fqe._robust_inputs
+    n, A = len(r), fqe.n_actions
+    c_lam, tau = lam - 1.0 / lam, 1.0 / (1.0 + lam)
+    beta, tail = np.zeros(su.size), np.zeros(A)
+    for k, j in enumerate(full_j, start=1):
+        v_next = np.zeros(n)
+        if k > 1:
+            q = fqe._q(su.ps_next, su.pa_next, beta, A) + (1.0 - b_next) * c_lam * tail
+            v_next = (np.clip(q, fqe.lo, fqe.hi) * pi_next).sum(1)
+        y = np.clip(r + cont * v_next, fqe.lo, fqe.hi)
+        beta = _chol_solve(torch.from_numpy(su.rhs(y[None] / n))[0, :, None],
+                           su.full_factor(j))[:, 0].numpy()  # fmt: skip
+        if c_lam > 0:
+            fitted = fqe._q(su.ps, su.pa, beta, A)[np.arange(n), su.a]
+            tail = _residual_tails(y - fitted, su.a, A, tau, side)
+    ps, pa = fqe._bases(init_states)
+    q = fqe._q(ps, pa, beta, A) + (1.0 - b_init) * c_lam * tail
+    return (np.clip(q, fqe.lo, fqe.hi) * pi_init).sum(1)
+
+
+@pytest.mark.parametrize("target", ["deterministic", "stochastic"])
+def test_sensitivity_refits_iterated_together_match_each_alone(target):
+    """The sensitivity analysis refits the FQE for every (Lambda, side) together (one product
+    and one solve per iteration for all of them; Q at the policy's own action only when it is
+    deterministic): each case's values are the plain one-at-a-time refit's, in groups of any
+    size; the pessimism's next values take the same shortcut."""
+    rng = np.random.default_rng(5)
+    episodes = simulate(rng, 400)
+    probs = np.zeros((N_POS, N_ACTIONS))
+    if target == "deterministic":
+        probs[np.arange(N_POS), np.arange(N_POS) % N_ACTIONS] = 1.0
+    else:
+        probs[:, 0], probs[:, 1] = 0.6, 0.4
+    fqe, _ = _fit(episodes, probs, members=2)
+    train = transitions(episodes, probs)
+    b = rng.dirichlet(np.ones(N_ACTIONS), size=N_POS)
+    s_next = train["s_next"].numpy().argmax(1)
+    b_next = b[s_next]
+    init = np.eye(N_POS)
+    cases = [(lam, side) for lam in (1.0, 1.2, 2.0) for side in ("low", "high")]
+    want = [_robust_reference(fqe, b_next, init, probs, b, lam, side) for lam, side in cases]
+    for budget in (1, 2**30):  # groups of one case, and all cases in one group
+        got = fqe.robust_values_many(b_next, init, probs, b, cases, budget_bytes=budget)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
+    assert not np.allclose(want[2], want[3])  # the sides differ once Lambda > 1
+    single = fqe.robust_values(b_next, init, probs, b, 2.0, "high")
+    np.testing.assert_allclose(single, want[5], rtol=0, atol=1e-9)
+    # the pessimism's next values: the deterministic shortcut gives the plain weighted sum
+    from sepsisrl.ope.fqe import _greedy
+
+    su, _, _, pi_next, _ = fqe._robust_inputs
+    betas = np.vstack([fqe.W, fqe.W_full])
+    minus = rng.random((len(betas), len(pi_next), N_ACTIONS))
+    greedy = _greedy(pi_next, N_ACTIONS)
+    assert (greedy is not None) == (target == "deterministic")
+    plain = su.next_values(betas, pi_next, fqe.lo, fqe.hi, minus)
+    fast = su.next_values(betas, pi_next, fqe.lo, fqe.hi, minus, greedy)
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-9)

@@ -333,6 +333,7 @@ class FQE:
             cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
         pi_next = train["pi_next"].numpy().astype(np.float64)
         K, n, penalties = cfg.members, len(r), su.penalties
+        greedy = _greedy(pi_next, self.n_actions)
         self._robust_inputs = (su, r, cont, pi_next, [])  # for robust_values (sensitivity)
         self.W = np.zeros((K, su.size))
         self.W_full = np.zeros(su.size) if cfg.full_fit else None
@@ -348,7 +349,7 @@ class FQE:
                     scale = cfg.pessimism * sigma / math.sqrt(n)
                     lev = {j: np.sqrt(su.leverage_next(j)) for j in set(js)}
                     minus = np.stack([scale * lev[j] for j in js])  # (M, n, A)
-                v_next = su.next_values(betas, pi_next, self.lo, self.hi, minus)
+                v_next = su.next_values(betas, pi_next, self.lo, self.hi, minus, greedy)
             else:
                 v_next = np.zeros((len(betas), n))
             y = np.clip(r + cont * v_next, self.lo, self.hi)  # (K [+ 1], n)
@@ -397,31 +398,80 @@ class FQE:
         distribution given (s, a) is approximated by the pooled residuals of action a at that
         iteration. ``b_next``: b(a|s') at the train next states (n, A). Linear model with the
         full fit only (None otherwise); lam = 1 gives the full fit's values."""
+        out = self.robust_values_many(b_next, init_states, pi_init, b_init, [(lam, side)])
+        return None if out is None else out[0]
+
+    def robust_values_many(
+        self,
+        b_next: np.ndarray,
+        init_states: np.ndarray,
+        pi_init: np.ndarray,
+        b_init: np.ndarray,
+        cases: list[tuple[float, Literal["low", "high"]]],
+        budget_bytes: int = 256 * 2**20,
+    ) -> list[np.ndarray] | None:
+        """:meth:`robust_values` of every (lam, side) of ``cases``, their fits iterated
+        together: each iteration's Q at the train states and next states is one matrix product
+        over all cases and their ridge systems one solve with a column per case (the full fit's
+        factor is shared). Cases go in groups whose (n, cases, A) arrays stay within
+        ``budget_bytes``. Each case's values are those it has alone, up to floating-point
+        rounding of the batched products."""
         if self.cfg.model != "linear" or self.W_full is None:
             return None
         su, r, cont, pi_next, full_j = self._robust_inputs
         n, A = len(r), self.n_actions
-        c_lam = lam - 1.0 / lam
-        tau = 1.0 / (1.0 + lam)
-        beta = np.zeros(su.size)
-        tail = np.zeros(A)  # per action: E[eps 1{eps in the tail}] of the last fit
-        for k, j in enumerate(full_j, start=1):
-            if k > 1:
-                q_next = self._q(su.ps_next, su.pa_next, beta, A)
-                q_next += (1.0 - b_next) * (c_lam * tail)[None, :]
-                np.clip(q_next, self.lo, self.hi, out=q_next)
-                v_next = np.einsum("na,na->n", q_next, pi_next)
-            else:
-                v_next = np.zeros(n)
-            y = np.clip(r + cont * v_next, self.lo, self.hi)
-            rhs = torch.from_numpy(su.rhs(y[None] / n))[0, :, None]
-            beta = _chol_solve(rhs, su.full_factor(j))[:, 0].numpy()
-            if c_lam > 0:
-                fitted = self._q(su.ps, su.pa, beta, A)[np.arange(n), su.a]
-                tail = _residual_tails(y - fitted, su.a, A, tau, side)
-        ps, pa = self._bases(init_states)
-        q = self._q(ps, pa, beta, A) + (1.0 - b_init) * (c_lam * tail)[None, :]
-        return np.einsum("na,na->n", np.clip(q, self.lo, self.hi), pi_init)
+        group = max(1, int(budget_bytes // max(1, 2 * 8 * n * A)))
+        logged = _ByAction(su.a, A)
+        greedy = _greedy(pi_next, A)
+        b_greedy = None if greedy is None else b_next[np.arange(n), greedy.actions]
+        out: list[np.ndarray] = []
+        ps0, pa0 = self._bases(init_states)
+        for g in range(0, len(cases), group):
+            part = cases[g : g + group]
+            lams = np.array([float(lam) for lam, _ in part])
+            c_lam = lams - 1.0 / lams  # (L,)
+            tau = 1.0 / (1.0 + lams)
+            L = len(part)
+            beta = np.zeros((L, su.size))
+            tail = np.zeros((L, A))  # per case and action: E[eps 1{eps in the tail}]
+            for k, j in enumerate(full_j, start=1):
+                if k > 1 and greedy is not None:  # a deterministic policy: its action only
+                    v_next = _q_at(su.ps_next, su.pa_next, beta, A, greedy).T
+                    v_next += (1.0 - b_greedy)[None, :] * (c_lam[:, None] * tail)[:, greedy.actions]
+                    np.clip(v_next, self.lo, self.hi, out=v_next)
+                elif k > 1:
+                    q_next = self._q_many(su.ps_next, su.pa_next, beta, A)  # (n, L, A)
+                    q_next += (1.0 - b_next)[:, None, :] * (c_lam[:, None] * tail)[None]
+                    np.clip(q_next, self.lo, self.hi, out=q_next)
+                    v_next = np.einsum("nla,na->ln", q_next, pi_next)
+                    del q_next
+                else:
+                    v_next = np.zeros((L, n))
+                y = np.clip(r + cont * v_next, self.lo, self.hi)  # (L, n)
+                rhs = torch.from_numpy(np.ascontiguousarray(su.rhs(y / n).T))  # (size, L)
+                beta = np.ascontiguousarray(_chol_solve(rhs, su.full_factor(j)).numpy().T)
+                live = np.flatnonzero(c_lam > 0)
+                if len(live):
+                    fitted = _q_at(su.ps, su.pa, beta[live], A, logged)  # (n, live)
+                    for i, c in enumerate(live):
+                        tail[c] = _residual_tails(
+                            y[c] - fitted[:, i], su.a, A, float(tau[c]), part[c][1]
+                        )
+            q0 = (
+                self._q_many(ps0, pa0, beta, A)
+                + (1.0 - b_init)[:, None, :] * (c_lam[:, None] * tail)[None]
+            )
+            values = np.einsum("nla,na->ln", np.clip(q0, self.lo, self.hi), pi_init)
+            out += list(values)
+        return out
+
+    @staticmethod
+    def _q_many(ps: np.ndarray, pa: np.ndarray, betas: np.ndarray, n_actions: int) -> np.ndarray:
+        """Q(s, .) of every coefficient row of ``betas`` (L, size): (n, L, A)."""
+        ds, da, L = ps.shape[1], pa.shape[1], len(betas)
+        shared = ps @ betas[:, :ds].T  # (n, L)
+        per = pa @ betas[:, ds:].reshape(L * n_actions, da).T  # (n, L * A)
+        return per.reshape(len(ps), L, n_actions) + shared[:, :, None]
 
     def full_q_values(self, states: torch.Tensor, raw: bool = False) -> np.ndarray | None:
         """Q(s, .) of the fit on every train patient, (N, A) (None: no full fit)."""
@@ -519,6 +569,39 @@ class FQE:
                 {"iteration": k, "steps": step, "capped": capped, "holdout_mse": best}
             )
         return result
+
+
+class _ByAction:
+    """Rows grouped by an action per row (stable order): ``order``, and ``bounds`` the start of
+    each action's rows in it."""
+
+    def __init__(self, actions: np.ndarray, n_actions: int) -> None:
+        self.actions = np.asarray(actions, dtype=np.int64)
+        self.order = np.argsort(self.actions, kind="stable")
+        self.bounds = np.searchsorted(self.actions[self.order], np.arange(n_actions + 1))
+
+
+def _greedy(pi: np.ndarray, n_actions: int) -> _ByAction | None:
+    """The rows grouped by their action when ``pi`` (n, A) puts probability 1 on one action in
+    every row (a deterministic policy: its values need Q at that action only); else None."""
+    chosen = pi.argmax(1)
+    one_hot = np.count_nonzero(pi) == len(pi) and bool(np.all(pi[np.arange(len(pi)), chosen] == 1))
+    return _ByAction(chosen, n_actions) if one_hot else None
+
+
+def _q_at(
+    ps: np.ndarray, pa: np.ndarray, betas: np.ndarray, n_actions: int, by: _ByAction
+) -> np.ndarray:
+    """Q(s_i, a_i) of every coefficient row of ``betas`` (L, size) at each row's own action
+    (``by``): (n, L), one product per action's rows instead of every action at every row."""
+    ds, da, L = ps.shape[1], pa.shape[1], len(betas)
+    out = ps @ betas[:, :ds].T  # (n, L)
+    u = betas[:, ds:].reshape(L, n_actions, da)
+    for k in range(n_actions):
+        rows = by.order[by.bounds[k] : by.bounds[k + 1]]
+        if len(rows):
+            out[rows] += pa[rows] @ u[:, k, :].T
+    return out
 
 
 def _residual_tails(
@@ -631,10 +714,17 @@ class _LinearSetup:
         lo: float,
         hi: float,
         minus: np.ndarray | None = None,
+        greedy: _ByAction | None = None,
     ) -> np.ndarray:
         """sum_a' pi(a'|s') clip(Q_m(s', a') - minus_m(s', a')) of every coefficient row m:
-        (M, n); ``minus`` (M, n, A), a pessimism bonus, or None."""
+        (M, n); ``minus`` (M, n, A), a pessimism bonus, or None; ``greedy``: ``pi_next``'s
+        rows grouped by their action when it is deterministic (Q at that action only)."""
         ds, da, A = self.ds, self.da, self.A
+        if greedy is not None:
+            q = _q_at(self.ps_next, self.pa_next, betas, A, greedy).T  # (M, n)
+            if minus is not None:
+                q -= minus[:, np.arange(q.shape[1]), greedy.actions]
+            return np.clip(q, lo, hi, out=q)
         shared = self.ps_next @ betas[:, :ds].T  # (n, M)
         per = self.pa_next @ betas[:, ds:].reshape(len(betas), A, da).reshape(-1, da).T
         q = per.reshape(len(shared), len(betas), A) + shared[:, :, None]

@@ -12,7 +12,7 @@ by at most a factor Lambda either way,
 so that 1/e lies in [1 + (1/b - 1)/Lambda, 1 + (1/b - 1) Lambda] (``inverse_propensity_box``).
 Lambda = 1 is the no-confounding assumption of the estimators themselves.
 
-FQE (``fqe_sensitivity``, ``FQE.robust_values``): under the model the logged outcomes of an
+FQE (``fqe_sensitivity``, ``FQE.robust_values_many``): under the model the logged outcomes of an
 (s, a) may be reweighted relative to acting on s alone; the fit on every train patient is redone
 with the worst- and the best-case Bellman targets (per decision; the residual spread of each
 action stands in for the outcome's spread given (s, a)).
@@ -216,17 +216,17 @@ def fqe_sensitivity(
     cfg: SensitivityConfig,
     value_range: tuple[float, float],
 ) -> dict[str, Any] | None:
-    """The FQE's bounds at every Lambda of ``cfg`` (``FQE.robust_values``: the full fit redone
-    with the worst- and best-case Bellman targets of the per-decision marginal sensitivity
-    model; None for a model without a full linear fit)."""
+    """The FQE's bounds at every Lambda of ``cfg`` (``FQE.robust_values_many``: the full fit
+    redone with the worst- and best-case Bellman targets of the per-decision marginal
+    sensitivity model, every case iterated together; None for a model without a full linear
+    fit)."""
+    cases = [(float(lam), side) for lam in cfg.lambdas for side in ("low", "high")]
+    values = fqe.robust_values_many(b_next, init_states, pi_init, b_init, cases)
+    if values is None:
+        return None
     rows = []
-    for lam in cfg.lambdas:
-        ends = []
-        for side in ("low", "high"):
-            v = fqe.robust_values(b_next, init_states, pi_init, b_init, float(lam), side)
-            if v is None:
-                return None
-            ends.append(float(np.mean(v)))
+    for i, lam in enumerate(cfg.lambdas):
+        ends = [float(np.mean(values[2 * i])), float(np.mean(values[2 * i + 1]))]
         rows.append({"lambda": float(lam), "low": float(np.clip(ends[0], *value_range)),
                      "high": float(np.clip(ends[1], *value_range)), "raw_low": ends[0],
                      "raw_high": ends[1]})  # fmt: skip
