@@ -70,7 +70,8 @@ def _gpu_name() -> str | None:
 
 def training_rates(ws: Path, phases: dict, stage1_seed: int) -> dict:
     """Candidate-steps per second of each training phase: the steps of its runs (a finalist's
-    stage-1 seed is a stage-1 run, its other seeds stage 2) over the phase's wall time."""
+    stage-1 seed is a stage-1 run, its other seeds stage 2) over the phase's wall time (stage
+    1's rungs included, with successive halving; evaluations included)."""
     plan = json.loads((ws / "study" / "selection.json").read_text())
     steps: dict[str, int] = {}
     for c in plan["candidates"]:
@@ -82,11 +83,14 @@ def training_rates(ws: Path, phases: dict, stage1_seed: int) -> dict:
             )  # fmt: skip
     out = {}
     for phase, n in steps.items():
-        info = phases.get(phase, {})
-        if info.get("trained"):
-            out[phase] = {"candidate_steps": n, "seconds": info["seconds"],
-                          "candidate_steps_per_second": n / max(info["seconds"], 1e-9),
-                          "runs_trained": info["trained"]}  # fmt: skip
+        # with successive halving, stage 1's steps are trained over its rungs too
+        parts = [info for name, info in phases.items()
+                 if name == phase or name.startswith(f"{phase} rung")]  # fmt: skip
+        if any(info.get("trained") for info in parts):
+            seconds = sum(info["seconds"] for info in parts)
+            out[phase] = {"candidate_steps": n, "seconds": seconds,
+                          "candidate_steps_per_second": n / max(seconds, 1e-9),
+                          "runs_trained": sum(info.get("trained", 0) for info in parts)}  # fmt: skip
     return out
 
 
