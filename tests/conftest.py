@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs in parallel processes (README: `pytest -n 2`): one BLAS/OpenMP thread per
+    # process, so that the processes do not oversubscribe the cores (subprocesses inherit it)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 from sepsisrl.synth.config import SynthConfig, load_synth_config
 from sepsisrl.synth.world import WorldSummary, generate_world

@@ -289,3 +289,29 @@ def test_sofa_state_shaped_shapes_with_the_state_sofa_only(built):
         assert np.array_equal(other["sofa_state"].to_numpy(), t["sofa_state"].to_numpy())
         assert np.array_equal(other["reward_eval"].to_numpy(), t["reward_eval"].to_numpy())
     assert below > 0  # vasopressors are given in the synthetic world
+
+
+def test_ingest_of_some_outputs_writes_those_only_and_the_same_rows(small_world, built, tmp_path):
+    """``run_ingest(only=...)`` (the truth's state function reads five of the nine tables)
+    writes exactly the named tables, with the rows of the full stage; an unknown name is
+    refused."""
+    from sepsisrl.dataset.ingest import OUTPUTS, connect, run_ingest
+    from sepsisrl.dataset.tables import MemoryTables
+
+    ws, cfg, _ = built
+    src = open_source(small_world.out_dir)
+    con = connect(cfg, tmp_path)
+    sink = MemoryTables("only")
+    only = ("icustays", "chart", "outputs")
+    run_ingest(src, cfg, sink, check_dictionaries=False, con=con, only=only)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert {t for t in tables if t.startswith("only_")} == {f"only_{n}" for n in only}
+    for name in only:
+        got = con.sql(f"SELECT * FROM only_{name}").to_arrow_table()
+        want = pq.read_table(ws / "ingest" / f"{name}.parquet")
+        assert got.num_rows == want.num_rows > 0, name
+        assert got.column_names == want.column_names, name
+    with pytest.raises(ValueError, match=r"unknown outputs.*'prescriptions'"):
+        run_ingest(src, cfg, sink, con=con, only=("chart", "prescriptions"))
+    assert set(OUTPUTS) >= set(only)
+    con.close()

@@ -60,6 +60,8 @@ def without_timings(doc):
 
 
 def outputs(ws: Path) -> dict[str, Path]:
+    """The build's outputs: its stage folders and top-level files (other tests may have added
+    caches of their own to the shared workspace, e.g. `sepsisrl truth`'s populations)."""
     found = {}
     for p in sorted(ws.rglob("*")):
         rel = p.relative_to(ws)
@@ -67,6 +69,7 @@ def outputs(ws: Path) -> dict[str, Path]:
             p.is_file()
             and p.suffix in (".parquet", ".json")
             and p.name not in RUN_REPORTS
+            and (len(rel.parts) == 1 or rel.parts[0] in STAGES)
             and not any(part.startswith(".") for part in rel.parts)
         ):
             found[rel.as_posix()] = p

@@ -38,6 +38,11 @@ TINY = {
         "cql": {"algo": "cql", "grid": {"cql.alpha": [0.1, 5.0]}},
     },
     "truth.patients": 40,
+    # every policy's rollout in one lockstep unit: a rollout's cost is mostly the state
+    # function's calls (one per simulated hour with a decision due, whatever the number of
+    # patients), which lockstep shares; the outcomes are those of each policy alone
+    # (tests/test_truth_lockstep.py)
+    "truth.lockstep": 16,
     "workers": 1,
     "stack": True,  # the default (auto) stacks only with bf16 or cuda; these tests use fp32
 }

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ LAB_CONCEPTS = (
     "haemoglobin", "haematocrit", "platelets", "fio2_bg", "specimen_type",
 )  # fmt: skip
 OUTPUT_CONCEPTS = ("urine", "urine_negative")
+#: The stage's output tables, in the order it writes them.
+OUTPUTS = (
+    "icustays", "patients", "admissions", "chart", "labs", "inputs", "outputs", "antibiotics",
+    "cultures",
+)  # fmt: skip
 
 
 class IntegrityError(SourceError):
@@ -507,18 +513,24 @@ def run_ingest(
     check_dictionaries: bool = True,
     con: duckdb.DuckDBPyConnection | None = None,
     check_integrity: bool | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """``out``: the stage folder, or in-memory tables (``dataset/tables.py``) with ``con``, an
     open connection left open. ``check_dictionaries=False`` is for a rollout's rows, whose
     world the build checked; the integrity checks (``check_integrity``, by default as
-    ``check_dictionaries``) are skipped there too: a simulator's rows are not raw data."""
+    ``check_dictionaries``) are skipped there too: a simulator's rows are not raw data.
+    ``only``: the output tables to write (:data:`OUTPUTS`; default all), for a caller that
+    reads no others (the truth's state function: no prescriptions, cultures, patients or
+    admissions at a decision time)."""
+    if only is not None and not set(only) <= set(OUTPUTS):
+        raise ValueError(f"run_ingest: unknown outputs {sorted(set(only) - set(OUTPUTS))}")
     sink = as_sink(out)
     own = con is None
     con = con or connect(cfg, Path(out).parent)
     checks = check_dictionaries if check_integrity is None else check_integrity
     reading: list[str | None] = [None]  # the raw table being read, for error messages
     try:
-        info = _ingest(src, cfg, sink, con, check_dictionaries, checks, reading)
+        info = _ingest(src, cfg, sink, con, check_dictionaries, checks, reading, only)
     except duckdb.Error as exc:
         raise read_error(exc, src, reading[0]) from None
     finally:
@@ -535,7 +547,11 @@ def _ingest(
     check_dictionaries: bool,
     checks: bool,
     reading: list[str | None],
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     info: dict[str, Any] = {
         "source": {"root": str(src.root), "kind": src.kind, "version": src.version}
     }
@@ -577,47 +593,56 @@ def _ingest(
         raw.intervals(["icustays", "admissions"])
         raw.references()
         raw.not_empty()
-    copy("icustays", render("ingest_icustays", source=Raw(rel("icustays"))), "icustays")
-    copy("patients", render("ingest_patients", source=Raw(rel("patients"))), "patients")
-    copy("admissions", render("ingest_admissions", source=Raw(rel("admissions"))), "admissions")
+    if wanted("icustays"):
+        copy("icustays", render("ingest_icustays", source=Raw(rel("icustays"))), "icustays")
+    if wanted("patients"):
+        copy("patients", render("ingest_patients", source=Raw(rel("patients"))), "patients")
+    if wanted("admissions"):
+        copy("admissions", render("ingest_admissions", source=Raw(rel("admissions"))), "admissions")
     if raw is not None:
         for table in PRIMARY_KEYS:
             raw.drop(table)
-    chart_where = f"itemid IN {sql_list(ids(cfg, *CHART_CONCEPTS))} AND stay_id IS NOT NULL"
-    chart_sql = render(
-        "ingest_chart",
-        source=Raw(rel("chartevents", chart_where)),
-        where=Raw(chart_where),
-        text_items=Raw(sql_list(ids(cfg, *CHART_TEXT_CONCEPTS))),
-    )
-    copy("chart", chart_sql, "chartevents")
-    lab_where = f"itemid IN {sql_list(ids(cfg, *LAB_CONCEPTS))}"
-    lab_sql = render(
-        "ingest_labs",
-        source=Raw(rel("labevents", lab_where)),
-        where=Raw(lab_where),
-        specimen_items=Raw(sql_list(cfg.items["specimen_type"])),
-    )
-    copy("labs", lab_sql, "labevents")
-    vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
-    input_ids = sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine")))
-    input_where = f"itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL"
-    input_sql = render(
-        "ingest_inputs", source=Raw(rel("inputevents", input_where)), where=Raw(input_where)
-    )
-    copy("inputs", input_sql, "inputevents")
-    output_where = f"itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL"
-    output_sql = render(
-        "ingest_outputs", source=Raw(rel("outputevents", output_where)), where=Raw(output_where)
-    )
-    copy("outputs", output_sql, "outputevents")
-    abx_where = antibiotic_filter(cfg)
-    abx_sql = render(
-        "ingest_antibiotics", source=Raw(rel("prescriptions", abx_where)), where=Raw(abx_where)
-    )
-    copy("antibiotics", abx_sql, "prescriptions")
-    cultures_sql = render("ingest_cultures", source=Raw(rel("microbiologyevents")))
-    copy("cultures", cultures_sql, "microbiologyevents")
+    if wanted("chart"):
+        chart_where = f"itemid IN {sql_list(ids(cfg, *CHART_CONCEPTS))} AND stay_id IS NOT NULL"
+        chart_sql = render(
+            "ingest_chart",
+            source=Raw(rel("chartevents", chart_where)),
+            where=Raw(chart_where),
+            text_items=Raw(sql_list(ids(cfg, *CHART_TEXT_CONCEPTS))),
+        )
+        copy("chart", chart_sql, "chartevents")
+    if wanted("labs"):
+        lab_where = f"itemid IN {sql_list(ids(cfg, *LAB_CONCEPTS))}"
+        lab_sql = render(
+            "ingest_labs",
+            source=Raw(rel("labevents", lab_where)),
+            where=Raw(lab_where),
+            specimen_items=Raw(sql_list(cfg.items["specimen_type"])),
+        )
+        copy("labs", lab_sql, "labevents")
+    if wanted("inputs"):
+        vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
+        input_ids = sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine")))
+        input_where = f"itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL"
+        input_sql = render(
+            "ingest_inputs", source=Raw(rel("inputevents", input_where)), where=Raw(input_where)
+        )
+        copy("inputs", input_sql, "inputevents")
+    if wanted("outputs"):
+        output_where = f"itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL"
+        output_sql = render(
+            "ingest_outputs", source=Raw(rel("outputevents", output_where)), where=Raw(output_where)
+        )
+        copy("outputs", output_sql, "outputevents")
+    if wanted("antibiotics"):
+        abx_where = antibiotic_filter(cfg)
+        abx_sql = render(
+            "ingest_antibiotics", source=Raw(rel("prescriptions", abx_where)), where=Raw(abx_where)
+        )
+        copy("antibiotics", abx_sql, "prescriptions")
+    if wanted("cultures"):
+        cultures_sql = render("ingest_cultures", source=Raw(rel("microbiologyevents")))
+        copy("cultures", cultures_sql, "microbiologyevents")
     reading[0] = None
     info["rows_kept"] = rows
     if sink.audited:  # rows per item id: a configured id never found is visible in the audit

@@ -57,9 +57,12 @@ def run_measurements(
     cfg: BuildConfig,
     out: Path | TableSink,
     con: duckdb.DuckDBPyConnection | None = None,
+    ventilation: bool = True,
 ) -> dict[str, Any]:
     """``ingest_dir`` / ``out``: stage folders, or in-memory tables (``dataset/tables.py``) with
-    ``con``, an open connection left open (its temporary tables are replaced)."""
+    ``con``, an open connection left open (its temporary tables are replaced).
+    ``ventilation=False`` leaves out the ventilation periods (only SOFA reads them; the truth's
+    state function writes them when a SOFA is asked for, :func:`write_ventilation`)."""
     source, sink = as_sink(ingest_dir), as_sink(out)
     own = con is None
     con = con or connect(cfg, Path(out).parent)
@@ -76,7 +79,8 @@ def run_measurements(
     )
     infusion = _write_infusions(con, sink, cfg, lo, hi)
     urine_rows = _write_urine(con, sink, cfg)
-    sink.write(con, "ventilation", f"{render_ventilation(cfg)} ORDER BY stay_id, starttime", PLAIN)
+    if ventilation:
+        write_ventilation(con, sink, cfg)
     # vasopressor rows without a dose, negative urine hours (tests/test_demo.py)
     checks = (
         measurement_counts(con, sink.relation("infusions"), sink.relation("urine"), cfg)
@@ -92,6 +96,11 @@ def run_measurements(
         "urine_rows": urine_rows,
         "labs": {"attribution": cfg.labs.attribution, "time": cfg.labs.time},
     }
+
+
+def write_ventilation(con: duckdb.DuckDBPyConnection, sink: TableSink, cfg: BuildConfig) -> None:
+    """Write ``ventilation`` from the stage's ingest views (``chart``) on ``con``."""
+    sink.write(con, "ventilation", f"{render_ventilation(cfg)} ORDER BY stay_id, starttime", PLAIN)
 
 
 def _write_measurements(

@@ -4,7 +4,10 @@ At a decision time the due stays' MIMIC rows charted so far go through exactly t
 stages and SQL files: ``run_ingest`` (same column selection and casts), ``run_measurements``
 (units, validity, GCS, urine, infusions, weights) and ``dataset/state.py`` (windows, forward
 fill, cumulative doses, imputation and z-scores with the build's train statistics). Nothing
-of the build's is refit and no feature has a second implementation.
+of the build's is refit and no feature has a second implementation. Only the tables a state
+reads are computed (no prescriptions, cultures, patients or admissions: the onset is the
+population's; the ventilation periods only when a SOFA is asked for): a call's cost is mostly
+a fixed cost per SQL statement, whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pyarrow.compute as pc
 
 from sepsisrl.dataset.config import BuildConfig
 from sepsisrl.dataset.ingest import connect, run_ingest
-from sepsisrl.dataset.measurements import run_measurements
+from sepsisrl.dataset.measurements import run_measurements, write_ventilation
 from sepsisrl.dataset.sepsis import SOFA_COMPONENTS
 from sepsisrl.dataset.sofa import render_sofa
 from sepsisrl.dataset.state import (
@@ -29,7 +32,6 @@ from sepsisrl.dataset.state import (
     step_treatment,
 )
 from sepsisrl.dataset.tables import MemoryTables
-from sepsisrl.mimic.schema import TABLES
 
 _KEY = {
     "chartevents": "stay_id",
@@ -43,6 +45,9 @@ _KEY = {
     "admissions": "hadm_id",
 }
 _FAR_FUTURE = np.datetime64("2999-01-01T00:00:00", "us")
+#: The ingest tables a state reads (the onset, and so prescriptions, cultures, patients and
+#: admissions, is fixed by the population's build; SOFA reads the ventilation of ``chart``).
+_INGESTED = ("icustays", "chart", "labs", "inputs", "outputs")
 
 
 class _RegisteredSource:
@@ -67,8 +72,6 @@ class OnlineStateFunction:
         self.con = connect(cfg, self.workdir)
         self.con.execute("SET threads = 1")
         self.src = _RegisteredSource()
-        for name in ("prescriptions", "microbiologyevents"):
-            self.con.register(f"src_{name}", TABLES[name].arrow_schema().empty_table())
         self.ingest, self.meas = MemoryTables("ing"), MemoryTables("meas")
         # state computations on a second connection to the same database, where the stage
         # tables appear under the names the state SQL reads
@@ -76,6 +79,7 @@ class OnlineStateFunction:
         self.calls = 0
         self._icu: pa.Table | None = None
         self._sofa_views = False
+        self._ventilation = False
 
     def close(self) -> None:
         self.state_con.close()
@@ -101,8 +105,6 @@ class OnlineStateFunction:
         charted, static = due_rows(charted, static, grid)
         for name in ("chartevents", "labevents", "inputevents", "outputevents"):
             con.register(f"src_{name}", charted[name])
-        for name in ("patients", "admissions"):
-            con.register(f"src_{name}", static[name])
         icu = static["icustays"]
         # still in the ICU: no outtime yet, so every row charted so far belongs to the stay
         out = icu["outtime"].cast(pa.timestamp("us"))
@@ -115,8 +117,11 @@ class OnlineStateFunction:
         )
         con.register("src_icustays", icu)
         self._icu = icu
-        run_ingest(self.src, self.cfg, self.ingest, check_dictionaries=False, con=con)
-        run_measurements(self.ingest, self.cfg, self.meas, con=con)
+        run_ingest(
+            self.src, self.cfg, self.ingest, check_dictionaries=False, con=con, only=_INGESTED
+        )
+        run_measurements(self.ingest, self.cfg, self.meas, con=con, ventilation=False)
+        self._ventilation = False
 
         sc = self.state_con
         if self.calls == 1:
@@ -156,6 +161,9 @@ class OnlineStateFunction:
         if self._icu is None:
             raise RuntimeError("OnlineStateFunction.sofa: call the state function first")
         sc = self.state_con
+        if not self._ventilation:  # only SOFA reads it: written for the last call's rows
+            write_ventilation(self.con, self.meas, self.cfg)
+            self._ventilation = True
         if not self._sofa_views:
             sc.execute(
                 f"CREATE VIEW ventilation AS SELECT * FROM {self.meas.relation('ventilation')}"
