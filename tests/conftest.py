@@ -70,7 +70,11 @@ def own_world(tmp_path_factory: pytest.TempPathFactory):
     from sepsisrl.workspace import write_json
 
     root = tmp_path_factory.mktemp("truth_world")
-    pop = generate_hourly_world(root / "raw", 150, seed=5, cfg=small_config())
+    # one chunk: a rollout calls the state function once per simulated hour with a decision
+    # due in each chunk, so a second chunk nearly doubles every rollout on this world
+    pop = generate_hourly_world(
+        root / "raw", 150, seed=5, cfg=small_config(**{"output.chunk_subjects": 150})
+    )
     build(root / "raw", root / "ws", load_build_config())
     write_json(root / "population.json", {"seed": 5, "note": "the world's own patients"})
     return root, pop, TruthContext.load(root / "ws")

@@ -149,7 +149,7 @@ def test_identical_policies_identical_outcomes_and_same_patients(own_world):
     def before(r):
         return r.physiology.filter(r.physiology["before_first_decision"])
 
-    assert before(a).num_rows > 1000
+    assert before(a).num_rows > 500  # hundreds of patient-hours compared
     assert before(a).equals(before(c))
     # ...and its actions were applied: the charted action is mostly the chosen one, and the
     # patients' course changed

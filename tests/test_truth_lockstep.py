@@ -148,3 +148,36 @@ def test_the_truth_phase_deals_policies_into_lockstep_units():
     assert truth_units([], 2, 3, 1) == []
     # lockstep 1: every policy its own unit, as before lockstep existed
     assert len(truth_units(specs, 2, 1, 1)) == 29
+
+
+def test_a_rollout_charts_only_the_hours_it_reads_and_has_the_full_charting_outcome(
+    small, tmp_path, monkeypatch
+):
+    """A truth rollout stops charting an ordinal's hours one hour after its cohort stays' last
+    action window (the simulation goes on: the outcome is the simulator's). Its decisions,
+    logged treatment of every window, physiology and outcomes are those of a rollout that
+    charts every hour (``keep_tables``)."""
+    from sepsisrl.synth.hourly import HourlyCharter
+
+    _, pop, ctx = small
+    charted: list[int] = []
+    original = HourlyCharter.chart_last_hour
+
+    def counting(self):
+        charted[-1] += 1
+        return original(self)
+
+    monkeypatch.setattr(HourlyCharter, "chart_last_hour", counting)
+    results = []
+    for keep in (True, False):
+        charted.append(0)
+        results.append(
+            rollout_population(ctx, pop, MapLactate(), tmp_path / str(keep), keep_tables=keep)
+        )
+    full, lean = results
+    assert charted[1] < charted[0]  # hours were skipped
+    assert full.decisions.num_rows > 50
+    assert full.decisions.equals(lean.decisions)  # logged_action: the window's charted doses
+    assert full.physiology.equals(lean.physiology)
+    assert full.episodes.equals(lean.episodes)
+    assert full.tables_dir is not None and lean.tables_dir is None

@@ -654,6 +654,7 @@ def _ingest(
                 ).fetchall()
             }
             for name in ("chart", "labs", "inputs", "outputs")
+            if wanted(name)
         }
     if raw is not None:
         info["integrity"] = {"settings": cfg.integrity.model_dump(mode="json"), **raw.audit}

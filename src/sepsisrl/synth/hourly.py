@@ -120,18 +120,27 @@ def run_charted(
     attendings: Attendings,
     charters: dict[int, HourlyCharter],
     hook: HourHook | None = None,
+    chart_through: Callable[[int, Simulator], int | None] | None = None,
 ) -> Callable[[int, Simulator], SimulationResult]:
-    """A ``simulate_chunk`` runner that charts every hour as it is simulated."""
+    """A ``simulate_chunk`` runner that charts every hour as it is simulated.
+
+    ``chart_through(ordinal, sim)``, asked once per run before its first hour: the last hour
+    to chart (None: every hour; -1: none). The simulation goes on to its end either way. Each
+    hour's rows are drawn from that hour's own random stream and describe that hour only, so
+    the rows charted are those of a full run, hour for hour; a caller that reads nothing after
+    some hour (the truth's rollouts, whose outcome is the simulator's) skips the rest."""
 
     def run(ordinal: int, sim: Simulator) -> SimulationResult:
         charter = HourlyCharter(cfg, entropy, ordinal, sim, attendings)
         charters[ordinal] = charter
         limit = int(sim.intime_h.max()) + cfg.population.max_icu_los_h + 2
+        last = chart_through(ordinal, sim) if chart_through is not None else None
         while sim.active.any() and sim.h < limit:
             if hook is not None:
                 hook(ordinal, sim, charter)
             sim.step()
-            charter.chart_last_hour()
+            if last is None or sim.h - 1 <= last:
+                charter.chart_last_hour()
         if hook is not None:  # decisions due in the last simulated hour
             hook(ordinal, sim, charter)
         return sim.result()

@@ -273,7 +273,17 @@ def rollout_population(
                 sim.titrate_fluid_ceil[sim_idx] = fluid_range[f, 1] / grid.step_hours
             b["next"][pos] += 1
 
-        run = run_charted(pop.cfg, entropy, pop.attendings, charters, hook)
+        def chart_through(ordinal: int, sim: Simulator, state=state) -> int | None:
+            """The last hour anything reads: the end of the last action window of the batch's
+            cohort stays, plus one (the logged treatment of that window). Every hour when the
+            caller keeps the tables or the states recomputed from them."""
+            if record_states or keep_tables:
+                return None
+            if ordinal not in state:
+                state[ordinal] = _batch_state(sim, grid)
+            return state[ordinal]["chart_through"]
+
+        run = run_charted(pop.cfg, entropy, pop.attendings, charters, hook, chart_through)
         chunk = simulate_chunk(pop.cfg, pop.seed, c, pop.attendings, first, n, run=run, plan=plan)
         for name, tab in chunk_tables(
             pop.cfg, pop.seed, c, chunk, charters, pop.attendings
@@ -308,7 +318,9 @@ def rollout_population(
             dec = dec.append_column(f"after_{nm}", pa.array(col))
 
     raw_dir = workdir / "raw"
-    write_tables(raw_dir, all_tables)
+    # the outcome reads the stays, patients and admissions; the other tables only for a caller
+    # that keeps them (the rest are written empty)
+    write_tables(raw_dir, all_tables if keep_tables else {k: all_tables[k] for k in _OUTCOME})
     del all_tables
     outcome = _outcomes(ctx, pop, cohort, raw_dir, workdir / "outcome")
     steps = _steps_taken(dec, outcome)
@@ -407,6 +419,7 @@ def _batch_state(sim: Simulator, grid: _Grid) -> dict:
 
     return {
         "idx": idx,
+        "chart_through": int(end_h.max()) + 1 if len(idx) else -1,
         "stay": stay,
         "subject": st.subject_id[idx],
         "store": {},
@@ -462,6 +475,10 @@ def _icustays(sim: Simulator, idx: np.ndarray) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
+#: The tables the outcome reads (the build's cohort SQL over them).
+_OUTCOME = ("icustays", "patients", "admissions")
+
+
 def _outcomes(
     ctx: TruthContext, pop: Population, cohort: pa.Table, raw_dir: Path, work: Path
 ) -> pa.Table:
@@ -471,7 +488,7 @@ def _outcomes(
     ingest = work / "ingest"
     ingest.mkdir()
     src = open_source(raw_dir, kind="synthetic", version="3.1")
-    run_ingest(src, ctx.build_cfg, ingest, check_dictionaries=False)
+    run_ingest(src, ctx.build_cfg, ingest, check_dictionaries=False, only=_OUTCOME)
     con = duckdb.connect()
     for name in ("icustays", "patients", "admissions"):
         parquet_view(con, name, ingest / f"{name}.parquet")
