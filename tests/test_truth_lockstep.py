@@ -59,7 +59,9 @@ def small(own_world, tmp_path_factory):
     return root / "ws", pop, ctx
 
 
-def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path):
+def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path, monkeypatch):
+    from sepsisrl.truth.lockstep import SharedStateFunction
+
     _, pop, ctx = small
     solo = _policies()
     alone = [rollout_population(ctx, pop, p, tmp_path / f"alone{i}") for i, p in enumerate(solo)]
@@ -67,7 +69,25 @@ def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path):
     tmps = [tmp_path / f"lock{i}" for i in range(len(policies))]
     for t in tmps:
         t.mkdir()
+    # each rollout's last call, over all its decisions, runs on its own (not merged)
+    merged_sizes, alone_calls = [], []
+    merged, on_own = SharedStateFunction._merged, SharedStateFunction._alone
+
+    def spy_merged(self, requests):
+        assert not any(r.whole for r in requests.values())
+        merged_sizes.append(len(requests))
+        return merged(self, requests)
+
+    def spy_alone(self, request):
+        assert request.whole
+        alone_calls.append(request.grid.num_rows)
+        return on_own(self, request)
+
+    monkeypatch.setattr(SharedStateFunction, "_merged", spy_merged)
+    monkeypatch.setattr(SharedStateFunction, "_alone", spy_alone)
     lock = _lockstep(ctx, pop, policies, tmps, "held")
+    assert len(alone_calls) == len(policies) and max(merged_sizes) >= 2  # others still merge
+    assert sorted(alone_calls) == sorted(r.decisions.num_rows for r in alone)
     for a, b in zip(alone, lock, strict=True):
         assert a.decisions.num_rows > 50
         assert a.decisions.equals(b.decisions)
@@ -156,26 +176,32 @@ def test_a_rollout_charts_only_the_hours_it_reads_and_has_the_full_charting_outc
     """A truth rollout stops charting an ordinal's hours one hour after its cohort stays' last
     action window (the simulation goes on: the outcome is the simulator's). Its decisions,
     logged treatment of every window, physiology and outcomes are those of a rollout that
-    charts every hour (``keep_tables``)."""
+    charts every hour (``keep_tables``). Without ``keep_tables`` the charters keep no row:
+    the rollout keeps only the cohort's rows (the states' and the logged treatment's input)."""
     from sepsisrl.synth.hourly import HourlyCharter
 
     _, pop, ctx = small
     charted: list[int] = []
+    kept: list[int] = []
     original = HourlyCharter.chart_last_hour
 
     def counting(self):
         charted[-1] += 1
-        return original(self)
+        rows = original(self)
+        kept[-1] += sum(len(parts) for parts in self.parts.values()) > 0
+        return rows
 
     monkeypatch.setattr(HourlyCharter, "chart_last_hour", counting)
     results = []
     for keep in (True, False):
         charted.append(0)
+        kept.append(0)
         results.append(
             rollout_population(ctx, pop, MapLactate(), tmp_path / str(keep), keep_tables=keep)
         )
     full, lean = results
     assert charted[1] < charted[0]  # hours were skipped
+    assert kept[0] > 0 and kept[1] == 0  # hours after which a charter held rows
     assert full.decisions.num_rows > 50
     assert full.decisions.equals(lean.decisions)  # logged_action: the window's charted doses
     assert full.physiology.equals(lean.physiology)

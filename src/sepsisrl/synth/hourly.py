@@ -36,6 +36,8 @@ _HOUR_IDS = 10**6
 _NEVER = np.iinfo(np.int64).max
 #: called before each simulated hour: ``hook(ordinal, simulator, charter)``
 HourHook = Callable[[int, Simulator, "HourlyCharter"], None]
+#: called with each charted hour's non-empty rows: ``sink(ordinal, table_name, rows)``
+RowSink = Callable[[int, str, pa.Table], None]
 
 
 def icu_end_time(admit: np.ndarray, icu_end_h: np.ndarray) -> np.ndarray:
@@ -60,8 +62,15 @@ class HourlyCharter:
         ordinal: int,
         sim: Simulator,
         attendings: Attendings,
+        sink: RowSink | None = None,
+        keep: bool = True,
     ) -> None:
+        """``sink``: given every hour's rows as they are charted; ``keep=False``: the charter
+        keeps none of them (:meth:`tables` is then empty), for a caller whose sink keeps
+        what it reads."""
         self.entropy = entropy
+        self.sink = sink
+        self.keep = keep
         self.ordinal = ordinal
         self.sim = sim
         stays = sim.stays
@@ -100,7 +109,10 @@ class HourlyCharter:
         }
         for name, tab in rows.items():
             if tab.num_rows:
-                self.parts[name].append(tab)
+                if self.keep:
+                    self.parts[name].append(tab)
+                if self.sink is not None:
+                    self.sink(self.ordinal, name, tab)
         return rows
 
     def tables(self) -> dict[str, pa.Table]:
@@ -121,6 +133,8 @@ def run_charted(
     charters: dict[int, HourlyCharter],
     hook: HourHook | None = None,
     chart_through: Callable[[int, Simulator], int | None] | None = None,
+    sink: RowSink | None = None,
+    keep: bool = True,
 ) -> Callable[[int, Simulator], SimulationResult]:
     """A ``simulate_chunk`` runner that charts every hour as it is simulated.
 
@@ -128,10 +142,11 @@ def run_charted(
     to chart (None: every hour; -1: none). The simulation goes on to its end either way. Each
     hour's rows are drawn from that hour's own random stream and describe that hour only, so
     the rows charted are those of a full run, hour for hour; a caller that reads nothing after
-    some hour (the truth's rollouts, whose outcome is the simulator's) skips the rest."""
+    some hour (the truth's rollouts, whose outcome is the simulator's) skips the rest.
+    ``sink`` and ``keep``: as :class:`HourlyCharter`'s."""
 
     def run(ordinal: int, sim: Simulator) -> SimulationResult:
-        charter = HourlyCharter(cfg, entropy, ordinal, sim, attendings)
+        charter = HourlyCharter(cfg, entropy, ordinal, sim, attendings, sink, keep)
         charters[ordinal] = charter
         limit = int(sim.intime_h.max()) + cfg.population.max_icu_los_h + 2
         last = chart_through(ordinal, sim) if chart_through is not None else None
@@ -163,14 +178,16 @@ def chunk_tables(
         cfg, chunk, attendings, rng, chunk_index * _CHUNK_IDS + 3 * _ORDINAL_IDS + 1
     )
     out = stay_tables(ctx, chunk, attendings)
+    charted = [charters[o].tables() for o in sorted(charters)]
     for name in CHARTED_TABLES:
-        out[name] = _concat(name, [charters[o].tables()[name] for o in sorted(charters)])
+        out[name] = _concat(name, [tabs[name] for tabs in charted])
     return out
 
 
 __all__ = [
     "CHARTED_TABLES",
     "HourlyCharter",
+    "RowSink",
     "chunk_tables",
     "hourly_config",
     "icu_end_time",

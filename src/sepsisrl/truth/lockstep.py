@@ -11,6 +11,10 @@ which rows meet in a call depends on the policies alone, never on thread timing.
 
 Each policy's simulation, random numbers and decisions are its own; a stay's state depends on
 its own rows only, so the outcome of every policy is the one it has alone (test).
+
+A rollout's last call, over all its decisions (``whole=True``), runs on its own: merging it
+would save one call's fixed cost and hold every rollout's whole charted rows, their shifted
+copies and their union at once (the memory peak of a group).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class _Request:
     grid: pa.Table
     cohort: pa.Table
     sofa: bool
+    whole: bool = False
 
 
 @dataclass
@@ -129,12 +134,23 @@ class SharedStateFunction:
         requests = dict(sorted(self._pending.items()))
         self._pending.clear()
         self.rounds += 1
+        merged = {i: r for i, r in requests.items() if not r.whole}
         try:
-            answers: dict[int, _Answer | BaseException] = dict(self._merged(requests))
+            answers: dict[int, _Answer | BaseException] = (
+                dict(self._merged(merged)) if merged else {}
+            )
+            for i in requests:
+                if requests[i].whole:
+                    answers[i] = self._alone(requests[i])
         except BaseException as exc:  # every rollout of the round sees the failure
             answers = dict.fromkeys(requests, exc)
         self._answers.update(answers)
         self._cond.notify_all()
+
+    def _alone(self, r: _Request) -> _Answer:
+        """A rollout's last call (its SOFA at tau is not read after it)."""
+        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort)
+        return _Answer(states, treatment, None)
 
     def _merged(self, requests: dict[int, _Request]) -> dict[int, _Answer]:
         order = list(requests)
@@ -187,11 +203,12 @@ class StateClient:
         static: dict[str, pa.Table],
         grid: pa.Table,
         cohort: pa.Table,
+        whole: bool = False,
     ) -> tuple[States, pa.Table]:
         charted, static = due_rows(charted, static, grid)
         stays = grid["stay_id"].combine_chunks() if grid.num_rows else pa.array([], pa.int64())
         cohort = cohort.filter(pc.is_in(cohort["stay_id"], stays))
-        request = _Request(charted, static, grid, cohort, self.wants_sofa)
+        request = _Request(charted, static, grid, cohort, self.wants_sofa, whole)
         answer = self.shared.ask(self.index, request)
         self._sofa, self._grid_rows = answer.sofa, grid.num_rows
         return answer.states, answer.treatment

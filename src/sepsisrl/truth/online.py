@@ -92,8 +92,11 @@ class OnlineStateFunction:
         static: dict[str, pa.Table],
         grid: pa.Table,
         cohort: pa.Table,
+        whole: bool = False,
     ) -> tuple[States, pa.Table]:
         """States at every step of ``grid`` and the treatment of its action windows.
+        ``whole``: the call is over a whole rollout (its last); the result is the same, and a
+        shared state function (``truth/lockstep.py``) runs it on its own.
 
         ``charted``: chartevents, labevents, inputevents, outputevents rows so far (any stays);
         ``static``: patients, admissions, icustays rows (``icustays.outtime`` null while the

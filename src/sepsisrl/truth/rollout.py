@@ -60,10 +60,8 @@ US = 1_000_000
 #: bedside, inside the policy's bins (:func:`bin_ranges`) - the treatment a logged 4-hour
 #: action records, and so the estimand the offline estimates of the replay identify.
 INTERFACES = ("held", "titrated")
-_ONLINE_TABLES = (
-    "chartevents", "labevents", "inputevents", "outputevents", "patients", "admissions",
-    "icustays",
-)  # fmt: skip
+#: the stay tables the final state call reads beside the charted rows
+_STATIC_TABLES = ("patients", "admissions", "icustays")
 
 
 @dataclass
@@ -175,6 +173,11 @@ def rollout_population(
     fluid_range = bin_ranges(ctx.stats.fluid_bins.edges, fluid_dose)
     titrate = interface == "titrated"
     all_tables: dict[str, list[pa.Table]] = {}
+    # the charted rows anything reads (those of the cohort stays and their patients' labs),
+    # kept as they are charted; the charters keep every row only for a caller that keeps the
+    # tables
+    stored = _CohortRows(grid)
+    charted_parts: dict[str, list[pa.Table]] = {name: [] for name in CHARTED_TABLES}
     physiology: list[pa.Table] = []
     chunks = pop.chunks()
     for c, first, n in chunks:
@@ -182,8 +185,14 @@ def rollout_population(
         entropy = chunk_entropy(pop.seed, c)
         charters: dict[int, HourlyCharter] = {}
         state: dict[int, dict] = {}
+        stores: dict[int, dict[str, list[pa.Table]]] = {}
 
-        def hook(ordinal: int, sim: Simulator, charter: HourlyCharter, state=state) -> None:
+        def sink(ordinal: int, name: str, rows: pa.Table, stores=stores) -> None:
+            stored.add(stores.setdefault(ordinal, {}), name, rows)
+
+        def hook(
+            ordinal: int, sim: Simulator, charter: HourlyCharter, state=state, stores=stores
+        ) -> None:
             if ordinal not in state:
                 state[ordinal] = _batch_state(sim, grid)
             b = state[ordinal]
@@ -221,7 +230,7 @@ def rollout_population(
             k = b["next"][pos].copy()
             if policy.needs_state or record_states:
                 grid_tab = _grid_table(grid, stays_due, k)
-                charted = _cohort_rows(b, charter)
+                charted = _cohort_rows(stores.get(ordinal, {}))
                 static = {
                     "icustays": _icustays(sim, b["idx"][pos]),
                     "patients": TABLES["patients"].arrow_schema().empty_table(),
@@ -283,12 +292,18 @@ def rollout_population(
                 state[ordinal] = _batch_state(sim, grid)
             return state[ordinal]["chart_through"]
 
-        run = run_charted(pop.cfg, entropy, pop.attendings, charters, hook, chart_through)
+        run = run_charted(
+            pop.cfg, entropy, pop.attendings, charters, hook, chart_through, sink, keep_tables
+        )
         chunk = simulate_chunk(pop.cfg, pop.seed, c, pop.attendings, first, n, run=run, plan=plan)
         for name, tab in chunk_tables(
             pop.cfg, pop.seed, c, chunk, charters, pop.attendings
         ).items():
             all_tables.setdefault(name, []).append(tab)
+        for ordinal in sorted(stores):
+            for name, rows in _cohort_rows(stores[ordinal]).items():
+                charted_parts[name].append(rows)
+        del charters, stores
         physiology.append(_physiology(chunk, grid))
         if progress is not None:
             progress(first + n, pop.n_patients)
@@ -301,8 +316,11 @@ def rollout_population(
         pa.array([grid.subject[s] for s in dec["stay_id"].to_pylist()], pa.int64()),
     ).select(["stay_id", "subject_id", "step", "tau"])
     final_grid = final_grid.set_column(2, "step", final_grid["step"].cast(pa.int16()))
-    merged = {k: pa.concat_tables(v) for k, v in all_tables.items() if k in _ONLINE_TABLES}
-    after, treatment = online(merged, merged, final_grid, age_tab)
+    static = {k: pa.concat_tables(all_tables[k]) for k in _STATIC_TABLES}
+    charted = {k: _concat_or_empty(k, v) for k, v in charted_parts.items()}
+    del charted_parts
+    after, treatment = online(charted, static, final_grid, age_tab, whole=True)
+    del charted, static
     online.close()
     logged = ctx.stats.action(
         treatment["vaso_ne_rate"].to_numpy(), treatment["fluid_ml"].to_numpy()
@@ -376,26 +394,37 @@ def _physiology(chunk, grid: _Grid) -> pa.Table:
     )
 
 
-def _cohort_rows(b: dict, charter: HourlyCharter) -> dict[str, pa.Table]:
-    """The rows charted so far for the batch's cohort stays (kept incrementally)."""
-    keys = {
-        "stay_id": pa.array(b["stay"], pa.int64()),
-        "subject_id": pa.array(b["subject"], pa.int64()),
-    }
-    out = {}
-    for name in CHARTED_TABLES:
-        parts = charter.parts[name]
-        store = b["store"].setdefault(name, [])
-        for tab in parts[b["seen"].get(name, 0) :]:
-            key = "subject_id" if name == "labevents" else "stay_id"
-            rows = tab.filter(pc.is_in(tab[key], keys[key]))
-            if rows.num_rows:
-                store.append(rows)
-        b["seen"][name] = len(parts)
-        if len(store) > 32:
-            store[:] = [pa.concat_tables(store).combine_chunks()]
-        out[name] = pa.concat_tables(store) if store else TABLES[name].arrow_schema().empty_table()
-    return out
+class _CohortRows:
+    """Keeps, as each hour is charted, the rows a state can read: those of the cohort's stays
+    and their patients' labs (``dataset/sql/lab_measurements.sql`` attributes a lab by patient
+    or admission). The state function's own ``due_rows`` selects the same rows from every
+    charted row, in the same order, so its input does not change."""
+
+    def __init__(self, grid: _Grid) -> None:
+        stays = sorted(grid.taus)
+        self.keys = {
+            "stay_id": pa.array(stays, pa.int64()),
+            "subject_id": pa.array(sorted({grid.subject[s] for s in stays}), pa.int64()),
+        }
+
+    def add(self, store: dict[str, list[pa.Table]], name: str, rows: pa.Table) -> None:
+        key = "subject_id" if name == "labevents" else "stay_id"
+        rows = rows.filter(pc.is_in(rows[key], self.keys[key]))
+        if not rows.num_rows:
+            return
+        parts = store.setdefault(name, [])
+        parts.append(rows)
+        if len(parts) > 32:
+            parts[:] = [pa.concat_tables(parts).combine_chunks()]
+
+
+def _cohort_rows(store: dict[str, list[pa.Table]]) -> dict[str, pa.Table]:
+    """The rows kept so far of one ordinal batch (:class:`_CohortRows`)."""
+    return {name: _concat_or_empty(name, store.get(name, [])) for name in CHARTED_TABLES}
+
+
+def _concat_or_empty(name: str, parts: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(parts) if parts else TABLES[name].arrow_schema().empty_table()
 
 
 def _batch_state(sim: Simulator, grid: _Grid) -> dict:
@@ -422,8 +451,6 @@ def _batch_state(sim: Simulator, grid: _Grid) -> dict:
         "chart_through": int(end_h.max()) + 1 if len(idx) else -1,
         "stay": stay,
         "subject": st.subject_id[idx],
-        "store": {},
-        "seen": {},
         "admit": admit,
         "n_taus": n_taus,
         "next": np.zeros(len(idx), dtype=np.int64),
