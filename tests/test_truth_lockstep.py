@@ -73,15 +73,23 @@ def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path, monkeyp
     merged_sizes, alone_calls = [], []
     merged, on_own = SharedStateFunction._merged, SharedStateFunction._alone
 
+    def optimizer(fn):  # DuckDB's optimizer setting on both of the state function's connections
+        q = "SELECT value FROM duckdb_settings() WHERE name = 'enable_optimizer'"
+        return {c.execute(q).fetchall()[0][0] for c in (fn.con, fn.state_con)}
+
     def spy_merged(self, requests):
         assert not any(r.whole for r in requests.values())
         merged_sizes.append(len(requests))
-        return merged(self, requests)
+        answers = merged(self, requests)
+        assert optimizer(self.fn) == {"false"}  # a call over a few due stays: planned cheaply
+        return answers
 
     def spy_alone(self, request):
         assert request.whole
         alone_calls.append(request.grid.num_rows)
-        return on_own(self, request)
+        answer = on_own(self, request)
+        assert optimizer(self.fn) == {"true"}  # the whole rollout's call: optimised
+        return answer
 
     monkeypatch.setattr(SharedStateFunction, "_merged", spy_merged)
     monkeypatch.setattr(SharedStateFunction, "_alone", spy_alone)

@@ -149,7 +149,7 @@ class SharedStateFunction:
 
     def _alone(self, r: _Request) -> _Answer:
         """A rollout's last call (its SOFA at tau is not read after it)."""
-        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort)
+        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort, whole=True)
         return _Answer(states, treatment, None)
 
     def _merged(self, requests: dict[int, _Request]) -> dict[int, _Answer]:

@@ -80,6 +80,18 @@ class OnlineStateFunction:
         self._icu: pa.Table | None = None
         self._sofa_views = False
         self._ventilation = False
+        self._optimizer: bool | None = None
+
+    def _use_optimizer(self, on: bool) -> None:
+        """DuckDB's query optimizer on or off for both connections. A call over a few due
+        stays is cheaper without it (a fixed planning cost per statement; the results are the
+        same rows); a call over a whole rollout keeps it, for the memory its compressed
+        materialisation saves on large tables."""
+        if on is not self._optimizer:
+            pragma = "PRAGMA enable_optimizer" if on else "PRAGMA disable_optimizer"
+            self.con.execute(pragma).fetchall()
+            self.state_con.execute(pragma).fetchall()
+            self._optimizer = on
 
     def close(self) -> None:
         self.state_con.close()
@@ -104,6 +116,7 @@ class OnlineStateFunction:
         stay, sorted; ``cohort``: (stay_id, age, onset_time, intime) of the episodes.
         """
         self.calls += 1
+        self._use_optimizer(whole)
         con = self.con
         charted, static = due_rows(charted, static, grid)
         for name in ("chartevents", "labevents", "inputevents", "outputevents"):
