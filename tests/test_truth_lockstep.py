@@ -63,8 +63,11 @@ def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path, monkeyp
     from sepsisrl.truth.lockstep import SharedStateFunction
 
     _, pop, ctx = small
+    # alone: the SOFA-reading rule and the uniform policy; MapLactate decides as the SOFA-reading
+    # rule does, so both its lockstep rollout and the SOFA reader's must equal that one's alone
     solo = _policies()
-    alone = [rollout_population(ctx, pop, p, tmp_path / f"alone{i}") for i, p in enumerate(solo)]
+    alone_of = {0: 2, 1: 1, 2: 2}  # lockstep policy -> the solo rollout it must reproduce
+    alone = {i: rollout_population(ctx, pop, solo[i], tmp_path / f"alone{i}") for i in (1, 2)}
     policies = _policies()
     tmps = [tmp_path / f"lock{i}" for i in range(len(policies))]
     for t in tmps:
@@ -95,14 +98,15 @@ def test_every_policy_in_lockstep_has_its_outcome_alone(small, tmp_path, monkeyp
     monkeypatch.setattr(SharedStateFunction, "_alone", spy_alone)
     lock = _lockstep(ctx, pop, policies, tmps, "held")
     assert len(alone_calls) == len(policies) and max(merged_sizes) >= 2  # others still merge
-    assert sorted(alone_calls) == sorted(r.decisions.num_rows for r in alone)
-    for a, b in zip(alone, lock, strict=True):
+    assert sorted(alone_calls) == sorted(alone[alone_of[i]].decisions.num_rows for i in range(3))
+    for i, b in enumerate(lock):
+        a = alone[alone_of[i]]
         assert a.decisions.num_rows > 50
         assert a.decisions.equals(b.decisions)
         assert a.physiology.equals(b.physiology)
         assert a.episodes.equals(b.episodes)
     # the policies differ, so the comparison is not vacuous
-    acts = [r.decisions["action"].to_numpy() for r in alone]
+    acts = [alone[i].decisions["action"].to_numpy() for i in (1, 2)]
     assert not np.array_equal(acts[0], acts[1])
     # the SOFA a policy reads at tau is the same in lockstep as alone (the rule asks for it
     # beside a rule that does not, so the shared call computes it for one rollout only)
@@ -215,3 +219,23 @@ def test_a_rollout_charts_only_the_hours_it_reads_and_has_the_full_charting_outc
     assert full.physiology.equals(lean.physiology)
     assert full.episodes.equals(lean.episodes)
     assert full.tables_dir is not None and lean.tables_dir is None
+
+
+def test_a_clients_sofa_after_the_whole_rollout_call_says_why_there_is_none(monkeypatch):
+    """The SOFA at tau comes with a decision time's call; after the rollout's last call (over
+    all its decisions, ``whole=True``) there is none, and the error says so."""
+    from sepsisrl.truth import lockstep as lk
+
+    class _Shared:  # answers as SharedStateFunction does: no SOFA for the whole call
+        def ask(self, index, request):
+            sofa = None if request.whole else (np.zeros(1), np.ones(1))
+            return lk._Answer(states=None, treatment=None, sofa=sofa)
+
+    monkeypatch.setattr(lk, "due_rows", lambda charted, static, grid: (charted, static))
+    grid = pa.table({"stay_id": pa.array([1], pa.int64())})
+    client = lk.StateClient(_Shared(), 0, sofa=True)
+    client({}, {}, grid, grid)
+    np.testing.assert_array_equal(client.sofa(grid)[1], np.ones(1))
+    client({}, {}, grid, grid, whole=True)
+    with pytest.raises(RuntimeError, match=r"whole-rollout call \(whole=True\) computes no SOFA"):
+        client.sofa(grid)

@@ -196,6 +196,7 @@ class StateClient:
         self.wants_sofa = sofa
         self._sofa: tuple[np.ndarray, np.ndarray] | None = None
         self._grid_rows = -1
+        self._whole = False
 
     def __call__(
         self,
@@ -210,10 +211,15 @@ class StateClient:
         cohort = cohort.filter(pc.is_in(cohort["stay_id"], stays))
         request = _Request(charted, static, grid, cohort, self.wants_sofa, whole)
         answer = self.shared.ask(self.index, request)
-        self._sofa, self._grid_rows = answer.sofa, grid.num_rows
+        self._sofa, self._grid_rows, self._whole = answer.sofa, grid.num_rows, whole
         return answer.states, answer.treatment
 
     def sofa(self, grid: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        if self._whole:
+            raise RuntimeError(
+                "lockstep state function: the whole-rollout call (whole=True) computes no SOFA "
+                "at tau; only a decision time's call does"
+            )
         if self._sofa is None or grid.num_rows != self._grid_rows:
             raise RuntimeError(
                 "lockstep state function: SOFA at tau is computed with the call for the same "
