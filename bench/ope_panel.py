@@ -141,6 +141,7 @@ def main() -> None:
                                      "realised_action_agreement": d["realised_action_agreement"]}
                                  for i, d in truths.items()},
                 "estimates": estimates_of(doc),
+                "episodes": doc["episodes"],  # of the evaluated split: the oracle's size
                 "sensitivity": sensitivities_of(doc),
                 "ess": doc["metrics"]["ess"],
                 "fqe_converged": doc["fqe"]["converged"],

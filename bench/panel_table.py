@@ -4,7 +4,8 @@ Usage:  python bench/panel_table.py LABEL=FILE [LABEL=FILE ...] [--estimators fq
 
 Prints, for every file, the agreement of each estimator with the truth over the evaluable
 policies (Spearman, MAE, the MAE of the difference from the clinicians, 95 % CI coverage, top-1
-regret, the policy ranked first), then one table of every policy's truth and estimates per file
+regret, the policy ranked first, the truth's own noise and the rank agreement of an on-policy
+oracle with as many episodes as the evaluated split), then one table of every policy's truth and estimates per file
 (``not evaluable`` where the gates refused it). The docs quote these tables; nothing in them is typed by hand.
 """
 
@@ -23,6 +24,9 @@ def main() -> None:
     docs = []
     for item in args.files:
         label, _, path = item.partition("=")
+        if not path or not Path(path).is_file():
+            raise SystemExit(f"{item}: expected LABEL=FILE with FILE an existing "
+                             "ope_panel.py --out file")  # fmt: skip
         docs.append((label, json.loads(Path(path).read_text())))
     wanted = args.estimators.split(",")
 
@@ -31,20 +35,25 @@ def main() -> None:
 
     print("| run | world seed | estimator | evaluable | Spearman | MAE | MAE of the difference "
           "from the clinicians | 95 % CI coverage | top-1 regret | ranked first | truth's own "
-          "Spearman (ceiling) | Spearman vs resampled truth (5th-95th pct.) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "Spearman (ceiling) | Spearman vs resampled truth (5th-95th pct.) | on-policy oracle "
+          "with the evaluated split's episodes: Spearman (5th-95th pct.) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, doc in docs:
         for est in wanted:
-            r = doc["estimators"][est]
+            r = _recompared(doc, est)
             total = r["policies"] + len(r["not_evaluable"])
-            noise = r.get("truth_noise")  # files written before it was measured have none
+            noise = r.get("truth_noise")  # files written without per-episode returns have none
             ceiling = "-" if not noise else f"{noise['ceiling']:.2f} ({noise['ceiling_p05']:.2f})"
             spread = ("-" if not noise or "spearman_p05" not in noise
                       else f"{noise['spearman_p05']:.2f} to {noise['spearman_p95']:.2f}")  # fmt: skip
+            oracle = (noise or {}).get("oracle")  # files written before it was measured: none
+            orc = ("-" if not oracle else f"{oracle['median']:.2f} at {oracle['episodes']} "
+                   f"({oracle['p05']:.2f} to {oracle['p95']:.2f}; >= 0.8 in "
+                   f"{oracle['reaches_target']:.0%})")  # fmt: skip
             print(f"| {label} | {doc['world_seed']} | {est.upper()} | {r['policies']} of {total} | "
                   f"{num(r['spearman'])} | {num(r['mae'])} | "
                   f"{num(_vs_clinician(doc['rows'], est))} | {num(r['coverage'])} | "
-                  f"{num(r['top1_regret'])} | {r['ranked_first']} | {ceiling} | {spread} |")  # fmt: skip
+                  f"{num(r['top1_regret'])} | {r['ranked_first']} | {ceiling} | {spread} | {orc} |")  # fmt: skip
     print()
     names = [r["policy"] for r in docs[0][1]["rows"]]
     heads = [f"{lab}: truth" + "".join(f" | {lab}: {e.upper()}" for e in wanted) for lab, _ in docs]
@@ -62,6 +71,17 @@ def main() -> None:
                 v = row["estimates"].get(e, (None,))[0]
                 cells.append("not evaluable" if v is None else f"{v:.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _recompared(doc: dict, est: str) -> dict:
+    """The file's comparison for ``est``, recomputed by today's ``compare`` from its rows and
+    per-episode true returns (seeded, so the same figures as when it was written, and files
+    written before a figure existed gain it), or as written where the returns are absent."""
+    from sepsisrl.truth.compare import compare
+
+    if not doc.get("returns"):
+        return doc["estimators"][est]
+    return compare(doc["rows"], doc["returns"], estimators=[est])[est]
 
 
 def _vs_clinician(rows: list[dict], est: str) -> float | None:

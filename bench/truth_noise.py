@@ -8,7 +8,9 @@ and the estimates recorded in `study/truth.json`. Prints, per split and estimato
 Spearman correlation with the truth beside the truth's own rank reliability
 (`truth.compare.truth_noise`): the Spearman the truth reaches against its resampled self (the
 ceiling of any estimator's Spearman), the estimator's Spearman against the resampled truths
-(5th-95th percentile) and the median paired standard error of a difference of two true values.
+(5th-95th percentile), the median paired standard error of a difference of two true values
+and the Spearman an on-policy oracle would reach with as many episodes as the evaluated split
+(each policy rolled out on the same m truth patients).
 Studies run since this was added record the same figures in `study/truth.json` themselves;
 this recomputes them for older workspaces without rerunning anything.
 """
@@ -43,11 +45,13 @@ def main() -> None:
     print(f"{doc['population']['patients']} truth patients, "
           f"{len(next(iter(returns.values())))} episodes, {len(policies)} policies")  # fmt: skip
     print(f"{'split':11s} {'estimator':18s} {'n':>3s} {'Spearman':>8s} {'ceiling':>8s} "
-          f"{'ceil p05':>8s} {'vs resampled truth':>20s} {'paired SE':>9s}")  # fmt: skip
+          f"{'ceil p05':>8s} {'vs resampled truth':>20s} {'paired SE':>9s} "
+          f"{'oracle at the split size (p05-p95)':>36s}")  # fmt: skip
     out = {}
     for split, key in (("validation", "validation_estimates"), ("test", "test_estimates")):
         # validation: the candidate runs; test: every policy evaluated on test
-        rows = [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key]}
+        rows = [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key],
+                 "episodes": p.get(f"{split}_episodes") or _episodes(args.workspace, p, split)}
                 for p in policies
                 if p.get(key) and (split == "test" or p["role"] == "candidate")]  # fmt: skip
         result = compare(rows, returns, args.resamples)
@@ -59,10 +63,24 @@ def main() -> None:
             print(f"{split:11s} {est:18s} {d['policies']:3d} {d['spearman']:8.2f} "
                   f"{noise['ceiling']:8.2f} {noise['ceiling_p05']:8.2f} "
                   f"{noise['spearman_p05']:9.2f} to {noise['spearman_p95']:5.2f} "
-                  f"{noise['paired_se_median']:9.2f}")  # fmt: skip
+                  f"{noise['paired_se_median']:9.2f} {_oracle(noise.get('oracle')):>36s}")  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _episodes(workspace: Path, policy: dict, split: str) -> int | None:
+    """The evaluated split's episodes, from the policy's evaluation (older truth.json files
+    do not record them)."""
+    rel = policy.get(f"{split}_eval")
+    path = workspace / rel / "metrics.json" if rel else None
+    return json.loads(path.read_text())["episodes"] if path and path.is_file() else None
+
+
+def _oracle(oracle: dict | None) -> str:
+    if not oracle:
+        return "-"
+    return f"{oracle['median']:.2f} at {oracle['episodes']} ({oracle['p05']:.2f} to {oracle['p95']:.2f})"
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def test_config_json_records_algo_seed_replay_fingerprint_and_features(
     assert rep["feature_names"] == feature_names(STATE_DIM)
     assert (rep["state_dim"], rep["n_actions"]) == (STATE_DIM, N_ACTIONS)
     assert rep["variant"] == "sofa_shaped"
+    # the kind of CPU the weights depend on (docs/train.md: bit-identical on the same kind)
+    assert doc["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert Path(rep["path"]) == replay.absolute()
     assert doc["policy_module"] == MODULES[algo][1]
 

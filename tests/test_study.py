@@ -437,6 +437,10 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
     noise = doc["validation_vs_truth"]["fqe"].get("truth_noise")
     if doc["validation_vs_truth"]["fqe"]["policies"] >= 3:
         assert noise["episodes"] == doc["population"]["episodes"]
+        # and what an on-policy oracle with the validation split's episodes would reach
+        first = next(p for p in doc["policies"] if p["role"] == "candidate")
+        val_eval = _read(ws / first["validation_eval"] / "metrics.json")
+        assert noise["oracle"]["episodes"] == val_eval["episodes"]
     for p in doc["policies"]:
         truth = _read(ws / p["truth"] / "truth.json")
         assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 40

@@ -81,6 +81,36 @@ def test_paired_standard_error_by_hand():
     assert "spearman_p05" not in doc  # no estimates given
 
 
+def test_the_oracle_ranks_worse_on_fewer_episodes_and_is_absent_without_a_size():
+    """Close policies: with all the truth's episodes an on-policy oracle ranks them almost as
+    the truth does; with 50 of them it cannot, and the figure says so."""
+    rng = np.random.default_rng(3)
+    means = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
+    returns = means[:, None] + rng.normal(0.0, 3.0, (5, 4000))
+    assert "oracle" not in truth_noise(returns, resamples=50)
+    many = truth_noise(returns, resamples=400, sample_episodes=4000)["oracle"]
+    few = truth_noise(returns, resamples=400, sample_episodes=50)["oracle"]
+    assert many["episodes"] == 4000 and few["episodes"] == 50
+    assert many["median"] >= 0.9 and few["median"] < 0.8
+    assert few["p05"] < few["median"] < few["p95"] <= 1.0
+    assert many["reaches_target"] == 1.0 and 0.0 < few["reaches_target"] < 0.5
+    # the oracle's draws come after the resampled truths: those figures do not move
+    plain = truth_noise(returns, resamples=400)
+    with_size = truth_noise(returns, resamples=400, sample_episodes=100)
+    assert {k: with_size[k] for k in plain} == plain
+
+
+def test_compare_gives_the_oracle_only_when_the_rows_agree_on_their_size():
+    rng = np.random.default_rng(4)
+    means = {"a": 0.0, "b": 2.0, "c": 4.0}
+    returns = {k: m + rng.normal(0, 3.0, 300) for k, m in means.items()}
+    rows = [{**_row(k, float(returns[k].mean()), m), "episodes": 50} for k, m in means.items()]
+    noise = compare(rows, returns, resamples=100)["fqe"]["truth_noise"]
+    assert noise["oracle"]["episodes"] == 50
+    rows[0]["episodes"] = 60  # evaluated on different splits: no one oracle size
+    assert "oracle" not in compare(rows, returns, resamples=100)["fqe"]["truth_noise"]
+
+
 def test_compare_adds_truth_noise_over_the_evaluable_policies_only():
     rng = np.random.default_rng(2)
     means = {"a": 0.0, "b": 2.0, "c": 4.0, "d": 6.0}
@@ -124,6 +154,22 @@ def test_the_report_states_the_truths_own_ceiling():
     fqe_verdict = next(v for v in verdicts if v.startswith("FQE"))
     assert "150 simulated episodes" in fqe_verdict
     assert "agrees with itself at Spearman" in fqe_verdict
+    assert "For scale" not in fqe_verdict  # the rows did not say how many episodes
+
+
+def test_the_report_sets_the_spearman_beside_an_on_policy_trial_of_the_splits_size():
+    rng = np.random.default_rng(5)
+    means = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0}
+    returns = {k: m + rng.normal(0, 6.0, 400) for k, m in means.items()}
+    truth = {k: float(v.mean()) for k, v in returns.items()}
+    for order, word in ((list(means), "better"), (list(means)[::-1], "worse")):
+        rows = [{**_row(k, truth[k], float(order.index(k))), "episodes": 30} for k in means]
+        doc = {"validation_vs_truth": compare(rows, returns, resamples=200), "test_vs_truth": {}}
+        oracle = doc["validation_vs_truth"]["fqe"]["truth_noise"]["oracle"]
+        verdict = next(v for v in _agreement(doc)[1] if v.startswith("FQE"))
+        assert "rolling every policy out on 30 patients" in verdict
+        assert f"Spearman {fmt(oracle['median'], 2)}" in verdict
+        assert f"the FQE ranks them {word} than such a trial would" in verdict
 
 
 def test_held_sample_draws_the_behaviour_estimate_and_is_seeded():

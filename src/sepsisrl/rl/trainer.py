@@ -462,6 +462,9 @@ def _config_doc(st: _Run, total: int, steps_per_epoch: int, device, i: int, k: i
         "torch": torch.__version__,
         "device": str(device),
         "platform": platform.platform(),
+        # the kernels torch dispatched to on this CPU (AVX2, AVX512, ...): the same seed gives
+        # the same weights on CPUs with the same capability, not across them (docs/train.md)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

@@ -200,6 +200,7 @@ def _config_differences(was: Any, now: dict[str, Any]) -> str:
 def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     split = key.removesuffix("_estimates")
     return [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key],
+             "episodes": p.get(f"{split}_episodes"),
              "sensitivity": p.get(f"{split}_sensitivity")} for p in policies]  # fmt: skip
 
 
@@ -849,6 +850,7 @@ class Study:
                 if rel:
                     ev = EvaluationMetrics.load(self.ws / rel / "metrics.json")
                     p[f"{split}_estimates"] = estimates_of(ev)
+                    p[f"{split}_episodes"] = ev.episodes
                     p[f"{split}_sensitivity"] = sensitivities_of(ev)
         cands = [p for p in policies if p["role"] == "candidate"]
         tests = [p for p in policies if p.get("test_estimates")]

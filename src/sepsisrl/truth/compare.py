@@ -25,7 +25,10 @@ order), ``compare`` also says how far the truth's own ranking can be trusted
 (``truth_noise``): resampling the episodes, the Spearman correlation of the truth with its
 resampled self estimates the rank agreement that an estimator knowing every policy's exact
 expected value would reach against this truth (the ``ceiling``), and the estimator's Spearman
-against the resampled truths shows how much of its own figure is the truth's noise.
+against the resampled truths shows how much of its own figure is the truth's noise. Given the
+number of episodes the estimates come from, it also says what an on-policy oracle with that
+many episodes would reach (``oracle``): the rank agreement the evaluated split's size allows an
+estimate whose error is its Monte Carlo error.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
 
 #: The policy every other is compared with in ``mae_vs_clinician``.
 CLINICIAN = "clinician"
+
+#: Agreement an estimator must reach with the truth to be trusted (issue 12's acceptance);
+#: the study's report judges every estimator by it, and ``truth_noise``'s oracle says how often
+#: an on-policy oracle of the evaluated split's size reaches its Spearman.
+TRUST = {"spearman": 0.8, "mae": 1.5, "coverage": 0.8}
 
 
 def estimates_of(
@@ -173,19 +181,23 @@ def compare(
     Each row: ``{"policy": name, "truth": true value, "estimates": estimates_of(...)}``.
     ``returns`` (optional): each policy's per-episode true returns, paired across policies
     (same episodes, same order); with them each estimator's entry gains ``truth_noise``
-    (:func:`truth_noise`). ``estimators``: the names to compare (default: those of
-    ``metrics.json``, :data:`ESTIMATORS`); a benchmark's own estimator is compared by name.
+    (:func:`truth_noise`). A row may carry ``episodes``, the number of episodes its estimate
+    was computed from; when the compared rows agree on it, ``truth_noise`` also gives the
+    rank agreement of an on-policy oracle with that many episodes (``oracle``).
+    ``estimators``: the names to compare (default: those of ``metrics.json``,
+    :data:`ESTIMATORS`); a benchmark's own estimator is compared by name.
     """
     out: dict[str, dict[str, Any]] = {}
     for est in estimators or ESTIMATORS:
         names, truth, value, lo, hi = [], [], [], [], []
-        skipped, sens = [], []
+        skipped, sens, sizes = [], [], set()
         for r in rows:
             v, low, high = r["estimates"].get(est, (None, None, None))
             if v is None:
                 skipped.append(r["policy"])
                 continue
             sens.append((r.get("sensitivity") or {}).get(est))
+            sizes.add(r.get("episodes"))
             names.append(r["policy"])
             truth.append(float(r["truth"]))
             value.append(v)
@@ -218,15 +230,19 @@ def compare(
         if coverage is not None:
             doc["sensitivity"] = coverage
         if returns is not None and len(names) >= 3 and all(n in returns for n in names):
-            doc["truth_noise"] = truth_noise(
-                np.stack([np.asarray(returns[n], float) for n in names]), e, resamples, seed
-            )
+            size = next(iter(sizes)) if len(sizes) == 1 else None
+            paired = np.stack([np.asarray(returns[n], float) for n in names])
+            doc["truth_noise"] = truth_noise(paired, e, resamples, seed, sample_episodes=size)
         out[est] = doc
     return out
 
 
 def truth_noise(
-    returns: np.ndarray, estimates: np.ndarray | None = None, resamples: int = 1000, seed: int = 0
+    returns: np.ndarray,
+    estimates: np.ndarray | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    sample_episodes: int | None = None,
 ) -> dict[str, Any]:
     """How far the truth's own ranking of the policies can be trusted.
 
@@ -240,7 +256,14 @@ def truth_noise(
     - ``spearman_p05`` / ``spearman_p95`` (with ``estimates``): the estimator's Spearman
       against the resampled truths;
     - ``paired_se_median``: the median over policy pairs of the standard error of a
-      difference of two true values (return units).
+      difference of two true values (return units);
+    - ``oracle`` (with ``sample_episodes`` m, the number of episodes the estimates were
+      computed from): the Spearman correlation with the truth of an on-policy oracle that
+      rolled every policy out on the same m patients (m truth episodes drawn with replacement,
+      paired across policies, ``resamples`` times; median, 5th and 95th percentile, and the
+      share of draws that reach :data:`TRUST`'s Spearman as ``reaches_target``). An
+      estimator whose error is at least the Monte Carlo error of m on-policy episodes cannot
+      rank better than that; a model that pools information across policies can.
     """
     r = np.asarray(returns, float)
     p, n = r.shape
@@ -259,6 +282,18 @@ def truth_noise(
         agree = _row_spearman(boot, np.asarray(estimates, float))
         doc["spearman_p05"] = float(np.nanpercentile(agree, 5))
         doc["spearman_p95"] = float(np.nanpercentile(agree, 95))
+    if sample_episodes is not None and sample_episodes > 0:
+        m = int(sample_episodes)
+        draws = np.stack([np.bincount(rng.integers(0, n, m), minlength=n)
+                          for _ in range(resamples)])  # fmt: skip
+        oracle = _row_spearman(draws @ r.T / m, truth)
+        doc["oracle"] = {
+            "episodes": m,
+            "median": float(np.nanmedian(oracle)),
+            "p05": float(np.nanpercentile(oracle, 5)),
+            "p95": float(np.nanpercentile(oracle, 95)),
+            "reaches_target": float(np.mean(oracle >= TRUST["spearman"])),
+        }
     i, j = np.triu_indices(p, 1)
     diffs = r[i] - r[j]
     se = diffs.std(1, ddof=1) / math.sqrt(n) if n > 1 else None

@@ -10,10 +10,10 @@ import numpy as np
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import Block, Bullets, Figure, Text, ci, fmt, pct, table
 from sepsisrl.study.report.data import Study
+from sepsisrl.truth.compare import TRUST
 from sepsisrl.truth.harness import NONINFERIORITY_MARGIN
 
-#: Agreement an estimator must reach with the truth to be trusted (issue 12's acceptance).
-TRUST = {"spearman": 0.8, "mae": 1.5, "coverage": 0.8}
+#: The estimators the report compares with the truth, and their labels.
 TRUTH_ESTIMATORS = (("fqe", "FQE"), ("wdr", "WDR"), ("wis", "WIS"),
                     ("wis_per_decision", "per-decision WIS"),
                     ("wis_softened_0.1", "WIS softened 0.1"))  # fmt: skip
@@ -227,7 +227,8 @@ def _agreement(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
             if est not in ("fqe", "wis") or d["policies"] < 3:
                 continue
             bad = _untrusted(d)
-            notes = _noise_note(noise) + sensitivity_note(d.get("sensitivity"), label)
+            notes = (_noise_note(noise) + _oracle_note(noise, d["spearman"], label)
+                     + sensitivity_note(d.get("sensitivity"), label))  # fmt: skip
             if bad:
                 verdicts.append(f"{label} on the {what} ({split}) DISAGREES with the truth: "
                                 + "; ".join(bad) + "." + notes)  # fmt: skip
@@ -254,6 +255,24 @@ def _noise_note(noise: dict[str, Any] | None) -> str:
             f"{fmt(noise['spearman_p95'], 2)} (5th-95th percentile); a true-value difference "
             f"between two policies has a median standard error of "
             f"{fmt(noise['paired_se_median'], 2)} return units.")  # fmt: skip
+
+
+def _oracle_note(noise: dict[str, Any] | None, spearman: float | None, label: str) -> str:
+    """What an on-policy oracle with as many episodes as the evaluated split would reach
+    (``compare.truth_noise``'s ``oracle``): a reference for the split's size, not a ceiling."""
+    oracle = (noise or {}).get("oracle")
+    if not oracle or spearman is None:
+        return ""
+    if spearman >= oracle["median"]:
+        how = ("ranks them better than such a trial would (an estimate that draws on a model "
+               "fitted to the train split can)")  # fmt: skip
+    else:
+        how = "ranks them worse than such a trial would"
+    return (f" For scale: rolling every policy out on {oracle['episodes']} patients (as many "
+            f"episodes as the evaluated split holds) would rank them at Spearman "
+            f"{fmt(oracle['median'], 2)} ({fmt(oracle['p05'], 2)} to {fmt(oracle['p95'], 2)}, "
+            f"5th-95th percentile; {TRUST['spearman']} or more in "
+            f"{pct(oracle['reaches_target'])} of draws); the {label} {how}.")  # fmt: skip
 
 
 def sensitivity_note(sens: dict[str, Any] | None, label: str) -> str:
