@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import load_study_config
@@ -413,7 +414,11 @@ def test_the_release_and_the_report(study):
     assert (ws / "report" / "report.md").is_file()
     phases = {e[0] for e in events}
     assert {"build", "behaviour", "stage 1", "stage 2", "final test", "export", "report"} <= phases
-    assert _read(ws / "study" / "run.json")["selected"] == selected
+    run_doc = _read(ws / "study" / "run.json")
+    assert run_doc["selected"] == selected
+    # what its numbers depend on beyond seeds and threads (docs/train.md)
+    assert run_doc["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert run_doc["machine"]["blas"] and run_doc["machine"]["torch"] == torch.__version__
 
 
 @pytest.mark.slow

@@ -27,3 +27,25 @@ def limited_threads(n: int) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+def machine() -> dict[str, object]:
+    """What a run's numbers still depend on beyond its seeds and thread counts: the kernels
+    torch and NumPy's BLAS picked for this CPU, and the library builds. Two machines of one
+    kind give the same bytes; two kinds can differ in the last bits, which training compounds
+    (docs/train.md), so a study records this beside its timings (``study/run.json``)."""
+    import platform
+
+    import numpy
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = sorted({f"{i['internal_api']} {i['version']} ({i.get('architecture')})"
+                   for i in threadpool_info() if i["user_api"] == "blas"})  # fmt: skip
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": blas,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }

@@ -43,7 +43,7 @@ from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig, baseline_fixed, baseline_grid
 from sepsisrl.study.executors import LocalPool, check_executor, make_executor
-from sepsisrl.threads import limited_threads
+from sepsisrl.threads import limited_threads, machine
 from sepsisrl.workspace import (
     atomic_folder,
     code_fingerprint,
@@ -953,7 +953,8 @@ def run_study(
     write_json(ws / "study" / "run.json", {
         "schema_version": "1", "profile": cfg.profile, "workers": study.workers,
         "seconds": round(seconds, 1), "phases": study.phases,
-        "selected": selection["selected"], "created_by": f"sepsisrl {__version__}",
+        "selected": selection["selected"], "machine": machine(),
+        "created_by": f"sepsisrl {__version__}",
     })  # fmt: skip
     return StudyResult(ws, selection["selected"], release, report, seconds, study.phases)
 
