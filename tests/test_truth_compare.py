@@ -170,6 +170,11 @@ def test_the_report_sets_the_spearman_beside_an_on_policy_trial_of_the_splits_si
         assert "rolling every policy out on 30 patients" in verdict
         assert f"Spearman {fmt(oracle['median'], 2)}" in verdict
         assert f"the FQE ranks them {word} than such a trial would" in verdict
+        assert "drawn again from" not in verdict  # 30 of the truth's 400 episodes
+    rows = [{**_row(k, truth[k], float(i)), "episodes": 900} for i, k in enumerate(means)]
+    doc = {"validation_vs_truth": compare(rows, returns, resamples=200), "test_vs_truth": {}}
+    verdict = next(v for v in _agreement(doc)[1] if v.startswith("FQE"))
+    assert "drawn again from the truth's 400 episodes" in verdict  # a split larger than the truth
 
 
 def test_held_sample_draws_the_behaviour_estimate_and_is_seeded():

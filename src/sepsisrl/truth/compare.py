@@ -261,7 +261,10 @@ def truth_noise(
       computed from): the Spearman correlation with the truth of an on-policy oracle that
       rolled every policy out on the same m patients (m truth episodes drawn with replacement,
       paired across policies, ``resamples`` times; median, 5th and 95th percentile, and the
-      share of draws that reach :data:`TRUST`'s Spearman as ``reaches_target``). An
+      share of draws that reach :data:`TRUST`'s Spearman as ``reaches_target``). Like the
+      estimator's, the trial's Spearman is against this finite truth; the ceiling says how far
+      that truth ranks the expected values (with m above the truth's episodes the draws reuse
+      them, and the trial agrees with the truth more than a fresh trial would). An
       estimator whose error is at least the Monte Carlo error of m on-policy episodes cannot
       rank better than that; a model that pools information across policies can.
     """

@@ -268,8 +268,12 @@ def _oracle_note(noise: dict[str, Any] | None, spearman: float | None, label: st
                "fitted to the train split can)")  # fmt: skip
     else:
         how = "ranks them worse than such a trial would"
+    reuse = ""
+    if oracle["episodes"] > noise["episodes"]:
+        reuse = (f", drawn again from the truth's {noise['episodes']} episodes, so it agrees with "
+                 "that truth more than a fresh trial would")  # fmt: skip
     return (f" For scale: rolling every policy out on {oracle['episodes']} patients (as many "
-            f"episodes as the evaluated split holds) would rank them at Spearman "
+            f"episodes as the evaluated split holds{reuse}) would rank them at Spearman "
             f"{fmt(oracle['median'], 2)} ({fmt(oracle['p05'], 2)} to {fmt(oracle['p95'], 2)}, "
             f"5th-95th percentile; {TRUST['spearman']} or more in "
             f"{pct(oracle['reaches_target'])} of draws); the {label} {how}.")  # fmt: skip
