@@ -1,7 +1,7 @@
 """Benchmark of stacked candidates: a sweep stage's IQL runs trained as stacks vs one run per worker.
 
 Usage:  python bench/stack.py [--runs 18] [--workers 2] [--rounds 3] [--seconds 15]
-                              [--device cpu] [--out bench/results/stack.json]
+                              [--algo iql] [--device cpu] [--out bench/results/stack.json]
 
 Setting: the model card's stage 1 - ``--runs`` IQL candidates (the card's grid: 3 learning-rate
 regimes x 3 IQL settings, over both rewards), 62-dim state, 25 actions, 140,000 train
@@ -19,6 +19,10 @@ Reported per round and as medians: candidate-steps per second of the whole stage
 the concurrent processes), the paired ratio to the pool in the same round, the resulting
 stage time for the card's 200 epochs (109,200 steps per candidate), and the peak memory of
 one process. ``--device cuda`` runs the stacked variants on the GPU instead (one process).
+
+``--algo cql`` or ``--algo bc`` measures a baseline's tuning grid the same way (the card's grids:
+CQL alpha 0.1 / 1 / 5, BC learning rate 1e-4 / 1e-3, cycled over ``--runs`` runs; the card's
+baseline tuning trains 3 CQL and 2 BC runs).
 """
 
 from __future__ import annotations
@@ -42,9 +46,20 @@ LR = [(5e-5, 1e-4, 1e-4), (1e-4, 3e-4, 3e-4), (1e-4, 3e-4, 1e-3)]
 IQL_SETTINGS = [(0.6, 2.0), (0.7, 3.0), (0.8, 5.0)]
 
 
-def candidate_configs(first: int, count: int):
+#: per algorithm: a rough single-thread fp32 step rate (sizes each timed block) and its grid
+RATE = {"iql": 95.0, "cql": 260.0, "bc": 520.0}
+GRID = {"cql": [{"cql.alpha": a} for a in (0.1, 1.0, 5.0)],
+        "bc": [{"bc.lr": lr} for lr in (1e-4, 1e-3)]}  # fmt: skip
+
+
+def candidate_configs(first: int, count: int, algo: str = "iql"):
     from sepsisrl.rl.config import load_train_config
 
+    if algo != "iql":
+        grid = GRID[algo]
+        return [getattr(load_train_config(overrides={"algo": algo, "seed": 42 + i,
+                                                     **grid[i % len(grid)]}), algo)
+                for i in range(first, first + count)]  # fmt: skip
     out = []
     for i in range(first, first + count):
         (actor, critic, value), (tau, beta) = LR[(i // 3) % 3], IQL_SETTINGS[i % 3]
@@ -55,11 +70,12 @@ def candidate_configs(first: int, count: int):
     return out
 
 
-def worker(first: int, count: int, steps: int, precision: str, device: str) -> None:
+def worker(first: int, count: int, steps: int, precision: str, device: str, algo: str) -> None:
     """Train ``count`` candidates as one stack for ``steps`` steps (after a warm-up); print
     candidate-steps per second and the peak memory as one JSON line."""
-    from sepsisrl.rl.iql import IQL
-    from sepsisrl.rl.registry import Common
+    from sepsisrl.rl.registry import Common, algorithm
+
+    spec = algorithm(algo)
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -70,12 +86,12 @@ def worker(first: int, count: int, steps: int, precision: str, device: str) -> N
     done = (torch.rand(N, generator=g) < 0.07).float().to(device)
     common = Common(D, A, 0.99, (H, H), 10.0, device)
     models = []
-    for i, cfg in enumerate(candidate_configs(first, count)):
+    for i, cfg in enumerate(candidate_configs(first, count, algo)):
         torch.manual_seed(first + i)
-        models.append(IQL(common, cfg))
-    algo = models[0] if count == 1 else IQL.stack(models)
+        models.append(spec.create(common, cfg))
+    model = models[0] if count == 1 else spec.implementation.stack(models)
     if precision == "bf16":
-        algo.set_matmul_dtype(torch.bfloat16)
+        model.set_matmul_dtype(torch.bfloat16)
     orders = [torch.Generator().manual_seed(first + i) for i in range(count)]
     perms = [torch.randperm(N, generator=o) for o in orders]
     pos = [0] * count
@@ -91,12 +107,12 @@ def worker(first: int, count: int, steps: int, precision: str, device: str) -> N
         return tuple(torch.stack(x) for x in zip(*parts, strict=True))
 
     for _ in range(5):
-        algo.update(*batch())
+        model.update(*batch())
     if device != "cpu":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        algo.update(*batch())
+        model.update(*batch())
     if device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -123,29 +139,30 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=15.0, help="per variant and round")
+    ap.add_argument("--algo", default="iql", choices=["iql", "cql", "bc"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="bench/results/stack.json")
-    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        first, count, steps, precision, device = args.worker
-        worker(int(first), int(count), int(steps), precision, device)
+        first, count, steps, precision, device, algo = args.worker
+        worker(int(first), int(count), int(steps), precision, device, algo)
         return
     w, runs = args.workers, args.runs
     per = [len(range(i, runs, w)) for i in range(w)]  # candidates per stack
     firsts = [sum(per[:i]) for i in range(w)]
-    # steps per variant from a quick estimate of one candidate's speed (~95 steps/s fp32)
-    rate = 95.0
+    # steps per variant from a quick estimate of one candidate's speed (RATE, fp32)
+    rate, a = RATE[args.algo], args.algo
     variants = {
-        "pool": [[str(f), "1", str(int(args.seconds * rate)), "fp32", "cpu"] for f in firsts],
-        "stacked": [[str(f), str(k), str(max(5, int(args.seconds * rate / k))), "fp32", "cpu"]
+        "pool": [[str(f), "1", str(int(args.seconds * rate)), "fp32", "cpu", a] for f in firsts],
+        "stacked": [[str(f), str(k), str(max(5, int(args.seconds * rate / k))), "fp32", "cpu", a]
                     for f, k in zip(firsts, per, strict=True)],
         "stacked_bf16": [[str(f), str(k), str(max(5, int(args.seconds * rate * 1.6 / k))),
-                          "bf16", "cpu"] for f, k in zip(firsts, per, strict=True)],
+                          "bf16", "cpu", a] for f, k in zip(firsts, per, strict=True)],
     }  # fmt: skip
     if args.device != "cpu":
-        variants["stacked_gpu"] = [["0", str(runs), "300", "fp32", args.device]]
-        variants["stacked_gpu_bf16"] = [["0", str(runs), "300", "bf16", args.device]]
+        variants["stacked_gpu"] = [["0", str(runs), "300", "fp32", args.device, a]]
+        variants["stacked_gpu_bf16"] = [["0", str(runs), "300", "bf16", args.device, a]]
     rounds: list[dict[str, dict]] = []
     for r in range(args.rounds):
         row = {}
@@ -171,6 +188,7 @@ def main() -> None:
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
+            "algo": args.algo,
             "runs": runs,
             "workers": w,
             "runs_per_stack": per,

@@ -111,10 +111,10 @@ def test_runs_that_cannot_share_a_stack_are_refused_naming_the_setting(replays, 
     with pytest.raises(ValueError, match=r"cannot train as one stack: .*batch_size differs"):
         train_stack([StackMember(replays[0], a, tmp_path / "a"),
                      StackMember(replays[0], bad, tmp_path / "b")])  # fmt: skip
-    cql = fast_config(algo="cql", steps=20)
-    with pytest.raises(ValueError, match="algorithm 'cql' does not train in stacks"):
-        train_stack([StackMember(replays[0], cql, tmp_path / "c"),
-                     StackMember(replays[0], cql, tmp_path / "d")])  # fmt: skip
+    bcq = fast_config(algo="bcq", steps=20)
+    with pytest.raises(ValueError, match="algorithm 'bcq' does not train in stacks"):
+        train_stack([StackMember(replays[0], bcq, tmp_path / "c"),
+                     StackMember(replays[0], bcq, tmp_path / "d")])  # fmt: skip
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
@@ -146,5 +146,34 @@ def test_bf16_matrix_products_are_opt_in_and_close_to_fp32(replays, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # it does change the arithmetic
     for k in a:  # ... by little over 60 steps
         assert (a[k] - b[k]).abs().max() < 0.05, k
-    with pytest.raises(ValueError, match="precision bf16 is available for iql only"):
-        fast_config(algo="cql", precision="bf16")
+    with pytest.raises(ValueError, match="precision bf16 is available for iql, cql, bc only"):
+        fast_config(algo="bcq", precision="bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(("algo", "settings"), [
+    ("cql", [{}, {"cql.alpha": 0.1, "cql.lr": 1e-3}, {"cql.polyak": 0.05}]),
+    ("bc", [{}, {"bc.lr": 1e-3}, {}]),
+])  # fmt: skip
+def test_baselines_stack_bit_identically_to_training_alone(replays, tmp_path, algo, settings,
+                                                           precision):  # fmt: skip
+    """CQL and BC stack like IQL (their grids train together in a study): each run of a stack,
+    with its own seed and settings, is the bytes of the run trained alone - in fp32 and in
+    bf16 - and its checkpoint resumes alone to the same bytes."""
+    torch.set_num_threads(1)
+    cfgs = [fast_config(algo=algo, seed=seed, steps=60, log_every=15, checkpoint_every=30,
+                        precision=precision, **extra)
+            for seed, extra in zip((1, 2, 3), settings, strict=True)]  # fmt: skip
+    alone = [tmp_path / f"alone{i}" for i in range(3)]
+    for cfg, run in zip(cfgs, alone, strict=True):
+        train(replays[0], cfg, run)
+    stacked = [tmp_path / f"stacked{i}" for i in range(3)]
+    train_stack([StackMember(replays[0], c, d) for c, d in zip(cfgs, stacked, strict=True)])
+    for a, s in zip(alone, stacked, strict=True):
+        _same_files(a, s, (*FILES, f"checkpoints/step_{30:08d}/optim.safetensors"))
+    assert (stacked[0] / FILES[0]).read_bytes() != (stacked[1] / FILES[0]).read_bytes()
+    cut = tmp_path / "cut"
+    train_stack([StackMember(replays[0], c, d) for c, d in
+                 zip(cfgs[:2], [tmp_path / "other", cut], strict=True)], stop_after=40)  # fmt: skip
+    train(replays[0], cfgs[1], cut, resume=True)
+    _same_files(alone[1], cut)

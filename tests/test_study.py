@@ -251,17 +251,20 @@ def test_the_estimator_and_gate_settings_are_checked_at_load():
         load_study_config("quick", overrides={"evaluation.fqe": {"polyak": 0.05}})
 
 
-def test_the_studys_bf16_applies_to_the_iql_runs_and_the_baselines_keep_fp32():
-    # `sepsisrl run --precision bf16` on a profile with BC/CQL baselines: the sweep trains in
-    # bf16, the baselines (no bf16 path) in fp32 - not a refusal of the whole study
-    cfg = load_study_config("card", overrides={"train.precision": "bf16"})
+def test_the_studys_bf16_applies_to_every_run_with_a_bf16_path_and_bcq_keeps_fp32():
+    # `sepsisrl run --precision bf16`: the sweep and the BC/CQL baselines (stackable, with a
+    # bf16 path) train in bf16; a BCQ baseline (none) in fp32 - not a refusal of the study
+    cfg = load_study_config("card", overrides={
+        "train.precision": "bf16", "baselines.trained.bcq": {"algo": "bcq"}})  # fmt: skip
     c = sel.candidates(cfg)[0]
     sweep = cfg.run_overrides(c["name"], 42, cfg.sweep_overrides(c))
     assert cfg.train_config(sweep).precision == "bf16"
+    want = {"behaviour_cloning": "bf16", "cql": "bf16", "bcq": "fp32"}
+    assert set(cfg.baselines.trained) == set(want)
     for name, spec in cfg.baselines.trained.items():
         run = cfg.run_overrides(name, 42, {**spec, "preset": name})
-        run.pop("grid")
-        assert cfg.train_config(run).precision == "fp32", name
+        run.pop("grid", None)
+        assert cfg.train_config(run).precision == want[name], name
 
 
 # ------------------------------------------------------------------- end to end (small)
@@ -507,12 +510,14 @@ def test_selection_is_byte_identical_without_the_truth(study, tmp_path):
 
 @pytest.mark.slow
 def test_stacked_runs_give_the_weights_and_selection_of_runs_trained_alone(study, tmp_path):
-    """The study trains each stage's IQL runs as stacks (``stack: true``, one unit here); the
-    same study with every run trained alone gives the same weights and selection bytes."""
+    """The study trains each stage's IQL runs and each baseline's grid as stacks (``stack:
+    true``, one unit here); the same study with every run trained alone gives the same weights
+    and selection bytes."""
     from sepsisrl.study.runner import run_study
 
     ws, _, result, _, events, source = study
     assert any("stack of 4" in e[3] for e in events if e[0] == "stage 1")
+    assert any("stack of 2" in e[3] for e in events if e[0] == "baseline tuning")
     assert result.phases["stage 1"]["units"] == 4 and result.phases["stage 1"]["trained"] == 4
     copy = tmp_path / "ws"
     shutil.copytree(ws, copy, ignore=shutil.ignore_patterns("truth", "runs", "eval"))
@@ -529,6 +534,11 @@ def test_stacked_runs_give_the_weights_and_selection_of_runs_trained_alone(study
     before = (ws / "study" / "selection.json").read_bytes()
     after = (copy / "study" / "selection.json").read_bytes()
     assert after.replace(str(copy).encode(), str(ws).encode()) == before
+    tuned = [b for b in _read(ws / "study" / "final.json")["baselines"] if b["kind"] == "run"]
+    assert {b["name"] for b in tuned} == {"behaviour_cloning", "cql"}
+    for b in tuned:  # the chosen grid points, trained in the stack and alone
+        policy = Path(b["run"]) / "final" / "policy.safetensors"
+        assert (ws / policy).read_bytes() == (copy / policy).read_bytes(), b["name"]
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ both give the same gradient for every parameter.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -32,6 +34,7 @@ from pydantic import Field
 from sepsisrl.config import StrictModel
 from sepsisrl.rl.networks import Ensemble, MemberAdam, flatten_rows
 from sepsisrl.rl.registry import AlgorithmSpec, Common
+from sepsisrl.rl.stacking import StackedModel
 
 
 class IQLConfig(StrictModel):
@@ -46,19 +49,27 @@ class IQLConfig(StrictModel):
     polyak: float = Field(gt=0, le=1)
 
 
-class IQL:
+class IQL(StackedModel):
     """Discrete IQL; one model, or a stack of K models trained together.
 
-    A stack (:meth:`stack`) holds K models that share an architecture, each with its own
-    hyper-parameters (``iql`` section), initial weights and batches: every network is an
-    :class:`Ensemble` whose rows are the models' networks (two critic rows per model), so each
-    layer of all K models is one batched matrix product. Nothing mixes models: model k of a
-    stack computes exactly what it computes alone (a test compares the bytes), only in one
+    A stack (:meth:`stack`, ``rl.stacking``) holds K models that share an architecture, each
+    with its own hyper-parameters (``iql`` section), initial weights and batches: every network
+    is an :class:`Ensemble` whose rows are the models' networks (two critic rows per model), so
+    each layer of all K models is one batched matrix product. Nothing mixes models: model k of
+    a stack computes exactly what it computes alone (a test compares the bytes), only in one
     pass with the others. Inputs are (K, batch, ...) (a single model also takes (batch, ...));
     losses and statistics are (K,) (scalars for a single model given unstacked inputs).
     """
 
     name = "iql"
+    ROWS: ClassVar[dict[str, int]] = {"critic": 2, "critic_target": 2, "value": 1, "actor": 1}
+    FROZEN = ("critic_target",)
+    POLICY = "actor"
+
+    critic: Ensemble
+    critic_target: Ensemble
+    value: Ensemble
+    actor: Ensemble
 
     def __init__(self, common: Common, cfg: IQLConfig) -> None:
         d, n, hidden, device = common.state_dim, common.n_actions, common.hidden, common.device
@@ -67,101 +78,27 @@ class IQL:
         critic_target.load_state_dict(critic.state_dict())
         value = Ensemble(1, d, 1, hidden).to(device)
         actor = Ensemble(1, d, n, hidden).to(device)
-        self._assemble(common, [cfg], critic, critic_target, value, actor)
+        self._assemble(common, [cfg], {"critic": critic, "critic_target": critic_target,
+                                       "value": value, "actor": actor})  # fmt: skip
 
-    def _assemble(self, common, cfgs, critic, critic_target, value, actor) -> None:
-        self.common, self.cfgs, self.k = common, list(cfgs), len(cfgs)
-        self.cfg, self.gamma = cfgs[0], common.gamma
-        self.critic, self.critic_target, self.value, self.actor = (
-            critic,
-            critic_target,
-            value,
-            actor,
-        )
-        self.critic_target.requires_grad_(False)
-        device = critic.weights[0].device
-
-        def column(key: str) -> torch.Tensor:
-            return torch.tensor([getattr(c, key) for c in cfgs], device=device).view(-1, 1)
-
+    def _setup(self) -> None:
+        cfgs = self.cfgs
         self._tau, self._beta, self._cap = (
-            column("expectile"),
-            column("temperature"),
-            (column("weight_cap")),
+            self._column("expectile"),
+            self._column("temperature"),
+            self._column("weight_cap"),
         )
         # Polyak rate of each critic row (two rows per model), broadcast over its parameters
-        self._polyak = column("polyak").repeat_interleave(2, 0)
-        self._target_flat = flatten_rows(critic_target)
+        self._polyak = self._column("polyak").repeat_interleave(2, 0)
+        self._target_flat = flatten_rows(self.critic_target)
         self.optimizer = MemberAdam(
             {
-                "critic": (critic, 2, [c.critic_lr for c in cfgs]),
-                "value": (value, 1, [c.value_lr for c in cfgs]),
-                "actor": (actor, 1, [c.actor_lr for c in cfgs]),
+                "critic": (self.critic, 2, [c.critic_lr for c in cfgs]),
+                "value": (self.value, 1, [c.value_lr for c in cfgs]),
+                "actor": (self.actor, 1, [c.actor_lr for c in cfgs]),
             },
-            max_norm=common.grad_clip,
+            max_norm=self.common.grad_clip,
         )
-
-    @classmethod
-    def stack(cls, models: list[IQL]) -> IQL:
-        """One stacked model of ``models`` (each a single model, e.g. freshly initialised from
-        its own seed); their weights and optimiser states are copied."""
-        out = cls.__new__(cls)
-        out._assemble(
-            models[0].common, [m.cfg for m in models],
-            Ensemble.concat([m.critic for m in models]),
-            Ensemble.concat([m.critic_target for m in models]),
-            Ensemble.concat([m.value for m in models]),
-            Ensemble.concat([m.actor for m in models]),
-        )  # fmt: skip
-        for i, m in enumerate(models):
-            out.optimizer.load_state_dict(m.optimizer.state_dict(), i)
-        return out
-
-    def member(self, i: int) -> IQL:
-        """Model ``i`` of the stack as a single model (copies: weights, optimiser state)."""
-        out = IQL.__new__(IQL)
-        out._assemble(
-            self.common, [self.cfgs[i]], self.critic.rows(2 * i, 2 * i + 2),
-            self.critic_target.rows(2 * i, 2 * i + 2), self.value.rows(i, i + 1),
-            self.actor.rows(i, i + 1),
-        )  # fmt: skip
-        out.optimizer.load_state_dict(self.optimizer.state_dict(i))
-        out.set_matmul_dtype(self.critic.matmul_dtype)
-        return out
-
-    def set_matmul_dtype(self, dtype: torch.dtype | None) -> None:
-        """Matrix products in ``dtype`` (``torch.bfloat16``: train's ``precision: bf16``)."""
-        for net in (self.critic, self.critic_target, self.value, self.actor):
-            net.matmul_dtype = dtype
-
-    # -- what a checkpoint holds (a single model)
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {
-            "critic": self.critic,
-            "critic_target": self.critic_target,
-            "value": self.value,
-            "actor": self.actor,
-        }
-
-    def optimizers(self) -> dict[str, MemberAdam]:
-        return {"adam": self.optimizer}
-
-    def exported(self, name: str) -> torch.nn.Module:
-        """Network ``name`` as released: the actor of a single model as a plain ``MLP``
-        (``net.0/2/4.*``, the model repository's layout)."""
-        net = self.modules()[name]
-        return net.member(0) if isinstance(net, Ensemble) and net.k == 1 else net
-
-    def policy_logits(self, states: torch.Tensor) -> torch.Tensor:
-        out = self.actor(states)
-        return out[0] if self.k == 1 and states.dim() == 2 else out
-
-    def _inputs(self, s, a, r, s_next, done):
-        """(K, batch, ...) inputs; ``single``: a single model given (batch, ...) inputs."""
-        single = s.dim() == 2
-        if single:
-            s, a, r, s_next, done = (x.unsqueeze(0) for x in (s, a, r, s_next, done))
-        return single, s, a, r, s_next, done
 
     def _pairs(self, s: torch.Tensor) -> torch.Tensor:
         """Each model's batch twice: the input of its two critic rows, (2K, batch, ...) (a
@@ -192,7 +129,7 @@ class IQL:
             "critic_loss": (q - td_target.unsqueeze(1)).square().mean(dim=2).sum(1),
             "actor_loss": -(weight * log_prob).mean(1),
         }
-        return {key: v[0] for key, v in out.items()} if single else out
+        return self._per_model(out, single)
 
     def compile_step(self) -> None:
         """Run ``compute_gradients`` through ``torch.compile`` (the trainer's ``compile``).
@@ -273,7 +210,7 @@ class IQL:
             "advantage_std": advantage.std(1),
             "capped_weight_fraction": (weight >= self._cap).float().mean(1),
         }
-        return {key: val[0] for key, val in stats.items()} if single else stats
+        return self._per_model(stats, single)
 
 
 ALGORITHM = AlgorithmSpec(

@@ -164,8 +164,9 @@ class StudyConfig(StrictModel):
     build: dict[str, Any]  # dotted overrides of configs/build.yaml (BuildConfig)
     workers: int = Field(ge=0)
     threads_per_worker: int = Field(ge=1)
-    # a stage's IQL runs as stacks, one per worker (same weights as alone); auto: when they
-    # pay (bf16 or cuda; in fp32 on a CPU a run's step is already bound by its matrix products)
+    # a stage's runs (the IQL candidates, the baselines' grids) as stacks, one per worker (same
+    # weights as alone); auto: when they pay (bf16 or cuda; in fp32 on a CPU a run's step is
+    # already bound by its matrix products)
     stack: bool | Literal["auto"]
     # where the units run; never part of a cache key (results do not depend on it)
     executor: Literal["local", "ray"]
@@ -221,9 +222,10 @@ class StudyConfig(StrictModel):
         full = {**flatten_dotted(self.train), **overrides, "seed": seed,
                 "threads": self.threads_per_worker}  # fmt: skip
         full.setdefault("preset", name)
-        # the study's reduced precision / compilation are for the algorithms that have them (the
-        # IQL sweep); the other runs (baselines) keep fp32 / eager (docs/run.md). An unknown
-        # algorithm is left to the validation, which names the key
+        # the study's reduced precision / compilation are for the algorithms that have them
+        # (precision: the stackable IQL, CQL and BC; compile: IQL); the others (BCQ) keep
+        # fp32 / eager (docs/run.md). An unknown algorithm is left to the validation, which
+        # names the key
         spec = algorithms().get(full.get("algo") or self.train_config({}).algo)
         if spec is not None and not spec.stackable and "precision" not in overrides:
             full.pop("precision", None)

@@ -750,7 +750,7 @@ class Study:
                              "threads": self.cfg.threads_per_worker, "train": tspec,
                              "eval": espec})  # fmt: skip
             grids[name] = points
-        self.run_units("baseline tuning", jobs)
+        self.run_units("baseline tuning", self.stacked(jobs))
         out = {}
         for name, points in grids.items():
             self.collect(points)
