@@ -454,7 +454,14 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
         assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 40
         if p["role"] == "candidate":
             assert set(p["validation_estimates"]) >= {"fqe", "wdr", "wis"}
+            # the treatment intensity its validation evaluation chose, from its cases.csv
+            inten, cases = p["validation_intensity"], ws / p["validation_eval"] / "cases.csv"
+            assert inten["decisions"] == len(cases.read_text().splitlines()) - 1
+            assert 0 <= inten["vaso_bin"] <= 4 and 0 <= inten["fluid_bin"] <= 4
     assert set(doc["validation_vs_truth"]) >= {"fqe", "wdr", "wis"}
+    for est in ("fqe", "wdr"):  # whether each estimator's errors follow treatment intensity
+        d = doc["validation_vs_truth"][est]
+        assert ("error_by_intensity" in d) == (d["policies"] >= 3)
     fqe = doc["validation_vs_truth"]["fqe"]  # every candidate run: compared, or not evaluable
     assert fqe["policies"] + len(fqe["not_evaluable"]) == len(runs)
     sel_doc = doc["selection"]
@@ -472,6 +479,15 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
         assert "FQE bounds contain the true value" in card
     md = (ws / "report" / "report.md").read_text()
     assert "## Estimates versus truth" in md and "Top-1 regret" in md
+    # the exported seed's treatment intensity against the clinicians', with the caution
+    # about confounding by indication when it gives less of either
+    exported = next(p for p in doc["policies"] if p["spec"] == selection["selected"]["run"])
+    inten = exported["validation_intensity"]
+    assert "Treatment intensity against the clinicians (exported seed, validation states)" in md
+    assert (f"mean vasopressor bin {inten['vaso_bin']:.2f} against the clinicians' "
+            f"{inten['clinician_vaso_bin']:.2f}") in md  # fmt: skip
+    gives_less = any(inten[k] < inten[f"clinician_{k}"] for k in ("vaso_bin", "fluid_bin"))
+    assert ("than the clinicians did. The clinicians escalate" in md) == gives_less
     assert "What does the action interface alone cost?" in md
     # how much unobserved confounding the estimates need to contain the truth
     for p in doc["policies"]:

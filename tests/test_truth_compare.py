@@ -8,8 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from sepsisrl.study.report.blocks import fmt
-from sepsisrl.study.report.sections.truth import _agreement
-from sepsisrl.truth.compare import compare, episode_returns, kendall, spearman, truth_noise
+from sepsisrl.study.report.sections.truth import _agreement, intensity_note
+from sepsisrl.truth.compare import (
+    compare,
+    episode_returns,
+    intensity_of,
+    kendall,
+    spearman,
+    truth_noise,
+)
 
 
 def _row(name, truth, est, lo=None, hi=None):
@@ -42,6 +49,48 @@ def test_compare_by_hand():
     mine = compare(renamed, estimators=["mine"])
     assert list(mine) == ["mine"]
     assert {k: mine["mine"][k] for k in doc} == doc
+
+
+def test_intensity_of_reads_the_evaluations_cases_by_hand(tmp_path):
+    cases = tmp_path / "cases.csv"
+    # actions are 5 * vaso_bin + fluid_bin: the policy (0, 0), (1, 2), (4, 4); logged 7, 7, 7
+    cases.write_text("stay_id,step,clinician_action,policy_action,behaviour_prob_of_policy_action,"
+                     "low_support\n1,0,7,0,0.1,0\n1,1,7,7,0.5,0\n2,0,7,24,0.01,1\n")  # fmt: skip
+    got = intensity_of(cases, 5)
+    assert got == {"decisions": 3, "vaso_bin": pytest.approx(5 / 3),
+                   "fluid_bin": pytest.approx(2.0), "clinician_vaso_bin": 1.0,
+                   "clinician_fluid_bin": 2.0}  # fmt: skip
+    assert intensity_of(tmp_path / "missing.csv", 5) is None
+    empty = tmp_path / "empty.csv"
+    empty.write_text(cases.read_text().splitlines()[0] + "\n")
+    assert intensity_of(empty, 5) is None
+
+
+def test_compare_says_whether_the_errors_follow_treatment_intensity():
+    # the less vasopressor, the more over-valued: errors (+2, +1, 0, -1) against vaso (0..3)
+    truths, vaso = [1.0, 3.0, 2.0, 4.0], [0.0, 1.0, 2.0, 3.0]
+    errors = [2.0, 1.0, 0.0, -1.0]
+    rows = [{**_row(k, t, t + e), "intensity": {"vaso_bin": v, "fluid_bin": 1.0}}
+            for k, t, e, v in zip("abcd", truths, errors, vaso, strict=True)]  # fmt: skip
+    doc = compare(rows)["fqe"]["error_by_intensity"]
+    assert doc["vaso_bin"]["error"] == pytest.approx(-1.0)
+    assert doc["vaso_bin"]["truth"] == pytest.approx(spearman(np.array(truths), np.array(vaso)))
+    assert doc["vaso_bin"]["estimate"] == pytest.approx(
+        spearman(np.array(truths) + np.array(errors), np.array(vaso)))  # fmt: skip
+    assert doc["fluid_bin"] == {"error": None, "truth": None, "estimate": None}  # no variation
+    # absent unless every compared row carries its intensity
+    partial = [*rows[:3], {k: v for k, v in rows[3].items() if k != "intensity"}]
+    assert "error_by_intensity" not in compare(partial)["fqe"]
+    # the report names the direction, and the truth's own order beside it
+    note = intensity_note(doc, "FQE")
+    assert "the less vasopressor a policy gives" in note
+    assert f"minus truth with the policy's mean vasopressor bin: {fmt(-1.0, 2)};" in note
+    assert "the error works against the truth's order" in note
+    up = {"fluid_bin": {"error": 0.6, "truth": 0.7, "estimate": 0.8}}
+    assert "the more IV fluid a policy gives" in intensity_note(up, "WDR")
+    assert "exaggerates the truth's order" in intensity_note(up, "WDR")
+    assert intensity_note({"vaso_bin": {"error": 0.3, "truth": 0.1, "estimate": 0.2}}, "FQE") == ""
+    assert intensity_note(None, "FQE") == ""
 
 
 def test_rank_correlations_need_three_policies_and_variation():

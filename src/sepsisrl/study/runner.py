@@ -201,7 +201,8 @@ def _rows(policies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     split = key.removesuffix("_estimates")
     return [{"policy": p["name"], "truth": p["true_value"], "estimates": p[key],
              "episodes": p.get(f"{split}_episodes"),
-             "sensitivity": p.get(f"{split}_sensitivity")} for p in policies]  # fmt: skip
+             "sensitivity": p.get(f"{split}_sensitivity"),
+             "intensity": p.get(f"{split}_intensity")} for p in policies]  # fmt: skip
 
 
 def _ensure_truth(spec: dict[str, Any]) -> bool:
@@ -786,6 +787,7 @@ class Study:
             compare,
             episode_returns,
             estimates_of,
+            intensity_of,
             selection_regret,
             sensitivities_of,
         )
@@ -852,6 +854,9 @@ class Study:
                     p[f"{split}_estimates"] = estimates_of(ev)
                     p[f"{split}_episodes"] = ev.episodes
                     p[f"{split}_sensitivity"] = sensitivities_of(ev)
+                    p[f"{split}_intensity"] = intensity_of(
+                        self.ws / rel / "cases.csv", ctx.stats.n_fluid_bins
+                    )
         cands = [p for p in policies if p["role"] == "candidate"]
         tests = [p for p in policies if p.get("test_estimates")]
         by_config: dict[str, list[float]] = {}

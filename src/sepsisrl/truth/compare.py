@@ -14,6 +14,13 @@ trusted on a panel of policies:
   against true, over the other policies - the comparison a study's verdict rests on. An error
   that every policy shares (a logged population that fared worse than the truth's, say)
   cancels in it; one that depends on the policy (confounding) does not.
+- ``error_by_intensity`` (when every compared row carries its ``intensity``, from
+  :func:`intensity_of`): the Spearman correlation of the estimate's error (estimate minus
+  truth), of the truth and of the estimate with each policy's treatment intensity (its mean
+  vasopressor bin and mean IV-fluid bin on the evaluated split's states). An error that
+  follows intensity is the signature of unobserved confounding in the clinicians' logs: they
+  escalate for reasons the state does not record, so an estimate learned from those logs
+  credits less treatment with outcomes that were not its doing (docs/evaluate.md).
 
 A policy without an estimate (an evaluation gate failed: for WIS too little overlap, for FQE
 and WDR an unconverged fit or unsupported actions; see ``ope.evaluate``) is left out of that
@@ -50,6 +57,9 @@ ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
+#: The treatment-intensity measures of :func:`intensity_of`, in ``error_by_intensity``.
+INTENSITY = ("vaso_bin", "fluid_bin")
+
 #: The policy every other is compared with in ``mae_vs_clinician``.
 CLINICIAN = "clinician"
 
@@ -84,6 +94,48 @@ def estimates_of(
             _num(m[lo]) if lo else None,
             _num(m[hi]) if hi else None,
         )
+    return out
+
+
+def intensity_of(cases_csv: Any, n_fluid_bins: int) -> dict[str, float] | None:
+    """A policy's treatment intensity on the states it was evaluated on: the mean vasopressor
+    bin and the mean IV-fluid bin of the actions it chose there (``policy_action`` of the
+    evaluation's ``cases.csv``; an action is ``n_fluid_bins * vaso_bin + fluid_bin``), and the
+    same for the clinicians' logged actions on those states (``clinician_*``). None when the
+    evaluation has no cases table or no decisions."""
+    from pathlib import Path
+
+    import pyarrow.csv as pacsv
+
+    path = Path(cases_csv)
+    if not path.is_file():
+        return None
+    cols = ["policy_action", "clinician_action"]
+    tab = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=cols))
+    if not tab.num_rows:
+        return None
+    policy = tab["policy_action"].to_numpy().astype(np.int64)
+    logged = tab["clinician_action"].to_numpy().astype(np.int64)
+    return {
+        "decisions": int(tab.num_rows),
+        "vaso_bin": float(np.mean(policy // n_fluid_bins)),
+        "fluid_bin": float(np.mean(policy % n_fluid_bins)),
+        "clinician_vaso_bin": float(np.mean(logged // n_fluid_bins)),
+        "clinician_fluid_bin": float(np.mean(logged % n_fluid_bins)),
+    }
+
+
+def error_by_intensity(
+    truth: np.ndarray, estimate: np.ndarray, intensity: list[dict[str, float]]
+) -> dict[str, dict[str, float | None]]:
+    """Per intensity measure (:data:`INTENSITY`), the Spearman correlation with it of the
+    estimate's error (estimate minus truth), of the truth and of the estimate."""
+    t, e = np.asarray(truth, float), np.asarray(estimate, float)
+    out = {}
+    for key in INTENSITY:
+        x = np.array([i[key] for i in intensity], dtype=float)
+        out[key] = {"error": spearman(e - t, x), "truth": spearman(t, x),
+                    "estimate": spearman(e, x)}  # fmt: skip
     return out
 
 
@@ -183,14 +235,16 @@ def compare(
     (same episodes, same order); with them each estimator's entry gains ``truth_noise``
     (:func:`truth_noise`). A row may carry ``episodes``, the number of episodes its estimate
     was computed from; when the compared rows agree on it, ``truth_noise`` also gives the
-    rank agreement of an on-policy oracle with that many episodes (``oracle``).
+    rank agreement of an on-policy oracle with that many episodes (``oracle``). A row may
+    carry ``intensity`` (:func:`intensity_of`); when every compared row does, the entry gains
+    ``error_by_intensity`` (:func:`error_by_intensity`).
     ``estimators``: the names to compare (default: those of ``metrics.json``,
     :data:`ESTIMATORS`); a benchmark's own estimator is compared by name.
     """
     out: dict[str, dict[str, Any]] = {}
     for est in estimators or ESTIMATORS:
         names, truth, value, lo, hi = [], [], [], [], []
-        skipped, sens, sizes = [], [], set()
+        skipped, sens, sizes, intensity = [], [], set(), []
         for r in rows:
             v, low, high = r["estimates"].get(est, (None, None, None))
             if v is None:
@@ -198,6 +252,7 @@ def compare(
                 continue
             sens.append((r.get("sensitivity") or {}).get(est))
             sizes.add(r.get("episodes"))
+            intensity.append(r.get("intensity"))
             names.append(r["policy"])
             truth.append(float(r["truth"]))
             value.append(v)
@@ -226,6 +281,8 @@ def compare(
             others = [k for k in range(len(names)) if k != c]
             err = (e[others] - e[c]) - (t[others] - t[c])
             doc["mae_vs_clinician"] = float(np.mean(np.abs(err)))
+        if len(names) >= 3 and all(intensity):
+            doc["error_by_intensity"] = error_by_intensity(t, e, intensity)
         coverage = sensitivity_coverage(names, t, sens)
         if coverage is not None:
             doc["sensitivity"] = coverage

@@ -121,7 +121,44 @@ def _selected_table(st: Study) -> Block:
     if vs.confounding is not None:
         chosen.append(["Against unobserved confounding (exported seed, validation)",
                        vs.confounding.statement])  # fmt: skip
+    intensity = intensity_text(st)
+    if intensity:
+        chosen.append(["Treatment intensity against the clinicians (exported seed, validation "
+                       "states)", intensity])  # fmt: skip
     return table("selected", ["Item", "Value"], chosen)
+
+
+def intensity_text(st: Study) -> str | None:
+    """How much vasopressor and IV fluid the exported seed gives on the validation states
+    against the clinicians' logged actions there (its evaluation's ``cases.csv``), with a
+    caution when it gives less: offline estimates learned from the clinicians' logs favour
+    giving less than they did (confounding by indication, docs/evaluate.md)."""
+    from sepsisrl.truth.compare import intensity_of
+
+    sel = st.selection.selected
+    seed = next((r for c in st.candidates for r in c.seeds if r.run == sel.run), None)
+    if seed is None:
+        return None
+    got = intensity_of(st.ws / seed.eval / "cases.csv", len(st.action_grid().fluid))
+    if got is None:
+        return None
+    parts, less = [], []
+    for key, what in (("vaso_bin", "vasopressor"), ("fluid_bin", "IV fluid")):
+        mine, theirs = got[key], got[f"clinician_{key}"]
+        parts.append(f"mean {what} bin {mine:.2f} against the clinicians' {theirs:.2f} "
+                     f"({mine - theirs:+.2f})")  # fmt: skip
+        diff = mine - theirs
+        if diff < 0:
+            less.append(what)
+    text = f"{'; '.join(parts)}, over {got['decisions']} decisions."
+    if less:
+        text += (f" It gives less {' and less '.join(less)} than the clinicians did. The "
+                 "clinicians escalate for reasons the state does not record, so an estimate "
+                 "learned from their logs tends to credit giving less with outcomes that were "
+                 "not its doing; on the synthetic world the FQE's error follows exactly this "
+                 "(docs/evaluate.md, item 17). Read the verdict above with that in "
+                 "mind.")  # fmt: skip
+    return text
 
 
 def _hyperparameters_table(st: Study) -> Block:

@@ -228,6 +228,7 @@ def _agreement(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                 continue
             bad = _untrusted(d)
             notes = (_noise_note(noise) + _oracle_note(noise, d["spearman"], label)
+                     + intensity_note(d.get("error_by_intensity"), label)
                      + sensitivity_note(d.get("sensitivity"), label))  # fmt: skip
             if bad:
                 verdicts.append(f"{label} on the {what} ({split}) DISAGREES with the truth: "
@@ -277,6 +278,42 @@ def _oracle_note(noise: dict[str, Any] | None, spearman: float | None, label: st
             f"{fmt(oracle['median'], 2)} ({fmt(oracle['p05'], 2)} to {fmt(oracle['p95'], 2)}, "
             f"5th-95th percentile; {TRUST['spearman']} or more in "
             f"{pct(oracle['reaches_target'])} of draws); the {label} {how}.")  # fmt: skip
+
+
+#: |Spearman| of an estimator's error with a treatment-intensity measure from which the report
+#: says that its errors follow the policies' treatment intensity.
+INTENSITY_NOTE = 0.5
+
+#: How the report names the measures of ``compare.INTENSITY``.
+INTENSITY_WORDS = {"vaso_bin": "vasopressor", "fluid_bin": "IV fluid"}
+
+
+def intensity_note(by: dict[str, Any] | None, label: str) -> str:
+    """Whether the estimator's errors follow the policies' treatment intensity
+    (``compare.error_by_intensity``): the signature of unobserved confounding in the
+    clinicians' logs, stated with the measure whose correlation is strongest."""
+    if not by:
+        return ""
+    found = [(abs(v["error"]), k, v) for k, v in by.items() if v.get("error") is not None]
+    if not found:
+        return ""
+    strength, key, v = max(found)
+    if strength < INTENSITY_NOTE:
+        return ""
+    what = INTENSITY_WORDS.get(key, key)
+    over = "less" if v["error"] < 0 else "more"
+    truth = ""
+    if v.get("truth"):  # the truth's own order along the same measure
+        works = "works against" if v["truth"] * v["error"] < 0 else "exaggerates"
+        truth = (f"; the truth's own correlation with it is {fmt(v['truth'], 2)}, so the error "
+                 f"{works} the truth's order")  # fmt: skip
+    return (f" Its errors follow the policies' treatment intensity: the {over} {what} a "
+            f"policy gives on the evaluated states, the more favourably the {label} judges it "
+            f"against its true value "
+            f"(Spearman of estimate minus truth with the policy's mean {what} bin: "
+            f"{fmt(v['error'], 2)}{truth}). That is the direction in which the clinicians' "
+            "unrecorded reasons to escalate bias any estimate learned from their logs "
+            "(docs/evaluate.md, confounding).")  # fmt: skip
 
 
 def sensitivity_note(sens: dict[str, Any] | None, label: str) -> str:
