@@ -111,14 +111,42 @@ def test_card_reports_the_measured_metrics_and_the_research_only_warning(exporte
     assert "No clinical use" in license_text and "MIMIC-IV" in license_text
 
 
+def test_the_card_sets_the_policys_treatment_intensity_beside_the_clinicians(exported):
+    *_, bundle, _ = exported
+    cfg = json.loads((bundle / "config.json").read_text())
+    got = cfg["treatment_intensity"]
+    # by hand from the evaluation's per-decision table (action = 5 * vaso_bin + fluid_bin)
+    rows = (bundle.parent / "eval" / "iql" / "cases.csv").read_text().splitlines()[1:]
+    policy = np.array([int(r.split(",")[3]) for r in rows])
+    logged = np.array([int(r.split(",")[2]) for r in rows])
+    assert got["split"] == "validation" and got["evaluation"] == "iql"
+    assert got["decisions"] == len(rows)
+    assert got["vaso_bin"] == pytest.approx((policy // 5).mean())
+    assert got["fluid_bin"] == pytest.approx((policy % 5).mean())
+    assert got["clinician_vaso_bin"] == pytest.approx((logged // 5).mean())
+    assert got["clinician_fluid_bin"] == pytest.approx((logged % 5).mean())
+    card = (bundle / "README.md").read_text()
+    assert f"**Treatment intensity.** On the {len(rows)} decisions of its validation" in card
+    assert f"mean IV-fluid bin {got['fluid_bin']:.2f} against the clinicians' " in card
+    less = (
+        got["vaso_bin"] < got["clinician_vaso_bin"] or got["fluid_bin"] < got["clinician_fluid_bin"]
+    )
+    assert ("(confounding by indication)" in card) == less
+
+
 def test_an_unevaluated_run_gets_no_numbers(exported, tmp_path):
-    _, _, run, _, _ = exported
+    _, _, run, evaluated, _ = exported
     copy = tmp_path / "runs" / "fresh"
     shutil.copytree(run, copy)
     bundle = export_run(copy, tmp_path / "b", evaluations=[])
     card = (bundle / "README.md").read_text()
     assert "has not been evaluated" in card
     assert json.loads((bundle / "config.json").read_text())["metrics"] is None
+    assert json.loads((bundle / "config.json").read_text())["treatment_intensity"] is None
+    assert "Treatment intensity" not in card
+    # another run's evaluation says nothing about this run's intensity
+    other = export_run(copy, tmp_path / "c", evaluations=[evaluated.parent / "eval" / "iql"])
+    assert json.loads((other / "config.json").read_text())["treatment_intensity"] is None
 
 
 def test_the_bundle_holds_no_patient_level_data(exported):

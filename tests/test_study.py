@@ -488,6 +488,22 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
             f"{inten['clinician_vaso_bin']:.2f}") in md  # fmt: skip
     gives_less = any(inten[k] < inten[f"clinician_{k}"] for k in ("vaso_bin", "fluid_bin"))
     assert ("than the clinicians did. The clinicians escalate" in md) == gives_less
+    # the card carries the same measure on the exported seed's test evaluation
+    released_intensity = released["treatment_intensity"]
+    assert released_intensity["split"] == "test"
+    assert released_intensity["vaso_bin"] == exported["test_intensity"]["vaso_bin"]
+    assert f"mean vasopressor bin {released_intensity['vaso_bin']:.2f}" in card
+    # whether the selection's scores follow the runs' intensity (no truth needed)
+    from sepsisrl.truth.compare import INTENSITY_NOTE, spearman
+
+    by_run = {p["spec"]: p["validation_intensity"] for p in doc["policies"]
+              if p["role"] == "candidate"}  # fmt: skip
+    scored = [(r["score"], by_run[r["run"]]) for c in selection["candidates"]
+              for r in c["seeds"] if r["score"] is not None]  # fmt: skip
+    corr = [spearman([s for s, _ in scored], [i[k] for _, i in scored])
+            for k in ("vaso_bin", "fluid_bin")] if len(scored) >= 3 else []  # fmt: skip
+    follows = any(r is not None and abs(r) >= INTENSITY_NOTE for r in corr)
+    assert ("The validation ranking follows the candidates' treatment intensity" in md) == follows
     assert "What does the action interface alone cost?" in md
     # how much unobserved confounding the estimates need to contain the truth
     for p in doc["policies"]:

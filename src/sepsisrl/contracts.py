@@ -763,6 +763,10 @@ class ModelConfig(Artifact):
     package: PackageRecord
     metrics: CardMetrics | None
     truth: JsonObject | None
+    #: the policy's treatment intensity on its evaluation's states against the clinicians'
+    #: logged actions there (``truth.compare.intensity_of`` and the split); None when no
+    #: evaluation of this run was given. Absent in repositories written before it existed.
+    treatment_intensity: JsonObject | None = None
     research_only: StrictBool
 
 

@@ -461,6 +461,7 @@ def model_card(
         lines += ["", "These are offline estimates only; no prospective validation has been performed. They are not "
                   "evidence of clinical safety or efficacy."]  # fmt: skip
         lines += sensitivity_lines(summary, config.get("truth"))
+        lines += intensity_lines(config.get("treatment_intensity"))
     else:
         lines.append(
             "This model has not been evaluated: no evaluation results were found for its run."
@@ -513,6 +514,54 @@ research only, provided that this notice is kept with every copy.
 """
 
 REQUIREMENTS = "torch>=2.2\nsafetensors>=0.4\n"
+
+
+def _treatment_intensity(
+    run: Path, evals: list[Path], replay: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The exported run's treatment intensity on the states of its own evaluation among
+    ``evals`` (``truth.compare.intensity_of`` of its ``cases.csv``, with the split); None
+    when none of them evaluates this run or the replay's labels name no vasopressor x fluid
+    grid."""
+    from sepsisrl.truth.compare import intensity_of
+
+    try:
+        grid = ActionGrid.from_labels(replay.get("action_labels") or [])
+    except ValueError:
+        return None
+    for e in evals:
+        doc = EvaluationMetrics.load(Path(e) / "metrics.json")
+        if doc.policy.kind != "run" or Path(doc.policy.spec).absolute() != run:
+            continue
+        got = intensity_of(Path(e) / "cases.csv", grid.n_fluid)
+        if got is not None:
+            return {"split": doc.split, "evaluation": Path(e).name, **got}
+    return None
+
+
+def intensity_lines(intensity: dict[str, Any] | None) -> list[str]:
+    """The card's paragraph on how much the policy treats against the clinicians."""
+    if not intensity:
+        return []
+    parts, less = [], []
+    for key, what in (("vaso_bin", "vasopressor"), ("fluid_bin", "IV-fluid")):
+        mine, theirs = intensity[key], intensity[f"clinician_{key}"]
+        parts.append(f"mean {what} bin {mine:.2f} against the clinicians' {theirs:.2f} "
+                     f"({mine - theirs:+.2f})")  # fmt: skip
+        if mine < theirs:
+            less.append(what.replace("-", " "))
+    text = (f"**Treatment intensity.** On the {intensity['decisions']} decisions of its "
+            f"{intensity['split']} evaluation this policy chooses {'; '.join(parts)}, the "
+            "clinicians' being their logged actions on the same states (bin 0 is none, higher "
+            "bins larger doses: `action_bins`).")  # fmt: skip
+    if less:
+        text += (f" It gives less {' and less '.join(less)} than the clinicians did. The "
+                 "clinicians escalate for reasons the state does not record, so offline "
+                 "estimates learned from their logs tend to credit giving less with outcomes "
+                 "that were not its doing (confounding by indication); on the project's "
+                 "synthetic benchmark the FQE's error followed the policies' treatment "
+                 "intensity in this direction (docs/evaluate.md, item 17).")  # fmt: skip
+    return ["", text]
 
 
 def _action_space(replay: dict[str, Any]) -> str:
@@ -607,6 +656,7 @@ def export_run(
             **{k: v for k, v in summary["metrics"].items()},
         },
         "truth": truth_doc,
+        "treatment_intensity": _treatment_intensity(run, evals, replay),
         "research_only": True,
     }  # fmt: skip
     # checked against the contract before anything is written: a writer that drifts from

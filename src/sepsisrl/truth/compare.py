@@ -60,6 +60,10 @@ ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
 #: The treatment-intensity measures of :func:`intensity_of`, in ``error_by_intensity``.
 INTENSITY = ("vaso_bin", "fluid_bin")
 
+#: |Spearman| with a treatment-intensity measure from which the report says that an
+#: estimator's errors (against the truth) or a selection's scores (without it) follow it.
+INTENSITY_NOTE = 0.5
+
 #: The policy every other is compared with in ``mae_vs_clinician``.
 CLINICIAN = "clinician"
 

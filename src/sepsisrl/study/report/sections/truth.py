@@ -10,7 +10,7 @@ import numpy as np
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import Block, Bullets, Figure, Text, ci, fmt, pct, table
 from sepsisrl.study.report.data import Study
-from sepsisrl.truth.compare import TRUST
+from sepsisrl.truth.compare import INTENSITY_NOTE, TRUST
 from sepsisrl.truth.harness import NONINFERIORITY_MARGIN
 
 #: The estimators the report compares with the truth, and their labels.
@@ -279,10 +279,6 @@ def _oracle_note(noise: dict[str, Any] | None, spearman: float | None, label: st
             f"5th-95th percentile; {TRUST['spearman']} or more in "
             f"{pct(oracle['reaches_target'])} of draws); the {label} {how}.")  # fmt: skip
 
-
-#: |Spearman| of an estimator's error with a treatment-intensity measure from which the report
-#: says that its errors follow the policies' treatment intensity.
-INTENSITY_NOTE = 0.5
 
 #: How the report names the measures of ``compare.INTENSITY``.
 INTENSITY_WORDS = {"vaso_bin": "vasopressor", "fluid_bin": "IV fluid"}
