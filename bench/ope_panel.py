@@ -79,6 +79,7 @@ def main() -> None:
         compare,
         episode_returns,
         estimates_of,
+        intensity_of,
         sensitivities_of,
     )
     from sepsisrl.truth.harness import compute_truth, population_for
@@ -131,6 +132,8 @@ def main() -> None:
                 truth_dirs[itf][name] = folder
             t_truth = time.perf_counter() - t
             truth = truths[interfaces[0]]
+            cases = root / "eval" / name.replace(":", "-") / "cases.csv"
+            intensity = intensity_of(cases, ctx.stats.n_fluid_bins)
             rows.append({
                 "policy": name,
                 "truth": truth["value"]["mean"],
@@ -142,6 +145,7 @@ def main() -> None:
                                  for i, d in truths.items()},
                 "estimates": estimates_of(doc),
                 "episodes": doc["episodes"],  # of the evaluated split: the oracle's size
+                "intensity": intensity,  # mean vasopressor and IV-fluid bins on test states
                 "sensitivity": sensitivities_of(doc),
                 "ess": doc["metrics"]["ess"],
                 "fqe_converged": doc["fqe"]["converged"],
@@ -195,6 +199,12 @@ def main() -> None:
                                sens["coverage_by_lambda"].items()))  # fmt: skip
         for name, lam in sens["lambda_to_cover"].items():
             print(f"  {name:24s} Lambda to contain the truth: {'> grid' if lam is None else lam}")
+    for est in ("fqe", "wdr"):
+        by = result[est].get("error_by_intensity")
+        if by:
+            print(f"{est.upper()}: Spearman of estimate minus truth with the policies' mean bin "
+                  "(the truth's own in brackets): " + ", ".join(
+                      f"{k} {_fmt(v['error'])} ({_fmt(v['truth'])})" for k, v in by.items()))  # fmt: skip
     print()
     for est, doc in result.items():
         print(json.dumps({"world_seed": args.world_seed, "estimator": est, **doc}))

@@ -54,6 +54,7 @@ def main() -> None:
                   f"{num(r['spearman'])} | {num(r['mae'])} | "
                   f"{num(_vs_clinician(doc['rows'], est))} | {num(r['coverage'])} | "
                   f"{num(r['top1_regret'])} | {r['ranked_first']} | {ceiling} | {spread} | {orc} |")  # fmt: skip
+    _intensity_table(docs, wanted)
     print()
     names = [r["policy"] for r in docs[0][1]["rows"]]
     heads = [f"{lab}: truth" + "".join(f" | {lab}: {e.upper()}" for e in wanted) for lab, _ in docs]
@@ -71,6 +72,29 @@ def main() -> None:
                 v = row["estimates"].get(e, (None,))[0]
                 cells.append("not evaluable" if v is None else f"{v:.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _intensity_table(docs: list[tuple[str, dict]], wanted: list[str]) -> None:
+    """Whether each estimator's errors follow the policies' treatment intensity
+    (``compare``'s ``error_by_intensity``), for the files whose rows carry it."""
+    lines = []
+    for label, doc in docs:
+        for est in wanted:
+            by = _recompared(doc, est).get("error_by_intensity")
+            if not by:
+                continue
+            cells = [f"{_signed(v['error'])} ({_signed(v['truth'])})" for v in by.values()]
+            lines.append(f"| {label} | {doc['world_seed']} | {est.upper()} | " + " | ".join(cells)
+                         + " |")  # fmt: skip
+    if lines:
+        print("\n| run | world seed | estimator | error vs vasopressor bin (truth's own) | error "
+              "vs IV-fluid bin (truth's own) |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        print("\n".join(lines))
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
 
 
 def _recompared(doc: dict, est: str) -> dict:
