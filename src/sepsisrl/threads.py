@@ -49,3 +49,16 @@ def machine() -> dict[str, object]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile would use on a CPU (``$CXX``, else ``g++``, else
+    ``clang++`` on PATH), or None: the check a study makes before any work when its runs
+    compile (``train.compile``), instead of failing at the first training unit."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None

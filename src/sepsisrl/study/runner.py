@@ -38,12 +38,13 @@ from typing import Any
 import numpy as np
 
 from sepsisrl import __version__
+from sepsisrl.config import flatten_dotted
 from sepsisrl.contracts import Artifact, EvaluationMetrics, FinalRecord, Selection
 from sepsisrl.locks import holds_lock
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import StudyConfig, baseline_fixed, baseline_grid
 from sepsisrl.study.executors import LocalPool, check_executor, make_executor
-from sepsisrl.threads import limited_threads, machine
+from sepsisrl.threads import cpp_compiler, limited_threads, machine
 from sepsisrl.workspace import (
     atomic_folder,
     code_fingerprint,
@@ -306,6 +307,7 @@ class Study:
         self.ws = workspace
         self.cfg = cfg
         check_executor(cfg.executor)  # e.g. Ray missing: say so before any work
+        check_compiler(cfg)
         self.emit = on_event or (lambda *a: None)
         self.phases: dict[str, dict[str, Any]] = {}
         self.train_code = code_fingerprint("train")
@@ -964,4 +966,19 @@ def run_study(
     return StudyResult(ws, selection["selected"], release, report, seconds, study.phases)
 
 
-__all__ = ["StudyError", "StudyResult", "run_study"]
+def check_compiler(cfg: StudyConfig) -> None:
+    """Fail at once, before any work, when the study's IQL runs compile their step on a CPU
+    (``train.compile``, set by the card profile) and no C++ compiler is on PATH."""
+    train = flatten_dotted(cfg.train)
+    if not train.get("compile") or str(train.get("device", "cpu")).startswith("cuda"):
+        return
+    if cpp_compiler() is None:
+        raise StudyError(
+            f"train.compile is true (profile {cfg.profile}): torch.compile needs a C++ compiler "
+            "on a CPU and none was found ($CXX, g++ or clang++ on PATH). Install one (e.g. "
+            "apt-get install g++), or run without it: --set train.compile=false (the same "
+            "study, about 1.2x slower to train; docs/run.md)"
+        )
+
+
+__all__ = ["StudyError", "StudyResult", "check_compiler", "run_study"]
