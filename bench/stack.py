@@ -1,7 +1,7 @@
 """Benchmark of stacked candidates: a sweep stage's IQL runs trained as stacks vs one run per worker.
 
 Usage:  python bench/stack.py [--runs 18] [--workers 2] [--rounds 3] [--seconds 15]
-                              [--algo iql] [--device cpu] [--out bench/results/stack.json]
+                              [--algo iql] [--device cpu] [--compile] [--out bench/results/stack.json]
 
 Setting: the model card's stage 1 - ``--runs`` IQL candidates (the card's grid: 3 learning-rate
 regimes x 3 IQL settings, over both rewards), 62-dim state, 25 actions, 140,000 train
@@ -14,6 +14,10 @@ that every figure sees the same machine load:
   stacked       ``--workers`` single-thread processes, each training ``runs / workers``
                 candidates as one stack (``rl.trainer.train_stack``, fp32): the default now
   stacked_bf16  the same with ``precision: bf16`` (matrix products in bfloat16; opt-in)
+
+``--compile`` (IQL) adds the same pool and bf16 stacks with the gradient step through
+``torch.compile`` (``compile: true``, what the card profile sets): ``pool_compiled`` and
+``stacked_bf16_compiled``; the one-off compile time is reported apart, not in the rates.
 
 Reported per round and as medians: candidate-steps per second of the whole stage (the sum over
 the concurrent processes), the paired ratio to the pool in the same round, the resulting
@@ -72,8 +76,11 @@ def candidate_configs(first: int, count: int, algo: str = "iql"):
 
 def worker(first: int, count: int, steps: int, precision: str, device: str, algo: str) -> None:
     """Train ``count`` candidates as one stack for ``steps`` steps (after a warm-up); print
-    candidate-steps per second and the peak memory as one JSON line."""
+    candidate-steps per second and the peak memory as one JSON line. ``precision`` may end in
+    ``+compile``: the step through ``torch.compile`` first (its time reported apart)."""
     from sepsisrl.rl.registry import Common, algorithm
+
+    precision, _, compiled = precision.partition("+")
 
     spec = algorithm(algo)
 
@@ -106,6 +113,12 @@ def worker(first: int, count: int, steps: int, precision: str, device: str, algo
             parts.append((states[idx], actions[idx], rewards[idx], states[nxt[idx]], done[idx]))
         return tuple(torch.stack(x) for x in zip(*parts, strict=True))
 
+    compile_seconds = None
+    if compiled:
+        t0 = time.perf_counter()
+        model.compile_step()
+        model.compute_gradients(*batch())  # compiles; only gradients, no weight changes
+        compile_seconds = time.perf_counter() - t0
     for _ in range(5):
         model.update(*batch())
     if device != "cpu":
@@ -118,7 +131,8 @@ def worker(first: int, count: int, steps: int, precision: str, device: str, algo
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
     print(json.dumps({"candidate_steps_per_second": count * steps / seconds,
-                      "seconds": seconds, "peak_mib": peak}))  # fmt: skip
+                      "seconds": seconds, "peak_mib": peak,
+                      "compile_seconds": compile_seconds}))  # fmt: skip
 
 
 def concurrent(jobs: list[list[str]]) -> list[dict]:
@@ -142,6 +156,7 @@ def main() -> None:
     ap.add_argument("--algo", default="iql", choices=["iql", "cql", "bc"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="bench/results/stack.json")
+    ap.add_argument("--compile", action="store_true", help="add the compiled variants (IQL)")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -160,6 +175,12 @@ def main() -> None:
         "stacked_bf16": [[str(f), str(k), str(max(5, int(args.seconds * rate * 1.6 / k))),
                           "bf16", "cpu", a] for f, k in zip(firsts, per, strict=True)],
     }  # fmt: skip
+    if args.compile:
+        if a != "iql":
+            raise SystemExit("--compile: torch.compile of the step is for IQL only")
+        variants["pool_compiled"] = [[*j[:3], "fp32+compile", *j[4:]] for j in variants["pool"]]
+        variants["stacked_bf16_compiled"] = [[*j[:3], "bf16+compile", *j[4:]]
+                                             for j in variants["stacked_bf16"]]  # fmt: skip
     if args.device != "cpu":
         variants["stacked_gpu"] = [["0", str(runs), "300", "fp32", args.device, a]]
         variants["stacked_gpu_bf16"] = [["0", str(runs), "300", "bf16", args.device, a]]
@@ -170,7 +191,8 @@ def main() -> None:
             res = concurrent(jobs)
             row[name] = {"candidate_steps_per_second": sum(x["candidate_steps_per_second"]
                                                            for x in res),
-                         "peak_mib": max(x["peak_mib"] for x in res)}  # fmt: skip
+                         "peak_mib": max(x["peak_mib"] for x in res),
+                         "compile_seconds": max((x["compile_seconds"] or 0.0) for x in res)}  # fmt: skip
         rounds.append(row)
         print(f"round {r + 1}: " + ", ".join(
             f"{k} {v['candidate_steps_per_second']:.1f}" for k, v in row.items()

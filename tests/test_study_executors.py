@@ -139,6 +139,26 @@ def test_an_unknown_or_missing_executor_is_a_clear_error(tmp_path, monkeypatch):
     assert load_study_config("quick").executor == "local"
 
 
+def test_a_study_that_compiles_without_a_cpp_compiler_stops_before_any_work(tmp_path, monkeypatch):
+    import sepsisrl.study.runner as runner
+    from sepsisrl.threads import cpp_compiler
+
+    card = load_study_config("card")
+    assert card.train["compile"] is True  # the card profile compiles IQL's step
+    assert "compile" not in load_study_config("quick").train  # the quick one does not
+    assert cpp_compiler() is not None  # this machine (CI) has one
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    assert cpp_compiler() is None
+    cfg = load_study_config("quick", overrides={**TINY, "train.compile": True})
+    with pytest.raises(StudyError, match=r"train.compile is true .*--set train.compile=false"):
+        runner.run_study(tmp_path / "ws", cfg)
+    assert not (tmp_path / "ws" / "raw").exists()  # no world simulated
+    gpu = load_study_config("quick", overrides={"train.compile": True, "train.device": "cuda"})
+    runner.check_compiler(gpu)  # on a GPU torch.compile needs no host C++ compiler check here
+    runner.check_compiler(load_study_config("quick", overrides={"train.compile": False}))
+
+
 def test_units_declare_their_threads_and_gpu_to_ray():
     assert unit_resources(EMPTY) == {"num_cpus": 1.0, "num_gpus": 0.0}
     cpu = {"threads": 2, "train": {"config": {"device": "cpu"}}, "eval": {}}
