@@ -149,7 +149,7 @@ class SharedStateFunction:
 
     def _alone(self, r: _Request) -> _Answer:
         """A rollout's last call (its SOFA at tau is not read after it)."""
-        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort, whole=True, due=True)
+        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort, whole=True)
         return _Answer(states, treatment, None)
 
     def _merged(self, requests: dict[int, _Request]) -> dict[int, _Answer]:
@@ -165,8 +165,7 @@ class SharedStateFunction:
         }
         grid = _concat([shifted[i].grid for i in order])
         cohort = _concat([shifted[i].cohort for i in order])
-        # every client selected its due rows (StateClient): the union is the call's own
-        states, treatment = self.fn(charted, static, grid, cohort, due=True)
+        states, treatment = self.fn(charted, static, grid, cohort)
         wanting = [i for i in order if requests[i].sofa]
         sofa = self.fn.sofa(_concat([shifted[i].grid for i in wanting])) if wanting else None
         out: dict[int, _Answer] = {}
