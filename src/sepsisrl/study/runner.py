@@ -977,7 +977,7 @@ def check_compiler(cfg: StudyConfig) -> None:
             f"train.compile is true (profile {cfg.profile}): torch.compile needs a C++ compiler "
             "on a CPU and none was found ($CXX, g++ or clang++ on PATH). Install one (e.g. "
             "apt-get install g++), or run without it: --set train.compile=false (the same "
-            "study, about 1.2x slower to train; docs/run.md)"
+            "study, about 1.1x slower to train; docs/run.md)"
         )
 
 
