@@ -91,5 +91,5 @@ def _logits(networks: Mapping[str, torch.nn.Module], cfg: BCQConfig, states: tor
 ALGORITHM = AlgorithmSpec(
     name="bcq", config=BCQConfig, implementation=BCQ, policy_module="q",
     exports=("behaviour",),  # the behaviour model gates BCQ's greedy action
-    logits=_logits,
+    logits=_logits, step_cost=3.2,  # bench/step_cost.py
 )  # fmt: skip

@@ -110,5 +110,6 @@ class CQL(StackedModel):
 
 
 ALGORITHM = AlgorithmSpec(
-    name="cql", config=CQLConfig, implementation=CQL, policy_module="q", stackable=True
-)
+    name="cql", config=CQLConfig, implementation=CQL, policy_module="q", stackable=True,
+    step_cost=1.7,  # bench/step_cost.py
+)  # fmt: skip

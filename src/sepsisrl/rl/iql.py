@@ -215,5 +215,5 @@ class IQL(StackedModel):
 
 ALGORITHM = AlgorithmSpec(
     name="iql", config=IQLConfig, implementation=IQL, policy_module="actor", exportable=True,
-    compile=True, stackable=True,
+    compile=True, stackable=True, step_cost=5.1,  # bench/step_cost.py
 )  # fmt: skip

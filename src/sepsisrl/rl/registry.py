@@ -18,7 +18,10 @@ Each algorithm is one module (``rl/iql.py``, ``rl/cql.py``, ...) that defines ``
 - ``compile``         whether ``compile: true`` applies (a ``compile_step()`` method);
 - ``stackable``       whether several runs of it train together as one stack
                       (``rl.trainer.train_stack``): ``implementation.stack(models)``,
-                      ``member(i)``, inputs (K, batch, ...), statistics (K,).
+                      ``member(i)``, inputs (K, batch, ...), statistics (K,);
+- ``step_cost``       the time of one gradient step relative to BC's on the same network
+                      (only used to start a study phase's longest units first; a wrong
+                      figure costs time, never changes an outcome).
 
 Adding an algorithm: write its module (config, implementation, ``ALGORITHM = AlgorithmSpec(...)``)
 and add its module path to :data:`REGISTERED` - one line (docs/train.md).
@@ -88,6 +91,7 @@ class AlgorithmSpec:
     exportable: bool = False
     compile: bool = False
     stackable: bool = False
+    step_cost: float = 1.0
 
     def create(self, common: Common, section: BaseModel) -> Algorithm:
         """The implementation with its networks built (initialised from torch's global RNG)."""

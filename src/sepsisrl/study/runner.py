@@ -280,6 +280,40 @@ def truth_units(
     return units
 
 
+def _training_cost(spec: dict[str, Any], train_sizes: dict[str, int]) -> float:
+    """A training job's expected time in BC-step units: its gradient steps (to ``pause_at``
+    for a successive-halving rung) times its algorithm's ``step_cost``."""
+    from sepsisrl.rl.registry import algorithm
+
+    cfg = spec["config"]
+    steps = cfg["steps"]
+    if not steps:
+        replay = spec["replay"]
+        if replay not in train_sizes:
+            meta = read_json(Path(replay) / "meta.json")
+            train_sizes[replay] = meta["splits"]["train"]["n_transitions"]
+        steps = cfg["epochs"] * max(1, train_sizes[replay] // cfg["batch_size"])
+    steps = min(steps, spec.get("pause_at") or steps)
+    return steps * algorithm(cfg["algo"]).step_cost
+
+
+def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs in the order to start them: those that train longest first (longest-processing-
+    time-first), the rest (evaluations, truths) after them in their own order. With fewer
+    workers than units this keeps a short unit, not a long one, for the end of a phase: in
+    the card's baseline tuning the three CQL runs start before the two BC runs. The order
+    changes when a unit finishes, never what it computes."""
+    sizes: dict[str, int] = {}
+
+    def cost(job: dict[str, Any]) -> float:
+        specs = job.get("stack") or ([job["train"]] if job.get("train") else [])
+        return sum(_training_cost(spec, sizes) for spec in specs)
+
+    costs = [cost(job) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -costs[i])  # stable: ties keep their order
+    return [jobs[i] for i in order]
+
+
 def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
     """One unit of work: optionally train a run, then optionally evaluate a policy or measure
     its truth."""
@@ -386,7 +420,7 @@ class Study:
                                           self.cfg.ray_address)  # fmt: skip
             else:
                 self.pool.recycle()
-            futures = {self.pool.submit(job): job for job in jobs}
+            futures = {self.pool.submit(job): job for job in longest_first(jobs)}
             for fut in as_completed(futures):
                 try:
                     record(fut.result())
