@@ -149,7 +149,7 @@ class SharedStateFunction:
 
     def _alone(self, r: _Request) -> _Answer:
         """A rollout's last call (its SOFA at tau is not read after it)."""
-        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort, whole=True)
+        states, treatment = self.fn(r.charted, r.static, r.grid, r.cohort, whole=True, due=True)
         return _Answer(states, treatment, None)
 
     def _merged(self, requests: dict[int, _Request]) -> dict[int, _Answer]:
@@ -165,7 +165,8 @@ class SharedStateFunction:
         }
         grid = _concat([shifted[i].grid for i in order])
         cohort = _concat([shifted[i].cohort for i in order])
-        states, treatment = self.fn(charted, static, grid, cohort)
+        # every client's rows are already its grid's (StateClient applies due_rows)
+        states, treatment = self.fn(charted, static, grid, cohort, due=True)
         wanting = [i for i in order if requests[i].sofa]
         sofa = self.fn.sofa(_concat([shifted[i].grid for i in wanting])) if wanting else None
         out: dict[int, _Answer] = {}

@@ -105,10 +105,13 @@ class OnlineStateFunction:
         grid: pa.Table,
         cohort: pa.Table,
         whole: bool = False,
+        due: bool = False,
     ) -> tuple[States, pa.Table]:
         """States at every step of ``grid`` and the treatment of its action windows.
         ``whole``: the call is over a whole rollout (its last); the result is the same, and a
-        shared state function (``truth/lockstep.py``) runs it on its own.
+        shared state function (``truth/lockstep.py``) runs it on its own. ``due``: the caller
+        passes only the grid's stays' rows (``due_rows`` already applied), so they are not
+        selected again.
 
         ``charted``: chartevents, labevents, inputevents, outputevents rows so far (any stays);
         ``static``: patients, admissions, icustays rows (``icustays.outtime`` null while the
@@ -118,7 +121,8 @@ class OnlineStateFunction:
         self.calls += 1
         self._use_optimizer(whole)
         con = self.con
-        charted, static = due_rows(charted, static, grid)
+        if not due:
+            charted, static = due_rows(charted, static, grid)
         for name in ("chartevents", "labevents", "inputevents", "outputevents"):
             con.register(f"src_{name}", charted[name])
         icu = static["icustays"]
