@@ -186,12 +186,12 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     from sepsisrl.rl.data import load_split
 
     cfg = ReferenceConfig(
-        rounds=1, patients_per_round=40, steps_per_round=30, batch_size=32,
+        rounds=1, patients_per_round=20, steps_per_round=30, batch_size=32,
         exploration="uniform", support_threshold=0.0,
     )  # fmt: skip
     out = tmp_path / "ref"
     summary = train_reference(
-        ws, cfg, out, truth_patients=40, truth_seed=3, cache=tmp_path / "populations"
+        ws, cfg, out, truth_patients=20, truth_seed=3, cache=tmp_path / "populations"
     )
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 1 and rounds[0]["episodes"] > 0
@@ -202,7 +202,7 @@ def test_the_online_reference_learns_from_its_own_rollouts_and_measures_its_trut
     assert truth["policy"] == "online_dqn" and truth["decisions_deferred_to_clinicians"] == 0
     assert summary["true_value"] == truth["value"]
     assert summary["truth_population"] == {
-        "patients": 40,
+        "patients": 20,
         "seed": 3,
         "chosen": "set by the caller (--truth-patients / --truth-seed)",
         "episodes": truth["episodes"],
@@ -241,15 +241,15 @@ def test_the_online_reference_trains_and_is_measured_under_the_titrated_interfac
     from sepsisrl.env import reference
     from sepsisrl.env.reference import ReferenceConfig, train_reference
 
-    monkeypatch.setattr(reference, "study_truth_population", lambda _ws: (30, 3, "the study's"))
+    monkeypatch.setattr(reference, "study_truth_population", lambda _ws: (15, 3, "the study's"))
     cfg = ReferenceConfig(
-        rounds=1, patients_per_round=30, steps_per_round=10, batch_size=32, interface="titrated"
+        rounds=1, patients_per_round=15, steps_per_round=10, batch_size=32, interface="titrated"
     )
     summary = train_reference(ws, cfg, tmp_path / "ref", cache=tmp_path / "pop")
     truth = json.loads((tmp_path / "ref" / "truth" / "truth.json").read_text())
     assert truth["interface"] == "titrated" == summary["truth_population"]["interface"]
     pop = summary["truth_population"]
-    assert (pop["patients"], pop["seed"], pop["chosen"]) == (30, 3, "the study's")
+    assert (pop["patients"], pop["seed"], pop["chosen"]) == (15, 3, "the study's")
     assert truth["realised_action_agreement"] is not None
     with pytest.raises(ConfigError, match="interface"):
         validate_dataclass(ReferenceConfig, {"interface": "hourly"}, "reference")
@@ -266,11 +266,11 @@ def test_the_online_reference_can_explore_and_act_within_the_clinicians_support(
     from sepsisrl.rl.networks import MLP
 
     cfg = ReferenceConfig(
-        rounds=1, patients_per_round=30, steps_per_round=10, batch_size=32,
+        rounds=1, patients_per_round=15, steps_per_round=10, batch_size=32,
         exploration="clinicians", support_threshold=0.5,
     )  # fmt: skip
     out = tmp_path / "ref"
-    summary = train_reference(ws, cfg, out, truth_patients=30, truth_seed=3, cache=tmp_path / "p")
+    summary = train_reference(ws, cfg, out, truth_patients=15, truth_seed=3, cache=tmp_path / "p")
     assert summary["training"]["exploration"] == "clinicians"
     assert summary["training"]["support_threshold"] == 0.5
     behaviour = BehaviourModel.load(out / "behaviour")
@@ -301,7 +301,7 @@ def test_the_transitions_of_a_rollout_carry_the_replays_rewards(own_world, tmp_p
     from sepsisrl.truth.rollout import rollout_population
 
     _, _, ctx = own_world
-    pop = population_for(ctx, 40, 9, cache=tmp_path / "populations")
+    pop = population_for(ctx, 20, 9, cache=tmp_path / "populations")
     torch_q = MLP(len(ctx.feature_names), 25, (8,))
     policy = GreedyQ(torch_q, epsilon=0.5, seed=1)
     outcome = rollout_population(ctx, pop, policy, tmp_path / "work")

@@ -38,7 +38,7 @@ TINY = {
         "behaviour_cloning": {"algo": "bc"},
         "cql": {"algo": "cql", "grid": {"cql.alpha": [0.1, 5.0]}},
     },
-    "truth.patients": 40,
+    "truth.patients": 20,  # 9 episodes; a rollout's calls grow with its patients' decisions
     # every policy's rollout in one lockstep unit: a rollout's cost is mostly the state
     # function's calls (one per simulated hour with a decision due, whatever the number of
     # patients), which lockstep shares; the outcomes are those of each policy alone
@@ -451,7 +451,8 @@ def test_truth_of_every_candidate_and_baseline_after_the_selection(study):
         assert noise["oracle"]["episodes"] == val_eval["episodes"]
     for p in doc["policies"]:
         truth = _read(ws / p["truth"] / "truth.json")
-        assert truth["value"]["mean"] == p["true_value"] and truth["patients_simulated"] == 40
+        assert truth["value"]["mean"] == p["true_value"]
+        assert truth["patients_simulated"] == TINY["truth.patients"]
         if p["role"] == "candidate":
             assert set(p["validation_estimates"]) >= {"fqe", "wdr", "wis"}
             # the treatment intensity its validation evaluation chose, from its cases.csv
@@ -618,12 +619,19 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
 
 
 @pytest.mark.slow
-def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study):
+def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study, monkeypatch):
+    from sepsisrl.study import runner
     from sepsisrl.study.runner import run_study
 
     ws, cfg, result, _, _, source = study
     before = (ws / "study" / "selection.json").read_bytes()
-    again = run_study(ws, cfg, source=source)
+
+    def nothing_to_run(job):
+        raise AssertionError(f"{job['label']} was run again, though done with the same key")
+
+    with monkeypatch.context() as m:  # every unit is found done before it is handed out
+        m.setattr(runner, "execute_unit", nothing_to_run)
+        again = run_study(ws, cfg, source=source)
     assert again.selected == result.selected
     for phase in ("stage 1", "stage 2", "final test"):
         assert again.phases[phase]["trained"] == 0 and again.phases[phase]["evaluated"] == 0

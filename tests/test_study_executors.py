@@ -234,7 +234,7 @@ SMALLER = {**TINY, "baselines.trained": {"bc": {"algo": "bc"}}, "truth.enabled":
 
 @pytest.mark.slow
 def test_ray_and_the_local_pool_give_the_same_bytes_and_share_the_cache(
-    ray_instance, small_world, tmp_path
+    ray_instance, small_world, tmp_path, monkeypatch
 ):
     """A study on the local pool; its copy without the units of the candidates that stopped at
     stage 1 run on Ray: Ray redoes them to the same bytes (same selection and final test
@@ -263,7 +263,14 @@ def test_ray_and_the_local_pool_give_the_same_bytes_and_share_the_cache(
         assert ran.phases[phase]["trained"] == 0 and ran.phases[phase]["evaluated"] == 0
     for record in ("study/selection.json", "study/final.json"):
         assert (ray_ws / record).read_bytes() == (local_ws / record).read_bytes()
-    again = run_study(ray_ws, local_cfg, source=source)  # Ray's units, reused by the local pool
+    # Ray's units, reused by the local pool: found done by the driver, so no worker starts
+    from sepsisrl.study import runner
+
+    def no_executor(*args):
+        raise AssertionError("an executor was started for units that were all done")
+
+    monkeypatch.setattr(runner, "make_executor", no_executor)
+    again = run_study(ray_ws, local_cfg, source=source)
     for phase in ("stage 1", "stage 2", "final test"):
         assert again.phases[phase]["trained"] == 0 and again.phases[phase]["evaluated"] == 0
 
@@ -306,6 +313,36 @@ def test_recycling_the_pool_replaces_every_idle_worker_and_units_still_run(tmp_p
         pool.close()
 
 
+def test_recycling_keeps_the_workers_under_the_memory_limit_and_replaces_the_others(tmp_path):
+    """``recycle_workers_above_gib``: a worker whose resident memory is under the limit is kept
+    (it saves an interpreter start and the imports), one above it is replaced; where the
+    resident size cannot be read it counts as above (every worker is replaced)."""
+    from sepsisrl.study import executors
+
+    assert executors.resident_bytes(os.getpid()) < 2**40
+    assert executors.resident_bytes(2**22 + 12345) == sys.maxsize  # no such process
+    pool = LocalPool(2, tmp_path / "workers.log")
+    try:
+        for i in range(2):
+            pool.submit({**EMPTY, "label": f"u{i}"}).result(timeout=120)
+        lean = list(pool.procs)
+        pool.recycle(above_bytes=2**40)  # both far below: both kept, still serving
+        assert pool.procs == lean and all(p.poll() is None for p in lean)
+        assert pool.submit(EMPTY).result(timeout=120)["label"] == "empty"
+        # as if the first had grown to 2 GiB and the second held 100 MB: only the first goes
+        sizes = {lean[0].pid: 2 * 2**30, lean[1].pid: 100 * 2**20}
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(executors, "resident_bytes", sizes.__getitem__)
+            pool.recycle(above_bytes=2**30)
+        assert pool.procs[1] is lean[1] and pool.procs[0] is not lean[0]
+        assert lean[0].poll() == 0 and lean[1].poll() is None  # ended cleanly; still serving
+        labels = {pool.submit({**EMPTY, "label": f"v{i}"}).result(timeout=120)["label"]
+                  for i in range(3)}  # fmt: skip
+        assert labels == {"v0", "v1", "v2"}
+    finally:
+        pool.close()
+
+
 def test_with_workers_even_a_single_unit_runs_in_a_worker_not_in_the_driver(tmp_path, monkeypatch):
     """The driver stays lean: a one-unit phase (the clinicians' validation evaluation, ...) ran
     in the driver and left about 1.4 GB there for the rest of a card study. With workers it runs
@@ -317,7 +354,8 @@ def test_with_workers_even_a_single_unit_runs_in_a_worker_not_in_the_driver(tmp_
 
     monkeypatch.setattr(runner, "execute_unit", in_driver)
     (tmp_path / "study").mkdir()
-    study = runner.Study(tmp_path, load_study_config("quick", overrides={"workers": 2}), None)
+    fresh = {"workers": 2, "recycle_workers_above_gib": 0}
+    study = runner.Study(tmp_path, load_study_config("quick", overrides=fresh), None)
     try:
         study.run_units("one unit", [EMPTY])
         assert study.phases["one unit"]["units"] == 1
@@ -326,6 +364,14 @@ def test_with_workers_even_a_single_unit_runs_in_a_worker_not_in_the_driver(tmp_
         assert not set(study.pool.procs) & set(first)  # the next phase: fresh workers
     finally:
         study.close()
+    lean = runner.Study(tmp_path, load_study_config("quick", overrides={"workers": 2}), None)
+    try:  # by default (1 GiB) workers this lean serve the next phase too
+        lean.run_units("one unit", [EMPTY])
+        first = list(lean.pool.procs)
+        lean.run_units("next phase", [{**EMPTY, "label": "again"}])
+        assert lean.pool.procs == first
+    finally:
+        lean.close()
     alone = runner.Study(tmp_path, load_study_config("quick", overrides={"workers": 1}), None)
     with pytest.raises(AssertionError, match="empty ran in the driver"):
         alone.run_units("one unit", [EMPTY])

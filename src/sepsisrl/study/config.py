@@ -164,6 +164,9 @@ class StudyConfig(StrictModel):
     build: dict[str, Any]  # dotted overrides of configs/build.yaml (BuildConfig)
     workers: int = Field(ge=0)
     threads_per_worker: int = Field(ge=1)
+    # between phases, a local worker holding more memory than this is replaced by a fresh one
+    # (0: every phase starts on fresh workers); never part of a cache key
+    recycle_workers_above_gib: float = Field(ge=0)
     # a stage's runs (the IQL candidates, the baselines' grids) as stacks, one per worker (same
     # weights as alone); auto: when they pay (bf16 or cuda; in fp32 on a CPU a run's step is
     # already bound by its matrix products)

@@ -39,6 +39,19 @@ def _study_error(message: str) -> Exception:
 
 
 # ---------------------------------------------------------------- local worker processes
+def resident_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` (``VmRSS``); a very large number where it cannot
+    be read (no ``/proc``: then it always counts as above any limit)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return sys.maxsize
+
+
 class LocalPool:
     """Persistent worker processes (``python -m sepsisrl.study.worker``) fed JSON lines.
 
@@ -123,27 +136,32 @@ class LocalPool:
     def submit(self, job: dict[str, Any]) -> Future:
         return self.threads.submit(self._call, job)
 
-    def recycle(self) -> None:
-        """Replace every worker by a fresh process; only between phases (no unit running).
+    def recycle(self, above_bytes: int = 0) -> None:
+        """Replace every worker holding more than ``above_bytes`` of resident memory by a fresh
+        process (``0``: every worker); only between phases (no unit running).
 
         A worker's memory grows with what it ran - allocator arenas kept after training
         stacks and evaluations - and carried it into the truth phase, whose rollouts need about
         1.5 GB each: the card study peaked at 10.1 GiB that way (docs/run.md). A phase that
-        starts on fresh workers needs only what its own units use. Costs one interpreter
-        start per worker, overlapped with the phase's first units."""
+        starts on fresh workers needs only what its own units use. A fresh worker costs an
+        interpreter start and its imports (about 3 s of CPU), so a lean one is kept: with the
+        study's ``recycle_workers_above_gib`` no phase inherits more than that per worker.
+        Where the resident size cannot be read (no ``/proc``), every worker is replaced."""
         with self.lock:
             if self.closing:
                 return
-            old = [self.idle.get_nowait() for _ in range(self.idle.qsize())]
-            if len(old) != len(self.procs):
-                for p in old:
+            idle = [self.idle.get_nowait() for _ in range(self.idle.qsize())]
+            if len(idle) != len(self.procs):
+                for p in idle:
                     self.idle.put(p)
                 raise RuntimeError("LocalPool.recycle: units are still running")
+            old = [p for p in idle if above_bytes <= 0 or resident_bytes(p.pid) > above_bytes]
             for p in old:
                 if p.stdin is not None and not p.stdin.closed:
                     with contextlib.suppress(OSError, ValueError):
                         p.stdin.close()  # an idle worker ends when its stdin closes
-            self.procs = [self._start() for _ in old]
+            fresh = {p.pid: self._start() for p in old}
+            self.procs = [fresh.get(p.pid, p) for p in self.procs]
             for p in self.procs:
                 self.idle.put(p)
         for p in old:
@@ -273,7 +291,7 @@ class RayExecutor:
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
         return _study_error(f"unit {label} failed: {message} (details in {self.log})")
 
-    def recycle(self) -> None:
+    def recycle(self, above_bytes: int = 0) -> None:
         """Nothing to do: Ray starts, reuses and stops its own worker processes."""
 
     def close(self, abort: bool = False) -> None:

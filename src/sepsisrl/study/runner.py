@@ -76,6 +76,88 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# ---------------------------------------------------------------- what a unit finds done
+# One definition of "finished with the same key" per kind of work, read by the unit itself
+# (``_ensure_*``) and by the driver before it hands a unit to a worker (``unit_done``).
+def _same_key(marker: Path, key: str) -> bool:
+    return marker.is_file() and read_json(marker).get("key") == key
+
+
+def _run_done(spec: dict[str, Any]) -> bool:
+    """A training run complete with the same key (a halving rung's spec: never, from here)."""
+    run = Path(spec["run_dir"])
+    if spec.get("pause_at"):
+        return False  # its snapshot and checkpoint are the unit's to check (_ensure_stack)
+    return (
+        _same_key(run / "study.json", spec["key"])
+        and (run / "final" / "policy.safetensors").is_file()
+    )
+
+
+def _eval_key(spec: dict[str, Any]) -> str:
+    policy_id = spec["spec"]
+    if spec["kind"] == "run":
+        policy_id = _file_sha(Path(spec["spec"]) / "final" / "policy.safetensors")
+    # the behaviour model is an input too: a refit one (new code, config) redoes the evaluation
+    behaviour_id = _file_sha(Path(spec["behaviour"]) / "behaviour.safetensors")
+    return stable_hash({"base": spec["key"], "policy": policy_id, "behaviour": behaviour_id})
+
+
+def _eval_done(spec: dict[str, Any], key: str) -> bool:
+    out = Path(spec["out"])
+    return (out / "metrics.json").is_file() and _same_key(out / "study.json", key)
+
+
+def _truth_key(spec: dict[str, Any]) -> str:
+    policy_id = spec["policy"]
+    if spec["kind"] in ("run", "held_sample"):
+        policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
+        if spec["kind"] == "held_sample":
+            policy_id = f"held_sample:{policy_id}"
+    interface = spec.get("interface", "held")
+    return stable_hash({"base": spec["key"], "policy": policy_id, "interface": interface})
+
+
+def _truth_done(spec: dict[str, Any], key: str) -> bool:
+    out = Path(spec["out"])
+    return (out / "truth.json").is_file() and _same_key(out / "study.json", key)
+
+
+_WORK = ("train", "stack", "eval", "evals", "truth", "truths")
+
+
+def unit_done(job: dict[str, Any]) -> bool:
+    """Whether every part of a unit is already done with the same key, so that running it
+    would only find that out (the driver then records it as cached without starting a
+    worker). Conservative: a unit with no work, a halving rung, or anything unreadable is
+    handed to a worker, which decides as before."""
+    if not any(job.get(k) for k in _WORK):
+        return False
+    try:
+        runs = job.get("stack") or ([job["train"]] if job.get("train") else [])
+        if not all(_run_done(spec) for spec in runs):
+            return False
+        evals = ([job["eval"]] if job.get("eval") else []) + list(job.get("evals") or [])
+        if not all(_eval_done(spec, _eval_key(spec)) for spec in evals):
+            return False
+        truths = ([job["truth"]] if job.get("truth") else []) + list(job.get("truths") or [])
+        return all(_truth_done(spec, _truth_key(spec)) for spec in truths)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def cached_answer(job: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`execute_unit` answers for a unit that ``unit_done`` (nothing redone)."""
+    stacked = bool(job.get("stack"))
+    return {
+        "label": job["label"],
+        "trained": 0 if stacked else (False if job.get("train") else None),
+        "evaluated": 0 if stacked else (False if job.get("eval") else None),
+        "measured": 0 if job.get("truths") else (False if job.get("truth") else None),
+        "seconds": 0.0,
+    }
+
+
 def write_record(model: type[Artifact], path: Path, doc: dict[str, Any]) -> None:
     """Write a study record through its contract (``sepsisrl.contracts``): a document that
     drifts from it (a key renamed, left out or added) fails here, naming the key, and nothing
@@ -103,8 +185,7 @@ def _ensure_stack(specs: list[dict[str, Any]]) -> int:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for spec in specs:
         run = Path(spec["run_dir"])
-        marker = run / "study.json"
-        same = marker.is_file() and read_json(marker).get("key") == spec["key"]
+        same = _same_key(run / "study.json", spec["key"])
         if same and (run / "final" / "policy.safetensors").is_file():
             continue
         checkpoint = latest_checkpoint(run) if same else None
@@ -160,14 +241,8 @@ def _ensure_eval(spec: dict[str, Any]) -> bool:
     from sepsisrl.ope.evaluate import EvalConfig, evaluate, record_final_folder
 
     out = Path(spec["out"])
-    policy_id = spec["spec"]
-    if spec["kind"] == "run":
-        policy_id = _file_sha(Path(spec["spec"]) / "final" / "policy.safetensors")
-    # the behaviour model is an input too: a refit one (new code, config) redoes the evaluation
-    behaviour_id = _file_sha(Path(spec["behaviour"]) / "behaviour.safetensors")
-    key = stable_hash({"base": spec["key"], "policy": policy_id, "behaviour": behaviour_id})
-    marker = out / "study.json"
-    if (out / "metrics.json").is_file() and marker.is_file() and read_json(marker)["key"] == key:
+    key = _eval_key(spec)
+    if _eval_done(spec, key):
         return False
     cfg = validate_dataclass(EvalConfig, spec["cfg"], "evaluation")  # resolved, as keyed
     with atomic_folder(out) as tmp:
@@ -221,17 +296,8 @@ def _ensure_truths(specs: list[dict[str, Any]]) -> int:
 
     todo = []
     for spec in specs:
-        policy_id = spec["policy"]
-        if spec["kind"] in ("run", "held_sample"):
-            policy_id = _file_sha(Path(spec["policy"]) / "final" / "policy.safetensors")
-            if spec["kind"] == "held_sample":
-                policy_id = f"held_sample:{policy_id}"
-        interface = spec.get("interface", "held")
-        key = stable_hash({"base": spec["key"], "policy": policy_id, "interface": interface})
-        out = Path(spec["out"])
-        marker = out / "study.json"
-        if not ((out / "truth.json").is_file() and marker.is_file()
-                and read_json(marker)["key"] == key):  # fmt: skip
+        key = _truth_key(spec)
+        if not _truth_done(spec, key):
             todo.append((spec, key))
     if not todo:
         return 0
@@ -407,20 +473,29 @@ class Study:
             note = "cached" if cached else f"{res['seconds']:.0f} s"
             self.emit(phase, done, total, f"{res['label']} ({note})")
 
+        # units already done with the same keys are recorded here: a resumed or repeated
+        # study starts no worker (and no Ray task) for a phase that has nothing left to do
+        todo = []
+        for job in jobs:
+            if unit_done(job):
+                record(cached_answer(job))
+            else:
+                todo.append(job)
         if self.cfg.executor == "local" and self.workers == 1:
-            for job in jobs:
+            for job in todo:
                 record(execute_unit(job))
-        else:
+        elif todo:
             # with workers, every unit runs in one (a single unit too): the driver stays lean,
-            # and each phase starts on fresh workers, so that no phase carries the memory
-            # an earlier phase's units left behind (LocalPool.recycle, docs/run.md)
+            # and each phase starts on fresh workers, or on workers still lean, so that no
+            # phase carries the memory an earlier phase's units left behind
+            # (LocalPool.recycle, docs/run.md)
             if self.pool is None:
                 self.pool = make_executor(self.cfg.executor, self.workers,
                                           self.ws / "study" / "workers.log",
                                           self.cfg.ray_address)  # fmt: skip
             else:
-                self.pool.recycle()
-            futures = {self.pool.submit(job): job for job in longest_first(jobs)}
+                self.pool.recycle(int(self.cfg.recycle_workers_above_gib * 2**30))
+            futures = {self.pool.submit(job): job for job in longest_first(todo)}
             for fut in as_completed(futures):
                 try:
                     record(fut.result())
