@@ -2,7 +2,7 @@
 
 Usage:  python bench/noninferiority.py --workspace WS [--chunks 4] [--patients 5000]
                                        [--margin 0.01] [--interface held] [--reference]
-                                       [--out FILE]
+                                       [--workers 1] [--out FILE]
 
 A study's own truth phase (``study/truth.json``) rolls every policy out over one population
 of fresh patients (1,000 in the quick profile: about 360 episodes), so the paired 95 % CI of
@@ -13,8 +13,9 @@ the exported policy (the model repository of ``study/final.json`` ``release``, a
 study's truth used seed 0, so these patients never took part in training, selection or the
 study's truth), paired patient by patient with the clinicians' own outcomes (common random
 numbers), and pools the paired per-episode differences of every chunk into one mean and 95 %
-CI. Populations are simulated one chunk at a time, so memory stays that of one chunk (about
-3 GB for 5,000 patients).
+CI. A process simulates one chunk at a time, so its memory stays that of one chunk (about
+3 GB for 5,000 patients); ``--workers N`` measures N chunks at once in N processes, with the
+same figures as one process (each chunk is seeded on its own and pooled in seed order).
 
 With ``--reference`` the same patients are also rolled out (in lockstep) under
 ``clinicians_held_4h``, the study's interface reference: the clinicians' own actions, drawn
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,69 +65,46 @@ def main() -> None:
         action="store_true",
         help="also measure clinicians_held_4h (what the action interface alone costs)",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="chunks measured in parallel processes (about 3 GB each at 5,000 patients)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from sepsisrl.truth.harness import (
-        clinician_reference,
-        compute_truths,
-        mean_ci,
-        population_for,
-    )
-    from sepsisrl.truth.policies import held_sample, world_policy
-    from sepsisrl.truth.world import TruthContext
+    from sepsisrl.truth.harness import mean_ci
 
     ws = args.workspace
-    bundle = None if args.run else exported_bundle(ws)
-    ctx = TruthContext.load(ws)
-    source = args.run or bundle
-    policies = {
-        "exported": world_policy(
-            None, args.run, bundle, ctx.feature_names, ctx.n_actions, 0, workspace=ws
-        )
-    }
-    roots = {"exported": ws / "truth" / "noninferiority" / source.name}
-    if args.reference:  # the clinicians' own (behaviour-cloned) actions, held for 4 hours
-        bc = behaviour_cloning_run(ws)
-        roots["clinicians_held_4h"] = ws / "truth" / "noninferiority" / "clinicians_held_4h"
-    build = ctx.build_fingerprint()
-    suffix = "" if args.interface == "held" else f"-{args.interface}"
-    diffs = {k: ([], []) for k in roots}
-    per_chunk: dict[str, list] = {k: [] for k in roots}
+    source = args.run or exported_bundle(ws)
+    if args.reference:
+        behaviour_cloning_run(ws)  # fails early, naming final.json, when there is none
+    seeds = list(range(1, args.chunks + 1))
+    task = (ws, args.run, args.patients, args.interface, args.reference)
     started = time.perf_counter()
-    for seed in range(1, args.chunks + 1):
-        t0 = time.perf_counter()
-        if args.reference:  # seeded per chunk, as the study seeds it with its truth seed
-            policies["clinicians_held_4h"] = held_sample(bc, ctx.feature_names, seed, ws)
-        outs = {k: root / f"s{seed}-n{args.patients}{suffix}" for k, root in roots.items()}
-        missing = [k for k, out in outs.items() if not _reusable(out, build, args.interface)]
-        if missing:  # in lockstep (truth/lockstep.py): each outcome the one it has alone
-            jobs = [(policies[k], outs[k]) for k in missing]
-            compute_truths(ws, jobs, args.patients, seed, ctx=ctx, interface=args.interface)
-        pop = population_for(ctx, args.patients, seed)
-        ref = clinician_reference(pop, ctx)
-        ref_died = ref["died_90d"].to_numpy(zero_copy_only=False).astype(float)
-        for k, out in outs.items():
-            ep = pq.read_table(out / "episodes.parquet").sort_by("stay_id")
-            if ep["stay_id"].to_pylist() != ref["stay_id"].to_pylist():
-                raise SystemExit(f"{out}: its episodes are not population seed {seed}'s")
-            died = ep["died_90d"].to_numpy(zero_copy_only=False).astype(float)
-            diffs[k][0].append(died - ref_died)
-            diffs[k][1].append(ep["return_eval"].to_numpy() - ref["return_eval"].to_numpy())
-            chunk = {
-                "seed": seed,
-                "episodes": len(died),
-                "mortality_policy": float(died.mean()),
-                "mortality_clinicians": float(ref_died.mean()),
-                "mortality_difference": mean_ci(diffs[k][0][-1]),
-                "value_difference": mean_ci(diffs[k][1][-1]),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            per_chunk[k].append(chunk)
+    diffs: dict[str, tuple[list, list]] = {}
+    per_chunk: dict[str, list] = {}
+    names: dict[str, str] = {}
+    build = ""
+    if args.workers > 1:  # chunks in parallel processes, pooled in seed order below
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+            answers = list(pool.map(measure_chunk, [(*task, seed) for seed in seeds]))
+    else:
+        answers = (measure_chunk((*task, seed)) for seed in seeds)
+    for answer in answers:
+        build = answer["build"]
+        for k, (died, value, chunk) in answer["policies"].items():
+            names[k] = answer["names"][k]
+            diffs.setdefault(k, ([], []))
+            diffs[k][0].append(died)
+            diffs[k][1].append(value)
+            per_chunk.setdefault(k, []).append(chunk)
             d = chunk["mortality_difference"]
             print(
-                f"{k}, chunk seed {seed}: {chunk['episodes']} episodes, mortality difference "
-                f"{100 * d['mean']:+.2f} pts [{100 * d['ci95'][0]:+.2f}, "
+                f"{k}, chunk seed {chunk['seed']}: {chunk['episodes']} episodes, mortality "
+                f"difference {100 * d['mean']:+.2f} pts [{100 * d['ci95'][0]:+.2f}, "
                 f"{100 * d['ci95'][1]:+.2f}] ({chunk['seconds']} s)",
                 flush=True,
             )
@@ -133,17 +113,18 @@ def main() -> None:
         "policy_source": str(source),
         "interface": args.interface,
         "patients": args.patients * args.chunks,
-        "seeds": list(range(1, args.chunks + 1)),
+        "seeds": seeds,
+        "workers": args.workers,
         "margin": args.margin,
         "build_fingerprint": build,
         "policies": {},
     }
-    for k in roots:
+    for k in diffs:
         m = mean_ci(np.concatenate(diffs[k][0]))
         v = mean_ci(np.concatenate(diffs[k][1]))
         upper = m["ci95"][1]
         result["policies"][k] = {
-            "policy": policies[k].name,
+            "policy": names[k],
             "episodes": int(sum(c["episodes"] for c in per_chunk[k])),
             "mortality_policy": _pooled(per_chunk[k], "mortality_policy"),
             "mortality_clinicians": _pooled(per_chunk[k], "mortality_clinicians"),
@@ -153,7 +134,7 @@ def main() -> None:
             "chunks": per_chunk[k],
         }
         print(
-            f"{k} ({policies[k].name}), pooled over {result['policies'][k]['episodes']} "
+            f"{k} ({names[k]}), pooled over {result['policies'][k]['episodes']} "
             f"episodes ({result['patients']} patients): mortality difference "
             f"{100 * m['mean']:+.2f} pts [{100 * m['ci95'][0]:+.2f}, {100 * upper:+.2f}]; "
             f"value difference {v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]; "
@@ -164,6 +145,66 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def measure_chunk(task: tuple) -> dict:
+    """One chunk (population seed): the truths it lacks, computed in lockstep, and each
+    policy's paired per-episode differences from the clinicians' own outcomes."""
+    from sepsisrl.truth.harness import (
+        clinician_reference,
+        compute_truths,
+        mean_ci,
+        population_for,
+    )
+    from sepsisrl.truth.policies import held_sample, world_policy
+    from sepsisrl.truth.world import TruthContext
+
+    ws, run, patients, interface, reference, seed = task
+    t0 = time.perf_counter()
+    bundle = None if run else exported_bundle(ws)
+    ctx = TruthContext.load(ws)
+    source = run or bundle
+    policies = {
+        "exported": world_policy(
+            None, run, bundle, ctx.feature_names, ctx.n_actions, 0, workspace=ws
+        )
+    }
+    roots = {"exported": ws / "truth" / "noninferiority" / source.name}
+    if reference:  # the clinicians' own (behaviour-cloned) actions, held for 4 hours, seeded
+        # per chunk as the study seeds it with its truth seed
+        roots["clinicians_held_4h"] = ws / "truth" / "noninferiority" / "clinicians_held_4h"
+        policies["clinicians_held_4h"] = held_sample(
+            behaviour_cloning_run(ws), ctx.feature_names, seed, ws
+        )
+    build = ctx.build_fingerprint()
+    suffix = "" if interface == "held" else f"-{interface}"
+    outs = {k: root / f"s{seed}-n{patients}{suffix}" for k, root in roots.items()}
+    missing = [k for k, out in outs.items() if not _reusable(out, build, interface)]
+    if missing:  # in lockstep (truth/lockstep.py): each outcome the one it has alone
+        jobs = [(policies[k], outs[k]) for k in missing]
+        compute_truths(ws, jobs, patients, seed, ctx=ctx, interface=interface)
+    pop = population_for(ctx, patients, seed)
+    ref = clinician_reference(pop, ctx)
+    ref_died = ref["died_90d"].to_numpy(zero_copy_only=False).astype(float)
+    answer: dict = {"build": build, "names": {}, "policies": {}}
+    for k, out in outs.items():
+        ep = pq.read_table(out / "episodes.parquet").sort_by("stay_id")
+        if ep["stay_id"].to_pylist() != ref["stay_id"].to_pylist():
+            raise SystemExit(f"{out}: its episodes are not population seed {seed}'s")
+        died = ep["died_90d"].to_numpy(zero_copy_only=False).astype(float) - ref_died
+        value = ep["return_eval"].to_numpy() - ref["return_eval"].to_numpy()
+        chunk = {
+            "seed": seed,
+            "episodes": len(died),
+            "mortality_policy": float((died + ref_died).mean()),
+            "mortality_clinicians": float(ref_died.mean()),
+            "mortality_difference": mean_ci(died),
+            "value_difference": mean_ci(value),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        answer["names"][k] = policies[k].name
+        answer["policies"][k] = (died, value, chunk)
+    return answer
 
 
 def _pooled(chunks: list[dict], key: str) -> float:
