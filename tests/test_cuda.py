@@ -7,8 +7,9 @@ They hold a GPU run to what the CPU runs promise: every algorithm trains there a
 weights load and act on a CPU; the same seed gives the same bytes; a stack's runs are the runs
 trained alone; an interrupted run resumes to the bytes of an uninterrupted one. Run once, on an
 NVIDIA H200 (``bench/gpu_card.sh``, docs/run.md): all pass there except the stack identity
-(``test_each_run_of_a_gpu_stack_is_the_run_trained_alone`` fails: a stack's batched products
-round differently from a run's own there), which stays asserted until it is fixed.
+(``test_each_run_of_a_gpu_stack_is_the_run_trained_alone`` fails: most likely a stack's
+batched products and its per-run reductions round differently from a run's own there; the two
+mechanisms are in docs/run.md), which stays asserted until it is fixed.
 """
 
 from __future__ import annotations
