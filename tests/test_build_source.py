@@ -134,6 +134,35 @@ def test_parquet_tables_build_the_same_cohort_and_replay_as_csv_gz(small_world, 
             assert np.array_equal(got["action"].to_numpy(), want["action"].to_numpy())
 
 
+def test_parquet_columns_are_read_from_the_footer_and_a_damaged_file_is_named(
+    small_world, tmp_path
+):
+    """Parquet column names come from the file's footer, case-folded like a CSV header's; a
+    file that is not Parquet is reported with its path, beside the other problems."""
+    root = mirror(
+        small_world.out_dir,
+        tmp_path / "raw",
+        skip=("icu/icustays.csv.gz", "hosp/patients.csv.gz"),
+    )
+    con = duckdb.connect()
+    con.execute(
+        f"COPY (SELECT stay_id AS STAY_ID, * EXCLUDE (stay_id) FROM "
+        f"read_csv('{small_world.out_dir / 'icu/icustays.csv.gz'}')) "
+        f"TO '{root / 'icu/icustays.parquet'}' (FORMAT parquet)"
+    )
+    con.close()
+    (root / "hosp" / "patients.parquet").write_bytes(b"not a parquet file\n" * 4)
+    with pytest.raises(SourceError) as err:
+        open_source(root)
+    msg = str(err.value)
+    assert f"{root / 'hosp' / 'patients.parquet'}: cannot be read" in msg
+    assert "icustays" not in msg  # upper-case STAY_ID is the column stay_id
+    (root / "hosp" / "patients.parquet").unlink()
+    (root / "hosp" / "patients.csv.gz").symlink_to(small_world.out_dir / "hosp/patients.csv.gz")
+    src = open_source(root)
+    assert src.tables["icustays"].fmt == "parquet" and "stay_id" in src.tables["icustays"].columns
+
+
 def test_synthetic_world_is_detected_as_version_3_1(small_world):
     src = open_source(small_world.out_dir)
     assert src.version == "3.1"
