@@ -9,14 +9,15 @@
 #             `python bench/trim_workspace.py SOURCE_WS /tmp/cardgpu` and moved here (it is
 #             copied back to /tmp/cardgpu, the path its records name)
 #   .whl/     optional: wheels of the packages the machine's Python lacks (duckdb, pydantic, ...)
-# Runs, in order: tests/test_cuda.py (each algorithm trains on the GPU and acts on a CPU; same
-# seed, same bytes; a stack's runs = alone; resume = uninterrupted), then the card study after
-# its data phase on the GPU (`bench/study.py --reuse-data`, train.device=cuda), stopped with
-# SIGINT at DEADLINE seconds after the start if it has not finished (a second call on the same
-# machine resumes it: finished units are kept). GPU load is sampled every 5 s (nvidia-smi dmon).
-# Everything lands in $OUT: env.txt, test_cuda.log, study.log, dmon.log, study-card20k-gpu.json
-# (when the study finished) and records.tgz (the study's own records and every evaluation's
-# timings).
+# Runs, in order: bench/gpu_identity.py (which operation of a step differs between a run
+# alone and the same run in a stack), tests/test_cuda.py (each algorithm trains on the GPU and
+# acts on a CPU; same seed, same bytes; a stack's runs = alone; resume = uninterrupted), then
+# the card study after its data phase on the GPU (`bench/study.py --reuse-data`,
+# train.device=cuda), stopped with SIGINT at DEADLINE seconds after the start if it has not
+# finished (a second call on the same machine resumes it: finished units are kept). GPU load
+# is sampled every 5 s (nvidia-smi dmon). Everything lands in $OUT: env.txt,
+# gpu_identity.log/.json, test_cuda.log, study.log, dmon.log, study-card20k-gpu.json (when the
+# study finished) and records.tgz (the study's own records and every evaluation's timings).
 set -u
 OUT=${OUT:-/tmp/gpu_card_out}
 DEADLINE=${DEADLINE:-560}
@@ -37,6 +38,11 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 'cuda', torch.version.cuda, torch.cuda.is_available()); print('numpy', numpy.__version__)"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+
+# which operation of a step differs between a run alone and the same run in a stack (seconds)
+timeout 60 python3 bench/gpu_identity.py --device cuda --out "$OUT/gpu_identity.json" \
+  > "$OUT/gpu_identity.log" 2>&1
+cat "$OUT/gpu_identity.log"
 
 if [ ! -f /tmp/cuda_tested ]; then
   timeout 240 python3 -m pytest tests/test_cuda.py -rA -p no:cacheprovider -q \

@@ -9,7 +9,8 @@ trained alone; an interrupted run resumes to the bytes of an uninterrupted one. 
 NVIDIA H200 (``bench/gpu_card.sh``, docs/run.md): all pass there except the stack identity
 (``test_each_run_of_a_gpu_stack_is_the_run_trained_alone`` fails: most likely a stack's
 batched products and its per-run reductions round differently from a run's own there; the two
-mechanisms are in docs/run.md), which stays asserted until it is fixed.
+mechanisms are in docs/run.md; ``bench/gpu_identity.py --device cuda`` shows which operation
+differs), which stays asserted until it is fixed.
 """
 
 from __future__ import annotations

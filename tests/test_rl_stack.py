@@ -177,3 +177,21 @@ def test_baselines_stack_bit_identically_to_training_alone(replays, tmp_path, al
                  zip(cfgs[:2], [tmp_path / "other", cut], strict=True)], stop_after=40)  # fmt: skip
     train(replays[0], cfgs[1], cut, resume=True)
     _same_files(alone[1], cut)
+
+
+def test_the_device_identity_diagnostic_finds_every_step_operation_identical_on_a_cpu():
+    """bench/gpu_identity.py (run on a GPU by bench/gpu_card.sh) applies each operation of an
+    IQL step to a run alone and inside stacks; on a CPU, where the stack's promise holds,
+    every form it checks must come out identical, and a form that depends on K must not."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "gpu_identity.py"
+    spec = importlib.util.spec_from_file_location("sepsisrl_gpu_identity", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cpu = torch.device("cpu")
+    for label, (fn, shapes) in module.cases(cpu).items():
+        assert module.check(fn, shapes, [1, 2, 3], cpu)["identical"], label
+    # the check sees a difference where there is one: an operation that mixes the runs
+    doc = module.check(lambda g: g.mean(0, keepdim=True).expand_as(g), [(8, 4)], [1, 2], cpu)
+    assert not doc["identical"] and doc["differs"][0]["k"] == 2
