@@ -2174,7 +2174,9 @@ def _st_edit(path: Path, fn: Callable) -> None:
 
 
 def _nan_first(tensors: dict, value: float = float("nan")) -> dict:
-    key = sorted(k for k in tensors if k.endswith("weight"))[0]
+    """``value`` in the first weight: ``net.0.weight`` of a released or policy file, the first
+    ``<network>.weights.<layer>`` of a run's stacked ``model.safetensors``."""
+    key = sorted(k for k in tensors if k.endswith("weight") or ".weights." in k)[0]
     t = tensors[key].copy()
     t.flat[0] = value
     return {**tensors, key: t}

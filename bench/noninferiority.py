@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -89,8 +90,9 @@ def main() -> None:
     build = ""
     if args.workers > 1:  # chunks in parallel processes, pooled in seed order below
         ctx = multiprocessing.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // args.workers)  # the cores shared out
         with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-            answers = list(pool.map(measure_chunk, [(*task, seed) for seed in seeds]))
+            answers = list(pool.map(pinned_chunk, [(threads, (*task, seed)) for seed in seeds]))
     else:
         answers = (measure_chunk((*task, seed)) for seed in seeds)
     for answer in answers:
@@ -145,6 +147,16 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def pinned_chunk(job: tuple[int, tuple]) -> dict:
+    """``measure_chunk`` in a worker process, with its share of the cores as torch and BLAS
+    threads (as a study's workers run; the chunk's numbers do not depend on it)."""
+    from sepsisrl.threads import limited_threads
+
+    threads, task = job
+    with limited_threads(threads):
+        return measure_chunk(task)
 
 
 def measure_chunk(task: tuple) -> dict:

@@ -123,3 +123,18 @@ def test_csv_editing_keeps_untouched_lines_verbatim(tmp_path: Path) -> None:
     t.set(1, c="60")
     t.save()
     assert gzip.decompress(path.read_bytes()).decode() == 'a,b,c\n1,"x, y",3\n4,5,60\n'
+
+
+def test_weight_poisoning_reaches_a_runs_stacked_model_file_and_a_policy_file() -> None:
+    """The NaN/inf run cases tamper with both files of a run's final/: the policy's
+    ``net.0.weight`` and the stacked model's ``<network>.weights.<layer>`` (a layout without a
+    key ending in "weight"; the cases errored in the battery itself before this was handled)."""
+    import numpy as np
+
+    model = {"actor.biases.0": np.zeros((1, 1, 3)), "actor.weights.0": np.ones((1, 2, 3)),
+             "critic.weights.0": np.ones((2, 2, 3))}  # fmt: skip
+    poisoned = faults._nan_first(model, float("inf"))
+    assert np.isinf(poisoned["actor.weights.0"].flat[0])
+    assert np.isfinite(model["actor.weights.0"]).all()  # the input is not modified
+    policy = faults._nan_first({"net.0.bias": np.zeros(3), "net.0.weight": np.ones((3, 2))})
+    assert np.isnan(policy["net.0.weight"].flat[0]) and not np.isnan(policy["net.0.bias"]).any()
