@@ -1,7 +1,7 @@
 """Benchmark of the Gymnasium environment (``sepsisrl/SepsisWorld-v0``, docs/gymnasium.md).
 
 Usage:  python bench/env.py --workspace WS [--episodes 8] [--seed 0] [--threads 1]
-                            [--out FILE]
+                            [--prefetch N] [--out FILE]
 
 ``WS`` is a built synthetic workspace (``sepsisrl run`` or ``sepsisrl build`` on a synthetic
 world). The environment draws one patient at a time and simulates, charts and builds each
@@ -16,6 +16,10 @@ deciding):
 - **warm**: the same stream again with the cache the cold pass filled, so no patient is
   simulated again; what is left is the rollout of the decisions themselves.
 
+With ``--prefetch N`` a third pass, **cold, prefetching**, draws the stream again into another
+empty cache with the environment's ``prefetch=N`` (the next N patients drawn in a background
+process while the agent acts); its seconds per draw are the time the environment waited.
+
 The two passes must give the same episodes (same patients, decisions and returns): the
 benchmark stops with an error if they do not.
 """
@@ -29,13 +33,13 @@ import time
 from pathlib import Path
 
 
-def run_pass(workspace: Path, cache: Path, episodes: int, seed: int) -> dict:
+def run_pass(workspace: Path, cache: Path, episodes: int, seed: int, prefetch: int = 0) -> dict:
     import numpy as np
 
     from sepsisrl.env import SepsisWorldEnv
     from sepsisrl.truth.policies import MapLactate
 
-    env = SepsisWorldEnv(workspace, cache=cache)
+    env = SepsisWorldEnv(workspace, cache=cache, prefetch=prefetch)
     drawing = 0.0
     draw = env.population
 
@@ -90,6 +94,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prefetch", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -98,10 +103,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
     result = {"workspace": str(args.workspace), "seed": args.seed, "threads": args.threads}
+    passes = [("cold", "populations", 0), ("warm", "populations", 0)]
+    if args.prefetch:
+        passes.append(("cold, prefetching", "prefetched", args.prefetch))
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "populations"
-        for name in ("cold", "warm"):
-            doc = run_pass(args.workspace, cache, args.episodes, args.seed)
+        for name, folder, prefetch in passes:
+            doc = run_pass(args.workspace, Path(tmp) / folder, args.episodes, args.seed, prefetch)
             result[name] = doc
             print(f"{name}: {doc['seconds_per_episode']:.2f} s per episode over "
                   f"{doc['episodes']} episodes ({doc['seconds']:.1f} s); "
@@ -110,8 +117,9 @@ def main() -> None:
                   f"time); {doc['decisions']} decisions, "
                   f"{doc['decisions_per_second_of_step']:.1f} per second of step()",
                   flush=True)  # fmt: skip
-    if result["cold"]["episodes_record"] != result["warm"]["episodes_record"]:
-        raise SystemExit("the warm pass did not give the cold pass's episodes")
+    for name, _, _ in passes[1:]:
+        if result[name]["episodes_record"] != result["cold"]["episodes_record"]:
+            raise SystemExit(f"the {name} pass did not give the cold pass's episodes")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -5,6 +5,7 @@ replay's rewards, the vector form and clear refusals."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 
 import gymnasium
@@ -140,6 +141,51 @@ def test_shaped_rewards_follow_the_replays_formula(ws, cache):
     for k in range(len(rows) - 1):
         assert rewards[k] == pytest.approx(w * (sofa[k + 1] - sofa[k]), abs=1e-6)
     assert rewards[-1] == (-15.0 if last["died_90d"] else 15.0)
+
+
+def test_prefetching_draws_the_same_patients_ahead_and_close_stops_it(ws, cache, tmp_path):
+    """prefetch=n draws the stream's next n patients in a background process: the episode is
+    the one without it (same patient, observations and rewards), the patients queued ahead
+    land in its cache, close() ends the process, and a bad value fails at construction."""
+    from sepsisrl.truth.world import population_key
+
+    plain = SepsisWorldEnv(ws, cache=cache)
+    ahead = SepsisWorldEnv(ws, cache=tmp_path / "ahead", prefetch=2)
+    (rows_a, rewards_a, last_a), (rows_b, rewards_b, last_b) = (
+        _episode(env, seed=3) for env in (plain, ahead)
+    )
+    plain.close()
+    assert last_a == last_b and rewards_a == rewards_b
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(rows_a, rows_b, strict=True))
+    queued = dict(ahead._ahead)
+    assert queued and all(stream == 3 and index > last_b["patient"] for stream, index in queued)
+    for future in queued.values():
+        future.result(timeout=300)
+    for _, index in queued:
+        entropy = ahead.patient_entropy(3, index)
+        assert (ahead.cache / population_key(ahead.ctx, entropy, 1) / "population.json").is_file()
+    workers = list(ahead._pool._processes.values())
+    ahead.close()
+    assert ahead._pool is None and workers and not any(p.is_alive() for p in workers)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(TruthError, match="prefetch"):
+            SepsisWorldEnv(ws, cache=cache, prefetch=bad)
+    # a daemonic process (a worker of gymnasium's async vector form) cannot start one: refused
+    spawn = multiprocessing.get_context("spawn")
+    answers = spawn.Queue()
+    child = spawn.Process(target=_construct_prefetching, args=(ws, cache, answers), daemon=True)
+    child.start()
+    message = answers.get(timeout=120)
+    child.join(timeout=60)
+    assert message.startswith("prefetch 2: this environment runs in a daemonic process")
+
+
+def _construct_prefetching(ws, cache, answers) -> None:
+    try:
+        SepsisWorldEnv(ws, cache=cache, prefetch=2)
+        answers.put("constructed")
+    except TruthError as exc:
+        answers.put(str(exc))
 
 
 def test_the_vector_form_steps_patients_together_as_the_single_form_does(ws, cache):

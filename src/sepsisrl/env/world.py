@@ -20,16 +20,21 @@ terminal +15 / -15 (alive / dead 90 days after onset). ``info`` of the last step
 episode's ``died_90d``, ``steps`` and ``return_eval`` (gamma^(T-1) * terminal).
 
 A patient whose stays never enter the cohort (most do not: the cohort is the adults with
-Sepsis-3) is skipped; drawing one costs a simulation and a small build (seconds), cached under
-``<workspace>/truth/populations`` so a second run over the same seed is quick.
+Sepsis-3) is skipped; drawing one costs a simulation and a small build (about a second),
+cached under ``<workspace>/truth/populations`` so a second run over the same seed is quick.
+``prefetch=n`` draws the next ``n`` patients of the stream ahead, in one background process,
+while the agent acts: the same patients (a drawn patient depends only on its stream and
+index), found in the cache instead of simulated on the spot.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import shutil
 import tempfile
 import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,6 +65,30 @@ ENV_STREAM = 0xE7A1
 #: Patients drawn at most per reset before giving up (about one in five enters the cohort).
 MAX_DRAWS = 400
 _ABORT = object()
+
+
+def _patient_entropy(ctx: TruthContext, stream: int, index: int) -> tuple[int, ...]:
+    return (ctx.world_seed, TRUTH_STREAM, ENV_STREAM, int(stream), int(index))
+
+
+def _draw(ctx: TruthContext, cache: Path, stream: int, index: int) -> Population:
+    entropy = _patient_entropy(ctx, stream, index)
+    return simulate_population(ctx, entropy, 1, cache / population_key(ctx, entropy, 1))
+
+
+_PREFETCH_CONTEXTS: dict[str, TruthContext] = {}
+
+
+def _prefetch(workspace: str, cache: str, stream: int, index: int) -> None:
+    """A prefetching process's draw: the population the environment's own draw would make,
+    into the shared cache (whose lock makes a draw wait for one in progress, then reuse it)."""
+    from sepsisrl.threads import limited_threads
+
+    ctx = _PREFETCH_CONTEXTS.get(workspace)
+    if ctx is None:
+        ctx = _PREFETCH_CONTEXTS[workspace] = TruthContext.load(workspace)
+    with limited_threads(1):
+        _draw(ctx, Path(cache), stream, index)
 
 
 class _Abort(Exception):
@@ -137,7 +166,9 @@ class SepsisWorldEnv(gymnasium.Env):
     ``sofa_shaped``, ``sofa_state_shaped``, ``full_shaped``); ``cache``: where drawn patients
     are kept (default ``<workspace>/truth/populations``); ``interface``: how an action reaches
     the patient, as in ``sepsisrl truth --interface`` (``held``: the bins' representative doses
-    for 4 hours; ``titrated``: the team titrates hourly inside the bins, docs/truth.md).
+    for 4 hours; ``titrated``: the team titrates hourly inside the bins, docs/truth.md);
+    ``prefetch``: how many patients of the stream to draw ahead in a background process (0:
+    none; it changes no episode, only how long a reset waits; ``close()`` stops it).
     ``reset(seed=s)`` restarts the
     patient stream ``s``: the same seed gives the same patients, and the same actions the
     same episodes. RESEARCH ONLY: a simulator, not patients.
@@ -152,7 +183,16 @@ class SepsisWorldEnv(gymnasium.Env):
         cache: str | Path | None = None,
         max_draws: int = MAX_DRAWS,
         interface: str = "held",
+        prefetch: int = 0,
     ) -> None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise TruthError(f"prefetch {prefetch!r}: expected a whole number >= 0")
+        if prefetch and multiprocessing.current_process().daemon:
+            raise TruthError(
+                f"prefetch {prefetch}: this environment runs in a daemonic process (such as a "
+                "worker of gymnasium's async vector form), which cannot start the drawing "
+                "process; use prefetch=0 there (the async form already draws in parallel)"
+            )
         if interface not in INTERFACES:
             raise TruthError(
                 f"interface {interface!r}: expected one of {list(INTERFACES)} (docs/truth.md)"
@@ -176,19 +216,37 @@ class SepsisWorldEnv(gymnasium.Env):
         self._draw = 0
         self._patient: _Patient | None = None
         self._last: dict[str, Any] | None = None
+        self.prefetch = prefetch
+        self._pool: ProcessPoolExecutor | None = None
+        self._ahead: dict[tuple[int, int], Future] = {}
 
     # -- patients -------------------------------------------------------------------------
     def patient_entropy(self, stream: int, index: int) -> tuple[int, ...]:
         """The random stream of patient ``index`` of stream ``stream``."""
-        return (self.ctx.world_seed, TRUTH_STREAM, ENV_STREAM, int(stream), int(index))
+        return _patient_entropy(self.ctx, stream, index)
 
     def population(self, stream: int, index: int) -> Population:
         """Patient ``index`` of stream ``stream`` as a one-patient truth population (cached):
         ``sepsisrl.truth.harness.compute_truth(..., population=...)`` measures the truth of a
         policy on exactly this patient."""
-        entropy = self.patient_entropy(stream, index)
-        folder = self.cache / population_key(self.ctx, entropy, 1)
-        return simulate_population(self.ctx, entropy, 1, folder)
+        ahead = self._ahead.pop((stream, index), None)
+        if ahead is not None:
+            ahead.cancel()  # not started yet: drawn here; started: the cache's lock waits for it
+        return _draw(self.ctx, self.cache, stream, index)
+
+    def _draw_ahead(self, stream: int, after: int) -> None:
+        """Queue the ``prefetch`` draws of ``stream`` after index ``after`` not queued yet."""
+        if not self.prefetch:
+            return
+        for key in [k for k in self._ahead if k[0] != stream or k[1] < after]:
+            self._ahead.pop(key).cancel()  # another stream, or passed
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        for index in range(after + 1, after + 1 + self.prefetch):
+            if (stream, index) not in self._ahead:
+                self._ahead[stream, index] = self._pool.submit(
+                    _prefetch, str(self.ctx.workspace), str(self.cache), stream, index
+                )
 
     # -- the Gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -200,6 +258,7 @@ class SepsisWorldEnv(gymnasium.Env):
         for _ in range(self.max_draws):
             index = self._draw
             self._draw += 1
+            self._draw_ahead(self._stream, index)  # the next ones, while this one is drawn
             pop = self.population(self._stream, index)
             if pop.episodes().num_rows == 0:
                 continue  # not in the cohort: no decision to make
@@ -249,6 +308,10 @@ class SepsisWorldEnv(gymnasium.Env):
 
     def close(self) -> None:
         self._stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._ahead.clear()
         super().close()
 
     # -- internals ------------------------------------------------------------------------
