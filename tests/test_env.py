@@ -170,6 +170,14 @@ def test_prefetching_draws_the_same_patients_ahead_and_close_stops_it(ws, cache,
     for bad in (-1, True, 1.5):
         with pytest.raises(TruthError, match="prefetch"):
             SepsisWorldEnv(ws, cache=cache, prefetch=bad)
+    # a drawing process that dies: a warning, then every patient is drawn on the spot
+    broken = SepsisWorldEnv(ws, cache=cache, prefetch=2)
+    broken._pool = _BrokenPool()
+    with pytest.warns(RuntimeWarning, match="prefetch stopped.*BrokenProcessPool"):
+        _, rewards_c, last_c = _episode(broken, seed=3)
+    assert broken.prefetch == 0 and broken._pool is None
+    assert (last_c, rewards_c) == (last_a, rewards_a)
+    broken.close()
     # a daemonic process (a worker of gymnasium's async vector form) cannot start one: refused
     spawn = multiprocessing.get_context("spawn")
     answers = spawn.Queue()
@@ -178,6 +186,18 @@ def test_prefetching_draws_the_same_patients_ahead_and_close_stops_it(ws, cache,
     message = answers.get(timeout=120)
     child.join(timeout=60)
     assert message.startswith("prefetch 2: this environment runs in a daemonic process")
+
+
+class _BrokenPool:
+    """A process pool whose process has died (what ``ProcessPoolExecutor`` then raises)."""
+
+    def submit(self, *args, **kwargs):
+        from concurrent.futures.process import BrokenProcessPool
+
+        raise BrokenProcessPool("A child process terminated abruptly")
+
+    def shutdown(self, *args, **kwargs) -> None:
+        pass
 
 
 def _construct_prefetching(ws, cache, answers) -> None:

@@ -34,7 +34,9 @@ import queue
 import shutil
 import tempfile
 import threading
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -242,11 +244,28 @@ class SepsisWorldEnv(gymnasium.Env):
             self._ahead.pop(key).cancel()  # another stream, or passed
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        for index in range(after + 1, after + 1 + self.prefetch):
-            if (stream, index) not in self._ahead:
-                self._ahead[stream, index] = self._pool.submit(
-                    _prefetch, str(self.ctx.workspace), str(self.cache), stream, index
-                )
+        try:
+            for index in range(after + 1, after + 1 + self.prefetch):
+                if (stream, index) not in self._ahead:
+                    self._ahead[stream, index] = self._pool.submit(
+                        _prefetch, str(self.ctx.workspace), str(self.cache), stream, index
+                    )
+        except (BrokenProcessPool, RuntimeError) as exc:  # the process died or cannot start
+            warnings.warn(
+                f"prefetch stopped, patients are drawn on the spot from now on (the same "
+                f"episodes): the drawing process failed ({type(exc).__name__}: {exc}). A script "
+                "that starts one must guard its own code with if __name__ == '__main__':",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.prefetch = 0
+            self._stop_prefetch()
+
+    def _stop_prefetch(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._ahead.clear()
 
     # -- the Gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -308,10 +327,7 @@ class SepsisWorldEnv(gymnasium.Env):
 
     def close(self) -> None:
         self._stop()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        self._ahead.clear()
+        self._stop_prefetch()
         super().close()
 
     # -- internals ------------------------------------------------------------------------
