@@ -25,7 +25,8 @@ both give the same gradient for every parameter.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,16 @@ class IQL(StackedModel):
         element-wise work between the matrix products; its gradients equal the eager ones to
         float rounding (tested), and a compiled run is as reproducible as an eager one.
         """
-        self.compute_gradients = torch.compile(self.compute_gradients, dynamic=False)
+        graph = torch.compile(functools.partial(self._gradients, deferred=True), dynamic=False)
+        nets = (self.value, self.critic, self.actor)  # the order _gradients back-propagates
+
+        def compiled(s, a, r, s_next, done) -> dict[str, torch.Tensor]:
+            stats, grads = graph(s, a, r, s_next, done)
+            with torch.no_grad():
+                torch._foreach_copy_([t for n in nets for t in n.grad_targets()], grads)
+            return stats
+
+        self.compute_gradients = compiled
 
     def update(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
         """One gradient step on every network, then the Polyak update of the target critics."""
@@ -148,9 +158,16 @@ class IQL(StackedModel):
             self._target_flat.lerp_(self.optimizer.flat["critic"], self._polyak)
         return stats
 
-    @torch.no_grad()
     def compute_gradients(self, s, a, r, s_next, done) -> dict[str, torch.Tensor]:
-        """The losses of ``losses()`` and their gradients, written into every ``.grad``.
+        """The losses of ``losses()`` and their gradients, written into every ``.grad``
+        (``_gradients``; ``compile_step`` replaces this with the compiled graph)."""
+        return self._gradients(s, a, r, s_next, done)
+
+    @torch.no_grad()
+    def _gradients(self, s, a, r, s_next, done, deferred: bool = False) -> Any:
+        """The losses of ``losses()`` and their gradients, written into every ``.grad``, or
+        with ``deferred`` returned beside the statistics, in the order of the value's, the
+        critics' and the actor's ``grad_targets()`` (the compiled step: one graph).
 
         The gradient of each loss with respect to its network's output is written out below
         and back-propagated by ``backward_cached`` (plain linear/ReLU rules). Autograd would
@@ -175,7 +192,8 @@ class IQL(StackedModel):
         u = q_target - v
         w_tau = torch.where(u < 0, 1.0 - self._tau, self._tau)
         value_loss = (w_tau * u.square()).mean(1)
-        self.value.backward_cached(v_acts, (w_tau * u).mul_(-2.0 / n).unsqueeze(2))
+        sink: list[torch.Tensor] | None = [] if deferred else None
+        self.value.backward_cached(v_acts, (w_tau * u).mul_(-2.0 / n).unsqueeze(2), sink)
 
         # critics: L_Q = sum_i mean((Q_i(s, a) - y)^2), y = r + gamma (1 - d) V(s')
         #          dL_Q/dQ_i(s, a') = 2 (Q_i(s, a) - y) / n if a' = a, else 0
@@ -186,7 +204,7 @@ class IQL(StackedModel):
         grad_q = torch.zeros_like(q_all).scatter_(
             2, at_a, residual.view(2 * k, n).mul(2.0 / n).unsqueeze(2)
         )
-        self.critic.backward_cached(q_acts, grad_q)
+        self.critic.backward_cached(q_acts, grad_q, sink)
 
         # actor: L_pi = -mean(c log softmax(z)_a), c = min(exp(beta u), cap), a constant
         #        dL_pi/dz = (c / n) (softmax(z) - onehot(a))
@@ -198,7 +216,7 @@ class IQL(StackedModel):
         actor_loss = -(weight * log_softmax.gather(2, at).squeeze(2)).mean(1)
         c = (weight / n).unsqueeze(2)
         grad_logits = log_softmax.exp().mul_(c).scatter_add_(2, at, -c)
-        self.actor.backward_cached(pi_acts, grad_logits)
+        self.actor.backward_cached(pi_acts, grad_logits, sink)
 
         stats = {
             "value_loss": value_loss,
@@ -210,7 +228,8 @@ class IQL(StackedModel):
             "advantage_std": advantage.std(1),
             "capped_weight_fraction": (weight >= self._cap).float().mean(1),
         }
-        return self._per_model(stats, single)
+        stats = self._per_model(stats, single)
+        return (stats, sink) if deferred else stats
 
 
 ALGORITHM = AlgorithmSpec(

@@ -184,31 +184,57 @@ class Ensemble(nn.Module):
             self._low_weights = low
         return h, acts
 
-    def backward_cached(self, acts: list[torch.Tensor], grad_out: torch.Tensor) -> None:
-        """Write dLoss/dParameter into every ``.grad`` given dLoss/dOutput (K, batch, out)."""
+    def backward_cached(
+        self, acts: list[torch.Tensor], grad_out: torch.Tensor, sink: list | None = None
+    ) -> None:
+        """Write dLoss/dParameter into every ``.grad`` given dLoss/dOutput (K, batch, out).
+
+        With ``sink``, the gradients are appended to it instead, in the order of
+        ``grad_targets()``, and no ``.grad`` is touched: a step compiled as one graph cannot
+        write into views of the flat gradient buffer, so it returns them and the caller
+        copies them in after the graph (``rl.iql``). The values are the same products.
+        """
         if self.matmul_dtype is not None:
-            self._backward_low(acts, grad_out)
+            self._backward_low(acts, grad_out, sink)
             return
         g = grad_out
         for i in range(len(acts) - 1, -1, -1):
             w, b = self.weights[i], self.biases[i]
-            torch.sum(g, 1, keepdim=True, out=b.grad)
-            torch.bmm(acts[i].transpose(1, 2), g, out=w.grad)
+            if sink is None:
+                torch.sum(g, 1, keepdim=True, out=b.grad)
+                torch.bmm(acts[i].transpose(1, 2), g, out=w.grad)
+            else:
+                sink.append(g.sum(1, keepdim=True))
+                sink.append(torch.bmm(acts[i].transpose(1, 2), g))
             if i > 0:
                 g = _relu_backward_(torch.bmm(g, w.transpose(1, 2)), acts[i])
 
-    def _backward_low(self, acts: list[torch.Tensor], grad_out: torch.Tensor) -> None:
+    def grad_targets(self) -> list[torch.Tensor]:
+        """Every ``.grad`` in the order ``backward_cached(..., sink)`` appends them."""
+        out = []
+        for i in range(len(self.weights) - 1, -1, -1):
+            out += [self.biases[i].grad, self.weights[i].grad]
+        return out
+
+    def _backward_low(
+        self, acts: list[torch.Tensor], grad_out: torch.Tensor, sink: list | None = None
+    ) -> None:
         """``backward_cached`` after ``_forward_low``: products in ``matmul_dtype``, parameter
         gradients (and the output layer's bias gradient) accumulated into float32."""
         low, dtype = self._low_weights, self.matmul_dtype
         g = grad_out.to(dtype)
-        torch.sum(grad_out, 1, keepdim=True, out=self.biases[-1].grad)
         ones = torch.ones(g.shape[0], 1, g.shape[1], dtype=dtype, device=g.device)
-        for i in range(len(acts) - 1, -1, -1):
+        last = len(acts) - 1
+        for i in range(last, -1, -1):
             w, b = self.weights[i], self.biases[i]
-            if i < len(acts) - 1:  # the batch sum as a product: float32 accumulation
-                b.grad.copy_(torch.bmm(ones, g))
-            w.grad.copy_(torch.bmm(acts[i].transpose(1, 2), g))
+            # below the output layer, the batch sum as a product: float32 accumulation
+            bias = grad_out.sum(1, keepdim=True) if i == last else torch.bmm(ones, g)
+            weight = torch.bmm(acts[i].transpose(1, 2), g)
+            if sink is None:
+                b.grad.copy_(bias)
+                w.grad.copy_(weight)
+            else:
+                sink += [bias, weight]
             if i > 0:
                 g = _relu_backward_(_bmm(g, low[i].transpose(1, 2)), acts[i])
         self._low_weights = []
