@@ -264,8 +264,6 @@ def test_the_compiled_iql_step_is_one_graph():
 
     torch.manual_seed(0)
     algo = IQL(Common(D, A, 0.99, (32, 32), 10.0), load_train_config().iql)
-    explained = torch._dynamo.explain(functools.partial(algo._gradients, deferred=True))(
-        *batch(2)
-    )
+    explained = torch._dynamo.explain(functools.partial(algo._gradients, deferred=True))(*batch(2))
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
