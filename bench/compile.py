@@ -1,4 +1,4 @@
-"""Do IQL's hand-written gradients pay? Steps/s of three ways to compute the same step (CPU).
+"""Do IQL's hand-written gradients pay? Steps/s of the ways to compute the same step (CPU).
 
 Usage:  python bench/compile.py [--rounds 15] [--block 20] [--threads 1] [--batch-sizes 256]
 
@@ -13,7 +13,11 @@ the three losses are computed:
   autograd           ``IQL.losses`` (the readable definition) summed and ``.backward()``
   autograd_compiled  the same with ``IQL.losses`` run through ``torch.compile`` (forward and
                      backward graphs compiled; the one-off compilation is timed separately)
-  handwritten_compiled  ``compute_gradients`` through ``torch.compile`` (train's compile=true)
+  handwritten_compiled  ``compute_gradients`` through ``torch.compile`` (train's compile=true:
+                     ``IQL.compile_step``, one graph that returns the gradients)
+  handwritten_compiled_split  the same function compiled as it is, writing into ``.grad``
+                     inside the graph: three graphs (the compiled step before 2026-12-06);
+                     printed as the paired ratio "one graph vs three"
 
 The machine is shared, so the variants take turns in short blocks (``--block`` steps each,
 ``--rounds`` times) and every figure is the median over the rounds; the paired ratio (per
@@ -99,6 +103,15 @@ def measure(batch: int, rounds: int, block: int, compiled: bool) -> dict:
         hand.update(*get(0))
         compile_seconds["handwritten_compiled"] = time.perf_counter() - t0
         variants["handwritten_compiled"] = hand.update
+        # the compiled step before 2026-12-06: the same function compiled as it is, writing
+        # into .grad inside the graph, which splits it into three graphs (a guard check and
+        # a Python round trip each); compile_step now returns the gradients from one graph
+        split = make_iql((H, H))
+        split.compute_gradients = torch.compile(split.compute_gradients, dynamic=False)
+        t0 = time.perf_counter()
+        split.update(*get(0))
+        compile_seconds["handwritten_compiled_split"] = time.perf_counter() - t0
+        variants["handwritten_compiled_split"] = split.update
     step = 1
     for update in variants.values():  # warm-up
         for _ in range(10):
@@ -120,6 +133,13 @@ def measure(batch: int, rounds: int, block: int, compiled: bool) -> dict:
         for k in rates
         if k != "autograd"
     }
+    if "handwritten_compiled_split" in rates:
+        paired["handwritten_compiled/handwritten_compiled_split"] = statistics.median(
+            x / y
+            for x, y in zip(
+                rates["handwritten_compiled"], rates["handwritten_compiled_split"], strict=True
+            )
+        )
     return {"median_steps_per_second": med, "paired_ratio_to_autograd": paired,
             "compile_seconds": compile_seconds, "all": rates}  # fmt: skip
 
@@ -160,6 +180,12 @@ def main() -> None:
                   f"  x{ratio:.2f}")  # fmt: skip
         for name, s in res["compile_seconds"].items():
             print(f"  compiling {name}: {s:.1f} s, once per process")
+        one = res["paired_ratio_to_autograd"].pop(
+            "handwritten_compiled/handwritten_compiled_split", None
+        )
+        if one is not None:
+            print(f"  one graph vs three (handwritten_compiled / _split): x{one:.2f}")
+            res["paired_ratio_one_graph_to_three"] = one
         best = max(res["paired_ratio_to_autograd"].items(), key=lambda kv: kv[1])
         verdict = "keep it" if best[1] > 1.10 else "keep plain autograd (the simpler path)"
         print(f"  fastest vs autograd: {best[0]} x{best[1]:.2f} -> {verdict}")

@@ -15,7 +15,8 @@ linear-layer rules dW = x^T g, db = sum_batch g, dx = g W^T and the ReLU rule
 g_prev = dx * 1(h > 0). Nothing is recorded by autograd and parameter gradients need no
 new buffers, which is what makes a discrete IQL or FQE step cheap on a CPU (``rl.iql``,
 ``ope.fqe``). The results equal autograd's (``tests/test_rl_gradients.py`` compares them on
-every parameter).
+every parameter). ``Ensemble.backward_cached(..., sink)`` returns the gradients in a list
+instead (in the order of ``grad_targets()``), for a step compiled as one graph (``rl.iql``).
 """
 
 from __future__ import annotations
