@@ -15,6 +15,7 @@ from sepsisrl.rl.checkpoint import latest_checkpoint, module_tensors
 from sepsisrl.rl.config import TrainConfig, load_train_config
 from sepsisrl.rl.data import load_split
 from sepsisrl.rl.trainer import RunExistsError, make_algorithm, train
+from sepsisrl.threads import cpu
 
 from .rl_fixtures import fast_config, feature_names, write_replay
 
@@ -112,6 +113,7 @@ def test_config_json_records_algo_seed_replay_fingerprint_and_features(
     assert rep["variant"] == "sofa_shaped"
     # the kind of CPU the weights depend on (docs/train.md: bit-identical on the same kind)
     assert doc["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert doc["cpu"] == cpu()  # which the capability alone does not name
     assert Path(rep["path"]) == replay.absolute()
     assert doc["policy_module"] == MODULES[algo][1]
 

@@ -15,6 +15,7 @@ import torch
 
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import load_study_config
+from sepsisrl.threads import cpu
 
 TINY = {
     "sweep.lr_regimes": {"conservative": {"actor_lr": 5e-5, "critic_lr": 1e-4, "value_lr": 1e-4}},
@@ -421,6 +422,7 @@ def test_the_release_and_the_report(study):
     assert run_doc["selected"] == selected
     # what its numbers depend on beyond seeds and threads (docs/train.md)
     assert run_doc["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert run_doc["machine"]["cpu"] == cpu()
     assert run_doc["machine"]["blas"] and run_doc["machine"]["torch"] == torch.__version__
 
 

@@ -159,6 +159,22 @@ def test_a_study_that_compiles_without_a_cpp_compiler_stops_before_any_work(tmp_
     runner.check_compiler(load_study_config("quick", overrides={"train.compile": False}))
 
 
+def test_the_machine_record_names_the_cpu_not_only_its_capability():
+    from sepsisrl.threads import cpu, machine
+
+    # two CPUs of one torch capability (AVX512), told apart by vendor, model and flags
+    epyc = cpu("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+               "model name\t: AMD EPYC Processor\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n\n"
+               "processor\t: 1\nmodel name\t: not the first one\n")  # fmt: skip
+    assert epyc == {"vendor": "AuthenticAMD", "model_name": "AMD EPYC Processor", "family": "25",
+                    "model": "17", "flags": ["avx2", "fma", "avx512f", "avx512_bf16"]}  # fmt: skip
+    xeon = cpu("vendor_id : GenuineIntel\nmodel name : Intel(R) Xeon(R) Processor\n"
+               "flags : avx512f amx_bf16 avx512_bf16 amx_tile avx2\n")  # fmt: skip
+    assert xeon["flags"] == ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    assert xeon["family"] is None and xeon != epyc
+    assert machine()["cpu"] == cpu()  # this machine's, in every study/run.json
+
+
 def test_units_declare_their_threads_and_gpu_to_ray():
     assert unit_resources(EMPTY) == {"num_cpus": 1.0, "num_gpus": 0.0}
     cpu = {"threads": 2, "train": {"config": {"device": "cpu"}}, "eval": {}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -44,10 +45,46 @@ def machine() -> dict[str, object]:
                    for i in threadpool_info() if i["user_api"] == "blas"})  # fmt: skip
     return {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu(),
         "blas": blas,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "platform": platform.platform(),
+    }
+
+
+# the instruction-set flags a CPU's matrix kernels are chosen by: two CPUs with the same torch
+# capability (e.g. AVX512) can still differ here, and in speed and in the last bits
+_KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                 "amx_tile", "amx_bf16", "amx_fp16")  # fmt: skip
+
+
+def cpu(cpuinfo: str | None = None) -> dict[str, object]:
+    """Which CPU this is: vendor, model name, family and model number, and its kernel flags
+    (``_KERNEL_FLAGS`` it has), read from ``/proc/cpuinfo`` (or ``cpuinfo``, its text). torch's
+    capability alone does not tell CPUs apart: a 2-core AMD EPYC and a 2-core Intel Xeon VM
+    both report ``AVX512``, and trained the card study's IQL runs at about 110 and 190
+    steps/s (docs/run.md). Off Linux, the model is ``platform.processor()``, the rest None."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"vendor": None, "model_name": platform.processor() or None,
+                    "family": None, "model": None, "flags": None}  # fmt: skip
+    first: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            first.setdefault(key.strip(), value.strip())
+    flags = set(first.get("flags", "").split())
+    return {
+        "vendor": first.get("vendor_id"),
+        "model_name": first.get("model name"),
+        "family": first.get("cpu family"),
+        "model": first.get("model"),
+        "flags": [f for f in _KERNEL_FLAGS if f in flags],
     }
 
 

@@ -43,6 +43,7 @@ from sepsisrl.rl.checkpoint import (
 from sepsisrl.rl.config import TrainConfig
 from sepsisrl.rl.data import Transitions, load_meta, load_split
 from sepsisrl.rl.registry import Algorithm, Common, algorithm
+from sepsisrl.threads import cpu
 
 
 class RunExistsError(FileExistsError):
@@ -465,6 +466,8 @@ def _config_doc(st: _Run, total: int, steps_per_epoch: int, device, i: int, k: i
         # the kernels torch dispatched to on this CPU (AVX2, AVX512, ...): the same seed gives
         # the same weights on CPUs with the same capability, not across them (docs/train.md)
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # ... which two different CPUs can share: the CPU itself (threads.cpu)
+        "cpu": cpu(),
     }
 
 
