@@ -1,7 +1,9 @@
 """Evaluate at the clinicians' own decision resolution: an hourly FQE of 4-hour held policies.
 
 Usage:  python bench/hourly_fqe.py --world-seed S --panel bench/results/ope_panel-wdr-S.json
-                                   [--stays 2000] [--train-steps 1000] [--out FILE]
+                                   [--stays 2000] [--train-steps 1000] [--phases 4[,1]]
+                                   [--latent [NAME=]COLS ...] [--history K[,K]]
+                                   [--fqe-set KEY=VALUE ...] [--no-plain] [--out FILE]
 
 Why. The simulated clinicians decide every hour on what they see; the replay bins the
 treatment of a whole 4-hour window, so a logged 4-hour action partly responds to its own
@@ -30,6 +32,17 @@ the logged next hourly action (on-policy). The estimate is the mean over the tes
 sum_a pi(a|s0) Q(s0, a, 0) (the clinicians: Q at the logged first action), with the
 evaluation's patient-and-ensemble bootstrap CI; it is compared with the panel file's truth
 (same world, same policies) and with the panel's own 4-hour FQE.
+
+The confounding check (``--latent``). The estimate's error on large worlds follows the
+policies' treatment intensity (docs/evaluate.md, items 9, 10 and 17), the signature of the
+clinicians acting on what the tables do not show. With ``--latent COLS`` the same FQE runs
+again with columns of the world's hourly truth sidecar (latent physiology the clinicians
+perceive or that drives the outcome, at the last simulated hour that ended at or before the
+chain hour, standardised on train) added to the Q-function's input - never to the evaluated
+policy's, which still acts on the 62 features. If the error is confounding by those variables,
+this oracle state removes it; if it stays, the cause is elsewhere (the function class, the
+extrapolation of item 11). Only a simulator can run this check: the columns are not data.
+``--phases 4,1`` runs it on the hourly chain and on the replay's 4-hour chain.
 """
 
 from __future__ import annotations
@@ -42,10 +55,17 @@ from pathlib import Path
 import numpy as np
 
 # bench/ is the script's folder: the panel's own world, policies and arguments
+from held_logging import fqe_variants
 from ope_panel import fmt_estimate as _fmt
 from ope_panel import panel_file_args, panel_world, truth_fields
 
 PHASES = 4
+#: The latent variables the simulated clinicians act on or that drive the outcome (the world's
+#: hourly truth sidecar, ``synth/tables.py``), for ``--latent confounders``.
+CONFOUNDERS = (
+    "map", "lactate", "volume", "balance_l", "urine_ml", "infection", "tone_loss",
+    "perfusion", "kidney", "lung", "liver", "brain", "organ_score", "hazard",
+)  # fmt: skip
 
 
 def main() -> None:
@@ -53,9 +73,38 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--phases",
-        type=int,
-        default=PHASES,
-        help="hours per window in the chain (1: the 4-hour chain, a check)",
+        default=str(PHASES),
+        help="hours per window in the chain, comma-separated (1: the 4-hour chain; '4,1': both)",
+    )
+    ap.add_argument(
+        "--latent",
+        action="append",
+        default=[],
+        metavar="[NAME=]COLS",
+        help="comma-separated columns of the world's hourly truth sidecar (or 'confounders': "
+        f"{','.join(CONFOUNDERS)}) added to the FQE's input, never the policy's: one more "
+        "estimate per chain, 'fqe_hourly_NAME' (NAME 'latent' if not given); repeatable",
+    )
+    ap.add_argument(
+        "--history",
+        default="",
+        metavar="K[,K]",
+        help="also estimate with the states of the K previous 4-hour windows (what the tables "
+        "did show) added to the FQE's input: 'fqe_hourly_historyK'; a remedy the real data "
+        "allows, beside the oracle of --latent",
+    )
+    ap.add_argument(
+        "--fqe-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of configs/evaluate.yaml's fqe section for every estimate here, "
+        "e.g. model=mlp (the function-class check); repeatable",
+    )
+    ap.add_argument(
+        "--no-plain",
+        action="store_true",
+        help="skip the estimate without latent columns (the hourly FQE of docs/evaluate.md)",
     )
     ap.add_argument(
         "--policies",
@@ -63,12 +112,22 @@ def main() -> None:
         help="the panel's evaluable policies",
     )
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="re-score an earlier --out FILE against --panel (adds the error's correlation "
+        "with treatment intensity to files written before it was recorded) and rewrite it",
+    )
     args = ap.parse_args()
+    if args.rescore is not None:
+        return rescore(args.rescore, args.panel)
     import torch
     from threadpoolctl import threadpool_limits
 
-    from sepsisrl.rl.policies import TrainedPolicy
-    from sepsisrl.truth.compare import compare
+    from sepsisrl.config import validate_dataclass
+    from sepsisrl.ope.fqe import FQEConfig
     from sepsisrl.truth.world import TruthContext
 
     torch.set_num_threads(args.threads)
@@ -80,42 +139,26 @@ def main() -> None:
         ctx = TruthContext.load(ws)
         print(f"world {args.world_seed}: built and trained at "
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
-        chain = hourly_chain(ws, replay, ctx, root / "hourly", args.phases)
-        print(f"hourly chain: {chain['n']} hours of {len(np.unique(chain['stay']))} episodes "
-              f"(phase-0 states equal the replay's: {chain['parity']}) at "
-              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
-        same = chain["a"] == chain["logged_action_4h"]
-        print(f"the hour's action is the window's logged 4-hour action in {same.mean():.1%} of "
-              f"hours ({same[chain['phase'] == 0].mean():.1%} of first hours)")  # fmt: skip
-        for split in ("train", "test"):
-            m = chain["done"] & (chain["split"] == split)
-            print(f"observed mean return, {split}: {chain['return'][m].mean():.2f} "
-                  f"({int(m.sum())} episodes)")  # fmt: skip
-        wanted = args.policies.split(",")
-        estimates = {}
-        for name, spec, kind in panel:
-            if name not in wanted:
-                continue
-            pol = (
-                {"run": TrainedPolicy, "object": lambda p: p}[kind](spec)
-                if kind != "named"
-                else None
-            )
-            if kind == "named" and name != "clinician":
-                raise SystemExit(f"--policies: {name} (the named baselines fail the support gate)")
-            t = time.perf_counter()
-            estimates[name] = {**evaluate_hourly(chain, pol, ctx),
-                               "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
-            est = estimates[name]
-            held = est["overlap"]
-            overlap = (
-                ""
-                if held is None
-                else f"  logs hold its action: first hour "
-                f"{held['first_hour']:.1%}, every hour {held['every_hour']:.1%}"
-            )
-            print(f"  {name:24s} hourly FQE {est['ci'][0]:6.2f} [{est['ci'][1]:.2f}, "
-                  f"{est['ci'][2]:.2f}]  ({est['seconds']:.0f} s){overlap}", flush=True)  # fmt: skip
+        latent_sets = dict(_latent_set(v) for v in args.latent)
+        fqe_cfg = validate_dataclass(
+            FQEConfig, fqe_variants([f"x:{','.join(args.fqe_set)}"])["x"], "--fqe-set"
+        )
+        estimates: dict[str, dict] = {}
+        parities = {}
+        for phases in [int(x) for x in args.phases.split(",")]:
+            chain = hourly_chain(ws, replay, ctx, root / f"hourly{phases}", phases)
+            parities[phases] = chain["parity"]
+            sidecar = root / "raw_truth" / "hourly.parquet"
+            extras = {} if args.no_plain else {"plain": None}
+            extras |= {k: latent_at(sidecar, chain, cols) for k, cols in latent_sets.items()}
+            for k in [int(x) for x in args.history.split(",") if x]:
+                extras[f"history{k}"] = history_of(chain, k)
+            label = {PHASES: "fqe_hourly", 1: "fqe_4h"}.get(phases, f"fqe_{phases}phases")
+            found = evaluate_chain(chain, panel, args.policies, ctx, extras, fqe_cfg)
+            for name, est in found.items():
+                for variant, value in est.items():
+                    key = label if variant == "plain" else f"{label}_{variant}"
+                    estimates.setdefault(name, {})[key] = value
     # the truth: the panel file of the same world (it may still be being written by
     # bench/ope_panel.py, started alongside: wait for it)
     waited = 0
@@ -127,32 +170,150 @@ def main() -> None:
         raise SystemExit(f"{args.panel} is the panel of world {panel_doc['world_seed']}")
     truth = {r["policy"]: r for r in panel_doc["rows"]}
     rows = []
-    for name, est in estimates.items():
+    names = []
+    for name, by_est in estimates.items():
         ref = truth[name]
+        names = list(by_est)
         rows.append({
             "policy": name,
             **truth_fields(ref),
-            "estimates": {"fqe_hourly": est["ci"], "fqe": ref["estimates"]["fqe"],
-                          "wdr": ref["estimates"]["wdr"]},
-            "fit": est["fit"],
-            "overlap": est["overlap"],
-            "seconds": est["seconds"],
+            "intensity": ref.get("intensity"),
+            "estimates": {**{k: v["ci"] for k, v in by_est.items()},
+                          "fqe": ref["estimates"]["fqe"], "wdr": ref["estimates"]["wdr"]},
+            "fit": {k: v["fit"] for k, v in by_est.items()},
+            "overlap": next(iter(by_est.values()))["overlap"],
+            "seconds": {k: v["seconds"] for k, v in by_est.items()},
         })  # fmt: skip
+        chained = "  ".join(f"{k} {v['ci'][0]:6.2f}" for k, v in by_est.items())
         print(
-            f"  {name:24s} truth {ref['truth']:6.2f}  hourly FQE {est['ci'][0]:6.2f}  4-hour "
+            f"  {name:24s} truth {ref['truth']:6.2f}  {chained}  4-hour "
             f"FQE {_fmt(ref['estimates']['fqe'][0])}  WDR {_fmt(ref['estimates']['wdr'][0])}"
         )
-    saved = panel_doc.get("returns")
-    result = compare(rows, None if saved is None else {k: np.asarray(v) for k, v in saved.items()},
-                     estimators=["fqe_hourly", "fqe", "wdr"])  # fmt: skip
+    result = score(rows, panel_doc, [*names, "fqe", "wdr"])
     print(f"\nhourly FQE, world seed {args.world_seed} ({time.perf_counter() - started:.0f} s)")
     for est, doc in result.items():
         print(json.dumps({"world_seed": args.world_seed, "estimator": est, **doc}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"world_seed": args.world_seed, "parity": chain["parity"],
-                                        "hours": chain["n"], "rows": rows,
+        args.out.write_text(json.dumps({"world_seed": args.world_seed, "parity": parities,
+                                        "latent": latent_sets, "rows": rows,
                                         "estimators": result}, indent=2) + "\n")  # fmt: skip
+
+
+def score(rows: list[dict], panel_doc: dict, estimators: list[str]) -> dict:
+    """Each estimator against the panel's truth (``truth.compare``, with the panel's paired
+    per-episode true returns for the truth's own noise)."""
+    from sepsisrl.truth.compare import compare
+
+    saved = panel_doc.get("returns")
+    returns = None if saved is None else {k: np.asarray(v) for k, v in saved.items()}
+    return compare(rows, returns, estimators=estimators)
+
+
+def rescore(path: Path, panel: Path) -> None:
+    """``--rescore``: the rows of an earlier output, their intensity from the panel file."""
+    doc, panel_doc = json.loads(path.read_text()), json.loads(panel.read_text())
+    if panel_doc["world_seed"] != doc["world_seed"]:
+        raise SystemExit(f"{panel} is the panel of world {panel_doc['world_seed']}, {path} "
+                         f"of world {doc['world_seed']}")  # fmt: skip
+    intensity = {r["policy"]: r.get("intensity") for r in panel_doc["rows"]}
+    for row in doc["rows"]:
+        row["intensity"] = intensity[row["policy"]]
+    doc["estimators"] = score(doc["rows"], panel_doc, list(doc["rows"][0]["estimates"]))
+    for est, d in doc["estimators"].items():
+        print(json.dumps({"world_seed": doc["world_seed"], "estimator": est, **d}))
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def evaluate_chain(
+    chain: dict, panel, policies: str, ctx, extras: dict, fqe_cfg=None
+) -> dict[str, dict]:
+    """Every wanted panel policy on one chain, once per entry of ``extras``: ``{name:
+    {variant: est}}``, the FQE's input carrying the variant's further columns (None: none)."""
+    from sepsisrl.rl.policies import TrainedPolicy
+
+    print(f"hourly chain ({chain['phases']} per window): {chain['n']} hours of "
+          f"{len(np.unique(chain['stay']))} episodes (phase-0 states equal the replay's: "
+          f"{chain['parity']})", flush=True)  # fmt: skip
+    same = chain["a"] == chain["logged_action_4h"]
+    print(f"the hour's action is the window's logged 4-hour action in {same.mean():.1%} of "
+          f"hours ({same[chain['phase'] == 0].mean():.1%} of first hours)")  # fmt: skip
+    for split in ("train", "test"):
+        m = chain["done"] & (chain["split"] == split)
+        print(f"observed mean return, {split}: {chain['return'][m].mean():.2f} "
+              f"({int(m.sum())} episodes)")  # fmt: skip
+    wanted = policies.split(",")
+    out: dict[str, dict] = {}
+    for name, spec, kind in panel:
+        if name not in wanted:
+            continue
+        pol = {"run": TrainedPolicy, "object": lambda p: p}[kind](spec) if kind != "named" else None
+        if kind == "named" and name != "clinician":
+            raise SystemExit(f"--policies: {name} (the named baselines fail the support gate)")
+        for variant, add in extras.items():
+            t = time.perf_counter()
+            est = {**evaluate_hourly(chain, pol, ctx, add, fqe_cfg),
+                   "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+            out.setdefault(name, {})[variant] = est
+            held = est["overlap"]
+            overlap = (
+                ""
+                if held is None
+                else f"  logs hold its action: first hour "
+                f"{held['first_hour']:.1%}, every hour {held['every_hour']:.1%}"
+            )
+            print(f"  {name:24s} {variant:10s} FQE {est['ci'][0]:6.2f} [{est['ci'][1]:.2f}, "
+                  f"{est['ci'][2]:.2f}]  ({est['seconds']:.0f} s){overlap}", flush=True)  # fmt: skip
+    return out
+
+
+def history_of(chain: dict, windows: int) -> np.ndarray:
+    """The states of the ``windows`` previous 4-hour windows at every chain hour (the same
+    phase, ``phases`` rows back within the episode), each with an indicator of whether the
+    episode reaches back that far (zeros where it does not)."""
+    s, stay, phases = chain["s"], chain["stay"], chain["phases"]
+    n = len(stay)
+    cols = []
+    for lag in range(1, windows + 1):
+        back = np.arange(n) - lag * phases
+        ok = back >= 0
+        ok[ok] = stay[back[ok]] == stay[ok]
+        prev = np.where(ok[:, None], s[np.maximum(back, 0)], 0.0)
+        cols += [prev, ok[:, None].astype(np.float32)]
+    return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def _latent_set(value: str) -> tuple[str, list[str]]:
+    """``--latent [NAME=]COLS`` -> (NAME, columns)."""
+    name, sep, cols = value.rpartition("=")
+    columns = list(CONFOUNDERS) if cols == "confounders" else [c for c in cols.split(",") if c]
+    if not columns:
+        raise SystemExit(f"--latent {value!r}: no columns")
+    return (name if sep else "latent"), columns
+
+
+def latent_at(sidecar: Path, chain: dict, columns: list[str]) -> np.ndarray:
+    """The world's latent truth at each chain hour, standardised on the train rows: for the
+    hour starting at t, the sidecar row of the last simulated hour that ended at or before t
+    (its latent state is recorded at the hour's end, so nothing after t is read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tab = pq.read_table(sidecar, columns=["stay_id", "hour_start", *columns])
+    stay = tab["stay_id"].to_numpy().astype(np.int64)
+    end_s = tab["hour_start"].cast(pa.timestamp("s")).cast(pa.int64()).to_numpy() + 3600
+    order = np.lexsort((end_s, stay))
+    big = np.int64(10**11)
+    key = stay[order] * big + end_s[order]
+    want = chain["stay"].astype(np.int64) * big + chain["t_us"] // 1_000_000
+    pos = np.searchsorted(key, want, side="right") - 1
+    ok = (pos >= 0) & (stay[order][np.maximum(pos, 0)] == chain["stay"])
+    if not ok.all():
+        raise SystemExit(f"{sidecar}: {int((~ok).sum())} chain hours have no earlier sidecar hour")
+    x = np.column_stack([tab[c].to_numpy().astype(np.float64)[order][pos] for c in columns])
+    train = chain["split"] == "train"
+    mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
+    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
 
 
 def hourly_chain(ws: Path, replay: Path, ctx, workdir: Path, phases: int = PHASES) -> dict:
@@ -264,6 +425,8 @@ def hourly_chain(ws: Path, replay: Path, ctx, workdir: Path, phases: int = PHASE
         "r": terminal.astype(np.float64),
         "done": last,
         "first": first,
+        "t_us": np.repeat(tau, phases)
+        + np.tile(np.arange(phases), n) * (us_hour * hours // phases),
         "return": _discounted(
             terminal,
             last,
@@ -278,19 +441,24 @@ def hourly_chain(ws: Path, replay: Path, ctx, workdir: Path, phases: int = PHASE
     }
 
 
-def evaluate_hourly(chain: dict, policy, ctx) -> dict:
-    """The hourly FQE of ``policy`` held for 4 hours (None: the clinicians, on-policy)."""
+def evaluate_hourly(
+    chain: dict, policy, ctx, extra: np.ndarray | None = None, fqe_cfg=None
+) -> dict:
+    """The hourly FQE of ``policy`` held for 4 hours (None: the clinicians, on-policy);
+    ``extra``: further columns of the FQE's input (never the policy's)."""
     import torch
 
     from sepsisrl.ope.evaluate import EvalConfig
     from sepsisrl.ope.fqe import FQE, return_bounds
     from sepsisrl.ope.importance import ensemble_mean_ci
 
-    cfg = EvalConfig()
+    cfg = EvalConfig() if fqe_cfg is None else EvalConfig(fqe=fqe_cfg)
     s, a, phase, gamma = chain["s"], chain["a"], chain["phase"], chain["gamma"]
     A = 25
     phases = chain["phases"]
     aug = np.concatenate([s, np.eye(phases, dtype=np.float32)[phase][:, 1:]], axis=1)
+    if extra is not None:
+        aug = np.concatenate([aug, extra], axis=1)
     n = len(a)
     nxt = np.minimum(np.arange(n) + 1, n - 1)
     done = chain["done"]
@@ -325,7 +493,8 @@ def evaluate_hourly(chain: dict, policy, ctx) -> dict:
     pi0 = np.eye(A)[a[init]] if policy is None else policy.action_probabilities(s[init])
     q_members = fqe.q_values(s0)  # (K, n0, A)
     v_members = np.einsum("kna,na->kn", q_members, pi0)
-    v_full = np.einsum("na,na->n", fqe.full_q_values(s0), pi0)
+    q_full = fqe.full_q_values(s0)  # None for the mlp model (no full fit)
+    v_full = None if q_full is None else np.einsum("na,na->n", q_full, pi0)
     ci = ensemble_mean_ci(v_members, cfg.bootstrap_resamples, cfg.bootstrap_seed, point=v_full)
     return {
         "ci": [ci.estimate, ci.low, ci.high],
