@@ -100,3 +100,33 @@ def test_history_reads_the_same_phase_of_earlier_windows_of_the_same_episode(hou
     assert lag1[:, 1].tolist() == [-v for v in lag1[:, 0].tolist()]
     assert has2.tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
     assert lag2[:, 0].tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+
+
+def test_rescore_takes_intensity_from_the_panel_and_refuses_another_world(hourly, tmp_path):
+    import json
+
+    names = ["clinician", "a", "b", "c"]
+    truth = [3.0, 2.0, 1.0, 0.0]
+    # the estimate's error grows as the policy gives less: the confounding signature
+    panel_rows = [
+        {"policy": n, "truth": t, "estimates": {"fqe": [t, t - 1, t + 1]},
+         "intensity": {"vaso_bin": 1.0 - i / 4, "fluid_bin": 2.0 - i / 2}}
+        for i, (n, t) in enumerate(zip(names, truth, strict=True))
+    ]  # fmt: skip
+    rows = [
+        {"policy": n, "truth": t, "truth_ci95": [t - 1, t + 1], "true_mortality_90d": 0.3,
+         "estimates": {"fqe_4h_x": [t + i, t + i - 1, t + i + 1], "fqe": [t, t - 1, t + 1]}}
+        for i, (n, t) in enumerate(zip(names, truth, strict=True))
+    ]  # fmt: skip
+    panel, out = tmp_path / "panel.json", tmp_path / "out.json"
+    panel.write_text(json.dumps({"world_seed": 3, "rows": panel_rows}))
+    out.write_text(json.dumps({"world_seed": 3, "rows": rows, "estimators": {}}))
+    hourly.rescore(out, panel)
+    doc = json.loads(out.read_text())
+    assert doc["rows"][2]["intensity"] == panel_rows[2]["intensity"]
+    by = doc["estimators"]["fqe_4h_x"]["error_by_intensity"]
+    assert by["vaso_bin"]["error"] == pytest.approx(-1.0)
+    assert doc["estimators"]["fqe"]["mae"] == pytest.approx(0.0)
+    out.write_text(json.dumps({"world_seed": 4, "rows": rows, "estimators": {}}))
+    with pytest.raises(SystemExit, match="panel of world 3"):
+        hourly.rescore(out, panel)
