@@ -1,8 +1,9 @@
 """Is the estimators' error in the estimators or in the logged data? The OPE panel on held logs.
 
 Usage:  python bench/held_logging.py --world-seed S --panel bench/results/ope_panel-S.json
-                                     [--logs held|clinicians] [--patients 3000] [--seed 1]
-                                     [--fqe NAME[:KEY=VALUE,...] ...] [--keep-log DIR]
+                                     [--logs held|mixture|clinicians] [--patients 3000]
+                                     [--seed 1] [--fqe NAME[:KEY=VALUE,...] ...] [--ungated]
+                                     [--keep-log DIR] [--policies a,b,...] [--threads 2]
                                      [--out FILE]
 
 The simulated clinicians titrate every hour on what they see, so a logged 4-hour action partly
@@ -21,6 +22,14 @@ same policies, same truth patients).
 
 If the estimators agree with the truth on held logs but not on the clinicians' own logs, the
 error comes from within-window titration in the data, not from the estimators.
+
+``--logs mixture`` is the positive control: each logged patient is assigned, at random and for
+the whole episode, one *component* - every panel policy except the clinicians (which defer to
+the hourly titration) plus the sampled-and-held behaviour above - and is treated by it
+throughout, every action held for its window. The log then holds whole runs of every panel
+policy, chosen on the observed state alone: no confounding and no sequence the log lacks, so
+an estimator that still misranks the panel on it is wrong for reasons of its own (function
+class, partial observability of the latent state), not for want of the right data.
 
 ``--logs clinicians`` skips the held log and re-runs the evaluation of every panel policy on the
 world's own replay with the current estimators (the truth of a panel policy does not depend on
@@ -57,19 +66,30 @@ def main() -> None:
     ap = panel_file_args(__doc__)
     ap.add_argument("--patients", type=int, default=3000, help="patients of the held log")
     ap.add_argument("--seed", type=int, default=1, help="population seed of the held log")
-    ap.add_argument("--logs", choices=("held", "clinicians"), default="held")
+    ap.add_argument("--logs", choices=("held", "mixture", "clinicians"), default="held")
     ap.add_argument("--fqe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
                     help="an FQE variant (repeatable; default: the evaluation's FQE)")  # fmt: skip
     ap.add_argument("--keep-log", type=Path, default=None, metavar="DIR",
                     help="keep the held log's replay in DIR, or reuse it from there")  # fmt: skip
+    ap.add_argument("--ungated", action="store_true",
+                    help="compare the FQE's and the WDR's estimates before the overlap gates "
+                         "(the default with --logs mixture)")  # fmt: skip
+    ap.add_argument("--policies", default=None,
+                    help="evaluate these panel policies only (comma-separated; the mixture log "
+                         "is still made of every one)")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch and BLAS threads (the panel file's: trained policies differ "
+                         "in float rounding between thread counts)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    args.ungated = args.ungated or args.logs == "mixture"
     panel = json.loads(args.panel.read_text())
     if panel["world_seed"] != args.world_seed:
         raise SystemExit(f"{args.panel} is the panel of world {panel['world_seed']}")
     truth = {r["policy"]: r for r in panel["rows"]}
 
     import torch
+    from threadpoolctl import threadpool_limits
 
     from sepsisrl.config import validate_dataclass
     from sepsisrl.ope.evaluate import EvalConfig, evaluate
@@ -77,9 +97,11 @@ def main() -> None:
     from sepsisrl.rl.policies import TrainedPolicy, softmax_of
     from sepsisrl.truth.compare import compare, estimates_of
     from sepsisrl.truth.harness import population_for
+    from sepsisrl.truth.policies import HeldSample
     from sepsisrl.truth.world import TruthContext
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     started = time.perf_counter()
     variants = fqe_variants(args.fqe or ["default"])
     configs = {name: EvalConfig(fqe=validate_dataclass(FQEConfig, over, f"--fqe {name}"))
@@ -89,21 +111,31 @@ def main() -> None:
         ws, replay, runs, jobs = panel_world(root, args.world_seed, args.stays, args.train_steps)
         bc_prob = softmax_of(TrainedPolicy(runs["bc"]))
         ctx = TruthContext.load(ws)
-        pop = population_for(ctx, args.patients, args.seed) if args.logs == "held" else None
+        logged = args.logs != "clinicians"
+        pop = population_for(ctx, args.patients, args.seed) if logged else None
         print(f"world {args.world_seed}: built, trained, {args.patients} patients at "
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
-        if args.logs == "held":
+        if logged:
             held = ws / "replay" / "held_logging"
             made = {"world_seed": args.world_seed, "stays": args.stays, "patients":
                     args.patients, "seed": args.seed, "train_steps": args.train_steps}  # fmt: skip
+            if args.logs == "mixture":
+                made["logs"] = "mixture"
             kept = args.keep_log
             if kept is not None and (kept / "held_args.json").is_file():
                 if json.loads((kept / "held_args.json").read_text()) != made:
                     raise SystemExit(f"--keep-log {kept}: a held log of other arguments")
                 shutil.copytree(kept, held)  # the same log, without simulating it again
             else:
-                log = held_log(ctx, pop, bc_prob, root / "rollout", args.seed)
+                behaviour = (HeldSample(bc_prob, args.seed, name="bc_sampled_held")
+                             if args.logs == "held" else
+                             mixture_behaviour(jobs, ctx, pop, bc_prob, ws, args.seed))  # fmt: skip
+                log = held_log(ctx, pop, behaviour, root / "rollout")
                 write_replay(log, replay, held, args.seed)
+                if args.logs == "mixture":
+                    (held / "mixture_assignment.json").write_text(json.dumps(
+                        {str(k): behaviour.components[v].name
+                         for k, v in behaviour.assign.items()}) + "\n")  # fmt: skip
                 if kept is not None:
                     shutil.copytree(held, kept)
                     (kept / "held_args.json").write_text(json.dumps(made) + "\n")
@@ -115,10 +147,12 @@ def main() -> None:
 
         per_variant: dict[str, list] = {v: [] for v in configs}
         for (name, spec, kind), (variant, ev_cfg) in itertools.product(jobs, configs.items()):
-            if name == "clinician" and args.logs == "held":
-                # the behaviour of the held log is the sampled BC policy, not the clinicians
+            if name == "clinician" and logged:
+                # the behaviour of a held log is not the clinicians' hourly titration
                 continue
             if name not in truth:  # a panel file of some of the panel's policies (--policies)
+                continue
+            if args.policies and name not in args.policies.split(","):
                 continue
             rows = per_variant[variant]
             t = time.perf_counter()
@@ -129,13 +163,15 @@ def main() -> None:
             rows.append({
                 "policy": name,
                 **truth_fields(ref),
-                "estimates": estimates_of(doc),
+                "estimates": ungated_of(doc) if args.ungated else estimates_of(doc),
                 "panel_estimates": ref["estimates"],
                 "ess": doc["metrics"]["ess"],
                 "evaluable": doc["evaluable"],
                 "support_mass": doc["metrics"]["support_mass"],
                 "seconds": {"evaluate": round(t_eval, 1)},
             })  # fmt: skip
+            if args.logs == "mixture":
+                rows[-1]["estimates"]["runs_mc"] = runs_monte_carlo(held, name, meta["gamma"])
             est = rows[-1]["estimates"]
             if args.logs == "clinicians" and rows[-1]["support_mass"] != ref["support_mass"]:
                 raise SystemExit(f"{name}: support mass {rows[-1]['support_mass']} differs from "
@@ -147,7 +183,8 @@ def main() -> None:
         shutil.rmtree(root / "rollout", ignore_errors=True)
     saved = panel.get("returns")  # per-episode truth: the truth's own noise (compare.truth_noise)
     noise = None if saved is None else {k: np.asarray(v) for k, v in saved.items()}
-    results = {v: compare(rows, noise) for v, rows in per_variant.items()}
+    names = ["fqe", "wdr", "runs_mc"] if args.logs == "mixture" else None
+    results = {v: compare(rows, noise, estimators=names) for v, rows in per_variant.items()}
     print(f"\n{args.logs}-logs panel, world seed {args.world_seed} "
           f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
     for variant, result in results.items():
@@ -158,12 +195,49 @@ def main() -> None:
         first = next(iter(configs))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
-            "world_seed": args.world_seed, "logs": args.logs, "held_log": meta["splits"],
+            "world_seed": args.world_seed, "logs": args.logs, "ungated": args.ungated,
+            "held_log": meta["splits"],
+            # the panel's per-episode truth, so that panel_table.py can recompare any subset
+            "returns": {k: v for k, v in (saved or {}).items() if k in truth},
             "fqe_variant": first, "rows": per_variant[first], "estimators": results[first],
             "variants": {v: {"fqe": dataclasses.asdict(configs[v].fqe), "overrides": variants[v],
                              "rows": per_variant[v], "estimators": results[v]}
                          for v in configs},
         }, indent=2) + "\n")  # fmt: skip
+
+
+def runs_monte_carlo(held: Path, component: str, gamma: float) -> tuple:
+    """``--logs mixture``: the mean discounted return of the log's own runs of ``component``
+    (every split), with a normal 95 % CI - what the log shows of the policy without any model
+    (the reference the FQE, which pools every run, should beat)."""
+    import pyarrow.parquet as pq
+
+    assign = json.loads((held / "mixture_assignment.json").read_text())
+    names = (component, f"run:{component}")  # a trained run's component may carry its folder
+    mine = np.array([int(k) for k, v in assign.items() if v in names])
+    rets = []
+    for split in ("train", "validation", "test"):
+        t = pq.read_table(
+            held / f"replay_{split}.parquet", columns=["stay_id", "step", "reward_eval", "done"]
+        )
+        t = t.filter(np.isin(t["stay_id"].to_numpy(), mine) & t["done"].to_numpy())
+        steps = t["step"].to_numpy().astype(np.int64)
+        # the truth's discounting: gamma^(T-1) times the terminal reward, T the episode's length
+        rets.append(gamma**steps * t["reward_eval"].to_numpy())
+    r = np.concatenate(rets)
+    if len(r) < 2:
+        return (None, None, None)
+    half = 1.96 * r.std(ddof=1) / np.sqrt(len(r))
+    return (float(r.mean()), float(r.mean() - half), float(r.mean() + half))
+
+
+def ungated_of(doc: dict) -> dict[str, tuple]:
+    """The FQE's and the WDR's estimates before the overlap gates (the other estimators'
+    left out). On a mixture log the gates say little: the per-state behaviour model that they
+    rest on is the mixture's marginal over components, not the probability of a logged run,
+    and the FQE needs no propensity at all."""
+    raw = doc["estimates_ungated"]
+    return {k: (raw[k]["estimate"], raw[k]["ci_low"], raw[k]["ci_high"]) for k in ("fqe", "wdr")}
 
 
 def fqe_variants(specs: list[str]) -> dict[str, dict]:
@@ -185,12 +259,57 @@ def fqe_variants(specs: list[str]) -> dict[str, dict]:
     return out
 
 
-def held_log(ctx, pop, probabilities, workdir: Path, seed: int):
-    """The rollout of the sampled-and-held behaviour, with the online state of each decision."""
-    from sepsisrl.truth.policies import HeldSample
+def mixture_behaviour(jobs, ctx, pop, bc_prob, ws: Path, seed: int):
+    """``--logs mixture``: every patient of ``pop`` treated throughout by one component drawn
+    at random (every panel policy but the clinicians, and the sampled-and-held behaviour)."""
+    from sepsisrl.truth.policies import HeldSample, Network, world_policy
+
+    comps = [HeldSample(bc_prob, seed, name="bc_sampled_held")]
+    for name, spec, kind in jobs:
+        if name == "clinician":
+            continue
+        if kind == "object":
+            comps.append(Network(spec, name))
+        else:
+            comps.append(world_policy(spec if kind == "named" else None,
+                                      spec if kind == "run" else None, None,
+                                      ctx.feature_names, 25, seed, workspace=ws))  # fmt: skip
+    stays = np.sort(pop.cohort()["stay_id"].to_numpy())
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4D4958]))
+    return MixtureOfRuns(
+        comps,
+        dict(zip(stays.tolist(), rng.integers(0, len(comps), len(stays)).tolist(), strict=True)),
+    )
+
+
+class MixtureOfRuns:
+    """A world policy that treats each stay with its own component for the whole episode
+    (``assign``: stay id -> component index); the components decide on the same states."""
+
+    name = "mixture_of_runs"
+    needs_state = True
+    wants_context = True
+    context = None
+
+    def __init__(self, components: list, assign: dict[int, int]) -> None:
+        self.components = components
+        self.assign = assign
+
+    def decide(self, states, raw):
+        which = np.array([self.assign[int(s)] for s in self.context.stay_id])
+        out = np.empty(len(states), dtype=np.int64)
+        for k in np.unique(which):
+            m = which == k
+            comp = self.components[k]
+            sub = {name: col[m] for name, col in raw.items()}
+            out[m] = np.asarray(comp.decide(states[m], sub), dtype=np.int64)
+        return out
+
+
+def held_log(ctx, pop, behaviour, workdir: Path):
+    """The rollout of a held behaviour, with the online state of each decision."""
     from sepsisrl.truth.rollout import rollout_population
 
-    behaviour = HeldSample(probabilities, seed, name="bc_sampled_held")
     res = rollout_population(ctx, pop, behaviour, workdir, record_states=True)
     dec = res.decisions
     subject = dict(zip(pop.cohort()["stay_id"].to_pylist(),

@@ -1,12 +1,15 @@
 """Markdown tables of OPE panel results (``ope_panel.py --out`` / ``held_logging.py --out``).
 
-Usage:  python bench/panel_table.py LABEL=FILE [LABEL=FILE ...] [--estimators fqe,wdr]
+Usage:  python bench/panel_table.py LABEL=FILE[#VARIANT] [...] [--estimators fqe,wdr]
+                                    [--policies a,b,...]
 
 Prints, for every file, the agreement of each estimator with the truth over the evaluable
 policies (Spearman, MAE, the MAE of the difference from the clinicians, 95 % CI coverage, top-1
 regret, the policy ranked first, the truth's own noise and the rank agreement of an on-policy
 oracle with as many episodes as the evaluated split), then one table of every policy's truth and estimates per file
-(``not evaluable`` where the gates refused it). The docs quote these tables; nothing in them is typed by hand.
+(``not evaluable`` where the gates refused it). ``--policies`` compares over those policies only
+(recomputed from the rows). ``FILE#VARIANT`` reads one FQE variant of a ``held_logging.py --fqe``
+file (default: its first). The docs quote these tables; nothing in them is typed by hand.
 """
 
 from __future__ import annotations
@@ -20,14 +23,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("files", nargs="+", help="LABEL=FILE")
     ap.add_argument("--estimators", default="fqe,wdr")
+    ap.add_argument("--policies", default=None, help="compare over these policies only")
     args = ap.parse_args()
     docs = []
     for item in args.files:
         label, _, path = item.partition("=")
+        path, _, variant = path.partition("#")
         if not path or not Path(path).is_file():
             raise SystemExit(f"{item}: expected LABEL=FILE with FILE an existing "
                              "ope_panel.py --out file")  # fmt: skip
-        docs.append((label, json.loads(Path(path).read_text())))
+        doc = json.loads(Path(path).read_text())
+        if variant:
+            if variant not in doc.get("variants", {}):
+                raise SystemExit(f"{item}: no FQE variant {variant!r} in {path} (it has: "
+                                 f"{', '.join(doc.get('variants', {})) or 'none'})")  # fmt: skip
+            doc = {**doc, **doc["variants"][variant]}
+        if args.policies:
+            doc = _only(doc, args.policies.split(","), item)
+        docs.append((label, doc))
     wanted = args.estimators.split(",")
 
     def num(x) -> str:
@@ -91,6 +104,23 @@ def _intensity_table(docs: list[tuple[str, dict]], wanted: list[str]) -> None:
               "vs IV-fluid bin (truth's own) |")  # fmt: skip
         print("|---|---|---|---|---|")
         print("\n".join(lines))
+
+
+def _only(doc: dict, names: list[str], item: str) -> dict:
+    """``doc`` restricted to the policies ``names`` (its comparisons recomputed from the rows)."""
+    have = {r["policy"] for r in doc["rows"]}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise SystemExit(f"{item}: no row for --policies {', '.join(missing)}")
+    rows = [r for r in doc["rows"] if r["policy"] in names]
+    returns = doc.get("returns")
+    if returns:
+        returns = {k: v for k, v in returns.items() if k in names}
+    from sepsisrl.truth.compare import compare
+
+    estimators = list(doc["estimators"])
+    return {**doc, "rows": rows, "returns": returns,
+            "estimators": compare(rows, returns, estimators=estimators)}  # fmt: skip
 
 
 def _signed(x: float | None) -> str:

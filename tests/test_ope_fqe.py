@@ -203,6 +203,38 @@ def test_pessimism_lowers_rarely_logged_actions_most_and_changes_nothing_at_zero
     assert v_pess < v_plain
 
 
+def test_ridge_intercept_frees_each_actions_mean_from_the_shared_penalty():
+    """A one-step problem whose three actions are worth 0, 2 and 5 and are logged in 80, 15
+    and 5 % of the rows: the penalty the held-out error picks (here the only one, 1.0) shrinks a
+    rare action's whole deviation towards the shared model; ``ridge_intercept`` penalises its
+    intercept alone, and the fit recovers each action's worth. Null is today's fit."""
+    rng = np.random.default_rng(0)
+    n, dim = 4000, 3
+    s = rng.standard_normal((n, dim)).astype(np.float32)
+    a = rng.choice(3, size=n, p=[0.8, 0.15, 0.05])
+    r = (np.array([0.0, 2.0, 5.0])[a] + 0.5 * s[:, 0] + rng.standard_normal(n)).astype(np.float32)
+    train = {"s": torch.from_numpy(s), "a": torch.from_numpy(a), "r": torch.from_numpy(r),
+             "s_next": torch.from_numpy(s), "done": torch.ones(n),
+             "pi_next": torch.full((n, 3), 1.0 / 3)}  # fmt: skip
+    groups = np.arange(n)
+
+    def gaps(**over):
+        cfg = FQEConfig(**{"ridge": (1.0,), "members": 2, "seed": 0, **over})
+        fqe = FQE(dim, 3, 0.99, cfg, bounds=(-15.0, 15.0))
+        fqe.fit(train, groups, 1)
+        q = fqe.full_q_values(torch.zeros(1, dim))[0]
+        return q[1] - q[0], q[2] - q[0], fqe
+
+    shrunk = gaps()
+    free = gaps(ridge_intercept=1e-6)
+    assert shrunk[1] < 1.0 and shrunk[0] < 1.0  # 5 and 2 shrunk to a fraction
+    assert abs(free[0] - 2.0) < 0.2 and abs(free[1] - 5.0) < 0.3, free[:2]
+    same = gaps(ridge_intercept=None)
+    assert np.array_equal(same[2].W_full, shrunk[2].W_full)
+    with pytest.raises(ValueError, match="ridge_intercept must be > 0 or null"):
+        FQE(dim, 3, 0.99, FQEConfig(ridge_intercept=0.0))
+
+
 def test_pessimism_needs_the_linear_model_and_a_non_negative_value():
     with pytest.raises(ValueError, match="pessimism needs the linear model"):
         FQE(N_POS, N_ACTIONS, GAMMA, FQEConfig(model="mlp", pessimism=1.0))

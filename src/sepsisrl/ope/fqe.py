@@ -4,7 +4,8 @@ Two function classes share the procedure below (``FQEConfig.model``):
 
 - ``linear`` (default): Q(s, a) = phi(s) . w + [1, s] . u_a, a ridge regression with a shared
   value of the state and per-action deviations u_a that are linear in the state (penalised by
-  ``ridge``, so rarely taken actions shrink towards the shared model rather than to noise). The
+  ``ridge``, so rarely taken actions shrink towards the shared model rather than to noise;
+  ``ridge_intercept``, opt-in, gives each action's own intercept a penalty of its own). The
   shared basis (``basis``) is ``hinge`` by default: phi(s) = [1, s, max(0, s_j - t)] with t
   the train quartiles of every feature (a piecewise-linear value of each feature); ``linear``
   keeps phi(s) = [1, s]. The point estimate comes from a fit on every train patient
@@ -70,6 +71,7 @@ class FQEConfig:
     model: Literal["linear", "mlp"]
     ridge: tuple[float, ...]
     ridge_shared: float
+    ridge_intercept: float | None
     basis: Literal["hinge", "linear"]
     hidden: tuple[int, ...]
     lr: float
@@ -177,6 +179,8 @@ class FQE:
             raise ValueError(f"FQE pessimism must be >= 0, got {cfg.pessimism}")
         if cfg.pessimism > 0 and cfg.model != "linear":
             raise ValueError("FQE pessimism needs the linear model (fqe.model: linear)")
+        if cfg.ridge_intercept is not None and not cfg.ridge_intercept > 0:
+            raise ValueError(f"FQE ridge_intercept must be > 0 or null, got {cfg.ridge_intercept}")
         # pessimism after a linear fit: (sigma, each member's penalty index, the full fit's)
         self._pess: tuple[float, np.ndarray, int | None] | None = None
         self.W: np.ndarray | None = None  # linear model: (K, coefficients)
@@ -653,6 +657,7 @@ class _LinearSetup:
         self.size = self.ds + self.da * A
         self.penalties = [float(x) for x in cfg.ridge]
         self.ridge_shared = cfg.ridge_shared
+        self.ridge_intercept = cfg.ridge_intercept
         # rows grouped by logged action: the per-action blocks are sums over contiguous rows
         self.order = np.argsort(a, kind="stable")
         self.bounds = np.searchsorted(a[self.order], np.arange(A + 1))
@@ -691,7 +696,10 @@ class _LinearSetup:
     def _factor(
         self, gram: np.ndarray, lam: float, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        reg = np.r_[0.0, np.full(self.ds - 1, self.ridge_shared), np.full(self.da * self.A, lam)]
+        per_action = np.full((self.A, self.da), lam)
+        if self.ridge_intercept is not None:  # each action's own intercept: its own penalty
+            per_action[:, 0] = self.ridge_intercept
+        reg = np.r_[0.0, np.full(self.ds - 1, self.ridge_shared), per_action.ravel()]
         return torch.linalg.cholesky(torch.from_numpy(gram + np.diag(reg + 1e-10)), out=out)
 
     def full_factor(self, j: int) -> torch.Tensor:

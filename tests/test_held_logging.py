@@ -1,0 +1,76 @@
+"""bench/held_logging.py's positive control (docs/evaluate.md item 19): in a mixture log every
+stay is treated throughout by its own component, and the log's own runs of a policy are read
+back with the truth's discounting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def held():
+    sys.path.insert(0, str(BENCH))  # held_logging.py imports the panel's helpers from its folder
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "sepsisrl_held_logging", BENCH / "held_logging.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+class _Fixed:
+    """A component that answers ``action`` and records the states it was asked about."""
+
+    def __init__(self, action: int) -> None:
+        self.action, self.seen = action, []
+
+    def decide(self, states, raw):
+        self.seen.append((states.copy(), {k: v.copy() for k, v in raw.items()}))
+        return np.full(len(states), self.action)
+
+
+def test_each_stay_gets_its_own_components_decision_on_its_own_state(held):
+    comps = [_Fixed(3), _Fixed(17), _Fixed(24)]
+    mix = held.MixtureOfRuns(comps, {10: 2, 11: 0, 12: 2, 13: 1})
+    states = np.arange(8, dtype=np.float32).reshape(4, 2)
+    mix.context = SimpleNamespace(stay_id=np.array([12, 13, 10, 11]))
+    out = mix.decide(states, {"map": np.array([60.0, 61.0, 62.0, 63.0])})
+    assert out.tolist() == [24, 17, 24, 3]
+    (s2, raw2), = comps[2].seen  # fmt: skip
+    assert np.array_equal(s2, states[[0, 2]]) and raw2["map"].tolist() == [60.0, 62.0]
+    (s0, raw0), = comps[0].seen  # fmt: skip
+    assert np.array_equal(s0, states[[3]]) and raw0["map"].tolist() == [63.0]
+
+
+def test_the_logs_own_runs_are_discounted_to_their_last_step(held, tmp_path):
+    # stays 1 and 2 ran policy "p" (2 and 3 steps), stay 3 ran "q"; 1 survived, 2 and 3 died
+    rows = {"stay_id": [1, 1, 2, 2, 2, 3], "step": [0, 1, 0, 1, 2, 0],
+            "reward_eval": [0.0, 15.0, 0.0, 0.0, -15.0, -15.0],
+            "done": [False, True, False, False, True, True]}  # fmt: skip
+    tab = pa.table(rows)
+    pq.write_table(tab.slice(0, 2), tmp_path / "replay_train.parquet")
+    pq.write_table(tab.slice(2, 3), tmp_path / "replay_validation.parquet")
+    pq.write_table(tab.slice(5, 1), tmp_path / "replay_test.parquet")
+    (tmp_path / "mixture_assignment.json").write_text(
+        json.dumps({"1": "p", "2": "run:p", "3": "q"})
+    )
+    mean, lo, hi = held.runs_monte_carlo(tmp_path, "p", 0.9)
+    r = np.array([0.9 * 15.0, 0.81 * -15.0])
+    assert mean == pytest.approx(r.mean())
+    assert hi - mean == pytest.approx(1.96 * r.std(ddof=1) / np.sqrt(2))
+    assert mean - lo == pytest.approx(hi - mean)
+    assert held.runs_monte_carlo(tmp_path, "q", 0.9) == (None, None, None)  # one run: no CI
