@@ -347,6 +347,9 @@ def test_test_split_rows_show_gated_estimates_and_say_why(study):
                 assert reason in note
         if not doc["evaluable"]["model"]:
             assert "not evaluable by FQE/WDR" in note
+        ess, gate = doc["overlap"]["ess_per_decision"], doc["config"]["gates"]["is_ess_min"]
+        followed = next((i for i, x in enumerate(ess) if x < gate), len(ess))
+        assert rows[ev][7] == f"{followed} of {len(ess)}", (ev, ess)
     clin = next(r for r in rows.values() if r[0].startswith("clinician"))
     assert clin[4] != "undefined"  # the clinicians are on-policy: WIS is defined
 

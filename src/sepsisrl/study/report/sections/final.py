@@ -27,7 +27,13 @@ TEST_SPLIT_INTRO = (
     "Every estimate is of the policy exactly as exported (no softening). An estimate that fails "
     "the evaluation's gates is not evaluable and is not shown as a number: FQE and WDR need a "
     "converged fit in the attainable range and supported actions (support mass >= the gate); "
-    "WIS needs overlap (trajectory ESS and a share of episodes with non-zero weight)."
+    "WIS needs overlap (trajectory ESS and a share of episodes with non-zero weight). "
+    "Decisions followed: for how many of its first decisions the evaluated episodes still "
+    "follow the policy, at least as many effective episodes (per-decision ESS) as the IS gate "
+    "asks of a whole trajectory; beyond them the FQE's value rests on where the logs do not "
+    "follow the policy. On a synthetic world whose logs held every policy's own runs, the FQE "
+    "ranked that world's separated policies correctly; on the clinicians' logs it did not "
+    "(docs/evaluate.md, item 19)."
 )
 TEST_HEADER = [
     "Policy",
@@ -37,6 +43,7 @@ TEST_HEADER = [
     "WIS [95% CI]",
     "Not evaluable because",
     "ESS",
+    "Decisions followed",
     "Clinician agreement",
     "Support mass",
     "Low-support rate",
@@ -64,6 +71,15 @@ def not_evaluable_note(doc: EvaluationMetrics, family: str) -> str:
     reasons = getattr(ev, f"{family}_reasons")
     what = "by FQE/WDR" if family == "model" else "by importance sampling"
     return f"not evaluable {what}: " + "; ".join(reasons)
+
+
+def decisions_followed(doc: EvaluationMetrics) -> str:
+    """``k of H``: the evaluated episodes follow the policy for its first k of H decisions with a
+    per-decision ESS of at least the IS gate's ``is_ess_min`` (the evaluation's own setting)."""
+    ess = doc.overlap.ess_per_decision
+    gate = float(doc.config["gates"]["is_ess_min"])
+    k = next((i for i, x in enumerate(ess) if x < gate), len(ess))
+    return f"{k} of {len(ess)}"
 
 
 def wis_estimate(doc: EvaluationMetrics) -> tuple[list[Any], str]:
@@ -104,7 +120,7 @@ def final_estimates(st: Study) -> list[Block]:
         rows.append([
             label, ev, ci(*fqe[-1]), ci(*wdr[-1]), ci(*w),
             " | ".join(notes) or "evaluable by every estimator",
-            fmt(m.ess), fmt(m.clinician_agreement), fmt(m.support_mass),
+            fmt(m.ess), decisions_followed(doc), fmt(m.clinician_agreement), fmt(m.support_mass),
             fmt(m.low_support_action_rate), fmt(m.severe_safety_flags),
             fmt(m.observed_return_mean),
         ])  # fmt: skip
