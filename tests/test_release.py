@@ -134,6 +134,20 @@ def test_the_card_sets_the_policys_treatment_intensity_beside_the_clinicians(exp
     assert ("(confounding by indication)" in card) == less
 
 
+def test_the_card_says_for_how_many_decisions_the_logs_follow_the_policy(exported):
+    *_, bundle, ev = exported
+    got = json.loads((bundle / "config.json").read_text())["decisions_followed"]
+    ess, gate = ev["overlap"]["ess_per_decision"], ev["config"]["gates"]["is_ess_min"]
+    k = 0
+    while k < len(ess) and ess[k] >= gate:  # by hand: the leading decisions at the gate's ESS
+        k += 1
+    assert got == {"split": "validation", "evaluation": "iql", "episodes": ev["episodes"],
+                   "followed": k, "decisions": len(ess), "ess_min": gate}  # fmt: skip
+    card = (bundle / "README.md").read_text()
+    assert f"follow this policy for its first {k} of {len(ess)} decisions." in card
+    assert ("its offline value rests on states where the logs do not" in card) == (k < len(ess))
+
+
 def test_an_unevaluated_run_gets_no_numbers(exported, tmp_path):
     _, _, run, evaluated, _ = exported
     copy = tmp_path / "runs" / "fresh"
@@ -144,6 +158,8 @@ def test_an_unevaluated_run_gets_no_numbers(exported, tmp_path):
     assert json.loads((bundle / "config.json").read_text())["metrics"] is None
     assert json.loads((bundle / "config.json").read_text())["treatment_intensity"] is None
     assert "Treatment intensity" not in card
+    assert json.loads((bundle / "config.json").read_text())["decisions_followed"] is None
+    assert "How far the logs follow it" not in card
     # another run's evaluation says nothing about this run's intensity
     other = export_run(copy, tmp_path / "c", evaluations=[evaluated.parent / "eval" / "iql"])
     assert json.loads((other / "config.json").read_text())["treatment_intensity"] is None

@@ -767,6 +767,10 @@ class ModelConfig(Artifact):
     #: logged actions there (``truth.compare.intensity_of`` and the split); None when no
     #: evaluation of this run was given. Absent in repositories written before it existed.
     treatment_intensity: JsonObject | None = None
+    #: how far the logged episodes of the run's own evaluation follow it
+    #: (``ope.importance.decisions_followed``); None when no evaluation of this run was given.
+    #: Absent in repositories written before it existed.
+    decisions_followed: JsonObject | None = None
     research_only: StrictBool
 
 

@@ -124,6 +124,12 @@ def per_decision_ess(w_et: np.ndarray) -> np.ndarray:
     return np.divide(s1**2, s2, out=np.zeros_like(s1), where=s2 > 0)
 
 
+def decisions_followed(ess_per_decision, ess_min: float) -> int:
+    """For how many of its first decisions the logged episodes follow a policy: the leading
+    positions whose per-decision ESS (:func:`per_decision_ess`) is at least ``ess_min``."""
+    return next((i for i, x in enumerate(ess_per_decision) if x < ess_min), len(ess_per_decision))
+
+
 def wdr_terms(
     w_et: np.ndarray, delta_et: np.ndarray, gamma: float, counts: np.ndarray | None = None
 ) -> np.ndarray:

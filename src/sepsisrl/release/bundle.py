@@ -462,6 +462,7 @@ def model_card(
                   "evidence of clinical safety or efficacy."]  # fmt: skip
         lines += sensitivity_lines(summary, config.get("truth"))
         lines += intensity_lines(config.get("treatment_intensity"))
+        lines += overlap_lines(config.get("decisions_followed"))
     else:
         lines.append(
             "This model has not been evaluated: no evaluation results were found for its run."
@@ -537,6 +538,42 @@ def _treatment_intensity(
         if got is not None:
             return {"split": doc.split, "evaluation": Path(e).name, **got}
     return None
+
+
+def _decisions_followed(run: Path, evals: list[Path]) -> dict[str, Any] | None:
+    """How far the logged episodes of the exported run's own evaluation among ``evals``
+    follow it (``ope.importance.decisions_followed`` at that evaluation's IS gate); None when
+    none of them evaluates this run."""
+    from sepsisrl.ope.importance import decisions_followed
+
+    for e in evals:
+        doc = EvaluationMetrics.load(Path(e) / "metrics.json")
+        if doc.policy.kind != "run" or Path(doc.policy.spec).absolute() != run:
+            continue
+        ess = [float(x) for x in doc.overlap.ess_per_decision]
+        gate = float(doc.config["gates"]["is_ess_min"])
+        return {"split": doc.split, "evaluation": Path(e).name, "episodes": doc.episodes,
+                "followed": decisions_followed(ess, gate), "decisions": len(ess),
+                "ess_min": gate}  # fmt: skip
+    return None
+
+
+def overlap_lines(followed: dict[str, Any] | None) -> list[str]:
+    """The card's paragraph on how far the logs follow the policy, decision by decision."""
+    if not followed:
+        return []
+    text = (f"**How far the logs follow it.** Of the {followed['episodes']} episodes of its "
+            f"{followed['split']} evaluation, at least {followed['ess_min']:g} effective "
+            f"episodes (per-decision ESS) follow this policy for its first "
+            f"{followed['followed']} of {followed['decisions']} decisions.")  # fmt: skip
+    if followed["followed"] < followed["decisions"]:
+        text += (" From there on, its offline value rests on states where the logs do not "
+                 "follow it: the FQE extrapolates to them and importance weights cannot "
+                 "correct it. On the project's synthetic benchmark the same FQE ranked a "
+                 "world's policies correctly from logs that held each policy's own runs, and "
+                 "did not from the clinicians' logs of that world (docs/evaluate.md, items 11 "
+                 "and 19).")  # fmt: skip
+    return ["", text]
 
 
 def intensity_lines(intensity: dict[str, Any] | None) -> list[str]:
@@ -657,6 +694,7 @@ def export_run(
         },
         "truth": truth_doc,
         "treatment_intensity": _treatment_intensity(run, evals, replay),
+        "decisions_followed": _decisions_followed(run, evals),
         "research_only": True,
     }  # fmt: skip
     # checked against the contract before anything is written: a writer that drifts from

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sepsisrl.contracts import EvaluationMetrics, HeadlineMetrics
+from sepsisrl.ope.importance import decisions_followed as followed
 from sepsisrl.study.report import figures
 from sepsisrl.study.report.blocks import (
     Block,
@@ -77,9 +78,7 @@ def decisions_followed(doc: EvaluationMetrics) -> str:
     """``k of H``: the evaluated episodes follow the policy for its first k of H decisions with a
     per-decision ESS of at least the IS gate's ``is_ess_min`` (the evaluation's own setting)."""
     ess = doc.overlap.ess_per_decision
-    gate = float(doc.config["gates"]["is_ess_min"])
-    k = next((i for i, x in enumerate(ess) if x < gate), len(ess))
-    return f"{k} of {len(ess)}"
+    return f"{followed(ess, float(doc.config['gates']['is_ess_min']))} of {len(ess)}"
 
 
 def wis_estimate(doc: EvaluationMetrics) -> tuple[list[Any], str]:
