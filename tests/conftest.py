@@ -16,6 +16,28 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from sepsisrl.synth.config import SynthConfig, load_synth_config
 from sepsisrl.synth.world import WorldSummary, generate_world
 
+#: The benchmarks' folder: a benchmark under test is loaded from there (:func:`load_bench`).
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(script: str):
+    """``bench/<script>`` as a module, with bench/ on the path while it loads (the panel's
+    benchmarks import each other's helpers from their folder)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            f"sepsisrl_{Path(script).stem}", BENCH / script
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
 #: Small chunks keep test worlds fast; the determinism and prefix tests use the same setting.
 SMALL_CHUNKS = {"output.chunk_subjects": 120}
 

@@ -4,10 +4,7 @@ back with the truth's discounting."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,21 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from .conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def held():
-    sys.path.insert(0, str(BENCH))  # held_logging.py imports the panel's helpers from its folder
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "sepsisrl_held_logging", BENCH / "held_logging.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("held_logging.py")
 
 
 class _Fixed:

@@ -4,8 +4,6 @@ standardised on the train rows."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from .conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def hourly():
-    sys.path.insert(0, str(BENCH))  # hourly_fqe.py imports the panel's helpers from its folder
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "sepsisrl_hourly_fqe", BENCH / "hourly_fqe.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("hourly_fqe.py")
 
 
 def _sidecar(path: Path) -> None:

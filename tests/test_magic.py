@@ -3,28 +3,17 @@ FQE to the evaluation's WDR, and its weights minimise the estimated error over t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from sepsisrl.ope.importance import wdr
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from .conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def magic():
-    sys.path.insert(0, str(BENCH))  # magic.py imports the panel's helpers from its folder
-    try:
-        spec = importlib.util.spec_from_file_location("sepsisrl_magic", BENCH / "magic.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("magic.py")
 
 
 def test_partial_estimates_run_from_the_fqe_to_the_wdr(magic):
