@@ -144,8 +144,12 @@ def test_the_card_says_for_how_many_decisions_the_logs_follow_the_policy(exporte
     assert got == {"split": "validation", "evaluation": "iql", "episodes": ev["episodes"],
                    "followed": k, "decisions": len(ess), "ess_min": gate}  # fmt: skip
     card = (bundle / "README.md").read_text()
-    assert f"follow this policy for its first {k} of {len(ess)} decisions." in card
-    assert ("its offline value rests on states where the logs do not" in card) == (k < len(ess))
+    where = {0: f"at none of its {len(ess)} decisions",
+             1: f"for its first decision only, of {len(ess)}",
+             len(ess): f"through all {len(ess)} of its decisions"}.get(
+                 k, f"for its first {k} of {len(ess)} decisions only")  # fmt: skip
+    assert f"(per-decision ESS) stays at or above {gate:g} {where}." in card
+    assert ("its offline value rests on states they do not hold" in card) == (k < len(ess))
 
 
 def test_an_unevaluated_run_gets_no_numbers(exported, tmp_path):

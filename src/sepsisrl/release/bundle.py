@@ -562,13 +562,18 @@ def overlap_lines(followed: dict[str, Any] | None) -> list[str]:
     """The card's paragraph on how far the logs follow the policy, decision by decision."""
     if not followed:
         return []
-    text = (f"**How far the logs follow it.** Of the {followed['episodes']} episodes of its "
-            f"{followed['split']} evaluation, at least {followed['ess_min']:g} effective "
-            f"episodes (per-decision ESS) follow this policy for its first "
-            f"{followed['followed']} of {followed['decisions']} decisions.")  # fmt: skip
+    k, n = followed["followed"], followed["decisions"]
+    where = ("through all {n} of its decisions" if k == n else
+             "at none of its {n} decisions" if k == 0 else
+             "for its first decision only, of {n}" if k == 1 else
+             "for its first {k} of {n} decisions only").format(k=k, n=n)  # fmt: skip
+    text = (f"**How far the logs follow it.** In its {followed['split']} evaluation "
+            f"({followed['episodes']} episodes), the number of effective episodes that still "
+            f"follow this policy (per-decision ESS) stays at or above {followed['ess_min']:g} "
+            f"{where}.")  # fmt: skip
     if followed["followed"] < followed["decisions"]:
-        text += (" From there on, its offline value rests on states where the logs do not "
-                 "follow it: the FQE extrapolates to them and importance weights cannot "
+        text += (" Where the logs stop following it, its offline value rests on states they "
+                 "do not hold: the FQE extrapolates to them and importance weights cannot "
                  "correct it. On the project's synthetic benchmark the same FQE ranked a "
                  "world's policies correctly from logs that held each policy's own runs, and "
                  "did not from the clinicians' logs of that world (docs/evaluate.md, items 11 "
