@@ -480,6 +480,11 @@ def model_card(
         "rest on extrapolation. On the project's synthetic benchmark both estimators over-valued "
         "such an over-treating policy even in logs without confounding (docs/evaluate.md, "
         "item 11).",
+        "- The FQE pools every logged treatment in one penalised fit, which pulls a policy's "
+        "value towards what the other treatments in the logs show. On the synthetic benchmark, "
+        "even logs holding hundreds of whole runs of every compared policy left the harm of the "
+        "most intense constant treatment mostly unseen, while the same FQE fitted on that "
+        "policy's own runs alone showed it (docs/evaluate.md, item 19).",
         "- The action space is discretised and ignores contraindications, timing within a step and "
         "bedside judgement.",
         "- Only the exact feature set and normalisation in `config.json` are supported.",

@@ -84,6 +84,13 @@ def limitations(st: Study) -> list[Block]:
         "Importance-sampling estimates depend on an estimated behaviour policy; softened WIS "
         "is a biased surrogate used when plain WIS is undefined.",
         "Support and safety flags are heuristic rules, not a clinical safety assessment.",
+        "The FQE rests on the logs. Where a policy's sequence of decisions leaves the logged "
+        "episodes, its value is extrapolation. The FQE also pools every logged treatment in one "
+        "penalised fit, which pulls each policy's value towards what the other logged "
+        "treatments show. On the project's synthetic benchmark it over-valued a policy that "
+        "gives the most intense plausible treatment at every decision. It understated the harm "
+        "of sustained maximal treatment even in logs holding that policy's own runs "
+        "(docs/evaluate.md, items 11 and 19).",
         selection_trace(st),
     ]
     if source is not None and source.kind == "synthetic":
