@@ -93,14 +93,7 @@ def main() -> None:
         "did show) added to the FQE's input: 'fqe_hourly_historyK'; a remedy the real data "
         "allows, beside the oracle of --latent",
     )
-    ap.add_argument(
-        "--fqe-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override of configs/evaluate.yaml's fqe section for every estimate here, "
-        "e.g. model=mlp (the function-class check); repeatable",
-    )
+    add_fqe_set(ap, "e.g. model=mlp (the function-class check)")
     ap.add_argument(
         "--no-plain",
         action="store_true",
@@ -126,8 +119,6 @@ def main() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from sepsisrl.config import validate_dataclass
-    from sepsisrl.ope.fqe import FQEConfig
     from sepsisrl.truth.world import TruthContext
 
     torch.set_num_threads(args.threads)
@@ -140,9 +131,7 @@ def main() -> None:
         print(f"world {args.world_seed}: built and trained at "
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
         latent_sets = dict(_latent_set(v) for v in args.latent)
-        fqe_cfg = validate_dataclass(
-            FQEConfig, fqe_variants([f"x:{','.join(args.fqe_set)}"])["x"], "--fqe-set"
-        )
+        fqe_cfg = fqe_set_config(args.fqe_set)
         estimates: dict[str, dict] = {}
         parities = {}
         for phases in [int(x) for x in args.phases.split(",")]:
@@ -198,6 +187,26 @@ def main() -> None:
         args.out.write_text(json.dumps({"world_seed": args.world_seed, "parity": parities,
                                         "latent": latent_sets, "rows": rows,
                                         "estimators": result}, indent=2) + "\n")  # fmt: skip
+
+
+def add_fqe_set(ap, example: str) -> None:
+    """``--fqe-set KEY=VALUE`` (repeatable): overrides of the evaluation's ``fqe`` section."""
+    ap.add_argument(
+        "--fqe-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"an override of configs/evaluate.yaml's fqe section for every estimate here, "
+        f"{example}; repeatable",
+    )
+
+
+def fqe_set_config(values: list[str]):
+    """The ``FQEConfig`` of ``--fqe-set`` values (a misspelt or ill-typed key fails here)."""
+    from sepsisrl.config import validate_dataclass
+    from sepsisrl.ope.fqe import FQEConfig
+
+    return validate_dataclass(FQEConfig, fqe_variants([f"x:{','.join(values)}"])["x"], "--fqe-set")
 
 
 def score(rows: list[dict], panel_doc: dict, estimators: list[str]) -> dict:

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 # bench/ is the script's folder: the panel's world, policies, held log and chain estimator
-from held_logging import fqe_variants, runs_monte_carlo
-from hourly_fqe import evaluate_hourly, score
+from held_logging import runs_monte_carlo
+from hourly_fqe import add_fqe_set, evaluate_hourly, fqe_set_config, score
 from ope_panel import fmt_estimate as _fmt
 from ope_panel import panel_file_args, panel_world, truth_fields
 
@@ -85,14 +85,7 @@ def main() -> None:
         "train quartiles added to the FQE's input, so that each action's own deviation is "
         "piecewise linear in the state as the shared value is (the function-class check)",
     )
-    ap.add_argument(
-        "--fqe-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override of configs/evaluate.yaml's fqe section for every estimate here, "
-        "e.g. 'ridge=[1.0e-4]'; repeatable",
-    )
+    add_fqe_set(ap, "e.g. 'ridge=[1.0e-4]'")
     ap.add_argument("--policies", default="", help="comma-separated panel policies (default all)")
     ap.add_argument("--population-cache", type=Path, default=None, metavar="DIR",
                     help="keep the simulated population (its plan) here for the next run")  # fmt: skip
@@ -101,14 +94,10 @@ def main() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from sepsisrl.config import validate_dataclass
-    from sepsisrl.ope.fqe import FQEConfig
     from sepsisrl.truth.harness import population_for
     from sepsisrl.truth.world import TruthContext
 
-    fqe_cfg = validate_dataclass(
-        FQEConfig, fqe_variants([f"x:{','.join(args.fqe_set)}"])["x"], "--fqe-set"
-    )
+    fqe_cfg = fqe_set_config(args.fqe_set)
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
     made = {"world_seed": args.world_seed, "stays": args.stays, "patients": args.patients,

@@ -117,3 +117,11 @@ def test_hinges_are_the_continuous_features_past_their_train_quartiles(ml, tmp_p
     for k, t in enumerate((0.5, 1.0, 1.5)):
         h = np.maximum(0.0, s - t)
         assert x[:, k] == pytest.approx((h - h[:3].mean()) / h[:3].std(), rel=1e-5)
+
+
+def test_fqe_overrides_are_validated_at_load(ml):
+    from sepsisrl.config import ConfigError
+
+    assert ml.fqe_set_config(["ridge=[1.0e-4]"]).ridge == (1.0e-4,)
+    with pytest.raises(ConfigError, match="rige"):
+        ml.fqe_set_config(["rige=1"])
