@@ -481,6 +481,15 @@ def evaluate_hourly(
         pi_next = onehot.copy()
         pi_next[review] = pi_review
     cont = np.where(done, 0.0, np.where(phase == phases - 1, gamma, 1.0))
+    # pi's probability of each hour's logged action (fqe.penalty_rows: policy): at a review,
+    # pi's own; inside the window, whether the hour keeps the previous hour's action
+    if policy is None:
+        pi_logged = np.ones(n)
+    else:
+        prev = np.maximum(np.arange(n) - 1, 0)
+        pi_logged = (a == a[prev]).astype(np.float64)
+        at = np.flatnonzero(phase == 0)
+        pi_logged[at] = policy.action_probabilities(s[at])[np.arange(len(at)), a[at]]
     train = chain["split"] == "train"
     ti = np.flatnonzero(train)
     episodes_len = np.bincount(np.unique(chain["stay"][ti], return_inverse=True)[1])
@@ -495,6 +504,7 @@ def evaluate_hourly(
         "done": torch.from_numpy(done[ti].astype(np.float32)),
         "pi_next": torch.from_numpy(pi_next[ti].astype(np.float32)),
         "cont": torch.from_numpy(cont[ti]),
+        "pi_logged": torch.from_numpy(pi_logged[ti].astype(np.float32)),
     }
     result = fqe.fit(data, chain["subject"][ti], longest)
     init = np.flatnonzero(chain["first"] & (chain["split"] == "test"))

@@ -306,3 +306,53 @@ def test_sensitivity_refits_iterated_together_match_each_alone(target):
     plain = su.next_values(betas, pi_next, fqe.lo, fqe.hi, minus)
     fast = su.next_values(betas, pi_next, fqe.lo, fqe.hi, minus, greedy)
     np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-9)
+
+
+def test_penalty_rows_policy_weights_the_held_out_error_by_pi_of_the_logged_action():
+    """``penalty_rows: policy`` chooses each iteration's penalty on the held-out rows weighted
+    by pi's probability of their logged action: by hand on one member, the same fit as the
+    default when every row weighs alike, and refused without the weights or with the mlp."""
+    rng = np.random.default_rng(1)
+    n, dim = 600, 3
+    s = rng.standard_normal((n, dim)).astype(np.float32)
+    a = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    r = (np.array([0.0, 1.0, 3.0])[a] + s[:, 0] + rng.standard_normal(n)).astype(np.float32)
+    train = {"s": torch.from_numpy(s), "a": torch.from_numpy(a), "r": torch.from_numpy(r),
+             "s_next": torch.from_numpy(s), "done": torch.ones(n),
+             "pi_next": torch.full((n, 3), 1.0 / 3)}  # fmt: skip
+    groups = np.arange(n)
+
+    def fit(rows, weights):
+        cfg = FQEConfig(ridge=(1e-4, 1.0), members=2, seed=0, penalty_rows=rows)
+        fqe = FQE(dim, 3, 0.99, cfg, bounds=(-15.0, 15.0))
+        data = train if weights is None else {**train, "pi_logged": torch.from_numpy(weights)}
+        fqe.fit(data, groups, 1)
+        return fqe
+
+    plain = fit("all", None)
+    alike = fit("policy", np.full(n, 0.5, dtype=np.float32))
+    assert np.array_equal(plain.W_full, alike.W_full) and np.array_equal(plain.W, alike.W)
+
+    from sepsisrl.ope.fqe import _SETUPS
+
+    su = _SETUPS["setup"]
+    beta = rng.standard_normal((2, 2, su.size))
+    y = rng.standard_normal((2, n))
+    w = rng.uniform(size=n)
+    h = su.held[0]
+    ds, da = su.ds, su.da
+    for j in range(2):
+        u = beta[0, j, ds:].reshape(3, da)
+        pred = su.ps[h] @ beta[0, j, :ds] + np.einsum("hd,hd->h", su.pa[h], u[su.a[h]])
+        err = (pred - y[0, h]) ** 2
+        assert su.held_errors(beta, y, w)[0, j] == pytest.approx(np.sum(w[h] * err) / w[h].sum())
+        assert su.held_errors(beta, y)[0, j] == pytest.approx(err.mean())
+    # a member whose held-out rows weigh nothing falls back to the plain mean
+    assert np.allclose(su.held_errors(beta, y, np.zeros(n)), su.held_errors(beta, y))
+
+    with pytest.raises(ValueError, match="needs train\\['pi_logged'\\]"):
+        fit("policy", None)
+    with pytest.raises(ValueError, match="penalty_rows: policy needs the linear model"):
+        FQE(dim, 3, 0.99, FQEConfig(model="mlp", penalty_rows="policy"))
+    with pytest.raises(ValueError, match="penalty_rows must be 'all' or 'policy'"):
+        FQE(dim, 3, 0.99, FQEConfig(penalty_rows="some"))

@@ -172,16 +172,19 @@ class Estimator:
 
 # ---------------------------------------------------------------------------- FQE
 def fqe_data(data: Transitions, rows: np.ndarray, pi_all: np.ndarray) -> dict[str, torch.Tensor]:
-    """The FQE's training tensors: transitions of ``rows`` and pi at every next state."""
+    """The FQE's training tensors: transitions of ``rows``, pi at every next state, and pi's
+    probability of each row's logged action (``fqe.penalty_rows: policy``)."""
     idx = torch.from_numpy(np.flatnonzero(rows))
     nxt = data.next_index[idx]
+    a = data.actions[idx]
     return {
         "s": data.states[idx],
-        "a": data.actions[idx],
+        "a": a,
         "r": data.rewards[idx],
         "s_next": data.states[nxt],
         "done": data.dones[idx],
         "pi_next": torch.from_numpy(pi_all[nxt.numpy()].astype(np.float32)),
+        "pi_logged": torch.from_numpy(pi_all[idx.numpy(), a.numpy()].astype(np.float32)),
     }
 
 

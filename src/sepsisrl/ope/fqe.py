@@ -90,6 +90,7 @@ class FQEConfig:
     seed: int
     full_fit: bool
     pessimism: float
+    penalty_rows: Literal["all", "policy"]
 
 
 @dataclass
@@ -179,6 +180,12 @@ class FQE:
             raise ValueError(f"FQE pessimism must be >= 0, got {cfg.pessimism}")
         if cfg.pessimism > 0 and cfg.model != "linear":
             raise ValueError("FQE pessimism needs the linear model (fqe.model: linear)")
+        if cfg.penalty_rows not in ("all", "policy"):
+            raise ValueError(
+                f"FQE penalty_rows must be 'all' or 'policy', got {cfg.penalty_rows!r}"
+            )
+        if cfg.penalty_rows == "policy" and cfg.model != "linear":
+            raise ValueError("FQE penalty_rows: policy needs the linear model (fqe.model: linear)")
         if cfg.ridge_intercept is not None and not cfg.ridge_intercept > 0:
             raise ValueError(f"FQE ridge_intercept must be > 0 or null, got {cfg.ridge_intercept}")
         # pessimism after a linear fit: (sigma, each member's penalty index, the full fit's)
@@ -337,6 +344,12 @@ class FQE:
             cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
         pi_next = train["pi_next"].numpy().astype(np.float64)
         K, n, penalties = cfg.members, len(r), su.penalties
+        held_w = None  # penalty_rows: policy - each held-out row weighted by pi(logged a | s)
+        if cfg.penalty_rows == "policy":
+            if "pi_logged" not in train:
+                raise ValueError("FQE penalty_rows: policy needs train['pi_logged'], pi's "
+                                 "probability of each row's logged action")  # fmt: skip
+            held_w = train["pi_logged"].numpy().astype(np.float64)
         greedy = _greedy(pi_next, self.n_actions)
         self._robust_inputs = (su, r, cont, pi_next, [])  # for robust_values (sensitivity)
         self.W = np.zeros((K, su.size))
@@ -360,7 +373,7 @@ class FQE:
             b = su.rhs(su.c * y[:K])  # (K, size)
             b_all = torch.from_numpy(b)[:, None, :, None].expand(-1, len(penalties), -1, -1)
             beta = _chol_solve(b_all, su.factors)[..., 0].numpy()  # (K, P, size)
-            held_mse = su.held_errors(beta, y[:K])  # (K, P)
+            held_mse = su.held_errors(beta, y[:K], held_w)  # (K, P)
             best = held_mse.argmin(1)
             last_j = [int(j) for j in best]
             self.W = beta[np.arange(K), best]
@@ -766,9 +779,12 @@ class _LinearSetup:
             self._lev_next[j] = self.leverage(self.ps_next, self.pa_next, j)
         return self._lev_next[j]
 
-    def held_errors(self, beta: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def held_errors(
+        self, beta: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
+    ) -> np.ndarray:
         """Mean squared error on each member's held-out rows of every penalty's coefficients
-        beta (K, P, size) against the member's targets y (K, n): (K, P)."""
+        beta (K, P, size) against the member's targets y (K, n): (K, P). ``weights`` (n,): a
+        weighted mean instead (a member whose held-out rows weigh nothing: the plain mean)."""
         ds, da = self.ds, self.da
         out = np.zeros(beta.shape[:2])
         for m, h in enumerate(self.held):
@@ -778,5 +794,10 @@ class _LinearSetup:
             pred = self.ps[h] @ beta[m, :, :ds].T + np.einsum(
                 "hd,phd->hp", self.pa[h], u[:, self.a[h]]
             )  # fmt: skip
-            out[m] = ((pred - y[m, h, None]) ** 2).mean(0)
+            sq = (pred - y[m, h, None]) ** 2
+            w = None if weights is None else weights[h]
+            if w is None or not w.sum() > 0:
+                out[m] = sq.mean(0)
+            else:
+                out[m] = (w @ sq) / w.sum()
         return out
