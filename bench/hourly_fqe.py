@@ -483,7 +483,7 @@ def evaluate_hourly(
     cont = np.where(done, 0.0, np.where(phase == phases - 1, gamma, 1.0))
     # pi's probability of each hour's logged action (fqe.penalty_rows: policy): at a review,
     # pi's own; inside the window, whether the hour keeps the previous hour's action
-    if policy is None:
+    if policy is None or cfg.fqe.penalty_rows != "policy":
         pi_logged = np.ones(n)
     else:
         prev = np.maximum(np.arange(n) - 1, 0)
