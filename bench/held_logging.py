@@ -41,7 +41,9 @@ mlp:model=mlp`` or ``--fqe linear:basis=linear`` (the WDR, whose control variate
 changes with it). The first variant is the one printed first and saved at the top level of
 ``--out``; every variant's rows and comparison are under ``variants``. ``--keep-log DIR`` saves
 the held log's replay (minutes to simulate at 10,000 patients) and reuses it when DIR holds one
-made with the same arguments, so that another estimator costs only its evaluations.
+made with the same arguments, so that another estimator costs only its evaluations. A kept
+mixture log is also what ``bench/mixture_latent.py`` reads: the same FQE with the patients'
+hidden parameters in its input, and fitted on each policy's own runs alone.
 """
 
 from __future__ import annotations
