@@ -3,7 +3,8 @@
 Usage:  python bench/held_logging.py --world-seed S --panel bench/results/ope_panel-S.json
                                      [--logs held|mixture|clinicians] [--patients 3000]
                                      [--seed 1] [--fqe NAME[:KEY=VALUE,...] ...] [--ungated]
-                                     [--keep-log DIR] [--policies a,b,...] [--threads 2]
+                                     [--keep-log DIR [--latent-state]] [--policies a,b,...]
+                                     [--threads 2]
                                      [--out FILE]
 
 The simulated clinicians titrate every hour on what they see, so a logged 4-hour action partly
@@ -43,7 +44,10 @@ changes with it). The first variant is the one printed first and saved at the to
 the held log's replay (minutes to simulate at 10,000 patients) and reuses it when DIR holds one
 made with the same arguments, so that another estimator costs only its evaluations. A kept
 mixture log is also what ``bench/mixture_latent.py`` reads: the same FQE with the patients'
-hidden parameters in its input, and fitted on each policy's own runs alone.
+hidden parameters in its input, and fitted on each policy's own runs alone. With
+``--latent-state`` the kept log also holds the simulator's hidden dynamic state at each logged
+decision (``latent_state.parquet``, beside the replay and never read by the evaluation), which
+``bench/mixture_latent.py --latent dynamic`` adds to the FQE's input.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ def main() -> None:
                     help="an FQE variant (repeatable; default: the evaluation's FQE)")  # fmt: skip
     ap.add_argument("--keep-log", type=Path, default=None, metavar="DIR",
                     help="keep the held log's replay in DIR, or reuse it from there")  # fmt: skip
+    ap.add_argument("--latent-state", action="store_true",
+                    help="with --keep-log: also keep the simulator's hidden state at each "
+                         "logged decision (latent_state.parquet; bench/mixture_latent.py "
+                         "--latent dynamic)")  # fmt: skip
     ap.add_argument("--ungated", action="store_true",
                     help="compare the FQE's and the WDR's estimates before the overlap gates "
                          "(the default with --logs mixture)")  # fmt: skip
@@ -123,6 +131,8 @@ def main() -> None:
                     args.patients, "seed": args.seed, "train_steps": args.train_steps}  # fmt: skip
             if args.logs == "mixture":
                 made["logs"] = "mixture"
+            if args.latent_state:
+                made["latent_state"] = True
             kept = args.keep_log
             if kept is not None and (kept / "held_args.json").is_file():
                 if json.loads((kept / "held_args.json").read_text()) != made:
@@ -132,7 +142,7 @@ def main() -> None:
                 behaviour = (HeldSample(bc_prob, args.seed, name="bc_sampled_held")
                              if args.logs == "held" else
                              mixture_behaviour(jobs, ctx, pop, bc_prob, ws, args.seed))  # fmt: skip
-                log = held_log(ctx, pop, behaviour, root / "rollout")
+                log = held_log(ctx, pop, behaviour, root / "rollout", args.latent_state)
                 write_replay(log, replay, held, args.seed)
                 if args.logs == "mixture":
                     (held / "mixture_assignment.json").write_text(json.dumps(
@@ -308,11 +318,13 @@ class MixtureOfRuns:
         return out
 
 
-def held_log(ctx, pop, behaviour, workdir: Path):
-    """The rollout of a held behaviour, with the online state of each decision."""
-    from sepsisrl.truth.rollout import rollout_population
+def held_log(ctx, pop, behaviour, workdir: Path, latent_state: bool = False):
+    """The rollout of a held behaviour, with the online state of each decision (and, with
+    ``latent_state``, the simulator's hidden state there)."""
+    from sepsisrl.truth.rollout import LATENT_STATE, rollout_population
 
-    res = rollout_population(ctx, pop, behaviour, workdir, record_states=True)
+    res = rollout_population(ctx, pop, behaviour, workdir, record_states=True,
+                             record_latent=LATENT_STATE if latent_state else ())  # fmt: skip
     dec = res.decisions
     subject = dict(zip(pop.cohort()["stay_id"].to_pylist(),
                        pop.cohort()["subject_id"].to_pylist(), strict=True))  # fmt: skip
@@ -369,6 +381,9 @@ def write_replay(log: dict, template: Path, out: Path, seed: int) -> None:
             "n_episodes": len(np.unique(part["stay_id"].to_numpy())),
             "n_transitions": part.num_rows,
         }
+    latent = [c for c in dec.column_names if c.startswith("latent_")]
+    if latent:  # beside the replay, never in it: no estimate may read it by accident
+        pq.write_table(dec.select(["stay_id", "step", *latent]), out / "latent_state.parquet")
     meta["reward"] = {**meta["reward"], "variant": "held_logging_eval"}
     meta["source"] = {**meta["source"], "kind": "synthetic-held-logging"}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

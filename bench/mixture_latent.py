@@ -25,7 +25,10 @@ plan). Then, for every panel policy but the clinicians, the project's FQE (the e
 defaults, through the chain estimator of ``bench/hourly_fqe.py`` with one phase per 4-hour
 window: the replay's own chain) runs once on the 62 features alone ("plain") and once per
 ``--latent NAME=COLS`` with those stay-level columns, standardised on train, added to the
-Q-function's input, never to the policy's; and once fitted on the policy's own runs alone
+Q-function's input, never to the policy's (``--latent dynamic``: the simulator's hidden
+dynamic state at each decision instead - infection, vascular tone, volume, fluid balance,
+lactate and organ injury - from a log kept with ``held_logging.py --latent-state``; a set may
+mix both kinds, e.g. ``all=static,dynamic``); and once fitted on the policy's own runs alone
 (``own_runs``: the train split's other runs left out, the same initial states), which is the
 FQE without pooling what the other policies' runs show. The estimates are compared with the
 panel file's truth and with the log's own runs of each policy (``runs_mc``).
@@ -50,6 +53,7 @@ from held_logging import runs_monte_carlo
 from hourly_fqe import add_fqe_set, evaluate_hourly, fqe_set_config, score
 from ope_panel import fmt_estimate as _fmt
 from ope_panel import panel_file_args, panel_world, truth_fields
+from sepsisrl.truth.rollout import LATENT_STATE
 
 #: The stay-level parameters that set how a simulated patient responds to treatment
 #: (``synth/population.py``); ``--latent tolerance`` adds these.
@@ -59,7 +63,11 @@ STATIC = (
     *TOLERANCE, "infection_severity", "infection_growth", "antibiotic_kill", "resistant",
     "comorbidity", "map_base", "lung_damage_base",
 )  # fmt: skip
-NAMED_SETS = {"tolerance": TOLERANCE, "static": STATIC}
+#: ``--latent dynamic``: the simulator's hidden dynamic state at each decision time
+#: (``truth/rollout.py`` ``LATENT_STATE``), from a log kept with ``held_logging.py
+#: --latent-state``; each row gets its own decision's values, not its stay's.
+DYNAMIC = LATENT_STATE
+NAMED_SETS = {"tolerance": TOLERANCE, "static": STATIC, "dynamic": DYNAMIC}
 
 
 def main() -> None:
@@ -74,9 +82,11 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=COLS",
-        help="stay-level columns of the population's plan (or 'tolerance': "
-        f"{','.join(TOLERANCE)}; 'static': {','.join(STATIC)}) added to the FQE's input: one "
-        "more estimate per set, named NAME; repeatable (default: tolerance and static)",
+        help="stay-level columns of the population's plan and decision-level columns of the "
+        "hidden dynamic state (named sets may stand among COLS: 'tolerance': "
+        f"{','.join(TOLERANCE)}; 'static': {','.join(STATIC)}; 'dynamic': {','.join(DYNAMIC)}, "
+        "which needs a log kept with held_logging.py --latent-state) added to the FQE's input: "
+        "one more estimate per set, named NAME; repeatable (default: tolerance and static)",
     )
     ap.add_argument(
         "--hinge",
@@ -103,7 +113,10 @@ def main() -> None:
     made = {"world_seed": args.world_seed, "stays": args.stays, "patients": args.patients,
             "seed": args.seed, "train_steps": args.train_steps, "logs": "mixture"}  # fmt: skip
     kept_args = args.keep_log / "held_args.json"
-    if not kept_args.is_file() or json.loads(kept_args.read_text()) != made:
+    kept_made = json.loads(kept_args.read_text()) if kept_args.is_file() else None
+    if kept_made is not None:
+        kept_made.pop("latent_state", None)  # a log with the hidden state is the same log
+    if kept_made != made:
         raise SystemExit(f"--keep-log {args.keep_log}: no mixture log of these arguments "
                          f"({made}); make it with held_logging.py --logs mixture --keep-log")  # fmt: skip
     sets = dict(_latent_set(v) for v in (args.latent or ["tolerance", "static"]))
@@ -126,7 +139,9 @@ def main() -> None:
         chain = replay_chain(held)
         assign = json.loads((held / "mixture_assignment.json").read_text())
         stays = stay_parameters(pop)
-        extras = {"plain": None} | {k: latent_of(chain, stays, cols) for k, cols in sets.items()}
+        dynamic = dynamic_state(held, chain)
+        extras = {"plain": None} | {k: latent_of(chain, stays, cols, dynamic)
+                                    for k, cols in sets.items()}  # fmt: skip
         if args.hinge:
             extras["per_action_hinge"] = hinges_of(chain, held)
         for name, spec, kind in jobs:
@@ -169,7 +184,7 @@ def _latent_set(value: str) -> tuple[str, list[str]]:
     name, sep, cols = value.rpartition("=")
     if not sep:
         name, cols = value, value
-    columns = list(NAMED_SETS.get(cols, [c for c in cols.split(",") if c]))
+    columns = [c for tok in cols.split(",") if tok for c in NAMED_SETS.get(tok, (tok,))]
     if not columns:
         raise SystemExit(f"--latent {value!r}: no columns")
     return name, columns
@@ -201,6 +216,7 @@ def replay_chain(replay: Path) -> dict:
         "done": done.astype(bool),
         "first": first,
         "stay": stay.astype(np.int64),
+        "step": tab["step"].to_numpy().astype(np.int64),
         "subject": tab["subject_id"].to_numpy().astype(np.int64),
         "split": np.asarray(tab["split"].to_pylist()),
         "phase": np.zeros(len(stay), dtype=np.int64),
@@ -249,12 +265,43 @@ def stay_parameters(pop) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
-def latent_of(chain: dict, stays: dict[str, np.ndarray], columns: list[str]) -> np.ndarray:
-    """The stay's latent parameters at each chain row, standardised on the train rows."""
-    unknown = [c for c in columns if c not in stays]
+def dynamic_state(held: Path, chain: dict) -> dict[str, np.ndarray] | None:
+    """The hidden dynamic state at each chain row (``latent_state.parquet`` of a log kept with
+    ``held_logging.py --latent-state``, joined by stay and step), or None without that file."""
+    import pyarrow.parquet as pq
+
+    path = held / "latent_state.parquet"
+    if not path.is_file():
+        return None
+    tab = pq.read_table(path)
+    key = tab["stay_id"].to_numpy().astype(np.int64) * 10_000 + tab["step"].to_numpy()
+    want = chain["stay"] * 10_000 + chain["step"]
+    order = np.argsort(key)
+    pos = np.minimum(np.searchsorted(key[order], want), len(order) - 1)
+    if not np.array_equal(key[order][pos], want):
+        raise SystemExit(f"{path}: {int((key[order][pos] != want).sum())} logged decisions "
+                         "have no hidden state: not the state of this log")  # fmt: skip
+    return {c[len("latent_"):]: tab[c].to_numpy()[order][pos]
+            for c in tab.column_names if c.startswith("latent_")}  # fmt: skip
+
+
+def latent_of(
+    chain: dict,
+    stays: dict[str, np.ndarray],
+    columns: list[str],
+    dynamic: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Each chain row's latent columns, standardised on the train rows: a stay-level parameter
+    of the population's plan (the row's stay's), or a column of the hidden dynamic state at the
+    row's own decision (``dynamic``, :func:`dynamic_state`)."""
+    dynamic = dynamic or {}
+    unknown = [c for c in columns if c not in stays and c not in dynamic]
     if unknown:
-        raise SystemExit(f"--latent: {unknown} are not stay-level parameters "
-                         f"(synth/population.py Stays: {sorted(stays)})")  # fmt: skip
+        hint = ("" if dynamic else "; the dynamic state needs a log kept with "
+                "held_logging.py --latent-state")  # fmt: skip
+        raise SystemExit(f"--latent: {unknown} are neither stay-level parameters "
+                         f"(synth/population.py Stays: {sorted(stays)}) nor columns of the "
+                         f"hidden dynamic state ({sorted(dynamic)}){hint}")  # fmt: skip
     order = np.argsort(stays["stay_id"])
     pos = np.searchsorted(stays["stay_id"][order], chain["stay"])
     pos = np.minimum(pos, len(order) - 1)
@@ -262,7 +309,10 @@ def latent_of(chain: dict, stays: dict[str, np.ndarray], columns: list[str]) -> 
     if not found.all():
         raise SystemExit(f"{int((~found).sum())} logged rows have no stay in the population's "
                          "plan: the log was drawn from another population")  # fmt: skip
-    x = np.column_stack([stays[c][order][pos].astype(np.float64) for c in columns])
+    x = np.column_stack([
+        (stays[c][order][pos] if c in stays else dynamic[c]).astype(np.float64)
+        for c in columns
+    ])  # fmt: skip
     train = chain["split"] == "train"
     mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
     return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)

@@ -62,3 +62,29 @@ def test_the_logs_own_runs_are_discounted_to_their_last_step(held, tmp_path):
     assert hi - mean == pytest.approx(1.96 * r.std(ddof=1) / np.sqrt(2))
     assert mean - lo == pytest.approx(hi - mean)
     assert held.runs_monte_carlo(tmp_path, "q", 0.9) == (None, None, None)  # one run: no CI
+
+
+def test_the_hidden_state_is_kept_beside_the_replay_never_in_it(held, tmp_path):
+    """``--latent-state``: the decisions' ``latent_*`` columns go to latent_state.parquet (the
+    logged stays only, keyed by stay and step); the replay's splits hold none of them."""
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "meta.json").write_text(json.dumps({"reward": {"variant": "sparse"},
+                                                    "source": {"kind": "synthetic"}}))  # fmt: skip
+    dec = pa.table({"stay_id": [1, 1, 2, 9], "step": [0, 1, 0, 0], "action": [3, 4, 0, 1],
+                    "norm_map": [0.1, 0.2, 0.3, 0.4],
+                    "latent_volume": [0.9, 0.8, 0.7, 0.6]})  # fmt: skip
+    log = {"decisions": dec, "subject": {1: 10, 2: 20, 9: 90}, "died": {1: False, 2: True},
+           "names": ["map"], "terminal": (15.0, -15.0)}  # stay 9 is no cohort episode  # fmt: skip
+    out = tmp_path / "held"
+    held.write_replay(log, template, out, seed=1)
+    lat = pq.read_table(out / "latent_state.parquet")
+    assert lat.column_names == ["stay_id", "step", "latent_volume"]
+    assert lat["stay_id"].to_pylist() == [1, 1, 2]
+    assert lat["latent_volume"].to_pylist() == pytest.approx([0.9, 0.8, 0.7])
+    for split in ("train", "validation", "test"):
+        names = pq.read_schema(out / f"replay_{split}.parquet").names
+        assert "s_map" in names and not any(n.startswith("latent") for n in names)
+    held.write_replay({**log, "decisions": dec.drop(["latent_volume"])}, template,
+                      tmp_path / "plain", seed=1)  # fmt: skip
+    assert not (tmp_path / "plain" / "latent_state.parquet").exists()

@@ -76,7 +76,7 @@ def test_latent_parameters_join_by_stay_and_standardise_on_train(ml, tmp_path):
     raw = np.array([1.0, 1.0, 4.0, 9.0, 9.0])  # stays 1, 1, 2, 3, 3
     mu, sd = raw[:3].mean(), raw[:3].std()
     assert x[:, 0] == pytest.approx((raw - mu) / sd)
-    with pytest.raises(SystemExit, match="not stay-level parameters"):
+    with pytest.raises(SystemExit, match="--latent-state"):
         ml.latent_of(chain, stays, ["volume"])
     with pytest.raises(SystemExit, match="another population"):
         ml.latent_of(chain, {k: v[:2] for k, v in stays.items()}, ["fluid_tolerance_l"])
@@ -89,8 +89,35 @@ def test_latent_sets_by_name_or_columns(ml):
         "ft",
         ["fluid_tolerance_l", "cardiac_reserve"],
     )
+    assert ml._latent_set("all=static,dynamic") == ("all", [*ml.STATIC, *ml.DYNAMIC])
     with pytest.raises(SystemExit, match="no columns"):
         ml._latent_set("x=")
+
+
+def test_the_hidden_dynamic_state_joins_by_stay_and_step(ml, tmp_path):
+    """Each row gets its own decision's hidden state (not its stay's), standardised on train
+    beside a stay-level parameter; a state file of another log is refused."""
+    _log(tmp_path)
+    chain = ml.replay_chain(tmp_path)
+    assert ml.dynamic_state(tmp_path, chain) is None  # a log kept without --latent-state
+    # written in another order than the replay's rows
+    pq.write_table(pa.table({"stay_id": [3, 1, 2, 3, 1], "step": [1, 0, 0, 0, 1],
+                             "latent_volume": [0.5, 0.9, 0.7, 0.6, 0.8]}),
+                   tmp_path / "latent_state.parquet")  # fmt: skip
+    dyn = ml.dynamic_state(tmp_path, chain)
+    assert dyn["volume"].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5])
+    stays = {"stay_id": np.array([1, 2, 3]), "fluid_tolerance_l": np.array([1.0, 4.0, 9.0])}
+    x = ml.latent_of(chain, stays, ["volume", "fluid_tolerance_l"], dyn)
+    raw = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert x[:, 0] == pytest.approx((raw - raw[:3].mean()) / raw[:3].std())
+    assert x[:, 1] == pytest.approx(ml.latent_of(chain, stays, ["fluid_tolerance_l"])[:, 0])
+    with pytest.raises(SystemExit, match="neither stay-level") as err:
+        ml.latent_of(chain, stays, ["kidney"], dyn)
+    assert "--latent-state" not in str(err.value)  # the state is there, the column is not
+    pq.write_table(pa.table({"stay_id": [1, 2], "step": [0, 0], "latent_volume": [0.1, 0.2]}),
+                   tmp_path / "latent_state.parquet")  # fmt: skip
+    with pytest.raises(SystemExit, match="3 logged decisions have no hidden state"):
+        ml.dynamic_state(tmp_path, chain)
 
 
 def test_stay_parameters_concatenate_every_chunk_and_ordinal(ml):

@@ -23,7 +23,7 @@ from sepsisrl.truth.policies import (
     parse_spec,
     world_policy,
 )
-from sepsisrl.truth.rollout import rollout_population
+from sepsisrl.truth.rollout import LATENT_STATE, rollout_population
 from sepsisrl.truth.world import TruthContext, TruthError
 
 SPLITS = ("train", "validation", "test")
@@ -47,7 +47,11 @@ def recorder(own_world, tmp_path_factory):
     _, pop, ctx = own_world
     rec = _SofaRecorder()
     work = tmp_path_factory.mktemp("rollout")
-    rec.outcome = rollout_population(ctx, pop, rec, work, record_states=True)
+    # with the hidden state recorded, so that the parity tests below also prove it changes
+    # nothing else
+    rec.outcome = rollout_population(
+        ctx, pop, rec, work, record_states=True, record_latent=LATENT_STATE
+    )
     return rec
 
 
@@ -79,6 +83,43 @@ def test_online_states_equal_the_builds_row_for_row(own_world, recorded):
     online = np.column_stack([dec[f"norm_{n}"].to_numpy() for n in ctx.feature_names])
     offline = np.column_stack([replay[f"s_{n}"].to_numpy() for n in ctx.feature_names])
     np.testing.assert_allclose(online, offline, rtol=1e-6, atol=1e-6)
+
+
+def test_the_hidden_state_at_each_decision_is_the_simulators(own_world, recorded):
+    """``record_latent``: each decision's hidden lactate is its stay's true hourly lactate
+    (the rollout's physiology record) at one hour, and those hours lie a step (4 hours) apart:
+    the state as the decision is made. A decision after the stay's last recorded hour has no
+    record to match. An unknown name is refused."""
+    dec, phys = recorded.decisions, recorded.physiology
+    step_hours = own_world[2].build_cfg.episodes.step_hours
+    lat = {n: dec[f"latent_{n}"].to_numpy() for n in LATENT_STATE}
+    assert all(np.isfinite(v).all() for v in lat.values())
+    assert (lat["volume"] > 0).all() and lat["lactate"].std() > 0
+    stays, steps = dec["stay_id"].to_numpy(), dec["step"].to_numpy()
+    hourly: dict[int, dict[float, set[int]]] = {}
+    true_lactate = phys["lactate"].to_numpy().astype(np.float32).tolist()
+    for s, h, v in zip(phys["stay_id"].to_pylist(), phys["h"].to_pylist(), true_lactate,
+                       strict=True):  # fmt: skip
+        hourly.setdefault(s, {}).setdefault(v, set()).add(h)
+    matched = 0
+    for s in np.unique(stays).tolist():
+        m = stays == s
+        k0, last = steps[m][0], max(h for hs in hourly[s].values() for h in hs)
+        starts, beyond = None, []
+        for k, v in zip(steps[m].tolist(), lat["lactate"][m].astype(np.float32).tolist(),
+                        strict=True):  # fmt: skip
+            hours = hourly[s].get(v)
+            if hours is None:
+                beyond.append(k)
+                continue
+            at = {h - step_hours * (k - k0) for h in hours}
+            starts = at if starts is None else starts & at
+            matched += 1
+        assert starts, f"stay {s}: no hours a step apart carry its decisions' lactate"
+        assert all(min(starts) + step_hours * (k - k0) > last for k in beyond), s
+    assert matched > 100
+    with pytest.raises(ValueError, match="not in LATENT_STATE"):
+        rollout_population(None, None, None, Path("/nonexistent"), record_latent=("mood",))
 
 
 def test_online_sofa_at_decision_times_equals_the_replays(own_world, recorder):

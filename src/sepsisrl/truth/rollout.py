@@ -60,6 +60,12 @@ US = 1_000_000
 #: bedside, inside the policy's bins (:func:`bin_ranges`) - the treatment a logged 4-hour
 #: action records, and so the estimand the offline estimates of the replay identify.
 INTERFACES = ("held", "titrated")
+#: The simulator's hidden dynamic state that ``record_latent`` may record at each decision time
+#: (``synth/simulator.py``): what no table holds, for diagnostics only (bench/mixture_latent.py).
+LATENT_STATE = (
+    "infection", "tone_loss", "volume", "balance_l", "lactate",
+    "kidney", "lung", "liver", "coag", "brain",
+)  # fmt: skip
 #: the stay tables the final state call reads beside the charted rows
 _STATIC_TABLES = ("patients", "admissions", "icustays")
 
@@ -74,8 +80,9 @@ class Decisions:
     action: list[np.ndarray] = field(default_factory=list)  # chosen (-1: clinicians)
     raw: list[np.ndarray] = field(default_factory=list)  # (n, state_dim) raw, if recorded
     normalised: list[np.ndarray] = field(default_factory=list)
+    latent: list[np.ndarray] = field(default_factory=list)  # (n, len(record_latent))
 
-    def table(self, names: list[str] | None = None) -> pa.Table:
+    def table(self, names: list[str] | None = None, latent: tuple[str, ...] = ()) -> pa.Table:
         cols = {
             "stay_id": _cat(self.stay_id, np.int64),
             "step": _cat(self.step, np.int64),
@@ -90,6 +97,10 @@ class Decisions:
                 tab = tab.append_column(n, pa.array(raw[:, j]))
             for j, n in enumerate(names):
                 tab = tab.append_column(f"norm_{n}", pa.array(norm[:, j]))
+        if latent:
+            lat = np.concatenate(self.latent) if self.latent else np.zeros((0, len(latent)))
+            for j, n in enumerate(latent):
+                tab = tab.append_column(f"latent_{n}", pa.array(lat[:, j]))
         order = np.lexsort((tab["step"].to_numpy(), tab["stay_id"].to_numpy()))
         return tab.take(pa.array(order))
 
@@ -144,15 +155,21 @@ def rollout_population(
     progress: Callable[[int, int], None] | None = None,
     interface: str = "held",
     state_function: Callable | None = None,
+    record_latent: tuple[str, ...] = (),
 ) -> RolloutOutcome:
     """The policy's true outcome on every cohort episode of ``pop`` (``interface``: how an
     action reaches the patient, :data:`INTERFACES`). ``state_function``: the build's state
     function to call (default: one of its own; ``truth/lockstep.py`` shares one between
-    rollouts); it is closed at the end."""
+    rollouts); it is closed at the end. ``record_latent``: names of :data:`LATENT_STATE`
+    whose values at each decision time the decisions table gets as ``latent_<name>`` columns
+    (the simulator's hidden state; nothing else changes)."""
     if interface not in INTERFACES:
         raise ValueError(
             f"unknown truth interface {interface!r}; expected one of {list(INTERFACES)}"
         )
+    unknown = [n for n in record_latent if n not in LATENT_STATE]
+    if unknown:
+        raise ValueError(f"record_latent: {unknown} are not in LATENT_STATE {list(LATENT_STATE)}")
     workdir = Path(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -267,6 +284,10 @@ def rollout_population(
             decisions.tau.append(tau_us[pos])
             decisions.action.append(actions)
             sim_idx = b["idx"][pos]
+            if record_latent:  # the hidden state as the decision is made
+                decisions.latent.append(
+                    np.column_stack([getattr(sim, n)[sim_idx] for n in record_latent])
+                )
             active = sim.active[sim_idx]
             ext = (actions >= 0) & active
             a = np.where(actions >= 0, actions, 0)
@@ -307,7 +328,7 @@ def rollout_population(
         physiology.append(_physiology(chunk, grid))
         if progress is not None:
             progress(first + n, pop.n_patients)
-    dec = decisions.table(names if record_states else None)
+    dec = decisions.table(names if record_states else None, tuple(record_latent))
     # what the charted tables say was given in each action window (the logged action), and,
     # with record_states, the states recomputed from the complete tables afterwards
     final_grid = dec.select(["stay_id", "step", "tau"])
