@@ -127,8 +127,11 @@ def main() -> None:
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
         if logged:
             held = ws / "replay" / "held_logging"
+            # the thread count too: the learned components are trained with it, and their
+            # runs differ in float rounding between thread counts
             made = {"world_seed": args.world_seed, "stays": args.stays, "patients":
-                    args.patients, "seed": args.seed, "train_steps": args.train_steps}  # fmt: skip
+                    args.patients, "seed": args.seed, "train_steps": args.train_steps,
+                    "threads": args.threads}  # fmt: skip
             if args.logs == "mixture":
                 made["logs"] = "mixture"
             if args.latent_state:

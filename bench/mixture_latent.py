@@ -111,7 +111,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
     made = {"world_seed": args.world_seed, "stays": args.stays, "patients": args.patients,
-            "seed": args.seed, "train_steps": args.train_steps, "logs": "mixture"}  # fmt: skip
+            "seed": args.seed, "train_steps": args.train_steps, "threads": args.threads,
+            "logs": "mixture"}  # fmt: skip
     kept_args = args.keep_log / "held_args.json"
     kept_made = json.loads(kept_args.read_text()) if kept_args.is_file() else None
     if kept_made is not None:
