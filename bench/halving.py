@@ -3,6 +3,7 @@
 Usage:  python bench/halving.py [--profile quick] [--workspace /tmp/halving_ws] [--stays 2000]
                                 [--eta 3] [--rungs 3] [--set KEY=VALUE ...]
                                 [--out bench/results/halving.json]
+        python bench/halving.py --compare HALVING_WS FULL_WS [--out ...]
 
 1. ``sepsisrl run`` with ``sweep.halving`` on (rung r of R trains the candidates still in to
    eta^(r-R) of their steps, scores them on validation and keeps the best 1/eta, at least the
@@ -10,6 +11,13 @@ Usage:  python bench/halving.py [--profile quick] [--workspace /tmp/halving_ws] 
 2. The same study with halving off, in the same workspace: the kept candidates' runs are
    reused (a run paused at a rung and resumed has the bytes of a full run), the others resume
    from their rung checkpoints - together the full sweep.
+
+``--compare`` runs nothing: it reads two finished studies of the same world and settings,
+one with halving (``bench/study.py --profile card_halving``) and one without (``--profile
+card``), each in its own workspace, and also checks that every run the halving trained to
+the end (its stage-1 survivors and stage-2 seeds) has the bytes of the same run of the full
+sweep (``final/policy.safetensors``).
+
 Reported: the training steps each spent on stage 1, both selections (finalists, selected
 configuration and seed), whether the full sweep's finalists survived the rungs, the stage-1
 rank agreement (Spearman) of the halving's last scores with the full sweep's, and - the world
@@ -31,6 +39,90 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def summary(ws: Path) -> dict:
+    """What a finished study in ``ws`` selected, its stage-1 steps and its truths."""
+    selection = json.loads((ws / "study" / "selection.json").read_text())
+    truth = json.loads((ws / "study" / "truth.json").read_text())["selection"]
+    steps = 0
+    for c in selection["candidates"]:
+        row = c["seeds"][0]  # the stage-1 seed
+        doc = json.loads((ws / row["run"] / "config.json").read_text())
+        steps += doc["snapshot_of"]["step"] if "snapshot_of" in doc else doc["total_steps"]
+    return {
+        "stage1_training_steps": steps,
+        "finalists": selection["finalists"],
+        "selected": selection["selected"]["name"],
+        "selected_seed": selection["selected"]["seed"],
+        "stage1_scores": {c["name"]: c["score"] for c in selection["candidates"]},
+        "stage1_ranks": {c["name"]: c["stage1_rank"] for c in selection["candidates"]},
+        "stopped_at_step": {c["name"]: c.get("stopped_at_step") for c in selection["candidates"]},
+        "selected_true_value": truth["selected_true_value"],
+        "best_candidate": truth["best_candidate"],
+        "best_true_value": truth["best_true_value"],
+        "regret": truth["regret"],
+        "candidate_true_values": truth["candidate_true_values"],
+        "runs_trained_to_the_end": sorted(
+            row["run"]
+            for c in selection["candidates"]
+            if c.get("stopped_at_step") is None
+            for row in c["seeds"]
+        ),
+    }
+
+
+def same_runs(halving_ws: Path, full_ws: Path, runs: list[str]) -> dict:
+    """Which of the halving's full-length ``runs`` have the full sweep's weights, byte for byte
+    (``of``: those the full sweep trained too; ``not_in_full``: the stage-2 seeds of a
+    finalist the full sweep did not pick)."""
+    same, differ, missing = [], [], []
+    for run in runs:
+        a = halving_ws / run / "final" / "policy.safetensors"
+        b = full_ws / run / "final" / "policy.safetensors"
+        if not b.is_file():
+            missing.append(run)
+        else:
+            (same if a.read_bytes() == b.read_bytes() else differ).append(run)
+    return {"identical": len(same), "of": len(same) + len(differ), "differ": differ,
+            "not_in_full": missing}  # fmt: skip
+
+
+def compare(h: dict, f: dict) -> dict:
+    names = sorted(f["stage1_ranks"])
+    return {
+        "same_selection": (h["selected"], h["selected_seed"])
+        == (f["selected"], f["selected_seed"]),
+        "full_finalists_kept_by_halving": sorted(set(f["finalists"]) & set(h["finalists"])),
+        "stage1_rank_spearman": spearman(
+            [h["stage1_ranks"][n] for n in names], [f["stage1_ranks"][n] for n in names]
+        ),
+        "stage1_training_step_ratio": h["stage1_training_steps"] / f["stage1_training_steps"],
+        # the halving's choice judged by the full sweep's truths (every candidate fully trained)
+        "halving_selected_true_value": f["candidate_true_values"][h["selected"]],
+        "halving_regret": f["best_true_value"] - f["candidate_true_values"][h["selected"]],
+    }
+
+
+def report(doc: dict) -> None:
+    h, f = doc["halving"], doc["full"]
+    print(f"selection: halving {h['selected']} (seed {h['selected_seed']}), full sweep "
+          f"{f['selected']} (seed {f['selected_seed']}): "
+          f"{'the same' if doc['same_selection'] else 'DIFFERENT'}")  # fmt: skip
+    print(
+        f"full sweep's finalists kept by halving: {len(doc['full_finalists_kept_by_halving'])}"
+        f" of {len(f['finalists'])}; stage-1 rank Spearman {doc['stage1_rank_spearman']:.2f}"
+    )
+    print(f"stage-1 training steps: halving {h['stage1_training_steps']}, full "
+          f"{f['stage1_training_steps']} ({doc['stage1_training_step_ratio']:.2f}x)")  # fmt: skip
+    print(f"true value of the selection: halving {doc['halving_selected_true_value']:.3f}, full "
+          f"{f['selected_true_value']:.3f}; best candidate {f['best_candidate']} "
+          f"{f['best_true_value']:.3f}")  # fmt: skip
+    if "same_runs" in doc:
+        s = doc["same_runs"]
+        print(f"runs trained to the end by both with the full sweep's bytes: {s['identical']} "
+              f"of {s['of']}" + (f" (differ: {s['differ']})" if s["differ"] else "")
+              + f"; {len(s['not_in_full'])} not trained by the full sweep")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profile", default="quick")
@@ -39,9 +131,29 @@ def main() -> None:
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--rungs", type=int, default=3)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("HALVING_WS", "FULL_WS"),
+                    help="compare two finished studies instead of running them")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/halving.json"))
     args = ap.parse_args()
 
+    if args.compare:
+        hws, fws = (p.absolute() for p in args.compare)
+        h, f = summary(hws), summary(fws)
+        doc = {
+            "meta": {"halving_workspace": str(hws), "full_workspace": str(fws)},
+            **compare(h, f),
+            "same_runs": same_runs(hws, fws, h["runs_trained_to_the_end"]),
+            "halving": h,
+            "full": f,
+        }
+    else:
+        doc = run_both(args)
+    report(doc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def run_both(args: argparse.Namespace) -> dict:
     import yaml
 
     from sepsisrl.study.config import load_study_config
@@ -64,35 +176,14 @@ def main() -> None:
                 print(f"  [{name}] {p}: {d}/{t} {m}", flush=True)
 
         result = run_study(ws, cfg, on_event=on_event)
-        selection = json.loads((ws / "study" / "selection.json").read_text())
-        truth = json.loads((ws / "study" / "truth.json").read_text())["selection"]
-        steps = 0
-        for c in selection["candidates"]:
-            row = c["seeds"][0]  # the stage-1 seed
-            doc = json.loads((ws / row["run"] / "config.json").read_text())
-            steps += doc["snapshot_of"]["step"] if "snapshot_of" in doc else doc["total_steps"]
         out[name] = {
             "seconds": round(time.perf_counter() - started, 1),
-            "stage1_training_steps": steps,
-            "finalists": selection["finalists"],
-            "selected": selection["selected"]["name"],
-            "selected_seed": selection["selected"]["seed"],
-            "stage1_scores": {c["name"]: c["score"] for c in selection["candidates"]},
-            "stage1_ranks": {c["name"]: c["stage1_rank"] for c in selection["candidates"]},
-            "stopped_at_step": {
-                c["name"]: c.get("stopped_at_step") for c in selection["candidates"]
-            },
-            "selected_true_value": truth["selected_true_value"],
-            "best_candidate": truth["best_candidate"],
-            "best_true_value": truth["best_true_value"],
-            "regret": truth["regret"],
-            "candidate_true_values": truth["candidate_true_values"],
+            **summary(ws),
             "phases": result.phases,
         }
-        (ws / "study" / f"selection-{name}.json").write_text(json.dumps(selection, indent=1))
-    h, f = out["halving"], out["full"]
-    names = sorted(f["stage1_ranks"])
-    doc = {
+        selection = (ws / "study" / "selection.json").read_text()
+        (ws / "study" / f"selection-{name}.json").write_text(selection)
+    return {
         "meta": {
             "profile": args.profile,
             "stays": args.stays,
@@ -100,33 +191,10 @@ def main() -> None:
             "rungs": args.rungs,
             "overrides": base,
         },
-        "same_selection": (h["selected"], h["selected_seed"])
-        == (f["selected"], f["selected_seed"]),
-        "full_finalists_kept_by_halving": sorted(set(f["finalists"]) & set(h["finalists"])),
-        "stage1_rank_spearman": spearman(
-            [h["stage1_ranks"][n] for n in names], [f["stage1_ranks"][n] for n in names]
-        ),
-        "stage1_training_step_ratio": h["stage1_training_steps"] / f["stage1_training_steps"],
-        # the halving's choice judged by the full sweep's truths (every candidate fully trained)
-        "halving_selected_true_value": f["candidate_true_values"][h["selected"]],
-        "halving_regret": f["best_true_value"] - f["candidate_true_values"][h["selected"]],
-        "halving": h,
-        "full": f,
+        **compare(out["halving"], out["full"]),
+        "halving": out["halving"],
+        "full": out["full"],
     }
-    print(f"selection: halving {h['selected']} (seed {h['selected_seed']}), full sweep "
-          f"{f['selected']} (seed {f['selected_seed']}): "
-          f"{'the same' if doc['same_selection'] else 'DIFFERENT'}")  # fmt: skip
-    print(
-        f"full sweep's finalists kept by halving: {len(doc['full_finalists_kept_by_halving'])}"
-        f" of {len(f['finalists'])}; stage-1 rank Spearman {doc['stage1_rank_spearman']:.2f}"
-    )
-    print(f"stage-1 training steps: halving {h['stage1_training_steps']}, full "
-          f"{f['stage1_training_steps']} ({doc['stage1_training_step_ratio']:.2f}x)")  # fmt: skip
-    print(f"true value of the selection: halving {doc['halving_selected_true_value']:.3f}, full "
-          f"{f['selected_true_value']:.3f}; best candidate {f['best_candidate']} "
-          f"{f['best_true_value']:.3f}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":
