@@ -70,6 +70,48 @@ def summary(ws: Path) -> dict:
     }
 
 
+def rungs(ws: Path) -> list[dict]:
+    """The halving study's rung records: ``selection.json``'s ``halving``, or, for a study
+    written before the records existed, its rungs replayed from their evaluations on disk by
+    the same rule (``study.selection.rung_record``); a replayed rung must stop exactly the
+    candidates ``selection.json`` says it stopped."""
+    import math
+    import re
+
+    from sepsisrl.contracts import EvaluationMetrics
+    from sepsisrl.study import selection as sel
+    from sepsisrl.study.config import SelectionSection
+
+    selection = json.loads((ws / "study" / "selection.json").read_text())
+    if "halving" in selection:
+        return selection["halving"]
+    config = json.loads((ws / "study" / "plan.json").read_text())["config"]
+    h, rule = config["sweep"]["halving"], SelectionSection.model_validate(config["selection"])
+    seed = config["sweep"]["stage1_seed"]
+    stopped_at = {c["name"]: c.get("stopped_at_step") for c in selection["candidates"]}
+    steps = sorted({int(m.group(1)) for p in (ws / "eval").iterdir()
+                    if (m := re.search(r"_step(\d+)-validation$", p.name))})  # fmt: skip
+    kept, out = sorted(stopped_at), []
+    for r, step in enumerate(steps, 1):
+        cands = []
+        for name in kept:
+            run = f"runs/{name}_seed{seed}_step{step}"
+            ev = f"eval/{name}_seed{seed}_step{step}-validation"
+            doc = EvaluationMetrics.load(ws / ev / "metrics.json")
+            row = {"seed": seed, "run": run, "eval": ev,
+                   **sel.selection_metrics(doc, rule.estimator)}  # fmt: skip
+            cands.append(sel.aggregate({"name": name, "seeds": [row]}, rule))
+        keep = max(rule.finalists, math.ceil(len(cands) / h["eta"]))
+        rec = sel.rung_record(r, h["rungs"], step, sel.rank(cands), keep)
+        recorded = sorted(n for n, s in stopped_at.items() if s == step)
+        if sorted(rec["stopped"]) != recorded:
+            raise SystemExit(f"{ws}: rung {r} replayed stops {sorted(rec['stopped'])}, but "
+                             f"selection.json stopped {recorded} there")  # fmt: skip
+        out.append(rec)
+        kept = [n for n in kept if n not in rec["stopped"]]
+    return out
+
+
 def same_runs(halving_ws: Path, full_ws: Path, runs: list[str]) -> dict:
     """Which of the halving's full-length ``runs`` have the full sweep's weights, byte for byte
     (``of``: those the full sweep trained too; ``not_in_full``: the stage-2 seeds of a
@@ -116,6 +158,12 @@ def report(doc: dict) -> None:
     print(f"true value of the selection: halving {doc['halving_selected_true_value']:.3f}, full "
           f"{f['selected_true_value']:.3f}; best candidate {f['best_candidate']} "
           f"{f['best_true_value']:.3f}")  # fmt: skip
+    for r in doc.get("rungs", []):
+        lost = [n for n in r["stopped"] if n in f["finalists"]]
+        print(f"rung {r['rung']} ({r['step']} steps): {r['passed']} of {r['candidates']} passed "
+              f"every gate, kept {len(r['kept'])}, stopped {len(r['stopped'])}, "
+              f"{len(r['within_noise'])} of them within the noise (cut {r['cut']})"
+              + (f"; the full sweep's finalists stopped here: {lost}" if lost else ""))  # fmt: skip
     if "same_runs" in doc:
         s = doc["same_runs"]
         print(f"runs trained to the end by both with the full sweep's bytes: {s['identical']} "
@@ -143,6 +191,7 @@ def main() -> None:
             "meta": {"halving_workspace": str(hws), "full_workspace": str(fws)},
             **compare(h, f),
             "same_runs": same_runs(hws, fws, h["runs_trained_to_the_end"]),
+            "rungs": rungs(hws),
             "halving": h,
             "full": f,
         }

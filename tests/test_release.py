@@ -352,3 +352,54 @@ def test_push_uploads_through_huggingface_hub_when_available(exported, tmp_path,
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
     with pytest.raises(ExportError, match="pip install huggingface_hub"):
         push_to_hub(bundle, "lab/sepsis-iql")
+
+
+def test_the_card_says_how_firmly_successive_halving_cut_the_candidates(exported):
+    """A study's export states its selection; with halving, each rung's stops and how many of
+    them the validation data did not show worse (a 95 % interval reaching the cut). The
+    report's model-selection section states the same."""
+    from types import SimpleNamespace
+
+    from sepsisrl.contracts import HalvingRung, ModelConfig
+    from sepsisrl.release.bundle import selection_lines
+    from sepsisrl.study.report.sections.selection import halving
+
+    *_, bundle, _ = exported
+    assert json.loads((bundle / "config.json").read_text())["selection"] is None  # no study
+    assert "**Selection.**" not in (bundle / "README.md").read_text()
+
+    def rung(r, stopped, noise):
+        return {"rung": r, "rungs": 3, "step": 100 * r, "candidates": 9, "passed": 9, "keep": 3,
+                "cut": 1.5 if stopped else None, "kept": ["a"], "stopped": stopped,
+                "within_noise": noise}  # fmt: skip
+
+    rungs = [rung(1, ["c", "d"], []), rung(2, ["e"], [])]
+    firm = {"profile": "card_halving", "score": "wdr_ci_low", "candidates": 9,
+            "finalists": ["a", "b"], "halving": rungs}  # fmt: skip
+    noisy = {**firm, "halving": [rung(1, ["c", "d"], ["d"]), rung(2, [], [])]}
+    cfg = json.loads((bundle / "config.json").read_text())
+    for sel in (firm, noisy):  # the contract takes both
+        ModelConfig.parse({**cfg, "selection": sel}, bundle / "config.json")
+    (text,) = [t for t in selection_lines(firm) if t]
+    assert "(profile `card_halving`) chose this configuration among 9" in text
+    assert "rung 1 (100 steps) stopped 2, 0 of them within the noise" in text
+    assert "a full sweep may select another configuration" not in text
+    (text,) = [t for t in selection_lines(noisy) if t]
+    assert "rung 1 (100 steps) stopped 2, 1 of them within the noise" in text
+    assert "a full sweep may select another configuration" in text
+    assert selection_lines(None) == []
+
+    def report(sel):
+        st = SimpleNamespace(
+            selection=SimpleNamespace(halving=[HalvingRung(**r) for r in sel["halving"]]),
+            estimator="wdr",
+        )
+        return [f"{getattr(b, 'kind', '')}: {getattr(b, 'text', '')}" for b in halving(st)]
+
+    firm_text = " ".join(report(firm))
+    assert "Every one of the 3 stopped candidates' 95% intervals lies below" in firm_text
+    assert "within the noise:" not in firm_text
+    noisy_text = " ".join(report(noisy))
+    assert "warning: Successive halving stopped candidates within the noise: at rung 1, 1 of " \
+           "the 2 stopped (d)." in noisy_text  # fmt: skip
+    assert report({"halving": []}) == []

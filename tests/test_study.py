@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import torch
 from sepsisrl.study import selection as sel
 from sepsisrl.study.config import load_study_config
 from sepsisrl.threads import cpu
+
+from .conftest import BENCH
 
 TINY = {
     "sweep.lr_regimes": {"conservative": {"actor_lr": 5e-5, "critic_lr": 1e-4, "value_lr": 1e-4}},
@@ -206,6 +209,24 @@ def test_a_halving_rung_stops_only_evaluable_candidates_beaten_by_keep_others():
     # every policy still fails a gate (the quick world's first rung): nobody is stopped,
     # where cutting the safety-first fallback order would have dropped on no score at all
     assert sel.rung_cut(sel.rank([early, unsafe]), 1) == []
+
+
+def test_a_rung_record_names_the_stops_the_validation_data_do_not_show_worse():
+    a, b, c = (_cand(n, [(42, 6.0 - i, 3.0 - i, 0.0, 0)]) for i, n in enumerate("abc"))
+    worse = _cand("worse", [(42, 0.5, -0.5, 0.0, 0)])  # interval [-0.5, 1.5]: below b's 2.0
+    early = _cand("early", [(42, None, None, 0.4, 9)])  # no score yet: goes on
+    ranked = sel.rank([early, c, worse, a, b])
+    rec = sel.rung_record(1, 3, 100, ranked, 2)
+    assert rec["stopped"] == ["c", "worse"] and rec["cut"] == 2.0  # b's score, the last kept
+    assert rec["kept"] == ["a", "b", "early"]
+    # c's interval [1, 5] reaches the cut: not shown worse than b; worse's [-0.5, 1.5] does not
+    assert rec["within_noise"] == ["c"]
+    assert (rec["candidates"], rec["passed"], rec["keep"], rec["step"]) == (5, 4, 2, 100)
+    nobody = sel.rung_record(1, 3, 100, ranked, 4)
+    assert nobody["stopped"] == [] and nobody["cut"] is None and nobody["within_noise"] == []
+    from sepsisrl.contracts import HalvingRung
+
+    HalvingRung.model_validate(rec)  # the record's contract (selection.json -> halving)
 
 
 def test_fallback_is_explicit_and_safety_first():
@@ -606,6 +627,26 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
     assert len(left) == 2 and len(kept) == 2 and set(doc["finalists"]) == {c["name"] for c in kept}
     assert all(c["stopped_at_step"] == 15 for c in left)
     assert min(c["stage1_rank"] for c in left) > max(c["stage1_rank"] for c in kept)
+    (rung1,) = doc["halving"]  # the rung's record: the same stops, and how firm each was
+    assert rung1["step"] == 15 and rung1["stopped"] == [c["name"] for c in left]
+    assert set(rung1["kept"]) == {c["name"] for c in kept} and rung1["cut"] is not None
+    assert rung["stopped_within_noise"] == len(rung1["within_noise"])
+    for c in left:  # a stopped candidate's row is its rung snapshot: its interval vs the cut
+        assert (c["name"] in rung1["within_noise"]) == (c["ci_high"] >= rung1["cut"])
+    # bench/halving.py replays the rungs of a record written before they were kept: the same
+    doc.pop("halving")
+    (copy / "study" / "selection.json").write_text(json.dumps(doc))
+    spec = importlib.util.spec_from_file_location("halving_bench", BENCH / "halving.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.rungs(copy) == [rung1]
+    report = (copy / "report" / "report.md").read_text()
+    assert "Stage 1 used successive halving" in report and "Stopped within the noise" in report
+    assert ("Successive halving stopped candidates within the noise" in report) == bool(
+        rung1["within_noise"]
+    )
+    card = (copy / _read(copy / "study" / "final.json")["release"] / "README.md").read_text()
+    assert "Stage 1 used successive halving over 2 rungs: rung 1 (15 steps) stopped 2" in card
     for c in left:  # the rung's snapshot, evaluated on validation
         (row,) = c["seeds"]
         assert row["run"].endswith("_step15") and row["eval"].endswith("_step15-validation")

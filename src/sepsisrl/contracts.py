@@ -609,6 +609,24 @@ class Selected(Strict):
     versus_clinicians: VersusClinicians
 
 
+class HalvingRung(Strict):
+    """One rung of successive halving (``sweep.halving``; ``study/selection.py``
+    ``rung_record``): who was scored, kept and stopped at ``step``, the score of the last
+    candidate kept on evidence (``cut``; None when the rung stopped nobody) and the stopped
+    candidates whose 95 % interval still reaches it (``within_noise``)."""
+
+    rung: StrictInt
+    rungs: StrictInt
+    step: StrictInt
+    candidates: StrictInt
+    passed: StrictInt
+    keep: StrictInt
+    cut: Real | None
+    kept: list[StrictStr]
+    stopped: list[StrictStr]
+    within_noise: list[StrictStr]
+
+
 class Selection(Artifact):
     """``study/selection.json``: the validation-only selection (``study/selection.py``)."""
 
@@ -622,6 +640,8 @@ class Selection(Artifact):
     finalists: list[StrictStr]
     finalists_passing_stage1: StrictInt
     selected: Selected
+    # successive halving's rungs, in order (empty: stage 1 trained every candidate in full)
+    halving: list[HalvingRung] = []
 
 
 # -------------------------------------------------------------------------- study final.json
@@ -740,6 +760,18 @@ class CardMetrics(Strict):
     evaluations: StrictInt
 
 
+class StudySelection(Strict):
+    """How a study chose the exported configuration (``config.json`` -> ``selection``): its
+    profile, its rule's score, how many configurations competed, the finalists, and
+    successive halving's rungs (:class:`HalvingRung`; empty without halving)."""
+
+    profile: StrictStr
+    score: StrictStr
+    candidates: StrictInt
+    finalists: list[StrictStr]
+    halving: list[HalvingRung]
+
+
 class ModelConfig(Artifact):
     """``release/<name>/config.json`` of a model repository (``sepsisrl export``)."""
 
@@ -771,6 +803,9 @@ class ModelConfig(Artifact):
     #: (``ope.importance.decisions_followed``); None when no evaluation of this run was given.
     #: Absent in repositories written before it existed.
     decisions_followed: JsonObject | None = None
+    #: how the study selected this configuration (``sepsisrl run``); None for a run exported
+    #: on its own. Absent in repositories written before it existed.
+    selection: StudySelection | None = None
     research_only: StrictBool
 
 

@@ -463,6 +463,7 @@ def model_card(
         lines += sensitivity_lines(summary, config.get("truth"))
         lines += intensity_lines(config.get("treatment_intensity"))
         lines += overlap_lines(config.get("decisions_followed"))
+        lines += selection_lines(config.get("selection"))
     else:
         lines.append(
             "This model has not been evaluated: no evaluation results were found for its run."
@@ -586,6 +587,32 @@ def overlap_lines(followed: dict[str, Any] | None) -> list[str]:
     return ["", text]
 
 
+def selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """The card's paragraph on how the study chose this configuration, and whether successive
+    halving stopped candidates that the validation data did not show worse."""
+    if not selection:
+        return []
+    n = selection["candidates"]
+    text = (f"**Selection.** A study (profile `{selection['profile']}`) chose this configuration "
+            f"among {n} on the validation split by its rule (score `{selection['score']}`, the "
+            "lower end of the estimator's 95 % interval); finalists: "
+            f"{', '.join(f'`{f}`' for f in selection['finalists'])}.")  # fmt: skip
+    rungs = selection["halving"]
+    if rungs:
+        stops = "; ".join(
+            f"rung {r['rung']} ({r['step']} steps) stopped {len(r['stopped'])}, "
+            f"{len(r['within_noise'])} of them within the noise"
+            for r in rungs
+        )
+        text += (f" Stage 1 used successive halving over {rungs[0]['rungs']} rungs: {stops} "
+                 "(a stopped candidate's 95 % interval reaching the score of a kept one).")  # fmt: skip
+        if any(r["within_noise"] for r in rungs):
+            text += (" The validation data did not show those candidates worse, so a full sweep "
+                     "may select another configuration; on the project's synthetic benchmark "
+                     "such a cut stopped the full sweep's selection (docs/run.md).")  # fmt: skip
+    return ["", text]
+
+
 def intensity_lines(intensity: dict[str, Any] | None) -> list[str]:
     """The card's paragraph on how much the policy treats against the clinicians."""
     if not intensity:
@@ -631,9 +658,11 @@ def export_run(
     name: str | None = None,
     overwrite: bool = False,
     truth: str | Path | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> Path:
     """``truth``: a ``truth.json`` of this run (``sepsisrl truth``), shown in the card next to
-    the offline estimates."""
+    the offline estimates; ``selection``: how a study chose it (``contracts.StudySelection``,
+    from ``study/selection.json``), stated in the card."""
     run = Path(run_dir).absolute()
     out = Path(out_dir).absolute()
     if not (run / "final" / "policy.safetensors").is_file():
@@ -705,6 +734,7 @@ def export_run(
         "truth": truth_doc,
         "treatment_intensity": _treatment_intensity(run, evals, replay),
         "decisions_followed": _decisions_followed(run, evals),
+        "selection": selection,
         "research_only": True,
     }  # fmt: skip
     # checked against the contract before anything is written: a writer that drifts from

@@ -712,6 +712,7 @@ class Study:
             "finalists": [c["name"] for c in finalists],
             "finalists_passing_stage1": sum(c["passed"] for c in ranked[: rule.finalists]),
             "selected": selected,
+            "halving": self.rungs,
         }
         write_record(Selection, self.ws / "study" / "selection.json", doc)
         return doc
@@ -724,6 +725,7 @@ class Study:
         left behind - best first, later rungs first - each with ``stopped_at_step`` and its
         rung's snapshot and evaluation as its seed row). Without halving: (all, [])."""
         h = self.cfg.sweep.halving
+        self.rungs = []
         if not h.enabled or h.rungs < 2:
             return cands, []
         seed = self.cfg.sweep.stage1_seed
@@ -756,9 +758,11 @@ class Study:
             self.collect(kept)
             ranked = sel.rank(kept)
             keep = max(self.cfg.selection.finalists, -(-len(kept) // h.eta))
-            stop = {c["name"] for c in sel.rung_cut(ranked, keep)}
-            self.phases[phase].update(evaluable=sum(c["passed"] for c in ranked),
-                                      stopped=len(stop))  # fmt: skip
+            record = sel.rung_record(r, h.rungs, step, ranked, keep)
+            self.rungs.append(record)
+            stop = set(record["stopped"])
+            self.phases[phase].update(evaluable=record["passed"], stopped=len(stop),
+                                      stopped_within_noise=len(record["within_noise"]))  # fmt: skip
             for c in ranked:
                 if c["name"] in stop:
                     c["stopped_at_step"] = step
@@ -1024,6 +1028,13 @@ class Study:
             name=f"sepsisrl-{selection['selected']['name']}",
             overwrite=True,
             truth=truth if (self.ws / "study" / "truth.json").is_file() else None,
+            selection={
+                "profile": selection["profile"],
+                "score": selection["rule"]["score"],
+                "candidates": len(selection["candidates"]),
+                "finalists": selection["finalists"],
+                "halving": selection.get("halving", []),
+            },
         )
         self.emit("export", 1, 1, self.rel(out))
         return out

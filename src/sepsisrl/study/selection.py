@@ -160,6 +160,34 @@ def rung_cut(ranked: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
     return [c for c in ranked if c["passed"]][keep:]
 
 
+def rung_record(
+    rung: int, rungs: int, step: int, ranked: list[dict[str, Any]], keep: int
+) -> dict[str, Any]:
+    """What a successive-halving rung decided (``selection.json`` -> ``halving``), and how
+    firmly: ``cut`` is the score of the last candidate kept on evidence (None when the rung
+    stops nobody), and ``within_noise`` the stopped candidates whose 95 % interval still
+    reaches that score - the validation data do not show them worse than a kept candidate,
+    so the full sweep may finish them ahead (docs/run.md: at 20,000 stays such a cut stopped
+    the full sweep's selection)."""
+    stopped = rung_cut(ranked, keep)
+    passed = [c for c in ranked if c["passed"]]
+    cut = passed[keep - 1]["score"] if stopped else None
+    names = {c["name"] for c in stopped}
+    noise = [c["name"] for c in stopped if c["ci_high"] is not None and c["ci_high"] >= cut]
+    return {
+        "rung": rung,
+        "rungs": rungs,
+        "step": step,
+        "candidates": len(ranked),
+        "passed": len(passed),
+        "keep": keep,
+        "cut": cut,
+        "kept": [c["name"] for c in ranked if c["name"] not in names],
+        "stopped": [c["name"] for c in stopped],
+        "within_noise": noise,
+    }
+
+
 def flag_limit(rule: SelectionSection, row: dict[str, Any]) -> float:
     """The severe-flag gate: an absolute count, or the clinicians' own count on the same
     validation states (their actions are the reference level of every safety rule)."""
