@@ -64,3 +64,18 @@ def test_missing_config_file_is_reported(tmp_path: Path):
     proc = run("synth", "--out", str(tmp_path / "raw"), "--config", str(tmp_path / "none.yaml"))
     assert proc.returncode == 2
     assert "not found" in proc.stderr
+
+
+def test_run_warns_when_halving_stopped_candidates_within_the_noise():
+    from sepsisrl.cli import halving_warning
+
+    rung = "stage 1 rung 1/3 (4467 steps)"
+    phases = {rung: {"stopped": 8, "stopped_within_noise": 8},
+              "stage 1 rung 2/3 (13400 steps)": {"stopped": 5, "stopped_within_noise": 0},
+              "stage 1": {"trained": 5}}  # fmt: skip
+    line = halving_warning(phases)
+    assert line is not None and line.startswith("warning: successive halving stopped")
+    assert f"({rung}: 8 of 8)" in line and "13400" not in line
+    phases[rung]["stopped_within_noise"] = 0
+    assert halving_warning(phases) is None  # every stop credible, or no halving at all
+    assert halving_warning({"stage 1": {"trained": 18}}) is None

@@ -904,7 +904,22 @@ this produces is clinical decision support.
         "seconds": round(result.seconds, 1), "phases": result.phases,
     }, indent=2))  # fmt: skip
     if not quiet:
+        warning = halving_warning(result.phases)
+        if warning:
+            err.print(warning, highlight=False)
         err.print(f"report: {result.report / 'index.html'}", highlight=False)
+
+
+def halving_warning(phases: dict[str, dict]) -> str | None:
+    """One line when successive halving stopped candidates that the validation data did not
+    show worse (``stopped_within_noise`` of a rung's phase), else None."""
+    noisy = {k: v["stopped_within_noise"] for k, v in phases.items()
+             if v.get("stopped_within_noise")}  # fmt: skip
+    if not noisy:
+        return None
+    parts = "; ".join(f"{k}: {n} of {phases[k]['stopped']}" for k, n in noisy.items())
+    return (f"warning: successive halving stopped candidates within the noise ({parts}); the "
+            "full sweep may select another configuration (report: Model selection)")  # fmt: skip
 
 
 @command()
