@@ -1,7 +1,7 @@
 """Successive halving over stage 1 against the full sweep, on a synthetic world (truth known).
 
 Usage:  python bench/halving.py [--profile quick] [--workspace /tmp/halving_ws] [--stays 2000]
-                                [--eta 3] [--rungs 3] [--set KEY=VALUE ...]
+                                [--eta 3] [--rungs 3] [--stop rank] [--set KEY=VALUE ...]
                                 [--out bench/results/halving.json]
         python bench/halving.py --compare HALVING_WS FULL_WS [--out ...]
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -73,12 +74,14 @@ def summary(ws: Path) -> dict:
 def rungs(ws: Path) -> list[dict]:
     """The halving study's rung records: ``selection.json``'s ``halving``, or, for a study
     written before the records existed, its rungs replayed from their evaluations on disk by
-    the same rule (``study.selection.rung_record``); a replayed rung must stop exactly the
-    candidates ``selection.json`` says it stopped."""
-    import math
+    the same rule (``study.selection.rung_record``, each stop tested by the FQE paired on the
+    validation episodes; an evaluation written before it kept its FQE values is refitted from
+    its recorded settings, which gives its recorded estimate to about 1e-12); a replayed rung
+    must stop exactly the candidates ``selection.json`` stopped there."""
     import re
 
     from sepsisrl.contracts import EvaluationMetrics
+    from sepsisrl.ope.importance import paired_difference_ci
     from sepsisrl.study import selection as sel
     from sepsisrl.study.config import SelectionSection
 
@@ -91,6 +94,16 @@ def rungs(ws: Path) -> list[dict]:
     stopped_at = {c["name"]: c.get("stopped_at_step") for c in selection["candidates"]}
     steps = sorted({int(m.group(1)) for p in (ws / "eval").iterdir()
                     if (m := re.search(r"_step(\d+)-validation$", p.name))})  # fmt: skip
+    values: dict[str, tuple] = {}
+
+    def paired(a: dict, b: dict) -> list[float] | None:
+        if rule.estimator != "fqe":
+            return None
+        va, vb = (_fqe_values(ws / c["seeds"][0]["eval"], values) for c in (a, b))
+        cfg = EvaluationMetrics.load(ws / a["seeds"][0]["eval"] / "metrics.json").config
+        ci = paired_difference_ci(va, vb, cfg["bootstrap_resamples"], cfg["bootstrap_seed"])
+        return [ci.estimate, ci.low, ci.high]
+
     kept, out = sorted(stopped_at), []
     for r, step in enumerate(steps, 1):
         cands = []
@@ -102,7 +115,7 @@ def rungs(ws: Path) -> list[dict]:
                    **sel.selection_metrics(doc, rule.estimator)}  # fmt: skip
             cands.append(sel.aggregate({"name": name, "seeds": [row]}, rule))
         keep = max(rule.finalists, math.ceil(len(cands) / h["eta"]))
-        rec = sel.rung_record(r, h["rungs"], step, sel.rank(cands), keep)
+        rec = sel.rung_record(r, h["rungs"], step, sel.rank(cands), keep, paired)
         recorded = sorted(n for n, s in stopped_at.items() if s == step)
         if sorted(rec["stopped"]) != recorded:
             raise SystemExit(f"{ws}: rung {r} replayed stops {sorted(rec['stopped'])}, but "
@@ -110,6 +123,48 @@ def rungs(ws: Path) -> list[dict]:
         out.append(rec)
         kept = [n for n in kept if n not in rec["stopped"]]
     return out
+
+
+def _fqe_values(ev: Path, cache: dict) -> tuple:
+    """(v0, point) of an evaluation's FQE at its initial states: its kept values, or a refit
+    with its recorded settings (policy, behaviour model, replay) when it kept none."""
+    if str(ev) in cache:
+        return cache[str(ev)]
+    from safetensors.numpy import load_file
+
+    from sepsisrl.ope.paired import FILE
+
+    if (ev / FILE).is_file():
+        got = load_file(str(ev / FILE))
+        cache[str(ev)] = (got["v0"], got.get("point"))
+        return cache[str(ev)]
+    from sepsisrl.config import validate_dataclass
+    from sepsisrl.ope.behaviour import BehaviourModel
+    from sepsisrl.ope.estimators import EvalData, FittedQEvaluation
+    from sepsisrl.ope.evaluate import EVAL_REWARD, EvalConfig, make_policy
+    from sepsisrl.rl.data import load_meta, load_split
+
+    m = json.loads((ev / "metrics.json").read_text())
+    c = m["config"]
+    cfg = validate_dataclass(EvalConfig, {
+        "bootstrap_resamples": c["bootstrap_resamples"], "bootstrap_seed": c["bootstrap_seed"],
+        "seed": c["seed"], "headline": c["headline"], "gates": c["gates"], "fqe": c["fqe"],
+    }, "evaluation")  # fmt: skip
+    replay = Path(m["replay"]["path"])
+    meta = load_meta(replay)
+    train = load_split(replay, "train", EVAL_REWARD, meta)
+    split = load_split(replay, m["split"], EVAL_REWARD, meta)
+    pol = make_policy(m["policy"]["spec"], m["policy"]["kind"], meta, None)
+    states = split.states.numpy()
+    b = BehaviourModel.load(ev / "behaviour").probabilities(states)
+    data = EvalData(meta, cfg, train, split, pol, b, pol.action_probabilities(states), None)
+    fqe = FittedQEvaluation().fit(data, {})
+    got = fqe.ci.to_json()["ci_low"]
+    if not math.isclose(got, m["fqe"]["bootstrap"]["ci_low"], rel_tol=0, abs_tol=1e-9):
+        raise SystemExit(f"{ev}: the refitted FQE gives {got}, the evaluation recorded "
+                         f"{m['fqe']['bootstrap']['ci_low']}")  # fmt: skip
+    cache[str(ev)] = (fqe.v0, None if fqe.v_full is None else fqe.v_full[fqe.init])
+    return cache[str(ev)]
 
 
 def same_runs(halving_ws: Path, full_ws: Path, runs: list[str]) -> dict:
@@ -162,7 +217,8 @@ def report(doc: dict) -> None:
         lost = [n for n in r["stopped"] if n in f["finalists"]]
         print(f"rung {r['rung']} ({r['step']} steps): {r['passed']} of {r['candidates']} passed "
               f"every gate, kept {len(r['kept'])}, stopped {len(r['stopped'])}, "
-              f"{len(r['within_noise'])} of them within the noise (cut {r['cut']})"
+              f"{len(r['within_noise'])} of them within the noise (cut {r['cut']}, test "
+              f"{r.get('noise_test')})"
               + (f"; the full sweep's finalists stopped here: {lost}" if lost else ""))  # fmt: skip
     if "same_runs" in doc:
         s = doc["same_runs"]
@@ -178,6 +234,8 @@ def main() -> None:
     ap.add_argument("--stays", type=int, default=2000)
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--rungs", type=int, default=3)
+    ap.add_argument("--stop", choices=("rank", "credible"), default="rank",
+                    help="sweep.halving.stop: which candidates past a rung's cut stop")  # fmt: skip
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("HALVING_WS", "FULL_WS"),
                     help="compare two finished studies instead of running them")  # fmt: skip
@@ -216,7 +274,8 @@ def run_both(args: argparse.Namespace) -> dict:
     out: dict[str, dict] = {}
     for name, halving in (("halving", True), ("full", False)):
         cfg = load_study_config(args.profile, overrides={
-            **base, "sweep.halving": {"enabled": halving, "eta": args.eta, "rungs": args.rungs},
+            **base, "sweep.halving": {"enabled": halving, "eta": args.eta, "rungs": args.rungs,
+                                      "stop": args.stop},
         })  # fmt: skip
         started = time.perf_counter()
 

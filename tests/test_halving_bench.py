@@ -38,7 +38,7 @@ def _study(ws: Path, candidates: list[dict], selected: tuple[str, int], truths: 
     stopped = [c["name"] for c in candidates if c["stopped"] is not None]
     rungs = [{"rung": 1, "rungs": 2, "step": candidates[-1]["stopped"], "candidates": 3,
               "passed": 3, "keep": 2, "cut": -2.0, "kept": finalists, "stopped": stopped,
-              "within_noise": stopped}] if stopped else []  # fmt: skip
+              "within_noise": stopped, "noise_test": "paired"}] if stopped else []  # fmt: skip
     selection = {"candidates": rows, "finalists": finalists, "halving": rungs,
                  "selected": {"name": selected[0], "seed": selected[1]}}  # fmt: skip
     (ws / "study" / "selection.json").write_text(json.dumps(selection))
@@ -86,7 +86,7 @@ def test_compare_reports_the_selections_their_truths_and_which_full_runs_match(t
     # the halving's rung records (selection.json -> halving), the full sweep's stops named
     assert [r["stopped"] for r in doc["rungs"]] == [["c"]]
     assert "rung 1 (10 steps): 3 of 3 passed every gate, kept 2, stopped 1, 1 of them within " \
-           "the noise (cut -2.0)" in proc.stdout  # fmt: skip
+           "the noise (cut -2.0, test paired)" in proc.stdout  # fmt: skip
     # a finalist's stage-2 seed the full sweep never trained is not counted as differing
     (full / "runs" / "a_seed2" / "final" / "policy.safetensors").unlink()
     proc = subprocess.run(

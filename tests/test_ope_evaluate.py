@@ -298,3 +298,42 @@ def test_an_empty_split_is_refused_naming_it_and_nothing_is_written(tmp_path):
     ):
         evaluate("clinician", replay, out, kind="named", cfg=FAST)
     assert not out.exists()
+
+
+def test_fqe_values_are_kept_and_a_paired_difference_shares_the_bootstrap(setup, tmp_path):
+    """fqe_values.safetensors holds the FQE at the initial states: the recorded interval is
+    the bootstrap of those values; two policies on the same episodes compare paired (the same
+    patient draws and members), an evaluation of other episodes not at all."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from sepsisrl.ope.importance import ensemble_mean_ci
+    from sepsisrl.ope.paired import FILE, paired_fqe
+
+    *_, evals, root = setup
+    a, b = root / "eval" / "iql1", root / "eval" / "no_treatment"
+    va, vb = load_file(str(a / FILE)), load_file(str(b / FILE))
+    assert (
+        np.array_equal(va["stay_id"], vb["stay_id"])
+        and len(va["stay_id"]) == evals["iql1"]["episodes"]
+    )
+    cfg = evals["iql1"]["config"]
+    again = ensemble_mean_ci(va["v0"], cfg["bootstrap_resamples"], cfg["bootstrap_seed"],
+                             va.get("point")).to_json()  # fmt: skip
+    # the same numbers up to the last bit of a sum's order (the kept copy is contiguous)
+    assert again == pytest.approx(evals["iql1"]["fqe"]["bootstrap"], rel=1e-12, abs=1e-12)
+    d = paired_fqe(a, b)
+    ea, eb = (evals[n]["fqe"]["bootstrap"]["estimate"] for n in ("iql1", "no_treatment"))
+    assert d.estimate == pytest.approx(ea - eb) and d.low <= d.estimate <= d.high
+    same = paired_fqe(a, a)  # a policy against itself: nothing left to resample
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    # other episodes (here: the first stay replaced) are not paired
+    other = tmp_path / "other"
+    shutil.copytree(a, other)
+    stays = va["stay_id"].copy()
+    stays[0] += 1
+    save_file({**va, "stay_id": stays}, str(other / FILE))
+    assert paired_fqe(other, b) is None
+    (other / FILE).unlink()  # an evaluation written before the values were kept
+    assert paired_fqe(other, b) is None

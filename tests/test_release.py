@@ -370,8 +370,11 @@ def test_the_card_says_how_firmly_successive_halving_cut_the_candidates(exported
 
     def rung(r, stopped, noise):
         return {"rung": r, "rungs": 3, "step": 100 * r, "candidates": 9, "passed": 9, "keep": 3,
-                "cut": 1.5 if stopped else None, "kept": ["a"], "stopped": stopped,
-                "within_noise": noise}  # fmt: skip
+                "cut": 1.5 if stopped else None, "last_kept": "a" if stopped else None,
+                "kept": ["a"], "stop": "rank", "stopped": stopped, "within_noise": noise,
+                "spared": [], "noise_test": "paired",
+                "differences": {n: [-0.1, -0.3, 0.1 if n in noise else -0.05]
+                                for n in stopped}}  # fmt: skip
 
     rungs = [rung(1, ["c", "d"], []), rung(2, ["e"], [])]
     firm = {"profile": "card_halving", "score": "wdr_ci_low", "candidates": 9,
@@ -388,6 +391,11 @@ def test_the_card_says_how_firmly_successive_halving_cut_the_candidates(exported
     assert "rung 1 (100 steps) stopped 2, 1 of them within the noise" in text
     assert "a full sweep may select another configuration" in text
     assert selection_lines(None) == []
+    # stop: credible - the candidates within the noise went on, nothing to caution
+    spared = {**noisy, "halving": [{**rung(1, ["c"], ["d"]), "stop": "credible", "spared": ["d"]}]}
+    (text,) = [t for t in selection_lines(spared) if t]
+    assert "rung 1 (100 steps) stopped 1, and kept on 1 past the cut within the noise" in text
+    assert "a full sweep may select another configuration" not in text
 
     def report(sel):
         st = SimpleNamespace(
@@ -397,9 +405,12 @@ def test_the_card_says_how_firmly_successive_halving_cut_the_candidates(exported
         return [f"{getattr(b, 'kind', '')}: {getattr(b, 'text', '')}" for b in halving(st)]
 
     firm_text = " ".join(report(firm))
-    assert "Every one of the 3 stopped candidates' 95% intervals lies below" in firm_text
+    assert "Every one of the 3 stopped candidates is credibly worse than its rung" in firm_text
     assert "within the noise:" not in firm_text
     noisy_text = " ".join(report(noisy))
     assert "warning: Successive halving stopped candidates within the noise: at rung 1, 1 of " \
            "the 2 stopped (d)." in noisy_text  # fmt: skip
     assert report({"halving": []}) == []
+    spared_text = " ".join(report(spared))
+    assert "stop: credible kept on the candidates past the cut" in spared_text
+    assert "at rung 1, 1 (d)" in spared_text and "warning:" not in spared_text

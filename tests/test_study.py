@@ -222,11 +222,33 @@ def test_a_rung_record_names_the_stops_the_validation_data_do_not_show_worse():
     # c's interval [1, 5] reaches the cut: not shown worse than b; worse's [-0.5, 1.5] does not
     assert rec["within_noise"] == ["c"]
     assert (rec["candidates"], rec["passed"], rec["keep"], rec["step"]) == (5, 4, 2, 100)
+    assert rec["noise_test"] == "intervals" and rec["differences"] == {"c": None, "worse": None}
     nobody = sel.rung_record(1, 3, 100, ranked, 4)
     assert nobody["stopped"] == [] and nobody["cut"] is None and nobody["within_noise"] == []
     from sepsisrl.contracts import HalvingRung
 
     HalvingRung.model_validate(rec)  # the record's contract (selection.json -> halving)
+    # paired differences from the last kept (b) decide where given: c is credibly worse
+    # paired, though its own interval overlaps; worse is not (an interval reaching 0)
+    diffs = {"c": [-1.0, -1.5, -0.5], "worse": [-0.2, -3.0, 0.4]}
+    calls = []
+
+    def paired(x, last):
+        calls.append((x["name"], last["name"]))
+        return diffs[x["name"]]
+
+    rec = sel.rung_record(1, 3, 100, ranked, 2, paired)
+    assert calls == [("c", "b"), ("worse", "b")] and rec["last_kept"] == "b"
+    assert rec["within_noise"] == ["worse"] and rec["noise_test"] == "paired"
+    assert rec["stopped"] == ["c", "worse"] and rec["spared"] == []  # stop: rank
+    # stop: credible - only the credibly worse are stopped; the others go on
+    rec = sel.rung_record(1, 3, 100, ranked, 2, paired, stop="credible")
+    assert rec["stopped"] == ["c"] and rec["spared"] == ["worse"]
+    assert rec["kept"] == ["a", "b", "worse", "early"]
+    diffs["c"] = None  # not computable for c: its own interval decides (reaches the cut)
+    mixed = sel.rung_record(1, 3, 100, ranked, 2, paired)
+    assert mixed["noise_test"] == "mixed" and mixed["within_noise"] == ["c", "worse"]
+    HalvingRung.model_validate(mixed)
 
 
 def test_fallback_is_explicit_and_safety_first():
@@ -612,7 +634,7 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
     # gates open wide: every rung policy is evaluable, so the rung cuts on scores (the rule
     # for policies that fail a gate: test_a_halving_rung_stops_only_evaluable_candidates...)
     over = {**TINY, "truth.enabled": False, "sweep.halving": {"enabled": True, "eta": 2,
-                                                              "rungs": 2},
+                                                              "rungs": 2, "stop": "rank"},
             "selection.low_support_max": 1.0, "selection.severe_flags_max": 10**6,
             "evaluation.gates": {"support_min": 0.0, "fqe_out_of_range_max": 1.0,
                                  "fqe_range_margin": 1.0}}  # fmt: skip
@@ -631,8 +653,16 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
     assert rung1["step"] == 15 and rung1["stopped"] == [c["name"] for c in left]
     assert set(rung1["kept"]) == {c["name"] for c in kept} and rung1["cut"] is not None
     assert rung["stopped_within_noise"] == len(rung1["within_noise"])
-    for c in left:  # a stopped candidate's row is its rung snapshot: its interval vs the cut
-        assert (c["name"] in rung1["within_noise"]) == (c["ci_high"] >= rung1["cut"])
+    # each stop tested by the FQE paired with the last kept candidate on the same episodes
+    assert rung1["noise_test"] == "paired" and set(rung1["differences"]) == set(rung1["stopped"])
+    from sepsisrl.ope.paired import paired_fqe
+
+    last = copy / "eval" / f"{rung1['last_kept']}_seed42_step15-validation"  # its rung snapshot
+    for c in left:
+        est, lo, hi = rung1["differences"][c["name"]]
+        assert lo <= est <= hi and (c["name"] in rung1["within_noise"]) == (hi >= 0)
+        ci = paired_fqe(copy / c["seeds"][0]["eval"], last)
+        assert [ci.estimate, ci.low, ci.high] == [est, lo, hi]
     # bench/halving.py replays the rungs of a record written before they were kept: the same
     doc.pop("halving")
     (copy / "study" / "selection.json").write_text(json.dumps(doc))

@@ -612,8 +612,11 @@ class Selected(Strict):
 class HalvingRung(Strict):
     """One rung of successive halving (``sweep.halving``; ``study/selection.py``
     ``rung_record``): who was scored, kept and stopped at ``step``, the score of the last
-    candidate kept on evidence (``cut``; None when the rung stopped nobody) and the stopped
-    candidates whose 95 % interval still reaches it (``within_noise``)."""
+    candidate kept on evidence (``cut``, ``last_kept``; None when the rung stopped nobody),
+    each stopped candidate's paired difference from it (``differences``: [estimate, 95 % CI
+    low, high], None where not computable) and the candidates past the cut that the
+    validation data do not show worse (``within_noise``, by ``noise_test``): stopped with
+    ``stop: rank``, kept on (``spared``) with ``stop: credible``."""
 
     rung: StrictInt
     rungs: StrictInt
@@ -622,9 +625,14 @@ class HalvingRung(Strict):
     passed: StrictInt
     keep: StrictInt
     cut: Real | None
+    last_kept: StrictStr | None
     kept: list[StrictStr]
+    stop: Literal["rank", "credible"]
     stopped: list[StrictStr]
     within_noise: list[StrictStr]
+    spared: list[StrictStr]
+    noise_test: Literal["paired", "intervals", "mixed"]
+    differences: dict[str, list[Real] | None]
 
 
 class Selection(Artifact):

@@ -431,6 +431,13 @@ def evaluate(
         "model_reasons": reasons["model"],
         "importance_sampling_reasons": reasons["importance_sampling"],
     }
+    if "fqe" in fitted:  # its values at the initial states, for paired comparisons
+        from sepsisrl.ope.paired import write_fqe_values
+
+        fqe = fitted["fqe"]
+        init_stays = data.data.stay_id[fqe.init]
+        point = None if fqe.v_full is None else fqe.v_full[fqe.init]
+        write_fqe_values(out, fqe.v0, point, init_stays)
     clock.lap("fqe_wdr")
 
     grid = meta.action_grid or ActionGrid(1, meta.n_actions)  # no grid: one axis of actions

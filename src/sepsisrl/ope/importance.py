@@ -202,6 +202,16 @@ def ensemble_mean_ci(
     fit's mean; the members then give the spread only (their distribution is shifted to be
     centred on the point estimate).
     """
+    estimate, stats = ensemble_mean_stats(v0, resamples, seed, point)
+    return _percentile_ci(estimate, stats, resamples, seed)
+
+
+def ensemble_mean_stats(
+    v0: np.ndarray, resamples: int = 2000, seed: int = 0, point: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
+    """:func:`ensemble_mean_ci`'s estimate and its ``resamples`` bootstrap statistics. Two
+    policies' values on the same initial states with the same ``seed`` get the same patient
+    draws and members: their statistics are paired (:func:`paired_difference_ci`)."""
     k, e = v0.shape
     counts = bootstrap_counts(e, resamples, seed)
     member = np.arange(resamples) % k
@@ -211,7 +221,24 @@ def ensemble_mean_ci(
         full = float(np.mean(point))
         stats = stats + (full - estimate)
         estimate = full
-    return _percentile_ci(estimate, stats, resamples, seed)
+    return estimate, stats
+
+
+def paired_difference_ci(
+    a: tuple[np.ndarray, np.ndarray | None],
+    b: tuple[np.ndarray, np.ndarray | None],
+    resamples: int = 2000,
+    seed: int = 0,
+) -> BootstrapCI:
+    """The CI of V(a) - V(b), two policies' FQE values ``(v0 (K, E), point (E,) or None)`` at
+    the same E initial states: each resample draws the same patients and member for both, so
+    what the two estimates share (the same patients, the same fitted ensemble's errors)
+    cancels. The mean is linear, so this is ``ensemble_mean_ci`` of the differences."""
+    (va, pa), (vb, pb) = a, b
+    if va.shape != vb.shape or (pa is None) != (pb is None):
+        raise ValueError(f"paired FQE values differ in shape: {va.shape} and {vb.shape}")
+    point = None if pa is None or pb is None else pa - pb
+    return ensemble_mean_ci(va - vb, resamples, seed, point)
 
 
 def wdr_with_ci(

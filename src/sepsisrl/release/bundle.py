@@ -601,12 +601,15 @@ def selection_lines(selection: dict[str, Any] | None) -> list[str]:
     if rungs:
         stops = "; ".join(
             f"rung {r['rung']} ({r['step']} steps) stopped {len(r['stopped'])}, "
-            f"{len(r['within_noise'])} of them within the noise"
+            + (f"{len(r['within_noise'])} of them within the noise" if not r.get("spared")
+               else f"and kept on {len(r['spared'])} past the cut within the noise")
             for r in rungs
-        )
+        )  # fmt: skip
         text += (f" Stage 1 used successive halving over {rungs[0]['rungs']} rungs: {stops} "
-                 "(a stopped candidate's 95 % interval reaching the score of a kept one).")  # fmt: skip
-        if any(r["within_noise"] for r in rungs):
+                 "(not credibly worse than the last candidate kept: the 95 % interval of the "
+                 "difference, paired on the same validation episodes, reaches 0, or without "
+                 "paired values their own interval reaches its score).")  # fmt: skip
+        if any(r["within_noise"] and not r.get("spared") for r in rungs):
             text += (" The validation data did not show those candidates worse, so a full sweep "
                      "may select another configuration; on the project's synthetic benchmark "
                      "such a cut stopped the full sweep's selection (docs/run.md).")  # fmt: skip

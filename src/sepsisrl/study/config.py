@@ -58,6 +58,7 @@ class HalvingSection(StrictModel):
     enabled: bool
     eta: int = Field(ge=2)
     rungs: int = Field(ge=1)
+    stop: Literal["rank", "credible"]
 
 
 class SweepSection(StrictModel):

@@ -758,11 +758,12 @@ class Study:
             self.collect(kept)
             ranked = sel.rank(kept)
             keep = max(self.cfg.selection.finalists, -(-len(kept) // h.eta))
-            record = sel.rung_record(r, h.rungs, step, ranked, keep)
+            record = sel.rung_record(r, h.rungs, step, ranked, keep, self.paired, h.stop)
             self.rungs.append(record)
             stop = set(record["stopped"])
+            noisy = "spared_within_noise" if h.stop == "credible" else "stopped_within_noise"
             self.phases[phase].update(evaluable=record["passed"], stopped=len(stop),
-                                      stopped_within_noise=len(record["within_noise"]))  # fmt: skip
+                                      **{noisy: len(record["within_noise"])})  # fmt: skip
             for c in ranked:
                 if c["name"] in stop:
                     c["stopped_at_step"] = step
@@ -771,6 +772,17 @@ class Study:
             for c in kept:
                 c["seeds"] = []
         return kept, left
+
+    def paired(self, a: dict[str, Any], b: dict[str, Any]) -> list[float] | None:
+        """The paired 95 % CI [estimate, low, high] of candidate ``a``'s value minus ``b``'s
+        on validation (their one seed's evaluations), by the selection's estimator when it is
+        the FQE (``ope/paired.py``); None otherwise or when not computable."""
+        from sepsisrl.ope.paired import paired_fqe
+
+        if self.cfg.selection.estimator != "fqe" or len(a["seeds"]) != 1 or len(b["seeds"]) != 1:
+            return None
+        ci = paired_fqe(self.ws / a["seeds"][0]["eval"], self.ws / b["seeds"][0]["eval"])
+        return None if ci is None else [ci.estimate, ci.low, ci.high]
 
     def versus_clinicians(
         self, finalists: list[dict[str, Any]], selected: dict[str, Any]

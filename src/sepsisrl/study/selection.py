@@ -36,6 +36,7 @@ and the simulator's truth (``study/truth.json``) is computed after it and read b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from sepsisrl.contracts import EvaluationMetrics
@@ -161,19 +162,47 @@ def rung_cut(ranked: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
 
 
 def rung_record(
-    rung: int, rungs: int, step: int, ranked: list[dict[str, Any]], keep: int
+    rung: int,
+    rungs: int,
+    step: int,
+    ranked: list[dict[str, Any]],
+    keep: int,
+    paired: Callable[[dict[str, Any], dict[str, Any]], list[float] | None] | None = None,
+    stop: str = "rank",
 ) -> dict[str, Any]:
     """What a successive-halving rung decided (``selection.json`` -> ``halving``), and how
-    firmly: ``cut`` is the score of the last candidate kept on evidence (None when the rung
-    stops nobody), and ``within_noise`` the stopped candidates whose 95 % interval still
-    reaches that score - the validation data do not show them worse than a kept candidate,
-    so the full sweep may finish them ahead (docs/run.md: at 20,000 stays such a cut stopped
-    the full sweep's selection)."""
-    stopped = rung_cut(ranked, keep)
+    firmly. ``cut`` is the score of the last candidate kept on evidence (``last_kept``; None
+    when no candidate is past the cut). ``within_noise``: the candidates past the cut that
+    the validation data do not show worse than that candidate, so that the full sweep may
+    finish them ahead (docs/run.md: at 20,000 stays such a stop dropped the full sweep's
+    selection). The test, per candidate past the cut: ``paired(candidate, last_kept)``, the
+    95 % CI [estimate, low, high] of the difference of their values on the same episodes
+    (``ope/paired.py``), whose upper end reaches 0; where it gives None, the candidate's own
+    interval reaching the cut (``noise_test`` says which: ``paired``, ``intervals`` or
+    ``mixed``).
+
+    ``stop`` (``sweep.halving.stop``): ``rank`` stops every candidate past the cut
+    (:func:`rung_cut`); ``credible`` only those not within the noise, the others going on
+    (``spared``)."""
+    beyond = rung_cut(ranked, keep)
     passed = [c for c in ranked if c["passed"]]
-    cut = passed[keep - 1]["score"] if stopped else None
+    last = passed[keep - 1] if beyond else None
+    cut = last["score"] if last is not None else None
+    differences: dict[str, list[float] | None] = {}
+    noise = []
+    for c in beyond:
+        diff = paired(c, last) if paired is not None else None
+        differences[c["name"]] = diff
+        if diff is not None:
+            unresolved = diff[2] >= 0  # the difference's upper end reaches 0
+        else:
+            unresolved = c["ci_high"] is not None and c["ci_high"] >= cut
+        if unresolved:
+            noise.append(c["name"])
+    used = {"paired" if d is not None else "intervals" for d in differences.values()}
+    spared = noise if stop == "credible" else []
+    stopped = [c for c in beyond if c["name"] not in spared]
     names = {c["name"] for c in stopped}
-    noise = [c["name"] for c in stopped if c["ci_high"] is not None and c["ci_high"] >= cut]
     return {
         "rung": rung,
         "rungs": rungs,
@@ -182,9 +211,14 @@ def rung_record(
         "passed": len(passed),
         "keep": keep,
         "cut": cut,
+        "last_kept": last["name"] if last is not None else None,
         "kept": [c["name"] for c in ranked if c["name"] not in names],
+        "stop": stop,
         "stopped": [c["name"] for c in stopped],
         "within_noise": noise,
+        "spared": spared,
+        "noise_test": used.pop() if len(used) == 1 else ("mixed" if used else "paired"),
+        "differences": differences,
     }
 
 

@@ -55,6 +55,14 @@ def model_selection(st: Study) -> list[Block]:
     ]
 
 
+#: When a rung's stop is within the noise (``study.selection.rung_record``), in words.
+NOISE_TESTS = {
+    "paired": "the 95% interval of its value minus the last kept candidate's, paired on the "
+    "same validation episodes, reaches 0",
+    "intervals": "its own 95% interval reaches the cut",
+}
+
+
 def halving(st: Study) -> list[Block]:
     """Successive halving's rungs (``selection.json`` -> ``halving``), and whether each stop
     rests on validation evidence: a stopped candidate whose 95 % interval still reaches the
@@ -65,7 +73,8 @@ def halving(st: Study) -> list[Block]:
     est = st.estimator.upper()
     rows = [
         [f"{r.rung} of {r.rungs}", fmt(r.step), fmt(r.candidates), fmt(r.passed), fmt(r.keep),
-         fmt(len(r.stopped)), fmt_est(r.cut), fmt(len(r.within_noise))]
+         fmt(len(r.stopped)), fmt_est(r.cut), r.last_kept or "", fmt(len(r.within_noise)),
+         r.noise_test if r.stopped else ""]
         for r in rungs
     ]  # fmt: skip
     out: list[Block] = [
@@ -79,15 +88,24 @@ def halving(st: Study) -> list[Block]:
     ]
     cut = f"Cut (score of the last kept, {est} 95% CI low)"
     header = ["Rung", "Steps", "Candidates", "Passed every gate", "Keep", "Stopped", cut,
-              "Stopped within the noise"]  # fmt: skip
-    caption = "A stop is within the noise when the candidate's 95% interval reaches the cut."
+              "Last kept", "Stopped within the noise", "Test"]  # fmt: skip
+    caption = (f"A stop is within the noise when {NOISE_TESTS['paired']} (test 'paired'), or, "
+               f"where that cannot be computed, when {NOISE_TESTS['intervals']} (test "
+               "'intervals').")  # fmt: skip
     out.append(table("halving-rungs", header, rows, caption))
-    noisy = [r for r in rungs if r.within_noise]
+    spared = [r for r in rungs if r.spared]
+    if spared:
+        parts = "; ".join(f"at rung {r.rung}, {len(r.spared)} ({', '.join(r.spared)})"
+                          for r in spared)  # fmt: skip
+        text = (f"Successive halving with stop: credible kept on the candidates past the cut "
+                f"that the validation data do not show worse: {parts}.")  # fmt: skip
+        out.append(Text(text))
+    noisy = [r for r in rungs if r.within_noise and not r.spared]
     if not noisy:
         stopped = sum(len(r.stopped) for r in rungs)
         if stopped:
-            text = (f"Every one of the {stopped} stopped candidates' 95% intervals lies below "
-                    "its rung's cut: the stops rest on validation evidence.")  # fmt: skip
+            text = (f"Every one of the {stopped} stopped candidates is credibly worse than "
+                    "its rung's last kept candidate on validation.")  # fmt: skip
             out.append(Text(text))
         return out
     parts = [
@@ -95,11 +113,13 @@ def halving(st: Study) -> list[Block]:
         f"({', '.join(r.within_noise)})"
         for r in noisy
     ]
+    tests = {r.noise_test for r in noisy}
+    why = " or ".join(NOISE_TESTS[t] for t in ("paired", "intervals") if tests & {t, "mixed"})
     out.append(
         Text(
             f"Successive halving stopped candidates within the noise: {'; '.join(parts)}. "
-            "Their 95% intervals reach the score of a kept candidate, so the validation data "
-            "do not show them worse, and the full sweep could finish one of them ahead and "
+            f"For each, {why}: the validation data do not show it worse than a kept "
+            "candidate, and the full sweep could finish one of them ahead and "
             "select another configuration. On the synthetic world at the card's size, a rung "
             "cut inside the noise stopped the full sweep's selection (docs/run.md, Successive "
             "halving). The same profile with sweep.halving.enabled=false settles it.",
