@@ -217,8 +217,9 @@ def report(doc: dict) -> None:
         lost = [n for n in r["stopped"] if n in f["finalists"]]
         print(f"rung {r['rung']} ({r['step']} steps): {r['passed']} of {r['candidates']} passed "
               f"every gate, kept {len(r['kept'])}, stopped {len(r['stopped'])}, "
-              f"{len(r['within_noise'])} of them within the noise (cut {r['cut']}, test "
-              f"{r.get('noise_test')})"
+              + (f"kept on {len(r['spared'])} past the cut within the noise" if r.get("spared")
+                 else f"{len(r['within_noise'])} of them within the noise")
+              + f" (cut {r['cut']}, test {r.get('noise_test')})"
               + (f"; the full sweep's finalists stopped here: {lost}" if lost else ""))  # fmt: skip
     if "same_runs" in doc:
         s = doc["same_runs"]

@@ -671,7 +671,7 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
     spec.loader.exec_module(bench)
     assert bench.rungs(copy) == [rung1]
     report = (copy / "report" / "report.md").read_text()
-    assert "Stage 1 used successive halving" in report and "Stopped within the noise" in report
+    assert "Stage 1 used successive halving" in report and "Past the cut within the noise" in report
     assert ("Successive halving stopped candidates within the noise" in report) == bool(
         rung1["within_noise"]
     )

@@ -31,7 +31,8 @@ gate); ``evaluate`` composes them. Action bins (agreement, safety rules, heatmap
 replay's action grid (``ReplayMeta.action_grid``, from its ``action_labels``).
 
 Output folder: metrics.json, behaviour/ (the fitted behaviour model), figures/*.png (action
-heatmaps, vasopressor x fluid bins), cases.csv (per-decision review table).
+heatmaps, vasopressor x fluid bins), cases.csv (per-decision review table),
+fqe_values.safetensors (the FQE at the initial states, for paired comparisons: ope/paired.py).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def halving(st: Study) -> list[Block]:
     rows = [
         [f"{r.rung} of {r.rungs}", fmt(r.step), fmt(r.candidates), fmt(r.passed), fmt(r.keep),
          fmt(len(r.stopped)), fmt_est(r.cut), r.last_kept or "", fmt(len(r.within_noise)),
-         r.noise_test if r.stopped else ""]
+         fmt(len(r.spared)), r.noise_test if r.last_kept else ""]
         for r in rungs
     ]  # fmt: skip
     out: list[Block] = [
@@ -88,10 +88,12 @@ def halving(st: Study) -> list[Block]:
     ]
     cut = f"Cut (score of the last kept, {est} 95% CI low)"
     header = ["Rung", "Steps", "Candidates", "Passed every gate", "Keep", "Stopped", cut,
-              "Last kept", "Stopped within the noise", "Test"]  # fmt: skip
-    caption = (f"A stop is within the noise when {NOISE_TESTS['paired']} (test 'paired'), or, "
-               f"where that cannot be computed, when {NOISE_TESTS['intervals']} (test "
-               "'intervals').")  # fmt: skip
+              "Last kept", "Past the cut within the noise", "Of them kept on (stop: credible)",
+              "Test"]  # fmt: skip
+    caption = (f"A candidate past the cut is within the noise when {NOISE_TESTS['paired']} "
+               f"(test 'paired'), or, where that cannot be computed, when "
+               f"{NOISE_TESTS['intervals']} (test 'intervals'). With stop: rank it is stopped "
+               "all the same.")  # fmt: skip
     out.append(table("halving-rungs", header, rows, caption))
     spared = [r for r in rungs if r.spared]
     if spared:
