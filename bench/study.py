@@ -13,6 +13,10 @@ cached time). Reported from the study's own record (``study/run.json``) and meas
                         stage 2, clinicians, baseline tuning, final test, truth, export/report)
   training              candidate-steps per second of each training phase: the steps of the
                         runs it trained over its wall time (which includes their evaluations)
+  utilisation           how busy the workers were: per phase that ran units, the seconds spent
+                        inside them against its wall time x workers (``busy_fraction``); summed,
+                        the idle worker-seconds (a worker waiting for a phase's last units or
+                        starting), which bound what running phases side by side could save
   evaluations           how many evaluations the workspace holds, their mean seconds and the
                         sum of each part (FQE + WDR, importance sampling, figures, ...)
   peak_rss_gib          the peak resident memory of the study process and all its workers
@@ -62,6 +66,11 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def result_workers(ws: Path) -> int:
+    """The worker processes the study ran (``study/run.json``)."""
+    return int(json.loads((ws / "study" / "run.json").read_text())["workers"])
+
+
 def _gpu_name() -> str | None:
     import torch
 
@@ -92,6 +101,27 @@ def training_rates(ws: Path, phases: dict, stage1_seed: int) -> dict:
                           "candidate_steps_per_second": n / max(seconds, 1e-9),
                           "runs_trained": sum(info.get("trained", 0) for info in parts)}  # fmt: skip
     return out
+
+
+def utilisation(phases: dict, workers: int) -> dict:
+    """The workers' busy and idle time over the phases that ran units on them
+    (``study/run.json``'s ``unit_seconds`` and ``busy_fraction``, written by
+    ``sepsisrl.study.runner.utilisation``); idle worker-seconds per phase and in all."""
+    idle, busy, slots = {}, 0.0, 0.0
+    for name, info in phases.items():
+        if "busy_fraction" not in info:
+            continue  # cached, in the study process, or on Ray
+        capacity = info["seconds"] * workers
+        used = capacity * info["busy_fraction"]  # not unit_seconds: both are rounded apart
+        busy += used
+        slots += capacity
+        idle[name] = round(capacity - used, 1)
+    total = round(sum(idle.values()), 1)
+    return {"workers": workers, "worker_seconds": round(slots, 1),
+            "busy_worker_seconds": round(busy, 1),
+            "busy_fraction": round(busy / slots, 3) if slots else None,
+            "idle_worker_seconds": total, "idle_worker_seconds_by_phase": idle,
+            "idle_wall_seconds_bound": round(total / workers, 1) if workers else None}  # fmt: skip
 
 
 def main() -> None:
@@ -187,6 +217,7 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "phases": result.phases,
         "training": training,
+        "utilisation": utilisation(result.phases, result_workers(ws)),
         "evaluations": evaluations,
         "peak_rss_gib": peak[0] / 2**30,
         "peak_rss_gib_by_phase": {k: round(v / 2**30, 2) for k, v in by_phase.items()},
@@ -197,7 +228,15 @@ def main() -> None:
         f"{k} {v:.2f}" for k, v in doc["peak_rss_gib_by_phase"].items()))  # fmt: skip
     for phase, info in result.phases.items():
         if "seconds" in info:
-            print(f"  {phase:<24} {info['seconds']:>9.1f} s")
+            busy = info.get("busy_fraction")
+            note = f"  workers busy {100 * busy:.0f} %" if busy is not None else ""
+            print(f"  {phase:<24} {info['seconds']:>9.1f} s{note}")
+    use = doc["utilisation"]
+    if use["busy_fraction"] is not None:
+        print(f"  workers busy {100 * use['busy_fraction']:.1f} % of "
+              f"{use['worker_seconds']:.0f} worker-seconds in the phases that ran units; idle "
+              f"{use['idle_worker_seconds']:.0f} (at most {use['idle_wall_seconds_bound']:.0f} s "
+              "of wall time for running phases side by side)")  # fmt: skip
     for phase, info in training.items():
         print(f"  {phase}: {info['candidate_steps_per_second']:.1f} candidate-steps/s "
               "(evaluations included)")  # fmt: skip

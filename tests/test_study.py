@@ -18,7 +18,7 @@ from sepsisrl.study import selection as sel
 from sepsisrl.study.config import load_study_config
 from sepsisrl.threads import cpu
 
-from .conftest import BENCH
+from .conftest import BENCH, load_bench
 
 TINY = {
     "sweep.lr_regimes": {"conservative": {"actor_lr": 5e-5, "critic_lr": 1e-4, "value_lr": 1e-4}},
@@ -709,6 +709,9 @@ def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study, monkey
     for phase in ("stage 1", "stage 2", "final test"):
         assert again.phases[phase]["trained"] == 0 and again.phases[phase]["evaluated"] == 0
     assert again.phases["truth"]["measured"] == 0
+    # nothing ran, so no phase reports how busy its workers were
+    assert not any("busy_fraction" in info or "unit_seconds" in info
+                   for info in again.phases.values())  # fmt: skip
     assert (ws / "study" / "selection.json").read_bytes() == before
     # an evaluation lost mid-way and a run without its final weights: only those are redone
     doc = _read(ws / "study" / "selection.json")
@@ -719,6 +722,38 @@ def test_a_rerun_is_fully_cached_and_an_interrupted_unit_is_redone(study, monkey
     assert third.phases["stage 1"]["trained"] == 1 and third.phases["stage 1"]["evaluated"] == 1
     assert third.phases["stage 2"]["trained"] == 0
     assert (ws / "study" / "selection.json").read_bytes() == before
+
+
+def test_each_phase_says_how_busy_its_workers_were(study):
+    """``study/run.json``: per phase that ran units, the seconds spent inside them and their
+    share of the phase's wall time x workers (this study runs its units in its own process:
+    one slot); ``bench/study.py`` sums the idle worker-seconds. With two workers, see
+    tests/test_study_executors.py (a one-unit phase is at most half busy)."""
+    ws, _, result, _, _, _ = study
+    # the fixture's own record (a later test reruns the study in its workspace: run.json is
+    # then that rerun's)
+    phases = json.loads(json.dumps(result.phases))
+    workers = _read(ws / "study" / "run.json")["workers"]
+    ran = {k: v for k, v in phases.items() if v.get("unit_seconds") is not None}
+    assert {"stage 1", "stage 2", "clinicians (validation)", "baseline tuning", "final test",
+            "truth"} <= set(ran)  # fmt: skip
+    for name, info in ran.items():
+        assert 0 < info["unit_seconds"] <= info["seconds"] * workers + 0.1, name
+        assert 0 < info["busy_fraction"] <= 1, name
+        expected = info["unit_seconds"] / (info["seconds"] * workers)
+        assert info["busy_fraction"] == pytest.approx(min(1.0, expected), abs=0.03), name
+    bench = load_bench("study.py")
+    use = bench.utilisation(phases, workers)
+    assert use["workers"] == workers and set(use["idle_worker_seconds_by_phase"]) == set(ran)
+    assert use["busy_worker_seconds"] == pytest.approx(
+        sum(v["unit_seconds"] for v in ran.values()), abs=0.1 * len(ran)
+    )
+    assert use["idle_worker_seconds"] == pytest.approx(
+        sum(v["seconds"] * workers - v["unit_seconds"] for v in ran.values()), abs=0.1 * len(ran)
+    )
+    assert use["idle_wall_seconds_bound"] == pytest.approx(use["idle_worker_seconds"] / workers,
+                                                           abs=0.1)  # fmt: skip
+    assert 0 < use["busy_fraction"] <= 1
 
 
 @pytest.mark.slow

@@ -262,7 +262,11 @@ def test_ray_and_the_local_pool_give_the_same_bytes_and_share_the_cache(
     local_cfg = load_study_config("quick", overrides={**SMALLER, "workers": 2})
     ray_cfg = load_study_config("quick", overrides={**SMALLER, "executor": "ray"})
     local_ws, ray_ws = tmp_path / "local", tmp_path / "ray"
-    run_study(local_ws, local_cfg, source=source)
+    local = run_study(local_ws, local_cfg, source=source)
+    # how busy the two workers were: a one-unit phase leaves one of them idle
+    clinicians = local.phases["clinicians (validation)"]
+    assert clinicians["units"] == 1 and 0 < clinicians["busy_fraction"] <= 0.5 + 1e-3
+    assert all(0 < v["busy_fraction"] <= 1 for v in local.phases.values() if "unit_seconds" in v)
     shutil.copytree(local_ws, ray_ws)
     selection = json.loads((ray_ws / "study" / "selection.json").read_text())
     stage1 = [row for c in selection["candidates"] if c["stage"] == 1 for row in c["seeds"]]
@@ -275,6 +279,9 @@ def test_ray_and_the_local_pool_give_the_same_bytes_and_share_the_cache(
 
     ran = run_study(ray_ws, ray_cfg, source=source)
     assert ran.phases["stage 1"]["trained"] == ran.phases["stage 1"]["evaluated"] == len(stage1)
+    # on Ray the units' time is known, not the cluster's slots: no busy fraction
+    assert ran.phases["stage 1"]["unit_seconds"] > 0
+    assert "busy_fraction" not in ran.phases["stage 1"]
     for phase in ("stage 2", "final test"):  # the local pool's units, reused by Ray
         assert ran.phases[phase]["trained"] == 0 and ran.phases[phase]["evaluated"] == 0
     for record in ("study/selection.json", "study/final.json"):

@@ -380,6 +380,18 @@ def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [jobs[i] for i in order]
 
 
+def utilisation(busy: float, seconds: float, slots: int | None) -> dict[str, float]:
+    """Where a phase's worker time went: ``unit_seconds``, the time spent inside its units
+    (each unit's own timing, in its worker), and with ``slots`` workers ``busy_fraction``, that
+    time's share of the phase's wall time x ``slots``. The rest was idle: a worker waiting for
+    the phase's last units (fewer units than workers, or uneven ones), or starting. Its sum over
+    the phases bounds what running independent phases side by side could save."""
+    out = {"unit_seconds": round(busy, 1)}
+    if slots and seconds > 0:
+        out["busy_fraction"] = round(min(1.0, busy / (seconds * slots)), 3)
+    return out
+
+
 def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
     """One unit of work: optionally train a run, then optionally evaluate a policy or measure
     its truth."""
@@ -458,11 +470,13 @@ class Study:
         done, total = 0, len(jobs)
         units = sum(len(j["stack"]) if j.get("stack") else 1 for j in jobs)  # runs in stacks
         stats = {"units": units, "trained": 0, "evaluated": 0, "measured": 0}
+        busy = 0.0  # seconds spent inside the units that ran (a cached unit: 0)
         self.emit(phase, 0, total, "starting")
 
         def record(res: dict[str, Any]) -> None:
-            nonlocal done
+            nonlocal done, busy
             done += 1
+            busy += float(res.get("seconds") or 0.0)
             stats["trained"] += int(res["trained"] or 0)  # a stack unit: how many runs
             stats["evaluated"] += int(res["evaluated"] or 0)
             stats["measured"] += int(res.get("measured") or 0)
@@ -481,6 +495,9 @@ class Study:
                 record(cached_answer(job))
             else:
                 todo.append(job)
+        # the worker slots the phase's units could use: the local pool's processes (the study's
+        # own process without workers); a Ray cluster's size is not the study's to know
+        slots = self.workers if self.cfg.executor == "local" else None
         if self.cfg.executor == "local" and self.workers == 1:
             for job in todo:
                 record(execute_unit(job))
@@ -505,7 +522,10 @@ class Study:
                     raise StudyError(
                         f"{phase}: unit {futures[fut]['label']} failed: {exc}"
                     ) from exc
-        stats["seconds"] = round(time.perf_counter() - started, 1)
+        seconds = time.perf_counter() - started
+        stats["seconds"] = round(seconds, 1)
+        if todo:
+            stats.update(utilisation(busy, seconds, slots))
         self.phases[phase] = stats
 
     def close(self, abort: bool = False) -> None:
