@@ -407,7 +407,9 @@ def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
             measured = _ensure_truths(job["truths"])
     return {"label": job["label"], "trained": trained, "evaluated": evaluated,
             "measured": measured,
-            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+            # not rounded: the phase's busy fraction sums these against its own wall time
+            # (the same monotonic clock), and a rounded-up short unit could exceed it
+            "seconds": time.perf_counter() - started}  # fmt: skip
 
 
 WorkerPool = LocalPool  # the local executor's former name (sepsisrl.study.executors)
