@@ -239,3 +239,78 @@ def test_a_clients_sofa_after_the_whole_rollout_call_says_why_there_is_none(monk
     client({}, {}, grid, grid, whole=True)
     with pytest.raises(RuntimeError, match=r"whole-rollout call \(whole=True\) computes no SOFA"):
         client.sofa(grid)
+
+
+@pytest.mark.parametrize("policy", [MapLactate, _SofaAware])
+def test_a_rollout_merges_its_batches_state_calls_and_has_their_outcome_alone(
+    small, tmp_path, monkeypatch, policy
+):
+    """``merge_batches``: a chunk's admission ordinals simulate side by side and each hour's
+    due stays of all of them take one state call (identifiers moved apart per batch). Each
+    batch's states are those it gets alone, so the decisions, SOFA read at tau, physiology and
+    outcomes equal the batch-after-batch rollout's, in fewer calls; an order-free policy
+    merges by default."""
+    from sepsisrl.truth.online import OnlineStateFunction
+    from sepsisrl.truth.rollout import BATCH_ID_OFFSET
+
+    _, pop, ctx = small
+    grids: list[list[np.ndarray]] = []
+    original = OnlineStateFunction.__call__
+
+    def spy(self, charted, static, grid, cohort, whole=False, due=False):
+        if not whole:
+            grids[-1].append(grid["stay_id"].to_numpy() // BATCH_ID_OFFSET)
+        return original(self, charted, static, grid, cohort, whole=whole, due=due)
+
+    monkeypatch.setattr(OnlineStateFunction, "__call__", spy)
+    runs, seen = [], []
+    for merge in (False, True, None):
+        grids.append([])
+        p = policy()
+        assert p.order_free
+        runs.append(rollout_population(ctx, pop, p, tmp_path / str(merge), merge_batches=merge))
+        seen.append(getattr(p, "seen", None))
+    alone, merged, default = runs
+    assert alone.decisions.num_rows > 50
+    for other in (merged, default):
+        assert alone.decisions.equals(other.decisions)
+        assert alone.physiology.equals(other.physiology)
+        assert alone.episodes.equals(other.episodes)
+    # batch after batch, every call holds one batch; merged, some hold several, so fewer calls
+    assert all(len(np.unique(g)) == 1 for g in grids[0])
+    assert max(len(np.unique(g)) for g in grids[1]) >= 2
+    assert len(grids[1]) == len(grids[2]) < len(grids[0])
+    if seen[0] is not None:  # the SOFA at tau: the same values, asked in another order
+        assert sum(len(x) for x in seen[0]) == sum(len(x) for x in seen[1]) > 50
+        np.testing.assert_array_equal(np.sort(np.concatenate(seen[0])),
+                                      np.sort(np.concatenate(seen[1])))  # fmt: skip
+
+
+def test_a_policy_with_a_random_stream_is_asked_batch_after_batch(small, tmp_path, monkeypatch):
+    """A policy that is not order-free (its decisions depend on the order of its calls) keeps
+    the batch-after-batch rollout: its random draws meet the stays in the order they always
+    did."""
+    from sepsisrl.truth.policies import HeldSample
+
+    _, pop, ctx = small
+    used: list[bool] = []
+    import sepsisrl.truth.rollout as ro
+
+    original = ro.run_charted_together
+
+    def spy(*args, **kwargs):
+        used.append(True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ro, "run_charted_together", spy)
+
+    def probs(states):
+        return np.full((len(states), 25), 1 / 25)
+
+    assert not HeldSample(probs, 0).order_free and not Uniform(25, 0).order_free
+    a = rollout_population(ctx, pop, HeldSample(probs, 5), tmp_path / "a")
+    assert not used
+    b = rollout_population(ctx, pop, HeldSample(probs, 5), tmp_path / "b", merge_batches=False)
+    assert a.decisions.equals(b.decisions) and a.episodes.equals(b.episodes)
+    rollout_population(ctx, pop, MapLactate(), tmp_path / "c")
+    assert used

@@ -152,6 +152,7 @@ def simulate_chunk(
     n_subjects: int,
     run: StayRunner | None = None,
     plan: list[Stays] | None = None,
+    run_many: Callable[[list[tuple[int, Simulator]]], list[SimulationResult]] | None = None,
 ) -> ChunkResult:
     """Simulate every ICU stay of ``n_subjects`` subjects (1-3 stays each).
 
@@ -159,7 +160,10 @@ def simulate_chunk(
     every world (the truth harness's fresh patients). ``plan`` re-simulates the stays of an
     earlier call (one ``Stays`` per ordinal) with the same random numbers instead of drawing
     readmissions anew; a planned stay counts only if its patient is still alive at its
-    admission in this run.
+    admission in this run. ``run_many`` (with a ``plan`` only): runs the planned stays of every
+    ordinal at once, side by side (``synth/hourly.py``, ``run_charted_together``), instead of
+    ``run`` ordinal after ordinal; each ordinal's simulation is its own either way (its own
+    random stream, and its stays fixed by the plan).
     """
     root = np.random.SeedSequence(chunk_entropy(seed, chunk_index))
     # (a fifth child leaves the first four, and every earlier world, unchanged)
@@ -177,6 +181,11 @@ def simulate_chunk(
     stays_parts: list[Stays] = []
     sim_parts: list[SimulationResult] = []
     time_parts: list[Timeline] = []
+    ran: list[SimulationResult] | None = None
+    if plan is not None and run_many is not None:
+        ran = run_many(
+            [(o, Simulator(cfg, plan[o], attendings, sim_seeds[o])) for o in range(len(plan))]
+        )
     for ordinal in range(3 if plan is None else len(plan)):
         if plan is None:
             eligible = (subjects.n_planned_stays > ordinal) & (
@@ -191,7 +200,10 @@ def simulate_chunk(
         else:
             stays = plan[ordinal]
             pos = stays.subject_pos
-        sim = run(ordinal, Simulator(cfg, stays, attendings, sim_seeds[ordinal]))
+        if ran is not None:
+            sim = ran[ordinal]
+        else:
+            sim = run(ordinal, Simulator(cfg, stays, attendings, sim_seeds[ordinal]))
         timeline = _timeline(cfg, rng_out, stays, sim, rng_reorder)
         stays_parts.append(stays)
         sim_parts.append(sim)

@@ -163,6 +163,55 @@ def run_charted(
     return run
 
 
+#: ``run_charted_together``'s hook: called once per hour round with the (ordinal, simulation,
+#: charter) of every simulation still running, in ordinal order, before any of them steps.
+HoursHook = Callable[[list[tuple[int, Simulator, "HourlyCharter"]]], None]
+
+
+def run_charted_together(
+    cfg: SynthConfig,
+    entropy: list[int],
+    attendings: Attendings,
+    charters: dict[int, HourlyCharter],
+    hook: HoursHook,
+    chart_through: Callable[[int, Simulator], int | None] | None = None,
+    sink: RowSink | None = None,
+    keep: bool = True,
+) -> Callable[[list[tuple[int, Simulator]]], list[SimulationResult]]:
+    """A ``simulate_chunk`` runner of several simulations at once (its ``run_many``): each
+    simulation goes hour by hour exactly as :func:`run_charted` runs it alone (the hook at each
+    hour and once after its last, each hour charted from its own random stream), but the
+    simulations advance side by side, and ``hook`` gets the hour of every one still running
+    in one call. The simulations share nothing, so each one's hours, rows and result are those
+    it has run alone; a caller whose hook merges the simulations' work of an hour (the
+    truth's state calls, ``truth/rollout.py``) pays that work's fixed cost once."""
+
+    def run_many(items: list[tuple[int, Simulator]]) -> list[SimulationResult]:
+        runs = []
+        for ordinal, sim in items:
+            charter = HourlyCharter(cfg, entropy, ordinal, sim, attendings, sink, keep)
+            charters[ordinal] = charter
+            limit = int(sim.intime_h.max()) + cfg.population.max_icu_los_h + 2
+            last = chart_through(ordinal, sim) if chart_through is not None else None
+            runs.append((ordinal, sim, charter, limit, last))
+        live = runs
+        while live:
+            # the hook runs before a simulation steps, and once more after its last hour
+            hook([(o, sim, charter) for o, sim, charter, _, _ in live])
+            going = []
+            for run in live:
+                _, sim, charter, limit, last = run
+                if sim.active.any() and sim.h < limit:
+                    sim.step()
+                    if last is None or sim.h - 1 <= last:
+                        charter.chart_last_hour()
+                    going.append(run)
+            live = going
+        return [sim.result() for _, sim, _, _, _ in runs]
+
+    return run_many
+
+
 def chunk_tables(
     cfg: SynthConfig,
     seed: int | tuple[int, ...],
@@ -192,4 +241,5 @@ __all__ = [
     "hourly_config",
     "icu_end_time",
     "run_charted",
+    "run_charted_together",
 ]

@@ -101,11 +101,19 @@ class WorldPolicy:
 
     A policy with ``wants_context`` gets ``context`` (a ``DecisionContext`` in the order of
     the states) set before each ``decide``.
+
+    ``order_free``: its decision for a state does not depend on the calls before (no random
+    stream, nothing learnt or recorded in order). A rollout may then ask for the decisions of
+    its simulation batches (the stays of a patient's first, second and third ICU admission) in
+    one merged state call per hour, in another order than batch after batch
+    (``truth/rollout.py``); any other policy is asked batch after batch, as the world simulates
+    them.
     """
 
     name = "policy"
     needs_state = True
     wants_context = False
+    order_free = False
     context: DecisionContext | None = None
 
     def decide(self, states: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
@@ -115,6 +123,7 @@ class WorldPolicy:
 class Clinicians(WorldPolicy):
     name = "clinician"
     needs_state = False
+    order_free = True
 
     def decide(self, states, raw):
         return np.full(len(states), DEFER, dtype=np.int64)
@@ -122,6 +131,7 @@ class Clinicians(WorldPolicy):
 
 class Constant(WorldPolicy):
     needs_state = False
+    order_free = True
 
     def __init__(self, action: int, name: str | None = None) -> None:
         self.action = int(action)
@@ -145,6 +155,7 @@ class Uniform(WorldPolicy):
 
 class MapLactate(WorldPolicy):
     name = "rule:map_lactate"
+    order_free = True
 
     def decide(self, states, raw):
         return map_lactate_actions(raw)
@@ -152,6 +163,8 @@ class MapLactate(WorldPolicy):
 
 class Network(WorldPolicy):
     """A trained run, an exported bundle or a d3rlpy model (greedy action of its network)."""
+
+    order_free = True
 
     def __init__(self, policy, name: str) -> None:
         self.policy = policy
@@ -194,6 +207,7 @@ class Recorder(WorldPolicy):
     """Defers to the clinicians but asks for every state (the parity check of the harness)."""
 
     name = "clinician_with_states"
+    order_free = True
 
     def decide(self, states, raw):
         return np.full(len(states), DEFER, dtype=np.int64)

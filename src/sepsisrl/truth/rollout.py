@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from sepsisrl.dataset.cohort import cohort_sql
 from sepsisrl.dataset.ingest import run_ingest
 from sepsisrl.dataset.sqlfiles import Raw, parquet_view, render
-from sepsisrl.dataset.state import flag_matrix, model_input
+from sepsisrl.dataset.state import States, flag_matrix, model_input
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.mimic.source import open_source
 from sepsisrl.synth import tables
@@ -46,10 +46,12 @@ from sepsisrl.synth.hourly import (
     chunk_tables,
     icu_end_time,
     run_charted,
+    run_charted_together,
 )
 from sepsisrl.synth.population import SECONDS_PER_HOUR
 from sepsisrl.synth.simulator import Simulator
-from sepsisrl.truth.online import OnlineStateFunction
+from sepsisrl.truth.lockstep import _concat, _Request, _shift_request, _slice_states
+from sepsisrl.truth.online import OnlineStateFunction, due_rows
 from sepsisrl.truth.policies import DEFER, DecisionContext, WorldPolicy
 from sepsisrl.truth.world import Population, TruthContext, write_tables
 
@@ -68,6 +70,11 @@ LATENT_STATE = (
 )  # fmt: skip
 #: the stay tables the final state call reads beside the charted rows
 _STATIC_TABLES = ("patients", "admissions", "icustays")
+#: Added (times the ordinal) to every identifier of a simulation batch's rows in a merged state
+#: call (``merge_batches``): a patient's stays of two ordinals share the patient's
+#: ``subject_id``, and each batch's states must read only the rows it reads alone. Below
+#: ``truth/lockstep.py``'s ``ID_OFFSET`` (10^11), added on top in a lockstep group.
+BATCH_ID_OFFSET = 10**10
 
 
 @dataclass
@@ -107,6 +114,51 @@ class Decisions:
 
 def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+@dataclass
+class _Due:
+    """The stays of one simulation batch with a decision due in the current hour."""
+
+    ordinal: int
+    sim: Simulator
+    batch: dict
+    pos: np.ndarray  # their positions in the batch's cohort stays
+    stays: np.ndarray
+    k: np.ndarray  # their steps
+    tau_us: np.ndarray
+    grid: pa.Table | None = None  # what the state function reads (a policy that needs states)
+    charted: dict[str, pa.Table] | None = None
+    static: dict[str, pa.Table] | None = None
+
+
+def _merged_states(
+    online: Callable, due: list[_Due], cohort: pa.Table, wants_sofa: bool
+) -> list[tuple[States, tuple[np.ndarray, np.ndarray] | None]]:
+    """The states (and SOFA at tau) of several batches' due stays from one state call: each
+    batch's due rows with their identifiers moved into a range of their own
+    (``BATCH_ID_OFFSET``), as ``truth/lockstep.py`` merges policies; a stay's state reads its
+    own rows only, so each batch gets the states it gets alone (tests/test_truth_lockstep.py)."""
+    parts = []
+    for d in due:
+        charted, static = due_rows(d.charted, d.static, d.grid)
+        mine = cohort.filter(pc.is_in(cohort["stay_id"], pa.array(d.stays, pa.int64())))
+        request = _Request(charted, static, d.grid, mine, wants_sofa)
+        parts.append(_shift_request(request, d.ordinal * BATCH_ID_OFFSET))
+    charted = {name: _concat([p.charted[name] for p in parts]) for name in parts[0].charted}
+    static = {name: _concat([p.static[name] for p in parts]) for name in parts[0].static}
+    grid = _concat([p.grid for p in parts])
+    states, _ = online(charted, static, grid, _concat([p.cohort for p in parts]))
+    sofa = online.sofa(grid) if wants_sofa else None
+    out, lo = [], 0
+    for d in due:
+        hi = lo + d.grid.num_rows
+        st = _slice_states(states, lo, hi, d.ordinal * BATCH_ID_OFFSET)
+        if not np.array_equal(st.stay_id, d.grid["stay_id"].to_numpy()):
+            raise RuntimeError("merged state call: the rows are not in the grids' order")
+        out.append((st, (sofa[0][lo:hi], sofa[1][lo:hi]) if sofa is not None else None))
+        lo = hi
+    return out
 
 
 @dataclass
@@ -156,13 +208,21 @@ def rollout_population(
     interface: str = "held",
     state_function: Callable | None = None,
     record_latent: tuple[str, ...] = (),
+    merge_batches: bool | None = None,
 ) -> RolloutOutcome:
     """The policy's true outcome on every cohort episode of ``pop`` (``interface``: how an
     action reaches the patient, :data:`INTERFACES`). ``state_function``: the build's state
     function to call (default: one of its own; ``truth/lockstep.py`` shares one between
     rollouts); it is closed at the end. ``record_latent``: names of :data:`LATENT_STATE`
     whose values at each decision time the decisions table gets as ``latent_<name>`` columns
-    (the simulator's hidden state; nothing else changes)."""
+    (the simulator's hidden state; nothing else changes).
+
+    ``merge_batches`` (default: the policy's ``order_free``): a chunk's simulation batches (the
+    stays of each admission ordinal) run side by side, and each hour's due stays of all of them
+    go through the state function in one call instead of one call per batch, about a third
+    fewer calls (docs/truth.md). Every batch's states are the ones it gets alone, so the
+    outcome is the same; only the order in which the policy is asked changes, which is why a
+    policy with a random stream or a memory (not ``order_free``) is asked batch after batch."""
     if interface not in INTERFACES:
         raise ValueError(
             f"unknown truth interface {interface!r}; expected one of {list(INTERFACES)}"
@@ -189,6 +249,7 @@ def rollout_population(
     vaso_range = bin_ranges(ctx.stats.vaso_bins.edges, vaso_dose)
     fluid_range = bin_ranges(ctx.stats.fluid_bins.edges, fluid_dose)
     titrate = interface == "titrated"
+    merged = bool(policy.order_free if merge_batches is None else merge_batches)
     all_tables: dict[str, list[pa.Table]] = {}
     # the charted rows anything reads (those of the cohort stays and their patients' labs),
     # kept as they are charted; the charters keep every row only for a caller that keeps the
@@ -207,19 +268,18 @@ def rollout_population(
         def sink(ordinal: int, name: str, rows: pa.Table, stores=stores) -> None:
             stored.add(stores.setdefault(ordinal, {}), name, rows)
 
-        def hook(
-            ordinal: int, sim: Simulator, charter: HourlyCharter, state=state, stores=stores
-        ) -> None:
+        def due_now(ordinal: int, sim: Simulator, state=state, stores=stores) -> _Due | None:
+            """The stays of batch ``ordinal`` with a decision due in this hour (None: none)."""
             if ordinal not in state:
                 state[ordinal] = _batch_state(sim, grid)
             b = state[ordinal]
             if not len(b["idx"]):
-                return
+                return None
             h = int(sim.h)
             sim.override &= ~b["control_over"](h)
             pending = b["next"] < b["n_taus"]
             if not pending.any():
-                return
+                return None
             tau_us = np.full(len(b["idx"]), np.iinfo(np.int64).max)
             tau_us[pending] = [
                 grid.taus[s][k]
@@ -230,7 +290,7 @@ def rollout_population(
             hour_end_us = (b["admit"] + h * SECONDS_PER_HOUR) * US
             due = pending & (tau_us <= hour_end_us)
             if not due.any():
-                return
+                return None
             icu_end = sim.icu_end_h[b["idx"]]
             out_us = np.where(
                 np.isnan(icu_end),
@@ -241,19 +301,26 @@ def rollout_population(
             b["next"][ended] = b["n_taus"][ended]
             due &= ~ended
             if not due.any():
-                return
+                return None
             pos = np.flatnonzero(due)
             stays_due = b["stay"][pos]
             k = b["next"][pos].copy()
+            d = _Due(ordinal, sim, b, pos, stays_due, k, tau_us[pos])
             if policy.needs_state or record_states:
-                grid_tab = _grid_table(grid, stays_due, k)
-                charted = _cohort_rows(stores.get(ordinal, {}))
-                static = {
+                d.grid = _grid_table(grid, stays_due, k)
+                d.charted = _cohort_rows(stores.get(ordinal, {}))
+                d.static = {
                     "icustays": _icustays(sim, b["idx"][pos]),
                     "patients": TABLES["patients"].arrow_schema().empty_table(),
                     "admissions": TABLES["admissions"].arrow_schema().empty_table(),
                 }
-                st, _ = online(charted, static, grid_tab, age_tab)
+            return d
+
+        def decide(d: _Due, st: States | None, sofa: tuple | None) -> None:
+            """The policy's actions for the due stays ``d`` from their states ``st`` (and SOFA
+            at tau), applied to the batch's simulation from this hour."""
+            sim, b, pos = d.sim, d.batch, d.pos
+            if st is not None:
                 last = np.ones(len(st.stay_id), dtype=bool)
                 last[:-1] = st.stay_id[1:] != st.stay_id[:-1]
                 flags = flag_matrix(st, ctx.build_cfg)[last]
@@ -262,10 +329,9 @@ def rollout_population(
                 raw = np.concatenate([base, flags], axis=1)
                 raw_d = {nm: raw[:, j] for j, nm in enumerate(names)}
                 if policy.wants_context:  # the environment's rewards read SOFA at tau
-                    sofa, sofa_state = online.sofa(grid_tab)
                     policy.context = DecisionContext(
                         stay_id=st.stay_id[last], step=np.asarray(st.step)[last],
-                        sofa=sofa[last], sofa_state=sofa_state[last],
+                        sofa=sofa[0][last], sofa_state=sofa[1][last],
                     )  # fmt: skip
                 if record_states:
                     decisions.raw.append(raw)
@@ -279,9 +345,9 @@ def rollout_population(
             bad = (actions < DEFER) | (actions >= len(vaso_dose) * n_fluid)
             if bad.any():
                 raise ValueError(f"policy {policy.name} returned invalid actions {actions[bad]}")
-            decisions.stay_id.append(stays_due)
-            decisions.step.append(k)
-            decisions.tau.append(tau_us[pos])
+            decisions.stay_id.append(d.stays)
+            decisions.step.append(d.k)
+            decisions.tau.append(d.tau_us)
             decisions.action.append(actions)
             sim_idx = b["idx"][pos]
             if record_latent:  # the hidden state as the decision is made
@@ -303,6 +369,27 @@ def rollout_population(
                 sim.titrate_fluid_ceil[sim_idx] = fluid_range[f, 1] / grid.step_hours
             b["next"][pos] += 1
 
+        def states_of(due: list[_Due]) -> list[tuple[States | None, tuple | None]]:
+            """Each due batch's states (and SOFA at tau): one state call for all of them."""
+            if not (policy.needs_state or record_states):
+                return [(None, None)] * len(due)
+            if len(due) == 1:  # the batch's own rows, as a rollout batch by batch asks
+                d = due[0]
+                st, _ = online(d.charted, d.static, d.grid, age_tab)
+                return [(st, online.sofa(d.grid) if policy.wants_context else None)]
+            return _merged_states(online, due, age_tab, policy.wants_context)
+
+        def hook(ordinal: int, sim: Simulator, charter: HourlyCharter) -> None:
+            d = due_now(ordinal, sim)
+            if d is not None:
+                decide(d, *states_of([d])[0])
+
+        def hook_many(batches: list[tuple[int, Simulator, HourlyCharter]]) -> None:
+            due = [d for o, sim, _ in batches if (d := due_now(o, sim)) is not None]
+            if due:
+                for d, (st, sofa) in zip(due, states_of(due), strict=True):
+                    decide(d, st, sofa)
+
         def chart_through(ordinal: int, sim: Simulator, state=state) -> int | None:
             """The last hour anything reads: the end of the last action window of the batch's
             cohort stays, plus one (the logged treatment of that window). Every hour when the
@@ -313,10 +400,20 @@ def rollout_population(
                 state[ordinal] = _batch_state(sim, grid)
             return state[ordinal]["chart_through"]
 
-        run = run_charted(
-            pop.cfg, entropy, pop.attendings, charters, hook, chart_through, sink, keep_tables
-        )
-        chunk = simulate_chunk(pop.cfg, pop.seed, c, pop.attendings, first, n, run=run, plan=plan)
+        if merged:  # every batch's due stays of an hour in one state call
+            run_many = run_charted_together(
+                pop.cfg, entropy, pop.attendings, charters, hook_many, chart_through, sink,
+                keep_tables,
+            )  # fmt: skip
+            chunk = simulate_chunk(pop.cfg, pop.seed, c, pop.attendings, first, n, plan=plan,
+                                   run_many=run_many)  # fmt: skip
+        else:
+            run = run_charted(
+                pop.cfg, entropy, pop.attendings, charters, hook, chart_through, sink, keep_tables
+            )
+            chunk = simulate_chunk(
+                pop.cfg, pop.seed, c, pop.attendings, first, n, run=run, plan=plan
+            )
         for name, tab in chunk_tables(
             pop.cfg, pop.seed, c, chunk, charters, pop.attendings
         ).items():
