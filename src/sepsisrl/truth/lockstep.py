@@ -206,8 +206,11 @@ class StateClient:
         grid: pa.Table,
         cohort: pa.Table,
         whole: bool = False,
+        due: bool = False,
     ) -> tuple[States, pa.Table]:
-        charted, static = due_rows(charted, static, grid)
+        """As :class:`OnlineStateFunction`'s (``due``: the rows are already the grid's)."""
+        if not due:
+            charted, static = due_rows(charted, static, grid)
         stays = grid["stay_id"].combine_chunks() if grid.num_rows else pa.array([], pa.int64())
         cohort = cohort.filter(pc.is_in(cohort["stay_id"], stays))
         request = _Request(charted, static, grid, cohort, self.wants_sofa, whole)

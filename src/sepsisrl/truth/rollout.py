@@ -148,7 +148,7 @@ def _merged_states(
     charted = {name: _concat([p.charted[name] for p in parts]) for name in parts[0].charted}
     static = {name: _concat([p.static[name] for p in parts]) for name in parts[0].static}
     grid = _concat([p.grid for p in parts])
-    states, _ = online(charted, static, grid, _concat([p.cohort for p in parts]))
+    states, _ = online(charted, static, grid, _concat([p.cohort for p in parts]), due=True)
     sofa = online.sofa(grid) if wants_sofa else None
     out, lo = [], 0
     for d in due:
