@@ -55,6 +55,7 @@ def main() -> None:
     from sepsisrl.truth.world import TruthContext
 
     torch.set_num_threads(2)
+    calls = _count_state_calls()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ws = args.workspace
@@ -82,11 +83,13 @@ def main() -> None:
 
         policy = world_policy(None, run, None, ctx.feature_names, 25, 0, workspace=ws)
         t = time.perf_counter()
+        calls.update(calls=0, seconds=0.0)
         doc = compute_truth(ws, policy, root / "truth", args.patients, args.seed, ctx=ctx,
                             population=pop)  # fmt: skip
         t_truth = time.perf_counter() - t
+        calls_truth = dict(calls)
 
-        t_lock, same = None, None
+        t_lock, same, calls_lock = None, None, None
         if args.lockstep > 1:
             policies = [world_policy(None, run, None, ctx.feature_names, 25, 0, workspace=ws)]
             for k in range(1, args.lockstep):
@@ -96,11 +99,13 @@ def main() -> None:
                 r = train(ws / "replay" / "sofa_shaped", other, root / f"run{k}").run_dir
                 policies.append(world_policy(None, r, None, ctx.feature_names, 25, 0, workspace=ws))
             t = time.perf_counter()
+            calls.update(calls=0, seconds=0.0)
             docs = compute_truths(
                 ws, [(p, root / f"lock{i}") for i, p in enumerate(policies)], args.patients,
                 args.seed, ctx=ctx, population=pop,
             )  # fmt: skip
             t_lock = time.perf_counter() - t
+            calls_lock = dict(calls)
 
             def strip(d):
                 return json.dumps({k: v for k, v in d.items() if k != "seconds"}, sort_keys=True)
@@ -118,11 +123,14 @@ def main() -> None:
     print(f"{'phase':62s} {'seconds':>8s} {'patients/s':>11s}")
     for name, sec in rows:
         print(f"{name:62s} {sec:8.1f} {n / sec:11.1f}")
+    print(f"  state function: {calls_truth['calls']} calls, {calls_truth['seconds']:.1f} s")
     if t_lock is not None:
         per = t_lock / args.lockstep
         print(f"{f'truth of {args.lockstep} trained policies in lockstep':62s} {t_lock:8.1f}")
         print(f"  per policy {per:.1f} s against {t_truth:.1f} s alone: {t_truth / per:.2f}x; "
               f"the first policy's truth identical to its truth alone: {same}")  # fmt: skip
+        print(f"  state function: {calls_lock['calls']} shared calls, "
+              f"{calls_lock['seconds']:.1f} s")  # fmt: skip
     print(
         f"\ntrue 90-day mortality: policy {doc['mortality_90d']['mean']:.3f} "
         f"{doc['mortality_90d']['ci95']}, clinicians {doc['clinicians']['mortality_90d']['mean']:.3f}"
@@ -134,7 +142,29 @@ def main() -> None:
         "target_s": 180, "meets_target": t_pop + t_truth <= 180,
         "lockstep": args.lockstep, "lockstep_s": round(t_lock, 2) if t_lock else None,
         "lockstep_identical": same,
+        "state_calls": calls_truth, "state_calls_lockstep": calls_lock,
     }))  # fmt: skip
+
+
+def _count_state_calls() -> dict:
+    """Counts the state function's calls and the seconds spent in them (the last call of each
+    rollout, over all its decisions, included): the fixed cost per call is what merging the
+    simulation batches' and the lockstep policies' requests saves (docs/truth.md)."""
+    from sepsisrl.truth.online import OnlineStateFunction
+
+    counts = {"calls": 0, "seconds": 0.0}
+    inner = OnlineStateFunction.__call__
+
+    def timed(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            counts["calls"] += 1
+            counts["seconds"] = round(counts["seconds"] + time.perf_counter() - started, 2)
+
+    OnlineStateFunction.__call__ = timed
+    return counts
 
 
 if __name__ == "__main__":
