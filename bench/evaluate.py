@@ -1,6 +1,12 @@
 """Benchmark of `sepsisrl evaluate`: one policy, full evaluation, a 2,600-episode test split.
 
 Usage:  python bench/evaluate.py [--test-episodes 2600] [--train-transitions 140000]
+                                 [--device cpu [--device cuda ...]]
+
+With several ``--device``s the same run is evaluated on each (``evaluate.device``: where the
+behaviour model trains and the linear FQE solves), the later ones with the first one's
+behaviour model; the largest difference of the FQE estimate and CI from the first device's
+is printed (rounding: the GPU path is not bit-identical).
 
 A replay folder of the model card's shape is generated (62 named features, 25 actions,
 12-step episodes, 140k train transitions; clinicians' actions drawn from a state-dependent
@@ -97,8 +103,14 @@ def main() -> None:
     )
     ap.add_argument("--test-episodes", type=int, default=2600)
     ap.add_argument("--train-transitions", type=int, default=140_000)
+    ap.add_argument("--device", action="append", default=None,
+                    help="cpu (default) or cuda[:N]; repeat to compare devices")  # fmt: skip
     args = ap.parse_args()
-    from sepsisrl.ope.evaluate import evaluate
+    devices = args.device or ["cpu"]
+    import dataclasses
+
+    from sepsisrl.ope.behaviour import BehaviourModel
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
     from sepsisrl.rl.config import load_train_config
     from sepsisrl.rl.trainer import train
 
@@ -107,9 +119,16 @@ def main() -> None:
         replay = make_workspace(root, args.train_transitions, args.test_episodes)
         cfg = load_train_config(overrides={"steps": 200, "log_every": 100, "checkpoint_every": 100})
         run = train(replay, cfg, root / "runs" / "iql").run_dir
-        t0 = time.perf_counter()
-        doc = evaluate(run, replay, root / "eval" / "iql", kind="run", final=True)
-        wall = time.perf_counter() - t0
+        docs, walls, behaviour = [], [], None
+        for device in devices:
+            t0 = time.perf_counter()
+            cfg = dataclasses.replace(EvalConfig(), device=device)
+            out_dir = root / "eval" / f"iql-{device.replace(':', '')}"
+            docs.append(evaluate(run, replay, out_dir, kind="run", final=True, cfg=cfg,
+                                 behaviour=behaviour))  # fmt: skip
+            walls.append(time.perf_counter() - t0)
+            behaviour = behaviour or BehaviourModel.load(out_dir / "behaviour")
+        doc, wall = docs[0], walls[0]
     print(f"test split: {doc['episodes']:,} episodes, {doc['decisions']:,} decisions; "
           f"train {args.train_transitions:,} transitions")  # fmt: skip
     print(f"full evaluation of one policy: {wall:.1f} s "
@@ -117,12 +136,26 @@ def main() -> None:
           f"{doc['fqe'].get('point_estimate')}), {doc['fqe']['members']} members x {doc['fqe']['horizon']} "
           f"iterations, converged={doc['fqe']['converged']}, "
           f"{doc['importance_sampling']['bootstrap']['resamples']} bootstrap resamples)")  # fmt: skip
-    for part, secs in doc["timings_seconds"].items():
-        print(f"  {part:38s} {secs:6.1f} s")
+    print(f"  {'phase (device ' + ', '.join(devices) + ')':38s} "
+          + " ".join(f"{d:>8s}" for d in devices))  # fmt: skip
+    for part in doc["timings_seconds"]:
+        print(f"  {part:38s} " + " ".join(f"{d['timings_seconds'].get(part, 0.0):6.1f} s"
+                                          for d in docs))  # fmt: skip
+    for device, other in zip(devices[1:], docs[1:], strict=True):
+        fqe = {k: (doc["estimates_ungated"]["fqe"][k], other["estimates_ungated"]["fqe"][k])
+               for k in ("estimate", "ci_low", "ci_high")}  # fmt: skip
+        worst = max(abs(a - b) for a, b in fqe.values() if a is not None and b is not None)
+        print(
+            f"  {device} vs {devices[0]}: FQE estimate {fqe['estimate'][1]:.6f} vs "
+            f"{fqe['estimate'][0]:.6f}, largest difference of estimate/CI {worst:.2e}"
+        )
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "evaluate.json").write_text(json.dumps({"seconds": wall, "timings": doc["timings_seconds"],
-                                                   "episodes": doc["episodes"]}, indent=2) + "\n")  # fmt: skip
+    record = {"seconds": wall, "timings": doc["timings_seconds"], "episodes": doc["episodes"],
+              "devices": {dv: {"seconds": w, "timings": d["timings_seconds"],
+                               "fqe": d["estimates_ungated"]["fqe"]}
+                          for dv, w, d in zip(devices, walls, docs, strict=True)}}  # fmt: skip
+    (out / "evaluate.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

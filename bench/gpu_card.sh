@@ -11,12 +11,15 @@
 #   .whl/     optional: wheels of the packages the machine's Python lacks (duckdb, pydantic, ...)
 # Runs, in order: bench/gpu_identity.py (which operation of a step differs between a run
 # alone and the same run in a stack), tests/test_cuda.py (each algorithm trains on the GPU and
-# acts on a CPU; same seed, same bytes; a stack's runs = alone; resume = uninterrupted), then
-# the card study after its data phase on the GPU (`bench/study.py --reuse-data`,
-# train.device=cuda), stopped with SIGINT at DEADLINE seconds after the start if it has not
+# acts on a CPU; same seed, same bytes; a stack's runs = alone; resume = uninterrupted; an
+# evaluation on the GPU = the CPU's to rounding), bench/evaluate.py --device cuda --device cpu
+# (one evaluation at the card's size with the behaviour model and FQE on the GPU, then the
+# same on the CPU: seconds per phase and the FQE's difference), then the card study after its
+# data phase on the GPU (`bench/study.py --reuse-data`, train.device=cuda and
+# evaluation.device=cuda), stopped with SIGINT at DEADLINE seconds after the start if it has not
 # finished (a second call on the same machine resumes it: finished units are kept). GPU load
 # is sampled every 5 s (nvidia-smi dmon). Everything lands in $OUT: env.txt,
-# gpu_identity.log/.json, test_cuda.log, study.log, dmon.log, study-card20k-gpu.json (when the
+# gpu_identity.log/.json, test_cuda.log, evaluate.log, study.log, dmon.log, study-card20k-gpu.json (when the
 # study finished) and records.tgz (the study's own records and every evaluation's timings).
 set -u
 OUT=${OUT:-/tmp/gpu_card_out}
@@ -52,13 +55,20 @@ if [ ! -f /tmp/cuda_tested ]; then
   touch /tmp/cuda_tested
 fi
 
+if [ ! -f /tmp/evaluate_benched ]; then
+  timeout 240 python3 bench/evaluate.py --device cuda --device cpu > "$OUT/evaluate.log" 2>&1
+  echo "bench/evaluate.py exit $?" | tee -a "$OUT/evaluate.log"
+  tail -12 "$OUT/evaluate.log"
+  touch /tmp/evaluate_benched
+fi
+
 [ -d "$WS" ] || cp -r .gpuws "$WS"
 nvidia-smi dmon -s um -d 5 > "$OUT/dmon.log" 2>&1 &
 DMON=$!
 LEFT=$((DEADLINE - ($(date +%s) - START)))
 echo "study: $LEFT s left"
 timeout -s INT -k 30 "$LEFT" python3 bench/study.py --profile card --stays 20000 \
-  --workspace "$WS" --reuse-data --set train.device=cuda --set workers=8 \
+  --workspace "$WS" --reuse-data --set train.device=cuda --set evaluation.device=cuda --set workers=8 \
   --set threads_per_worker=2 --out "$OUT/study-card20k-gpu.json" >> "$OUT/study.log" 2>&1
 echo "study exit $?" | tee -a "$OUT/study.log"
 kill $DMON 2>/dev/null

@@ -5,7 +5,9 @@ The project never needs a GPU and CI has none: these checks run only where CUDA 
 have run on one yet).
 They hold a GPU run to what the CPU runs promise: every algorithm trains there and its
 weights load and act on a CPU; the same seed gives the same bytes; a stack's runs are the runs
-trained alone; an interrupted run resumes to the bytes of an uninterrupted one. Run once, on an
+trained alone; an interrupted run resumes to the bytes of an uninterrupted one; an evaluation
+on the GPU (``evaluate.device: cuda``) gives the CPU's numbers to rounding (not yet run on a
+GPU). The training checks ran once, on an
 NVIDIA H200 (``bench/gpu_card.sh``, docs/run.md): all pass there except the stack identity
 (``test_each_run_of_a_gpu_stack_is_the_run_trained_alone`` fails: most likely a stack's
 batched products and its per-run reductions round differently from a run's own there; the two
@@ -90,3 +92,48 @@ def test_an_interrupted_gpu_run_resumes_to_the_same_bytes(replay, tmp_path):
     assert not (tmp_path / "cut" / "final").exists()
     train(replay, cfg, tmp_path / "cut", resume=True)
     _same_files(tmp_path / "full", tmp_path / "cut")
+
+
+def _numbers_agree(a, b, path: str = "") -> None:
+    """Every number of two metrics documents within 1e-7 (relative), the rest equal; their
+    timings, creation times and evaluation devices aside."""
+    if path in ("/timings_seconds", "/created_at", "/config/device"):
+        return
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b), path
+        for k in a:
+            _numbers_agree(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _numbers_agree(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-7, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+@needs_cuda
+def test_an_evaluation_on_the_gpu_matches_the_cpus(replay, tmp_path):
+    """``evaluate.device: cuda``: the linear FQE (fits and sensitivity refits) solves in float64
+    on the GPU. With the same behaviour model every number of the evaluation is the CPU's to
+    rounding; the behaviour model fitted on the GPU comes back on the CPU, about as good."""
+    import dataclasses
+
+    from sepsisrl.ope.behaviour import BehaviourModel
+    from sepsisrl.ope.evaluate import EvalConfig, evaluate
+
+    run = tmp_path / "run"
+    train(replay, fast_config(seed=1, steps=40, log_every=20, checkpoint_every=40), run)
+    cpu = EvalConfig(bootstrap_resamples=100)
+    ref = evaluate(run, replay, tmp_path / "cpu", kind="run", cfg=cpu)
+    behaviour = BehaviourModel.load(tmp_path / "cpu" / "behaviour")
+    gpu = dataclasses.replace(cpu, device="cuda")
+    got = evaluate(run, replay, tmp_path / "gpu", kind="run", cfg=gpu, behaviour=behaviour)
+    assert got["config"]["device"] == "cuda"
+    _numbers_agree(ref, got)
+    # the behaviour model fitted on the GPU (no model passed): returned on the CPU
+    evaluate(run, replay, tmp_path / "gpu-b", kind="run", cfg=gpu)
+    fitted = BehaviourModel.load(tmp_path / "gpu-b" / "behaviour")
+    loss = fitted.info["validation_log_loss"]
+    assert loss == pytest.approx(behaviour.info["validation_log_loss"], abs=0.02)

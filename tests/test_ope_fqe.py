@@ -301,7 +301,7 @@ def test_sensitivity_refits_iterated_together_match_each_alone(target):
     su, _, _, pi_next, _ = fqe._robust_inputs
     betas = np.vstack([fqe.W, fqe.W_full])
     minus = rng.random((len(betas), len(pi_next), N_ACTIONS))
-    greedy = _greedy(pi_next, N_ACTIONS)
+    greedy = _greedy(pi_next, N_ACTIONS, fqe.ops)
     assert (greedy is not None) == (target == "deterministic")
     plain = su.next_values(betas, pi_next, fqe.lo, fqe.hi, minus)
     fast = su.next_values(betas, pi_next, fqe.lo, fqe.hi, minus, greedy)

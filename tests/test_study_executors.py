@@ -182,6 +182,10 @@ def test_units_declare_their_threads_and_gpu_to_ray():
     gpu = {"threads": 1, "stack": [{"config": {"device": "cpu"}}, {"config": {"device": "cuda:1"}}]}
     assert unit_resources(gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}
     assert unit_resources({"threads": 1, "train": {}, "stack": None})["num_gpus"] == 0.0
+    # an evaluation on cuda (evaluation.device: the behaviour model and the FQE) needs one too
+    ev_gpu = {"threads": 1, "eval": {"cfg": {"device": "cuda"}}}
+    assert unit_resources(ev_gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert unit_resources({"threads": 1, "eval": {"cfg": {"device": "cpu"}}})["num_gpus"] == 0.0
 
 
 # ------------------------------------------------------------------- Ray

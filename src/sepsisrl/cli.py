@@ -502,6 +502,15 @@ def evaluate(
             "and seed).",
         ),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Where the behaviour model trains and the FQE solves: cpu (default: "
+            "configs/evaluate.yaml device) or cuda[:N]; on a GPU the numbers agree with the "
+            "CPU's to rounding. The project never needs a GPU.",
+        ),
+    ] = None,
 ) -> None:
     """Off-policy evaluation and safety review of one policy (validation split; test with --final).
 
@@ -522,6 +531,11 @@ flags, subgroups and action heatmaps (vasopressor x fluid bins). RESEARCH ONLY.
         cfg = dataclasses.replace(cfg, bootstrap_resamples=resamples)
     if seed is not None:
         cfg = dataclasses.replace(cfg, bootstrap_seed=seed, seed=seed)
+    if device is not None:
+        try:
+            cfg = dataclasses.replace(cfg, device=device)
+        except ValueError as exc:
+            raise UserError(f"--device {device}: {exc}") from exc
     kind = "run" if run is not None else ("bundle" if bundle is not None else "named")
     kind = "d3rlpy" if d3rlpy_model is not None else kind
     spec = chosen[0]
@@ -819,8 +833,9 @@ def run(
         str | None,
         typer.Option(
             "--device",
-            help="Where runs train: cpu (default) or cuda[:N] (train.device; evaluation stays "
-            "on the CPU). The project never needs a GPU.",
+            help="Where runs train and evaluations fit their behaviour model and FQE: cpu "
+            "(default) or cuda[:N] (train.device and evaluation.device). The project never "
+            "needs a GPU.",
         ),
     ] = None,
     precision: Annotated[
@@ -865,6 +880,7 @@ this produces is clinical decision support.
         overrides["ray_address"] = address
     if device is not None:
         overrides["train.device"] = device
+        overrides["evaluation.device"] = device
     if precision is not None:
         overrides["train.precision"] = precision
     try:

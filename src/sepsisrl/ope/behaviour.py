@@ -82,21 +82,29 @@ class BehaviourModel:
         n_actions: int,
         cfg: BehaviourConfig = BehaviourConfig(),
         train_fingerprint: str = "",
+        device: str = "cpu",
     ) -> BehaviourModel:
+        """Fit both candidates on ``device`` (``evaluate.device``: cpu or cuda[:N]; the batch
+        order and initial weights come from the CPU's generators either way); the model is
+        returned on the CPU, where it is used."""
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"behaviour model device {device!r}: no CUDA device is available "
+                             "(evaluate.device)")  # fmt: skip
         tx, ta = (
-            torch.as_tensor(train_x, dtype=torch.float32),
-            torch.as_tensor(train_a, dtype=torch.long),
+            torch.as_tensor(train_x, dtype=torch.float32, device=dev),
+            torch.as_tensor(train_a, dtype=torch.long, device=dev),
         )
         vx, va = (
-            torch.as_tensor(val_x, dtype=torch.float32),
-            torch.as_tensor(val_a, dtype=torch.long),
+            torch.as_tensor(val_x, dtype=torch.float32, device=dev),
+            torch.as_tensor(val_a, dtype=torch.long, device=dev),
         )
         candidates = {}
         for kind in ("logistic", "mlp"):
             torch.manual_seed(cfg.seed)
-            net = _make(kind, tx.shape[1], n_actions, cfg.mlp_hidden)
+            net = _make(kind, tx.shape[1], n_actions, cfg.mlp_hidden).to(dev)
             epochs = cls._train(net, tx, ta, vx, va, cfg)
-            model = cls(kind, net, n_actions, cfg.floor, {})
+            model = cls(kind, net.cpu(), n_actions, cfg.floor, {})
             candidates[kind] = (model.log_loss(val_x, val_a), epochs, model)
         kind = min(candidates, key=lambda k: candidates[k][0])
         best = candidates[kind][2]
@@ -130,7 +138,7 @@ class BehaviourModel:
         best, best_state, bad, epochs_run = float("inf"), None, 0, 0
         for epoch in range(1, cfg.max_epochs + 1):
             epochs_run = epoch
-            perm = torch.randperm(len(ta), generator=gen)
+            perm = torch.randperm(len(ta), generator=gen).to(ta.device)
             net.train()
             for i in range(0, len(ta), cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]

@@ -204,7 +204,8 @@ class FittedQEvaluation(Estimator):
         lo, hi = return_bounds(train.rewards.numpy(), train.dones.numpy(), meta.gamma, longest)
         self.lo, self.hi = lo, hi
         pi_train = data.policy.action_probabilities(train.states.numpy())
-        fqe = FQE(meta.state_dim, meta.n_actions, meta.gamma, cfg.fqe, bounds=(lo, hi))
+        device = None if cfg.device == "cpu" else cfg.device  # NumPy on the CPU
+        fqe = FQE(meta.state_dim, meta.n_actions, meta.gamma, cfg.fqe, (lo, hi), device)
         self.fit_result = fqe.fit(
             fqe_data(train, np.ones(len(train), dtype=bool), pi_train), train.subject_id, longest
         )

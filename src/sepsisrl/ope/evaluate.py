@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ class EvalConfig:
     ratio_clip: float | None
     wdr_step_ess_min: float
     seed: int
+    device: str
     headline: str
     gates: GateConfig
     behaviour: BehaviourConfig
@@ -117,6 +119,8 @@ class EvalConfig:
     sensitivity: SensitivityConfig
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"evaluation device must be cpu, cuda or cuda:N, got {self.device!r}")
         if not self.wdr_step_ess_min >= 0:
             raise ValueError(f"wdr_step_ess_min must be >= 0, got {self.wdr_step_ess_min}")
         if self.headline not in HEADLINE_ESTIMATORS:
@@ -411,7 +415,7 @@ def evaluate(
     ):
         behaviour = BehaviourModel.fit(
             train.states.numpy(), train.actions.numpy(), val.states.numpy(), val.actions.numpy(),
-            meta.n_actions, cfg.behaviour, train.fingerprint,
+            meta.n_actions, cfg.behaviour, train.fingerprint, device=cfg.device,
         )  # fmt: skip
     behaviour.save(out / "behaviour")
     clock.lap("behaviour_model")

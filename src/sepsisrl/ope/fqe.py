@@ -47,6 +47,15 @@ on its own resample of train PATIENTS with replacement; each member's out-of-bag
 its held-out set. The member values enter the confidence interval (``ope.importance``), so the
 CI carries the model's own uncertainty, not only the sampling of initial states. With one
 member, a ``holdout_fraction`` of train patients is held out instead.
+
+Device (``device``, the evaluation's ``evaluate.device``): the linear model's arrays (bases,
+Gram matrices, Cholesky factors, every iteration's targets, solves and held-out errors, and the
+sensitivity refits of ``robust_values_many``) live in float64 on that torch device; without one
+(the default, ``evaluate.device: cpu``) they are NumPy arrays. The two paths do the same
+operations in the same order through ``_Numpy`` and ``_Torch`` (one code, two array
+libraries); their values agree to rounding, not bit for bit (tests/test_fqe_device.py runs the
+torch path on the CPU against the NumPy one). The pessimism bonus's leverages are computed
+with NumPy on the host either way; the ``mlp`` model trains on the CPU.
 """
 
 from __future__ import annotations
@@ -161,6 +170,107 @@ def _forward(
     return h, acts
 
 
+class _Numpy:
+    """The linear FQE's array operations on NumPy arrays (no device: the CPU default)."""
+
+    name = "numpy"  # (the setup cache's key: a torch path on the CPU is "cpu")
+    device = torch.device("cpu")
+
+    @staticmethod
+    def asarray(x: np.ndarray) -> np.ndarray:
+        return x
+
+    index = asarray
+    to_numpy = asarray
+    contiguous = staticmethod(np.ascontiguousarray)
+    einsum = staticmethod(np.einsum)
+    clip = staticmethod(np.clip)
+    concatenate = staticmethod(np.concatenate)
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape)
+
+    @staticmethod
+    def swap01(x: np.ndarray) -> np.ndarray:
+        return x.transpose(1, 0, 2)
+
+    @staticmethod
+    def arange(n: int) -> np.ndarray:
+        return np.arange(n)
+
+    @staticmethod
+    def to_torch(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x)
+
+    @staticmethod
+    def from_torch(t: torch.Tensor) -> np.ndarray:
+        return t.numpy()
+
+
+class _Torch:
+    """The same operations on float64 (int64 for indices) torch tensors on ``device``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.name = device, str(device)
+
+    def asarray(self, x: np.ndarray) -> torch.Tensor:
+        """A NumPy array on the device, its dtype kept (arithmetic promotes as NumPy's)."""
+        return torch.as_tensor(np.asarray(x), device=self.device)
+
+    def index(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x, np.int64), device=self.device)
+
+    @staticmethod
+    def to_numpy(x: torch.Tensor) -> np.ndarray:
+        return x.cpu().numpy()
+
+    @staticmethod
+    def contiguous(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous()
+
+    @staticmethod
+    def einsum(equation: str, *operands: torch.Tensor) -> torch.Tensor:
+        """``torch.einsum`` in float64 (NumPy's promotes mixed operands; torch's refuses)."""
+        return torch.einsum(equation, *(t.to(torch.float64) for t in operands))
+
+    @staticmethod
+    def clip(x: torch.Tensor, lo: float, hi: float, out: torch.Tensor | None = None):
+        return torch.clamp(x, lo, hi, out=out)
+
+    @staticmethod
+    def concatenate(parts: list[torch.Tensor], axis: int = 0) -> torch.Tensor:
+        return torch.cat(parts, axis)
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+    @staticmethod
+    def swap01(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(1, 0, 2)
+
+    def arange(self, n: int) -> torch.Tensor:
+        return torch.arange(n, device=self.device)
+
+    @staticmethod
+    def to_torch(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def from_torch(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def _ops(device: str | torch.device | None) -> _Numpy | _Torch:
+    """NumPy without a device; torch on ``device`` otherwise (a CUDA device must exist)."""
+    if device is None:
+        return _Numpy()
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"FQE device {device!r}: no CUDA device is available (evaluate.device)")
+    return _Torch(dev)
+
+
 class FQE:
     def __init__(
         self,
@@ -169,7 +279,11 @@ class FQE:
         gamma: float,
         cfg: FQEConfig = FQEConfig(),
         bounds: tuple[float, float] = (-15.0, 15.0),
+        device: str | torch.device | None = None,
     ) -> None:
+        """``device``: the torch device of the linear model's arrays (module docstring);
+        None: NumPy on the CPU."""
+        self.ops = _ops(device)
         if cfg.members < 1:
             raise ValueError(f"FQE members must be >= 1, got {cfg.members}")
         if cfg.model not in ("linear", "mlp"):
@@ -322,7 +436,7 @@ class FQE:
         for part in (train["s"], train["a"], train["s_next"]):
             digest.update(np.ascontiguousarray(part.numpy()).tobytes())
         digest.update(np.ascontiguousarray(np.asarray(groups)).tobytes())
-        key = (digest.hexdigest(), self.n_actions, repr(cfg))
+        key = (digest.hexdigest(), self.n_actions, repr(cfg), self.ops.name)
         if _SETUPS.get("key") != key:
             _SETUPS.clear()  # one at a time: free the previous split's factors first
             _SETUPS.update(key=key, setup=_LinearSetup(self, train, groups))
@@ -334,63 +448,67 @@ class FQE:
         """Closed-form ridge per iteration: minimise over Q(s, a) = ps(s) . w + pa(s) . u_a
         sum_i c_i (y_i - Q(s_i, a_i))^2 / n + ridge_shared |w|^2 + ridge |u|^2 (intercept free).
         Every member, penalty and the full fit are solved together per iteration."""
-        cfg = self.cfg
+        cfg, ops = self.cfg, self.ops
         su = self._setup(train, groups)
         self.knots = su.knots
-        r = train["r"].numpy().astype(np.float64)
+        r = ops.asarray(train["r"].numpy().astype(np.float64))
         if "cont" in train:  # a per-transition discount (bench/hourly_fqe.py's hourly chain)
-            cont = train["cont"].numpy().astype(np.float64)
+            cont = ops.asarray(train["cont"].numpy().astype(np.float64))
         else:
-            cont = self.gamma * (1.0 - train["done"].numpy().astype(np.float64))
-        pi_next = train["pi_next"].numpy().astype(np.float64)
+            cont = ops.asarray(self.gamma * (1.0 - train["done"].numpy().astype(np.float64)))
+        pi_host = train["pi_next"].numpy().astype(np.float64)
+        pi_next = ops.asarray(pi_host)
         K, n, penalties = cfg.members, len(r), su.penalties
         held_w = None  # penalty_rows: policy - each held-out row weighted by pi(logged a | s)
         if cfg.penalty_rows == "policy":
             if "pi_logged" not in train:
                 raise ValueError("FQE penalty_rows: policy needs train['pi_logged'], pi's "
                                  "probability of each row's logged action")  # fmt: skip
-            held_w = train["pi_logged"].numpy().astype(np.float64)
-        greedy = _greedy(pi_next, self.n_actions)
+            held_w = ops.asarray(train["pi_logged"].numpy().astype(np.float64))
+        greedy = _greedy(pi_host, self.n_actions, ops)
         self._robust_inputs = (su, r, cont, pi_next, [])  # for robust_values (sensitivity)
-        self.W = np.zeros((K, su.size))
-        self.W_full = np.zeros(su.size) if cfg.full_fit else None
+        W = ops.zeros((K, su.size))
+        W_full = ops.zeros((su.size,)) if cfg.full_fit else None
         last_j, last_full = [0] * K, 0  # the penalty indices of the previous iteration's fits
         for k in range(1, result.horizon + 1):
             # frozen targets: every member (and the full fit, last) from its own previous iterate
-            betas = self.W if self.W_full is None else np.vstack([self.W, self.W_full])
+            betas = W if W_full is None else ops.concatenate([W, W_full[None]], 0)
             if k > 1:
                 minus = None
                 if cfg.pessimism > 0:  # each fit's own penalty; sigma of the last iteration
                     sigma = math.sqrt(result.iterations[-1]["holdout_mse"])
-                    js = [*last_j, *([] if self.W_full is None else [last_full])]
+                    js = [*last_j, *([] if W_full is None else [last_full])]
                     scale = cfg.pessimism * sigma / math.sqrt(n)
                     lev = {j: np.sqrt(su.leverage_next(j)) for j in set(js)}
-                    minus = np.stack([scale * lev[j] for j in js])  # (M, n, A)
+                    minus = ops.asarray(np.stack([scale * lev[j] for j in js]))  # (M, n, A)
                 v_next = su.next_values(betas, pi_next, self.lo, self.hi, minus, greedy)
             else:
-                v_next = np.zeros((len(betas), n))
-            y = np.clip(r + cont * v_next, self.lo, self.hi)  # (K [+ 1], n)
+                v_next = ops.zeros((len(betas), n))
+            y = ops.clip(r + cont * v_next, self.lo, self.hi)  # (K [+ 1], n)
             b = su.rhs(su.c * y[:K])  # (K, size)
-            b_all = torch.from_numpy(b)[:, None, :, None].expand(-1, len(penalties), -1, -1)
-            beta = _chol_solve(b_all, su.factors)[..., 0].numpy()  # (K, P, size)
+            b_all = ops.to_torch(b)[:, None, :, None].expand(-1, len(penalties), -1, -1)
+            beta = ops.from_torch(_chol_solve(b_all, su.factors)[..., 0])  # (K, P, size)
             held_mse = su.held_errors(beta, y[:K], held_w)  # (K, P)
-            best = held_mse.argmin(1)
+            best = ops.to_numpy(held_mse.argmin(1))
             last_j = [int(j) for j in best]
-            self.W = beta[np.arange(K), best]
+            rows, cols = ops.arange(K), ops.index(best)
+            W = beta[rows, cols]
             chosen = [penalties[j] for j in best]
             record = {"iteration": k, "steps": 0, "capped": False,
-                      "holdout_mse": float(np.mean(held_mse[np.arange(K), best])),
+                      "holdout_mse": float(held_mse[rows, cols].mean()),
                       "ridge": chosen}  # fmt: skip
-            if self.W_full is not None:
+            if W_full is not None:
                 # the full fit takes the penalty most of the members chose on their out-of-bag
                 # patients (it has no held-out patients of its own)
                 j = int(np.median(best))
-                b_full = torch.from_numpy(su.rhs(y[K:] / n))[0, :, None]
-                self.W_full = _chol_solve(b_full, su.full_factor(j))[:, 0].numpy()
+                b_full = ops.to_torch(su.rhs(y[K:] / n))[0, :, None]
+                W_full = ops.from_torch(_chol_solve(b_full, su.full_factor(j))[:, 0])
                 record["ridge_full"] = penalties[j]
                 self._robust_inputs[4].append(j)
                 last_full = j
             result.iterations.append(record)
+        self.W = ops.to_numpy(W)  # the fitted coefficients are read on the host
+        self.W_full = None if W_full is None else ops.to_numpy(W_full)
         if cfg.pessimism > 0:
             self._pess = (math.sqrt(result.iterations[-1]["holdout_mse"]), np.array(last_j),
                           None if self.W_full is None else last_full)  # fmt: skip
@@ -435,51 +553,54 @@ class FQE:
         rounding of the batched products."""
         if self.cfg.model != "linear" or self.W_full is None:
             return None
+        ops = self.ops
         su, r, cont, pi_next, full_j = self._robust_inputs
         n, A = len(r), self.n_actions
         group = max(1, int(budget_bytes // max(1, 2 * 8 * n * A)))
-        logged = _ByAction(su.a, A)
-        greedy = _greedy(pi_next, A)
-        b_greedy = None if greedy is None else b_next[np.arange(n), greedy.actions]
+        logged = _ByAction(su.a_host, A, ops)
+        greedy = _greedy(ops.to_numpy(pi_next), A, ops)
+        b_greedy = None if greedy is None else ops.asarray(b_next[np.arange(n), greedy.host])
+        b_next = ops.asarray(b_next)
         out: list[np.ndarray] = []
-        ps0, pa0 = self._bases(init_states)
+        ps0, pa0 = (ops.asarray(x) for x in self._bases(init_states))
+        pi_init, b_init = ops.asarray(pi_init), ops.asarray(b_init)
         for g in range(0, len(cases), group):
             part = cases[g : g + group]
             lams = np.array([float(lam) for lam, _ in part])
             c_lam = lams - 1.0 / lams  # (L,)
             tau = 1.0 / (1.0 + lams)
             L = len(part)
-            beta = np.zeros((L, su.size))
+            beta = ops.zeros((L, su.size))
             tail = np.zeros((L, A))  # per case and action: E[eps 1{eps in the tail}]
             for k, j in enumerate(full_j, start=1):
+                shift = ops.asarray(c_lam[:, None] * tail)  # (L, A)
                 if k > 1 and greedy is not None:  # a deterministic policy: its action only
                     v_next = _q_at(su.ps_next, su.pa_next, beta, A, greedy).T
-                    v_next += (1.0 - b_greedy)[None, :] * (c_lam[:, None] * tail)[:, greedy.actions]
-                    np.clip(v_next, self.lo, self.hi, out=v_next)
+                    v_next += (1.0 - b_greedy)[None, :] * shift[:, greedy.actions]
+                    ops.clip(v_next, self.lo, self.hi, out=v_next)
                 elif k > 1:
                     q_next = self._q_many(su.ps_next, su.pa_next, beta, A)  # (n, L, A)
-                    q_next += (1.0 - b_next)[:, None, :] * (c_lam[:, None] * tail)[None]
-                    np.clip(q_next, self.lo, self.hi, out=q_next)
-                    v_next = np.einsum("nla,na->ln", q_next, pi_next)
+                    q_next += (1.0 - b_next)[:, None, :] * shift[None]
+                    ops.clip(q_next, self.lo, self.hi, out=q_next)
+                    v_next = ops.einsum("nla,na->ln", q_next, pi_next)
                     del q_next
                 else:
-                    v_next = np.zeros((L, n))
-                y = np.clip(r + cont * v_next, self.lo, self.hi)  # (L, n)
-                rhs = torch.from_numpy(np.ascontiguousarray(su.rhs(y / n).T))  # (size, L)
-                beta = np.ascontiguousarray(_chol_solve(rhs, su.full_factor(j)).numpy().T)
+                    v_next = ops.zeros((L, n))
+                y = ops.clip(r + cont * v_next, self.lo, self.hi)  # (L, n)
+                rhs = ops.to_torch(ops.contiguous(su.rhs(y / n).T))  # (size, L)
+                beta = ops.contiguous(ops.from_torch(_chol_solve(rhs, su.full_factor(j))).T)
                 live = np.flatnonzero(c_lam > 0)
                 if len(live):
-                    fitted = _q_at(su.ps, su.pa, beta[live], A, logged)  # (n, live)
+                    fitted = _q_at(su.ps, su.pa, beta[ops.index(live)], A, logged)  # (n, live)
+                    eps = ops.to_numpy(y[ops.index(live)] - fitted.T)  # (live, n)
                     for i, c in enumerate(live):
-                        tail[c] = _residual_tails(
-                            y[c] - fitted[:, i], su.a, A, float(tau[c]), part[c][1]
-                        )
+                        tail[c] = _residual_tails(eps[i], su.a_host, A, float(tau[c]), part[c][1])
             q0 = (
                 self._q_many(ps0, pa0, beta, A)
-                + (1.0 - b_init)[:, None, :] * (c_lam[:, None] * tail)[None]
+                + (1.0 - b_init)[:, None, :] * ops.asarray(c_lam[:, None] * tail)[None]
             )
-            values = np.einsum("nla,na->ln", np.clip(q0, self.lo, self.hi), pi_init)
-            out += list(values)
+            values = ops.einsum("nla,na->ln", ops.clip(q0, self.lo, self.hi), pi_init)
+            out += list(ops.to_numpy(values))
         return out
 
     @staticmethod
@@ -590,20 +711,22 @@ class FQE:
 
 class _ByAction:
     """Rows grouped by an action per row (stable order): ``order``, and ``bounds`` the start of
-    each action's rows in it."""
+    each action's rows in it; ``actions`` and ``order`` as indices of ``ops`` (``host``: the
+    actions as a NumPy array)."""
 
-    def __init__(self, actions: np.ndarray, n_actions: int) -> None:
-        self.actions = np.asarray(actions, dtype=np.int64)
-        self.order = np.argsort(self.actions, kind="stable")
-        self.bounds = np.searchsorted(self.actions[self.order], np.arange(n_actions + 1))
+    def __init__(self, actions: np.ndarray, n_actions: int, ops: _Numpy | _Torch) -> None:
+        self.host = np.asarray(actions, dtype=np.int64)
+        order = np.argsort(self.host, kind="stable")
+        self.bounds = np.searchsorted(self.host[order], np.arange(n_actions + 1))
+        self.actions, self.order = ops.index(self.host), ops.index(order)
 
 
-def _greedy(pi: np.ndarray, n_actions: int) -> _ByAction | None:
+def _greedy(pi: np.ndarray, n_actions: int, ops: _Numpy | _Torch) -> _ByAction | None:
     """The rows grouped by their action when ``pi`` (n, A) puts probability 1 on one action in
     every row (a deterministic policy: its values need Q at that action only); else None."""
     chosen = pi.argmax(1)
     one_hot = np.count_nonzero(pi) == len(pi) and bool(np.all(pi[np.arange(len(pi)), chosen] == 1))
-    return _ByAction(chosen, n_actions) if one_hot else None
+    return _ByAction(chosen, n_actions, ops) if one_hot else None
 
 
 def _q_at(
@@ -660,34 +783,40 @@ class _LinearSetup:
     (made on first use). Deterministic: the same bytes in, the same factors out."""
 
     def __init__(self, fqe: FQE, train: dict[str, torch.Tensor], groups: np.ndarray) -> None:
-        cfg, A = fqe.cfg, fqe.n_actions
+        cfg, A, ops = fqe.cfg, fqe.n_actions, fqe.ops
+        self.ops = ops
         fqe._fit_knots(train["s"].numpy())
         self.knots = fqe.knots
-        self.ps, self.pa = fqe._bases(train["s"].numpy())
-        self.ps_next, self.pa_next = fqe._bases(train["s_next"].numpy())
-        self.a = a = train["a"].numpy().astype(np.int64)
+        self.ps, self.pa = (ops.asarray(x) for x in fqe._bases(train["s"].numpy()))
+        self.ps_next, self.pa_next = (ops.asarray(x) for x in fqe._bases(train["s_next"].numpy()))
+        self.a_host = a = train["a"].numpy().astype(np.int64)
+        self.a = ops.index(a)
         n, self.ds, self.da, self.A = len(a), self.ps.shape[1], self.pa.shape[1], A
         self.size = self.ds + self.da * A
         self.penalties = [float(x) for x in cfg.ridge]
         self.ridge_shared = cfg.ridge_shared
         self.ridge_intercept = cfg.ridge_intercept
         # rows grouped by logged action: the per-action blocks are sums over contiguous rows
-        self.order = np.argsort(a, kind="stable")
-        self.bounds = np.searchsorted(a[self.order], np.arange(A + 1))
+        order = np.argsort(a, kind="stable")
+        self.bounds = np.searchsorted(a[order], np.arange(A + 1))
+        self.order = ops.index(order)
         self.pa_sorted = self.pa[self.order]
         fit_rows, held_rows = fqe._member_rows(np.asarray(groups))
-        self.c = np.stack([np.bincount(f, minlength=n).astype(np.float64) for f in fit_rows])
-        self.c /= np.maximum(self.c.sum(1, keepdims=True), 1.0)
-        self.held = held_rows
+        c = np.stack([np.bincount(f, minlength=n).astype(np.float64) for f in fit_rows])
+        c /= np.maximum(c.sum(1, keepdims=True), 1.0)
+        self.c = ops.asarray(c)
+        self.held = [ops.index(h) for h in held_rows]
         self.factors = torch.empty(len(self.c), len(self.penalties), self.size, self.size,
-                                   dtype=torch.float64)  # (K, P, size, size)  # fmt: skip
+                                   dtype=torch.float64, device=ops.device)  # fmt: skip
+        # (K, P, size, size)
         for m, c in enumerate(self.c):
             gram = self._gram(c)
             for j, lam in enumerate(self.penalties):
                 self._factor(gram, lam, out=self.factors[m, j])
-        self.full_gram = self._gram(np.full(n, 1.0 / n)) if cfg.full_fit else None
+        uniform = ops.asarray(np.full(n, 1.0 / n))
+        self.full_gram = self._gram(uniform) if cfg.full_fit else None
         if self.full_gram is None and cfg.pessimism > 0:  # the bonus needs the full Gram
-            self.full_gram = self._gram(np.full(n, 1.0 / n))
+            self.full_gram = self._gram(uniform)
         self._full: dict[int, torch.Tensor] = {}
         self._inverse: dict[int, np.ndarray] = {}
         self._lev_next: dict[int, np.ndarray] = {}
@@ -695,7 +824,7 @@ class _LinearSetup:
     def _gram(self, c: np.ndarray) -> np.ndarray:
         """Weighted Gram matrix of x_i = [ps_i, e_{a_i} (x) pa_i] in blocks."""
         ds, da = self.ds, self.da
-        gram = np.zeros((self.size, self.size))
+        gram = self.ops.zeros((self.size, self.size))
         cps = self.ps * c[:, None]
         gram[:ds, :ds] = cps.T @ self.ps
         for k in range(self.A):
@@ -713,7 +842,10 @@ class _LinearSetup:
         if self.ridge_intercept is not None:  # each action's own intercept: its own penalty
             per_action[:, 0] = self.ridge_intercept
         reg = np.r_[0.0, np.full(self.ds - 1, self.ridge_shared), per_action.ravel()]
-        return torch.linalg.cholesky(torch.from_numpy(gram + np.diag(reg + 1e-10)), out=out)
+        ops = self.ops
+        return torch.linalg.cholesky(
+            ops.to_torch(gram + ops.asarray(np.diag(reg + 1e-10))), out=out
+        )
 
     def full_factor(self, j: int) -> torch.Tensor:
         if j not in self._full:
@@ -726,7 +858,7 @@ class _LinearSetup:
         w = weights[:, self.order]
         cuts = zip(self.bounds[:-1], self.bounds[1:], strict=True)
         per_action = [w[:, lo:hi] @ self.pa_sorted[lo:hi] for lo, hi in cuts]
-        return np.concatenate([shared, *per_action], axis=1)
+        return self.ops.concatenate([shared, *per_action], 1)
 
     def next_values(
         self,
@@ -740,26 +872,26 @@ class _LinearSetup:
         """sum_a' pi(a'|s') clip(Q_m(s', a') - minus_m(s', a')) of every coefficient row m:
         (M, n); ``minus`` (M, n, A), a pessimism bonus, or None; ``greedy``: ``pi_next``'s
         rows grouped by their action when it is deterministic (Q at that action only)."""
-        ds, da, A = self.ds, self.da, self.A
+        ds, da, A, ops = self.ds, self.da, self.A, self.ops
         if greedy is not None:
             q = _q_at(self.ps_next, self.pa_next, betas, A, greedy).T  # (M, n)
             if minus is not None:
-                q -= minus[:, np.arange(q.shape[1]), greedy.actions]
-            return np.clip(q, lo, hi, out=q)
+                q -= minus[:, ops.arange(q.shape[1]), greedy.actions]
+            return ops.clip(q, lo, hi, out=q)
         shared = self.ps_next @ betas[:, :ds].T  # (n, M)
         per = self.pa_next @ betas[:, ds:].reshape(len(betas), A, da).reshape(-1, da).T
         q = per.reshape(len(shared), len(betas), A) + shared[:, :, None]
         if minus is not None:
-            q -= minus.transpose(1, 0, 2)
-        np.clip(q, lo, hi, out=q)
-        return np.einsum("nma,na->mn", q, pi_next)
+            q -= ops.swap01(minus)
+        ops.clip(q, lo, hi, out=q)
+        return ops.einsum("nma,na->mn", q, pi_next)
 
     def leverage(self, ps: np.ndarray, pa: np.ndarray, j: int, chunk: int = 4096) -> np.ndarray:
         """x(s, a)^T G_j^-1 x(s, a) of every state (rows of ``ps``, ``pa``) and action: (N, A),
         with G_j the full fit's penalised Gram matrix of penalty index j and x(s, a) = [ps(s),
         e_a (x) pa(s)] (the blocks of G_j^-1 that x touches: shared, shared-action, action)."""
-        if j not in self._inverse:
-            self._inverse[j] = torch.cholesky_inverse(self.full_factor(j)).numpy()
+        if j not in self._inverse:  # on the host: the leverages are NumPy either way
+            self._inverse[j] = torch.cholesky_inverse(self.full_factor(j)).cpu().numpy()
         m, ds, da, A = self._inverse[j], self.ds, self.da, self.A
         own = [
             m[ds + da * a : ds + da * (a + 1), ds + da * a : ds + da * (a + 1)] for a in range(A)
@@ -776,7 +908,8 @@ class _LinearSetup:
     def leverage_next(self, j: int) -> np.ndarray:
         """``leverage`` at the train next states (cached: it does not depend on the policy)."""
         if j not in self._lev_next:
-            self._lev_next[j] = self.leverage(self.ps_next, self.pa_next, j)
+            ps, pa = self.ops.to_numpy(self.ps_next), self.ops.to_numpy(self.pa_next)
+            self._lev_next[j] = self.leverage(ps, pa, j)
         return self._lev_next[j]
 
     def held_errors(
@@ -786,12 +919,12 @@ class _LinearSetup:
         beta (K, P, size) against the member's targets y (K, n): (K, P). ``weights`` (n,): a
         weighted mean instead (a member whose held-out rows weigh nothing: the plain mean)."""
         ds, da = self.ds, self.da
-        out = np.zeros(beta.shape[:2])
+        out = self.ops.zeros(tuple(beta.shape[:2]))
         for m, h in enumerate(self.held):
             if not len(h):
                 continue
             u = beta[m, :, ds:].reshape(beta.shape[1], self.A, da)  # (P, A, da)
-            pred = self.ps[h] @ beta[m, :, :ds].T + np.einsum(
+            pred = self.ps[h] @ beta[m, :, :ds].T + self.ops.einsum(
                 "hd,phd->hp", self.pa[h], u[:, self.a[h]]
             )  # fmt: skip
             sq = (pred - y[m, h, None]) ** 2

@@ -134,6 +134,8 @@ class BaselineSection(StrictModel):
 class EvaluationSection(StrictModel):
     bootstrap_resamples: int = Field(ge=100)
     bootstrap_seed: int
+    # configs/evaluate.yaml's unless set: where the behaviour model and the FQE run
+    device: str = Field(pattern=r"^(cpu|cuda(:\d+)?)$")
     gates: dict[str, Any]  # overrides of configs/evaluate.yaml ``gates`` (GateConfig)
     fqe: dict[str, Any]  # overrides of configs/evaluate.yaml ``fqe`` (FQEConfig)
 
@@ -258,7 +260,7 @@ class StudyConfig(StrictModel):
         ev = self.evaluation
         return validate_dataclass(EvalConfig, {
             "bootstrap_resamples": ev.bootstrap_resamples, "bootstrap_seed": ev.bootstrap_seed,
-            "seed": ev.bootstrap_seed, "headline": self.selection.estimator,
+            "seed": ev.bootstrap_seed, "headline": self.selection.estimator, "device": ev.device,
             "gates": dict(ev.gates), "fqe": dict(ev.fqe),
         }, "evaluation")  # fmt: skip
 
@@ -302,11 +304,11 @@ def load_study_config(
     overrides: dict[str, Any] | None = None,
 ) -> StudyConfig:
     """Defaults, then the profile, then a user file, then dotted overrides. The evaluation's
-    bootstrap settings default to configs/evaluate.yaml's (their only home)."""
+    bootstrap settings and device default to configs/evaluate.yaml's (their only home)."""
     data = read_packaged("study")
     evaluate = read_packaged("evaluate")
     data.setdefault("evaluation", {})
-    for key in ("bootstrap_resamples", "bootstrap_seed"):
+    for key in ("bootstrap_resamples", "bootstrap_seed", "device"):
         data["evaluation"].setdefault(key, evaluate[key])
     profiles = data.pop("profiles")
     if profile not in profiles:

@@ -222,11 +222,12 @@ def _ray_unit(job: dict[str, Any], driver: dict[str, str]) -> dict[str, Any]:
 
 
 def unit_resources(job: dict[str, Any]) -> dict[str, float]:
-    """What a unit declares to Ray: its torch threads as CPUs, one GPU if it trains on cuda."""
+    """What a unit declares to Ray: its torch threads as CPUs, one GPU if it trains or
+    evaluates on cuda."""
     specs = [job.get("train"), *(job.get("stack") or [])]
     cuda = any(
         str(((s or {}).get("config") or {}).get("device", "")).startswith("cuda") for s in specs
-    )
+    ) or str(((job.get("eval") or {}).get("cfg") or {}).get("device", "")).startswith("cuda")
     return {"num_cpus": float(job.get("threads") or 1), "num_gpus": 1.0 if cuda else 0.0}
 
 

@@ -605,9 +605,11 @@ class Study:
         folder = self.ws / "study" / "behaviour"
         cfg = self.cfg.eval_config().behaviour
         # the model's key: its resolved config, the train data, the thread count and the code
+        device = self.cfg.evaluation.device
         key = stable_hash({"config": json.loads(json.dumps(asdict(cfg))),
                            "train": tr.fingerprint, "threads": self.cfg.threads_per_worker,
-                           "code": self.eval_code})  # fmt: skip
+                           "code": self.eval_code,
+                           **({} if device == "cpu" else {"device": device})})  # fmt: skip
         marker = folder / "study.json"
         if (folder / "behaviour.json").is_file() and marker.is_file():
             info = read_json(folder / "behaviour.json")
@@ -623,7 +625,7 @@ class Study:
         with limited_threads(self.cfg.threads_per_worker):
             model = BehaviourModel.fit(
                 tr.states.numpy(), tr.actions.numpy(), va.states.numpy(), va.actions.numpy(),
-                meta.n_actions, cfg, tr.fingerprint,
+                meta.n_actions, cfg, tr.fingerprint, device=device,
             )  # fmt: skip
         with atomic_folder(folder) as tmp:
             model.save(tmp)
