@@ -30,7 +30,7 @@ class TrainSettings(StrictModel):
     hidden_sizes: tuple[int, ...] = Field(min_length=1)
     grad_clip: float = Field(gt=0)
     reward_column: str
-    device: str
+    device: str = Field(pattern=r"^(cpu|cuda(:\d+)?)$")  # where runs train
     threads: int = Field(ge=0)
     compile: bool
     precision: Literal["fp32", "bf16"]
