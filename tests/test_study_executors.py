@@ -317,6 +317,23 @@ def test_cli_run_takes_the_executor_and_the_ray_address(tmp_path):
     assert "executor: Input should be 'local' or 'ray' (found 'dask')" in proc.stderr
 
 
+def test_cli_run_device_sets_training_and_evaluation_devices(tmp_path):
+    """``sepsisrl run --device`` is train.device and evaluation.device (the behaviour model and
+    the FQE); each is checked at load, before anything is written."""
+    import subprocess
+
+    ws = tmp_path / "ws"
+    proc = subprocess.run([sys.executable, "-m", "sepsisrl.cli", "run", "--device", "gpu",
+                           "--workspace", str(ws)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert "overrides train.device='gpu', evaluation.device='gpu'" in proc.stderr
+    assert "evaluation.device: String should match pattern" in proc.stderr
+    assert not ws.exists()
+    cfg = load_study_config("quick", overrides={"evaluation.device": "cuda:1"})
+    assert cfg.eval_config().device == "cuda:1"
+    assert load_study_config("quick").eval_config().device == "cpu"  # configs/evaluate.yaml
+
+
 def test_recycling_the_pool_replaces_every_idle_worker_and_units_still_run(tmp_path):
     """Each phase of a study starts on fresh workers (memory an earlier phase's units left in
     a worker is not carried into the next phase, docs/run.md); recycling waits for the old
