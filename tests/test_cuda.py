@@ -137,3 +137,24 @@ def test_an_evaluation_on_the_gpu_matches_the_cpus(replay, tmp_path):
     fitted = BehaviourModel.load(tmp_path / "gpu-b" / "behaviour")
     loss = fitted.info["validation_log_loss"]
     assert loss == pytest.approx(behaviour.info["validation_log_loss"], abs=0.02)
+
+
+@needs_cuda
+def test_the_mlp_fqe_trains_on_the_gpu_near_the_cpus_fit():
+    """The opt-in mlp FQE on the GPU: the same batches as on the CPU (drawn there), so its
+    values differ from the CPU fit's only by the rounding that SGD carries through its steps
+    (within 2 % of the return range here)."""
+    from sepsisrl.ope.fqe import FQE, FQEConfig
+
+    from .test_fqe_device import GAMMA, N_ACTIONS, STATE_DIM, _logs, _policy
+
+    train, groups, longest = _logs(seed=4, patients=30)
+    train["pi_next"] = torch.from_numpy(_policy(train["s_next"], "stochastic").astype(np.float32))
+    cfg = FQEConfig(model="mlp", members=2, hidden=(16, 16), max_steps=60, min_steps=20,
+                    eval_every=20)  # fmt: skip
+    values = []
+    for device in (None, "cuda"):
+        fqe = FQE(STATE_DIM, N_ACTIONS, GAMMA, cfg, (-20.0, 20.0), device)
+        fqe.fit(train, groups, longest)
+        values.append(fqe.state_values(train["s"], train["pi_next"]))
+    assert np.abs(values[1] - values[0]).max() <= 0.02 * 40.0

@@ -109,6 +109,23 @@ def test_the_torch_path_matches_numpy_to_rounding(kind, settings):
     assert not np.allclose(want[1], want[2])  # the two sides differ at Lambda 2
 
 
+def test_the_mlp_model_on_an_explicit_cpu_device_is_the_default_fit():
+    """The mlp model moves its networks, data and targets to the device and draws its batches
+    on the CPU: on ``device="cpu"`` it is the default fit, weight for weight."""
+    train, groups, longest = _logs(seed=4, patients=30)
+    train["pi_next"] = torch.from_numpy(_policy(train["s_next"], "stochastic").astype(np.float32))
+    cfg = {"model": "mlp", "hidden": (16, 16), "max_steps": 60, "min_steps": 20,
+           "eval_every": 20}  # fmt: skip
+    ref, ref_res = _fit(train, groups, longest, None, **cfg)
+    dev, dev_res = _fit(train, groups, longest, "cpu", **cfg)
+    assert ref_res.iterations == dev_res.iterations
+    np.testing.assert_array_equal(dev.q_values(train["s"]), ref.q_values(train["s"]))
+    np.testing.assert_array_equal(
+        dev.state_values(train["s"], train["pi_next"]),
+        ref.state_values(train["s"], train["pi_next"]),
+    )
+
+
 def test_the_numpy_and_torch_setups_are_kept_apart():
     """A process keeps one linear setup; the torch path's is not the NumPy path's (and back)."""
     train, groups, longest = _logs(seed=1, patients=30)

@@ -55,7 +55,9 @@ sensitivity refits of ``robust_values_many``) live in float64 on that torch devi
 operations in the same order through ``_Numpy`` and ``_Torch`` (one code, two array
 libraries); their values agree to rounding, not bit for bit (tests/test_fqe_device.py runs the
 torch path on the CPU against the NumPy one). The pessimism bonus's leverages are computed
-with NumPy on the host either way; the ``mlp`` model trains on the CPU.
+with NumPy on the host either way. The ``mlp`` model's networks, data and targets live on
+the device (its batches are drawn by the CPU's generator, so the CPU draws the same ones);
+``None`` and ``"cpu"`` are the same fit there.
 """
 
 from __future__ import annotations
@@ -311,8 +313,8 @@ class FQE:
         self.cfg, self.gamma = cfg, gamma
         self.lo, self.hi = float(bounds[0]), float(bounds[1])
         if cfg.model == "mlp":
-            torch.manual_seed(cfg.seed)
-            self.q = Ensemble(cfg.members, state_dim, n_actions, cfg.hidden)
+            torch.manual_seed(cfg.seed)  # initialised on the CPU, then moved: the same weights
+            self.q = Ensemble(cfg.members, state_dim, n_actions, cfg.hidden).to(self.ops.device)
             self.optimizer = NetworkOptimizer({"q": (self.q, cfg.lr)}, cfg.grad_clip)
 
     # ------------------------------------------------------------------ maths
@@ -334,12 +336,12 @@ class FQE:
         if self.cfg.model == "linear":
             q = self.q_values(states)
             return torch.from_numpy((q * pi.numpy().astype(np.float64)[None]).sum(2))
-        out = []
+        out, dev = [], self.ops.device
         for i in range(0, len(states), chunk):
-            x = states[i : i + chunk].unsqueeze(0).expand(self.cfg.members, -1, -1)
+            x = states[i : i + chunk].to(dev).unsqueeze(0).expand(self.cfg.members, -1, -1)
             q = _forward(self.q, x)[0].clamp_(self.lo, self.hi)
-            out.append((q * pi[i : i + chunk].unsqueeze(0)).sum(2))
-        return torch.cat(out, 1) if out else torch.zeros(self.cfg.members, 0)
+            out.append((q * pi[i : i + chunk].to(dev).unsqueeze(0)).sum(2))
+        return torch.cat(out, 1) if out else torch.zeros(self.cfg.members, 0, device=dev)
 
     @torch.no_grad()
     def q_values(self, states: torch.Tensor, raw: bool = False, chunk: int = 65536) -> np.ndarray:
@@ -357,14 +359,14 @@ class FQE:
             return np.clip(q, self.lo, self.hi)
         out = []
         for i in range(0, len(states), chunk):
-            x = states[i : i + chunk].unsqueeze(0).expand(self.cfg.members, -1, -1)
-            q = _forward(self.q, x)[0]
+            x = states[i : i + chunk].to(self.ops.device)
+            q = _forward(self.q, x.unsqueeze(0).expand(self.cfg.members, -1, -1))[0]
             out.append(q if raw else q.clamp_(self.lo, self.hi))
-        return torch.cat(out, 1).numpy()
+        return torch.cat(out, 1).cpu().numpy()
 
     def state_values(self, states: torch.Tensor, pi: torch.Tensor) -> np.ndarray:
         """V_k(s) = sum_a pi(a|s) clip(Q_k(s, a)) of every member: (K, N), within [lo, hi]."""
-        return self._values(states, pi).numpy()
+        return self._values(states, pi).cpu().numpy()
 
     # ------------------------------------------------------------------ fit
     def _member_rows(self, groups: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -653,24 +655,23 @@ class FQE:
         result = FQEResult(cfg.model, horizon, int(longest_episode), cfg.members)
         if cfg.model == "linear":
             return self._fit_linear(train, groups, result)
-        K = cfg.members
+        K, dev = cfg.members, self.ops.device
         fit_rows, held_rows = self._member_rows(np.asarray(groups))
         fit_len = torch.tensor([len(r) for r in fit_rows], dtype=torch.float64)
-        fit_idx = [torch.from_numpy(r) for r in fit_rows]
+        fit_idx = [torch.from_numpy(r) for r in fit_rows]  # batches drawn on the CPU
         held_len = min(len(r) for r in held_rows)
-        held_idx = torch.from_numpy(np.stack([r[:held_len] for r in held_rows]))  # (K, h)
-        s, a, r = train["s"], train["a"], train["r"]
-        cont = self.gamma * (1.0 - train["done"])
+        held_idx = torch.from_numpy(np.stack([r[:held_len] for r in held_rows])).to(dev)  # (K, h)
+        s, a, r = (train[k].to(dev) for k in ("s", "a", "r"))
+        s_next, pi_next = train["s_next"].to(dev), train["pi_next"].to(dev)
+        cont = self.gamma * (1.0 - train["done"].to(dev))
         gen = torch.Generator().manual_seed(cfg.seed)
         held_s, held_a = s[held_idx], a[held_idx]
-        members = torch.arange(K).unsqueeze(1)
-        y = torch.zeros(K, n)
+        members = torch.arange(K, device=dev).unsqueeze(1)
+        y = torch.zeros(K, n, device=dev)
         for k in range(1, horizon + 1):
             # frozen targets of this iteration, every member from its own previous iterate
             with torch.no_grad():
-                v_next = (
-                    self._values(train["s_next"], train["pi_next"]) if k > 1 else torch.zeros(K, n)
-                )
+                v_next = self._values(s_next, pi_next) if k > 1 else torch.zeros(K, n, device=dev)
                 y = (r.unsqueeze(0) + cont.unsqueeze(0) * v_next).clamp_(self.lo, self.hi)
             held_y = y[members, held_idx]
             best, best_state, bad, capped, step = math.inf, None, 0, True, 0
@@ -679,7 +680,7 @@ class FQE:
             for step in range(1, cfg.max_steps + 1):
                 u = torch.rand(K, cfg.batch_size, generator=gen, dtype=torch.float64)
                 pos = (u * fit_len.unsqueeze(1)).long()
-                idx = torch.stack([fit_idx[m][pos[m]] for m in range(K)])
+                idx = torch.stack([fit_idx[m][pos[m]] for m in range(K)]).to(dev)
                 self._write_gradient(s[idx], a[idx], y[members, idx])
                 self.optimizer.step()
                 with torch.no_grad():
