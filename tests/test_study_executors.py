@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from sepsisrl.config import ConfigError
 from sepsisrl.study.config import load_study_config
 from sepsisrl.study.executors import LocalPool, RayExecutor, make_executor, unit_resources
 from sepsisrl.study.runner import StudyError
@@ -186,6 +187,13 @@ def test_units_declare_their_threads_and_gpu_to_ray():
     ev_gpu = {"threads": 1, "eval": {"cfg": {"device": "cuda"}}}
     assert unit_resources(ev_gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}
     assert unit_resources({"threads": 1, "eval": {"cfg": {"device": "cpu"}}})["num_gpus"] == 0.0
+    # ray_gpus_per_unit: units on cuda may share a GPU; units on the CPU still declare none
+    assert unit_resources(gpu, 0.125) == {"num_cpus": 1.0, "num_gpus": 0.125}
+    assert unit_resources(cpu, 0.125)["num_gpus"] == 0.0
+    assert load_study_config("quick").ray_gpus_per_unit == 1.0  # configs/study.yaml
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="ray_gpus_per_unit"):
+            load_study_config("quick", overrides={"ray_gpus_per_unit": bad})
 
 
 # ------------------------------------------------------------------- Ray

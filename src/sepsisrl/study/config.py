@@ -177,6 +177,8 @@ class StudyConfig(StrictModel):
     # where the units run; never part of a cache key (results do not depend on it)
     executor: Literal["local", "ray"]
     ray_address: str | None  # the Ray cluster (executor ray); None: a local Ray instance
+    # executor ray: the share of a GPU a unit on cuda declares (never part of a cache key)
+    ray_gpus_per_unit: float = Field(gt=0, le=1)
     train: dict[str, Any]  # overrides of configs/train.yaml (TrainConfig) for every run
     sweep: SweepSection
     selection: SelectionSection

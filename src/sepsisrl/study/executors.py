@@ -221,14 +221,14 @@ def _ray_unit(job: dict[str, Any], driver: dict[str, str]) -> dict[str, Any]:
     return execute_unit(job)
 
 
-def unit_resources(job: dict[str, Any]) -> dict[str, float]:
-    """What a unit declares to Ray: its torch threads as CPUs, one GPU if it trains or
-    evaluates on cuda."""
+def unit_resources(job: dict[str, Any], gpu_share: float = 1.0) -> dict[str, float]:
+    """What a unit declares to Ray: its torch threads as CPUs, ``gpu_share`` of a GPU if it
+    trains or evaluates on cuda (``ray_gpus_per_unit``)."""
     specs = [job.get("train"), *(job.get("stack") or [])]
     cuda = any(
         str(((s or {}).get("config") or {}).get("device", "")).startswith("cuda") for s in specs
     ) or str(((job.get("eval") or {}).get("cfg") or {}).get("device", "")).startswith("cuda")
-    return {"num_cpus": float(job.get("threads") or 1), "num_gpus": 1.0 if cuda else 0.0}
+    return {"num_cpus": float(job.get("threads") or 1), "num_gpus": gpu_share if cuda else 0.0}
 
 
 class RayExecutor:
@@ -239,13 +239,14 @@ class RayExecutor:
     worker runs the driver's sepsisrl version and code. Remote tracebacks go to ``log``.
     """
 
-    def __init__(self, address: str | None, log: Path) -> None:
+    def __init__(self, address: str | None, log: Path, gpu_share: float = 1.0) -> None:
         import logging
 
         import ray
 
         self.ray = ray
         self.log = log
+        self.gpu_share = gpu_share
         self.started = not ray.is_initialized()
         if self.started:
             options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
@@ -259,7 +260,9 @@ class RayExecutor:
 
     def submit(self, job: dict[str, Any]) -> Future:
         task = self.remote.options(
-            **unit_resources(job), max_retries=RAY_MAX_RETRIES, retry_exceptions=False
+            **unit_resources(job, self.gpu_share),
+            max_retries=RAY_MAX_RETRIES,
+            retry_exceptions=False,
         )
         ref = task.remote(job, self.driver)
         with self.lock:
@@ -319,14 +322,17 @@ def check_executor(kind: str) -> None:
         raise _study_error(f"unknown executor {kind!r}: local or ray")
 
 
-def make_executor(kind: str, workers: int, log: Path, address: str | None = None):
+def make_executor(
+    kind: str, workers: int, log: Path, address: str | None = None, gpu_share: float = 1.0
+):
     """The executor of ``sepsisrl run``: ``local`` (``workers`` processes on this machine) or
     ``ray`` (a local Ray instance, or the cluster at ``address``; ``workers`` does not apply:
-    Ray runs as many units at once as the cluster's CPUs and GPUs allow)."""
+    Ray runs as many units at once as the cluster's CPUs and GPUs allow, a unit on cuda
+    taking ``gpu_share`` of a GPU)."""
     check_executor(kind)
     if kind == "local":
         return LocalPool(workers, log)
-    return RayExecutor(address, log)
+    return RayExecutor(address, log, gpu_share)
 
 
 __all__ = ["LocalPool", "RayExecutor", "check_executor", "make_executor"]

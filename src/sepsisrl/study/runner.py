@@ -511,7 +511,8 @@ class Study:
             if self.pool is None:
                 self.pool = make_executor(self.cfg.executor, self.workers,
                                           self.ws / "study" / "workers.log",
-                                          self.cfg.ray_address)  # fmt: skip
+                                          self.cfg.ray_address,
+                                          self.cfg.ray_gpus_per_unit)  # fmt: skip
             else:
                 self.pool.recycle(int(self.cfg.recycle_workers_above_gib * 2**30))
             futures = {self.pool.submit(job): job for job in longest_first(todo)}
