@@ -116,6 +116,31 @@ def ids(cfg: BuildConfig, *concepts: str) -> list[int]:
     return sorted(set(out))
 
 
+def charted_item_ids(cfg: BuildConfig) -> dict[str, list[int]]:
+    """The item ids the ingest reads of each charted source table (its WHERE clause): a row of
+    any other item never reaches a build table."""
+    vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
+    return {
+        "chartevents": ids(cfg, *CHART_CONCEPTS),
+        "labevents": ids(cfg, *LAB_CONCEPTS),
+        "inputevents": sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine"))),
+        "outputevents": ids(cfg, *OUTPUT_CONCEPTS),
+    }
+
+
+#: The columns of each charted source table that its ingest query (``sql/ingest_*.sql``) reads,
+#: besides none other: the truth's rollouts keep only these of the rows they chart
+#: (tests/test_truth.py checks that the states are the build's).
+CHARTED_COLUMNS = {
+    "chartevents": ("stay_id", "charttime", "itemid", "valuenum", "value"),
+    "labevents": ("subject_id", "hadm_id", "specimen_id", "charttime", "storetime", "itemid",
+                  "valuenum", "value"),
+    "inputevents": ("stay_id", "starttime", "endtime", "itemid", "amount", "amountuom", "rate",
+                    "rateuom", "patientweight", "ordercomponenttypedescription"),
+    "outputevents": ("stay_id", "charttime", "itemid", "value"),
+}  # fmt: skip
+
+
 def sql_list(values: list[int]) -> str:
     return "(" + ", ".join(str(int(v)) for v in values) + ")"
 
@@ -602,8 +627,9 @@ def _ingest(
     if raw is not None:
         for table in PRIMARY_KEYS:
             raw.drop(table)
+    items = charted_item_ids(cfg)
     if wanted("chart"):
-        chart_where = f"itemid IN {sql_list(ids(cfg, *CHART_CONCEPTS))} AND stay_id IS NOT NULL"
+        chart_where = f"itemid IN {sql_list(items['chartevents'])} AND stay_id IS NOT NULL"
         chart_sql = render(
             "ingest_chart",
             source=Raw(rel("chartevents", chart_where)),
@@ -612,7 +638,7 @@ def _ingest(
         )
         copy("chart", chart_sql, "chartevents")
     if wanted("labs"):
-        lab_where = f"itemid IN {sql_list(ids(cfg, *LAB_CONCEPTS))}"
+        lab_where = f"itemid IN {sql_list(items['labevents'])}"
         lab_sql = render(
             "ingest_labs",
             source=Raw(rel("labevents", lab_where)),
@@ -621,15 +647,13 @@ def _ingest(
         )
         copy("labs", lab_sql, "labevents")
     if wanted("inputs"):
-        vaso_ids = sorted(v.itemid for v in cfg.vasopressors.values())
-        input_ids = sorted(set(vaso_ids) | set(ids(cfg, "iv_fluids", "dobutamine")))
-        input_where = f"itemid IN {sql_list(input_ids)} AND stay_id IS NOT NULL"
+        input_where = f"itemid IN {sql_list(items['inputevents'])} AND stay_id IS NOT NULL"
         input_sql = render(
             "ingest_inputs", source=Raw(rel("inputevents", input_where)), where=Raw(input_where)
         )
         copy("inputs", input_sql, "inputevents")
     if wanted("outputs"):
-        output_where = f"itemid IN {sql_list(ids(cfg, *OUTPUT_CONCEPTS))} AND stay_id IS NOT NULL"
+        output_where = f"itemid IN {sql_list(items['outputevents'])} AND stay_id IS NOT NULL"
         output_sql = render(
             "ingest_outputs", source=Raw(rel("outputevents", output_where)), where=Raw(output_where)
         )

@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sepsisrl.dataset.cohort import cohort_sql
-from sepsisrl.dataset.ingest import run_ingest
+from sepsisrl.dataset.config import BuildConfig
+from sepsisrl.dataset.ingest import CHARTED_COLUMNS, charted_item_ids, run_ingest
 from sepsisrl.dataset.sqlfiles import Raw, parquet_view, render
 from sepsisrl.dataset.state import States, flag_matrix, model_input
 from sepsisrl.mimic.schema import TABLES
@@ -51,7 +52,7 @@ from sepsisrl.synth.hourly import (
 from sepsisrl.synth.population import SECONDS_PER_HOUR
 from sepsisrl.synth.simulator import Simulator
 from sepsisrl.truth.lockstep import _concat, _Request, _shift_request, _slice_states
-from sepsisrl.truth.online import OnlineStateFunction, due_rows
+from sepsisrl.truth.online import OnlineStateFunction
 from sepsisrl.truth.policies import DEFER, DecisionContext, WorldPolicy
 from sepsisrl.truth.world import Population, TruthContext, write_tables
 
@@ -140,8 +141,8 @@ def _merged_states(
     (``BATCH_ID_OFFSET``), as ``truth/lockstep.py`` merges policies; a stay's state reads its
     own rows only, so each batch gets the states it gets alone (tests/test_truth_lockstep.py)."""
     parts = []
-    for d in due:
-        charted, static = due_rows(d.charted, d.static, d.grid)
+    for d in due:  # each batch's rows are already its due stays' (_CohortRows.due)
+        charted, static = d.charted, d.static
         mine = cohort.filter(pc.is_in(cohort["stay_id"], pa.array(d.stays, pa.int64())))
         request = _Request(charted, static, d.grid, mine, wants_sofa)
         parts.append(_shift_request(request, d.ordinal * BATCH_ID_OFFSET))
@@ -254,7 +255,7 @@ def rollout_population(
     # the charted rows anything reads (those of the cohort stays and their patients' labs),
     # kept as they are charted; the charters keep every row only for a caller that keeps the
     # tables
-    stored = _CohortRows(grid)
+    stored = _CohortRows(grid, ctx.build_cfg)
     charted_parts: dict[str, list[pa.Table]] = {name: [] for name in CHARTED_TABLES}
     physiology: list[pa.Table] = []
     chunks = pop.chunks()
@@ -263,7 +264,7 @@ def rollout_population(
         entropy = chunk_entropy(pop.seed, c)
         charters: dict[int, HourlyCharter] = {}
         state: dict[int, dict] = {}
-        stores: dict[int, dict[str, list[pa.Table]]] = {}
+        stores: dict[int, dict[str, _KeyedRows]] = {}
 
         def sink(ordinal: int, name: str, rows: pa.Table, stores=stores) -> None:
             stored.add(stores.setdefault(ordinal, {}), name, rows)
@@ -308,7 +309,9 @@ def rollout_population(
             d = _Due(ordinal, sim, b, pos, stays_due, k, tau_us[pos])
             if policy.needs_state or record_states:
                 d.grid = _grid_table(grid, stays_due, k)
-                d.charted = _cohort_rows(stores.get(ordinal, {}))
+                # the rows due_rows would select from every row kept (the grid's stays' and
+                # their patients' labs), so every state call below passes due=True
+                d.charted = stored.due(stores.get(ordinal, {}), stays_due, b["subject"][pos])
                 d.static = {
                     "icustays": _icustays(sim, b["idx"][pos]),
                     "patients": TABLES["patients"].arrow_schema().empty_table(),
@@ -375,7 +378,7 @@ def rollout_population(
                 return [(None, None)] * len(due)
             if len(due) == 1:  # the batch's own rows, as a rollout batch by batch asks
                 d = due[0]
-                st, _ = online(d.charted, d.static, d.grid, age_tab)
+                st, _ = online(d.charted, d.static, d.grid, age_tab, due=True)
                 return [(st, online.sofa(d.grid) if policy.wants_context else None)]
             return _merged_states(online, due, age_tab, policy.wants_context)
 
@@ -515,34 +518,109 @@ def _physiology(chunk, grid: _Grid) -> pa.Table:
 class _CohortRows:
     """Keeps, as each hour is charted, the rows a state can read: those of the cohort's stays
     and their patients' labs (``dataset/sql/lab_measurements.sql`` attributes a lab by patient
-    or admission). The state function's own ``due_rows`` selects the same rows from every
-    charted row, in the same order, so its input does not change."""
+    or admission), of the items the ingest reads and only its columns (``dataset/ingest.py``
+    ``charted_item_ids``, ``CHARTED_COLUMNS``: the rest never reaches a state). It selects a
+    few stays' rows for a decision time (:meth:`due`): the rows the state function's own
+    ``due_rows`` would select from every row kept so far, in the same order."""
 
-    def __init__(self, grid: _Grid) -> None:
+    def __init__(self, grid: _Grid, cfg: BuildConfig) -> None:
         stays = sorted(grid.taus)
         self.keys = {
             "stay_id": pa.array(stays, pa.int64()),
             "subject_id": pa.array(sorted({grid.subject[s] for s in stays}), pa.int64()),
         }
+        self.items = {k: pa.array(v, pa.int64()) for k, v in charted_item_ids(cfg).items()}
 
-    def add(self, store: dict[str, list[pa.Table]], name: str, rows: pa.Table) -> None:
-        key = "subject_id" if name == "labevents" else "stay_id"
-        rows = rows.filter(pc.is_in(rows[key], self.keys[key]))
-        if not rows.num_rows:
-            return
-        parts = store.setdefault(name, [])
-        parts.append(rows)
-        if len(parts) > 32:
-            parts[:] = [pa.concat_tables(parts).combine_chunks()]
+    def add(self, store: dict[str, _KeyedRows], name: str, rows: pa.Table) -> None:
+        key = _ROW_KEY[name]
+        read = pc.and_(
+            pc.is_in(rows[key], self.keys[key]), pc.is_in(rows["itemid"], self.items[name])
+        )
+        rows = rows.filter(read).select(list(CHARTED_COLUMNS[name]))
+        if rows.num_rows:
+            store.setdefault(name, _KeyedRows(key)).add(rows)
+
+    @staticmethod
+    def due(
+        store: dict[str, _KeyedRows], stays: np.ndarray, subjects: np.ndarray
+    ) -> dict[str, pa.Table]:
+        """The kept rows of ``stays`` (labs: of ``subjects``) of one ordinal batch."""
+        wanted = {"stay_id": np.unique(stays), "subject_id": np.unique(subjects)}
+        out = {}
+        for name in CHARTED_TABLES:
+            kept = store.get(name)
+            got = kept.select(wanted[kept.key]) if kept is not None else []
+            out[name] = _concat_or_empty(name, got)
+        return out
 
 
-def _cohort_rows(store: dict[str, list[pa.Table]]) -> dict[str, pa.Table]:
-    """The rows kept so far of one ordinal batch (:class:`_CohortRows`)."""
-    return {name: _concat_or_empty(name, store.get(name, [])) for name in CHARTED_TABLES}
+#: The column that attributes a charted row to a cohort stay (labs: to its patient).
+_ROW_KEY = {name: "subject_id" if name == "labevents" else "stay_id" for name in CHARTED_TABLES}
+
+
+@dataclass
+class _Segment:
+    table: pa.Table
+    order: np.ndarray  # a stable argsort of the table's keys
+    keys: np.ndarray  # the keys in that order
+    level: int
+
+
+class _KeyedRows:
+    """One table's kept rows of one ordinal batch in charting order, in segments indexed by
+    key: each hour's rows become a segment, and two segments of the same level merge into one
+    of the next (as a binary counter), so there are about log2(hours) of them. Selecting a few
+    keys' rows reads their index ranges, not every row charted so far."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.segments: list[_Segment] = []
+
+    def add(self, rows: pa.Table) -> None:
+        self.segments.append(self._segment(rows, 0))
+        segs = self.segments
+        while len(segs) > 1 and segs[-2].level == segs[-1].level:
+            b, a = segs.pop(), segs.pop()
+            segs.append(self._segment(pa.concat_tables([a.table, b.table]), a.level + 1))
+
+    def _segment(self, table: pa.Table, level: int) -> _Segment:
+        table = table.combine_chunks()
+        keys = table[self.key].to_numpy().astype(np.int64, copy=False)
+        order = np.argsort(keys, kind="stable")
+        return _Segment(table, order, keys[order], level)
+
+    def select(self, wanted: np.ndarray) -> list[pa.Table]:
+        """The rows whose key is in ``wanted`` (sorted, unique), in charting order."""
+        out = []
+        for seg in self.segments:
+            lo = np.searchsorted(seg.keys, wanted, side="left")
+            n = np.searchsorted(seg.keys, wanted, side="right") - lo
+            total = int(n.sum())
+            if not total:
+                continue
+            first = lo - (np.cumsum(n) - n)  # each run's start, less the rows before it
+            rows = np.sort(seg.order[np.repeat(first, n) + np.arange(total)])
+            out.append(seg.table.take(pa.array(rows)))
+        return out
+
+    def all(self) -> list[pa.Table]:
+        return [seg.table for seg in self.segments]
+
+
+def _cohort_rows(store: dict[str, _KeyedRows]) -> dict[str, pa.Table]:
+    """Every row kept of one ordinal batch (:class:`_CohortRows`), in charting order."""
+    return {
+        name: _concat_or_empty(name, store[name].all() if name in store else [])
+        for name in CHARTED_TABLES
+    }
 
 
 def _concat_or_empty(name: str, parts: list[pa.Table]) -> pa.Table:
-    return pa.concat_tables(parts) if parts else TABLES[name].arrow_schema().empty_table()
+    """The kept rows of table ``name`` (:class:`_CohortRows`), or none with its kept columns."""
+    if parts:
+        return pa.concat_tables(parts)
+    schema = TABLES[name].arrow_schema()
+    return pa.schema([schema.field(c) for c in CHARTED_COLUMNS[name]]).empty_table()
 
 
 def _batch_state(sim: Simulator, grid: _Grid) -> dict:
