@@ -240,6 +240,16 @@ def synth(
         typer.Option("--set", help="Override one config value, e.g. --set population.age_mean=70."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output folders.")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Processes simulating chunks side by side (0: one per CPU core, at most 4; "
+            "1: none), for large worlds (docs/synthetic_world.md); the files are the same "
+            "bytes with any number.",
+        ),
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Simulate a synthetic MIMIC-IV world (v3.1 layout) with a ground-truth sidecar.
@@ -271,6 +281,7 @@ off-policy estimates and true policy value.
                 overwrite=overwrite,
                 hourly_truth=hourly_truth,
                 progress=lambda done, total: progress.update(task, completed=done),
+                workers=workers,
             )
     except (ConfigError, WorldExistsError, ValueError) as exc:
         raise _fail(exc) from exc

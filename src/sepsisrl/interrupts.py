@@ -10,8 +10,10 @@ honoured at the latest at the next one.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -51,3 +53,24 @@ class InterruptLatch:
                 previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
             signal.signal(sig, previous)
         self._previous = {}
+
+
+def exit_with_parent(poll_seconds: float = 1.0) -> threading.Thread:
+    """Exit as soon as the process that started this worker is gone.
+
+    The study (and a synthetic world's writer) stops its workers itself on an interrupt or a
+    failure, and an idle worker ends when its stdin closes; this covers a busy worker whose
+    driver could not stop it (SIGKILL, a crash, a benchmark without the study's signal
+    handling), so that no worker is left working in the background. Every unit is atomic or
+    resumable, so stopping one mid-way loses nothing finished."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent:  # re-parented: the driver is gone
+                os._exit(143)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread

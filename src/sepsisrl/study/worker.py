@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import time
 import traceback
+
+from sepsisrl.interrupts import exit_with_parent
 
 #: the test hook's environment variable (see the module's documentation)
 EXIT_ONCE = "SEPSISRL_TEST_WORKER_EXIT_ONCE"
@@ -31,27 +31,6 @@ def exit_once_for_tests() -> None:
     except FileExistsError:
         return
     os._exit(17)
-
-
-def exit_with_parent(poll_seconds: float = 1.0) -> threading.Thread:
-    """Exit as soon as the process that started this worker is gone.
-
-    The study stops its workers itself on an interrupt or a failure, and an idle worker ends
-    when its stdin closes; this covers a busy worker whose driver could not stop it (SIGKILL, a
-    crash, a benchmark without the study's signal handling), so that no worker is left
-    training in the background. Every unit is atomic or resumable, so stopping one mid-way
-    loses nothing finished."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_seconds)
-            if os.getppid() != parent:  # re-parented: the driver is gone
-                os._exit(143)
-
-    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
-    thread.start()
-    return thread
 
 
 def main() -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import io
 import queue
+import struct
 import threading
 import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,38 +93,133 @@ def csv_slices(table: pa.Table, slice_rows: int = SLICE_ROWS):
         yield table_to_csv_bytes(table.slice(start, slice_rows))
 
 
+#: the gzip member header: deflate, no name, mtime 0 (equal inputs, equal bytes), Unix
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+#: an empty final deflate block (fixed Huffman codes): the end of the compressed data
+_FINAL_BLOCK = b"\x03\x00"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One table's rows compressed on their own (raw deflate ending on a byte boundary, not
+    final), with the CRC-32 and length of the text they hold: segments concatenate into one
+    gzip member (as pigz writes its blocks), so they can be made in any process."""
+
+    deflated: bytes
+    crc: int
+    length: int
+    rows: int
+
+
+class SegmentDeflater:
+    """Compresses one segment's text as it comes (:meth:`feed`), then :meth:`finish` es it."""
+
+    def __init__(self, level: int) -> None:
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        self.crc, self.length = 0, 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+        return self._z.compress(data)
+
+    def finish(self) -> bytes:
+        return self._z.flush(zlib.Z_SYNC_FLUSH)
+
+
+def deflate_segment(chunks: Iterable[bytes], level: int, rows: int = 0) -> Segment:
+    """``chunks`` (text, in order) as one :class:`Segment`."""
+    d = SegmentDeflater(level)
+    parts = [d.feed(data) for data in chunks]
+    parts.append(d.finish())
+    return Segment(b"".join(parts), d.crc, d.length, rows)
+
+
+def table_segment(table: pa.Table, level: int, slice_rows: int = SLICE_ROWS) -> Segment:
+    """The CSV rows of ``table`` as one compressed :class:`Segment`."""
+    return deflate_segment(csv_slices(table, slice_rows), level, table.num_rows)
+
+
+def _gf2_times(a: int, b: int) -> int:
+    """a(x) b(x) modulo the CRC-32 polynomial (reflected bit order, as zlib's multmodp)."""
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ 0xEDB88320 if b & 1 else b >> 1
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A + B from crc(A), crc(B) and len(B) (zlib's ``crc32_combine``, which
+    Python's zlib does not expose): crc(A) times x^(8 len2), plus crc(B)."""
+    x, power, n = 1 << 30, 1 << 31, 8 * len2  # x^1 (reflected), x^0
+    # x^n mod P by squaring: power accumulates x^(sum of the bits of n seen so far)
+    while n:
+        if n & 1:
+            power = _gf2_times(x, power)
+        x = _gf2_times(x, x)
+        n >>= 1
+    return _gf2_times(power, crc1) ^ crc2
+
+
 class GzipCsvFile:
-    """One ``.csv.gz`` file written incrementally (header first, then row blocks)."""
+    """One ``.csv.gz`` file built from :class:`Segment` s: the header line, then one segment
+    per table written (:meth:`write`, or :meth:`append` for a segment made elsewhere); one
+    gzip member, so any gzip reader reads it. The bytes depend only on the tables and their
+    order, not on where each segment was compressed."""
 
     def __init__(self, path: Path, columns: list[str], level: int) -> None:
-        self.path = path
+        self.path, self.level = path, level
         self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container, mtime 0
-        self.rows = 0
+        self.rows, self._crc, self._length = 0, 0, 0
         with naming_output(path):  # a full disk names the file (a write error names none)
-            self._fh.write(self._z.compress((",".join(columns) + "\n").encode()))
+            self._fh.write(_GZIP_HEADER)
+        self.append(deflate_segment([(",".join(columns) + "\n").encode()], level))
 
     def write(self, table: pa.Table, slice_rows: int = SLICE_ROWS) -> None:
-        for data in csv_slices(table, slice_rows):
-            self.write_csv(data)
-        self.rows += table.num_rows
+        self.append(table_segment(table, self.level, slice_rows))
 
-    def write_csv(self, data: bytes) -> None:
-        """Compress and append CSV rows formatted by ``table_to_csv_bytes``."""
+    def append(self, seg: Segment) -> None:
+        """Append a segment (its rows after those already written)."""
         with naming_output(self.path):
-            self._fh.write(self._z.compress(data))
+            self._fh.write(seg.deflated)
+        self._count(seg.crc, seg.length, seg.rows)
+
+    def begin(self) -> SegmentDeflater:
+        """Start a segment compressed here as its text comes: :meth:`feed` it, then :meth:`end`
+        it (the bytes of :meth:`append` of the same text)."""
+        return SegmentDeflater(self.level)
+
+    def feed(self, d: SegmentDeflater, data: bytes) -> None:
+        with naming_output(self.path):
+            self._fh.write(d.feed(data))
+
+    def end(self, d: SegmentDeflater, rows: int) -> None:
+        with naming_output(self.path):
+            self._fh.write(d.finish())
+        self._count(d.crc, d.length, rows)
+
+    def _count(self, crc: int, length: int, rows: int) -> None:
+        self._crc = crc32_combine(self._crc, crc, length)
+        self._length += length
+        self.rows += rows
 
     def close(self) -> None:
         with naming_output(self.path):
-            self._fh.write(self._z.flush())
+            self._fh.write(_FINAL_BLOCK)
+            self._fh.write(struct.pack("<II", self._crc, self._length & 0xFFFFFFFF))
             self._fh.close()
 
 
 class BackgroundWriter:
     """Writes (file key, table) items in submission order on two threads: one formats the rows
-    (Arrow's CSV writer), the other compresses and writes them (zlib). Both release the GIL, so
-    formatting, compression and the caller's simulation overlap; each file still receives its
-    rows in order, so the bytes are those of writing every table in turn.
+    (Arrow's CSV writer), the other compresses and writes them (zlib), one segment per table.
+    Both release the GIL, so formatting, compression and the caller's simulation overlap; each
+    file still receives its rows in order, so the bytes are those of writing every table in
+    turn. :meth:`submit_segment` queues a table compressed elsewhere, in the same order.
 
     ``max_pending`` bounds how many tables (and formatted slices) wait in memory, so peak memory
     stays flat however many chunks are written. Errors raised on either thread are re-raised
@@ -149,7 +247,11 @@ class BackgroundWriter:
                 if self._error is not None:
                     continue
                 key, table = item
+                if isinstance(table, Segment):
+                    self._formatted.put((key, table, 0))
+                    continue
                 try:
+                    self._formatted.put((key, None, 0))  # a new segment
                     for data in csv_slices(table):
                         if self._error is not None:  # aborted or failed: stop formatting
                             break
@@ -161,6 +263,7 @@ class BackgroundWriter:
             self._formatted.put(None)
 
     def _compress(self) -> None:
+        open_segments: dict[str, SegmentDeflater] = {}
         while True:
             item = self._formatted.get()
             if item is None:
@@ -168,16 +271,27 @@ class BackgroundWriter:
             if self._error is not None:
                 continue
             key, data, rows = item
+            f = self.files[key]
             try:
-                if data:
-                    self.files[key].write_csv(data)
-                self.files[key].rows += rows
+                if isinstance(data, Segment):
+                    f.append(data)
+                elif data is None:
+                    open_segments[key] = f.begin()
+                elif data:
+                    f.feed(open_segments[key], data)
+                else:
+                    f.end(open_segments.pop(key), rows)
             except BaseException as exc:  # re-raised in the submitting thread
                 self._error = self._error or exc
 
     def submit(self, key: str, table: pa.Table) -> None:
         self._raise_if_failed()
         self._q.put((key, table))
+
+    def submit_segment(self, key: str, segment: Segment) -> None:
+        """Queue the rows of a table already compressed (:func:`table_segment`)."""
+        self._raise_if_failed()
+        self._q.put((key, segment))
 
     def close(self) -> None:
         self._q.put(None)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,14 +36,20 @@ from sepsisrl.config import config_hash
 from sepsisrl.interrupts import InterruptLatch
 from sepsisrl.mimic.schema import TABLES
 from sepsisrl.synth import catalog, charting, tables
-from sepsisrl.synth.cohort import ChunkResult, simulate_chunk, subset_chunk
+from sepsisrl.synth.cohort import ChunkResult, subset_chunk
 from sepsisrl.synth.config import SynthConfig, load_synth_config
-from sepsisrl.synth.csvgz import BackgroundWriter, GzipCsvFile
+from sepsisrl.synth.csvgz import BackgroundWriter, GzipCsvFile, Segment
+from sepsisrl.synth.parallel import ChunkWorkers, serial_chunks, synth_workers
 from sepsisrl.synth.population import Attendings, sample_attendings
 from sepsisrl.workspace import naming_output, remove_partials
 
 #: Rows of one chunk's ids are offset by this much so ids are unique across chunks.
 CHUNK_ID_STRIDE = 50_000_000
+#: By default (``workers=0``) worker processes make a world of at least this many stays, and
+#: a smaller one is made in this process: a pool's fixed costs (worker starts, the last chunk
+#: made again trimmed, chunks made past the end) outweighed its gain on 2 cores at 5,000 stays
+#: (35.9 s against 34.3) and not at 10,000 (56.5 against 63.3; bench/synth.py)
+POOL_MIN_STAYS = 8000
 
 
 class WorldExistsError(FileExistsError):
@@ -181,11 +188,17 @@ def generate_world(
     overwrite: bool = False,
     hourly_truth: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 0,
 ) -> WorldSummary:
-    """Simulate ``n_stays`` ICU stays and write the MIMIC-IV tree plus the truth sidecar."""
+    """Simulate ``n_stays`` ICU stays and write the MIMIC-IV tree plus the truth sidecar.
+
+    ``workers``: processes simulating chunks side by side (``synth/parallel.py``); 1: all in
+    this process; 0 (default): one per CPU core, at most 4, for a world of ``POOL_MIN_STAYS``
+    stays or more. The files are the same bytes either way."""
     if n_stays < 1:
         raise ValueError(f"n_stays must be at least 1, got {n_stays}")
     cfg = cfg or load_synth_config()
+    n_workers = synth_workers(workers)
     out = Path(out_dir).absolute()
     truth = Path(truth_dir).absolute() if truth_dir else default_truth_dir(out)
     tmp_out, tmp_truth = _temporary_folders(out, truth, overwrite)
@@ -197,30 +210,35 @@ def generate_world(
         for name, schema in TABLES.items()
     }
     writer = BackgroundWriter(files)
-    sidecar = _TruthWriters(tmp_truth, hourly_truth)
+    sidecar = _TruthWriters(tmp_truth)
     summary = WorldSummary(out, truth, seed, 0, 0)
     latch = InterruptLatch().__enter__()
+    pool = None
     try:
         writer.submit("d_items", catalog.d_items_table())
         writer.submit("d_labitems", catalog.d_labitems_table())
         attendings = sample_attendings(cfg, seed)
-        chunk_index = 0
-        while summary.n_stays < n_stays:
+        if n_workers > 1 and (workers or n_stays >= POOL_MIN_STAYS):
+            pool = ChunkWorkers(cfg, seed, hourly_truth, n_workers)
+            parts = pool.chunks(attendings, n_stays)
+        else:
+            parts = serial_chunks(cfg, seed, attendings, hourly_truth, n_stays)
+        for part in parts:
             latch.check()
-            first_subject = chunk_index * cfg.output.chunk_subjects
-            chunk = simulate_chunk(
-                cfg, seed, chunk_index, attendings, first_subject, cfg.output.chunk_subjects
-            )
-            chunk = _first_stays(chunk, n_stays - summary.n_stays)
-            rows = chart_chunk(cfg, chunk, seed, chunk_index, attendings)
-            for name, table in rows.items():
-                writer.submit(name, table)
-            sidecar.write(chunk)
-            summary.n_stays += chunk.stays.n
-            summary.n_subjects += rows["patients"].num_rows
-            chunk_index += 1
+            for name, rows in part.rows.items():
+                if isinstance(rows, Segment):  # compressed by a worker
+                    writer.submit_segment(name, rows)
+                else:
+                    writer.submit(name, rows)
+            sidecar.write(part.truth)
+            summary.n_stays += part.stays
+            summary.n_subjects += part.subjects
             if progress is not None:
                 progress(summary.n_stays, n_stays)
+        latch.check()
+        if pool is not None:
+            pool.stop(wait=False)  # only chunks past the world's end are still being made
+            pool = None
         writer.close()
         sidecar.close()
         summary.rows = {name: f.rows for name, f in files.items()}
@@ -234,6 +252,8 @@ def generate_world(
                 shutil.rmtree(final)
             os.replace(tmp, final)
     except BaseException:
+        if pool is not None:
+            pool.stop(wait=False)
         writer.abort()
         sidecar.abort()
         for d in (tmp_out, tmp_truth):
@@ -268,7 +288,7 @@ def _temporary_folders(out: Path, truth: Path, overwrite: bool) -> tuple[Path, P
     return tmp_out, tmp_truth
 
 
-def _first_stays(chunk: ChunkResult, room: int) -> ChunkResult:
+def first_stays(chunk: ChunkResult, room: int) -> ChunkResult:
     """The chunk, or its first ``room`` stays (by subject, then stay) when it has more."""
     if chunk.stays.n <= room:
         return chunk
@@ -280,16 +300,20 @@ def _first_stays(chunk: ChunkResult, room: int) -> ChunkResult:
 
 class _TruthWriters:
     """The sidecar's Parquet files, written chunk by chunk: ``stays`` and (optional)
-    ``hourly``."""
+    ``hourly`` (zstd-compressed)."""
 
-    def __init__(self, folder: Path, hourly: bool) -> None:
-        self.folder, self.hourly = folder, hourly
+    OPTIONS: ClassVar[dict[str, dict[str, str]]] = {
+        "stays.parquet": {},
+        "hourly.parquet": {"compression": "zstd"},
+    }
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self._writers: dict[str, pq.ParquetWriter] = {}
 
-    def write(self, chunk: ChunkResult) -> None:
-        self._write("stays.parquet", tables.truth_stays(chunk), {})
-        if self.hourly:
-            self._write("hourly.parquet", tables.truth_hourly(chunk), {"compression": "zstd"})
+    def write(self, parts: dict[str, pa.Table]) -> None:
+        for name, table in parts.items():
+            self._write(name, table, self.OPTIONS[name])
 
     def _write(self, name: str, table: pa.Table, options: dict) -> None:
         path = self.folder / name
