@@ -735,8 +735,17 @@ def test_each_phase_says_how_busy_its_workers_were(study):
     phases = json.loads(json.dumps(result.phases))
     workers = _read(ws / "study" / "run.json")["workers"]
     ran = {k: v for k, v in phases.items() if v.get("unit_seconds") is not None}
-    assert {"stage 1", "stage 2", "clinicians (validation)", "baseline tuning", "final test",
-            "truth"} <= set(ran)  # fmt: skip
+    assert {"stage 1", "stage 2", "clinicians (validation)", "baseline tuning",
+            "final test"} <= set(ran)  # fmt: skip
+    # the truth's units ran beside other phases' as soon as their policies existed: the
+    # population with the clinicians, every candidate run's truth with the baseline tuning,
+    # the baselines' (and the held clinicians') with the final test; none was left for "truth"
+    truth = _read(ws / "study" / "truth.json")
+    roles = [p["role"] for p in truth["policies"]]
+    assert phases["clinicians (validation)"]["units"] == 2
+    assert phases["baseline tuning"]["measured"] == roles.count("candidate")
+    assert phases["final test"]["measured"] == len(roles) - roles.count("candidate")
+    assert phases["truth"]["measured"] == 0 and "unit_seconds" not in phases["truth"]
     for name, info in ran.items():
         assert 0 < info["unit_seconds"] <= info["seconds"] * workers + 0.1, name
         assert 0 < info["busy_fraction"] <= 1, name

@@ -12,7 +12,10 @@ unchanged; an interrupted unit is resumed or redone):
                and of every baseline -> ``study/final.json`` (records the selection's hash)
 7. truth     - synthetic worlds only: the true outcome (``sepsisrl truth``) of every candidate
                run and baseline on fresh patients, and how each estimator agrees with it ->
-               ``study/truth.json`` (written after, and never read by, the selection)
+               ``study/truth.json`` (never read by the selection or the final record). Its
+               units run as soon as their policies exist, beside other phases' units: the
+               population with the clinicians' validation evaluation, the candidates' truths
+               with the baseline tuning, the baselines' with the final test
 8. export    - ``release/sepsisrl-<selected>/`` with the test metrics of all seeds (and the
                exported run's truth on a synthetic world)
 9. report    - ``report/index.html`` and ``report/report.md``
@@ -123,7 +126,28 @@ def _truth_done(spec: dict[str, Any], key: str) -> bool:
     return (out / "truth.json").is_file() and _same_key(out / "study.json", key)
 
 
-_WORK = ("train", "stack", "eval", "evals", "truth", "truths")
+def _population_done(spec: dict[str, Any]) -> bool:
+    """Whether the truth's fresh population of ``spec`` is already simulated (and whole)."""
+    from sepsisrl.truth.harness import population_folder
+    from sepsisrl.truth.world import TruthContext
+
+    ctx = TruthContext.load(spec["workspace"])
+    folder = population_folder(ctx, spec["patients"], spec["seed"])
+    return (folder / "population.json").is_file()
+
+
+def _ensure_population(spec: dict[str, Any]) -> bool:
+    """Simulate the truth's fresh population unless it is cached. True if simulated."""
+    from sepsisrl.truth.harness import population_for
+    from sepsisrl.truth.world import TruthContext
+
+    if _population_done(spec):
+        return False
+    population_for(TruthContext.load(spec["workspace"]), spec["patients"], spec["seed"])
+    return True
+
+
+_WORK = ("train", "stack", "eval", "evals", "truth", "truths", "population")
 
 
 def unit_done(job: dict[str, Any]) -> bool:
@@ -141,6 +165,8 @@ def unit_done(job: dict[str, Any]) -> bool:
         if not all(_eval_done(spec, _eval_key(spec)) for spec in evals):
             return False
         truths = ([job["truth"]] if job.get("truth") else []) + list(job.get("truths") or [])
+        if job.get("population") and not _population_done(job["population"]):
+            return False
         return all(_truth_done(spec, _truth_key(spec)) for spec in truths)
     except (OSError, ValueError, KeyError):
         return False
@@ -154,6 +180,7 @@ def cached_answer(job: dict[str, Any]) -> dict[str, Any]:
         "trained": 0 if stacked else (False if job.get("train") else None),
         "evaluated": 0 if stacked else (False if job.get("eval") else None),
         "measured": 0 if job.get("truths") else (False if job.get("truth") else None),
+        **({"simulated": False} if job.get("population") else {}),
         "seconds": 0.0,
     }
 
@@ -405,8 +432,10 @@ def execute_unit(job: dict[str, Any]) -> dict[str, Any]:
         measured = _ensure_truth(job["truth"]) if job.get("truth") else None
         if job.get("truths"):  # several policies' truths, measured in lockstep
             measured = _ensure_truths(job["truths"])
+        # the truth's fresh patients, simulated beside another unit (``Study.truth_population``)
+        simulated = _ensure_population(job["population"]) if job.get("population") else None
     return {"label": job["label"], "trained": trained, "evaluated": evaluated,
-            "measured": measured,
+            "measured": measured, **({"simulated": simulated} if simulated is not None else {}),
             # not rounded: the phase's busy fraction sums these against its own wall time
             # (the same monotonic clock), and a rounded-up short unit could exceed it
             "seconds": time.perf_counter() - started}  # fmt: skip
@@ -430,6 +459,8 @@ class Study:
         self.pool: Any = None  # the executor (sepsisrl.study.executors), started on demand
         self._replay_key: str | None = None
         self.workers = cfg.workers or max(1, min(2, os.cpu_count() or 1))
+        self._truth_ctx: Any = None  # the synthetic world's truth context (truth_context)
+        self._truth_skipped: str | None = None  # why there is none (real MIMIC-IV tables)
 
     # -- helpers
     def rel(self, p: Path | str) -> str:
@@ -483,7 +514,9 @@ class Study:
             stats["evaluated"] += int(res["evaluated"] or 0)
             stats["measured"] += int(res.get("measured") or 0)
             done_now = [
-                res[k] for k in ("trained", "evaluated", "measured") if res.get(k) is not None
+                res[k]
+                for k in ("trained", "evaluated", "measured", "simulated")
+                if res.get(k) is not None
             ]
             cached = bool(done_now) and not any(done_now)
             note = "cached" if cached else f"{res['seconds']:.0f} s"
@@ -818,7 +851,8 @@ class Study:
         out, espec = self.eval_unit("clinician", "named", chosen["reward"],
                                     "clinician-validation", final=False)  # fmt: skip
         self.run_units("clinicians (validation)", [
-            {"label": "clinician", "threads": self.cfg.threads_per_worker, "eval": espec}
+            {"label": "clinician", "threads": self.cfg.threads_per_worker, "eval": espec},
+            *self.population_job(),
         ])  # fmt: skip
         doc = EvaluationMetrics.load(out / "metrics.json")
         if doc.split != "validation":
@@ -855,14 +889,18 @@ class Study:
             baselines.append({"name": name, "kind": "named", "eval": self.rel(out)})
             jobs.append({"label": f"{name} (test)", "threads": self.cfg.threads_per_worker,
                          "eval": espec})  # fmt: skip
-        for name, tuned in self.tune_baselines(reward).items():
+        # the candidates' truths need only their runs: they fill the baseline tuning's workers
+        # (its stacks are few and uneven) instead of a phase of their own after the final test
+        along = self.truth_jobs(self.candidate_policies(selection))
+        for name, tuned in self.tune_baselines(reward, along).items():
             run = self.ws / tuned["run"]
             out, espec = self.eval_unit(str(run), "run", reward, f"{run.name}-test", final=True)
             baselines.append({"name": name, "kind": "run", "run": tuned["run"],
                               "eval": self.rel(out), "tuning": tuned})  # fmt: skip
             jobs.append({"label": f"{run.name} (test)", "threads": self.cfg.threads_per_worker,
                          "eval": espec})  # fmt: skip
-        self.run_units("final test", jobs)
+        # the baselines' truths, measured beside their test evaluations (neither reads the other)
+        self.run_units("final test", jobs + self.truth_jobs(self.baseline_policies(baselines)))
         doc = {
             "schema_version": "1",
             "split": "test",
@@ -880,10 +918,13 @@ class Study:
         write_record(FinalRecord, self.ws / "study" / "final.json", doc)
         return doc
 
-    def tune_baselines(self, reward: str) -> dict[str, dict[str, Any]]:
+    def tune_baselines(
+        self, reward: str, along: list[dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Every trained baseline's ``grid`` trained (stage-1 seed) and evaluated on VALIDATION,
         then chosen by the selection rule itself (same estimator, lower bound and gates) - the
-        baselines get the tuning the IQL candidates get. Reads no test data."""
+        baselines get the tuning the IQL candidates get. Reads no test data. ``along``: other
+        units (the candidates' truths) run in the same phase, after the training units."""
         jobs, grids = [], {}
         seed = self.cfg.sweep.stage1_seed
         for name, spec in self.cfg.baselines.trained.items():
@@ -903,7 +944,7 @@ class Study:
                              "threads": self.cfg.threads_per_worker, "train": tspec,
                              "eval": espec})  # fmt: skip
             grids[name] = points
-        self.run_units("baseline tuning", self.stacked(jobs))
+        self.run_units("baseline tuning", self.stacked(jobs) + list(along or []))
         out = {}
         for name, points in grids.items():
             self.collect(points)
@@ -932,8 +973,11 @@ class Study:
     def truth(self, selection: dict[str, Any], final: dict[str, Any]) -> dict[str, Any] | None:
         """The true outcome of every candidate run and baseline (synthetic worlds only).
 
-        Runs after ``selection.json`` and ``final.json`` are written and is read by neither:
-        the selection cannot depend on the truth. Writes ``study/truth.json``.
+        Its units run once their policies exist, after ``selection.json`` is written: the
+        population beside the clinicians' validation evaluation, the candidates' truths beside
+        the baseline tuning, the baselines' beside the final test (this phase measures only what
+        is left, e.g. on a resumed study). Neither ``selection.json`` nor ``final.json`` reads
+        a truth: the selection cannot depend on it. Writes ``study/truth.json``.
         """
         from sepsisrl.truth.compare import (
             compare,
@@ -944,54 +988,22 @@ class Study:
             sensitivities_of,
         )
         from sepsisrl.truth.harness import population_for
-        from sepsisrl.truth.world import TruthContext, TruthError
 
         t = self.cfg.truth
-        if not t.enabled:
-            return None
-        try:
-            ctx = TruthContext.load(self.ws)
-        except TruthError as exc:  # real MIMIC-IV: there is no truth to measure
-            self.emit("truth", 1, 1, f"skipped: {exc}")
+        ctx = self.truth_context()
+        if ctx is None:
+            if self._truth_skipped:  # real MIMIC-IV: there is no truth to measure
+                self.emit("truth", 1, 1, f"skipped: {self._truth_skipped}")
             return None
         started = time.perf_counter()
-        self.emit("truth", 0, 1, f"simulating {t.patients} fresh patients")
-        pop = population_for(ctx, t.patients, t.seed)
-        base = stable_hash({"population": pop.folder.name, "code": self.truth_code,
-                            "build": ctx.build_fingerprint()})  # fmt: skip
-        policies: list[dict[str, Any]] = []
+        policies = self.candidate_policies(selection) + self.baseline_policies(final["baselines"])
+        # normally all measured already, beside the baseline tuning and the final test
+        self.run_units("truth", self.truth_jobs(policies))
+        pop = population_for(ctx, t.patients, t.seed)  # cached: simulated in an earlier phase
         test_eval = dict(zip(final["selected"]["runs"], final["selected"]["evals"], strict=True))
-        for c in selection["candidates"]:
-            for row in c["seeds"]:
-                policies.append({
-                    "name": Path(row["run"]).name, "kind": "run", "spec": row["run"],
-                    "role": "candidate", "candidate": c["name"], "stage": c["stage"],
-                    "seed": row["seed"], "validation_eval": row["eval"],
-                    "test_eval": test_eval.get(row["run"]),
-                })  # fmt: skip
-        for b in final["baselines"]:
-            policies.append({
-                "name": b["name"], "kind": b["kind"],
-                "spec": b["run"] if b["kind"] == "run" else b["name"], "role": "baseline",
-                "test_eval": b["eval"],
-            })  # fmt: skip
-        # what the action interface alone costs: the clinicians' own (behaviour-cloned)
-        # actions drawn at each 4-hour decision and held, beside the clinicians themselves
-        bc = next((b for b in final["baselines"]
-                   if b["name"] == "behaviour_cloning" and b["kind"] == "run"), None)  # fmt: skip
-        if bc is not None:
-            policies.append({"name": "clinicians_held_4h", "kind": "held_sample",
-                             "spec": bc["run"], "role": "reference"})  # fmt: skip
-        specs = []
         for p in policies:
-            out = self.ws / "truth" / "study" / p["name"]
-            p["truth"] = self.rel(out)
-            spec = str(self.ws / p["spec"]) if p["kind"] in ("run", "held_sample") else p["spec"]
-            specs.append({"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
-                          "out": str(out), "patients": t.patients, "seed": t.seed, "key": base,
-                          "interface": t.interface, "name": p["name"]})  # fmt: skip
-        self.run_units("truth", truth_units(specs, self.workers, t.lockstep,
-                                            self.cfg.threads_per_worker))  # fmt: skip
+            if p["role"] == "candidate":
+                p["test_eval"] = test_eval.get(p["spec"])
         for p in policies:
             doc = read_json(self.ws / p["truth"] / "truth.json")
             p["true_value"] = doc["value"]["mean"]
@@ -1022,7 +1034,8 @@ class Study:
         returns = episode_returns({p["name"]: self.ws / p["truth"] for p in policies})
         doc = {
             "schema_version": "1",
-            "note": "computed after selection.json and final.json; neither reads it",
+            "note": "measured after selection.json was written (the baselines' truths after "
+            "their tuning on validation); neither selection.json nor final.json reads it",
             "interface": t.interface,
             "population": {
                 "patients": t.patients,
@@ -1051,6 +1064,81 @@ class Study:
             time.perf_counter() - started - self.phases["truth"]["seconds"], 1
         )
         return doc
+
+    def truth_context(self) -> Any:
+        """The synthetic world's truth context (``truth/world.py``), loaded once; None when the
+        truth is off or the workspace was built from real MIMIC-IV tables."""
+        from sepsisrl.truth.world import TruthContext, TruthError
+
+        if not self.cfg.truth.enabled:
+            return None
+        if self._truth_ctx is None and self._truth_skipped is None:
+            try:
+                self._truth_ctx = TruthContext.load(self.ws)
+            except TruthError as exc:
+                self._truth_skipped = str(exc)
+        return self._truth_ctx
+
+    def population_job(self) -> list[dict[str, Any]]:
+        """The truth's fresh patients as a unit of their own (none without a truth). The
+        clinicians' validation phase takes it along: a phase of one evaluation, so the second
+        worker would wait, and the truth units would otherwise simulate it first."""
+        if self.truth_context() is None:
+            return []
+        t = self.cfg.truth
+        return [{"label": f"truth population ({t.patients} patients)",
+                 "threads": self.cfg.threads_per_worker,
+                 "population": {"workspace": str(self.ws), "patients": t.patients,
+                                "seed": t.seed}}]  # fmt: skip
+
+    def candidate_policies(self, selection: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every candidate run of the selection (stopped halving snapshots included), as the
+        truth measures it (``test_eval`` is added by :meth:`truth`)."""
+        return [{
+            "name": Path(row["run"]).name, "kind": "run", "spec": row["run"],
+            "role": "candidate", "candidate": c["name"], "stage": c["stage"],
+            "seed": row["seed"], "validation_eval": row["eval"], "test_eval": None,
+        } for c in selection["candidates"] for row in c["seeds"]]  # fmt: skip
+
+    def baseline_policies(self, baselines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The final record's baselines, as the truth measures them, and the clinicians' own
+        (behaviour-cloned) actions drawn at each 4-hour decision and held: what the action
+        interface alone costs, beside the clinicians themselves."""
+        policies = [{
+            "name": b["name"], "kind": b["kind"],
+            "spec": b["run"] if b["kind"] == "run" else b["name"], "role": "baseline",
+            "test_eval": b["eval"],
+        } for b in baselines]  # fmt: skip
+        bc = next((b for b in baselines
+                   if b["name"] == "behaviour_cloning" and b["kind"] == "run"), None)  # fmt: skip
+        if bc is not None:
+            policies.append({"name": "clinicians_held_4h", "kind": "held_sample",
+                             "spec": bc["run"], "role": "reference"})  # fmt: skip
+        return policies
+
+    def truth_jobs(self, policies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The units measuring ``policies``' truths in lockstep groups (none without a truth);
+        sets each policy's ``truth`` folder. A unit's key covers the population, the truth's
+        code, the build and the policy's weights, so a unit done in an earlier phase or run is
+        found done."""
+        from sepsisrl.truth.harness import population_folder
+
+        ctx = self.truth_context()
+        if ctx is None or not policies:
+            return []
+        t = self.cfg.truth
+        folder = population_folder(ctx, t.patients, t.seed)
+        base = stable_hash({"population": folder.name, "code": self.truth_code,
+                            "build": ctx.build_fingerprint()})  # fmt: skip
+        specs = []
+        for p in policies:
+            out = self.ws / "truth" / "study" / p["name"]
+            p["truth"] = self.rel(out)
+            spec = str(self.ws / p["spec"]) if p["kind"] in ("run", "held_sample") else p["spec"]
+            specs.append({"workspace": str(self.ws), "kind": p["kind"], "policy": spec,
+                          "out": str(out), "patients": t.patients, "seed": t.seed, "key": base,
+                          "interface": t.interface, "name": p["name"]})  # fmt: skip
+        return truth_units(specs, self.workers, t.lockstep, self.cfg.threads_per_worker)
 
     def export(self, final: dict[str, Any], selection: dict[str, Any]) -> Path:
         from sepsisrl.release.bundle import export_run

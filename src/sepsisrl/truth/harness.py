@@ -88,9 +88,16 @@ def population_for(
 ) -> Population:
     """The fresh population of ``ctx``'s world for ``seed`` (cached under the workspace)."""
     entropy = fresh_entropy(ctx.world_seed, seed)
-    root = Path(cache) if cache else ctx.workspace / "truth" / "populations"
-    folder = root / population_key(ctx, entropy, n_patients)
+    folder = population_folder(ctx, n_patients, seed, cache)
     return simulate_population(ctx, entropy, n_patients, folder, progress)
+
+
+def population_folder(
+    ctx: TruthContext, n_patients: int = DEFAULT_PATIENTS, seed: int = 0, cache: Path | None = None
+) -> Path:
+    """Where :func:`population_for` keeps that population (``population.json`` once whole)."""
+    root = Path(cache) if cache else ctx.workspace / "truth" / "populations"
+    return root / population_key(ctx, fresh_entropy(ctx.world_seed, seed), n_patients)
 
 
 def mean_ci(x: np.ndarray) -> dict[str, float]:
