@@ -634,7 +634,8 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
     # gates open wide: every rung policy is evaluable, so the rung cuts on scores (the rule
     # for policies that fail a gate: test_a_halving_rung_stops_only_evaluable_candidates...)
     over = {**TINY, "truth.enabled": False, "sweep.halving": {"enabled": True, "eta": 2,
-                                                              "rungs": 2, "stop": "rank"},
+                                                              "rungs": 2, "stop": "rank",
+                                                              "baselines": True},
             "selection.low_support_max": 1.0, "selection.severe_flags_max": 10**6,
             "evaluation.gates": {"support_min": 0.0, "fqe_out_of_range_max": 1.0,
                                  "fqe_range_margin": 1.0}}  # fmt: skip
@@ -689,6 +690,26 @@ def test_successive_halving_keeps_the_best_on_validation_with_full_run_weights(s
         for row in [r for r in c["seeds"] if r["seed"] == 42]:  # stage 1 (stage 2: plain runs)
             policy = Path(row["run"]) / "final" / "policy.safetensors"
             assert (copy / policy).read_bytes() == (ws / policy).read_bytes(), row["run"]
+    # the trained baselines' grids are halved alike (sweep.halving.baselines): cql's two
+    # points at the same rung, the better one resumed to the bytes of its full run; the
+    # one-point behaviour-cloning grid has no rung (it could stop nobody)
+    brung = result.phases["baseline tuning rung 1/2 (15 steps)"]
+    assert brung["trained"] == 2 and brung["evaluated"] == 2 and brung["stopped"] == 1
+    assert result.phases["baseline tuning"]["trained"] == 2  # bc in full, the kept cql on
+    tuned = {b["name"]: b for b in _read(copy / "study" / "final.json")["baselines"]}
+    assert tuned["behaviour_cloning"]["tuning"]["halving"] == []
+    cql = tuned["cql"]["tuning"]
+    (crung,) = cql["halving"]
+    assert crung["step"] == 15 and crung["kept"] == [cql["chosen"]] and len(crung["stopped"]) == 1
+    assert [g["name"] for g in cql["grid"]] == [cql["chosen"], *crung["stopped"]]
+    assert [g["stopped_at_step"] for g in cql["grid"]] == [None, 15]
+    assert "(1 more stopped early by successive halving)" in cql["reason"]
+    policy = Path(tuned["cql"]["run"]) / "final" / "policy.safetensors"
+    assert (ws / policy).is_file()  # the fixture's study tuned the same reward's grid in full
+    assert (copy / policy).read_bytes() == (ws / policy).read_bytes()
+    (stopped,) = crung["stopped"]
+    assert (copy / "runs" / f"{stopped}_seed42_step15" / "final").is_dir()  # its snapshot
+    assert not (copy / "runs" / f"{stopped}_seed42" / "final").exists()
 
 
 @pytest.mark.slow

@@ -668,10 +668,14 @@ class GridPoint(Strict):
     estimate: Real | None
     gates: Gates
     rank: StrictInt
+    # successive halving of the grid (sweep.halving.baselines): the step at which this point
+    # was stopped (its score is its snapshot's there), None when trained in full
+    stopped_at_step: StrictInt | None = None
 
 
 class BaselineTuning(Strict):
-    """How a trained baseline's grid point was chosen (on validation, by the selection rule)."""
+    """How a trained baseline's grid point was chosen (on validation, by the selection rule;
+    with successive halving, among the points trained in full)."""
 
     run: StrictStr
     chosen: StrictStr
@@ -679,6 +683,8 @@ class BaselineTuning(Strict):
     fallback: StrictBool
     reason: StrictStr
     grid: list[GridPoint]
+    # successive halving's rungs over this grid, in order (absent: every point trained in full)
+    halving: list[HalvingRung] | None = None
 
 
 class Baseline(Strict):

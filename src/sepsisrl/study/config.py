@@ -59,6 +59,7 @@ class HalvingSection(StrictModel):
     eta: int = Field(ge=2)
     rungs: int = Field(ge=1)
     stop: Literal["rank", "credible"]
+    baselines: bool
 
 
 class SweepSection(StrictModel):

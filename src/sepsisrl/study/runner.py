@@ -776,60 +776,100 @@ class Study:
         return doc
 
     def halving(self, cands: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list]:
-        """Successive halving over stage 1 (``sweep.halving``), VALIDATION only: rung r of R
-        trains the candidates still in to eta^(r - R) of their steps (a checkpoint there),
-        scores each rung's policy by the selection rule and keeps the best 1/eta (at least
-        ``selection.finalists``). Returns (the candidates left for the full stage 1, those
-        left behind - best first, later rungs first - each with ``stopped_at_step`` and its
-        rung's snapshot and evaluation as its seed row). Without halving: (all, [])."""
+        """Successive halving over stage 1 (``sweep.halving``, :meth:`halve`), keeping at least
+        ``selection.finalists``. Returns (the candidates left for the full stage 1, those left
+        behind - best first, later rungs first - each with ``stopped_at_step`` and its rung's
+        snapshot and evaluation as its seed row). Without halving: (all, [])."""
         h = self.cfg.sweep.halving
         self.rungs = []
         if not h.enabled or h.rungs < 2:
             return cands, []
         seed = self.cfg.sweep.stage1_seed
-        runs = {
+        units = {
             c["name"]: self.train_unit(c["name"], c["reward"], seed, self.cfg.sweep_overrides(c))
             for c in cands
         }
-        first = runs[cands[0]["name"]][1]
-        meta = read_json(Path(first["replay"]) / "meta.json")
-        cfg = first["config"]
-        total = cfg["steps"] or cfg["epochs"] * (
-            meta["splits"]["train"]["n_transitions"] // cfg["batch_size"]
-        )  # fmt: skip
-        kept, left = list(cands), []
+        kept, left, records = self.halve(
+            "stage 1", {"": cands}, units, self.cfg.selection.finalists
+        )
+        self.rungs = records[""]
+        return kept[""], left[""]
+
+    def total_steps(self, tspec: dict[str, Any]) -> int:
+        """A training job's gradient steps in full (``steps``, or ``epochs`` over its train
+        split)."""
+        cfg = tspec["config"]
+        if cfg["steps"]:
+            return int(cfg["steps"])
+        meta = read_json(Path(tspec["replay"]) / "meta.json")
+        return int(cfg["epochs"] * (meta["splits"]["train"]["n_transitions"] // cfg["batch_size"]))
+
+    def halve(
+        self,
+        label: str,
+        groups: dict[str, list[dict[str, Any]]],
+        units: dict[str, tuple[Path, dict[str, Any]]],
+        least: int,
+    ) -> tuple[dict[str, list], dict[str, list], dict[str, list[dict[str, Any]]]]:
+        """Successive halving (``sweep.halving``), VALIDATION only, over each group of
+        candidates (``units``: each candidate's run folder and training job): rung r of R
+        trains the candidates still in to eta^(r - R) of their steps (a checkpoint there),
+        scores each rung's policy by the selection rule and, per group, stops the evaluable
+        ones beaten by the best 1/eta (at least ``least``; ``sel.rung_record``). A group
+        with no more candidates than it keeps has no rung: it could stop nobody. Every
+        group's rung runs in one phase. Returns, per group, the candidates still in (their
+        ``seeds`` emptied), those left behind (best first, later rungs first; each with
+        ``stopped_at_step`` and its rung's snapshot and evaluation as its seed row) and the
+        rungs' records."""
+        h = self.cfg.sweep.halving
+        seed = self.cfg.sweep.stage1_seed
+        kept = {g: list(cs) for g, cs in groups.items()}
+        left: dict[str, list] = {g: [] for g in groups}
+        records: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
+        totals = {g: self.total_steps(units[cs[0]["name"]][1]) for g, cs in groups.items() if cs}
+        noisy = "spared_within_noise" if h.stop == "credible" else "stopped_within_noise"
         for r in range(1, h.rungs):
-            step = max(1, round(total * h.eta ** (r - h.rungs)))
-            jobs = []
-            for c in kept:
-                run, tspec = runs[c["name"]]
-                snap = run.with_name(f"{run.name}_step{step}")
-                _, espec = self.eval_unit(str(snap), "run", c["reward"],
-                                          f"{snap.name}-validation", final=False)  # fmt: skip
-                c["seeds"] = [{"seed": seed, "run": self.rel(snap),
-                               "eval": self.rel(espec["out"])}]  # fmt: skip
-                jobs.append({"label": snap.name, "threads": self.cfg.threads_per_worker,
-                             "train": {**tspec, "pause_at": step, "snapshot": str(snap)},
-                             "eval": espec})  # fmt: skip
-            phase = f"stage 1 rung {r}/{h.rungs} ({step} steps)"
+            jobs, keeps, steps = [], {}, {}
+            for g, cs in kept.items():
+                keep = max(least, -(-len(cs) // h.eta))
+                if len(cs) <= keep:
+                    continue
+                keeps[g] = keep
+                steps[g] = step = max(1, round(totals[g] * h.eta ** (r - h.rungs)))
+                for c in cs:
+                    run, tspec = units[c["name"]]
+                    snap = run.with_name(f"{run.name}_step{step}")
+                    _, espec = self.eval_unit(str(snap), "run", c["reward"],
+                                              f"{snap.name}-validation", final=False)  # fmt: skip
+                    c["seeds"] = [{"seed": seed, "run": self.rel(snap),
+                                   "eval": self.rel(espec["out"])}]  # fmt: skip
+                    jobs.append({"label": snap.name, "threads": self.cfg.threads_per_worker,
+                                 "train": {**tspec, "pause_at": step, "snapshot": str(snap)},
+                                 "eval": espec})  # fmt: skip
+            if not jobs:
+                continue
+            shown = "/".join(str(n) for n in sorted(set(steps.values())))
+            phase = f"{label} rung {r}/{h.rungs} ({shown} steps)"
             self.run_units(phase, self.stacked(jobs))
-            self.collect(kept)
-            ranked = sel.rank(kept)
-            keep = max(self.cfg.selection.finalists, -(-len(kept) // h.eta))
-            record = sel.rung_record(r, h.rungs, step, ranked, keep, self.paired, h.stop)
-            self.rungs.append(record)
-            stop = set(record["stopped"])
-            noisy = "spared_within_noise" if h.stop == "credible" else "stopped_within_noise"
-            self.phases[phase].update(evaluable=record["passed"], stopped=len(stop),
-                                      **{noisy: len(record["within_noise"])})  # fmt: skip
-            for c in ranked:
-                if c["name"] in stop:
-                    c["stopped_at_step"] = step
-            left = [c for c in ranked if c["name"] in stop] + left
-            kept = [c for c in ranked if c["name"] not in stop]
-            for c in kept:
-                c["seeds"] = []
-        return kept, left
+            tally = {"evaluable": 0, "stopped": 0, noisy: 0}
+            for g, keep in keeps.items():
+                self.collect(kept[g])
+                ranked = sel.rank(kept[g])
+                record = sel.rung_record(r, h.rungs, steps[g], ranked, keep, self.paired, h.stop)
+                records[g].append(record)
+                stop = set(record["stopped"])
+                tally["evaluable"] += record["passed"]
+                tally["stopped"] += len(stop)
+                tally[noisy] += len(record["within_noise"])
+                for c in ranked:
+                    if c["name"] in stop:
+                        c["stopped_at_step"] = steps[g]
+                left[g] = [c for c in ranked if c["name"] in stop] + left[g]
+                kept[g] = [c for c in ranked if c["name"] not in stop]
+                for c in kept[g]:
+                    c["seeds"] = []
+            self.phases[phase].update(tally)
+        return kept, left, records
 
     def paired(self, a: dict[str, Any], b: dict[str, Any]) -> list[float] | None:
         """The paired 95 % CI [estimate, low, high] of candidate ``a``'s value minus ``b``'s
@@ -925,7 +965,8 @@ class Study:
         then chosen by the selection rule itself (same estimator, lower bound and gates) - the
         baselines get the tuning the IQL candidates get. Reads no test data. ``along``: other
         units (the candidates' truths) run in the same phase, after the training units."""
-        jobs, grids = [], {}
+        grids: dict[str, list[dict[str, Any]]] = {}
+        units: dict[str, tuple[Path, dict[str, Any]]] = {}
         seed = self.cfg.sweep.stage1_seed
         for name, spec in self.cfg.baselines.trained.items():
             fixed = baseline_fixed(spec)
@@ -933,30 +974,48 @@ class Study:
             for point in baseline_grid(spec):
                 label = "_".join(f"{k.split('.')[-1]}{v:g}" for k, v in point.items())
                 unit = f"{fixed['algo']}_{reward}" + (f"_{label}" if label else "")
-                run, tspec = self.train_unit(unit, reward, seed, {**fixed, **point,
-                                                                  "preset": name})  # fmt: skip
+                units[unit] = self.train_unit(unit, reward, seed, {**fixed, **point,
+                                                                   "preset": name})  # fmt: skip
+                points.append({"name": unit, "reward": reward, "hyperparameters": point})
+            grids[name] = points
+        # successive halving (sweep.halving.baselines): each grid halved as stage 1 is
+        h = self.cfg.sweep.halving
+        left: dict[str, list[dict[str, Any]]] = {name: [] for name in grids}
+        rungs: dict[str, list[dict[str, Any]]] = {name: [] for name in grids}
+        halved = h.enabled and h.baselines and h.rungs >= 2
+        if halved:
+            grids, left, rungs = self.halve("baseline tuning", grids, units, 1)
+        jobs = []
+        for points in grids.values():
+            for c in points:
+                run, tspec = units[c["name"]]
                 _, espec = self.eval_unit(str(run), "run", reward, f"{run.name}-validation",
                                           final=False)  # fmt: skip
-                points.append({"name": unit, "hyperparameters": point,
-                               "seeds": [{"seed": seed, "run": self.rel(run),
-                                          "eval": self.rel(espec["out"])}]})  # fmt: skip
+                c["seeds"] = [{"seed": seed, "run": self.rel(run),
+                               "eval": self.rel(espec["out"])}]  # fmt: skip
                 jobs.append({"label": f"{run.name} (baseline tuning)",
                              "threads": self.cfg.threads_per_worker, "train": tspec,
                              "eval": espec})  # fmt: skip
-            grids[name] = points
         self.run_units("baseline tuning", self.stacked(jobs) + list(along or []))
         out = {}
         for name, points in grids.items():
             self.collect(points)
             ranked = sel.rank(points)
+            for i, c in enumerate(left[name], len(ranked) + 1):  # after every full run
+                c["rank"] = i
+            ranked += left[name]
             best = ranked[0]
+            of = f"the {len(points)} grid point(s)" + (
+                f" trained in full ({len(left[name])} more stopped early by successive halving)"
+                if left[name]
+                else ""
+            )
             how = (
                 f"{best['name']} passes every gate and has the best validation "
-                f"{self.cfg.selection.estimator} 95% CI lower bound of the {len(points)} grid "
-                "point(s)"
+                f"{self.cfg.selection.estimator} 95% CI lower bound of {of}"
                 if best["passed"]
-                else f"fallback: no grid point passed every gate; {best['name']} comes first in "
-                f"the safety-first order (failed: {', '.join(sel.failed_gates(best))})"
+                else f"fallback: no grid point of {of} passed every gate; {best['name']} comes "
+                f"first in the safety-first order (failed: {', '.join(sel.failed_gates(best))})"
             )
             out[name] = {
                 "run": best["seeds"][0]["run"],
@@ -966,7 +1025,10 @@ class Study:
                 "reason": how,
                 "grid": [{"name": c["name"], "hyperparameters": c["hyperparameters"],
                           "score": c["score"], "estimate": c["estimate"],
-                          "gates": c["gates"], "rank": c["rank"]} for c in ranked],
+                          "gates": c["gates"], "rank": c["rank"],
+                          **({"stopped_at_step": c.get("stopped_at_step")} if halved else {})}
+                         for c in ranked],
+                **({"halving": rungs[name]} if halved else {}),
             }  # fmt: skip
         return out
 

@@ -148,12 +148,20 @@ def _baseline_tuning(st: Study) -> list[Block]:
     for name, t in tuned:
         for g in t.grid:
             hyper = ", ".join(f"{k}={v:g}" for k, v in g.hyperparameters.items())
+            chosen = "CHOSEN" if g.name == t.chosen else ""
+            if g.stopped_at_step is not None:  # successive halving: its rung snapshot's scores
+                chosen = f"stopped at step {g.stopped_at_step}"
             rows.append([name, g.name, hyper or "defaults", fmt_est(g.estimate),
-                         fmt_est(g.score), fmt(g.rank),
-                         "CHOSEN" if g.name == t.chosen else ""])  # fmt: skip
+                         fmt_est(g.score), fmt(g.rank), chosen])  # fmt: skip
     if not rows:
         return []
     reasons = [f"{name}: {t.reason}" for name, t in tuned]
+    if any(t.halving for _, t in tuned):
+        reasons.append(
+            "Successive halving (sweep.halving.baselines) scored each grid at the same rungs as "
+            "stage 1 and trained in full only the points it kept; a stopped point's figures are "
+            "those of its snapshot at the step it was stopped."
+        )
     header = ["Baseline", "Grid point", "Hyperparameters", st.estimator.upper(),
               "Score (CI low)", "Rank", "Chosen"]  # fmt: skip
     return [
