@@ -276,7 +276,7 @@ def run_both(args: argparse.Namespace) -> dict:
     for name, halving in (("halving", True), ("full", False)):
         cfg = load_study_config(args.profile, overrides={
             **base, "sweep.halving": {"enabled": halving, "eta": args.eta, "rungs": args.rungs,
-                                      "stop": args.stop, "baselines": True},
+                                      "stop": args.stop, "baselines": False},
         })  # fmt: skip
         started = time.perf_counter()
 
