@@ -76,6 +76,15 @@ def test_run_warns_when_halving_stopped_candidates_within_the_noise():
     line = halving_warning(phases)
     assert line is not None and line.startswith("warning: successive halving stopped")
     assert f"({rung}: 8 of 8)" in line and "13400" not in line
+    assert "another configuration" in line and "baseline" not in line
+    # sweep.halving.baselines: a baseline grid's rung is named, and what it may change
+    base = {
+        **phases,
+        "baseline tuning rung 1/3 (4467 steps)": {"stopped": 1, "stopped_within_noise": 1},
+    }
+    both = halving_warning(base)
+    assert "baseline tuning rung 1/3 (4467 steps): 1 of 1" in both
+    assert "another configuration; the full tuning may choose another baseline" in both
     phases[rung]["stopped_within_noise"] = 0
     assert halving_warning(phases) is None  # every stop credible, or no halving at all
     assert halving_warning({"stage 1": {"trained": 18}}) is None

@@ -945,8 +945,12 @@ def halving_warning(phases: dict[str, dict]) -> str | None:
     if not noisy:
         return None
     parts = "; ".join(f"{k}: {n} of {phases[k]['stopped']}" for k, n in noisy.items())
-    return (f"warning: successive halving stopped candidates within the noise ({parts}); the "
-            "full sweep may select another configuration (report: Model selection)")  # fmt: skip
+    choice = ("the full sweep may select another configuration"
+              if any(k.startswith("stage 1") for k in noisy) else "")  # fmt: skip
+    if any(not k.startswith("stage 1") for k in noisy):  # sweep.halving.baselines
+        choice += ("; " if choice else "") + "the full tuning may choose another baseline"
+    return (f"warning: successive halving stopped candidates within the noise ({parts}); "
+            f"{choice} (report: Model selection)")  # fmt: skip
 
 
 @command()
