@@ -245,7 +245,7 @@ def test_pessimism_needs_the_linear_model_and_a_non_negative_value():
 def _robust_reference(fqe, b_next, init_states, pi_init, b_init, lam, side):
     """The sensitivity refit of one (Lambda, side) written plainly, one case at a time and every
     action's Q at every state (the specification ``robust_values_many`` is checked against)."""
-    from sepsisrl.ope.fqe import _chol_solve, _residual_tails
+    from sepsisrl.ope.fqe import _chol_solve
 
     su, r, cont, pi_next, full_j = fqe._robust_inputs
     n, A = len(r), fqe.n_actions
@@ -261,10 +261,54 @@ def _robust_reference(fqe, b_next, init_states, pi_init, b_init, lam, side):
                            su.full_factor(j))[:, 0].numpy()  # fmt: skip
         if c_lam > 0:
             fitted = fqe._q(su.ps, su.pa, beta, A)[np.arange(n), su.a]
-            tail = _residual_tails(y - fitted, su.a, A, tau, side)
+            tail = _plain_tails(y - fitted, su.a, A, tau, side)
     ps, pa = fqe._bases(init_states)
     q = fqe._q(ps, pa, beta, A) + (1.0 - b_init) * c_lam * tail
     return (np.clip(q, fqe.lo, fqe.hi) * pi_init).sum(1)
+
+
+def _plain_tails(eps, a, n_actions, tau, side):
+    """Per action: the mean of eps 1{eps in the lower (upper) tau-tail} of its rows' residuals
+    centred on their mean, each action's rows selected by a mask (the specification)."""
+    out = np.zeros(n_actions)
+    for k in range(n_actions):
+        e = eps[a == k]
+        if not len(e):
+            continue
+        e = np.sort(e - e.mean())
+        if side == "high":
+            e = -e[::-1]
+        x = tau * len(e)
+        m = int(np.floor(x))
+        part = e[:m].sum() + (x - m) * (e[m] if m < len(e) else 0.0)
+        out[k] = part / len(e) if side == "low" else -part / len(e)
+    return out
+
+
+def test_action_grouped_products_and_tails_are_the_plain_ones_bit_for_bit():
+    """Q at each row's own action from per-action blocks gathered once, and the residual
+    tails from rows grouped once by action, are the same bytes as gathering each action's
+    rows by a mask at every call (an action without rows included)."""
+    from sepsisrl.ope.fqe import _ByAction, _Numpy, _q_at, _residual_tails
+
+    rng = np.random.default_rng(3)
+    n, ds, da, A, L = 3000, 40, 9, 7, 5
+    ps, pa = rng.standard_normal((n, ds)), rng.standard_normal((n, da))
+    betas = rng.standard_normal((L, ds + da * A))
+    acts = rng.integers(0, A - 1, n)  # the last action has no row
+    by = _ByAction(acts, A, _Numpy())
+    plain = ps @ betas[:, :ds].T
+    u = betas[:, ds:].reshape(L, A, da)
+    for k in range(A):
+        rows = np.flatnonzero(acts == k)
+        plain[rows] += pa[rows] @ u[:, k, :].T
+    for _ in range(2):  # the second call reads the blocks gathered by the first
+        assert np.array_equal(_q_at(ps, pa, betas, A, by), plain)
+    eps = rng.standard_normal(n)
+    for tau, side in ((0.3, "low"), (0.45, "high"), (0.5, "low")):
+        got = _residual_tails(eps, by, tau, side)
+        assert np.array_equal(got, _plain_tails(eps, acts, A, tau, side))
+        assert got[A - 1] == 0.0 and np.all(got[:-1] != 0.0)
 
 
 @pytest.mark.parametrize("target", ["deterministic", "stochastic"])

@@ -395,6 +395,33 @@ def test_recycling_keeps_the_workers_under_the_memory_limit_and_replaces_the_oth
         pool.close()
 
 
+def test_workers_are_recycled_before_a_phase_that_simulates_and_kept_before_the_others(
+    tmp_path, monkeypatch
+):
+    """A phase of training and evaluation units keeps the workers whatever they hold (the same
+    kinds of units reuse that memory, their compiled steps and the FQE's setup); a phase with
+    a unit of the truth (rollouts, the population) gets fresh ones for every worker above
+    ``recycle_workers_above_gib``."""
+    from sepsisrl.study import executors, runner
+
+    monkeypatch.setattr(executors, "resident_bytes", lambda pid: 2 * 2**30)  # all above 1 GiB
+    (tmp_path / "study").mkdir()
+    study = runner.Study(tmp_path, load_study_config("quick", overrides={"workers": 2}), None)
+    try:
+        study.run_units("stage 1", [EMPTY, {**EMPTY, "label": "second"}])
+        first = list(study.pool.procs)
+        study.run_units("stage 2", [EMPTY])
+        assert study.pool.procs == first and all(p.poll() is None for p in first)
+        truth = {**EMPTY, "label": "a truth unit", "truths": []}
+        study.run_units("baseline tuning", [EMPTY, truth])
+        assert not set(study.pool.procs) & set(first)
+        again = list(study.pool.procs)
+        study.run_units("clinicians", [{**EMPTY, "label": "population", "population": None}])
+        assert not set(study.pool.procs) & set(again)
+    finally:
+        study.close()
+
+
 def test_with_workers_even_a_single_unit_runs_in_a_worker_not_in_the_driver(tmp_path, monkeypatch):
     """The driver stays lean: a one-unit phase (the clinicians' validation evaluation, ...) ran
     in the driver and left about 1.4 GB there for the rest of a card study. With workers it runs

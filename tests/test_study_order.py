@@ -14,7 +14,7 @@ def train_job(label: str, algo: str, replay: Path, steps: int = 0, epochs: int =
     return {"label": label, "train": {"config": config, "replay": str(replay), **extra}}
 
 
-def test_a_phase_starts_its_longest_training_units_first_and_keeps_ties_in_order(tmp_path):
+def test_a_phase_starts_its_longest_training_units_first_then_truths_then_evaluations(tmp_path):
     replay = tmp_path / "replay"
     replay.mkdir()
     (replay / "meta.json").write_text(json.dumps({"splits": {"train": {"n_transitions": 1000}}}))
@@ -22,6 +22,8 @@ def test_a_phase_starts_its_longest_training_units_first_and_keeps_ties_in_order
         train_job("bc_a", "bc", replay, epochs=20),  # 200 steps x 1.0
         train_job("bc_b", "bc", replay, epochs=20),
         {"label": "clinician (test)", "eval": {"spec": "clinician"}},  # no training: last
+        {"label": "cql and 1 more (truth)", "truths": [{"name": "cql"}, {"name": "bc"}]},
+        {"label": "truth population", "population": {"patients": 10}},
         train_job("cql_a", "cql", replay, epochs=20),  # 200 steps x 1.7
         train_job("cql_b", "cql", replay, steps=200),
         train_job("iql_rung", "iql", replay, epochs=20, pause_at=50),  # 50 steps x 5.1
@@ -30,7 +32,7 @@ def test_a_phase_starts_its_longest_training_units_first_and_keeps_ties_in_order
     ]  # fmt: skip
     order = [job["label"] for job in longest_first(jobs)]
     assert order == ["stack of 2", "cql_a", "cql_b", "iql_rung", "bc_a", "bc_b",
-                     "clinician (test)"]  # fmt: skip
+                     "cql and 1 more (truth)", "truth population", "clinician (test)"]  # fmt: skip
     assert longest_first([]) == []
 
 

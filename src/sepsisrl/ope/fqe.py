@@ -596,7 +596,7 @@ class FQE:
                     fitted = _q_at(su.ps, su.pa, beta[ops.index(live)], A, logged)  # (n, live)
                     eps = ops.to_numpy(y[ops.index(live)] - fitted.T)  # (live, n)
                     for i, c in enumerate(live):
-                        tail[c] = _residual_tails(eps[i], su.a_host, A, float(tau[c]), part[c][1])
+                        tail[c] = _residual_tails(eps[i], logged, float(tau[c]), part[c][1])
             q0 = (
                 self._q_many(ps0, pa0, beta, A)
                 + (1.0 - b_init)[:, None, :] * ops.asarray(c_lam[:, None] * tail)[None]
@@ -717,9 +717,26 @@ class _ByAction:
 
     def __init__(self, actions: np.ndarray, n_actions: int, ops: _Numpy | _Torch) -> None:
         self.host = np.asarray(actions, dtype=np.int64)
-        order = np.argsort(self.host, kind="stable")
+        self.order_host = order = np.argsort(self.host, kind="stable")
         self.bounds = np.searchsorted(self.host[order], np.arange(n_actions + 1))
         self.actions, self.order = ops.index(self.host), ops.index(order)
+        self._blocks: dict[int, tuple[object, list]] = {}
+
+    def blocks(self, x: np.ndarray) -> list:
+        """The rows of ``x`` of each action (``x[order[bounds[k]:bounds[k + 1]]]``), gathered
+        once per array: an FQE fit reads the same bases at every iteration."""
+        got = self._blocks.get(id(x))
+        if got is None or got[0] is not x:
+            cuts = zip(self.bounds[:-1], self.bounds[1:], strict=True)
+            got = (x, [x[self.order[lo:hi]] for lo, hi in cuts])
+            self._blocks[id(x)] = got
+        return got[1]
+
+    def groups(self, values: np.ndarray) -> list[np.ndarray]:
+        """The entries of host array ``values`` (n,) of each action, in row order: the same
+        arrays as ``values[actions == k]``, without a mask per action."""
+        v = values[self.order_host]
+        return [v[lo:hi] for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True)]
 
 
 def _greedy(pi: np.ndarray, n_actions: int, ops: _Numpy | _Torch) -> _ByAction | None:
@@ -738,21 +755,19 @@ def _q_at(
     ds, da, L = ps.shape[1], pa.shape[1], len(betas)
     out = ps @ betas[:, :ds].T  # (n, L)
     u = betas[:, ds:].reshape(L, n_actions, da)
-    for k in range(n_actions):
-        rows = by.order[by.bounds[k] : by.bounds[k + 1]]
-        if len(rows):
-            out[rows] += pa[rows] @ u[:, k, :].T
+    for k, block in enumerate(by.blocks(pa)):
+        if len(block):
+            out[by.order[by.bounds[k] : by.bounds[k + 1]]] += block @ u[:, k, :].T
     return out
 
 
-def _residual_tails(
-    eps: np.ndarray, a: np.ndarray, n_actions: int, tau: float, side: str
-) -> np.ndarray:
-    """Per action: E[e 1{e in the lower (``low``) or upper (``high``) tau-tail}] of its rows'
-    residuals centred on their mean (0 for an action without rows)."""
-    out = np.zeros(n_actions)
-    for k in range(n_actions):
-        e = eps[a == k]
+def _residual_tails(eps: np.ndarray, by: _ByAction, tau: float, side: str) -> np.ndarray:
+    """Per action of ``by`` (each row's logged action): E[e 1{e in the lower (``low``) or
+    upper (``high``) tau-tail}] of its rows' residuals centred on their mean (0 for an action
+    without rows)."""
+    groups = by.groups(eps)
+    out = np.zeros(len(groups))
+    for k, e in enumerate(groups):
         if not len(e):
             continue
         e = np.sort(e - e.mean())

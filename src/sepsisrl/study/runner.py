@@ -392,10 +392,12 @@ def _training_cost(spec: dict[str, Any], train_sizes: dict[str, int]) -> float:
 
 def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The jobs in the order to start them: those that train longest first (longest-processing-
-    time-first), the rest (evaluations, truths) after them in their own order. With fewer
-    workers than units this keeps a short unit, not a long one, for the end of a phase: in
-    the card's baseline tuning the three CQL runs start before the two BC runs. The order
-    changes when a unit finishes, never what it computes."""
+    time-first), then the truth's units (a lockstep group of rollouts: a minute or more), then
+    the rest (evaluations: seconds each), each kind in its own order. With fewer workers than
+    units this keeps short units, not a long one, for the end of a phase: in the card's
+    baseline tuning the three CQL runs start before the two BC runs, and in its final test the
+    baselines' truths start before the seven evaluations, which then fill the worker that
+    finishes first. The order changes when a unit finishes, never what it computes."""
     sizes: dict[str, int] = {}
 
     def cost(job: dict[str, Any]) -> float:
@@ -403,7 +405,8 @@ def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sum(_training_cost(spec, sizes) for spec in specs)
 
     costs = [cost(job) for job in jobs]
-    order = sorted(range(len(jobs)), key=lambda i: -costs[i])  # stable: ties keep their order
+    short = [not (job.get("truths") or job.get("population")) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: (-costs[i], short[i]))  # stable for ties
     return [jobs[i] for i in order]
 
 
@@ -538,15 +541,22 @@ class Study:
                 record(execute_unit(job))
         elif todo:
             # with workers, every unit runs in one (a single unit too): the driver stays lean,
-            # and each phase starts on fresh workers, or on workers still lean, so that no
-            # phase carries the memory an earlier phase's units left behind
+            # and a phase that simulates starts on fresh workers, or on workers still lean, so
+            # that it does not carry the memory an earlier phase's units left behind
             # (LocalPool.recycle, docs/run.md)
             if self.pool is None:
                 self.pool = make_executor(self.cfg.executor, self.workers,
                                           self.ws / "study" / "workers.log",
                                           self.cfg.ray_address,
                                           self.cfg.ray_gpus_per_unit)  # fmt: skip
-            else:
+            elif self.cfg.recycle_workers_above_gib == 0 or any(
+                "truths" in j or "population" in j for j in todo
+            ):
+                # before a phase that simulates (the truth's rollouts and population, about
+                # 2.5 GB a unit): no worker brings more than the limit into it. A phase of
+                # training and evaluation units keeps its workers: what they hold is what such
+                # units use (the FQE's factors, allocator arenas), reused rather than added,
+                # and they keep their compiled steps and the FQE's setup
                 self.pool.recycle(int(self.cfg.recycle_workers_above_gib * 2**30))
             futures = {self.pool.submit(job): job for job in longest_first(todo)}
             for fut in as_completed(futures):
